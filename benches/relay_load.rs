@@ -1,0 +1,205 @@
+//! End-to-end load through the real binaries: a closed loop of C connections (one message in
+//! flight each, unique MSH-10s, every ack verified) against `mllp-guard sink` directly, then
+//! through `mllp-guard run` on a plain -> plain route into the same sink, in the same run.
+//! Reports msgs/s, latency percentiles, and the guard's CPU time per message read from /proc.
+//!
+//! `cargo bench --bench relay_load -- [--connections 64] [--seconds 5] [--size 1024] [--runs 3]`
+//! Everything stays on loopback; each phase is bounded by --seconds.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mllp_guard::codec::{self, Decoded};
+use mllp_guard::link::Link;
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mllp-guard");
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn message(id: &str, size: usize) -> Vec<u8> {
+    let mut m = format!("MSH|^~\\&|LOAD|FAC|RECV|FAC|20240102030405||ADT^A01^ADT_A01|{id}|P|2.5.1\rPID|1||MRN1\rNTE|1||").into_bytes();
+    m.resize(size.saturating_sub(1).max(m.len()), b'x');
+    m.push(b'\r');
+    m
+}
+
+struct Outcome {
+    messages: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u64>,
+}
+
+async fn closed_loop(addr: SocketAddr, connections: usize, seconds: u64, size: usize, tag: &str) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let stop = stop.clone();
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            tcp.set_nodelay(true).unwrap();
+            let mut link = Link::new(tcp, 1 << 20);
+            let mut lat = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("{tag}{c}-{n}");
+                let wire = codec::encode(&message(&id, size));
+                let t = Instant::now();
+                link.send(&wire).await.expect("send");
+                match link.next().await {
+                    Ok(Some(Decoded::Frame(ack))) => {
+                        let code = mllp_guard::ack::verify(ack.payload(), id.as_bytes()).expect("ack answers its message");
+                        assert!(code.is_positive(), "negative ack {code}");
+                    }
+                    other => panic!("no ack: {other:?}"),
+                }
+                lat.push(t.elapsed().as_micros() as u64);
+                n += 1;
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies_us = Vec::new();
+    for t in tasks {
+        latencies_us.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    Outcome { messages: latencies_us.len() as u64, elapsed, latencies_us }
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let connections = arg("--connections", 64) as usize;
+    let seconds = arg("--seconds", 5);
+    let size = arg("--size", 1024) as usize;
+    let runs = arg("--runs", 3).max(1);
+
+    let mut sink = Command::new(BIN)
+        .args(["sink", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sink");
+    let mut line = String::new();
+    BufReader::new(sink.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let sink_addr: SocketAddr = line.trim().trim_start_matches("listening on ").parse().unwrap();
+    let sink = Proc(sink);
+
+    let dir = tempfile::tempdir().unwrap();
+    let guard_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("load.yaml");
+    std::fs::write(
+        &config,
+        format!("routes:\n  - name: load\n    listen: 127.0.0.1:{guard_port}\n    allow: [127.0.0.1]\n    max_connections: 1024\n    upstream:\n      address: {sink_addr}\n"),
+    )
+    .unwrap();
+    let log_level = std::env::var("MLLP_GUARD_LOG").unwrap_or_else(|_| "info".into());
+    let guard = Proc(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("MLLP_GUARD_LOG", &log_level)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start guard"),
+    );
+    let guard_addr: SocketAddr = format!("127.0.0.1:{guard_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(guard_addr).is_err() {
+        assert!(Instant::now() < deadline, "guard did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!("relay load: {connections} connections x {size}-byte messages, {seconds}s per phase, {runs} runs, guard log level {log_level}");
+    let mut direct_rate = Vec::new();
+    let mut guard_rate = Vec::new();
+    let mut guard_cpu_us = Vec::new();
+    let mut sink_cpu_us = Vec::new();
+    let mut p50 = (Vec::new(), Vec::new());
+    let mut p99 = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let s0 = cpu_seconds(sink.0.id());
+        let direct = rt.block_on(closed_loop(sink_addr, connections, seconds, size, &format!("D{run}-")));
+        let s1 = cpu_seconds(sink.0.id());
+        let g0 = cpu_seconds(guard.0.id());
+        let through = rt.block_on(closed_loop(guard_addr, connections, seconds, size, &format!("G{run}-")));
+        let g1 = cpu_seconds(guard.0.id());
+        direct_rate.push(direct.messages as f64 / direct.elapsed.as_secs_f64());
+        guard_rate.push(through.messages as f64 / through.elapsed.as_secs_f64());
+        guard_cpu_us.push((g1 - g0) * 1e6 / through.messages.max(1) as f64);
+        sink_cpu_us.push((s1 - s0) * 1e6 / direct.messages.max(1) as f64);
+        p50.0.push(pct(&direct.latencies_us, 0.5) as f64);
+        p50.1.push(pct(&through.latencies_us, 0.5) as f64);
+        p99.0.push(pct(&direct.latencies_us, 0.99) as f64);
+        p99.1.push(pct(&through.latencies_us, 0.99) as f64);
+        println!(
+            "run {run}: direct {:.0} msg/s p50 {} us p99 {} us | guard {:.0} msg/s p50 {} us p99 {} us, guard CPU {:.1} us/msg",
+            direct_rate[run as usize], pct(&direct.latencies_us, 0.5), pct(&direct.latencies_us, 0.99),
+            guard_rate[run as usize], pct(&through.latencies_us, 0.5), pct(&through.latencies_us, 0.99), guard_cpu_us[run as usize]
+        );
+    }
+    let (dr, gr) = (median(direct_rate), median(guard_rate));
+    println!("\nmedians of {runs} runs:");
+    println!("| subject | msgs/s | p50 us | p99 us | CPU us/msg (subject) |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| direct to sink | {dr:.0} | {:.0} | {:.0} | sink {:.1} |", median(p50.0), median(p99.0), median(sink_cpu_us));
+    println!("| through mllp-guard | {gr:.0} | {:.0} | {:.0} | guard {:.1} |", median(p50.1), median(p99.1), median(guard_cpu_us));
+    println!("guard/direct throughput ratio {:.2}; guard peak RSS {} KiB", gr / dr, peak_rss_kib(guard.0.id()));
+}

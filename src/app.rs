@@ -1,0 +1,147 @@
+//! The supervisor: builds every route from a validated [`Config`], binds all listeners before
+//! serving any (a port in use fails the start, not one route later), and drains on shutdown.
+//!
+//! Owns the cancellation token, the task tracker and the grace deadline: on SIGTERM/SIGINT it stops
+//! accepting, lets each session finish the message it is handling (its ack is written), then
+//! exits. Must not know frame bytes or HL7 fields.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::dispatch::Dispatch;
+use crate::listener;
+use crate::session::RouteContext;
+use crate::upstream::Upstream;
+
+/// A running guard: its listeners are bound and serving.
+pub struct Guard {
+    bound: Vec<(Arc<str>, SocketAddr)>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+}
+
+impl Guard {
+    /// Binds every route's listener, then starts serving them all.
+    pub async fn start(config: Config) -> anyhow::Result<Guard> {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut listeners = Vec::with_capacity(config.routes.len());
+        for route in config.routes {
+            let listener = listener::bind(route.listen).with_context(|| {
+                format!(
+                    "route {}: cannot listen on {} (is another process using the port?)",
+                    route.name, route.listen
+                )
+            })?;
+            let name: Arc<str> = Arc::from(route.name.as_str());
+            let upstream = Upstream::new(name.clone(), route.upstream.clone());
+            let dispatch = Dispatch::forward(upstream, route.on_upstream_failure);
+            let ctx = Arc::new(RouteContext {
+                name,
+                route,
+                dispatch,
+            });
+            listeners.push((listener, ctx));
+        }
+        let mut bound = Vec::with_capacity(listeners.len());
+        for (listener, ctx) in listeners {
+            let addr = listener.local_addr()?;
+            tracing::info!(
+                route = %ctx.name,
+                listen = %addr,
+                tls = ctx.route.tls.is_some(),
+                mtls = ctx.route.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+                upstream = %ctx.dispatch.upstream().address(),
+                allow = %ctx.route.allow,
+                "route listening"
+            );
+            bound.push((ctx.name.clone(), addr));
+            tracker.spawn(listener::accept_loop(
+                listener,
+                ctx,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        Ok(Guard {
+            bound,
+            shutdown,
+            tracker,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The address a route's listener is bound to (useful with port 0).
+    pub fn local_addr(&self, route: &str) -> Option<SocketAddr> {
+        self.bound
+            .iter()
+            .find(|(name, _)| &**name == route)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// Every route and its bound address, in config order.
+    pub fn bound(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
+        self.bound.iter().map(|(name, addr)| (&**name, *addr))
+    }
+
+    /// A token that stops the guard when cancelled (the same as calling [`Guard::stop`]).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Resolves when a shutdown has been requested.
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+
+    /// Stops accepting, waits up to the grace period for in-flight messages, and returns whether
+    /// every session finished in time (the rest are abandoned when the runtime ends).
+    pub async fn stop(self) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("all connections drained; stopped");
+        } else {
+            tracing::warn!(
+                grace = %humantime::format_duration(self.grace),
+                "grace period over with connections still open; stopping anyway"
+            );
+        }
+        drained
+    }
+}
+
+/// Runs the guard until SIGTERM or SIGINT, then drains.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let guard = Guard::start(config).await?;
+    tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("shutdown requested; no longer accepting, finishing in-flight messages");
+        }
+        _ = guard.stopped() => {}
+    }
+    guard.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,1900 @@
+//! The configuration file: YAML text in, a validated [`Config`] or every error out.
+//!
+//! Two layers, and runtime code only ever sees the second:
+//!
+//! 1. **Raw**: serde mirrors of the YAML (`Raw*`, private), every struct `deny_unknown_fields`,
+//!    every scalar kept as text wrapped in [`serde_saphyr::Spanned`] so it remembers its line and
+//!    column. serde-saphyr reports syntax errors, unknown keys, missing keys and wrong shapes;
+//!    `serde_path_to_error` adds the YAML path (`routes[0].listne`). Such an error stops the parse,
+//!    so it is reported alone.
+//! 2. **Validated**: [`Config::parse`] walks the raw tree, parses every value (addresses,
+//!    durations, sizes, CIDRs), checks cross-route rules (unique names, non-overlapping listen
+//!    addresses) and loads the TLS material through [`crate::tls`]. It collects *every* problem
+//!    before giving up, each as a [`ConfigError`] with its YAML path, the line and column of the
+//!    offending value and what to do about it, so `mllp-guard check` shows them all at once.
+//!
+//! Relative file paths (certificates, keys, CAs) resolve from the directory of the config file,
+//! not from the working directory.
+//!
+//! Pure apart from reading the config file and the PEM files it names: no sockets, no clock.
+//!
+//! The YAML keys are a public contract (see the README): add keys, never rename them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use crate::policy::Allowlist;
+use crate::tls::{self, PemRole, TlsError};
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration
+// ---------------------------------------------------------------------------------------------
+
+/// Default for `shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default for `routes[].max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default for `routes[].max_message_bytes` (16 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * MIB;
+/// Default for `routes[].receive_timeout`.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `routes[].handshake_timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `routes[].upstream.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `routes[].upstream.ack_timeout`.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `routes[].upstream.max_ack_bytes` (1 MiB).
+pub const DEFAULT_MAX_ACK_BYTES: usize = MIB;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const GIB: usize = 1024 * MIB;
+/// Bounds of `max_message_bytes` and `max_ack_bytes`.
+const MIN_FRAME_BYTES: usize = KIB;
+const MAX_FRAME_BYTES: usize = GIB;
+/// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 seconds and TCP_KEEPCNT at 127.
+const MAX_KEEPALIVE_SECS: u64 = 32767;
+const MAX_KEEPALIVE_RETRIES: u32 = 127;
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The config file as given on the command line (for messages and reloads).
+    pub file: PathBuf,
+    /// The routes, in file order. At least one.
+    pub routes: Vec<Route>,
+    /// `shutdown_grace`: how long in-flight messages may take to finish after SIGTERM/SIGINT
+    /// before the process exits anyway. Default 10s.
+    pub shutdown_grace: Duration,
+}
+
+/// One listener with its policy and its upstream.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `name`: unique among routes; 1 to 63 characters of `a-z`, `0-9`, `-`.
+    pub name: String,
+    /// `listen`: the address to bind. Port 0 asks the OS for a free port (tests).
+    pub listen: SocketAddr,
+    /// `tls`: terminate TLS on this listener; `None` = plaintext.
+    pub tls: Option<ServerTls>,
+    /// `allow`: who may connect, checked on the peer address before any byte is read.
+    pub allow: Allowlist,
+    /// `max_connections`: concurrent sender connections; more are refused. Default 256, >= 1.
+    pub max_connections: usize,
+    /// `max_message_bytes`: the largest message (frame payload) in bytes. Default 16 MiB,
+    /// between 1 KiB and 1 GiB.
+    pub max_message_bytes: usize,
+    /// `receive_timeout`: a frame that has started must be complete within this. Default 30s.
+    pub receive_timeout: Duration,
+    /// `idle_timeout`: close a sender that sent nothing for this long; `None` (written `0s`,
+    /// the default) = never.
+    pub idle_timeout: Option<Duration>,
+    /// `handshake_timeout`: the TLS handshake must finish within this. Default 10s.
+    pub handshake_timeout: Duration,
+    /// `on_upstream_failure`: what the sender gets when the upstream fails. Default `nack`.
+    pub on_upstream_failure: OnUpstreamFailure,
+    /// `upstream`: where messages are forwarded.
+    pub upstream: Upstream,
+}
+
+/// What a sender gets when its message cannot be delivered upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnUpstreamFailure {
+    /// `nack`: an AE ack built by the guard, saying why.
+    Nack,
+    /// `close`: the sender's connection is closed.
+    Close,
+}
+
+/// The receiver a route forwards to.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// `address`: `host:port`; the host may be a DNS name, resolved at connect time.
+    pub address: UpstreamAddress,
+    /// `tls`: originate TLS towards the upstream; `None` = plaintext.
+    pub tls: Option<ClientTls>,
+    /// `connections`: `paired` (one upstream connection per sender connection, the default) or
+    /// a shared pool of N.
+    pub connections: Connections,
+    /// `connect_timeout`: TCP connect plus TLS handshake. Default 5s.
+    pub connect_timeout: Duration,
+    /// `ack_timeout`: how long to wait for the ack of a forwarded message. Default 30s.
+    pub ack_timeout: Duration,
+    /// `keepalive`: TCP keepalive, applied on both legs of the route.
+    pub keepalive: Keepalive,
+    /// `max_ack_bytes`: the largest ack accepted from the upstream, in bytes. Default 1 MiB.
+    pub max_ack_bytes: usize,
+}
+
+/// An upstream `host:port`. The host is a DNS name, an IPv4 address, or an IPv6 address
+/// (stored without brackets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamAddress {
+    /// DNS name or IP address, without brackets.
+    pub host: String,
+    /// 1 to 65535.
+    pub port: u16,
+}
+
+impl fmt::Display for UpstreamAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How sender connections map onto upstream connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connections {
+    /// One upstream connection per sender connection.
+    Paired,
+    /// A pool of N upstream connections shared by all senders of the route (N = 1 serializes
+    /// everything onto one connection, for receivers that accept only one).
+    Pool(NonZeroUsize),
+}
+
+/// TCP keepalive settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// `time`: idle time before the first probe; whole seconds, 1s..=32767s. Default 60s.
+    pub time: Duration,
+    /// `interval`: between probes; whole seconds, 1s..=32767s. Default 10s.
+    pub interval: Duration,
+    /// `retries`: unanswered probes before the connection is dropped; 1..=127. Default 6.
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            time: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            retries: 6,
+        }
+    }
+}
+
+/// TLS on a listener. Paths are resolved (relative ones from the config file's directory).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// `cert`: our certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// `key`: its private key.
+    pub key: PathBuf,
+    /// `client_ca`: when set, senders must present a certificate issued by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+    /// The rustls configuration built from the files above.
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("client_ca", &self.client_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// TLS towards an upstream. Paths are resolved (relative ones from the config file's directory).
+#[derive(Clone)]
+pub struct ClientTls {
+    /// `ca`: the CAs trusted to have issued the upstream's certificate (and only those).
+    pub ca: PathBuf,
+    /// `server_name`: the name the upstream's certificate must carry; defaults to the host of
+    /// `address`.
+    pub server_name: ServerName<'static>,
+    /// `cert`: our client certificate chain, if the upstream asks for one.
+    pub cert: Option<PathBuf>,
+    /// `key`: its private key (set exactly when `cert` is).
+    pub key: Option<PathBuf>,
+    /// The rustls configuration built from the files above.
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca)
+            .field("server_name", &self.server_name)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Reads and validates the file; TLS material is loaded and checked too, so `check` reports
+    /// everything at once. Relative paths inside resolve from the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let whole_file_error = |message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                yaml_path: String::new(),
+                line: None,
+                column: None,
+                message,
+            }])
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            whole_file_error(match e.kind() {
+                io::ErrorKind::NotFound => "config file not found".to_string(),
+                io::ErrorKind::InvalidData => {
+                    "the config file is not UTF-8 text; save it as UTF-8".to_string()
+                }
+                _ => format!("cannot read the config file: {e}"),
+            })
+        })?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        Config::parse(&text, path, &base_dir)
+    }
+
+    /// Same as [`Config::load`] from text: `base_dir` resolves relative paths, `file` is used in
+    /// messages.
+    pub fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        let raw = parse_raw(text, file)?;
+        let mut v = Validator {
+            file,
+            base_dir,
+            errors: Vec::new(),
+        };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            // Document order reads best; errors without a position (none today) go last.
+            v.errors
+                .sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+            Err(ConfigErrors(v.errors))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// One problem in the config file.
+///
+/// Displays as `{file}:{line}:{column}: {yaml_path}: {message}`; `:{line}:{column}` is left out
+/// when the position is unknown and `{yaml_path}: ` when the problem is about the whole file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file (as given).
+    pub file: PathBuf,
+    /// Where in the YAML tree, e.g. `routes[1].tls.cert`; empty for the whole document.
+    pub yaml_path: String,
+    /// 1-based line of the offending value.
+    pub line: Option<usize>,
+    /// 1-based column (in characters) of the offending value.
+    pub column: Option<usize>,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, ":{line}:{column}")?;
+        }
+        f.write_str(": ")?;
+        if !self.yaml_path.is_empty() {
+            write!(f, "{}: ", self.yaml_path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in a config file, in document order. Displays one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------------------------
+// Raw layer: what serde sees
+// ---------------------------------------------------------------------------------------------
+
+/// A scalar as written, with its position. Numbers stay text so every value is parsed (and
+/// every error worded) by this module.
+type Text = Spanned<String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    routes: Spanned<Vec<Spanned<RawRoute>>>,
+    shutdown_grace: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Text,
+    listen: Text,
+    tls: Option<Spanned<RawServerTls>>,
+    /// Optional here so that its absence gets a message with an example.
+    allow: Option<Spanned<Vec<Text>>>,
+    max_connections: Option<Text>,
+    max_message_bytes: Option<Text>,
+    receive_timeout: Option<Text>,
+    idle_timeout: Option<Text>,
+    handshake_timeout: Option<Text>,
+    on_upstream_failure: Option<Text>,
+    upstream: Spanned<RawUpstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTls {
+    cert: Text,
+    key: Text,
+    client_ca: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: Text,
+    tls: Option<Spanned<RawClientTls>>,
+    connections: Option<Text>,
+    connect_timeout: Option<Text>,
+    ack_timeout: Option<Text>,
+    keepalive: Option<Spanned<RawKeepalive>>,
+    max_ack_bytes: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientTls {
+    ca: Text,
+    server_name: Option<Text>,
+    cert: Option<Text>,
+    key: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeepalive {
+    time: Option<Text>,
+    interval: Option<Text>,
+    retries: Option<Text>,
+}
+
+/// Line and column of a location, `None` when serde-saphyr does not know it.
+fn position(at: &Location) -> (Option<usize>, Option<usize>) {
+    if at.line() == 0 {
+        (None, None)
+    } else {
+        (
+            usize::try_from(at.line()).ok(),
+            usize::try_from(at.column()).ok(),
+        )
+    }
+}
+
+/// Deserializes the raw tree, turning the first syntax or shape error into a [`ConfigError`].
+fn parse_raw(text: &str, file: &Path) -> Result<RawConfig, ConfigErrors> {
+    let mut path = String::new();
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+            path = yaml_path_of(e.path());
+            e.into_inner()
+        })
+    });
+    result.map_err(|err| {
+        let err = err.without_snippet();
+        let (line, column) = err.location().as_ref().map_or((None, None), position);
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            message: serde_message(err, &path),
+            yaml_path: path,
+            line,
+            column,
+        }])
+    })
+}
+
+/// `routes[0].upstream.keepalive.time`, leaving out the `value` level that `Spanned` adds.
+fn yaml_path_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key == "value" => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// Our wording for the errors serde-saphyr reports; anything else keeps its own text.
+fn serde_message(err: &serde_saphyr::Error, yaml_path: &str) -> String {
+    use serde_saphyr::Error as E;
+    match err {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            let mut message = format!("unknown key `{field}`");
+            if let Some(near) = closest(field, expected) {
+                message.push_str(&format!(" (did you mean `{near}`?)"));
+            }
+            message.push_str(&format!("; valid keys here: {}", expected.join(", ")));
+            message
+        }
+        E::SerdeMissingField { field, .. } => {
+            let hint = match (*field, yaml_path.ends_with(".tls")) {
+                ("routes", _) => "add a `routes:` list with at least one route",
+                ("name", _) => "add e.g. `name: lab` (lowercase letters, digits and '-')",
+                ("listen", _) => "add e.g. `listen: 127.0.0.1:2575`",
+                ("upstream", _) => "add an `upstream:` block with at least `address: host:port`",
+                ("address", _) => "add e.g. `address: 127.0.0.1:2576`",
+                ("cert", true) => {
+                    "add `cert: path/to/chain.pem` (this listener's certificate chain)"
+                }
+                ("key", true) => "add `key: path/to/key.pem` (the certificate's private key)",
+                ("ca", _) => {
+                    "add `ca: path/to/ca.pem`, the CA that issued the upstream's certificate"
+                }
+                _ => "add it",
+            };
+            format!("missing required key `{field}`; {hint}")
+        }
+        E::DuplicateMappingKey { key, .. } => match key {
+            Some(key) => format!("key `{key}` appears twice; keep one of them"),
+            None => "a key appears twice; keep one of them".to_string(),
+        },
+        E::NullIntoString { .. } => "a value is required here".to_string(),
+        E::Unexpected { expected, .. } if expected.contains("string scalar") => {
+            let mut message = "expected a single value here, not a list or a map".to_string();
+            if yaml_path.ends_with("listen") || yaml_path.ends_with("address") {
+                message.push_str(" (quote addresses that start with '[', e.g. \"[::1]:2575\")");
+            }
+            message
+        }
+        E::Unexpected { expected, .. } if expected.contains("sequence") => {
+            "expected a list here, e.g. [a, b] or one `- item` per line".to_string()
+        }
+        E::Unexpected { expected, .. } if expected.contains("mapping") => {
+            "expected a map of keys here (`key: value` lines or { key: value })".to_string()
+        }
+        E::Eof { .. } => "the file is empty; it needs at least a `routes:` list".to_string(),
+        E::SerdeInvalidType {
+            unexpected,
+            expected,
+            ..
+        } => format!("wrong type: found {unexpected}, expected {expected}"),
+        other => {
+            let message = serde_saphyr::MessageFormatter::format_message(
+                &serde_saphyr::UserMessageFormatter,
+                other,
+            );
+            if message.contains("tab") {
+                format!("{message} (indent YAML with spaces, not tabs)")
+            } else {
+                message.into_owned()
+            }
+        }
+    }
+}
+
+/// The candidate closest to `word` by edit distance, when close enough to be a typo.
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| {
+            let shared_prefix = word
+                .chars()
+                .zip(c.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
+            *d <= 2 || (*d <= 3 && shared_prefix >= 3)
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: raw -> typed, collecting every error
+// ---------------------------------------------------------------------------------------------
+
+struct Validator<'a> {
+    file: &'a Path,
+    base_dir: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+/// A parsed `listen` address with what is needed to report a clash.
+struct Listener {
+    index: usize,
+    name: String,
+    addr: SocketAddr,
+    line: Option<usize>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, yaml_path: impl Into<String>, at: &Location, message: impl Into<String>) {
+        let (line, column) = position(at);
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            yaml_path: yaml_path.into(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// Parses an optional scalar, recording the error and falling back to `default` on failure
+    /// (the config is only returned when there are no errors, so the fallback never escapes).
+    fn value<T>(
+        &mut self,
+        path: String,
+        raw: &Option<Text>,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        let Some(raw) = raw else { return default };
+        match parse(&raw.value) {
+            Ok(v) => v,
+            Err(message) => {
+                self.error(path, &raw.referenced, message);
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let shutdown_grace = self.value(
+            "shutdown_grace".into(),
+            &raw.shutdown_grace,
+            DEFAULT_SHUTDOWN_GRACE,
+            parse_duration,
+        );
+        if raw.routes.value.is_empty() {
+            self.error(
+                "routes",
+                &raw.routes.referenced,
+                "no routes are defined; add at least one route under `routes:`",
+            );
+        }
+        let mut routes = Vec::new();
+        let mut names: HashMap<String, (usize, Option<usize>)> = HashMap::new();
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (i, raw_route) in raw.routes.value.iter().enumerate() {
+            let route = self.route(i, raw_route);
+            let name_at = &raw_route.value.name;
+            if route.name.is_empty() {
+                // Invalid name, already reported.
+            } else if let Some(&(first, first_line)) = names.get(&route.name) {
+                self.error(
+                    format!("routes[{i}].name"),
+                    &name_at.referenced,
+                    format!(
+                        "route name \"{}\" is already used by routes[{first}]{}; give each route a unique name",
+                        route.name,
+                        on_line(first_line)
+                    ),
+                );
+            } else {
+                names.insert(route.name.clone(), (i, position(&name_at.referenced).0));
+            }
+            if let Ok(addr) = raw_route.value.listen.value.trim().parse::<SocketAddr>() {
+                let listen_at = &raw_route.value.listen.referenced;
+                if let Some(other) = listeners.iter().find(|l| listen_clash(l.addr, addr)) {
+                    let message = if other.addr == addr {
+                        format!(
+                            "listen address {addr} is already used by routes[{}] \"{}\"{}; give each route its own port",
+                            other.index, other.name, on_line(other.line)
+                        )
+                    } else {
+                        format!(
+                            "listen address {addr} overlaps {} of routes[{}] \"{}\"{} (an unspecified address listens on every local address); give each route its own port",
+                            other.addr, other.index, other.name, on_line(other.line)
+                        )
+                    };
+                    self.error(format!("routes[{i}].listen"), listen_at, message);
+                }
+                listeners.push(Listener {
+                    index: i,
+                    name: route.name.clone(),
+                    addr,
+                    line: position(listen_at).0,
+                });
+            }
+            routes.push(route);
+        }
+        Config {
+            file: self.file.to_path_buf(),
+            routes,
+            shutdown_grace,
+        }
+    }
+
+    fn route(&mut self, i: usize, raw: &Spanned<RawRoute>) -> Route {
+        let p = format!("routes[{i}]");
+        let r = &raw.value;
+        let name = self.value(
+            format!("{p}.name"),
+            &Some(r.name.clone()),
+            String::new(),
+            parse_route_name,
+        );
+        let listen = self.value(
+            format!("{p}.listen"),
+            &Some(r.listen.clone()),
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            parse_listen,
+        );
+        let tls = r
+            .tls
+            .as_ref()
+            .and_then(|t| self.server_tls(&format!("{p}.tls"), t));
+        let allow = match &r.allow {
+            None => {
+                self.error(
+                    p.clone(),
+                    &raw.referenced,
+                    "missing required key `allow`; list who may connect, e.g. `allow: [10.0.0.0/8, 192.0.2.7]` ([\"any\"] admits every address, [] none)",
+                );
+                Allowlist::Networks(Vec::new())
+            }
+            Some(list) => {
+                let entries: Vec<&str> = list.value.iter().map(|e| e.value.as_str()).collect();
+                match Allowlist::parse(&entries) {
+                    Ok(allow) => allow,
+                    Err((j, message)) => {
+                        let at = list
+                            .value
+                            .get(j)
+                            .map_or(&list.referenced, |e| &e.referenced);
+                        self.error(format!("{p}.allow[{j}]"), at, message);
+                        Allowlist::Networks(Vec::new())
+                    }
+                }
+            }
+        };
+        let max_connections = self.value(
+            format!("{p}.max_connections"),
+            &r.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+            |s| parse_count(s, 1),
+        );
+        let max_message_bytes = self.value(
+            format!("{p}.max_message_bytes"),
+            &r.max_message_bytes,
+            DEFAULT_MAX_MESSAGE_BYTES,
+            parse_frame_size,
+        );
+        let receive_timeout = self.value(
+            format!("{p}.receive_timeout"),
+            &r.receive_timeout,
+            DEFAULT_RECEIVE_TIMEOUT,
+            parse_positive_duration,
+        );
+        let idle_timeout = self.value(format!("{p}.idle_timeout"), &r.idle_timeout, None, |s| {
+            parse_duration(s).map(|d| (!d.is_zero()).then_some(d))
+        });
+        let handshake_timeout = self.value(
+            format!("{p}.handshake_timeout"),
+            &r.handshake_timeout,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            parse_positive_duration,
+        );
+        let on_upstream_failure = self.value(
+            format!("{p}.on_upstream_failure"),
+            &r.on_upstream_failure,
+            OnUpstreamFailure::Nack,
+            parse_on_upstream_failure,
+        );
+        let upstream = self.upstream(&format!("{p}.upstream"), &r.upstream);
+        Route {
+            name,
+            listen,
+            tls,
+            allow,
+            max_connections,
+            max_message_bytes,
+            receive_timeout,
+            idle_timeout,
+            handshake_timeout,
+            on_upstream_failure,
+            upstream,
+        }
+    }
+
+    fn upstream(&mut self, p: &str, raw: &Spanned<RawUpstream>) -> Upstream {
+        let u = &raw.value;
+        let address = match parse_upstream_address(&u.address.value) {
+            Ok(address) => Some(address),
+            Err(message) => {
+                self.error(format!("{p}.address"), &u.address.referenced, message);
+                None
+            }
+        };
+        let tls = u
+            .tls
+            .as_ref()
+            .and_then(|t| self.client_tls(&format!("{p}.tls"), t, address.as_ref()));
+        let connections = self.value(
+            format!("{p}.connections"),
+            &u.connections,
+            Connections::Paired,
+            parse_connections,
+        );
+        let connect_timeout = self.value(
+            format!("{p}.connect_timeout"),
+            &u.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+            parse_positive_duration,
+        );
+        let ack_timeout = self.value(
+            format!("{p}.ack_timeout"),
+            &u.ack_timeout,
+            DEFAULT_ACK_TIMEOUT,
+            parse_positive_duration,
+        );
+        let keepalive = match &u.keepalive {
+            None => Keepalive::default(),
+            Some(k) => {
+                let default = Keepalive::default();
+                let k = &k.value;
+                Keepalive {
+                    time: self.value(
+                        format!("{p}.keepalive.time"),
+                        &k.time,
+                        default.time,
+                        parse_keepalive_duration,
+                    ),
+                    interval: self.value(
+                        format!("{p}.keepalive.interval"),
+                        &k.interval,
+                        default.interval,
+                        parse_keepalive_duration,
+                    ),
+                    retries: self.value(
+                        format!("{p}.keepalive.retries"),
+                        &k.retries,
+                        default.retries,
+                        parse_keepalive_retries,
+                    ),
+                }
+            }
+        };
+        let max_ack_bytes = self.value(
+            format!("{p}.max_ack_bytes"),
+            &u.max_ack_bytes,
+            DEFAULT_MAX_ACK_BYTES,
+            parse_frame_size,
+        );
+        Upstream {
+            address: address.unwrap_or(UpstreamAddress {
+                host: String::new(),
+                port: 0,
+            }),
+            tls,
+            connections,
+            connect_timeout,
+            ack_timeout,
+            keepalive,
+            max_ack_bytes,
+        }
+    }
+
+    /// Resolves a file path from the config and checks the file can be opened, reporting it
+    /// with the path as written. `None` when it cannot be used.
+    fn file(&mut self, path: String, raw: &Text) -> Option<PathBuf> {
+        let written = raw.value.trim();
+        if written.is_empty() {
+            self.error(path, &raw.referenced, "a file path is required here");
+            return None;
+        }
+        let resolved = self.base_dir.join(written);
+        let problem = match std::fs::metadata(&resolved) {
+            Ok(meta) if meta.is_dir() => Some(format!(
+                "\"{written}\" is a directory; give the path of a PEM file"
+            )),
+            Ok(_) => match std::fs::File::open(&resolved) {
+                Ok(_) => None,
+                Err(e) => Some(self.io_message(written, &e)),
+            },
+            Err(e) => Some(self.io_message(written, &e)),
+        };
+        match problem {
+            None => Some(resolved),
+            Some(message) => {
+                self.error(path, &raw.referenced, message);
+                None
+            }
+        }
+    }
+
+    fn io_message(&self, written: &str, e: &io::Error) -> String {
+        let relative_note = if Path::new(written).is_relative() {
+            format!(
+                " (relative paths are resolved from the config file's directory, here {})",
+                self.base_dir.display()
+            )
+        } else {
+            String::new()
+        };
+        match e.kind() {
+            io::ErrorKind::NotFound => format!("file \"{written}\" not found{relative_note}"),
+            io::ErrorKind::PermissionDenied => format!(
+                "file \"{written}\" is not readable by this user (permission denied); fix its permissions or ownership"
+            ),
+            _ => format!("file \"{written}\" cannot be read: {e}"),
+        }
+    }
+
+    /// Records a [`TlsError`] against the YAML key that named the file it is about.
+    fn tls_error(
+        &mut self,
+        err: TlsError,
+        p: &str,
+        tls_at: &Location,
+        files: &[(PemRole, &str, &Text)],
+    ) {
+        let target = err
+            .file()
+            .and_then(|(role, _)| files.iter().find(|(r, _, _)| *r == role));
+        let (path, at, written) = match target {
+            Some((_, key, raw)) => (
+                format!("{p}.{key}"),
+                &raw.referenced,
+                Some(raw.value.trim()),
+            ),
+            None => (p.to_string(), tls_at, None),
+        };
+        let message = match (&err, written) {
+            (TlsError::File { problem, .. }, Some(written)) => match problem {
+                tls::FileProblem::Read(e) => self.io_message(written, e),
+                problem => format!("file \"{written}\" {problem}"),
+            },
+            (TlsError::KeyMismatch { .. }, Some(written)) => {
+                let cert = files
+                    .iter()
+                    .find(|(r, _, _)| *r == PemRole::Certificate)
+                    .map_or("", |(_, _, raw)| raw.value.trim());
+                format!(
+                    "the private key \"{written}\" does not match the certificate \"{cert}\" (their public keys differ); use the key the certificate was issued for"
+                )
+            }
+            _ => err.to_string(),
+        };
+        self.error(path, at, message);
+    }
+
+    fn server_tls(&mut self, p: &str, raw: &Spanned<RawServerTls>) -> Option<ServerTls> {
+        let t = &raw.value;
+        let cert = self.file(format!("{p}.cert"), &t.cert);
+        let key = self.file(format!("{p}.key"), &t.key);
+        let client_ca = match &t.client_ca {
+            Some(ca) => Some(self.file(format!("{p}.client_ca"), ca)?),
+            None => None,
+        };
+        let (cert, key) = (cert?, key?);
+        let mut files = vec![
+            (PemRole::Certificate, "cert", &t.cert),
+            (PemRole::PrivateKey, "key", &t.key),
+        ];
+        if let Some(ca) = &t.client_ca {
+            files.push((PemRole::TrustedCa, "client_ca", ca));
+        }
+        match tls::server_config(&cert, &key, client_ca.as_deref()) {
+            Ok(config) => Some(ServerTls {
+                cert,
+                key,
+                client_ca,
+                config,
+            }),
+            Err(err) => {
+                self.tls_error(err, p, &raw.referenced, &files);
+                None
+            }
+        }
+    }
+
+    fn client_tls(
+        &mut self,
+        p: &str,
+        raw: &Spanned<RawClientTls>,
+        address: Option<&UpstreamAddress>,
+    ) -> Option<ClientTls> {
+        let t = &raw.value;
+        let server_name = match &t.server_name {
+            Some(name) => match parse_server_name(&name.value) {
+                Ok(server_name) => Some(server_name),
+                Err(message) => {
+                    self.error(format!("{p}.server_name"), &name.referenced, message);
+                    None
+                }
+            },
+            // The address host was validated as a DNS name or an IP address already.
+            None => address.and_then(|a| ServerName::try_from(a.host.clone()).ok()),
+        };
+        let ca = self.file(format!("{p}.ca"), &t.ca);
+        let cert = t.cert.as_ref().map(|c| self.file(format!("{p}.cert"), c));
+        let key = t.key.as_ref().map(|k| self.file(format!("{p}.key"), k));
+        match (&t.cert, &t.key) {
+            (Some(c), None) => self.error(
+                format!("{p}.cert"),
+                &c.referenced,
+                "a client certificate needs its private key: add `key` next to `cert`",
+            ),
+            (None, Some(k)) => self.error(
+                format!("{p}.key"),
+                &k.referenced,
+                "`key` is set but `cert` is not: add the client certificate as `cert`, or remove `key`",
+            ),
+            _ => {}
+        }
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (Some(cert?), Some(key?)),
+            (None, None) => (None, None),
+            _ => return None,
+        };
+        let ca = ca?;
+        let server_name = server_name?;
+        let mut files = vec![(PemRole::TrustedCa, "ca", &t.ca)];
+        if let (Some(c), Some(k)) = (&t.cert, &t.key) {
+            files.push((PemRole::Certificate, "cert", c));
+            files.push((PemRole::PrivateKey, "key", k));
+        }
+        match tls::client_config(&ca, cert.as_deref(), key.as_deref()) {
+            Ok(config) => Some(ClientTls {
+                ca,
+                server_name,
+                cert,
+                key,
+                config,
+            }),
+            Err(err) => {
+                self.tls_error(err, p, &raw.referenced, &files);
+                None
+            }
+        }
+    }
+}
+
+fn on_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+/// Whether two listen addresses cannot both be bound. Port 0 never clashes (each bind gets its
+/// own port). An unspecified IPv4 address covers every IPv4 address of the port; an unspecified
+/// IPv6 address covers every address of the port, since Linux binds `[::]` dual-stack by default.
+fn listen_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |wild: IpAddr, other: IpAddr| match wild {
+        IpAddr::V6(w) if w.is_unspecified() => true,
+        IpAddr::V4(w) if w.is_unspecified() => other.is_ipv4(),
+        _ => false,
+    };
+    ia == ib || covers(ia, ib) || covers(ib, ia)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers: text in, typed value or a message (without the YAML path) out
+// ---------------------------------------------------------------------------------------------
+
+fn parse_route_name(s: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "route name \"{s}\" is not valid: use 1 to 63 characters from a-z, 0-9 and '-' (e.g. \"lab-1\")"
+        ))
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "\"{s}\" is not an IP address with a port; write e.g. 127.0.0.1:2575, 0.0.0.0:2575 or \"[::1]:2575\" (host names are not accepted here)"
+        )
+    })
+}
+
+fn parse_upstream_address(s: &str) -> Result<UpstreamAddress, String> {
+    let t = s.trim();
+    let example =
+        "write host:port, e.g. ehr.example.org:2575, 10.1.2.3:2575 or \"[2001:db8::7]:2575\"";
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return Err(format!("\"{s}\" has no port; {example}"));
+    };
+    let host = if let Some(inner) = host.strip_prefix('[') {
+        match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(ip)) => ip.to_string(),
+            _ => {
+                return Err(format!(
+                    "\"{s}\": \"{host}\" is not an IPv6 address in brackets; {example}"
+                ))
+            }
+        }
+    } else if host.contains(':') {
+        return Err(format!(
+            "\"{s}\": put an IPv6 address in brackets, e.g. \"[2001:db8::7]:2575\""
+        ));
+    } else if host.parse::<Ipv4Addr>().is_ok() || rustls_pki_types::DnsName::try_from(host).is_ok()
+    {
+        host.to_string()
+    } else {
+        return Err(format!(
+            "\"{s}\": \"{host}\" is not a valid host name or IP address; {example}"
+        ));
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(UpstreamAddress { host, port }),
+        _ => Err(format!(
+            "\"{s}\": the port must be a number from 1 to 65535; {example}"
+        )),
+    }
+}
+
+fn parse_server_name(s: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(s.trim().to_string()).map_err(|_| {
+        format!(
+            "\"{s}\" is not a valid server name; write the DNS name (or IP address) the upstream's certificate is issued for, e.g. ehr.example.org"
+        )
+    })
+}
+
+/// A duration such as `30s`, `500ms`, `5m`, `1h 30m`; a bare `0` means zero.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        if t.bytes().all(|b| b == b'0') {
+            return Ok(Duration::ZERO);
+        }
+        return Err(format!("\"{s}\" has no unit; write e.g. {t}s or {t}ms"));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        let detail = match e {
+            humantime::DurationError::UnknownUnit { unit, .. } => {
+                format!(" (unknown unit \"{unit}\"; use ms, s, m, h or d)")
+            }
+            humantime::DurationError::NumberOverflow => " (too large)".to_string(),
+            _ => String::new(),
+        };
+        format!("\"{s}\" is not a duration{detail}; write e.g. 30s, 500ms or 5m")
+    })
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("must be greater than zero, not \"{s}\""));
+    }
+    Ok(d)
+}
+
+fn parse_keepalive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 || !(1..=MAX_KEEPALIVE_SECS).contains(&d.as_secs()) {
+        return Err(format!(
+            "must be whole seconds from 1s to {MAX_KEEPALIVE_SECS}s (the kernel's limits), not \"{s}\""
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_keepalive_retries(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_KEEPALIVE_RETRIES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a whole number from 1 to {MAX_KEEPALIVE_RETRIES}, not \"{s}\""
+        )),
+    }
+}
+
+fn parse_count(s: &str, min: usize) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!(
+            "must be a whole number of at least {min}, not \"{s}\""
+        )),
+    }
+}
+
+fn parse_connections(s: &str) -> Result<Connections, String> {
+    let t = s.trim();
+    if t == "paired" {
+        return Ok(Connections::Paired);
+    }
+    match t.parse::<usize>().ok().and_then(NonZeroUsize::new) {
+        Some(n) => Ok(Connections::Pool(n)),
+        None => Err(format!(
+            "must be `paired` (one upstream connection per sender connection) or a pool size of at least 1, not \"{s}\""
+        )),
+    }
+}
+
+fn parse_on_upstream_failure(s: &str) -> Result<OnUpstreamFailure, String> {
+    match s.trim() {
+        "nack" => Ok(OnUpstreamFailure::Nack),
+        "close" => Ok(OnUpstreamFailure::Close),
+        _ => Err(format!(
+            "must be `nack` (answer the sender with an AE ack saying why) or `close` (close the sender's connection), not \"{s}\""
+        )),
+    }
+}
+
+/// A byte size: a plain number of bytes, or a whole number with a unit: `KB`, `MB`, `GB`
+/// (1000-based) or `KiB`, `MiB`, `GiB` (1024-based), case-insensitive, optionally spaced.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let multiplier: Option<u64> = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => Some(1),
+        "kb" => Some(1000),
+        "mb" => Some(1000 * 1000),
+        "gb" => Some(1000 * 1000 * 1000),
+        "kib" => Some(1 << 10),
+        "mib" => Some(1 << 20),
+        "gib" => Some(1 << 30),
+        _ => None,
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .zip(multiplier)
+        .and_then(|(n, m)| n.checked_mul(m))
+        .ok_or_else(|| {
+            format!(
+                "\"{s}\" is not a size; write a number of bytes or a whole number with a unit: KB, MB, GB (1000-based) or KiB, MiB, GiB (1024-based), e.g. 16MiB"
+            )
+        })
+}
+
+fn parse_frame_size(s: &str) -> Result<usize, String> {
+    let bytes = parse_size(s)?;
+    match usize::try_from(bytes) {
+        Ok(n) if (MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be from 1KiB to 1GiB, not \"{s}\" ({bytes} bytes)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::test_pki::Pki;
+
+    /// A config directory with certificates: `certs/ca.pem` issued `guard` (server) and
+    /// `client` (client), and `certs/ehr-ca.pem` issued `ehr`.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let certs = dir.path().join("certs");
+            std::fs::create_dir(&certs).unwrap();
+            let ca = Pki::new(&certs, "clients");
+            ca.issue("client", &["lab.example.org"], "lab");
+            ca.issue("guard", &["guard.example.org"], "guard");
+            let ehr = Pki::new(&certs, "ehr-ca");
+            ehr.issue("ehr", &["ehr.example.org"], "ehr");
+            Fixture { dir }
+        }
+
+        fn base(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn parse(&self, yaml: &str) -> Result<Config, ConfigErrors> {
+            Config::parse(yaml, Path::new("guard.yaml"), self.base())
+        }
+
+        fn errors(&self, yaml: &str) -> String {
+            self.parse(yaml).unwrap_err().to_string()
+        }
+
+        /// Errors with the temporary directory replaced by `$DIR`.
+        fn errors_in_dir(&self, yaml: &str) -> String {
+            self.errors(yaml)
+                .replace(&self.base().display().to_string(), "$DIR")
+        }
+    }
+
+    /// Errors of a config needing no files.
+    fn errors(yaml: &str) -> String {
+        Config::parse(yaml, Path::new("guard.yaml"), Path::new("/etc/mllp-guard"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    const MINIMAL: &str = "\
+routes:
+  - name: lab
+    listen: 127.0.0.1:2575
+    allow: [127.0.0.0/8]
+    upstream:
+      address: 127.0.0.1:2576
+";
+
+    const CONTRACT: &str = r#"
+routes:
+  - name: lab                        # unique, [a-z0-9-]
+    listen: 127.0.0.1:2575           # also [::1]:2575, 0.0.0.0:2575
+    tls:                             # optional; absent = plaintext listener
+      cert: certs/guard.pem          # chain PEM
+      key: certs/guard.key
+      client_ca: certs/clients.pem   # optional; present = client certificate required and verified
+    allow: [127.0.0.0/8, "::1/128"]  # required: CIDRs or bare IPs; ["any"] opens it explicitly; [] denies all
+    max_connections: 256
+    max_message_bytes: 16MiB
+    receive_timeout: 30s             # a frame that has started must finish within this
+    idle_timeout: 0s                 # close a quiet sender after this; 0s = never
+    on_upstream_failure: nack        # nack = answer AE with the reason; close = close the sender's connection
+    upstream:
+      address: 127.0.0.1:2576        # host:port, DNS names allowed
+      tls:                           # optional; absent = plaintext
+        ca: certs/ehr-ca.pem
+        server_name: ehr.example.org # optional, defaults to the host part of address
+        cert: certs/client.pem       # optional client certificate
+        key: certs/client.key
+      connections: paired            # paired = one upstream connection per sender connection; or a number N = shared pool of N
+      connect_timeout: 5s
+      ack_timeout: 30s
+      keepalive: { time: 60s, interval: 10s, retries: 6 }   # TCP keepalive, applied on both legs
+"#;
+
+    #[test]
+    fn the_contract_example_parses_into_typed_values() {
+        let fx = Fixture::new();
+        let config = fx.parse(CONTRACT).unwrap();
+        assert_eq!(config.file, Path::new("guard.yaml"));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        let [route] = &config.routes[..] else {
+            panic!("one route expected");
+        };
+        assert_eq!(route.name, "lab");
+        assert_eq!(route.listen, "127.0.0.1:2575".parse().unwrap());
+        let tls = route.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, fx.base().join("certs/guard.pem"));
+        assert_eq!(tls.key, fx.base().join("certs/guard.key"));
+        assert_eq!(tls.client_ca, Some(fx.base().join("certs/clients.pem")));
+        assert_eq!(
+            route.allow,
+            Allowlist::parse(&["127.0.0.0/8", "::1/128"]).unwrap()
+        );
+        assert_eq!(route.max_connections, 256);
+        assert_eq!(route.max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(route.receive_timeout, Duration::from_secs(30));
+        assert_eq!(route.idle_timeout, None);
+        assert_eq!(route.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(route.on_upstream_failure, OnUpstreamFailure::Nack);
+        let up = &route.upstream;
+        assert_eq!(
+            up.address,
+            UpstreamAddress {
+                host: "127.0.0.1".into(),
+                port: 2576
+            }
+        );
+        let utls = up.tls.as_ref().unwrap();
+        assert_eq!(utls.ca, fx.base().join("certs/ehr-ca.pem"));
+        assert_eq!(
+            utls.server_name,
+            ServerName::try_from("ehr.example.org").unwrap()
+        );
+        assert_eq!(utls.cert, Some(fx.base().join("certs/client.pem")));
+        assert_eq!(utls.key, Some(fx.base().join("certs/client.key")));
+        assert_eq!(up.connections, Connections::Paired);
+        assert_eq!(up.connect_timeout, Duration::from_secs(5));
+        assert_eq!(up.ack_timeout, Duration::from_secs(30));
+        assert_eq!(
+            up.keepalive,
+            Keepalive {
+                time: Duration::from_secs(60),
+                interval: Duration::from_secs(10),
+                retries: 6
+            }
+        );
+        assert_eq!(up.max_ack_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn omitted_keys_take_their_defaults() {
+        let config =
+            Config::parse(MINIMAL, Path::new("guard.yaml"), Path::new("/nowhere")).unwrap();
+        assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        let route = &config.routes[0];
+        assert!(route.tls.is_none());
+        assert_eq!(route.max_connections, 256);
+        assert_eq!(route.max_message_bytes, 16 * 1024 * 1024);
+        assert_eq!(route.receive_timeout, Duration::from_secs(30));
+        assert_eq!(route.idle_timeout, None);
+        assert_eq!(route.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(route.on_upstream_failure, OnUpstreamFailure::Nack);
+        let up = &route.upstream;
+        assert!(up.tls.is_none());
+        assert_eq!(up.connections, Connections::Paired);
+        assert_eq!(up.connect_timeout, Duration::from_secs(5));
+        assert_eq!(up.ack_timeout, Duration::from_secs(30));
+        assert_eq!(up.keepalive, Keepalive::default());
+        assert_eq!(up.max_ack_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn every_optional_key_is_read_when_given() {
+        let yaml = r#"
+shutdown_grace: 1m
+routes:
+  - name: adt-2
+    listen: "[::1]:0"
+    allow: ["any"]
+    max_connections: 3
+    max_message_bytes: 512KiB
+    receive_timeout: 2s
+    idle_timeout: 5m
+    handshake_timeout: 750ms
+    on_upstream_failure: close
+    upstream:
+      address: "[2001:db8::7]:2575"
+      connections: 1
+      connect_timeout: 1s
+      ack_timeout: 1m 30s
+      keepalive:
+        interval: 5s
+      max_ack_bytes: 64KB
+"#;
+        let config = Config::parse(yaml, Path::new("g.yaml"), Path::new("/")).unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_secs(60));
+        let r = &config.routes[0];
+        assert_eq!(r.name, "adt-2");
+        assert_eq!(r.listen, "[::1]:0".parse().unwrap());
+        assert_eq!(r.allow, Allowlist::Any);
+        assert_eq!(r.max_connections, 3);
+        assert_eq!(r.max_message_bytes, 512 * 1024);
+        assert_eq!(r.receive_timeout, Duration::from_secs(2));
+        assert_eq!(r.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(r.handshake_timeout, Duration::from_millis(750));
+        assert_eq!(r.on_upstream_failure, OnUpstreamFailure::Close);
+        let up = &r.upstream;
+        assert_eq!(up.address.host, "2001:db8::7");
+        assert_eq!(up.address.to_string(), "[2001:db8::7]:2575");
+        assert_eq!(
+            up.connections,
+            Connections::Pool(NonZeroUsize::new(1).unwrap())
+        );
+        assert_eq!(up.ack_timeout, Duration::from_secs(90));
+        assert_eq!(
+            up.keepalive,
+            Keepalive {
+                time: Duration::from_secs(60),
+                interval: Duration::from_secs(5),
+                retries: 6
+            }
+        );
+        assert_eq!(up.max_ack_bytes, 64_000);
+    }
+
+    #[test]
+    fn an_empty_allow_list_denies_everyone_and_is_not_an_error() {
+        let yaml = MINIMAL.replace("[127.0.0.0/8]", "[]");
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/")).unwrap();
+        assert_eq!(config.routes[0].allow, Allowlist::Networks(vec![]));
+    }
+
+    #[test]
+    fn client_tls_server_name_defaults_to_the_address_host() {
+        let fx = Fixture::new();
+        let yaml = MINIMAL.replace(
+            "address: 127.0.0.1:2576\n",
+            "address: ehr.example.org:2576\n      tls:\n        ca: certs/ehr-ca.pem\n",
+        );
+        let config = fx.parse(&yaml).unwrap();
+        let tls = config.routes[0].upstream.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.server_name,
+            ServerName::try_from("ehr.example.org").unwrap()
+        );
+        assert_eq!(tls.cert, None);
+        assert_eq!(
+            format!("{tls:?}"),
+            format!(
+                "ClientTls {{ ca: {:?}, server_name: DnsName(\"ehr.example.org\"), cert: None, key: None, .. }}",
+                fx.base().join("certs/ehr-ca.pem")
+            )
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file_and_resolves_paths_from_its_directory() {
+        let fx = Fixture::new();
+        let file = fx.base().join("guard.yaml");
+        std::fs::write(&file, CONTRACT).unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.file, file);
+        assert_eq!(
+            config.routes[0].tls.as_ref().unwrap().cert,
+            fx.base().join("certs/guard.pem")
+        );
+    }
+
+    #[test]
+    fn a_missing_config_file_is_one_error_without_position() {
+        let err = Config::load(Path::new("/nonexistent/guard.yaml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/nonexistent/guard.yaml: config file not found"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_a_suggestion_and_the_valid_keys() {
+        let yaml = MINIMAL.replace("listen:", "listne:");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_deep_in_a_flow_map_gets_its_full_path() {
+        let yaml = format!("{MINIMAL}      keepalive: {{ time: 60s, retry: 3 }}\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:7:31: routes[0].upstream.keepalive.retry: unknown key `retry` (did you mean `retries`?); valid keys here: time, interval, retries"
+        );
+    }
+
+    #[test]
+    fn a_missing_required_key_says_what_to_add() {
+        let yaml = MINIMAL.replace("    listen: 127.0.0.1:2575\n", "");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:4:5: routes[0]: missing required key `listen`; add e.g. `listen: 127.0.0.1:2575`"
+        );
+    }
+
+    #[test]
+    fn a_missing_allow_list_is_an_error_with_an_example() {
+        let yaml = MINIMAL.replace("    allow: [127.0.0.0/8]\n", "");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:2:5: routes[0]: missing required key `allow`; list who may connect, e.g. `allow: [10.0.0.0/8, 192.0.2.7]` ([\"any\"] admits every address, [] none)"
+        );
+    }
+
+    #[test]
+    fn a_list_where_a_value_belongs_is_a_type_error_with_a_quoting_hint() {
+        let yaml = MINIMAL.replace("listen: 127.0.0.1:2575", "listen: [::1]:2575");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:3:13: routes[0].listen: expected a single value here, not a list or a map (quote addresses that start with '[', e.g. \"[::1]:2575\")"
+        );
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_is_reported_with_its_position() {
+        let yaml = MINIMAL.replace("allow: [127.0.0.0/8]", "allow: [127.0.0.0/8");
+        let err = errors(&yaml);
+        assert!(err.starts_with("guard.yaml:"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_lists_the_valid_ones() {
+        assert_eq!(
+            errors(&format!("{MINIMAL}extra: 1\n")),
+            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace"
+        );
+    }
+
+    #[test]
+    fn a_tab_in_the_indentation_gets_a_hint() {
+        let err = errors(&MINIMAL.replace("    allow", "\tallow"));
+        assert!(
+            err.ends_with("(indent YAML with spaces, not tabs)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_reported() {
+        let yaml = MINIMAL.replace(
+            "    listen: 127.0.0.1:2575\n",
+            "    listen: 127.0.0.1:2575\n    name: lab2\n",
+        );
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:4:5: routes[0]: key `name` appears twice; keep one of them"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_needs_routes() {
+        assert_eq!(
+            errors(""),
+            "guard.yaml:1:1: the file is empty; it needs at least a `routes:` list"
+        );
+        assert_eq!(
+            errors("routes: []\n"),
+            "guard.yaml:1:9: routes: no routes are defined; add at least one route under `routes:`"
+        );
+    }
+
+    #[test]
+    fn every_semantic_error_in_a_file_is_reported_in_document_order() {
+        let yaml = r#"
+shutdown_grace: soon
+routes:
+  - name: Lab_1
+    listen: localhost:2575
+    allow: [10.0.0.0/33]
+    max_connections: 0
+    max_message_bytes: 16XB
+    receive_timeout: 30
+    idle_timeout: 0s
+    handshake_timeout: 0s
+    on_upstream_failure: drop
+    upstream:
+      address: ehr.example.org
+      connections: 0
+      connect_timeout: 5 parsecs
+      ack_timeout: 0
+      keepalive: { time: 500ms, interval: 0s, retries: 128 }
+      max_ack_bytes: 2GiB
+"#;
+        let expected = [
+            "guard.yaml:2:17: shutdown_grace: \"soon\" is not a duration; write e.g. 30s, 500ms or 5m",
+            "guard.yaml:4:11: routes[0].name: route name \"Lab_1\" is not valid: use 1 to 63 characters from a-z, 0-9 and '-' (e.g. \"lab-1\")",
+            "guard.yaml:5:13: routes[0].listen: \"localhost:2575\" is not an IP address with a port; write e.g. 127.0.0.1:2575, 0.0.0.0:2575 or \"[::1]:2575\" (host names are not accepted here)",
+            "guard.yaml:6:13: routes[0].allow[0]: \"10.0.0.0/33\" is not an IP address or CIDR (write e.g. 10.0.0.0/8, 192.0.2.7, \"::1/128\", or \"any\")",
+            "guard.yaml:7:22: routes[0].max_connections: must be a whole number of at least 1, not \"0\"",
+            "guard.yaml:8:24: routes[0].max_message_bytes: \"16XB\" is not a size; write a number of bytes or a whole number with a unit: KB, MB, GB (1000-based) or KiB, MiB, GiB (1024-based), e.g. 16MiB",
+            "guard.yaml:9:22: routes[0].receive_timeout: \"30\" has no unit; write e.g. 30s or 30ms",
+            "guard.yaml:11:24: routes[0].handshake_timeout: must be greater than zero, not \"0s\"",
+            "guard.yaml:12:26: routes[0].on_upstream_failure: must be `nack` (answer the sender with an AE ack saying why) or `close` (close the sender's connection), not \"drop\"",
+            "guard.yaml:14:16: routes[0].upstream.address: \"ehr.example.org\" has no port; write host:port, e.g. ehr.example.org:2575, 10.1.2.3:2575 or \"[2001:db8::7]:2575\"",
+            "guard.yaml:15:20: routes[0].upstream.connections: must be `paired` (one upstream connection per sender connection) or a pool size of at least 1, not \"0\"",
+            "guard.yaml:16:24: routes[0].upstream.connect_timeout: \"5 parsecs\" is not a duration (unknown unit \"parsecs\"; use ms, s, m, h or d); write e.g. 30s, 500ms or 5m",
+            "guard.yaml:17:20: routes[0].upstream.ack_timeout: must be greater than zero, not \"0\"",
+            "guard.yaml:18:26: routes[0].upstream.keepalive.time: must be whole seconds from 1s to 32767s (the kernel's limits), not \"500ms\"",
+            "guard.yaml:18:43: routes[0].upstream.keepalive.interval: must be whole seconds from 1s to 32767s (the kernel's limits), not \"0s\"",
+            "guard.yaml:18:56: routes[0].upstream.keepalive.retries: must be a whole number from 1 to 127, not \"128\"",
+            "guard.yaml:19:22: routes[0].upstream.max_ack_bytes: must be from 1KiB to 1GiB, not \"2GiB\" (2147483648 bytes)",
+        ];
+        assert_eq!(errors(yaml), expected.join("\n"));
+    }
+
+    #[test]
+    fn duplicate_route_names_and_listen_addresses_are_reported_against_the_later_route() {
+        let yaml = r#"
+routes:
+  - name: lab
+    listen: 0.0.0.0:2575
+    allow: [any]
+    upstream: { address: "ehr:1" }
+  - name: lab
+    listen: 127.0.0.1:2575
+    allow: [any]
+    upstream: { address: "ehr:1" }
+  - name: adt
+    listen: 127.0.0.1:2575
+    allow: [any]
+    upstream: { address: "ehr:1" }
+  - name: orm
+    listen: "[::]:2580"
+    allow: [any]
+    upstream: { address: "ehr:1" }
+  - name: oru
+    listen: 10.0.0.1:2580
+    allow: [any]
+    upstream: { address: "ehr:1" }
+  - name: zero-a
+    listen: 127.0.0.1:0
+    allow: [any]
+    upstream: { address: "ehr:1" }
+  - name: zero-b
+    listen: 127.0.0.1:0
+    allow: [any]
+    upstream: { address: "ehr:1" }
+"#;
+        let expected = [
+            "guard.yaml:7:11: routes[1].name: route name \"lab\" is already used by routes[0] (line 3); give each route a unique name",
+            "guard.yaml:8:13: routes[1].listen: listen address 127.0.0.1:2575 overlaps 0.0.0.0:2575 of routes[0] \"lab\" (line 4) (an unspecified address listens on every local address); give each route its own port",
+            "guard.yaml:12:13: routes[2].listen: listen address 127.0.0.1:2575 overlaps 0.0.0.0:2575 of routes[0] \"lab\" (line 4) (an unspecified address listens on every local address); give each route its own port",
+            "guard.yaml:20:13: routes[4].listen: listen address 10.0.0.1:2580 overlaps [::]:2580 of routes[3] \"orm\" (line 16) (an unspecified address listens on every local address); give each route its own port",
+        ];
+        assert_eq!(errors(yaml), expected.join("\n"));
+    }
+
+    #[test]
+    fn the_same_listen_address_twice_is_named_as_already_used() {
+        let yaml = format!(
+            "{MINIMAL}{}",
+            MINIMAL
+                .trim_start_matches("routes:\n")
+                .replace("name: lab", "name: lab-2")
+        );
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:8:13: routes[1].listen: listen address 127.0.0.1:2575 is already used by routes[0] \"lab\" (line 3); give each route its own port"
+        );
+    }
+
+    #[test]
+    fn bad_upstream_addresses_say_what_is_wrong() {
+        let cases = [
+            ("ehr:0", "\"ehr:0\": the port must be a number from 1 to 65535; write host:port, e.g. ehr.example.org:2575, 10.1.2.3:2575 or \"[2001:db8::7]:2575\""),
+            ("ehr:65536", "\"ehr:65536\": the port must be a number from 1 to 65535; write host:port, e.g. ehr.example.org:2575, 10.1.2.3:2575 or \"[2001:db8::7]:2575\""),
+            ("\"::1:2575\"", "\"::1:2575\": put an IPv6 address in brackets, e.g. \"[2001:db8::7]:2575\""),
+            ("\"[ehr]:2575\"", "\"[ehr]:2575\": \"[ehr]\" is not an IPv6 address in brackets; write host:port, e.g. ehr.example.org:2575, 10.1.2.3:2575 or \"[2001:db8::7]:2575\""),
+            ("ehr_1!:2575", "\"ehr_1!:2575\": \"ehr_1!\" is not a valid host name or IP address; write host:port, e.g. ehr.example.org:2575, 10.1.2.3:2575 or \"[2001:db8::7]:2575\""),
+        ];
+        for (value, message) in cases {
+            let yaml = MINIMAL.replace("address: 127.0.0.1:2576", &format!("address: {value}"));
+            assert_eq!(
+                errors(&yaml),
+                format!("guard.yaml:6:16: routes[0].upstream.address: {message}"),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_accept_bytes_and_both_unit_families() {
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert_eq!(parse_size("2 GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("1gib"), Ok(1 << 30));
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        assert_eq!(parse_frame_size("1KiB"), Ok(1024));
+        assert_eq!(
+            parse_frame_size("1000"),
+            Err("must be from 1KiB to 1GiB, not \"1000\" (1000 bytes)".to_string())
+        );
+        assert_eq!(parse_frame_size("1GiB"), Ok(1 << 30));
+    }
+
+    #[test]
+    fn route_names_follow_the_charset_and_length_rule() {
+        assert!(parse_route_name("lab-1").is_ok());
+        assert!(parse_route_name(&"a".repeat(63)).is_ok());
+        assert!(parse_route_name(&"a".repeat(64)).is_err());
+        assert!(parse_route_name("").is_err());
+        assert!(parse_route_name("lab.1").is_err());
+    }
+
+    #[test]
+    fn listen_clash_rules() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(listen_clash(a("127.0.0.1:1"), a("127.0.0.1:1")));
+        assert!(listen_clash(a("0.0.0.0:1"), a("10.0.0.1:1")));
+        assert!(!listen_clash(a("0.0.0.0:1"), a("[::1]:1")));
+        assert!(listen_clash(a("[::]:1"), a("127.0.0.1:1")));
+        assert!(listen_clash(a("[::ffff:127.0.0.1]:1"), a("127.0.0.1:1")));
+        assert!(!listen_clash(a("127.0.0.1:1"), a("127.0.0.2:1")));
+        assert!(!listen_clash(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
+
+    #[test]
+    fn missing_tls_files_are_all_reported_relative_to_the_config_directory() {
+        let fx = Fixture::new();
+        let yaml = CONTRACT
+            .replace("certs/guard.pem", "certs/a.pem")
+            .replace("certs/guard.key", "certs/a.key")
+            .replace("certs/ehr-ca.pem", "/abs/ehr-ca.pem");
+        let expected = [
+            "guard.yaml:6:13: routes[0].tls.cert: file \"certs/a.pem\" not found (relative paths are resolved from the config file's directory, here $DIR)",
+            "guard.yaml:7:12: routes[0].tls.key: file \"certs/a.key\" not found (relative paths are resolved from the config file's directory, here $DIR)",
+            "guard.yaml:18:13: routes[0].upstream.tls.ca: file \"/abs/ehr-ca.pem\" not found",
+        ];
+        assert_eq!(fx.errors_in_dir(&yaml), expected.join("\n"));
+    }
+
+    #[test]
+    fn a_directory_given_as_a_certificate_is_refused() {
+        let fx = Fixture::new();
+        let yaml = CONTRACT.replace("certs/guard.pem", "certs");
+        assert_eq!(
+            fx.errors(&yaml),
+            "guard.yaml:6:13: routes[0].tls.cert: \"certs\" is a directory; give the path of a PEM file"
+        );
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_points_at_the_key() {
+        let fx = Fixture::new();
+        let yaml = CONTRACT.replace("certs/guard.key", "certs/client.key");
+        assert_eq!(
+            fx.errors(&yaml),
+            "guard.yaml:7:12: routes[0].tls.key: the private key \"certs/client.key\" does not match the certificate \"certs/guard.pem\" (their public keys differ); use the key the certificate was issued for"
+        );
+    }
+
+    #[test]
+    fn a_pem_without_a_certificate_is_refused_for_each_role() {
+        let fx = Fixture::new();
+        std::fs::write(
+            fx.base().join("certs/empty.pem"),
+            "# nothing here\n-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        )
+        .unwrap();
+        let yaml = CONTRACT
+            .replace("certs/clients.pem", "certs/empty.pem")
+            .replace("certs/ehr-ca.pem", "certs/guard.key");
+        let expected = [
+            "guard.yaml:8:18: routes[0].tls.client_ca: file \"certs/empty.pem\" contains no certificate (no \"-----BEGIN CERTIFICATE-----\" block)",
+            "guard.yaml:18:13: routes[0].upstream.tls.ca: file \"certs/guard.key\" holds a private key, not a certificate; point this at the certificate PEM (\"-----BEGIN CERTIFICATE-----\")",
+        ];
+        assert_eq!(fx.errors(&yaml), expected.join("\n"));
+    }
+
+    #[test]
+    fn a_client_certificate_without_a_key_and_a_key_without_a_certificate_are_errors() {
+        let fx = Fixture::new();
+        let no_key = CONTRACT.replace("        key: certs/client.key\n", "");
+        assert_eq!(
+            fx.errors(&no_key),
+            "guard.yaml:20:15: routes[0].upstream.tls.cert: a client certificate needs its private key: add `key` next to `cert`"
+        );
+        let no_cert = CONTRACT.replace(
+            "        cert: certs/client.pem       # optional client certificate\n",
+            "",
+        );
+        assert_eq!(
+            fx.errors(&no_cert),
+            "guard.yaml:20:14: routes[0].upstream.tls.key: `key` is set but `cert` is not: add the client certificate as `cert`, or remove `key`"
+        );
+    }
+
+    #[test]
+    fn a_bad_server_name_is_reported() {
+        let fx = Fixture::new();
+        let yaml = CONTRACT.replace(
+            "server_name: ehr.example.org",
+            "server_name: \"ehr example\"",
+        );
+        assert_eq!(
+            fx.errors(&yaml),
+            "guard.yaml:19:22: routes[0].upstream.tls.server_name: \"ehr example\" is not a valid server name; write the DNS name (or IP address) the upstream's certificate is issued for, e.g. ehr.example.org"
+        );
+    }
+
+    #[test]
+    fn tls_errors_of_two_routes_are_reported_together_with_other_errors() {
+        let fx = Fixture::new();
+        let second = CONTRACT
+            .trim_start()
+            .trim_start_matches("routes:\n")
+            .replace("name: lab ", "name: adt ")
+            .replace("127.0.0.1:2575", "127.0.0.1:2577")
+            .replace("certs/clients.pem", "certs/missing.pem");
+        let yaml = format!(
+            "{}{}",
+            CONTRACT.replace("certs/guard.key", "certs/ehr.key"),
+            second
+        )
+        .replace("max_connections: 256", "max_connections: many");
+        let lines: Vec<String> = fx
+            .errors_in_dir(&yaml)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "guard.yaml:7:12: routes[0].tls.key: the private key \"certs/ehr.key\" does not match the certificate \"certs/guard.pem\" (their public keys differ); use the key the certificate was issued for",
+                "guard.yaml:10:22: routes[0].max_connections: must be a whole number of at least 1, not \"many\"",
+                "guard.yaml:31:18: routes[1].tls.client_ca: file \"certs/missing.pem\" not found (relative paths are resolved from the config file's directory, here $DIR)",
+                "guard.yaml:33:22: routes[1].max_connections: must be a whole number of at least 1, not \"many\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_config_error_without_position_or_path_displays_compactly() {
+        let e = ConfigError {
+            file: "g.yaml".into(),
+            yaml_path: String::new(),
+            line: None,
+            column: None,
+            message: "boom".into(),
+        };
+        assert_eq!(e.to_string(), "g.yaml: boom");
+        let e = ConfigError {
+            yaml_path: "routes[0]".into(),
+            ..e
+        };
+        assert_eq!(e.to_string(), "g.yaml: routes[0]: boom");
+    }
+
+    #[test]
+    fn edit_distance_suggestions_stay_close() {
+        assert_eq!(closest("listne", &["name", "listen"]), Some("listen"));
+        assert_eq!(closest("zzz", &["name", "listen"]), None);
+    }
+}

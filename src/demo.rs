@@ -1,0 +1,75 @@
+//! `mllp-guard demo`: the quick start. Runs the shipped config (`rules/quickstart.yaml`: a TLS
+//! listener relaying to a plaintext receiver), starts a sink where its upstream points, sends the
+//! sample messages through the guard over TLS, prints each ack, and stops everything.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::app::Guard;
+use crate::config::Config;
+use crate::hl7::AckCode;
+use crate::peer::send::{self, SendOptions};
+use crate::peer::sink::{Sink, SinkOptions};
+
+pub const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/quickstart.yaml");
+pub const DEFAULT_MESSAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/messages");
+/// The CA that signed the demo certificates in `rules/certs/` (demo only, never for production).
+const DEMO_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/certs/ca.pem");
+
+/// Runs the demo; returns whether every message got a matching positive ack.
+pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
+    let config = Config::load(config_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let route = config.routes.first().context("the demo config has no route")?;
+    let target = route.listen;
+    let route_name = route.name.clone();
+    let tls_listener = route.tls.is_some();
+    let upstream = route.upstream.address.clone();
+    let upstream_addr = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
+        .await?
+        .next()
+        .context("the demo upstream address resolves to nothing")?;
+
+    let sink = Sink::start(SinkOptions {
+        listen: upstream_addr,
+        tls: None,
+        ack: AckCode::AA,
+        save_dir: None,
+        max_message_bytes: 64 * 1024 * 1024,
+        verbose: false,
+    })
+    .await
+    .with_context(|| format!("cannot start the demo receiver on {upstream_addr}"))?;
+    let guard = Guard::start(config).await?;
+    let listen = guard.local_addr(&route_name).unwrap_or(target);
+    println!("demo: guard route \"{route_name}\" on {listen} ({}) -> receiver on {}", if tls_listener { "TLS" } else { "plain" }, sink.local_addr());
+
+    let tls = if tls_listener {
+        let cfg = crate::tls::client_config(Path::new(DEMO_CA), None, None)?;
+        let name = rustls_pki_types::ServerName::try_from("localhost")?;
+        Some((cfg, name))
+    } else {
+        None
+    };
+    let opts = SendOptions { to: listen.to_string(), tls, timeout: Duration::from_secs(10) };
+    let files = send::expand(&[messages.to_path_buf()])?;
+    println!("file\tMSH-10\tack\tlatency");
+    let results = send::send_files(&opts, &files, |sent| {
+        let name = sent.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut shown = sent.clone();
+        shown.file = name.into();
+        println!("{}", shown.line());
+    })
+    .await?;
+    let ok = results.iter().all(|r| r.ok());
+    println!(
+        "demo: {} of {} messages relayed and acked; the receiver got {}",
+        results.iter().filter(|r| r.ok()).count(),
+        results.len(),
+        sink.received()
+    );
+    guard.stop().await;
+    sink.stop().await;
+    Ok(ok)
+}

@@ -1,0 +1,46 @@
+//! mllp-guard: a transparent MLLP proxy and HL7-aware firewall.
+//!
+//! It terminates MLLP (plain or TLS) from senders ("downstream"), re-originates it (plain or
+//! TLS) to a receiver ("upstream"), relays the receiver's ack only when its MSA-2 answers the
+//! message, and refuses whoever is not allowed. Payload bytes are relayed exactly; only the
+//! header segment is read.
+//!
+//! # Layout
+//!
+//! The path of one message, and the module that owns each step:
+//!
+//! ```text
+//! accept                                    listener.rs  (binds, admits, spawns; never slow)
+//!   peer address: allowlist, conn cap       policy.rs    (refused -> closed before TLS, logged)
+//!   TLS handshake under a timeout           tls.rs       (in the connection's own task)
+//!   bytes -> frame                          link.rs + codec.rs (oversize / garbage -> defined outcome)
+//!   header view                             hl7.rs       (no header -> AR from ack.rs)
+//!   deliver                                 dispatch.rs  (forward; custody comes here)
+//!   send frame, await ack, verify MSA-2     upstream.rs  (timeout -> connection closed)
+//!   ack (relayed, or our own AE) -> sender  session.rs owns the loop end to end
+//! ```
+//!
+//! Around it: `config.rs` turns YAML into a validated, typed [`config::Config`] (every error with
+//! its location); `app.rs` builds the routes, binds them and drains on shutdown; `net.rs` holds
+//! socket tuning and the plain/TLS stream; `peer/` has the `send` and `sink` tools; `demo.rs`
+//! the quick start; `main.rs` the command line.
+//!
+//! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, and `config`
+//! apart from reading the files it names.
+#![forbid(unsafe_code)]
+
+pub mod ack;
+pub mod app;
+pub mod codec;
+pub mod config;
+pub mod demo;
+pub mod dispatch;
+pub mod hl7;
+pub mod link;
+pub mod listener;
+pub mod net;
+pub mod peer;
+pub mod policy;
+pub mod session;
+pub mod tls;
+pub mod upstream;

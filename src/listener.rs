@@ -1,0 +1,133 @@
+//! Accepting senders: bind a route's listener, admit or refuse each connection on its peer
+//! address and the connection cap, then hand it to its own task (TLS handshake under a timeout,
+//! then the session).
+//!
+//! The accept loop only accepts and admits: nothing slow runs in it. It survives accept errors
+//! (pausing when out of file descriptors instead of spinning). Must not know framing or delivery.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::net::{self, Stream};
+use crate::session::{self, RouteContext};
+
+/// Binds a listening socket with SO_REUSEADDR (restarts do not wait out TIME_WAIT) and, for an
+/// IPv6 wildcard, dual-stack off so `[::]` and `0.0.0.0` routes can coexist.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts until `shutdown` fires; every admitted connection runs in `tracker`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<RouteContext>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let capacity = Arc::new(Semaphore::new(ctx.route.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                pause_after_accept_error(&ctx.name, &err).await;
+                continue;
+            }
+        };
+        if !ctx.route.allow.admits(peer.ip()) {
+            tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", "connection refused");
+            refuse(tcp);
+            continue;
+        }
+        let Ok(permit) = capacity.clone().try_acquire_owned() else {
+            tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, "connection refused");
+            refuse(tcp);
+            continue;
+        };
+        if let Err(err) = net::tune(&tcp, &ctx.route.upstream.keepalive) {
+            tracing::debug!(route = %ctx.name, %peer, error = %err, "could not set TCP options on the sender's connection");
+        }
+        tracing::debug!(route = %ctx.name, %peer, "connection accepted");
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            serve_connection(tcp, peer, ctx, shutdown).await;
+        });
+    }
+}
+
+/// TLS handshake (if the route has TLS) under `handshake_timeout`, then the session.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<RouteContext>,
+    shutdown: CancellationToken,
+) {
+    let Some(tls) = &ctx.route.tls else {
+        session::serve(Stream::Plain(tcp), peer, None, ctx.clone(), shutdown).await;
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let limit = ctx.route.handshake_timeout;
+    let handshake = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        result = tokio::time::timeout(limit, acceptor.accept(tcp)) => result,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => Stream::ServerTls(Box::new(stream)),
+        Ok(Err(err)) => {
+            tracing::warn!(route = %ctx.name, %peer, error = %err, "TLS handshake failed; connection closed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(route = %ctx.name, %peer, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
+            return;
+        }
+    };
+    let identity = stream.peer_identity();
+    tracing::debug!(route = %ctx.name, %peer, identity = identity.as_deref(), "TLS session established");
+    session::serve(stream, peer, identity, ctx.clone(), shutdown).await;
+}
+
+/// Closes a refused connection at once, with a reset (no lingering TIME_WAIT for the refuser).
+fn refuse(tcp: TcpStream) {
+    let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+    drop(tcp);
+}
+
+/// Out of file descriptors (or memory): wait before accepting again instead of spinning.
+/// Other errors (a peer that reset before accept) are logged and skipped.
+async fn pause_after_accept_error(route: &str, err: &io::Error) {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS on Linux.
+    const OUT_OF_RESOURCES: [i32; 4] = [24, 23, 12, 105];
+    let exhausted = err
+        .raw_os_error()
+        .is_some_and(|code| OUT_OF_RESOURCES.contains(&code));
+    if exhausted {
+        tracing::error!(route, error = %err, "accept failed: out of resources; pausing accepts for 100ms");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        tracing::debug!(route, error = %err, "accept failed");
+    }
+}

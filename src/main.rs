@@ -1,0 +1,277 @@
+//! The `mllp-guard` command line: `run`, `check`, `send`, `sink`, `demo`. Sets up logging and
+//! maps outcomes to exit codes (0 ok, 1 failure at run time, 2 invalid configuration or usage).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mllp_guard::config::Config;
+use mllp_guard::hl7::AckCode;
+use mllp_guard::peer::send::{self, SendOptions};
+use mllp_guard::peer::sink::{Sink, SinkOptions};
+use mllp_guard::{app, demo, tls};
+
+#[derive(Parser)]
+#[command(name = "mllp-guard", version, about = "A transparent MLLP proxy and HL7-aware firewall")]
+struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the guard in the foreground until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration: a summary line per route, or every error (exit 2).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Send files as MLLP messages and check every ack (exit 0 only if all are positive and match).
+    Send {
+        /// Receiver address, host:port.
+        #[arg(long)]
+        to: String,
+        /// Use TLS, trusting this CA (PEM).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// TLS server name to verify (default: the host part of --to).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Client certificate chain (PEM) for mutual TLS.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Client private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Limit for connecting and for each ack.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Files to send, one message each; a directory means its files in name order.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// A test receiver: acks every message (MSA-2 = its MSH-10) and can save payloads.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this CA.
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+        /// The ack code to answer with.
+        #[arg(long, default_value = "AA", value_parser = parse_ack_code)]
+        ack: AckCode,
+        /// Save each payload byte-exact into this directory.
+        #[arg(long)]
+        save_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 64 * 1024 * 1024)]
+        max_message_bytes: usize,
+    },
+    /// Quick start: run the shipped config with a sink behind it and send the sample messages
+    /// through it over TLS, printing each ack.
+    Demo {
+        #[arg(long, default_value = demo::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, default_value = demo::DEFAULT_MESSAGES)]
+        messages: PathBuf,
+    },
+}
+
+fn parse_ack_code(s: &str) -> Result<AckCode, String> {
+    AckCode::parse(s.as_bytes()).ok_or_else(|| format!("\"{s}\" is not an ack code (AA, AE, AR, CA, CE, CR)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run { config } => match load(&config) {
+                Ok(config) => report(app::run(config).await),
+                Err(code) => code,
+            },
+            Command::Check { config } => match load(&config) {
+                Ok(config) => {
+                    for route in &config.routes {
+                        println!("{}", summary(route));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            },
+            Command::Send { to, tls_ca, server_name, cert, key, timeout, paths } => {
+                send_command(to, tls_ca, server_name, cert, key, timeout, paths).await
+            }
+            Command::Sink { listen, tls_cert, tls_key, client_ca, ack, save_dir, max_message_bytes } => {
+                sink_command(listen, tls_cert, tls_key, client_ca, ack, save_dir, max_message_bytes).await
+            }
+            Command::Demo { config, messages } => match demo::run(&config, &messages).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => report(Err(err)),
+            },
+        }
+    })
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        ExitCode::from(2)
+    })
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn send_command(
+    to: String,
+    tls_ca: Option<PathBuf>,
+    server_name: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    timeout: Duration,
+    paths: Vec<PathBuf>,
+) -> ExitCode {
+    let tls = match tls_ca {
+        None => None,
+        Some(ca) => {
+            let host = server_name.unwrap_or_else(|| host_part(&to).to_string());
+            let name = match rustls_pki_types::ServerName::try_from(host.clone()) {
+                Ok(name) => name,
+                Err(_) => {
+                    eprintln!("error: \"{host}\" is not a valid TLS server name (use --server-name)");
+                    return ExitCode::from(2);
+                }
+            };
+            match tls::client_config(&ca, cert.as_deref(), key.as_deref()) {
+                Ok(cfg) => Some((cfg, name)),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let files = match send::expand(&paths) {
+        Ok(files) => files,
+        Err(err) => return report(Err(err)),
+    };
+    let opts = SendOptions { to, tls, timeout };
+    match send::send_files(&opts, &files, |sent| println!("{}", sent.line())).await {
+        Ok(results) if results.iter().all(|r| r.ok()) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => report(Err(err)),
+    }
+}
+
+async fn sink_command(
+    listen: SocketAddr,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    ack: AckCode,
+    save_dir: Option<PathBuf>,
+    max_message_bytes: usize,
+) -> ExitCode {
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => match tls::server_config(&cert, &key, client_ca.as_deref()) {
+            Ok(cfg) => Some(cfg),
+            Err(err) => {
+                eprintln!("error: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let opts = SinkOptions { listen, tls, ack, save_dir, max_message_bytes, verbose: true };
+    let sink = match Sink::start(opts).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            eprintln!("error: cannot listen on {listen}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("listening on {}", sink.local_addr());
+    let _ = tokio::signal::ctrl_c().await;
+    sink.stop().await;
+    ExitCode::SUCCESS
+}
+
+/// One line describing a validated route, for `check`.
+fn summary(route: &mllp_guard::config::Route) -> String {
+    let listener = match &route.tls {
+        None => "plain".to_string(),
+        Some(tls) if tls.client_ca.is_some() => "TLS, client certificate required".to_string(),
+        Some(_) => "TLS".to_string(),
+    };
+    let upstream = &route.upstream;
+    let connections = match upstream.connections {
+        mllp_guard::config::Connections::Paired => "paired".to_string(),
+        mllp_guard::config::Connections::Pool(n) => format!("pool of {n}"),
+    };
+    format!(
+        "route {}: {} ({}) allow [{}] -> {} ({}, connections {}); max {} connections, max message {} bytes, on upstream failure: {}",
+        route.name,
+        route.listen,
+        listener,
+        route.allow,
+        upstream.address,
+        if upstream.tls.is_some() { "TLS" } else { "plain" },
+        connections,
+        route.max_connections,
+        route.max_message_bytes,
+        match route.on_upstream_failure {
+            mllp_guard::config::OnUpstreamFailure::Nack => "nack",
+            mllp_guard::config::OnUpstreamFailure::Close => "close",
+        }
+    )
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn host_part(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MLLP_GUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

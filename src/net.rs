@@ -1,0 +1,97 @@
+//! Socket plumbing shared by both legs: TCP tuning (TCP_NODELAY, keepalive) and a stream that is
+//! either plain TCP or TLS over TCP.
+//!
+//! Owns socket options and the plain/TLS stream type. Must not know about MLLP, HL7 or routes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::Keepalive;
+
+/// Turns on TCP_NODELAY (a frame goes out at once, in one segment where it fits) and TCP keepalive
+/// with the configured time, interval and probe count.
+pub fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let probes = TcpKeepalive::new()
+        .with_time(keepalive.time)
+        .with_interval(keepalive.interval)
+        .with_retries(keepalive.retries);
+    SockRef::from(stream).set_tcp_keepalive(&probes)
+}
+
+/// A connection to a peer, plain or TLS; reads and writes pass straight through.
+pub enum Stream {
+    Plain(TcpStream),
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TLS identity the peer presented (first SAN DNS/URI, else CN), if any.
+    pub fn peer_identity(&self) -> Option<String> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::ClientTls(tls) => crate::tls::peer_identity(tls.get_ref().1),
+            Stream::ServerTls(tls) => crate::tls::peer_identity(tls.get_ref().1),
+        }
+    }
+
+    /// Whether the peer has already closed, reset, or sent bytes nobody asked for, checked without
+    /// waiting and without sending. A connection that fails this check must not carry a message:
+    /// a receiver that closes after every ack leaves its FIN waiting here.
+    pub fn is_stale(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(self).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => false,
+            // EOF, an error, or unsolicited bytes (a late ack) all make the connection unusable.
+            Poll::Ready(_) => true,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

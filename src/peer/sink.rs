@@ -1,0 +1,164 @@
+//! `mllp-guard sink`: a receiver that answers every message with a proper ack (MSA-2 = its
+//! control id) and can save each payload byte-exact, numbered in arrival order.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ack;
+use crate::codec::{self, Decoded};
+use crate::hl7::{AckCode, Header};
+use crate::link::Link;
+use crate::net::Stream;
+use crate::session::printable;
+
+/// How a sink behaves.
+#[derive(Clone)]
+pub struct SinkOptions {
+    pub listen: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The code every ack carries (AA by default).
+    pub ack: AckCode,
+    /// Where to save payloads (`000001_<control id>.hl7`, ...), if anywhere.
+    pub save_dir: Option<PathBuf>,
+    pub max_message_bytes: usize,
+    /// Print one line per message on stdout.
+    pub verbose: bool,
+}
+
+/// A running sink.
+pub struct Sink {
+    addr: SocketAddr,
+    received: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Sink {
+    pub async fn start(opts: SinkOptions) -> io::Result<Sink> {
+        let listener = crate::listener::bind(opts.listen)?;
+        let addr = listener.local_addr()?;
+        if let Some(dir) = &opts.save_dir {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let received = Arc::new(AtomicU64::new(0));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let opts = Arc::new(opts);
+        let (count, stop, tasks) = (received.clone(), shutdown.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let (tcp, _peer) = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(_) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let (opts, count, stop) = (opts.clone(), count.clone(), stop.clone());
+                tasks.spawn(async move {
+                    let stream = match &opts.tls {
+                        None => Stream::Plain(tcp),
+                        Some(cfg) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+                            match acceptor.accept(tcp).await {
+                                Ok(tls) => Stream::ServerTls(Box::new(tls)),
+                                Err(err) => {
+                                    eprintln!("sink: TLS handshake failed: {err}");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    serve(stream, &opts, &count, &stop).await;
+                });
+            }
+        });
+        Ok(Sink {
+            addr,
+            received,
+            shutdown,
+            tracker,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Messages received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    opts: &SinkOptions,
+    count: &AtomicU64,
+    stop: &CancellationToken,
+) {
+    let mut link = Link::new(stream, opts.max_message_bytes);
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => return,
+            item = link.next() => item,
+        };
+        let frame = match item {
+            Ok(Some(Decoded::Frame(frame))) => frame,
+            Ok(Some(Decoded::Oversize { len, .. })) => {
+                eprintln!("sink: discarded a {len}-byte message over the size limit");
+                continue;
+            }
+            Ok(None) | Err(_) => return,
+        };
+        let seq = count.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("SINK{seq}");
+        let now = ack::timestamp(std::time::SystemTime::now());
+        let (reply, control_id) = match Header::parse(frame.payload()) {
+            Ok(header) => {
+                let text = if opts.ack.is_positive() { "" } else { "rejected by sink --ack" };
+                (
+                    ack::build(&header, opts.ack, text, &id, &now),
+                    printable(header.control_id()),
+                )
+            }
+            Err(err) => (
+                ack::build_without_header(AckCode::AR, &format!("no readable header: {err}"), &id, &now),
+                String::new(),
+            ),
+        };
+        if let Some(dir) = &opts.save_dir {
+            let safe: String = control_id
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .collect();
+            let path = dir.join(format!("{seq:06}_{safe}.hl7"));
+            if let Err(err) = tokio::fs::write(&path, frame.payload()).await {
+                eprintln!("sink: cannot save {}: {err}", path.display());
+            }
+        }
+        if opts.verbose {
+            println!("received {} ({} bytes) -> {}", control_id, frame.len(), opts.ack);
+        }
+        if link.send(&codec::encode(&reply)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! One downstream connection, end to end: read a frame, read its header, dispatch it, write the
+//! answer; one message in flight at a time.
+//!
+//! Owns the per-connection timeouts (a started frame must finish within `receive_timeout`; a
+//! quiet sender is closed after `idle_timeout`), the answers to frames that cannot be delivered
+//! (oversize, no readable header), the per-message log line, and stopping between messages on
+//! shutdown. Must not know how upstreams connect or how delivery works.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::timeout_at;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{Decoded, Frame};
+use crate::config::Route;
+use crate::dispatch::{negative_ack, Answer, Dispatch};
+use crate::hl7::{AckCode, Header};
+use crate::link::Link;
+
+/// Everything a session needs from its route.
+pub struct RouteContext {
+    pub name: Arc<str>,
+    pub route: Route,
+    pub dispatch: Dispatch,
+}
+
+/// Why a session ended (for the close log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    PeerClosed,
+    ReceiveTimeout,
+    IdleTimeout,
+    ReadError,
+    WriteError,
+    UpstreamFailure,
+    Shutdown,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::PeerClosed => "peer closed",
+            End::ReceiveTimeout => "receive_timeout: a started frame did not finish in time",
+            End::IdleTimeout => "idle_timeout",
+            End::ReadError => "read error",
+            End::WriteError => "write error",
+            End::UpstreamFailure => "upstream failure (on_upstream_failure: close)",
+            End::Shutdown => "shutting down",
+        }
+    }
+}
+
+/// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
+/// guard shuts down.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+    ctx: Arc<RouteContext>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let route = &ctx.route;
+    let mut link = Link::new(stream, route.max_message_bytes);
+    let mut upstream = None;
+    let mut frame_started: Option<Instant> = None;
+    let mut last_read = Instant::now();
+    let mut messages = 0u64;
+
+    let end = 'session: loop {
+        // Answer every complete frame already buffered before reading (or stopping) again.
+        while let Some(item) = link.try_decode() {
+            frame_started = None;
+            messages += 1;
+            let answer = match item {
+                Decoded::Frame(frame) => {
+                    handle_message(&ctx, &mut upstream, &frame, peer, identity.as_deref()).await
+                }
+                Decoded::Oversize { head, len } => {
+                    answer_oversize(&ctx, &head, len, peer)
+                }
+            };
+            match answer {
+                Some(wire) => {
+                    if let Err(err) = link.send(&wire).await {
+                        tracing::debug!(route = %ctx.name, %peer, error = %err, "could not write the ack to the sender");
+                        break 'session End::WriteError;
+                    }
+                }
+                None => break 'session End::UpstreamFailure,
+            }
+        }
+
+        let deadline = if link.in_frame() {
+            let started = *frame_started.get_or_insert_with(Instant::now);
+            Some(started + route.receive_timeout)
+        } else {
+            route.idle_timeout.map(|idle| last_read + idle)
+        };
+        let in_frame = link.in_frame();
+        let read = async {
+            match deadline {
+                Some(deadline) => timeout_at(deadline.into(), link.read_more()).await.ok(),
+                None => Some(link.read_more().await),
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !in_frame => break End::Shutdown,
+            outcome = read => match outcome {
+                None if in_frame => break End::ReceiveTimeout,
+                None => break End::IdleTimeout,
+                Some(Ok(0)) => break End::PeerClosed,
+                Some(Ok(_)) => last_read = Instant::now(),
+                Some(Err(err)) => {
+                    tracing::debug!(route = %ctx.name, %peer, error = %err, "read from sender failed");
+                    break End::ReadError;
+                }
+            },
+        }
+    };
+
+    let stats = link.stats();
+    let partial = link.in_frame();
+    if partial {
+        tracing::warn!(route = %ctx.name, %peer, reason = end.as_str(), "connection ended inside a frame; the partial message was dropped and never forwarded");
+    }
+    tracing::info!(
+        route = %ctx.name,
+        %peer,
+        reason = end.as_str(),
+        messages,
+        noise_bytes = stats.noise_bytes,
+        restarted_frames = stats.restarted_frames,
+        malformed_frames = stats.malformed_frames,
+        empty_frames = stats.empty_frames,
+        "connection closed"
+    );
+    if end != End::PeerClosed && end != End::ReadError && end != End::WriteError {
+        link.shutdown().await;
+    }
+}
+
+/// Dispatches one frame; returns the ack frame to write, or None to close the connection.
+async fn handle_message(
+    ctx: &RouteContext,
+    upstream: &mut Option<crate::upstream::UpstreamConn>,
+    frame: &Frame,
+    peer: SocketAddr,
+    identity: Option<&str>,
+) -> Option<bytes::Bytes> {
+    let started = Instant::now();
+    let header = match Header::parse(frame.payload()) {
+        Ok(header) => header,
+        Err(err) => {
+            let text = format!("message rejected: {err}");
+            tracing::warn!(route = %ctx.name, %peer, bytes = frame.len(), ack = "AR", reason = %err, "message rejected: no readable header");
+            return Some(negative_ack(None, AckCode::AR, &text));
+        }
+    };
+    let answer = ctx.dispatch.deliver(upstream, frame, &header).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let msg_type = printable(header.message_type());
+    let control_id = printable(header.control_id());
+    match answer {
+        Answer::Ack {
+            wire,
+            code,
+            failure: None,
+        } => {
+            tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes = frame.len(), ack = %code, latency_ms, outcome = "forwarded", "message");
+            Some(wire)
+        }
+        Answer::Ack {
+            wire,
+            code,
+            failure: Some(err),
+        } => {
+            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes = frame.len(), ack = %code, latency_ms, outcome = "upstream_failed", reason = err.reason(), error = %err, "message not delivered; sender gets a negative ack");
+            Some(wire)
+        }
+        Answer::Close(err) => {
+            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes = frame.len(), latency_ms, outcome = "upstream_failed", reason = err.reason(), error = %err, "message not delivered; closing the sender's connection");
+            None
+        }
+    }
+}
+
+/// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.
+fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) -> Option<bytes::Bytes> {
+    let max = ctx.route.max_message_bytes;
+    let text = format!("message of {len} bytes exceeds max_message_bytes ({max} bytes); not forwarded");
+    let header = Header::parse(head).ok();
+    let control_id = header.as_ref().map(|h| printable(h.control_id())).unwrap_or_default();
+    tracing::warn!(route = %ctx.name, %peer, control_id = %control_id, bytes = len, max_message_bytes = max, ack = "AE", outcome = "oversize", "message rejected: too large");
+    Some(negative_ack(header.as_ref(), AckCode::AE, &text))
+}
+
+/// A header field made safe for a log line: control characters replaced, at most 64 characters.
+/// Only header fields that identify a message (never patient data) are logged.
+pub fn printable(field: &[u8]) -> String {
+    field
+        .iter()
+        .take(64)
+        .map(|&b| if (0x20..0x7F).contains(&b) { b as char } else { '?' })
+        .collect()
+}

@@ -1,0 +1,772 @@
+//! TLS material: rustls server and client configurations built from PEM files.
+//!
+//! Owns everything between "a path in the config" and "an `Arc<rustls::ServerConfig>` /
+//! `Arc<rustls::ClientConfig>` ready for a handshake", plus reading who the peer is after one.
+//! It knows nothing of MLLP or of allowlists.
+//!
+//! - One crypto provider: aws-lc-rs (`rustls::crypto::aws_lc_rs::default_provider()`), TLS 1.2
+//!   minimum (TLS 1.3 preferred), no ALPN.
+//! - Server side: the certificate chain and its private key; with a client CA file every client
+//!   must present a certificate issued by that CA (no anonymous clients).
+//! - Client side: trust comes from the configured CA file only. Hospital networks run their own
+//!   PKI, so the public web roots are deliberately not trusted.
+//! - PEM is read through `rustls_pki_types::pem::PemObject` (the archived `rustls-pemfile` is not
+//!   used). Each file is read once and checked for what it holds, so a key given where a
+//!   certificate belongs (or the reverse) is named as such instead of "no items found".
+//!
+//! Errors say which file, what is wrong with it and what to do. [`TlsError::File`] carries the
+//! file's role so the config layer can point at the YAML key that named the file.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// What a PEM file is expected to hold; decides the wording of errors and, in the config layer,
+/// which YAML key an error points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PemRole {
+    /// Our own certificate chain, leaf first (`tls.cert`, `upstream.tls.cert`).
+    Certificate,
+    /// The private key of that certificate (`tls.key`, `upstream.tls.key`).
+    PrivateKey,
+    /// CA certificates we trust to issue the peer's certificate (`tls.client_ca`,
+    /// `upstream.tls.ca`).
+    TrustedCa,
+}
+
+impl fmt::Display for PemRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PemRole::Certificate => "certificate",
+            PemRole::PrivateKey => "private key",
+            PemRole::TrustedCa => "CA certificate",
+        })
+    }
+}
+
+/// Why TLS material could not be turned into a rustls configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file is unreadable or does not hold what its role needs.
+    #[error("{role} file \"{}\" {problem}", path.display())]
+    File {
+        /// What the file was supposed to hold.
+        role: PemRole,
+        /// The file as it was opened.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: FileProblem,
+    },
+    /// The private key is not the one the certificate was issued for.
+    #[error(
+        "the private key \"{}\" does not match the certificate \"{}\" (their public keys differ); use the key the certificate was issued for",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The private key file.
+        key: PathBuf,
+    },
+    /// A client certificate was given without its key, or a key without its certificate.
+    #[error("a client certificate needs both a certificate file and its private key file; give both or neither")]
+    IncompleteClientIdentity,
+    /// The client certificate verifier could not be built from the CA file.
+    #[error("the client CA file \"{}\" cannot be used to verify clients: {source}", path.display())]
+    ClientVerifier {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls reported.
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// rustls refused the assembled configuration (unexpected once the files passed the checks).
+    #[error("rustls rejected the TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl TlsError {
+    /// The role and path of the file this error is about, when it is about a single file.
+    /// A key mismatch is reported against the key.
+    pub fn file(&self) -> Option<(PemRole, &Path)> {
+        match self {
+            TlsError::File { role, path, .. } => Some((*role, path)),
+            TlsError::KeyMismatch { key, .. } => Some((PemRole::PrivateKey, key)),
+            TlsError::ClientVerifier { path, .. } => Some((PemRole::TrustedCa, path)),
+            TlsError::IncompleteClientIdentity | TlsError::Rustls(_) => None,
+        }
+    }
+}
+
+/// What is wrong with one PEM file. Each message reads after the file's name.
+#[derive(Debug, thiserror::Error)]
+pub enum FileProblem {
+    /// The file could not be read (missing, a directory, permissions, ...).
+    #[error("cannot be read: {0}")]
+    Read(#[source] io::Error),
+    /// No `-----BEGIN` line at all: a DER file, or not a certificate/key at all.
+    #[error("is not PEM text (no \"-----BEGIN\" line); convert it to PEM (e.g. with openssl) or point at the right file")]
+    NotPem,
+    /// A PEM section is damaged.
+    #[error("has a malformed PEM section ({0}); export the file again")]
+    BadPem(String),
+    /// A private key where certificates belong.
+    #[error("holds a private key, not a certificate; point this at the certificate PEM (\"-----BEGIN CERTIFICATE-----\")")]
+    KeyInsteadOfCertificate,
+    /// PEM text without any certificate.
+    #[error("contains no certificate (no \"-----BEGIN CERTIFICATE-----\" block)")]
+    NoCertificate,
+    /// A certificate where the private key belongs.
+    #[error("holds a certificate, not a private key; point this at the private key PEM (\"-----BEGIN PRIVATE KEY-----\")")]
+    CertificateInsteadOfKey,
+    /// PEM text without any private key.
+    #[error("contains no private key (no \"-----BEGIN PRIVATE KEY-----\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)")]
+    NoPrivateKey,
+    /// The key was found but the crypto provider cannot sign with it.
+    #[error("holds a private key that cannot be used ({0}); use an RSA (2048 bits or more), ECDSA P-256/P-384 or Ed25519 key")]
+    UnusableKey(String),
+    /// The first certificate of the chain is not a parsable X.509 certificate.
+    #[error("holds a certificate that cannot be parsed ({0}); export the certificate again")]
+    BadCertificate(String),
+    /// A certificate in a CA file cannot serve as a trust anchor.
+    #[error("holds a certificate (number {index} in the file) that cannot be used as a trust anchor ({detail}); keep only CA certificates in this file")]
+    BadCaCertificate {
+        /// 1-based position in the file.
+        index: usize,
+        /// What webpki reported.
+        detail: String,
+    },
+}
+
+/// The one crypto provider of the crate.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// TLS 1.3 preferred, TLS 1.2 the minimum.
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn file_error(role: PemRole, path: &Path, problem: FileProblem) -> TlsError {
+    TlsError::File {
+        role,
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+fn read_pem_text(path: &Path, role: PemRole) -> Result<Vec<u8>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(role, path, FileProblem::Read(e)))?;
+    if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
+        return Err(file_error(role, path, FileProblem::NotPem));
+    }
+    Ok(bytes)
+}
+
+fn describe_pem_error(err: pem::Error) -> String {
+    match err {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "missing the end line \"{}\"",
+            String::from_utf8_lossy(&end_marker).trim()
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "malformed begin line \"{}\"",
+            String::from_utf8_lossy(&line).trim()
+        ),
+        pem::Error::Base64Decode(e) => format!("bad base64: {e}"),
+        other => other.to_string(),
+    }
+}
+
+fn holds_private_key(bytes: &[u8]) -> bool {
+    PrivateKeyDer::from_pem_slice(bytes).is_ok()
+}
+
+fn holds_certificate(bytes: &[u8]) -> bool {
+    CertificateDer::pem_slice_iter(bytes).any(|c| c.is_ok())
+}
+
+/// Reads every certificate of a PEM file, in file order.
+///
+/// Fails when the file is unreadable, is not PEM, has a damaged section, or holds no certificate
+/// (naming a private key when that is what it holds instead).
+pub fn read_certificates(
+    path: &Path,
+    role: PemRole,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read_pem_text(path, role)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(role, path, FileProblem::BadPem(describe_pem_error(e))))?;
+    if certs.is_empty() {
+        let problem = if holds_private_key(&bytes) {
+            FileProblem::KeyInsteadOfCertificate
+        } else {
+            FileProblem::NoCertificate
+        };
+        return Err(file_error(role, path, problem));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+///
+/// Fails when the file is unreadable, is not PEM, has a damaged section, or holds no key (naming
+/// a certificate when that is what it holds instead).
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let role = PemRole::PrivateKey;
+    let bytes = read_pem_text(path, role)?;
+    match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => {
+            let problem = if holds_certificate(&bytes) {
+                FileProblem::CertificateInsteadOfKey
+            } else {
+                FileProblem::NoPrivateKey
+            };
+            Err(file_error(role, path, problem))
+        }
+        Err(e) => Err(file_error(
+            role,
+            path,
+            FileProblem::BadPem(describe_pem_error(e)),
+        )),
+    }
+}
+
+/// Loads a certificate chain and its key, and checks that they belong together.
+fn certified_key(
+    provider: &CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certificates(cert, PemRole::Certificate)?;
+    let key_der = read_private_key(key)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| {
+            file_error(
+                PemRole::PrivateKey,
+                key,
+                FileProblem::UnusableKey(e.to_string()),
+            )
+        })?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        // A key type that cannot report its public key is not proof of a mismatch.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(_)) => Err(TlsError::KeyMismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        }),
+        Err(e) => Err(file_error(
+            PemRole::Certificate,
+            cert,
+            FileProblem::BadCertificate(e.to_string()),
+        )),
+    }
+}
+
+/// Builds a trust store from every certificate of a CA file.
+fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let certs = read_certificates(path, PemRole::TrustedCa)?;
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            file_error(
+                PemRole::TrustedCa,
+                path,
+                FileProblem::BadCaCertificate {
+                    index: i + 1,
+                    detail: e.to_string(),
+                },
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// A server (listener) configuration: our chain `cert` with its `key`; with `client_ca`, every
+/// client must present a certificate issued by one of the CAs in that file.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let certified = certified_key(&provider, cert, key)?;
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let roots = root_store(ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|source| TlsError::ClientVerifier {
+                    path: ca.to_path_buf(),
+                    source,
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
+    Ok(Arc::new(config))
+}
+
+/// A client (upstream) configuration trusting only the CAs in `ca`; with `cert` and `key` we
+/// present that client certificate when the server asks for one.
+pub fn client_config(
+    ca: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let roots = root_store(ca)?;
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some(certified_key(&provider, cert, key)?),
+        (None, None) => None,
+        _ => return Err(TlsError::IncompleteClientIdentity),
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(certified) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Who the peer is, from its leaf certificate: the first DNS or URI subject alternative name,
+/// else the subject common name. `None` without a peer certificate or when it names nothing.
+///
+/// Meant for logs and for rules that match on the sender's TLS identity; the certificate was
+/// already verified by the handshake.
+pub fn peer_identity(conn: &CommonState) -> Option<String> {
+    let leaf = conn.peer_certificates()?.first()?;
+    identity_of(leaf)
+}
+
+fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        let name = san.value.general_names.iter().find_map(|name| match name {
+            GeneralName::DNSName(s) | GeneralName::URI(s) => Some(s.to_string()),
+            _ => None,
+        });
+        if name.is_some() {
+            return name;
+        }
+    }
+    let common_name = parsed
+        .subject()
+        .iter_common_name()
+        .find_map(|cn| cn.as_str().ok().map(str::to_string));
+    common_name
+}
+
+/// Certificates made on the fly for tests (shared with the config tests).
+#[cfg(test)]
+pub(crate) mod test_pki {
+    use std::path::{Path, PathBuf};
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
+    };
+
+    /// A CA and the PEM files of certificates it issued, written into a directory.
+    pub(crate) struct Pki {
+        ca: CertifiedIssuer<'static, KeyPair>,
+        dir: PathBuf,
+    }
+
+    impl Pki {
+        /// A fresh CA whose certificate is written to `<dir>/<name>.pem`.
+        pub(crate) fn new(dir: &Path, name: &str) -> Pki {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("{name} test CA"));
+            let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), ca.pem()).unwrap();
+            Pki {
+                ca,
+                dir: dir.to_path_buf(),
+            }
+        }
+
+        /// Issues a leaf certificate with these SANs (DNS names, IPs, or `uri:...`) and common
+        /// name; writes `<dir>/<file>.pem` and `<dir>/<file>.key`.
+        pub(crate) fn issue(&self, file: &str, sans: &[&str], common_name: &str) {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            for san in sans {
+                let san = if let Some(uri) = san.strip_prefix("uri:") {
+                    SanType::URI(uri.try_into().unwrap())
+                } else if let Ok(ip) = san.parse() {
+                    SanType::IpAddress(ip)
+                } else {
+                    SanType::DnsName((*san).try_into().unwrap())
+                };
+                params.subject_alt_names.push(san);
+            }
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.ca).unwrap();
+            std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+            std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_pki::Pki;
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConnection, ServerConnection};
+
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new() -> Dir {
+            Dir(tempfile::tempdir().unwrap())
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.path().join(name)
+        }
+        fn show(&self, name: &str) -> String {
+            self.path(name).display().to_string()
+        }
+    }
+
+    /// Drives a handshake between two in-memory connections, then checks application data flows.
+    fn handshake(
+        client: &mut ClientConnection,
+        server: &mut ServerConnection,
+    ) -> Result<(), rustls::Error> {
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd).unwrap();
+                server.process_new_packets()?;
+            }
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client.process_new_packets()?;
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn mtls_fixture() -> Dir {
+        let dir = Dir::new();
+        let servers = Pki::new(dir.0.path(), "server-ca");
+        servers.issue("guard", &["guard.example.org"], "guard");
+        let clients = Pki::new(dir.0.path(), "client-ca");
+        clients.issue(
+            "lab",
+            &["lab-analyzer.example.org", "uri:urn:lab:1"],
+            "Lab Analyzer",
+        );
+        clients.issue("nosan", &[], "Legacy Sender");
+        dir
+    }
+
+    #[test]
+    fn server_and_client_configs_complete_an_mtls_handshake_and_name_the_client() {
+        let dir = mtls_fixture();
+        let server = server_config(
+            &dir.path("guard.pem"),
+            &dir.path("guard.key"),
+            Some(&dir.path("client-ca.pem")),
+        )
+        .unwrap();
+        let client = client_config(
+            &dir.path("server-ca.pem"),
+            Some(&dir.path("lab.pem")),
+            Some(&dir.path("lab.key")),
+        )
+        .unwrap();
+        assert!(server.alpn_protocols.is_empty());
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        handshake(&mut c, &mut s).unwrap();
+        assert_eq!(
+            peer_identity(&s).as_deref(),
+            Some("lab-analyzer.example.org")
+        );
+        assert_eq!(peer_identity(&c).as_deref(), Some("guard.example.org"));
+
+        // Application data flows both ways.
+        use std::io::{Read, Write};
+        c.writer().write_all(b"\x0bMSH|^~\\&\x1c\r").unwrap();
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut &buf[..]).unwrap();
+        s.process_new_packets().unwrap();
+        let mut got = [0u8; 11];
+        s.reader().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"\x0bMSH|^~\\&\x1c\r");
+    }
+
+    #[test]
+    fn peer_identity_falls_back_to_the_common_name_without_sans() {
+        let dir = mtls_fixture();
+        let server = server_config(
+            &dir.path("guard.pem"),
+            &dir.path("guard.key"),
+            Some(&dir.path("client-ca.pem")),
+        )
+        .unwrap();
+        let client = client_config(
+            &dir.path("server-ca.pem"),
+            Some(&dir.path("nosan.pem")),
+            Some(&dir.path("nosan.key")),
+        )
+        .unwrap();
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        handshake(&mut c, &mut s).unwrap();
+        assert_eq!(peer_identity(&s).as_deref(), Some("Legacy Sender"));
+    }
+
+    #[test]
+    fn a_server_requiring_client_certificates_refuses_an_anonymous_client() {
+        let dir = mtls_fixture();
+        let server = server_config(
+            &dir.path("guard.pem"),
+            &dir.path("guard.key"),
+            Some(&dir.path("client-ca.pem")),
+        )
+        .unwrap();
+        let client = client_config(&dir.path("server-ca.pem"), None, None).unwrap();
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        let err = handshake(&mut c, &mut s).unwrap_err();
+        assert_eq!(err, rustls::Error::NoCertificatesPresented);
+        assert_eq!(peer_identity(&s), None);
+    }
+
+    #[test]
+    fn a_client_certificate_from_another_ca_is_refused() {
+        let dir = mtls_fixture();
+        let server = server_config(
+            &dir.path("guard.pem"),
+            &dir.path("guard.key"),
+            Some(&dir.path("client-ca.pem")),
+        )
+        .unwrap();
+        // guard.pem is issued by server-ca, which the server does not trust for clients.
+        let client = client_config(
+            &dir.path("server-ca.pem"),
+            Some(&dir.path("guard.pem")),
+            Some(&dir.path("guard.key")),
+        )
+        .unwrap();
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        let err = handshake(&mut c, &mut s).unwrap_err();
+        assert_eq!(
+            err,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        );
+    }
+
+    #[test]
+    fn a_plain_tls_handshake_without_client_auth_succeeds_with_tls_1_3() {
+        let dir = mtls_fixture();
+        let server = server_config(&dir.path("guard.pem"), &dir.path("guard.key"), None).unwrap();
+        let client = client_config(&dir.path("server-ca.pem"), None, None).unwrap();
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        handshake(&mut c, &mut s).unwrap();
+        assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(peer_identity(&s), None);
+    }
+
+    #[test]
+    fn a_tls_1_2_only_client_is_still_served() {
+        let dir = mtls_fixture();
+        let server = server_config(&dir.path("guard.pem"), &dir.path("guard.key"), None).unwrap();
+        let roots = root_store(&dir.path("server-ca.pem")).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        handshake(&mut c, &mut s).unwrap();
+        assert_eq!(s.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_its_certificate_is_named() {
+        let dir = mtls_fixture();
+        let err = server_config(&dir.path("guard.pem"), &dir.path("lab.key"), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the private key \"{}\" does not match the certificate \"{}\" (their public keys differ); use the key the certificate was issued for",
+                dir.show("lab.key"),
+                dir.show("guard.pem")
+            )
+        );
+        assert_eq!(
+            err.file(),
+            Some((PemRole::PrivateKey, dir.path("lab.key").as_path()))
+        );
+    }
+
+    #[test]
+    fn a_ca_file_with_garbage_is_not_pem() {
+        let dir = mtls_fixture();
+        std::fs::write(
+            dir.path("garbage.pem"),
+            b"\x30\x82\x01\x0a this is not a certificate",
+        )
+        .unwrap();
+        let err = client_config(&dir.path("garbage.pem"), None, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "CA certificate file \"{}\" is not PEM text (no \"-----BEGIN\" line); convert it to PEM (e.g. with openssl) or point at the right file",
+                dir.show("garbage.pem")
+            )
+        );
+    }
+
+    #[test]
+    fn a_ca_file_with_damaged_base64_says_so() {
+        let dir = mtls_fixture();
+        std::fs::write(
+            dir.path("damaged.pem"),
+            "-----BEGIN CERTIFICATE-----\nnot*base64!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = client_config(&dir.path("damaged.pem"), None, None).unwrap_err();
+        let TlsError::File {
+            role: PemRole::TrustedCa,
+            problem: FileProblem::BadPem(detail),
+            ..
+        } = &err
+        else {
+            panic!("unexpected error {err:?}");
+        };
+        assert!(detail.starts_with("bad base64: "), "{detail}");
+    }
+
+    #[test]
+    fn a_ca_file_holding_a_non_certificate_is_refused_as_trust_anchor() {
+        let dir = mtls_fixture();
+        std::fs::write(
+            dir.path("junk-ca.pem"),
+            "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = client_config(&dir.path("junk-ca.pem"), None, None).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "CA certificate file \"{}\" holds a certificate (number 1 in the file) that cannot be used as a trust anchor (",
+                dir.show("junk-ca.pem")
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_file_that_holds_a_key_is_named_as_such() {
+        let dir = mtls_fixture();
+        let err = server_config(&dir.path("guard.key"), &dir.path("guard.key"), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "certificate file \"{}\" holds a private key, not a certificate; point this at the certificate PEM (\"-----BEGIN CERTIFICATE-----\")",
+                dir.show("guard.key")
+            )
+        );
+    }
+
+    #[test]
+    fn a_key_file_that_holds_a_certificate_is_named_as_such() {
+        let dir = mtls_fixture();
+        let err = server_config(&dir.path("guard.pem"), &dir.path("guard.pem"), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "private key file \"{}\" holds a certificate, not a private key; point this at the private key PEM (\"-----BEGIN PRIVATE KEY-----\")",
+                dir.show("guard.pem")
+            )
+        );
+    }
+
+    #[test]
+    fn a_combined_pem_with_chain_and_key_serves_as_both_cert_and_key() {
+        let dir = mtls_fixture();
+        let mut combined = std::fs::read(dir.path("guard.pem")).unwrap();
+        combined.extend(std::fs::read(dir.path("guard.key")).unwrap());
+        std::fs::write(dir.path("combined.pem"), combined).unwrap();
+        server_config(&dir.path("combined.pem"), &dir.path("combined.pem"), None).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_is_reported_with_its_role_and_path() {
+        let dir = Dir::new();
+        let err = client_config(&dir.path("nope.pem"), None, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "CA certificate file \"{}\" cannot be read: No such file or directory (os error 2)",
+                dir.show("nope.pem")
+            )
+        );
+    }
+
+    #[test]
+    fn a_client_certificate_without_its_key_is_refused() {
+        let dir = mtls_fixture();
+        let err = client_config(&dir.path("server-ca.pem"), Some(&dir.path("lab.pem")), None)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a client certificate needs both a certificate file and its private key file; give both or neither"
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The upstream leg: connecting to the receiver (TCP or TLS) and exchanging one frame for its ack.
+//!
+//! Owns connection set-up under a timeout, keepalive tuning, the paired-or-pooled connection
+//! policy, stale-connection detection before reuse, and ack verification (MSA-2 must equal the
+//! message's control id). An exchange that times out closes its connection, so a late ack can
+//! never answer the next message. Must not know about downstream peers or admission policy.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::timeout;
+
+use crate::ack::{self, AckMismatch};
+use crate::codec::{Decoded, Frame};
+use crate::config::{self, Connections};
+use crate::hl7::AckCode;
+use crate::link::Link;
+use crate::net::{self, Stream};
+
+/// Why an exchange with the upstream failed. The text is PHI-free: it becomes MSA-3 of the
+/// negative ack the sender receives.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {addr} could not be resolved: {source}")]
+    Resolve { addr: String, source: io::Error },
+    #[error("upstream {addr} is unreachable: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("no connection to upstream {addr} within {}", humantime::format_duration(*.timeout))]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error("TLS handshake with upstream {addr} failed: {source}")]
+    Handshake { addr: String, source: io::Error },
+    #[error("sending to the upstream failed: {0}")]
+    Send(io::Error),
+    #[error("reading the upstream's ack failed: {0}")]
+    Receive(io::Error),
+    #[error("the upstream closed the connection without acking")]
+    ClosedBeforeAck,
+    #[error("no ack from the upstream within {}", humantime::format_duration(*.0))]
+    AckTimeout(Duration),
+    #[error("the upstream's reply exceeds max_ack_bytes ({0} bytes)")]
+    AckOversize(u64),
+    #[error("the upstream's ack does not match: {0}")]
+    AckMismatch(AckMismatch),
+    #[error("all {size} upstream connections stayed busy for {}", humantime::format_duration(*.waited))]
+    PoolBusy { size: usize, waited: Duration },
+}
+
+impl UpstreamError {
+    /// A short, stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Resolve { .. } => "resolve",
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Handshake { .. } => "tls_handshake",
+            UpstreamError::Send(_) => "send",
+            UpstreamError::Receive(_) => "receive",
+            UpstreamError::ClosedBeforeAck => "closed_before_ack",
+            UpstreamError::AckTimeout(_) => "ack_timeout",
+            UpstreamError::AckOversize(_) => "ack_oversize",
+            UpstreamError::AckMismatch(_) => "ack_mismatch",
+            UpstreamError::PoolBusy { .. } => "pool_busy",
+        }
+    }
+
+    /// True when the message certainly or possibly never reached the receiver intact and the
+    /// connection was reused: worth one more try on a fresh connection.
+    fn worth_retrying_fresh(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Send(_) | UpstreamError::ClosedBeforeAck | UpstreamError::Receive(_)
+        )
+    }
+}
+
+/// The upstream's verified ack, ready to relay unchanged.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: AckCode,
+    /// The ack as a canonical frame; its payload is byte-for-byte what the upstream sent.
+    pub wire: Bytes,
+}
+
+/// One open connection to the upstream.
+pub struct UpstreamConn {
+    link: Link<Stream>,
+    /// Whether it has carried no exchange yet (a failure on it is not worth retrying).
+    fresh: bool,
+}
+
+/// A route's upstream: how to connect and, in pool mode, the shared connections.
+pub struct Upstream {
+    route: Arc<str>,
+    cfg: config::Upstream,
+    pool: Option<Pool>,
+}
+
+struct Pool {
+    size: usize,
+    /// One permit per connection the pool may hold; waiting is first come, first served.
+    permits: Semaphore,
+    idle: Mutex<Vec<UpstreamConn>>,
+}
+
+impl Upstream {
+    pub fn new(route: Arc<str>, cfg: config::Upstream) -> Upstream {
+        let pool = match cfg.connections {
+            Connections::Paired => None,
+            Connections::Pool(n) => Some(Pool {
+                size: n.get(),
+                permits: Semaphore::new(n.get()),
+                idle: Mutex::new(Vec::with_capacity(n.get())),
+            }),
+        };
+        Upstream { route, cfg, pool }
+    }
+
+    pub fn address(&self) -> String {
+        self.cfg.address.to_string()
+    }
+
+    /// Sends `frame` and waits for its ack, which must answer `control_id`.
+    ///
+    /// `paired` is the sending session's own connection slot (used when connections are paired;
+    /// pooled routes ignore it). On any error the connection involved is closed.
+    pub async fn exchange(
+        &self,
+        paired: &mut Option<UpstreamConn>,
+        frame: &Frame,
+        control_id: &[u8],
+    ) -> Result<Reply, UpstreamError> {
+        let Some(pool) = &self.pool else {
+            return self.exchange_on(paired, frame, control_id).await;
+        };
+        let waited = self.cfg.ack_timeout;
+        let _permit = match timeout(waited, pool.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; treat it like a busy pool if it ever is.
+            Ok(Err(_)) | Err(_) => {
+                return Err(UpstreamError::PoolBusy {
+                    size: pool.size,
+                    waited,
+                })
+            }
+        };
+        let mut slot = pool.idle.lock().await.pop();
+        let result = self.exchange_on(&mut slot, frame, control_id).await;
+        if let Some(conn) = slot {
+            pool.idle.lock().await.push(conn);
+        }
+        result
+    }
+
+    async fn exchange_on(
+        &self,
+        slot: &mut Option<UpstreamConn>,
+        frame: &Frame,
+        control_id: &[u8],
+    ) -> Result<Reply, UpstreamError> {
+        if slot.as_mut().is_some_and(|conn| conn.link.get_mut().is_stale()) {
+            tracing::debug!(route = %self.route, upstream = %self.cfg.address, "upstream connection was closed by the peer; reconnecting");
+            *slot = None;
+        }
+        loop {
+            let conn = match slot {
+                Some(conn) => conn,
+                None => slot.insert(self.connect().await?),
+            };
+            let was_fresh = std::mem::replace(&mut conn.fresh, false);
+            match self.round_trip(conn, frame, control_id).await {
+                Ok(reply) => return Ok(reply),
+                Err(err) => {
+                    *slot = None;
+                    if was_fresh || !err.worth_retrying_fresh() {
+                        return Err(err);
+                    }
+                    tracing::debug!(route = %self.route, upstream = %self.cfg.address, reason = err.reason(), "reused upstream connection failed before any ack; retrying once on a new one");
+                }
+            }
+        }
+    }
+
+    async fn round_trip(
+        &self,
+        conn: &mut UpstreamConn,
+        frame: &Frame,
+        control_id: &[u8],
+    ) -> Result<Reply, UpstreamError> {
+        let ack_timeout = self.cfg.ack_timeout;
+        let exchange = async {
+            conn.link
+                .send(frame.as_wire())
+                .await
+                .map_err(UpstreamError::Send)?;
+            match conn.link.next().await {
+                Ok(Some(Decoded::Frame(ack))) => Ok(ack),
+                Ok(Some(Decoded::Oversize { len, .. })) => Err(UpstreamError::AckOversize(len)),
+                Ok(None) => Err(UpstreamError::ClosedBeforeAck),
+                Err(err) => Err(UpstreamError::Receive(err)),
+            }
+        };
+        let ack = timeout(ack_timeout, exchange)
+            .await
+            .map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
+        let code = ack::verify(ack.payload(), control_id).map_err(UpstreamError::AckMismatch)?;
+        Ok(Reply {
+            code,
+            wire: ack.into_wire(),
+        })
+    }
+
+    /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`.
+    async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+        let addr = self.cfg.address.to_string();
+        let limit = self.cfg.connect_timeout;
+        let stream = timeout(limit, self.open(&addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                addr: addr.clone(),
+                timeout: limit,
+            })??;
+        tracing::debug!(route = %self.route, upstream = %addr, "upstream connection open");
+        Ok(UpstreamConn {
+            link: Link::new(stream, self.cfg.max_ack_bytes),
+            fresh: true,
+        })
+    }
+
+    async fn open(&self, addr: &str) -> Result<Stream, UpstreamError> {
+        let candidates = tokio::net::lookup_host((self.cfg.address.host.as_str(), self.cfg.address.port))
+            .await
+            .map_err(|source| UpstreamError::Resolve {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+        let mut tcp = None;
+        for candidate in candidates {
+            match TcpStream::connect(candidate).await {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(err) => last_err = err,
+            }
+        }
+        let tcp = tcp.ok_or_else(|| UpstreamError::Connect {
+            addr: addr.to_string(),
+            source: last_err,
+        })?;
+        if let Err(err) = net::tune(&tcp, &self.cfg.keepalive) {
+            tracing::warn!(route = %self.route, upstream = %addr, error = %err, "could not set TCP options on the upstream connection");
+        }
+        let Some(tls) = &self.cfg.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = connector
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Stream::ClientTls(Box::new(stream)))
+    }
+}

@@ -1,0 +1,289 @@
+//! The loopback harness: a guard started in-process from YAML, fake upstreams with chosen
+//! misbehaviours, and a small MLLP client. Every listener binds port 0 on loopback and every wait
+//! is bounded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mllp_guard::app::Guard;
+use mllp_guard::codec::{self, Decoded};
+use mllp_guard::config::Config;
+use mllp_guard::hl7::{AckCode, AckView, Header};
+use mllp_guard::link::Link;
+use mllp_guard::net::Stream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::pki::{Pki, Usage};
+
+/// The shared corpus beside the project.
+pub fn corpus(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus").join(file)
+}
+
+pub fn corpus_bytes(file: &str) -> Vec<u8> {
+    std::fs::read(corpus(file)).unwrap_or_else(|e| panic!("corpus file {file}: {e}"))
+}
+
+/// A small ADT^A01 with this control id, padded with an NTE so the payload is about `size` bytes.
+pub fn message(control_id: &str, size: usize) -> Vec<u8> {
+    let mut msg = format!(
+        "MSH|^~\\&|SEND_APP|SEND_FAC|RECV_APP|RECV_FAC|20240102030405||ADT^A01^ADT_A01|{control_id}|P|2.5.1\r\
+         EVN|A01|20240102030405\r\
+         PID|1||MRN1^^^HOSP^MR||TEST^PATIENT||19800101|F\r"
+    )
+    .into_bytes();
+    if msg.len() + 8 < size {
+        msg.extend_from_slice(b"NTE|1||");
+        msg.resize(size - 1, b'x');
+        msg.push(b'\r');
+    }
+    msg
+}
+
+/// A directory holding a test's certificates and config.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    /// Makes a CA (`ca.pem`), a guard server cert (`guard.pem/key`), a guard client cert
+    /// (`guard-client.pem/key`), an upstream server cert (`ehr.pem/key`, SAN ehr.example.org and
+    /// localhost) and a sender client cert (`lab.pem/key`, SAN lab.example.org).
+    pub fn new() -> TestDir {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new("test CA");
+        pki.write_ca(dir.path(), "ca.pem");
+        pki.leaf("localhost", Usage::Server).write(dir.path(), "guard");
+        pki.leaf("ehr.example.org", Usage::Server).write(dir.path(), "ehr");
+        pki.leaf("guard.example.org", Usage::Client).write(dir.path(), "guard-client");
+        pki.leaf("lab.example.org", Usage::Client).write(dir.path(), "lab");
+        TestDir { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Writes `yaml` as the config and starts a guard from it.
+    pub async fn guard(&self, yaml: &str) -> Guard {
+        let file = self.path("guard.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        Guard::start(config).await.expect("guard starts")
+    }
+
+    pub fn server_tls(&self, stem: &str, client_ca: Option<&str>) -> Arc<rustls::ServerConfig> {
+        mllp_guard::tls::server_config(
+            &self.path(&format!("{stem}.pem")),
+            &self.path(&format!("{stem}.key")),
+            client_ca.map(|ca| self.path(ca)).as_deref(),
+        )
+        .unwrap()
+    }
+
+    pub fn client_tls(&self, ca: &str, client: Option<&str>) -> Arc<rustls::ClientConfig> {
+        let cert = client.map(|stem| self.path(&format!("{stem}.pem")));
+        let key = client.map(|stem| self.path(&format!("{stem}.key")));
+        mllp_guard::tls::client_config(&self.path(ca), cert.as_deref(), key.as_deref()).unwrap()
+    }
+}
+
+/// How a fake upstream answers each message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum Behaviour {
+    /// A correct AA ack.
+    Ack,
+    /// An ack whose MSA-2 names another message.
+    WrongControlId,
+    /// A correct ack, sent only after this delay.
+    LateAck(Duration),
+    /// A correct ack, then the connection is closed (several HL7 libraries do this).
+    AckThenClose,
+    /// Reads the message and never answers.
+    Silent,
+}
+
+/// A receiver that records what it got and misbehaves on request.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub connections: Arc<AtomicUsize>,
+    pub max_concurrent: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl FakeUpstream {
+    pub async fn start(behaviour: Behaviour) -> FakeUpstream {
+        Self::start_with_tls(behaviour, None).await
+    }
+
+    pub async fn start_with_tls(
+        behaviour: Behaviour,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let max_concurrent = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (rx, conns, maxc, stop2) = (received.clone(), connections.clone(), max_concurrent.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                maxc.fetch_max(now, Ordering::SeqCst);
+                let (rx, open, stop, tls) = (rx.clone(), open.clone(), stop2.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let stream = match tls {
+                        None => Stream::Plain(tcp),
+                        Some(cfg) => match tokio_rustls::TlsAcceptor::from(cfg).accept(tcp).await {
+                            Ok(s) => Stream::ServerTls(Box::new(s)),
+                            Err(_) => {
+                                open.fetch_sub(1, Ordering::SeqCst);
+                                return;
+                            }
+                        },
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = answer(stream, behaviour, &rx) => {}
+                    }
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        FakeUpstream { addr, received, connections, max_concurrent, stop }
+    }
+
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn answer(stream: Stream, behaviour: Behaviour, received: &Mutex<Vec<Vec<u8>>>) {
+    let mut link = Link::new(stream, 64 * 1024 * 1024);
+    while let Ok(Some(Decoded::Frame(frame))) = link.next().await {
+        received.lock().unwrap().push(frame.payload().to_vec());
+        let header = Header::parse(frame.payload()).unwrap();
+        let ack = |id: &[u8]| {
+            let mut a = format!("MSH|^~\\&|RECV_APP|RECV_FAC|SEND_APP|SEND_FAC|20240102030405||ACK^A01^ACK|ACK1|P|2.5.1\rMSA|AA|").into_bytes();
+            a.extend_from_slice(id);
+            a.push(b'\r');
+            codec::encode(&a)
+        };
+        match behaviour {
+            Behaviour::Ack => {
+                if link.send(&ack(header.control_id())).await.is_err() {
+                    return;
+                }
+            }
+            Behaviour::WrongControlId => {
+                if link.send(&ack(b"SOMETHING-ELSE")).await.is_err() {
+                    return;
+                }
+            }
+            Behaviour::LateAck(delay) => {
+                tokio::time::sleep(delay).await;
+                if link.send(&ack(header.control_id())).await.is_err() {
+                    return;
+                }
+            }
+            Behaviour::AckThenClose => {
+                let _ = link.send(&ack(header.control_id())).await;
+                link.shutdown().await;
+                return;
+            }
+            Behaviour::Silent => {}
+        }
+    }
+}
+
+/// An MLLP sender for tests.
+pub struct Client {
+    pub link: Link<Stream>,
+}
+
+impl Client {
+    pub async fn plain(addr: SocketAddr) -> Client {
+        Client::plain_from(addr, "127.0.0.1".parse().unwrap()).await.unwrap()
+    }
+
+    /// Connects from a chosen loopback source address (127.0.0.2 and up are other "hosts").
+    pub async fn plain_from(addr: SocketAddr, source: std::net::IpAddr) -> std::io::Result<Client> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Client { link: Link::new(Stream::Plain(tcp), 64 * 1024 * 1024) })
+    }
+
+    pub async fn tls(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Client> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+        Ok(Client { link: Link::new(Stream::ClientTls(Box::new(tls)), 64 * 1024 * 1024) })
+    }
+
+    /// Sends one message and returns its ack payload (panics after 20 s without one).
+    pub async fn send(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.link.send(&codec::encode(payload)).await.expect("send");
+        self.read_ack().await.expect("an ack, not a closed connection")
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.link.send(bytes).await.expect("send");
+    }
+
+    /// The next ack, or None if the guard closed the connection.
+    pub async fn read_ack(&mut self) -> Option<Vec<u8>> {
+        match tokio::time::timeout(Duration::from_secs(20), self.link.next()).await {
+            Ok(Ok(Some(Decoded::Frame(f)))) => Some(f.payload().to_vec()),
+            Ok(Ok(Some(Decoded::Oversize { .. }))) => panic!("oversize ack"),
+            Ok(Ok(None)) | Ok(Err(_)) => None,
+            Err(_) => panic!("no ack within 20 s"),
+        }
+    }
+
+    /// Whether the guard closed the connection (bounded wait).
+    pub async fn is_closed(&mut self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.link.next()).await,
+            Ok(Ok(None)) | Ok(Err(_))
+        )
+    }
+}
+
+/// The ack's code and MSA-2, and the MSA-3 text.
+pub fn ack_of(payload: &[u8]) -> (AckCode, String, String) {
+    let ack = AckView::parse(payload).expect("a parseable ack");
+    (
+        ack.code(),
+        String::from_utf8_lossy(ack.acked_control_id()).into_owned(),
+        String::from_utf8_lossy(ack.text()).into_owned(),
+    )
+}
+
+/// A one-route config; `extra` (route keys), `listener_tls` and `upstream_extra` (upstream keys) are YAML fragments indented to fit, or empty.
+pub fn route_yaml(upstream: SocketAddr, extra: &str, listener_tls: &str, upstream_extra: &str) -> String {
+    format!(
+        "routes:\n  - name: test\n    listen: 127.0.0.1:0\n{listener_tls}    allow: [127.0.0.1/32]\n{extra}    upstream:\n      address: {upstream}\n      ack_timeout: 2s\n      connect_timeout: 2s\n{upstream_extra}"
+    )
+}

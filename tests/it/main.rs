@@ -1,0 +1,9 @@
+//! One integration test binary (one link step): the relay over loopback, the command line, the
+//! shipped configs, and third-party HL7 peers.
+
+mod cli;
+mod harness;
+mod pki;
+mod python_hl7;
+mod relay;
+mod shipped;
