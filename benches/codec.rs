@@ -19,7 +19,10 @@ fn hl7_payload(len: usize) -> Vec<u8> {
     let mut i = 0u32;
     while p.len() < len {
         i += 1;
-        let seg = format!("OBX|{i}|NM|2345-7^GLUCOSE^LN||{}|mg/dL|70-99|N|||F\r", 80 + i % 40);
+        let seg = format!(
+            "OBX|{i}|NM|2345-7^GLUCOSE^LN||{}|mg/dL|70-99|N|||F\r",
+            80 + i % 40
+        );
         p.extend_from_slice(seg.as_bytes());
     }
     p.truncate(len);

@@ -33,8 +33,14 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
@@ -60,7 +66,13 @@ struct Outcome {
     latencies_us: Vec<u64>,
 }
 
-async fn closed_loop(addr: SocketAddr, connections: usize, seconds: u64, size: usize, tag: &str) -> Outcome {
+async fn closed_loop(
+    addr: SocketAddr,
+    connections: usize,
+    seconds: u64,
+    size: usize,
+    tag: &str,
+) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -80,7 +92,8 @@ async fn closed_loop(addr: SocketAddr, connections: usize, seconds: u64, size: u
                 link.send(&wire).await.expect("send");
                 match link.next().await {
                     Ok(Some(Decoded::Frame(ack))) => {
-                        let code = mllp_guard::ack::verify(ack.payload(), id.as_bytes()).expect("ack answers its message");
+                        let code = mllp_guard::ack::verify(ack.payload(), id.as_bytes())
+                            .expect("ack answers its message");
                         assert!(code.is_positive(), "negative ack {code}");
                     }
                     other => panic!("no ack: {other:?}"),
@@ -99,7 +112,11 @@ async fn closed_loop(addr: SocketAddr, connections: usize, seconds: u64, size: u
     }
     let elapsed = started.elapsed();
     latencies_us.sort_unstable();
-    Outcome { messages: latencies_us.len() as u64, elapsed, latencies_us }
+    Outcome {
+        messages: latencies_us.len() as u64,
+        elapsed,
+        latencies_us,
+    }
 }
 
 fn pct(sorted: &[u64], p: f64) -> u64 {
@@ -136,12 +153,22 @@ fn main() {
         .spawn()
         .expect("start sink");
     let mut line = String::new();
-    BufReader::new(sink.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let sink_addr: SocketAddr = line.trim().trim_start_matches("listening on ").parse().unwrap();
+    BufReader::new(sink.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let sink_addr: SocketAddr = line
+        .trim()
+        .trim_start_matches("listening on ")
+        .parse()
+        .unwrap();
     let sink = Proc(sink);
 
     let dir = tempfile::tempdir().unwrap();
-    let guard_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let guard_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = dir.path().join("load.yaml");
     std::fs::write(
         &config,
@@ -166,7 +193,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     println!("relay load: {connections} connections x {size}-byte messages, {seconds}s per phase, {runs} runs, guard log level {log_level}");
     let mut direct_rate = Vec::new();
     let mut guard_rate = Vec::new();
@@ -176,10 +207,22 @@ fn main() {
     let mut p99 = (Vec::new(), Vec::new());
     for run in 0..runs {
         let s0 = cpu_seconds(sink.0.id());
-        let direct = rt.block_on(closed_loop(sink_addr, connections, seconds, size, &format!("D{run}-")));
+        let direct = rt.block_on(closed_loop(
+            sink_addr,
+            connections,
+            seconds,
+            size,
+            &format!("D{run}-"),
+        ));
         let s1 = cpu_seconds(sink.0.id());
         let g0 = cpu_seconds(guard.0.id());
-        let through = rt.block_on(closed_loop(guard_addr, connections, seconds, size, &format!("G{run}-")));
+        let through = rt.block_on(closed_loop(
+            guard_addr,
+            connections,
+            seconds,
+            size,
+            &format!("G{run}-"),
+        ));
         let g1 = cpu_seconds(guard.0.id());
         direct_rate.push(direct.messages as f64 / direct.elapsed.as_secs_f64());
         guard_rate.push(through.messages as f64 / through.elapsed.as_secs_f64());
@@ -199,7 +242,21 @@ fn main() {
     println!("\nmedians of {runs} runs:");
     println!("| subject | msgs/s | p50 us | p99 us | CPU us/msg (subject) |");
     println!("|---|---:|---:|---:|---:|");
-    println!("| direct to sink | {dr:.0} | {:.0} | {:.0} | sink {:.1} |", median(p50.0), median(p99.0), median(sink_cpu_us));
-    println!("| through mllp-guard | {gr:.0} | {:.0} | {:.0} | guard {:.1} |", median(p50.1), median(p99.1), median(guard_cpu_us));
-    println!("guard/direct throughput ratio {:.2}; guard peak RSS {} KiB", gr / dr, peak_rss_kib(guard.0.id()));
+    println!(
+        "| direct to sink | {dr:.0} | {:.0} | {:.0} | sink {:.1} |",
+        median(p50.0),
+        median(p99.0),
+        median(sink_cpu_us)
+    );
+    println!(
+        "| through mllp-guard | {gr:.0} | {:.0} | {:.0} | guard {:.1} |",
+        median(p50.1),
+        median(p99.1),
+        median(guard_cpu_us)
+    );
+    println!(
+        "guard/direct throughput ratio {:.2}; guard peak RSS {} KiB",
+        gr / dr,
+        peak_rss_kib(guard.0.id())
+    );
 }

@@ -13,8 +13,11 @@ fn main() {
     let pki = Pki::new("mllp-guard demo CA (DO NOT TRUST)");
     pki.write_ca(&dir, "ca.pem");
     pki.leaf("localhost", Usage::Server).write(&dir, "guard");
-    pki.leaf("ehr.example.org", Usage::Server).write(&dir, "ehr");
-    pki.leaf("guard.example.org", Usage::Client).write(&dir, "guard-client");
-    pki.leaf("lab.example.org", Usage::Client).write(&dir, "lab");
+    pki.leaf("ehr.example.org", Usage::Server)
+        .write(&dir, "ehr");
+    pki.leaf("guard.example.org", Usage::Client)
+        .write(&dir, "guard-client");
+    pki.leaf("lab.example.org", Usage::Client)
+        .write(&dir, "lab");
     println!("demo certificates written to {}", dir.display());
 }

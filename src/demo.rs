@@ -21,7 +21,10 @@ const DEMO_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/certs/ca.pem")
 /// Runs the demo; returns whether every message got a matching positive ack.
 pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
     let config = Config::load(config_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
-    let route = config.routes.first().context("the demo config has no route")?;
+    let route = config
+        .routes
+        .first()
+        .context("the demo config has no route")?;
     let target = route.listen;
     let route_name = route.name.clone();
     let tls_listener = route.tls.is_some();
@@ -43,7 +46,11 @@ pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
     .with_context(|| format!("cannot start the demo receiver on {upstream_addr}"))?;
     let guard = Guard::start(config).await?;
     let listen = guard.local_addr(&route_name).unwrap_or(target);
-    println!("demo: guard route \"{route_name}\" on {listen} ({}) -> receiver on {}", if tls_listener { "TLS" } else { "plain" }, sink.local_addr());
+    println!(
+        "demo: guard route \"{route_name}\" on {listen} ({}) -> receiver on {}",
+        if tls_listener { "TLS" } else { "plain" },
+        sink.local_addr()
+    );
 
     let tls = if tls_listener {
         let cfg = crate::tls::client_config(Path::new(DEMO_CA), None, None)?;
@@ -52,11 +59,19 @@ pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
     } else {
         None
     };
-    let opts = SendOptions { to: listen.to_string(), tls, timeout: Duration::from_secs(10) };
+    let opts = SendOptions {
+        to: listen.to_string(),
+        tls,
+        timeout: Duration::from_secs(10),
+    };
     let files = send::expand(&[messages.to_path_buf()])?;
     println!("file\tMSH-10\tack\tlatency");
     let results = send::send_files(&opts, &files, |sent| {
-        let name = sent.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = sent
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut shown = sent.clone();
         shown.file = name.into();
         println!("{}", shown.line());

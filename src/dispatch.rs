@@ -53,7 +53,11 @@ impl Dispatch {
         frame: &Frame,
         header: &Header<'_>,
     ) -> Answer {
-        match self.upstream.exchange(slot, frame, header.control_id()).await {
+        match self
+            .upstream
+            .exchange(slot, frame, header.control_id())
+            .await
+        {
             Ok(reply) => Answer::Ack {
                 wire: reply.wire,
                 code: reply.code,

@@ -14,7 +14,11 @@ use mllp_guard::peer::sink::{Sink, SinkOptions};
 use mllp_guard::{app, demo, tls};
 
 #[derive(Parser)]
-#[command(name = "mllp-guard", version, about = "A transparent MLLP proxy and HL7-aware firewall")]
+#[command(
+    name = "mllp-guard",
+    version,
+    about = "A transparent MLLP proxy and HL7-aware firewall"
+)]
 struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -96,13 +100,17 @@ enum Command {
 }
 
 fn parse_ack_code(s: &str) -> Result<AckCode, String> {
-    AckCode::parse(s.as_bytes()).ok_or_else(|| format!("\"{s}\" is not an ack code (AA, AE, AR, CA, CE, CR)"))
+    AckCode::parse(s.as_bytes())
+        .ok_or_else(|| format!("\"{s}\" is not an ack code (AA, AE, AR, CA, CE, CR)"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -124,11 +132,34 @@ fn main() -> ExitCode {
                 }
                 Err(code) => code,
             },
-            Command::Send { to, tls_ca, server_name, cert, key, timeout, paths } => {
-                send_command(to, tls_ca, server_name, cert, key, timeout, paths).await
-            }
-            Command::Sink { listen, tls_cert, tls_key, client_ca, ack, save_dir, max_message_bytes } => {
-                sink_command(listen, tls_cert, tls_key, client_ca, ack, save_dir, max_message_bytes).await
+            Command::Send {
+                to,
+                tls_ca,
+                server_name,
+                cert,
+                key,
+                timeout,
+                paths,
+            } => send_command(to, tls_ca, server_name, cert, key, timeout, paths).await,
+            Command::Sink {
+                listen,
+                tls_cert,
+                tls_key,
+                client_ca,
+                ack,
+                save_dir,
+                max_message_bytes,
+            } => {
+                sink_command(
+                    listen,
+                    tls_cert,
+                    tls_key,
+                    client_ca,
+                    ack,
+                    save_dir,
+                    max_message_bytes,
+                )
+                .await
             }
             Command::Demo { config, messages } => match demo::run(&config, &messages).await {
                 Ok(true) => ExitCode::SUCCESS,
@@ -172,7 +203,9 @@ async fn send_command(
             let name = match rustls_pki_types::ServerName::try_from(host.clone()) {
                 Ok(name) => name,
                 Err(_) => {
-                    eprintln!("error: \"{host}\" is not a valid TLS server name (use --server-name)");
+                    eprintln!(
+                        "error: \"{host}\" is not a valid TLS server name (use --server-name)"
+                    );
                     return ExitCode::from(2);
                 }
             };
@@ -190,7 +223,11 @@ async fn send_command(
         Err(err) => return report(Err(err)),
     };
     let opts = SendOptions { to, tls, timeout };
-    match send::send_files(&opts, &files, |sent| println!("{}", sent.line())).await {
+    let print = |sent: &send::Sent| {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), "{}", sent.line());
+    };
+    match send::send_files(&opts, &files, print).await {
         Ok(results) if results.iter().all(|r| r.ok()) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(err) => report(Err(err)),
@@ -216,7 +253,14 @@ async fn sink_command(
         },
         _ => None,
     };
-    let opts = SinkOptions { listen, tls, ack, save_dir, max_message_bytes, verbose: true };
+    let opts = SinkOptions {
+        listen,
+        tls,
+        ack,
+        save_dir,
+        max_message_bytes,
+        verbose: true,
+    };
     let sink = match Sink::start(opts).await {
         Ok(sink) => sink,
         Err(err) => {
@@ -268,8 +312,11 @@ fn host_part(addr: &str) -> &str {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MLLP_GUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("MLLP_GUARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -48,11 +48,9 @@ impl Stream {
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(self).poll_read(&mut cx, &mut buf) {
-            Poll::Pending => false,
-            // EOF, an error, or unsolicited bytes (a late ack) all make the connection unusable.
-            Poll::Ready(_) => true,
-        }
+        // Ready means EOF, an error, or unsolicited bytes (a late ack): all make the connection
+        // unusable. Pending means nothing is waiting, the healthy case.
+        Pin::new(self).poll_read(&mut cx, &mut buf).is_ready()
     }
 }
 
@@ -71,7 +69,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
             Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, data),

@@ -136,10 +136,7 @@ mod tests {
                 "\"10.0.0.0/33\" is not an IP address or CIDR (write e.g. 10.0.0.0/8, 192.0.2.7, \"::1/128\", or \"any\")".to_string()
             )
         );
-        assert_eq!(
-            Allowlist::parse(&["any", "10.0.0.0/8"]).unwrap_err().0,
-            0
-        );
+        assert_eq!(Allowlist::parse(&["any", "10.0.0.0/8"]).unwrap_err().0, 0);
     }
 
     #[test]

@@ -80,9 +80,7 @@ pub async fn serve<S>(
                 Decoded::Frame(frame) => {
                     handle_message(&ctx, &mut upstream, &frame, peer, identity.as_deref()).await
                 }
-                Decoded::Oversize { head, len } => {
-                    answer_oversize(&ctx, &head, len, peer)
-                }
+                Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, peer),
             };
             match answer {
                 Some(wire) => {
@@ -191,11 +189,20 @@ async fn handle_message(
 }
 
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.
-fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) -> Option<bytes::Bytes> {
+fn answer_oversize(
+    ctx: &RouteContext,
+    head: &[u8],
+    len: u64,
+    peer: SocketAddr,
+) -> Option<bytes::Bytes> {
     let max = ctx.route.max_message_bytes;
-    let text = format!("message of {len} bytes exceeds max_message_bytes ({max} bytes); not forwarded");
+    let text =
+        format!("message of {len} bytes exceeds max_message_bytes ({max} bytes); not forwarded");
     let header = Header::parse(head).ok();
-    let control_id = header.as_ref().map(|h| printable(h.control_id())).unwrap_or_default();
+    let control_id = header
+        .as_ref()
+        .map(|h| printable(h.control_id()))
+        .unwrap_or_default();
     tracing::warn!(route = %ctx.name, %peer, control_id = %control_id, bytes = len, max_message_bytes = max, ack = "AE", outcome = "oversize", "message rejected: too large");
     Some(negative_ack(header.as_ref(), AckCode::AE, &text))
 }
@@ -206,6 +213,12 @@ pub fn printable(field: &[u8]) -> String {
     field
         .iter()
         .take(64)
-        .map(|&b| if (0x20..0x7F).contains(&b) { b as char } else { '?' })
+        .map(|&b| {
+            if (0x20..0x7F).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
         .collect()
 }

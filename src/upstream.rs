@@ -161,7 +161,10 @@ impl Upstream {
         frame: &Frame,
         control_id: &[u8],
     ) -> Result<Reply, UpstreamError> {
-        if slot.as_mut().is_some_and(|conn| conn.link.get_mut().is_stale()) {
+        if slot
+            .as_mut()
+            .is_some_and(|conn| conn.link.get_mut().is_stale())
+        {
             tracing::debug!(route = %self.route, upstream = %self.cfg.address, "upstream connection was closed by the peer; reconnecting");
             *slot = None;
         }
@@ -217,12 +220,12 @@ impl Upstream {
     async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
         let addr = self.cfg.address.to_string();
         let limit = self.cfg.connect_timeout;
-        let stream = timeout(limit, self.open(&addr))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout {
+        let stream = timeout(limit, self.open(&addr)).await.map_err(|_| {
+            UpstreamError::ConnectTimeout {
                 addr: addr.clone(),
                 timeout: limit,
-            })??;
+            }
+        })??;
         tracing::debug!(route = %self.route, upstream = %addr, "upstream connection open");
         Ok(UpstreamConn {
             link: Link::new(stream, self.cfg.max_ack_bytes),
@@ -231,13 +234,15 @@ impl Upstream {
     }
 
     async fn open(&self, addr: &str) -> Result<Stream, UpstreamError> {
-        let candidates = tokio::net::lookup_host((self.cfg.address.host.as_str(), self.cfg.address.port))
-            .await
-            .map_err(|source| UpstreamError::Resolve {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+        let candidates =
+            tokio::net::lookup_host((self.cfg.address.host.as_str(), self.cfg.address.port))
+                .await
+                .map_err(|source| UpstreamError::Resolve {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        let mut last_err =
+            io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
         let mut tcp = None;
         for candidate in candidates {
             match TcpStream::connect(candidate).await {

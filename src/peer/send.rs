@@ -47,7 +47,11 @@ impl Sent {
     /// The report line: file, MSH-10, ack code, latency (and the problem, if any).
     pub fn line(&self) -> String {
         let ack = self.ack.map_or("-", |code| code.as_str());
-        let id = if self.control_id.is_empty() { "-" } else { &self.control_id };
+        let id = if self.control_id.is_empty() {
+            "-"
+        } else {
+            &self.control_id
+        };
         let mut line = format!(
             "{}\t{}\t{}\t{:.1}ms",
             self.file.display(),
@@ -92,7 +96,8 @@ pub async fn send_files(
     let mut link: Option<Link<Stream>> = None;
     let mut results = Vec::with_capacity(files.len());
     for file in files {
-        let payload = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let payload =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let result = send_one(opts, &mut link, file, &payload).await;
         report(&result);
         results.push(result);
@@ -126,7 +131,9 @@ async fn send_one(
         Ok(ack_payload) => match ack::verify(&ack_payload, &control_id) {
             Ok(code) => sent.ack = Some(code),
             Err(err) => {
-                sent.ack = crate::hl7::AckView::parse(&ack_payload).ok().map(|a| a.code());
+                sent.ack = crate::hl7::AckView::parse(&ack_payload)
+                    .ok()
+                    .map(|a| a.code());
                 sent.problem = Some(err.to_string());
             }
         },
@@ -157,10 +164,14 @@ async fn exchange(
     };
     let wire = codec::encode(payload);
     let round_trip = async {
-        conn.send(&wire).await.map_err(|e| format!("send failed: {e}"))?;
+        conn.send(&wire)
+            .await
+            .map_err(|e| format!("send failed: {e}"))?;
         match conn.next().await {
             Ok(Some(Decoded::Frame(ack))) => Ok(ack.payload().to_vec()),
-            Ok(Some(Decoded::Oversize { len, .. })) => Err(format!("reply of {len} bytes is too large")),
+            Ok(Some(Decoded::Oversize { len, .. })) => {
+                Err(format!("reply of {len} bytes is too large"))
+            }
             Ok(None) => Err("connection closed without an ack".to_string()),
             Err(e) => Err(format!("receive failed: {e}")),
         }

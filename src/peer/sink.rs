@@ -133,21 +133,36 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let now = ack::timestamp(std::time::SystemTime::now());
         let (reply, control_id) = match Header::parse(frame.payload()) {
             Ok(header) => {
-                let text = if opts.ack.is_positive() { "" } else { "rejected by sink --ack" };
+                let text = if opts.ack.is_positive() {
+                    ""
+                } else {
+                    "rejected by sink --ack"
+                };
                 (
                     ack::build(&header, opts.ack, text, &id, &now),
                     printable(header.control_id()),
                 )
             }
             Err(err) => (
-                ack::build_without_header(AckCode::AR, &format!("no readable header: {err}"), &id, &now),
+                ack::build_without_header(
+                    AckCode::AR,
+                    &format!("no readable header: {err}"),
+                    &id,
+                    &now,
+                ),
                 String::new(),
             ),
         };
         if let Some(dir) = &opts.save_dir {
             let safe: String = control_id
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             let path = dir.join(format!("{seq:06}_{safe}.hl7"));
             if let Err(err) = tokio::fs::write(&path, frame.payload()).await {
@@ -155,7 +170,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if opts.verbose {
-            println!("received {} ({} bytes) -> {}", control_id, frame.len(), opts.ack);
+            // A closed stdout must not stop the sink: write errors are ignored, never a panic.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "received {} ({} bytes) -> {}",
+                control_id,
+                frame.len(),
+                opts.ack
+            );
         }
         if link.send(&codec::encode(&reply)).await.is_err() {
             return;

@@ -42,24 +42,36 @@ fn guard_cmd() -> Command {
 
 /// Starts `mllp-guard sink` and returns it with the address it printed.
 fn start_sink(args: &[&str]) -> (Proc, String) {
-    let mut child = guard_cmd().arg("sink").args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = guard_cmd()
+        .arg("sink")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("sink said {line:?}")).to_string();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("sink said {line:?}"))
+        .to_string();
     (Proc(child), addr)
 }
 
 /// Starts `mllp-guard run` with JSON logs and returns it with the address its route listens on.
 fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
-    let mut child = guard_cmd()
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Proc(
+        guard_cmd()
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -68,10 +80,13 @@ fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else { continue };
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         if v["message"] == "route listening" {
-            return (Proc(child), v["listen"].as_str().unwrap().to_string(), rx);
+            return (child, v["listen"].as_str().unwrap().to_string(), rx);
         }
     }
     panic!("the guard did not report a listening route within 20 s");
@@ -81,9 +96,23 @@ fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String
 fn check_accepts_a_valid_config_with_one_line_per_route() {
     let dir = TestDir::new();
     let file = dir.path("ok.yaml");
-    std::fs::write(&file, route_yaml("127.0.0.1:2576".parse().unwrap(), "", "", "")).unwrap();
-    let out = guard_cmd().arg("check").arg("--config").arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &file,
+        route_yaml("127.0.0.1:2576".parse().unwrap(), "", "", ""),
+    )
+    .unwrap();
+    let out = guard_cmd()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1);
     assert!(stdout.starts_with("route test: 127.0.0.1:0 (plain) allow [127.0.0.1/32] -> 127.0.0.1:2576 (plain, connections paired)"), "{stdout}");
@@ -98,25 +127,58 @@ fn check_reports_every_error_with_its_location_and_exits_2() {
         "routes:\n  - name: Lab\n    listen: 127.0.0.1:2575\n    allow: [10.0.0.0/33]\n    upstream:\n      address: 127.0.0.1:2576\n  - name: Lab\n    listen: 127.0.0.1:2575\n    allow: []\n    upstream:\n      address: 127.0.0.1:2576\n",
     )
     .unwrap();
-    let out = guard_cmd().arg("check").arg("--config").arg(&file).output().unwrap();
+    let out = guard_cmd()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let shown = file.display().to_string();
-    assert!(stderr.contains(&format!("{shown}:2:11: routes[0].name")), "{stderr}");
-    assert!(stderr.contains(&format!("{shown}:4:13: routes[0].allow[0]")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{shown}:2:11: routes[0].name")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{shown}:4:13: routes[0].allow[0]")),
+        "{stderr}"
+    );
     assert!(stderr.contains("routes[1].listen"), "{stderr}");
-    assert!(stderr.lines().count() >= 4, "every error is reported:\n{stderr}");
+    assert!(
+        stderr.lines().count() >= 4,
+        "every error is reported:\n{stderr}"
+    );
 }
 
 #[test]
 fn run_send_and_sink_relay_the_corpus_and_sigterm_exits_0() {
     let dir = TestDir::new();
     let saved = dir.path("saved");
-    let (_sink, sink_addr) = start_sink(&["--listen", "127.0.0.1:0", "--save-dir", saved.to_str().unwrap()]);
+    let (_sink, sink_addr) = start_sink(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--save-dir",
+        saved.to_str().unwrap(),
+    ]);
     let config = dir.path("guard.yaml");
-    std::fs::write(&config, route_yaml(sink_addr.parse().unwrap(), "", "    tls:\n      cert: guard.pem\n      key: guard.key\n", "")).unwrap();
+    std::fs::write(
+        &config,
+        route_yaml(
+            sink_addr.parse().unwrap(),
+            "",
+            "    tls:\n      cert: guard.pem\n      key: guard.key\n",
+            "",
+        ),
+    )
+    .unwrap();
     let (mut guard, listen, _logs) = start_guard(&config);
-    let files = ["01_adt_a01.hl7", "13_iso8859_1_names.hl7", "10_hash_field_separator.hl7", "16_batch_file.hl7"];
+    let files = [
+        "01_adt_a01.hl7",
+        "13_iso8859_1_names.hl7",
+        "10_hash_field_separator.hl7",
+        "16_batch_file.hl7",
+    ];
     let out = guard_cmd()
         .args(["send", "--to", &listen, "--tls-ca"])
         .arg(dir.path("ca.pem"))
@@ -125,16 +187,38 @@ fn run_send_and_sink_relay_the_corpus_and_sigterm_exits_0() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Vec<&str>> = stdout.lines().map(|l| l.split('\t').collect()).collect();
     let ids: Vec<(&str, &str)> = lines.iter().map(|f| (f[1], f[2])).collect();
-    assert_eq!(ids, [("ADT0001", "AA"), ("CHR0002", "AA"), ("ENC0002", "AA"), ("FILE0001", "AA")]);
-    let mut saved_files: Vec<_> = std::fs::read_dir(&saved).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(
+        ids,
+        [
+            ("ADT0001", "AA"),
+            ("CHR0002", "AA"),
+            ("ENC0002", "AA"),
+            ("FILE0001", "AA")
+        ]
+    );
+    let mut saved_files: Vec<_> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     saved_files.sort();
     for (file, got) in files.iter().zip(&saved_files) {
-        assert!(corpus_bytes(file) == std::fs::read(got).unwrap(), "{file} byte-exact");
+        assert!(
+            corpus_bytes(file) == std::fs::read(got).unwrap(),
+            "{file} byte-exact"
+        );
     }
-    let status = Command::new("kill").args(["-TERM", &guard.0.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     assert_eq!(guard.wait_exit(Duration::from_secs(15)), Some(0));
 }
@@ -161,9 +245,16 @@ fn send_a_directory_sends_its_files_in_name_order() {
     std::fs::write(msgs.join("b.hl7"), message("SECOND", 200)).unwrap();
     std::fs::write(msgs.join("a.hl7"), message("FIRST", 200)).unwrap();
     let (_sink, sink_addr) = start_sink(&["--listen", "127.0.0.1:0"]);
-    let out = guard_cmd().args(["send", "--to", &sink_addr]).arg(&msgs).output().unwrap();
+    let out = guard_cmd()
+        .args(["send", "--to", &sink_addr])
+        .arg(&msgs)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').nth(1).unwrap().to_string()).collect();
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap().to_string())
+        .collect();
     assert_eq!(ids, ["FIRST", "SECOND"]);
 }
 
@@ -171,16 +262,40 @@ fn send_a_directory_sends_its_files_in_name_order() {
 fn demo_relays_the_sample_messages_over_tls_with_the_shipped_config() {
     let dir = TestDir::new();
     // The demo's shipped config uses fixed ports; run a copy on free ports so tests never clash.
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/quickstart.yaml")).unwrap();
-    let free = |_: ()| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/quickstart.yaml"),
+    )
+    .unwrap();
+    let free = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let yaml = shipped
         .replace("127.0.0.1:2575", &format!("127.0.0.1:{}", free(())))
         .replace("127.0.0.1:2576", &format!("127.0.0.1:{}", free(())))
-        .replace("certs/", &format!("{}/rules/certs/", env!("CARGO_MANIFEST_DIR")));
+        .replace(
+            "certs/",
+            &format!("{}/rules/certs/", env!("CARGO_MANIFEST_DIR")),
+        );
     let config = dir.path("quickstart.yaml");
     std::fs::write(&config, yaml).unwrap();
-    let out = guard_cmd().args(["demo", "--config"]).arg(&config).output().unwrap();
+    let out = guard_cmd()
+        .args(["demo", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("demo: 8 of 8 messages relayed and acked; the receiver got 8"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("demo: 8 of 8 messages relayed and acked; the receiver got 8"),
+        "{stdout}"
+    );
 }

@@ -21,7 +21,9 @@ use crate::pki::{Pki, Usage};
 
 /// The shared corpus beside the project.
 pub fn corpus(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus")
+        .join(file)
 }
 
 pub fn corpus_bytes(file: &str) -> Vec<u8> {
@@ -57,10 +59,14 @@ impl TestDir {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new("test CA");
         pki.write_ca(dir.path(), "ca.pem");
-        pki.leaf("localhost", Usage::Server).write(dir.path(), "guard");
-        pki.leaf("ehr.example.org", Usage::Server).write(dir.path(), "ehr");
-        pki.leaf("guard.example.org", Usage::Client).write(dir.path(), "guard-client");
-        pki.leaf("lab.example.org", Usage::Client).write(dir.path(), "lab");
+        pki.leaf("localhost", Usage::Server)
+            .write(dir.path(), "guard");
+        pki.leaf("ehr.example.org", Usage::Server)
+            .write(dir.path(), "ehr");
+        pki.leaf("guard.example.org", Usage::Client)
+            .write(dir.path(), "guard-client");
+        pki.leaf("lab.example.org", Usage::Client)
+            .write(dir.path(), "lab");
         TestDir { dir }
     }
 
@@ -133,7 +139,12 @@ impl FakeUpstream {
         let max_concurrent = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let (rx, conns, maxc, stop2) = (received.clone(), connections.clone(), max_concurrent.clone(), stop.clone());
+        let (rx, conns, maxc, stop2) = (
+            received.clone(),
+            connections.clone(),
+            max_concurrent.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
@@ -163,7 +174,13 @@ impl FakeUpstream {
                 });
             }
         });
-        FakeUpstream { addr, received, connections, max_concurrent, stop }
+        FakeUpstream {
+            addr,
+            received,
+            connections,
+            max_concurrent,
+            stop,
+        }
     }
 
     pub fn received(&self) -> Vec<Vec<u8>> {
@@ -183,7 +200,7 @@ async fn answer(stream: Stream, behaviour: Behaviour, received: &Mutex<Vec<Vec<u
         received.lock().unwrap().push(frame.payload().to_vec());
         let header = Header::parse(frame.payload()).unwrap();
         let ack = |id: &[u8]| {
-            let mut a = format!("MSH|^~\\&|RECV_APP|RECV_FAC|SEND_APP|SEND_FAC|20240102030405||ACK^A01^ACK|ACK1|P|2.5.1\rMSA|AA|").into_bytes();
+            let mut a = b"MSH|^~\\&|RECV_APP|RECV_FAC|SEND_APP|SEND_FAC|20240102030405||ACK^A01^ACK|ACK1|P|2.5.1\rMSA|AA|".to_vec();
             a.extend_from_slice(id);
             a.push(b'\r');
             codec::encode(&a)
@@ -222,7 +239,9 @@ pub struct Client {
 
 impl Client {
     pub async fn plain(addr: SocketAddr) -> Client {
-        Client::plain_from(addr, "127.0.0.1".parse().unwrap()).await.unwrap()
+        Client::plain_from(addr, "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap()
     }
 
     /// Connects from a chosen loopback source address (127.0.0.2 and up are other "hosts").
@@ -231,21 +250,29 @@ impl Client {
         socket.bind(SocketAddr::new(source, 0))?;
         let tcp = socket.connect(addr).await?;
         tcp.set_nodelay(true)?;
-        Ok(Client { link: Link::new(Stream::Plain(tcp), 64 * 1024 * 1024) })
+        Ok(Client {
+            link: Link::new(Stream::Plain(tcp), 64 * 1024 * 1024),
+        })
     }
 
     pub async fn tls(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> std::io::Result<Client> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
-        Ok(Client { link: Link::new(Stream::ClientTls(Box::new(tls)), 64 * 1024 * 1024) })
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await?;
+        Ok(Client {
+            link: Link::new(Stream::ClientTls(Box::new(tls)), 64 * 1024 * 1024),
+        })
     }
 
     /// Sends one message and returns its ack payload (panics after 20 s without one).
     pub async fn send(&mut self, payload: &[u8]) -> Vec<u8> {
         self.link.send(&codec::encode(payload)).await.expect("send");
-        self.read_ack().await.expect("an ack, not a closed connection")
+        self.read_ack()
+            .await
+            .expect("an ack, not a closed connection")
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -282,7 +309,12 @@ pub fn ack_of(payload: &[u8]) -> (AckCode, String, String) {
 }
 
 /// A one-route config; `extra` (route keys), `listener_tls` and `upstream_extra` (upstream keys) are YAML fragments indented to fit, or empty.
-pub fn route_yaml(upstream: SocketAddr, extra: &str, listener_tls: &str, upstream_extra: &str) -> String {
+pub fn route_yaml(
+    upstream: SocketAddr,
+    extra: &str,
+    listener_tls: &str,
+    upstream_extra: &str,
+) -> String {
     format!(
         "routes:\n  - name: test\n    listen: 127.0.0.1:0\n{listener_tls}    allow: [127.0.0.1/32]\n{extra}    upstream:\n      address: {upstream}\n      ack_timeout: 2s\n      connect_timeout: 2s\n{upstream_extra}"
     )

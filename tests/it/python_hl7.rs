@@ -36,7 +36,9 @@ async fn python_client(args: &[String]) -> (bool, Vec<serde_json::Value>) {
     );
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}\n{stderr}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}\n{stderr}"))
+        })
         .collect();
     (out.status.success(), lines)
 }
@@ -54,8 +56,14 @@ async fn corpus_through_guard(tls: bool) {
     })
     .await
     .unwrap();
-    let listener_tls = if tls { "    tls:\n      cert: guard.pem\n      key: guard.key\n" } else { "" };
-    let guard = dir.guard(&route_yaml(sink.local_addr(), "", listener_tls, "")).await;
+    let listener_tls = if tls {
+        "    tls:\n      cert: guard.pem\n      key: guard.key\n"
+    } else {
+        ""
+    };
+    let guard = dir
+        .guard(&route_yaml(sink.local_addr(), "", listener_tls, ""))
+        .await;
     let addr = guard.local_addr("test").unwrap();
     let files = corpus_messages();
     let mut args = vec![addr.ip().to_string(), addr.port().to_string()];
@@ -70,11 +78,18 @@ async fn corpus_through_guard(tls: bool) {
         assert_eq!(line["ok"], true, "{line}");
     }
     assert!(success);
-    let mut saved_files: Vec<PathBuf> = std::fs::read_dir(&saved).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut saved_files: Vec<PathBuf> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     saved_files.sort();
     assert_eq!(saved_files.len(), files.len());
     for (sent, got) in files.iter().zip(&saved_files) {
-        assert!(std::fs::read(sent).unwrap() == std::fs::read(got).unwrap(), "{} must arrive byte-exact", sent.display());
+        assert!(
+            std::fs::read(sent).unwrap() == std::fs::read(got).unwrap(),
+            "{} must arrive byte-exact",
+            sent.display()
+        );
     }
     guard.stop().await;
     sink.stop().await;

@@ -9,28 +9,47 @@ use mllp_guard::hl7::AckCode;
 use crate::harness::*;
 
 const LISTENER_TLS: &str = "    tls:\n      cert: guard.pem\n      key: guard.key\n";
-const LISTENER_MTLS: &str = "    tls:\n      cert: guard.pem\n      key: guard.key\n      client_ca: ca.pem\n";
+const LISTENER_MTLS: &str =
+    "    tls:\n      cert: guard.pem\n      key: guard.key\n      client_ca: ca.pem\n";
 const UPSTREAM_TLS: &str = "      tls:\n        ca: ca.pem\n        server_name: ehr.example.org\n        cert: guard-client.pem\n        key: guard-client.key\n";
 
 async fn relay_one_message(listener_tls: &str, upstream_tls: &str) {
     let dir = TestDir::new();
     let upstream_cfg = (!upstream_tls.is_empty()).then(|| dir.server_tls("ehr", Some("ca.pem")));
     let upstream = FakeUpstream::start_with_tls(Behaviour::Ack, upstream_cfg).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "", listener_tls, upstream_tls)).await;
+    let guard = dir
+        .guard(&route_yaml(upstream.addr, "", listener_tls, upstream_tls))
+        .await;
     let addr = guard.local_addr("test").unwrap();
     let mut client = if listener_tls.is_empty() {
         Client::plain(addr).await
     } else {
-        Client::tls(addr, dir.client_tls("ca.pem", Some("lab"))).await.unwrap()
+        Client::tls(addr, dir.client_tls("ca.pem", Some("lab")))
+            .await
+            .unwrap()
     };
-    for (i, file) in ["01_adt_a01.hl7", "13_iso8859_1_names.hl7", "04_oru_r01_500_obx.hl7"].iter().enumerate() {
+    for (i, file) in [
+        "01_adt_a01.hl7",
+        "13_iso8859_1_names.hl7",
+        "04_oru_r01_500_obx.hl7",
+    ]
+    .iter()
+    .enumerate()
+    {
         let payload = corpus_bytes(file);
         let ack = client.send(&payload).await;
         let (code, acked, _) = ack_of(&ack);
         assert_eq!(code, AckCode::AA, "{file}");
-        let expected = mllp_guard::hl7::Header::parse(&payload).unwrap().control_id().to_vec();
+        let expected = mllp_guard::hl7::Header::parse(&payload)
+            .unwrap()
+            .control_id()
+            .to_vec();
         assert_eq!(acked.as_bytes(), &expected[..], "{file}");
-        assert_eq!(upstream.received()[i], payload, "{file} must arrive byte-exact");
+        assert_eq!(
+            upstream.received()[i],
+            payload,
+            "{file} must arrive byte-exact"
+        );
     }
     guard.stop().await;
 }
@@ -59,15 +78,23 @@ async fn tls_to_tls_with_client_certificates_on_both_legs_relays_byte_exact() {
 async fn mtls_listener_refuses_a_client_without_a_certificate() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "", LISTENER_MTLS, "")).await;
+    let guard = dir
+        .guard(&route_yaml(upstream.addr, "", LISTENER_MTLS, ""))
+        .await;
     let addr = guard.local_addr("test").unwrap();
     // TLS 1.3: the client may finish its side before the server rejects; the refusal shows on
     // the first exchange at the latest.
     match Client::tls(addr, dir.client_tls("ca.pem", None)).await {
         Err(_) => {}
         Ok(mut client) => {
-            let _ = client.link.send(&mllp_guard::codec::encode(&message("NOCERT1", 200))).await;
-            assert!(client.is_closed().await, "a client without a certificate must be refused");
+            let _ = client
+                .link
+                .send(&mllp_guard::codec::encode(&message("NOCERT1", 200)))
+                .await;
+            assert!(
+                client.is_closed().await,
+                "a client without a certificate must be refused"
+            );
         }
     }
     assert!(upstream.received().is_empty());
@@ -78,15 +105,25 @@ async fn mtls_listener_refuses_a_client_without_a_certificate() {
 async fn mtls_listener_refuses_a_certificate_from_another_ca() {
     let dir = TestDir::new();
     let other = crate::pki::Pki::new("some other CA");
-    other.leaf("lab.example.org", crate::pki::Usage::Client).write(dir.dir.path(), "stranger");
+    other
+        .leaf("lab.example.org", crate::pki::Usage::Client)
+        .write(dir.dir.path(), "stranger");
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "", LISTENER_MTLS, "")).await;
+    let guard = dir
+        .guard(&route_yaml(upstream.addr, "", LISTENER_MTLS, ""))
+        .await;
     let addr = guard.local_addr("test").unwrap();
     match Client::tls(addr, dir.client_tls("ca.pem", Some("stranger"))).await {
         Err(_) => {}
         Ok(mut client) => {
-            let _ = client.link.send(&mllp_guard::codec::encode(&message("STRANGER1", 200))).await;
-            assert!(client.is_closed().await, "a certificate from another CA must be refused");
+            let _ = client
+                .link
+                .send(&mllp_guard::codec::encode(&message("STRANGER1", 200)))
+                .await;
+            assert!(
+                client.is_closed().await,
+                "a certificate from another CA must be refused"
+            );
         }
     }
     assert!(upstream.received().is_empty());
@@ -99,12 +136,13 @@ async fn sender_outside_the_allowlist_is_refused_before_any_byte() {
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
     let guard = dir.guard(&route_yaml(upstream.addr, "", "", "")).await;
     let addr = guard.local_addr("test").unwrap();
-    let mut stranger = Client::plain_from(addr, "127.0.0.2".parse().unwrap()).await.unwrap();
-    let _ = stranger.link.send(&mllp_guard::codec::encode(&message("DENIED1", 200))).await;
-    assert!(stranger.is_closed().await);
+    assert!(is_refused(Client::plain_from(addr, "127.0.0.2".parse().unwrap()).await).await);
     // The allowed address still gets through.
     let mut friend = Client::plain(addr).await;
-    assert_eq!(ack_of(&friend.send(&message("ALLOWED1", 200)).await).0, AckCode::AA);
+    assert_eq!(
+        ack_of(&friend.send(&message("ALLOWED1", 200)).await).0,
+        AckCode::AA
+    );
     assert_eq!(upstream.received().len(), 1);
     guard.stop().await;
 }
@@ -113,22 +151,36 @@ async fn sender_outside_the_allowlist_is_refused_before_any_byte() {
 async fn connections_over_max_connections_are_refused_and_a_freed_slot_is_reused() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "    max_connections: 2\n", "", "")).await;
+    let guard = dir
+        .guard(&route_yaml(
+            upstream.addr,
+            "    max_connections: 2\n",
+            "",
+            "",
+        ))
+        .await;
     let addr = guard.local_addr("test").unwrap();
     let mut a = Client::plain(addr).await;
     let mut b = Client::plain(addr).await;
     assert_eq!(ack_of(&a.send(&message("CAP1", 200)).await).0, AckCode::AA);
     assert_eq!(ack_of(&b.send(&message("CAP2", 200)).await).0, AckCode::AA);
-    let mut c = Client::plain(addr).await;
-    let _ = c.link.send(&mllp_guard::codec::encode(&message("CAP3", 200))).await;
-    assert!(c.is_closed().await, "the third connection must be refused");
+    assert!(
+        is_refused(Client::plain_from(addr, "127.0.0.1".parse().unwrap()).await).await,
+        "the third connection must be refused"
+    );
     drop(a);
     // The slot frees once the guard notices the close; retry for a bounded time.
     let mut admitted = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut d = Client::plain(addr).await;
-        if d.link.send(&mllp_guard::codec::encode(&message("CAP4", 200))).await.is_ok() {
+        let Ok(mut d) = Client::plain_from(addr, "127.0.0.1".parse().unwrap()).await else {
+            continue;
+        };
+        if d.link
+            .send(&mllp_guard::codec::encode(&message("CAP4", 200)))
+            .await
+            .is_ok()
+        {
             if let Some(ack) = d.read_ack().await {
                 assert_eq!(ack_of(&ack).0, AckCode::AA);
                 admitted = true;
@@ -145,7 +197,12 @@ async fn connections_over_max_connections_are_refused_and_a_freed_slot_is_reused
 async fn a_16_mib_message_arrives_byte_exact() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "    max_message_bytes: 16MiB\n", "", "      ack_timeout: 30s\n")).await;
+    let guard = dir
+        .guard(
+            &route_yaml(upstream.addr, "    max_message_bytes: 16MiB\n", "", "")
+                .replace("ack_timeout: 2s", "ack_timeout: 30s"),
+        )
+        .await;
     let addr = guard.local_addr("test").unwrap();
     let payload = message("BIG16", 16 * 1024 * 1024);
     assert_eq!(payload.len(), 16 * 1024 * 1024);
@@ -159,13 +216,26 @@ async fn a_16_mib_message_arrives_byte_exact() {
 async fn oversize_message_is_answered_ae_never_forwarded_and_the_connection_stays_open() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "    max_message_bytes: 64KiB\n", "", "")).await;
+    let guard = dir
+        .guard(&route_yaml(
+            upstream.addr,
+            "    max_message_bytes: 64KiB\n",
+            "",
+            "",
+        ))
+        .await;
     let addr = guard.local_addr("test").unwrap();
     let mut client = Client::plain(addr).await;
     let (code, acked, text) = ack_of(&client.send(&message("HUGE1", 100_000)).await);
     assert_eq!((code, acked.as_str()), (AckCode::AE, "HUGE1"));
-    assert_eq!(text, "message of 100000 bytes exceeds max_message_bytes (65536 bytes); not forwarded");
-    assert_eq!(ack_of(&client.send(&message("SMALL1", 500)).await).0, AckCode::AA);
+    assert_eq!(
+        text,
+        "message of 100000 bytes exceeds max_message_bytes (65536 bytes); not forwarded"
+    );
+    assert_eq!(
+        ack_of(&client.send(&message("SMALL1", 500)).await).0,
+        AckCode::AA
+    );
     assert_eq!(upstream.received().len(), 1);
     guard.stop().await;
 }
@@ -186,18 +256,32 @@ async fn mismatched_ack_gives_the_sender_ae_not_the_upstreams_ack() {
 async fn ack_timeout_gives_ae_and_the_late_ack_never_answers_the_next_message() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::LateAck(Duration::from_millis(1500))).await;
-    let yaml = route_yaml(upstream.addr, "", "", "").replace("ack_timeout: 2s", "ack_timeout: 500ms");
+    let yaml =
+        route_yaml(upstream.addr, "", "", "").replace("ack_timeout: 2s", "ack_timeout: 500ms");
     let guard = dir.guard(&yaml).await;
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
     let (code, acked, text) = ack_of(&client.send(&message("SLOW1", 300)).await);
-    assert_eq!((code, acked.as_str(), text.as_str()), (AckCode::AE, "SLOW1", "message not delivered: no ack from the upstream within 500ms"));
+    assert_eq!(
+        (code, acked.as_str(), text.as_str()),
+        (
+            AckCode::AE,
+            "SLOW1",
+            "message not delivered: no ack from the upstream within 500ms"
+        )
+    );
     // The late ack for SLOW1 arrives after ~1.5 s on the old (closed) connection: it must never
     // be taken as the answer to SLOW2.
     let (code2, acked2, _) = ack_of(&client.send(&message("SLOW2", 300)).await);
     assert_eq!(acked2, "SLOW2");
     assert_eq!(code2, AckCode::AE);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(upstream.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the timed-out connection was closed and a new one opened");
+    assert!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2,
+        "the timed-out connection was closed and a new one opened"
+    );
     guard.stop().await;
 }
 
@@ -211,7 +295,12 @@ async fn upstream_down_gives_ae_with_the_reason() {
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
     let (code, acked, text) = ack_of(&client.send(&message("DOWN1", 300)).await);
     assert_eq!((code, acked.as_str()), (AckCode::AE, "DOWN1"));
-    assert!(text.starts_with(&format!("message not delivered: upstream {dead} is unreachable")), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "message not delivered: upstream {dead} is unreachable"
+        )),
+        "{text}"
+    );
     guard.stop().await;
 }
 
@@ -221,9 +310,18 @@ async fn upstream_down_with_on_upstream_failure_close_closes_the_sender() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = closed.local_addr().unwrap();
     drop(closed);
-    let guard = dir.guard(&route_yaml(dead, "    on_upstream_failure: close\n", "", "")).await;
+    let guard = dir
+        .guard(&route_yaml(
+            dead,
+            "    on_upstream_failure: close\n",
+            "",
+            "",
+        ))
+        .await;
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
-    client.send_raw(&mllp_guard::codec::encode(&message("DOWN2", 300))).await;
+    client
+        .send_raw(&mllp_guard::codec::encode(&message("DOWN2", 300)))
+        .await;
     assert!(client.is_closed().await);
     guard.stop().await;
 }
@@ -241,7 +339,12 @@ async fn receiver_that_closes_after_every_ack_is_invisible_to_the_sender() {
         let (code, acked, _) = ack_of(&client.send(&message(&id, 300)).await);
         assert_eq!((code, acked), (AckCode::AA, id));
     }
-    assert_eq!(upstream.connections.load(std::sync::atomic::Ordering::SeqCst), 5);
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        5
+    );
     guard.stop().await;
 }
 
@@ -249,7 +352,9 @@ async fn receiver_that_closes_after_every_ack_is_invisible_to_the_sender() {
 async fn a_pool_of_one_serializes_twenty_senders_with_every_ack_correct() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "", "", "      connections: 1\n")).await;
+    let guard = dir
+        .guard(&route_yaml(upstream.addr, "", "", "      connections: 1\n"))
+        .await;
     let addr = guard.local_addr("test").unwrap();
     let mut tasks = Vec::new();
     for s in 0..20 {
@@ -266,7 +371,12 @@ async fn a_pool_of_one_serializes_twenty_senders_with_every_ack_correct() {
         t.await.unwrap();
     }
     assert_eq!(upstream.received().len(), 100);
-    assert_eq!(upstream.max_concurrent.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        upstream
+            .max_concurrent
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     guard.stop().await;
 }
 
@@ -306,7 +416,10 @@ async fn a_message_without_a_header_is_rejected_ar_and_not_forwarded() {
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
     let (code, acked, _) = ack_of(&client.send(&corpus_bytes("malformed/no_msh.hl7")).await);
     assert_eq!((code, acked.as_str()), (AckCode::AR, ""));
-    assert_eq!(ack_of(&client.send(&message("AFTER1", 200)).await).0, AckCode::AA);
+    assert_eq!(
+        ack_of(&client.send(&message("AFTER1", 200)).await).0,
+        AckCode::AA
+    );
     assert_eq!(upstream.received().len(), 1);
     guard.stop().await;
 }
@@ -315,7 +428,14 @@ async fn a_message_without_a_header_is_rejected_ar_and_not_forwarded() {
 async fn a_frame_that_stalls_past_receive_timeout_closes_the_connection_unforwarded() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "    receive_timeout: 300ms\n", "", "")).await;
+    let guard = dir
+        .guard(&route_yaml(
+            upstream.addr,
+            "    receive_timeout: 300ms\n",
+            "",
+            "",
+        ))
+        .await;
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
     let frame = mllp_guard::codec::encode(&message("STALL1", 300));
     client.send_raw(&frame[..100]).await;
@@ -330,14 +450,23 @@ async fn every_corpus_frame_stream_forwards_exactly_the_recommended_messages() {
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
     let guard = dir.guard(&route_yaml(upstream.addr, "", "", "")).await;
     let addr = guard.local_addr("test").unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(&corpus_bytes("frames/manifest.json")).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&corpus_bytes("frames/manifest.json")).unwrap();
     for entry in manifest.as_array().unwrap() {
         let file = entry["file"].as_str().unwrap();
         let bytes = corpus_bytes(&format!("frames/{file}"));
-        let recommended: Vec<String> = entry["recommended"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let recommended: Vec<String> = entry["recommended"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         let before = upstream.received().len();
         let mut client = Client::plain(addr).await;
-        let mut cuts: Vec<usize> = entry["chunks"].as_array().map(|c| c.iter().map(|v| v.as_u64().unwrap() as usize).collect()).unwrap_or_default();
+        let mut cuts: Vec<usize> = entry["chunks"]
+            .as_array()
+            .map(|c| c.iter().map(|v| v.as_u64().unwrap() as usize).collect())
+            .unwrap_or_default();
         cuts.push(bytes.len());
         let mut start = 0;
         for cut in cuts {
@@ -347,7 +476,10 @@ async fn every_corpus_frame_stream_forwards_exactly_the_recommended_messages() {
         }
         let mut acked = Vec::new();
         for _ in 0..recommended.len() {
-            let ack = client.read_ack().await.unwrap_or_else(|| panic!("{file}: connection closed early"));
+            let ack = client
+                .read_ack()
+                .await
+                .unwrap_or_else(|| panic!("{file}: connection closed early"));
             acked.push(ack_of(&ack).1);
         }
         assert_eq!(acked, recommended, "{file}: acks");
@@ -357,9 +489,22 @@ async fn every_corpus_frame_stream_forwards_exactly_the_recommended_messages() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let forwarded: Vec<String> = upstream.received()[before..]
             .iter()
-            .map(|p| String::from_utf8_lossy(mllp_guard::hl7::Header::parse(p).unwrap().control_id()).into_owned())
+            .map(|p| {
+                String::from_utf8_lossy(mllp_guard::hl7::Header::parse(p).unwrap().control_id())
+                    .into_owned()
+            })
             .collect();
         assert_eq!(forwarded, recommended, "{file}: forwarded");
     }
     guard.stop().await;
+}
+
+/// A refused connection is reset at once: the connect itself may fail, or the first exchange.
+async fn is_refused(client: std::io::Result<Client>) -> bool {
+    let Ok(mut client) = client else { return true };
+    let _ = client
+        .link
+        .send(&mllp_guard::codec::encode(&message("REFUSED1", 200)))
+        .await;
+    client.is_closed().await
 }

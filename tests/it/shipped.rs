@@ -17,13 +17,29 @@ fn every_config_under_rules_loads() {
         }
     }
     loaded.sort();
-    assert_eq!(loaded, ["plain-to-plain.yaml", "plain-to-tls.yaml", "quickstart.yaml", "tls-to-plain.yaml", "tls-to-tls.yaml"]);
+    assert_eq!(
+        loaded,
+        [
+            "plain-to-plain.yaml",
+            "plain-to-tls.yaml",
+            "quickstart.yaml",
+            "tls-to-plain.yaml",
+            "tls-to-tls.yaml"
+        ]
+    );
 }
 
 #[test]
 fn the_four_tls_combinations_are_what_their_names_say() {
-    let load = |f: &str| Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join(f)).unwrap();
-    let shape = |c: &Config| (c.routes[0].tls.is_some(), c.routes[0].upstream.tls.is_some());
+    let load = |f: &str| {
+        Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join(f)).unwrap()
+    };
+    let shape = |c: &Config| {
+        (
+            c.routes[0].tls.is_some(),
+            c.routes[0].upstream.tls.is_some(),
+        )
+    };
     assert_eq!(shape(&load("plain-to-plain.yaml")), (false, false));
     assert_eq!(shape(&load("plain-to-tls.yaml")), (false, true));
     assert_eq!(shape(&load("tls-to-plain.yaml")), (true, false));

@@ -54,7 +54,8 @@ async def main() -> int:
         ack = hl7.parse(block.decode("latin-1"))
         msa = ack.segment("MSA")
         code = str(msa[1])
-        acked = str(msa[2])
+        # A trailing empty MSA-2 (the answer to an empty MSH-10) may be left out entirely.
+        acked = str(msa[2]) if len(msa) > 2 else ""
         sent = control_id(payload)
         ok = code in ("AA", "CA") and acked == sent
         failures += 0 if ok else 1
