@@ -65,6 +65,7 @@ fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String
     let mut child = Proc(
         guard_cmd()
             .args(["--log-format", "json", "run", "--config"])
+        .env("MLLP_GUARD_LOG", "debug")
             .arg(config)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -172,7 +173,7 @@ fn run_send_and_sink_relay_the_corpus_and_sigterm_exits_0() {
         ),
     )
     .unwrap();
-    let (mut guard, listen, _logs) = start_guard(&config);
+    let (mut guard, listen, logs) = start_guard(&config);
     let files = [
         "01_adt_a01.hl7",
         "13_iso8859_1_names.hl7",
@@ -221,6 +222,26 @@ fn run_send_and_sink_relay_the_corpus_and_sigterm_exits_0() {
         .unwrap();
     assert!(status.success());
     assert_eq!(guard.wait_exit(Duration::from_secs(15)), Some(0));
+
+    // The log names messages by type and control id and never carries payload bytes, even at
+    // debug level: the corpus patients are called TESTPATIENT and live on FAKE STREET.
+    // The process has exited, so its stderr reader ends soon: drain it (bounded).
+    let mut lines = Vec::new();
+    while let Ok(line) = logs.recv_timeout(Duration::from_secs(5)) {
+        lines.push(line);
+    }
+    let messages: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["message"] == "message")
+        .collect();
+    assert_eq!(messages.len(), 4, "one log line per message");
+    assert_eq!(messages[0]["control_id"], "ADT0001");
+    assert_eq!(messages[0]["message_type"], "ADT^A01^ADT_A01");
+    assert_eq!(messages[0]["ack"], "AA");
+    for line in &lines {
+        assert!(!line.contains("TESTPATIENT") && !line.contains("FAKE STREET"), "payload in a log line: {line}");
+    }
 }
 
 #[test]
