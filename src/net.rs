@@ -106,7 +106,9 @@ mod tests {
     #[tokio::test]
     async fn tune_sets_nodelay_and_the_configured_keepalive() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let keepalive = Keepalive {
             time: Duration::from_secs(61),
             interval: Duration::from_secs(11),
@@ -117,7 +119,10 @@ mod tests {
         assert!(stream.nodelay().unwrap());
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(61));
-        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(11));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(11)
+        );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), 7);
     }
 }

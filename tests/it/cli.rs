@@ -65,7 +65,7 @@ fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String
     let mut child = Proc(
         guard_cmd()
             .args(["--log-format", "json", "run", "--config"])
-        .env("MLLP_GUARD_LOG", "debug")
+            .env("MLLP_GUARD_LOG", "debug")
             .arg(config)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -240,7 +240,10 @@ fn run_send_and_sink_relay_the_corpus_and_sigterm_exits_0() {
     assert_eq!(messages[0]["message_type"], "ADT^A01^ADT_A01");
     assert_eq!(messages[0]["ack"], "AA");
     for line in &lines {
-        assert!(!line.contains("TESTPATIENT") && !line.contains("FAKE STREET"), "payload in a log line: {line}");
+        assert!(
+            !line.contains("TESTPATIENT") && !line.contains("FAKE STREET"),
+            "payload in a log line: {line}"
+        );
     }
 }
 

@@ -516,7 +516,9 @@ async fn shutdown_lets_the_message_in_flight_finish_then_refuses_new_connections
     let guard = dir.guard(&route_yaml(upstream.addr, "", "", "")).await;
     let addr = guard.local_addr("test").unwrap();
     let mut client = Client::plain(addr).await;
-    client.send_raw(&mllp_guard::codec::encode(&message("INFLIGHT1", 300))).await;
+    client
+        .send_raw(&mllp_guard::codec::encode(&message("INFLIGHT1", 300)))
+        .await;
     // Wait until the message is with the upstream, then ask the guard to stop.
     for _ in 0..100 {
         if !upstream.received().is_empty() {
@@ -525,20 +527,39 @@ async fn shutdown_lets_the_message_in_flight_finish_then_refuses_new_connections
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let stopping = tokio::spawn(guard.stop());
-    let ack = client.read_ack().await.expect("the in-flight message is answered before exit");
+    let ack = client
+        .read_ack()
+        .await
+        .expect("the in-flight message is answered before exit");
     assert_eq!(ack_of(&ack).0, AckCode::AA);
-    assert!(client.is_closed().await, "after its ack the connection is closed");
+    assert!(
+        client.is_closed().await,
+        "after its ack the connection is closed"
+    );
     assert!(stopping.await.unwrap(), "drained within the grace period");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_a_quiet_sender() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let guard = dir.guard(&route_yaml(upstream.addr, "    idle_timeout: 300ms\n", "", "")).await;
+    let guard = dir
+        .guard(&route_yaml(
+            upstream.addr,
+            "    idle_timeout: 300ms\n",
+            "",
+            "",
+        ))
+        .await;
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
-    assert_eq!(ack_of(&client.send(&message("IDLE1", 300)).await).0, AckCode::AA);
+    assert_eq!(
+        ack_of(&client.send(&message("IDLE1", 300)).await).0,
+        AckCode::AA
+    );
     assert!(client.is_closed().await);
     guard.stop().await;
 }
@@ -558,7 +579,12 @@ async fn an_ipv6_loopback_listener_admits_an_allowed_ipv6_sender() {
     let addr = guard.local_addr("test").unwrap();
     assert!(addr.is_ipv6());
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut client = Client { link: mllp_guard::link::Link::new(mllp_guard::net::Stream::Plain(tcp), 1 << 20) };
-    assert_eq!(ack_of(&client.send(&message("V6-1", 300)).await).0, AckCode::AA);
+    let mut client = Client {
+        link: mllp_guard::link::Link::new(mllp_guard::net::Stream::Plain(tcp), 1 << 20),
+    };
+    assert_eq!(
+        ack_of(&client.send(&message("V6-1", 300)).await).0,
+        AckCode::AA
+    );
     guard.stop().await;
 }
