@@ -399,13 +399,11 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
-    /// The shared corpus: `$MLLP_GUARD_CORPUS`, else `../shared/corpus` next to the crate.
+    /// The corpus: `$MLLP_GUARD_CORPUS`, else the copy vendored in `tests/corpus`.
     fn corpus(name: &str) -> Vec<u8> {
         let dir = std::env::var_os("MLLP_GUARD_CORPUS")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus"))
-            });
+            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus")));
         let path = dir.join(name);
         std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }

@@ -79,6 +79,17 @@ impl Frame {
         &self.raw
     }
 
+    /// Wraps a payload that was decoded earlier (e.g. read back from the custody queue) as a
+    /// frame again. `None` if it is empty or contains 0x0B or 0x1C, which no decoded payload does.
+    pub fn from_payload(payload: &[u8]) -> Option<Frame> {
+        if payload.is_empty() || memchr2(START_BLOCK, END_BLOCK, payload).is_some() {
+            return None;
+        }
+        Some(Frame {
+            raw: encode(payload),
+        })
+    }
+
     /// The full canonical frame bytes, ready to write, without copying.
     pub fn into_wire(self) -> Bytes {
         self.raw
@@ -517,7 +528,7 @@ mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
 
-    const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus");
+    const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
     const BIG_LIMIT: usize = 4 << 20;
 
     fn corpus(rel: &str) -> PathBuf {

@@ -562,13 +562,11 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    /// The shared corpus: `$MLLP_GUARD_CORPUS`, else `../shared/corpus` next to the crate.
+    /// The corpus: `$MLLP_GUARD_CORPUS`, else the copy vendored in `tests/corpus`.
     fn corpus_dir() -> PathBuf {
         std::env::var_os("MLLP_GUARD_CORPUS")
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus"))
-            })
+            .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus")))
     }
 
     fn corpus(name: &str) -> Vec<u8> {

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pki::{Pki, Usage};
 
-/// The shared corpus beside the project.
+/// The synthetic corpus vendored from the shared one.
 pub fn corpus(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
+        .join("tests/corpus")
         .join(file)
 }
 
