@@ -13,7 +13,8 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Delivery, OnUpstreamFailure};
+use crate::custody::Custody;
 use crate::dispatch::Dispatch;
 use crate::listener;
 use crate::session::RouteContext;
@@ -24,6 +25,8 @@ pub struct Guard {
     bound: Vec<(Arc<str>, SocketAddr)>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    background_stop: CancellationToken,
+    background: TaskTracker,
     grace: Duration,
 }
 
@@ -32,6 +35,10 @@ impl Guard {
     pub async fn start(config: Config) -> anyhow::Result<Guard> {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // Custody drainers stop only after every session has finished, so no message is
+        // appended to a queue that is already closed.
+        let background_stop = CancellationToken::new();
+        let background = TaskTracker::new();
         let mut listeners = Vec::with_capacity(config.routes.len());
         for route in config.routes {
             let listener = listener::bind(route.listen).with_context(|| {
@@ -42,7 +49,25 @@ impl Guard {
             })?;
             let name: Arc<str> = Arc::from(route.name.as_str());
             let upstream = Upstream::new(name.clone(), route.upstream.clone());
-            let dispatch = Dispatch::forward(upstream, route.on_upstream_failure);
+            let dispatch = match &route.delivery {
+                Delivery::Forward => Dispatch::Forward {
+                    upstream: Box::new(upstream),
+                    on_upstream_failure: route.on_upstream_failure,
+                },
+                Delivery::StoreAndForward(custody) => Dispatch::Custody(
+                    Custody::start(
+                        name.clone(),
+                        custody.clone(),
+                        upstream,
+                        route.on_upstream_failure == OnUpstreamFailure::Close,
+                        background_stop.clone(),
+                        &background,
+                    )
+                    .with_context(|| {
+                        format!("route {}: cannot open its custody queue", route.name)
+                    })?,
+                ),
+            };
             let ctx = Arc::new(RouteContext {
                 name,
                 route,
@@ -58,7 +83,7 @@ impl Guard {
                 listen = %addr,
                 tls = ctx.route.tls.is_some(),
                 mtls = ctx.route.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-                upstream = %ctx.dispatch.upstream().address(),
+                upstream = %ctx.dispatch.describe(),
                 allow = %ctx.route.allow,
                 "route listening"
             );
@@ -74,6 +99,8 @@ impl Guard {
             bound,
             shutdown,
             tracker,
+            background_stop,
+            background,
             grace: config.shutdown_grace,
         })
     }
@@ -104,11 +131,19 @@ impl Guard {
     /// Stops accepting, waits up to the grace period for in-flight messages, and returns whether
     /// every session finished in time (the rest are abandoned when the runtime ends).
     pub async fn stop(self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.grace;
         self.shutdown.cancel();
         self.tracker.close();
-        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
+        let drained = tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_ok();
+        // Then custody: each drainer finishes its delivery attempt and closes its queue.
+        self.background_stop.cancel();
+        self.background.close();
+        let drained = drained
+            && tokio::time::timeout_at(deadline, self.background.wait())
+                .await
+                .is_ok();
         if drained {
             tracing::info!("all connections drained; stopped");
         } else {

@@ -13,8 +13,8 @@
 //!    before giving up, each as a [`ConfigError`] with its YAML path, the line and column of the
 //!    offending value and what to do about it, so `mllp-guard check` shows them all at once.
 //!
-//! Relative file paths (certificates, keys, CAs) resolve from the directory of the config file,
-//! not from the working directory.
+//! Relative file paths (certificates, keys, CAs, `state_dir`) resolve from the directory of the
+//! config file, not from the working directory.
 //!
 //! Pure apart from reading the config file and the PEM files it names: no sockets, no clock.
 //!
@@ -56,6 +56,24 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `routes[].upstream.max_ack_bytes` (1 MiB).
 pub const DEFAULT_MAX_ACK_BYTES: usize = MIB;
+/// Default for `routes[].queue.max_bytes` (1 GiB).
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 1 << 30;
+/// Default for `routes[].queue.max_messages`.
+pub const DEFAULT_QUEUE_MAX_MESSAGES: u64 = 1_000_000;
+/// Default for `routes[].queue.segment_bytes` (64 MiB).
+pub const DEFAULT_QUEUE_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default for `routes[].ack_mode`.
+pub const DEFAULT_ACK_MODE: AckMode = AckMode::Msh15;
+/// Default for `routes[].retry.initial`.
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// Default for `routes[].retry.max`.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(180);
+/// Default for `routes[].on_reply.AE`.
+pub const DEFAULT_ON_REPLY_AE: ReplyAction = ReplyAction::Retry;
+/// Default for `routes[].on_reply.AR`.
+pub const DEFAULT_ON_REPLY_AR: ReplyAction = ReplyAction::DeadLetter;
+/// Default for `routes[].duplicate_window`.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -63,6 +81,8 @@ const GIB: usize = 1024 * MIB;
 /// Bounds of `max_message_bytes` and `max_ack_bytes`.
 const MIN_FRAME_BYTES: usize = KIB;
 const MAX_FRAME_BYTES: usize = GIB;
+/// Lower bound of `queue.max_bytes` and `queue.segment_bytes` (1 MiB).
+const MIN_QUEUE_BYTES: u64 = 1 << 20;
 /// Linux caps TCP_KEEPIDLE and TCP_KEEPINTVL at 32767 seconds and TCP_KEEPCNT at 127.
 const MAX_KEEPALIVE_SECS: u64 = 32767;
 const MAX_KEEPALIVE_RETRIES: u32 = 127;
@@ -77,6 +97,10 @@ pub struct Config {
     /// `shutdown_grace`: how long in-flight messages may take to finish after SIGTERM/SIGINT
     /// before the process exits anyway. Default 10s.
     pub shutdown_grace: Duration,
+    /// `state_dir`: where durable state lives, one queue directory per store-and-forward route
+    /// under it. Resolved (a relative path from the config file's directory); not checked or
+    /// created here. Required when any route has `delivery: store-and-forward`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One listener with its policy and its upstream.
@@ -106,6 +130,104 @@ pub struct Route {
     pub on_upstream_failure: OnUpstreamFailure,
     /// `upstream`: where messages are forwarded.
     pub upstream: Upstream,
+    /// `delivery`: `forward` (the default: each message is relayed while the sender waits) or
+    /// `store-and-forward` (custody: queued durably, acked by the guard, delivered later).
+    pub delivery: Delivery,
+}
+
+/// How a route delivers messages to its upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// `forward`: relayed synchronously; the sender gets the upstream's ack.
+    Forward,
+    /// `store-and-forward`: the guard takes custody, acks itself and delivers later, in order.
+    StoreAndForward(Custody),
+}
+
+/// The settings of a store-and-forward route (only read when `delivery: store-and-forward`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Custody {
+    /// The route's queue directory: `<state_dir>/<route name>` (unique, since names are).
+    pub queue_dir: PathBuf,
+    /// `queue.max_bytes`: the queue refuses new messages beyond this many bytes. Default 1 GiB,
+    /// at least 1 MiB and at least the route's `max_message_bytes`.
+    pub max_bytes: u64,
+    /// `queue.max_messages`: the queue refuses new messages beyond this many. Default
+    /// 1000000, >= 1.
+    pub max_messages: u64,
+    /// `queue.segment_bytes`: the size of one log segment. Default 64 MiB, >= 1 MiB.
+    pub segment_bytes: u64,
+    /// `ack_mode`: which acks the sender gets. Default `msh15`.
+    pub ack_mode: AckMode,
+    /// `retry`: backoff of redeliveries to the upstream.
+    pub retry: Retry,
+    /// `on_reply`: what an AE or AR reply from the upstream does to a queued message.
+    pub on_reply: OnReply,
+    /// `duplicate_window`: how long a resent message (same MSH-3, MSH-4, MSH-10) is recognised
+    /// and answered with the same ack instead of being queued again; `None` (written `0s`) =
+    /// off. Default 10m.
+    pub duplicate_window: Option<Duration>,
+}
+
+/// `ack_mode`: which acks a store-and-forward route sends to the sender (HL7Connect's choices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// `always`: every message gets an ack.
+    Always,
+    /// `errors-only`: only negative acks are sent.
+    ErrorsOnly,
+    /// `never`: no ack is sent.
+    Never,
+    /// `msh15`: as the message's MSH-15 (accept acknowledgment type) asks; original mode when
+    /// it is empty.
+    Msh15,
+}
+
+/// `retry`: exponential backoff (with jitter) between delivery attempts to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// `initial`: the first wait; > 0. Default 1s.
+    pub initial: Duration,
+    /// `max`: the longest wait; >= `initial`. Default 180s.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            initial: DEFAULT_RETRY_INITIAL,
+            max: DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+/// What an upstream reply code does to a queued message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyAction {
+    /// `retry`: keep it at the head of the queue and send it again after backoff.
+    Retry,
+    /// `dead-letter`: move it to the route's dead-letter store and go on.
+    DeadLetter,
+    /// `accept`: treat the reply as delivered and go on.
+    Accept,
+}
+
+/// `on_reply`: the action for each negative reply code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OnReply {
+    /// `AE` (application error). Default `retry`.
+    pub ae: ReplyAction,
+    /// `AR` (application reject). Default `dead-letter`.
+    pub ar: ReplyAction,
+}
+
+impl Default for OnReply {
+    fn default() -> Self {
+        OnReply {
+            ae: DEFAULT_ON_REPLY_AE,
+            ar: DEFAULT_ON_REPLY_AR,
+        }
+    }
 }
 
 /// What a sender gets when its message cannot be delivered upstream.
@@ -358,6 +480,7 @@ type Text = Spanned<String>;
 struct RawConfig {
     routes: Spanned<Vec<Spanned<RawRoute>>>,
     shutdown_grace: Option<Text>,
+    state_dir: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -375,6 +498,37 @@ struct RawRoute {
     handshake_timeout: Option<Text>,
     on_upstream_failure: Option<Text>,
     upstream: Spanned<RawUpstream>,
+    delivery: Option<Text>,
+    queue: Option<Spanned<RawQueue>>,
+    ack_mode: Option<Text>,
+    retry: Option<Spanned<RawRetry>>,
+    on_reply: Option<Spanned<RawOnReply>>,
+    duplicate_window: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    max_bytes: Option<Text>,
+    max_messages: Option<Text>,
+    segment_bytes: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    initial: Option<Text>,
+    max: Option<Text>,
+}
+
+/// Keys are the HL7 reply codes, uppercase as in the contract.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnReply {
+    #[serde(rename = "AE")]
+    ae: Option<Text>,
+    #[serde(rename = "AR")]
+    ar: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -625,6 +779,19 @@ impl Validator<'_> {
             DEFAULT_SHUTDOWN_GRACE,
             parse_duration,
         );
+        let state_dir = raw.state_dir.as_ref().and_then(|raw| {
+            let written = raw.value.trim();
+            if written.is_empty() {
+                self.error(
+                    "state_dir",
+                    &raw.referenced,
+                    "a directory path is required here, e.g. /var/lib/mllp-guard",
+                );
+                None
+            } else {
+                Some(self.base_dir.join(written))
+            }
+        });
         if raw.routes.value.is_empty() {
             self.error(
                 "routes",
@@ -636,7 +803,7 @@ impl Validator<'_> {
         let mut names: HashMap<String, (usize, Option<usize>)> = HashMap::new();
         let mut listeners: Vec<Listener> = Vec::new();
         for (i, raw_route) in raw.routes.value.iter().enumerate() {
-            let route = self.route(i, raw_route);
+            let route = self.route(i, raw_route, state_dir.as_deref());
             let name_at = &raw_route.value.name;
             if route.name.is_empty() {
                 // Invalid name, already reported.
@@ -678,14 +845,32 @@ impl Validator<'_> {
             }
             routes.push(route);
         }
+        if raw.state_dir.is_none() {
+            // Reported once, at the first route that needs it.
+            let first = routes
+                .iter()
+                .zip(&raw.routes.value)
+                .enumerate()
+                .find(|(_, (route, _))| matches!(route.delivery, Delivery::StoreAndForward(_)));
+            if let Some((i, (_, raw_route))) = first {
+                if let Some(delivery) = &raw_route.value.delivery {
+                    self.error(
+                        format!("routes[{i}].delivery"),
+                        &delivery.referenced,
+                        "store-and-forward needs a top-level `state_dir` to keep its queues in; add e.g. `state_dir: /var/lib/mllp-guard` at the top of the file (one directory per route is created under it)",
+                    );
+                }
+            }
+        }
         Config {
             file: self.file.to_path_buf(),
             routes,
             shutdown_grace,
+            state_dir,
         }
     }
 
-    fn route(&mut self, i: usize, raw: &Spanned<RawRoute>) -> Route {
+    fn route(&mut self, i: usize, raw: &Spanned<RawRoute>, state_dir: Option<&Path>) -> Route {
         let p = format!("routes[{i}]");
         let r = &raw.value;
         let name = self.value(
@@ -762,6 +947,18 @@ impl Validator<'_> {
             parse_on_upstream_failure,
         );
         let upstream = self.upstream(&format!("{p}.upstream"), &r.upstream);
+        // A bad `max_message_bytes` is reported already; comparing the queue with it would
+        // add a second error about the fallback value.
+        let max_message_bytes_ok = r
+            .max_message_bytes
+            .as_ref()
+            .is_none_or(|m| parse_frame_size(&m.value).is_ok());
+        let delivery = self.delivery(
+            &p,
+            r,
+            &state_dir.map(|d| d.join(&name)).unwrap_or_default(),
+            max_message_bytes_ok.then_some(max_message_bytes),
+        );
         Route {
             name,
             listen,
@@ -774,6 +971,177 @@ impl Validator<'_> {
             handshake_timeout,
             on_upstream_failure,
             upstream,
+            delivery,
+        }
+    }
+
+    /// `delivery` and the custody keys. `max_message_bytes` is `None` when it was invalid.
+    fn delivery(
+        &mut self,
+        p: &str,
+        r: &RawRoute,
+        queue_dir: &Path,
+        max_message_bytes: Option<usize>,
+    ) -> Delivery {
+        // `None`: an invalid value, reported; the custody keys are then not checked at all.
+        let kind = match &r.delivery {
+            None => Some(DeliveryKind::Forward),
+            Some(_) => self.value(format!("{p}.delivery"), &r.delivery, None, |s| {
+                parse_delivery(s).map(Some)
+            }),
+        };
+        match kind {
+            None => return Delivery::Forward,
+            Some(DeliveryKind::Forward) => {
+                let custody_keys = [
+                    ("queue", r.queue.as_ref().map(|q| &q.referenced)),
+                    ("ack_mode", r.ack_mode.as_ref().map(|t| &t.referenced)),
+                    ("retry", r.retry.as_ref().map(|t| &t.referenced)),
+                    ("on_reply", r.on_reply.as_ref().map(|t| &t.referenced)),
+                    (
+                        "duplicate_window",
+                        r.duplicate_window.as_ref().map(|t| &t.referenced),
+                    ),
+                ];
+                for (key, at) in custody_keys {
+                    if let Some(at) = at {
+                        self.error(
+                            format!("{p}.{key}"),
+                            at,
+                            "only used with delivery: store-and-forward; add `delivery: store-and-forward` or remove it",
+                        );
+                    }
+                }
+                return Delivery::Forward;
+            }
+            Some(DeliveryKind::StoreAndForward) => {}
+        }
+        let (mut max_bytes, mut max_messages, mut segment_bytes) = (
+            DEFAULT_QUEUE_MAX_BYTES,
+            DEFAULT_QUEUE_MAX_MESSAGES,
+            DEFAULT_QUEUE_SEGMENT_BYTES,
+        );
+        if let Some(q) = &r.queue {
+            let q = &q.value;
+            max_bytes = self.value(
+                format!("{p}.queue.max_bytes"),
+                &q.max_bytes,
+                DEFAULT_QUEUE_MAX_BYTES,
+                parse_queue_size,
+            );
+            max_messages = self.value(
+                format!("{p}.queue.max_messages"),
+                &q.max_messages,
+                DEFAULT_QUEUE_MAX_MESSAGES,
+                |s| parse_count(s, 1).map(|n| n as u64),
+            );
+            segment_bytes = self.value(
+                format!("{p}.queue.segment_bytes"),
+                &q.segment_bytes,
+                DEFAULT_QUEUE_SEGMENT_BYTES,
+                parse_queue_size,
+            );
+            if let (Some(raw), Some(largest)) = (&q.max_bytes, max_message_bytes) {
+                if parse_queue_size(&raw.value).is_ok() && max_bytes < largest as u64 {
+                    self.error(
+                        format!("{p}.queue.max_bytes"),
+                        &raw.referenced,
+                        format!(
+                            "must be at least this route's max_message_bytes ({largest} bytes) so that the largest message fits; raise it or lower max_message_bytes, not \"{}\" ({max_bytes} bytes)",
+                            raw.value
+                        ),
+                    );
+                }
+            }
+        }
+        let ack_mode = self.value(
+            format!("{p}.ack_mode"),
+            &r.ack_mode,
+            DEFAULT_ACK_MODE,
+            parse_ack_mode,
+        );
+        let retry = match &r.retry {
+            None => Retry::default(),
+            Some(raw) => self.retry(&format!("{p}.retry"), &raw.value),
+        };
+        let on_reply = match &r.on_reply {
+            None => OnReply::default(),
+            Some(raw) => OnReply {
+                ae: self.value(
+                    format!("{p}.on_reply.AE"),
+                    &raw.value.ae,
+                    DEFAULT_ON_REPLY_AE,
+                    parse_reply_action,
+                ),
+                ar: self.value(
+                    format!("{p}.on_reply.AR"),
+                    &raw.value.ar,
+                    DEFAULT_ON_REPLY_AR,
+                    parse_reply_action,
+                ),
+            },
+        };
+        let duplicate_window = self.value(
+            format!("{p}.duplicate_window"),
+            &r.duplicate_window,
+            Some(DEFAULT_DUPLICATE_WINDOW),
+            |s| parse_duration(s).map(|d| (!d.is_zero()).then_some(d)),
+        );
+        Delivery::StoreAndForward(Custody {
+            queue_dir: queue_dir.to_path_buf(),
+            max_bytes,
+            max_messages,
+            segment_bytes,
+            ack_mode,
+            retry,
+            on_reply,
+            duplicate_window,
+        })
+    }
+
+    fn retry(&mut self, p: &str, raw: &RawRetry) -> Retry {
+        let initial = self.value(format!("{p}.initial"), &raw.initial, None, |s| {
+            parse_positive_duration(s).map(Some)
+        });
+        let max = self.value(format!("{p}.max"), &raw.max, None, |s| {
+            parse_positive_duration(s).map(Some)
+        });
+        let valid =
+            |given: &Option<Text>, parsed: Option<Duration>| given.is_none() || parsed.is_some();
+        if !(valid(&raw.initial, initial) && valid(&raw.max, max)) {
+            return Retry::default();
+        }
+        let initial_or_default = initial.unwrap_or(DEFAULT_RETRY_INITIAL);
+        let max_or_default = max.unwrap_or(DEFAULT_RETRY_MAX);
+        if max_or_default < initial_or_default {
+            let shown = |d: Duration| humantime::format_duration(d).to_string();
+            match (&raw.initial, &raw.max) {
+                (_, Some(m)) => self.error(
+                    format!("{p}.max"),
+                    &m.referenced,
+                    format!(
+                        "must be at least retry.initial ({}{}), not \"{}\"",
+                        shown(initial_or_default),
+                        if raw.initial.is_none() { ", the default" } else { "" },
+                        m.value
+                    ),
+                ),
+                (Some(i), None) => self.error(
+                    format!("{p}.initial"),
+                    &i.referenced,
+                    format!(
+                        "must not exceed retry.max ({}, the default), not \"{}\"; lower it or set `max` too",
+                        shown(DEFAULT_RETRY_MAX),
+                        i.value
+                    ),
+                ),
+                (None, None) => {}
+            }
+            return Retry::default();
+        }
+        Retry {
+            initial: initial_or_default,
+            max: max_or_default,
         }
     }
 
@@ -1190,6 +1558,46 @@ fn parse_connections(s: &str) -> Result<Connections, String> {
     }
 }
 
+/// `delivery` as written, before its custody settings are read.
+#[derive(Clone, Copy)]
+enum DeliveryKind {
+    Forward,
+    StoreAndForward,
+}
+
+fn parse_delivery(s: &str) -> Result<DeliveryKind, String> {
+    match s.trim() {
+        "forward" => Ok(DeliveryKind::Forward),
+        "store-and-forward" => Ok(DeliveryKind::StoreAndForward),
+        _ => Err(format!(
+            "must be `forward` (relay each message while the sender waits) or `store-and-forward` (queue it durably, ack it, deliver it later), not \"{s}\""
+        )),
+    }
+}
+
+fn parse_ack_mode(s: &str) -> Result<AckMode, String> {
+    match s.trim() {
+        "always" => Ok(AckMode::Always),
+        "errors-only" => Ok(AckMode::ErrorsOnly),
+        "never" => Ok(AckMode::Never),
+        "msh15" => Ok(AckMode::Msh15),
+        _ => Err(format!(
+            "must be `always` (every message gets an ack), `errors-only` (only negative acks), `never` (no acks) or `msh15` (as each message's MSH-15 asks), not \"{s}\""
+        )),
+    }
+}
+
+fn parse_reply_action(s: &str) -> Result<ReplyAction, String> {
+    match s.trim() {
+        "retry" => Ok(ReplyAction::Retry),
+        "dead-letter" => Ok(ReplyAction::DeadLetter),
+        "accept" => Ok(ReplyAction::Accept),
+        _ => Err(format!(
+            "must be `retry` (send it again after backoff), `dead-letter` (move it to the route's dead-letter store) or `accept` (count it as delivered), not \"{s}\""
+        )),
+    }
+}
+
 fn parse_on_upstream_failure(s: &str) -> Result<OnUpstreamFailure, String> {
     match s.trim() {
         "nack" => Ok(OnUpstreamFailure::Nack),
@@ -1236,6 +1644,17 @@ fn parse_frame_size(s: &str) -> Result<usize, String> {
             "must be from 1KiB to 1GiB, not \"{s}\" ({bytes} bytes)"
         )),
     }
+}
+
+/// `queue.max_bytes`, `queue.segment_bytes`: a size of at least 1 MiB.
+fn parse_queue_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    if bytes < MIN_QUEUE_BYTES {
+        return Err(format!(
+            "must be at least 1MiB, not \"{s}\" ({bytes} bytes)"
+        ));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -1512,7 +1931,7 @@ routes:
         let yaml = MINIMAL.replace("listen:", "listne:");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream"
+            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window"
         );
     }
 
@@ -1564,7 +1983,7 @@ routes:
     fn an_unknown_top_level_key_lists_the_valid_ones() {
         assert_eq!(
             errors(&format!("{MINIMAL}extra: 1\n")),
-            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace"
+            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir"
         );
     }
 
@@ -1872,6 +2291,328 @@ routes:
                 "guard.yaml:31:18: routes[1].tls.client_ca: file \"certs/missing.pem\" not found (relative paths are resolved from the config file's directory, here $DIR)",
                 "guard.yaml:33:22: routes[1].max_connections: must be a whole number of at least 1, not \"many\"",
             ]
+        );
+    }
+
+    /// The custody example of issue 3, verbatim.
+    const CUSTODY: &str = r#"
+state_dir: /var/lib/mllp-guard      # top level; one queue directory per route under it
+routes:
+  - name: lab
+    listen: 127.0.0.1:2575
+    allow: [127.0.0.0/8]
+    upstream:
+      address: 127.0.0.1:2576
+    delivery: store-and-forward      # or: forward (the default, from the relay core)
+    queue:
+      max_bytes: 1GiB                # when full: refuse new messages (negative ack or close), never drop
+      max_messages: 1000000
+    ack_mode: always                 # what the sender gets: always | errors-only | never | msh15
+    retry:
+      initial: 1s                    # exponential backoff with jitter to the upstream
+      max: 180s
+    on_reply:                        # what an upstream reply code does to a queued message
+      AE: retry                      # retry | dead-letter | accept
+      AR: dead-letter
+"#;
+
+    /// MINIMAL with `delivery: store-and-forward` and the given top-level lines before it.
+    fn store_and_forward(top: &str) -> String {
+        format!("{top}{MINIMAL}    delivery: store-and-forward\n")
+    }
+
+    fn custody(route: &Route) -> &Custody {
+        match &route.delivery {
+            Delivery::StoreAndForward(custody) => custody,
+            Delivery::Forward => panic!("route {} is not store-and-forward", route.name),
+        }
+    }
+
+    #[test]
+    fn the_custody_example_of_the_issue_parses_into_typed_values() {
+        let config = Config::parse(CUSTODY, Path::new("g.yaml"), Path::new("/etc")).unwrap();
+        assert_eq!(config.state_dir, Some(PathBuf::from("/var/lib/mllp-guard")));
+        assert_eq!(
+            config.routes[0].delivery,
+            Delivery::StoreAndForward(Custody {
+                queue_dir: PathBuf::from("/var/lib/mllp-guard/lab"),
+                max_bytes: 1 << 30,
+                max_messages: 1_000_000,
+                segment_bytes: 64 << 20,
+                ack_mode: AckMode::Always,
+                retry: Retry {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(180),
+                },
+                on_reply: OnReply {
+                    ae: ReplyAction::Retry,
+                    ar: ReplyAction::DeadLetter,
+                },
+                duplicate_window: Some(Duration::from_secs(600)),
+            })
+        );
+    }
+
+    #[test]
+    fn store_and_forward_with_only_a_state_dir_takes_every_custody_default() {
+        let yaml = store_and_forward("state_dir: /srv/guard\n");
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/etc")).unwrap();
+        assert_eq!(
+            custody(&config.routes[0]),
+            &Custody {
+                queue_dir: PathBuf::from("/srv/guard/lab"),
+                max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+                max_messages: DEFAULT_QUEUE_MAX_MESSAGES,
+                segment_bytes: DEFAULT_QUEUE_SEGMENT_BYTES,
+                ack_mode: DEFAULT_ACK_MODE,
+                retry: Retry::default(),
+                on_reply: OnReply::default(),
+                duplicate_window: Some(DEFAULT_DUPLICATE_WINDOW),
+            }
+        );
+        assert_eq!(DEFAULT_ACK_MODE, AckMode::Msh15);
+        assert_eq!(
+            Retry::default(),
+            Retry {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(180)
+            }
+        );
+        assert_eq!(
+            OnReply::default(),
+            OnReply {
+                ae: ReplyAction::Retry,
+                ar: ReplyAction::DeadLetter
+            }
+        );
+    }
+
+    #[test]
+    fn a_route_without_delivery_forwards_and_a_state_dir_alone_is_not_an_error() {
+        let yaml = format!("state_dir: /srv/guard\n{MINIMAL}");
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/etc")).unwrap();
+        assert_eq!(config.routes[0].delivery, Delivery::Forward);
+        assert_eq!(config.state_dir, Some(PathBuf::from("/srv/guard")));
+        let config = Config::parse(MINIMAL, Path::new("g.yaml"), Path::new("/etc")).unwrap();
+        assert_eq!(config.state_dir, None);
+        let yaml = format!("{MINIMAL}    delivery: forward\n");
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/etc")).unwrap();
+        assert_eq!(config.routes[0].delivery, Delivery::Forward);
+    }
+
+    #[test]
+    fn a_relative_state_dir_resolves_from_the_config_directory() {
+        let fx = Fixture::new();
+        let file = fx.base().join("guard.yaml");
+        std::fs::write(&file, store_and_forward("state_dir: state\n")).unwrap();
+        let config = Config::load(&file).unwrap();
+        assert_eq!(config.state_dir, Some(fx.base().join("state")));
+        assert_eq!(
+            custody(&config.routes[0]).queue_dir,
+            fx.base().join("state/lab")
+        );
+    }
+
+    #[test]
+    fn every_custody_key_is_read_when_given() {
+        let yaml = format!(
+            "{}{}",
+            store_and_forward("state_dir: /q\n"),
+            "    queue: { max_bytes: 2MiB, max_messages: 5, segment_bytes: 1MiB }
+    ack_mode: errors-only
+    retry: { initial: 250ms, max: 250ms }
+    on_reply: { AE: accept, AR: retry }
+    duplicate_window: 0s
+    max_message_bytes: 2MiB
+"
+        );
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/")).unwrap();
+        let c = custody(&config.routes[0]);
+        assert_eq!(c.max_bytes, 2 << 20);
+        assert_eq!(c.max_messages, 5);
+        assert_eq!(c.segment_bytes, 1 << 20);
+        assert_eq!(c.ack_mode, AckMode::ErrorsOnly);
+        assert_eq!(
+            c.retry,
+            Retry {
+                initial: Duration::from_millis(250),
+                max: Duration::from_millis(250)
+            }
+        );
+        assert_eq!(
+            c.on_reply,
+            OnReply {
+                ae: ReplyAction::Accept,
+                ar: ReplyAction::Retry
+            }
+        );
+        assert_eq!(c.duplicate_window, None);
+        for (written, mode) in [("never", AckMode::Never), ("msh15", AckMode::Msh15)] {
+            let yaml = format!(
+                "{}    ack_mode: {written}\n",
+                store_and_forward("state_dir: /q\n")
+            );
+            let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/")).unwrap();
+            assert_eq!(custody(&config.routes[0]).ack_mode, mode);
+        }
+    }
+
+    #[test]
+    fn each_store_and_forward_route_gets_its_own_queue_directory() {
+        let second = MINIMAL
+            .trim_start_matches("routes:\n")
+            .replace("name: lab", "name: adt")
+            .replace("2575", "2577");
+        let yaml = format!("state_dir: /q\n{MINIMAL}    delivery: store-and-forward\n{second}    delivery: store-and-forward\n");
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/")).unwrap();
+        assert_eq!(custody(&config.routes[0]).queue_dir, Path::new("/q/lab"));
+        assert_eq!(custody(&config.routes[1]).queue_dir, Path::new("/q/adt"));
+    }
+
+    #[test]
+    fn store_and_forward_without_a_state_dir_is_one_error_at_the_first_such_route() {
+        let second = MINIMAL
+            .trim_start_matches("routes:\n")
+            .replace("name: lab", "name: adt")
+            .replace("2575", "2577");
+        let yaml = format!(
+            "{MINIMAL}    delivery: store-and-forward\n{second}    delivery: store-and-forward\n"
+        );
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:7:15: routes[0].delivery: store-and-forward needs a top-level `state_dir` to keep its queues in; add e.g. `state_dir: /var/lib/mllp-guard` at the top of the file (one directory per route is created under it)"
+        );
+        assert_eq!(
+            errors("state_dir: \"\"\nroutes: []\n"),
+            [
+                "guard.yaml:1:12: state_dir: a directory path is required here, e.g. /var/lib/mllp-guard",
+                "guard.yaml:2:9: routes: no routes are defined; add at least one route under `routes:`",
+            ]
+            .join("\n")
+        );
+    }
+
+    #[test]
+    fn custody_keys_on_a_forward_route_are_errors() {
+        let yaml = format!(
+            "state_dir: /q\n{MINIMAL}{}",
+            "    queue: { max_bytes: 1GiB }
+    ack_mode: always
+    retry:
+      initial: 1s
+    on_reply: { AE: retry }
+    duplicate_window: 1m
+"
+        );
+        let message = "only used with delivery: store-and-forward; add `delivery: store-and-forward` or remove it";
+        let expected = [
+            format!("guard.yaml:8:12: routes[0].queue: {message}"),
+            format!("guard.yaml:9:15: routes[0].ack_mode: {message}"),
+            format!("guard.yaml:11:7: routes[0].retry: {message}"),
+            format!("guard.yaml:12:15: routes[0].on_reply: {message}"),
+            format!("guard.yaml:13:23: routes[0].duplicate_window: {message}"),
+        ];
+        assert_eq!(errors(&yaml), expected.join("\n"));
+        // Explicitly forward: the same.
+        let yaml = format!("{MINIMAL}    delivery: forward\n    ack_mode: never\n");
+        assert_eq!(
+            errors(&yaml),
+            format!("guard.yaml:8:15: routes[0].ack_mode: {message}")
+        );
+    }
+
+    #[test]
+    fn bad_custody_values_are_all_reported_with_their_positions() {
+        let yaml = format!(
+            "{}{}",
+            store_and_forward("state_dir: /q\n"),
+            "    queue:
+      max_bytes: 8MiB
+      max_messages: 0
+      segment_bytes: 512KiB
+    ack_mode: sometimes
+    retry: { initial: 10s, max: 5s }
+    on_reply:
+      AE: ignore
+      AR: dead-letter
+    duplicate_window: forever
+"
+        );
+        let expected = [
+            "guard.yaml:10:18: routes[0].queue.max_bytes: must be at least this route's max_message_bytes (16777216 bytes) so that the largest message fits; raise it or lower max_message_bytes, not \"8MiB\" (8388608 bytes)",
+            "guard.yaml:11:21: routes[0].queue.max_messages: must be a whole number of at least 1, not \"0\"",
+            "guard.yaml:12:22: routes[0].queue.segment_bytes: must be at least 1MiB, not \"512KiB\" (524288 bytes)",
+            "guard.yaml:13:15: routes[0].ack_mode: must be `always` (every message gets an ack), `errors-only` (only negative acks), `never` (no acks) or `msh15` (as each message's MSH-15 asks), not \"sometimes\"",
+            "guard.yaml:14:33: routes[0].retry.max: must be at least retry.initial (10s), not \"5s\"",
+            "guard.yaml:16:11: routes[0].on_reply.AE: must be `retry` (send it again after backoff), `dead-letter` (move it to the route's dead-letter store) or `accept` (count it as delivered), not \"ignore\"",
+            "guard.yaml:18:23: routes[0].duplicate_window: \"forever\" is not a duration; write e.g. 30s, 500ms or 5m",
+        ];
+        assert_eq!(errors(&yaml), expected.join("\n"));
+    }
+
+    #[test]
+    fn queue_max_bytes_below_one_mib_or_below_max_message_bytes_is_refused() {
+        let sf = store_and_forward("state_dir: /q\n");
+        let yaml = format!("{sf}    queue: {{ max_bytes: 1000KB }}\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:9:25: routes[0].queue.max_bytes: must be at least 1MiB, not \"1000KB\" (1000000 bytes)"
+        );
+        let yaml = format!("{sf}    max_message_bytes: 4MiB\n    queue: {{ max_bytes: 2MiB }}\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:10:25: routes[0].queue.max_bytes: must be at least this route's max_message_bytes (4194304 bytes) so that the largest message fits; raise it or lower max_message_bytes, not \"2MiB\" (2097152 bytes)"
+        );
+        // An invalid max_message_bytes is reported alone, not compared with the queue.
+        let yaml = format!("{sf}    max_message_bytes: huge\n    queue: {{ max_bytes: 2MiB }}\n");
+        assert!(errors(&yaml).ends_with("e.g. 16MiB"), "{}", errors(&yaml));
+        assert_eq!(errors(&yaml).lines().count(), 1);
+    }
+
+    #[test]
+    fn retry_bounds_are_checked_against_the_defaults_too() {
+        let sf = store_and_forward("state_dir: /q\n");
+        let cases = [
+            (
+                "{ max: 500ms }",
+                "guard.yaml:9:19: routes[0].retry.max: must be at least retry.initial (1s, the default), not \"500ms\"",
+            ),
+            (
+                "{ initial: 5m }",
+                "guard.yaml:9:23: routes[0].retry.initial: must not exceed retry.max (3m, the default), not \"5m\"; lower it or set `max` too",
+            ),
+            (
+                "{ initial: 0s }",
+                "guard.yaml:9:23: routes[0].retry.initial: must be greater than zero, not \"0s\"",
+            ),
+        ];
+        for (retry, expected) in cases {
+            assert_eq!(
+                errors(&format!("{sf}    retry: {retry}\n")),
+                expected,
+                "{retry}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_delivery_value_lists_the_valid_ones_and_suppresses_custody_checks() {
+        let yaml = format!("{MINIMAL}    delivery: store-forward\n    ack_mode: never\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:7:15: routes[0].delivery: must be `forward` (relay each message while the sender waits) or `store-and-forward` (queue it durably, ack it, deliver it later), not \"store-forward\""
+        );
+    }
+
+    #[test]
+    fn on_reply_keys_are_the_uppercase_reply_codes() {
+        let yaml = format!(
+            "{}    on_reply: {{ ae: retry }}\n",
+            store_and_forward("state_dir: /q\n")
+        );
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:9:17: routes[0].on_reply.ae: unknown key `ae` (did you mean `AE`?); valid keys here: AE, AR"
         );
     }
 

@@ -1,76 +1,122 @@
 //! The junction between a session and delivery: what happens to a message once it is admitted.
 //!
-//! Today there is one delivery mode, forward: send the frame upstream, relay the upstream's
-//! verified ack unchanged, and turn any upstream failure into the route's chosen answer (a
-//! negative ack built here, or closing the sender's connection). It never invents a positive ack.
-//! Custody (store-and-forward) will be the second mode here. Must not know sockets, TLS or peers.
+//! Two modes. **Forward**: send the frame upstream, relay the upstream's verified ack unchanged,
+//! and turn any upstream failure into the route's chosen answer (a negative ack built here, or
+//! closing the sender's connection); it never invents a positive ack. **Custody**
+//! (store-and-forward): hand the message to [`crate::custody`], which stores it durably and
+//! answers for the upstream. Must not know sockets, TLS or peers.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::ack;
 use crate::codec::{self, Frame};
 use crate::config::OnUpstreamFailure;
+use crate::custody::{Custody, Verdict};
 use crate::hl7::{AckCode, Header};
-use crate::upstream::{Upstream, UpstreamConn, UpstreamError};
+use crate::upstream::{Upstream, UpstreamConn};
 
 /// What the session must do with the sender after dispatching one message.
 #[derive(Debug)]
 pub enum Answer {
-    /// Write this ack frame to the sender. `code` is its MSA-1; `failure` is set when we built it
-    /// ourselves because the upstream failed.
+    /// Write this ack frame. `outcome` names what happened (for the log line); `problem` says
+    /// why when the ack is one we built because something failed.
     Ack {
         wire: Bytes,
         code: AckCode,
-        failure: Option<UpstreamError>,
+        outcome: &'static str,
+        problem: Option<Problem>,
     },
-    /// Close the sender's connection without an answer (`on_upstream_failure: close`).
-    Close(UpstreamError),
+    /// Write nothing and keep the connection (the sender asked for no ack of this kind).
+    Silent {
+        code: AckCode,
+        outcome: &'static str,
+    },
+    /// Close the sender's connection without an answer.
+    Close(Problem),
+}
+
+/// Why a message was not delivered, for the log line: a stable label and the details.
+#[derive(Debug)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub detail: String,
 }
 
 /// A route's delivery.
-pub struct Dispatch {
-    upstream: Upstream,
-    on_upstream_failure: OnUpstreamFailure,
+pub enum Dispatch {
+    Forward {
+        upstream: Box<Upstream>,
+        on_upstream_failure: OnUpstreamFailure,
+    },
+    Custody(Arc<Custody>),
 }
 
 impl Dispatch {
-    pub fn forward(upstream: Upstream, on_upstream_failure: OnUpstreamFailure) -> Dispatch {
-        Dispatch {
-            upstream,
-            on_upstream_failure,
+    /// The upstream address, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Dispatch::Forward { upstream, .. } => upstream.address(),
+            Dispatch::Custody(custody) => {
+                format!("{} (store-and-forward)", custody.upstream_address())
+            }
         }
     }
 
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
     /// Delivers one message and says what to answer. `slot` is the session's paired upstream
-    /// connection.
+    /// connection (forward mode).
     pub async fn deliver(
         &self,
         slot: &mut Option<UpstreamConn>,
         frame: &Frame,
         header: &Header<'_>,
     ) -> Answer {
-        match self
-            .upstream
-            .exchange(slot, frame, header.control_id())
-            .await
-        {
-            Ok(reply) => Answer::Ack {
-                wire: reply.wire,
-                code: reply.code,
-                failure: None,
+        match self {
+            Dispatch::Custody(custody) => match custody.accept(frame, header).await {
+                Verdict::Ack {
+                    wire,
+                    code,
+                    outcome,
+                } => Answer::Ack {
+                    wire,
+                    code,
+                    outcome,
+                    problem: None,
+                },
+                Verdict::Silent { code, outcome } => Answer::Silent { code, outcome },
+                Verdict::Close { reason } => Answer::Close(Problem {
+                    reason: "queue",
+                    detail: reason,
+                }),
             },
-            Err(err) => match self.on_upstream_failure {
-                OnUpstreamFailure::Close => Answer::Close(err),
-                OnUpstreamFailure::Nack => {
-                    let text = format!("message not delivered: {err}");
-                    Answer::Ack {
-                        wire: negative_ack(Some(header), AckCode::AE, &text),
-                        code: AckCode::AE,
-                        failure: Some(err),
+            Dispatch::Forward {
+                upstream,
+                on_upstream_failure,
+            } => match upstream.exchange(slot, frame, header.control_id()).await {
+                Ok(reply) => Answer::Ack {
+                    wire: reply.wire,
+                    code: reply.code,
+                    outcome: "forwarded",
+                    problem: None,
+                },
+                Err(err) => {
+                    let problem = Problem {
+                        reason: err.reason(),
+                        detail: err.to_string(),
+                    };
+                    match on_upstream_failure {
+                        OnUpstreamFailure::Close => Answer::Close(problem),
+                        OnUpstreamFailure::Nack => Answer::Ack {
+                            wire: own_ack(
+                                Some(header),
+                                AckCode::AE,
+                                &format!("message not delivered: {err}"),
+                            ),
+                            code: AckCode::AE,
+                            outcome: "upstream_failed",
+                            problem: Some(problem),
+                        },
                     }
                 }
             },
@@ -78,9 +124,10 @@ impl Dispatch {
     }
 }
 
-/// A framed negative ack built by the guard itself (sender and receiver swapped, MSA-2 = the
-/// message's control id), or, when the message has no readable header, one with an empty MSA-2.
-pub fn negative_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
+/// A framed ack built by the guard itself (sender and receiver swapped, MSA-2 = the message's
+/// control id, ERR with `text` when negative), or, when the message has no readable header, one
+/// with an empty MSA-2.
+pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
     let id = own_control_id();
     let now = ack::timestamp(std::time::SystemTime::now());
     let payload = match header {

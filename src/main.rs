@@ -89,6 +89,11 @@ enum Command {
         #[arg(long, default_value_t = 64 * 1024 * 1024)]
         max_message_bytes: usize,
     },
+    /// Custody queues: list, show, replay dead letters, purge.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Quick start: run the shipped config with a sink behind it and send the sample messages
     /// through it over TLS, printing each ack.
     Demo {
@@ -97,6 +102,45 @@ enum Command {
         #[arg(long, default_value = demo::DEFAULT_MESSAGES)]
         messages: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Depth, bytes, oldest age and dead letters per store-and-forward route.
+    List(QueueArgs),
+    /// Pending messages and dead letters by MSH-10, type, size, age and reason.
+    Show {
+        #[command(flatten)]
+        args: QueueArgs,
+        /// Also print each message's payload (patient data!).
+        #[arg(long)]
+        payload: bool,
+        /// At most this many records per list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move dead letters back into the queue for delivery (the guard must be stopped).
+    Replay(QueueArgs),
+    /// Drop pending messages (or dead letters) for good, after confirmation (guard stopped).
+    Purge {
+        #[command(flatten)]
+        args: QueueArgs,
+        /// Purge the dead letters instead of the pending messages.
+        #[arg(long)]
+        dead_letters: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct QueueArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Only this route.
+    #[arg(long)]
+    route: Option<String>,
 }
 
 fn parse_ack_code(s: &str) -> Result<AckCode, String> {
@@ -167,6 +211,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Queue { action } => queue_command(action),
             Command::Demo { config, messages } => match demo::run(&config, &messages).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -174,6 +219,38 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+fn queue_command(action: QueueAction) -> ExitCode {
+    use mllp_guard::operator;
+    let (QueueAction::List(args)
+    | QueueAction::Show { args, .. }
+    | QueueAction::Replay(args)
+    | QueueAction::Purge { args, .. }) = &action;
+    let config = match load(&args.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let route = args.route.as_deref();
+    let mut out = std::io::stdout().lock();
+    let result = match &action {
+        QueueAction::List(_) => operator::list(&config, route, &mut out),
+        QueueAction::Show { payload, limit, .. } => {
+            operator::show(&config, route, *payload, *limit, &mut out)
+        }
+        QueueAction::Replay(_) => operator::replay(&config, route, &mut out),
+        QueueAction::Purge {
+            dead_letters, yes, ..
+        } => operator::purge(
+            &config,
+            route,
+            *dead_letters,
+            *yes,
+            &mut std::io::stdin().lock(),
+            &mut out,
+        ),
+    };
+    report(result)
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {

@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Decoded, Frame};
 use crate::config::Route;
-use crate::dispatch::{negative_ack, Answer, Dispatch};
+use crate::dispatch::{own_ack, Answer, Dispatch};
 use crate::hl7::{AckCode, Header};
 use crate::link::Link;
 
@@ -35,7 +36,7 @@ enum End {
     IdleTimeout,
     ReadError,
     WriteError,
-    UpstreamFailure,
+    DeliveryFailure,
     Shutdown,
 }
 
@@ -47,7 +48,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::ReadError => "read error",
             End::WriteError => "write error",
-            End::UpstreamFailure => "upstream failure (on_upstream_failure: close)",
+            End::DeliveryFailure => "message not delivered (on_upstream_failure: close)",
             End::Shutdown => "shutting down",
         }
     }
@@ -83,13 +84,14 @@ pub async fn serve<S>(
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, peer),
             };
             match answer {
-                Some(wire) => {
+                Reply::Send(wire) => {
                     if let Err(err) = link.send(&wire).await {
                         tracing::debug!(route = %ctx.name, %peer, error = %err, "could not write the ack to the sender");
                         break 'session End::WriteError;
                     }
                 }
-                None => break 'session End::UpstreamFailure,
+                Reply::Nothing => {}
+                Reply::Close => break 'session End::DeliveryFailure,
             }
         }
 
@@ -143,58 +145,67 @@ pub async fn serve<S>(
     }
 }
 
-/// Dispatches one frame; returns the ack frame to write, or None to close the connection.
+/// What to do after handling one frame.
+enum Reply {
+    Send(Bytes),
+    Nothing,
+    Close,
+}
+
+/// Dispatches one frame and logs one line about it (never its payload).
 async fn handle_message(
     ctx: &RouteContext,
     upstream: &mut Option<crate::upstream::UpstreamConn>,
     frame: &Frame,
     peer: SocketAddr,
     identity: Option<&str>,
-) -> Option<bytes::Bytes> {
+) -> Reply {
     let started = Instant::now();
     let header = match Header::parse(frame.payload()) {
         Ok(header) => header,
         Err(err) => {
             let text = format!("message rejected: {err}");
-            tracing::warn!(route = %ctx.name, %peer, bytes = frame.len(), ack = "AR", reason = %err, "message rejected: no readable header");
-            return Some(negative_ack(None, AckCode::AR, &text));
+            tracing::warn!(route = %ctx.name, %peer, identity, bytes = frame.len(), ack = "AR", outcome = "rejected", reason = %err, "message rejected: no readable header");
+            return Reply::Send(own_ack(None, AckCode::AR, &text));
         }
     };
     let answer = ctx.dispatch.deliver(upstream, frame, &header).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let msg_type = printable(header.message_type());
     let control_id = printable(header.control_id());
+    let bytes = frame.len();
     match answer {
         Answer::Ack {
             wire,
             code,
-            failure: None,
+            outcome,
+            problem: None,
         } => {
-            tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes = frame.len(), ack = %code, latency_ms, outcome = "forwarded", "message");
-            Some(wire)
+            tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, "message");
+            Reply::Send(wire)
         }
         Answer::Ack {
             wire,
             code,
-            failure: Some(err),
+            outcome,
+            problem: Some(problem),
         } => {
-            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes = frame.len(), ack = %code, latency_ms, outcome = "upstream_failed", reason = err.reason(), error = %err, "message not delivered; sender gets a negative ack");
-            Some(wire)
+            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, reason = problem.reason, error = %problem.detail, "message not delivered; the sender gets a negative ack");
+            Reply::Send(wire)
         }
-        Answer::Close(err) => {
-            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes = frame.len(), latency_ms, outcome = "upstream_failed", reason = err.reason(), error = %err, "message not delivered; closing the sender's connection");
-            None
+        Answer::Silent { code, outcome } => {
+            tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, ack_sent = false, latency_ms, outcome, "message");
+            Reply::Nothing
+        }
+        Answer::Close(problem) => {
+            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, latency_ms, outcome = "closed", reason = problem.reason, error = %problem.detail, "message not delivered; closing the sender's connection");
+            Reply::Close
         }
     }
 }
 
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.
-fn answer_oversize(
-    ctx: &RouteContext,
-    head: &[u8],
-    len: u64,
-    peer: SocketAddr,
-) -> Option<bytes::Bytes> {
+fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) -> Reply {
     let max = ctx.route.max_message_bytes;
     let text =
         format!("message of {len} bytes exceeds max_message_bytes ({max} bytes); not forwarded");
@@ -204,7 +215,7 @@ fn answer_oversize(
         .map(|h| printable(h.control_id()))
         .unwrap_or_default();
     tracing::warn!(route = %ctx.name, %peer, control_id = %control_id, bytes = len, max_message_bytes = max, ack = "AE", outcome = "oversize", "message rejected: too large");
-    Some(negative_ack(header.as_ref(), AckCode::AE, &text))
+    Reply::Send(own_ack(header.as_ref(), AckCode::AE, &text))
 }
 
 /// A header field made safe for a log line: control characters replaced, at most 64 characters.

@@ -112,6 +112,8 @@ pub enum Behaviour {
     AckThenClose,
     /// Reads the message and never answers.
     Silent,
+    /// Answers with this code (MSA-2 correct) the first `n` messages, then AA.
+    CodeFirst(AckCode, usize),
 }
 
 /// A receiver that records what it got and misbehaves on request.
@@ -199,12 +201,15 @@ async fn answer(stream: Stream, behaviour: Behaviour, received: &Mutex<Vec<Vec<u
     while let Ok(Some(Decoded::Frame(frame))) = link.next().await {
         received.lock().unwrap().push(frame.payload().to_vec());
         let header = Header::parse(frame.payload()).unwrap();
-        let ack = |id: &[u8]| {
-            let mut a = b"MSH|^~\\&|RECV_APP|RECV_FAC|SEND_APP|SEND_FAC|20240102030405||ACK^A01^ACK|ACK1|P|2.5.1\rMSA|AA|".to_vec();
+        let ack_with = |code: AckCode, id: &[u8]| {
+            let mut a = b"MSH|^~\\&|RECV_APP|RECV_FAC|SEND_APP|SEND_FAC|20240102030405||ACK^A01^ACK|ACK1|P|2.5.1\rMSA|".to_vec();
+            a.extend_from_slice(code.as_str().as_bytes());
+            a.push(b'|');
             a.extend_from_slice(id);
-            a.push(b'\r');
+            a.extend_from_slice(b"|answered by the test upstream\r");
             codec::encode(&a)
         };
+        let ack = |id: &[u8]| ack_with(AckCode::AA, id);
         match behaviour {
             Behaviour::Ack => {
                 if link.send(&ack(header.control_id())).await.is_err() {
@@ -228,6 +233,17 @@ async fn answer(stream: Stream, behaviour: Behaviour, received: &Mutex<Vec<Vec<u
                 return;
             }
             Behaviour::Silent => {}
+            Behaviour::CodeFirst(code, n) => {
+                let seen = received.lock().unwrap().len();
+                let code = if seen <= n { code } else { AckCode::AA };
+                if link
+                    .send(&ack_with(code, header.control_id()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! shipped configs, and third-party HL7 peers.
 
 mod cli;
+mod custody;
 mod harness;
 mod pki;
 mod python_hl7;

@@ -588,3 +588,41 @@ async fn an_ipv6_loopback_listener_admits_an_allowed_ipv6_sender() {
     );
     guard.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_the_tls_handshake_is_closed_after_handshake_timeout() {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let guard = dir
+        .guard(&route_yaml(
+            upstream.addr,
+            "    handshake_timeout: 300ms\n",
+            LISTENER_TLS,
+            "",
+        ))
+        .await;
+    let addr = guard.local_addr("test").unwrap();
+    // A plain TCP client that says nothing: the guard waits for a ClientHello, then gives up.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut stalled, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed by the guard: {read:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Meanwhile the listener kept serving others.
+    let mut client = Client::tls(addr, dir.client_tls("ca.pem", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        ack_of(&client.send(&message("AFTERSTALL", 200)).await).0,
+        AckCode::AA
+    );
+    guard.stop().await;
+}

@@ -1,0 +1,695 @@
+//! Custody (store-and-forward): take a message durably, answer it ourselves, deliver it later.
+//!
+//! Owns the promise users buy: once a positive ack has left, the message is on disk (fdatasync'd)
+//! and reaches the upstream at least once, in order, across crashes. Three parts:
+//!
+//! - **accept** (called by the session for each message): reject what cannot be correlated
+//!   (empty control id), answer a resent duplicate with the ack it already got, otherwise hand
+//!   the payload to the committer and answer only after it is durable;
+//! - **committer** (one thread per route): drains every pending append, writes them all, then
+//!   one `sync` for the batch (group commit), and only then releases their acks;
+//! - **drainer** (one task per route): sends the oldest record upstream, one in flight, with
+//!   the relay's upstream (TLS, ack timeout, MSA-2 check); a positive reply advances the cursor,
+//!   AE/AR follow `on_reply`, failures retry the same record after a jittered backoff.
+//!
+//! The ack code and whether an ack is sent at all follow HL7 (original mode AA/AE/AR; enhanced
+//! mode, when MSH-15 is present, CA/CE/CR per table 0155) and the route's `ack_mode`. Must not
+//! know sockets, peers or how the queue lays out its bytes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::Frame;
+use crate::config::{AckMode, Custody as CustodyConfig, ReplyAction};
+use crate::dispatch::own_ack;
+use crate::hl7::{AckCode, AckView, Header};
+use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
+use crate::session::printable;
+use crate::upstream::Upstream;
+
+/// The directory under a route's queue directory that holds its dead letters.
+pub const DEAD_LETTER_DIR: &str = "dead-letter";
+/// At most this many appends are written before one sync (bounds a batch's latency).
+const MAX_BATCH: usize = 1024;
+/// Remembered acks for duplicate detection, at most (oldest forgotten first).
+const MAX_REMEMBERED: usize = 100_000;
+
+/// What the session does after custody has handled a message.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Write this ack frame.
+    Ack {
+        wire: Bytes,
+        code: AckCode,
+        outcome: &'static str,
+    },
+    /// Send nothing (the sender asked for no ack of this kind); the connection stays open.
+    Silent {
+        code: AckCode,
+        outcome: &'static str,
+    },
+    /// Close the sender's connection (queue failure with `on_upstream_failure: close`).
+    Close { reason: String },
+}
+
+/// Counters a route's custody keeps (read by logs now, metrics later).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub queued: AtomicU64,
+    pub duplicates_answered: AtomicU64,
+    pub delivered: AtomicU64,
+    pub redeliveries: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub syncs: AtomicU64,
+}
+
+struct AppendRequest {
+    payload: Bytes,
+    enqueued_at_ms: u64,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
+/// A route's custody: its queue, committer, duplicate memory and drainer.
+pub struct Custody {
+    route: Arc<str>,
+    cfg: CustodyConfig,
+    close_on_failure: bool,
+    appends: mpsc::UnboundedSender<AppendRequest>,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    wake: Arc<Notify>,
+    duplicates: Mutex<Duplicates>,
+    upstream_address: String,
+    pub counters: Arc<Counters>,
+}
+
+impl Custody {
+    /// Opens (and recovers) the route's queue, starts its committer thread and its drainer task.
+    pub fn start(
+        route: Arc<str>,
+        cfg: CustodyConfig,
+        upstream: Upstream,
+        close_on_failure: bool,
+        shutdown: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Result<Arc<Custody>, QueueError> {
+        let (log, recovery) = SegmentLog::open(&cfg.queue_dir, limits(&cfg))?;
+        let stats = log.stats();
+        tracing::info!(
+            route = %route,
+            queue = %cfg.queue_dir.display(),
+            pending = stats.messages,
+            pending_bytes = stats.bytes,
+            recovered_records = recovery.records,
+            torn_tail_bytes = recovery.torn_tail_bytes,
+            "custody queue open"
+        );
+        if recovery.torn_tail_bytes > 0 {
+            tracing::warn!(route = %route, torn_tail_bytes = recovery.torn_tail_bytes, "an unfinished write at the end of the queue was discarded (it was never acked)");
+        }
+        let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(log)));
+        let wake = Arc::new(Notify::new());
+        let counters = Arc::new(Counters::default());
+        let (appends, requests) = mpsc::unbounded_channel();
+        {
+            let (store, wake, counters, route) =
+                (store.clone(), wake.clone(), counters.clone(), route.clone());
+            let thread_name = format!("commit-{}", &*route);
+            std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || commit_loop(requests, &store, &wake, &counters, &route))
+                .map_err(|source| QueueError::Io {
+                    path: cfg.queue_dir.clone(),
+                    source,
+                })?;
+        }
+        let custody = Arc::new(Custody {
+            route,
+            cfg,
+            close_on_failure,
+            appends,
+            store,
+            wake,
+            duplicates: Mutex::new(Duplicates::default()),
+            upstream_address: upstream.address(),
+            counters,
+        });
+        let drainer = Drainer {
+            custody: custody.clone(),
+            upstream,
+            shutdown,
+        };
+        tracker.spawn(drainer.run());
+        Ok(custody)
+    }
+
+    /// Where the drainer delivers, for logs.
+    pub fn upstream_address(&self) -> &str {
+        &self.upstream_address
+    }
+
+    /// Takes custody of one message (or refuses it) and says what to answer.
+    pub async fn accept(&self, frame: &Frame, header: &Header<'_>) -> Verdict {
+        let enhanced = !header.accept_ack_type().is_empty();
+        if header.control_id().is_empty() {
+            return self.refuse(header, enhanced, true, "message has no control id (MSH-10); custody needs it to match acks, so it is not queued");
+        }
+        let key = DuplicateKey::of(header);
+        if let Some(window) = self.cfg.duplicate_window {
+            if let Some(wire) = self
+                .duplicates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .find(&key, window)
+            {
+                self.counters
+                    .duplicates_answered
+                    .fetch_add(1, Ordering::Relaxed);
+                let code = AckView::parse(&wire[1..wire.len() - 2])
+                    .map(|a| a.code())
+                    .unwrap_or(AckCode::AA);
+                return Verdict::Ack {
+                    wire,
+                    code,
+                    outcome: "duplicate_answered",
+                };
+            }
+        }
+        let (done, stored) = oneshot::channel();
+        let request = AppendRequest {
+            payload: frame.payload_bytes(),
+            enqueued_at_ms: now_ms(),
+            done,
+        };
+        let result = match self.appends.send(request) {
+            Ok(()) => stored
+                .await
+                .unwrap_or_else(|_| Err("the queue committer stopped".into())),
+            Err(_) => Err("the queue committer stopped".into()),
+        };
+        if let Err(reason) = result {
+            tracing::warn!(route = %self.route, control_id = %printable(header.control_id()), error = %reason, "message not queued");
+            if self.close_on_failure {
+                return Verdict::Close { reason };
+            }
+            return self.refuse(
+                header,
+                enhanced,
+                false,
+                &format!("message not queued: {reason}"),
+            );
+        }
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        let code = if enhanced { AckCode::CA } else { AckCode::AA };
+        let wire = own_ack(Some(header), code, "");
+        if let Some(window) = self.cfg.duplicate_window {
+            self.duplicates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remember(key, wire.clone(), window);
+        }
+        if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), true) {
+            Verdict::Ack {
+                wire,
+                code,
+                outcome: "queued",
+            }
+        } else {
+            Verdict::Silent {
+                code,
+                outcome: "queued",
+            }
+        }
+    }
+
+    /// A negative answer built here: AR (permanent: the message itself is unacceptable) or AE
+    /// (the guard could not take it now); CR/CE in enhanced mode.
+    fn refuse(&self, header: &Header<'_>, enhanced: bool, permanent: bool, text: &str) -> Verdict {
+        let code = match (enhanced, permanent) {
+            (false, true) => AckCode::AR,
+            (false, false) => AckCode::AE,
+            (true, true) => AckCode::CR,
+            (true, false) => AckCode::CE,
+        };
+        let outcome = if permanent { "rejected" } else { "not_queued" };
+        if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), false) {
+            Verdict::Ack {
+                wire: own_ack(Some(header), code, text),
+                code,
+                outcome,
+            }
+        } else {
+            Verdict::Silent { code, outcome }
+        }
+    }
+}
+
+/// Whether an ack goes out: `ack_mode`, and in `msh15` mode HL7 table 0155 (AL always, NE never,
+/// ER only errors, SU only successes; an empty MSH-15 is original mode: always).
+pub fn sends_ack(mode: AckMode, msh15: &[u8], positive: bool) -> bool {
+    match mode {
+        AckMode::Always => true,
+        AckMode::Never => false,
+        AckMode::ErrorsOnly => !positive,
+        AckMode::Msh15 => match msh15 {
+            b"NE" => false,
+            b"ER" => !positive,
+            b"SU" => positive,
+            _ => true, // AL, empty (original mode), or an unknown value: answer.
+        },
+    }
+}
+
+fn limits(cfg: &CustodyConfig) -> Limits {
+    Limits {
+        max_bytes: cfg.max_bytes,
+        max_messages: cfg.max_messages,
+        segment_bytes: cfg.segment_bytes,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Group commit: every append waiting is written, then one sync makes the whole batch durable;
+/// only then does any of them learn it is stored. A failed sync fails the whole batch.
+fn commit_loop(
+    mut requests: mpsc::UnboundedReceiver<AppendRequest>,
+    store: &Mutex<Box<dyn Store>>,
+    wake: &Notify,
+    counters: &Counters,
+    route: &str,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while let Some(first) = requests.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        {
+            let mut log = store.lock().unwrap_or_else(|e| e.into_inner());
+            for request in &batch {
+                results.push(
+                    log.append(&request.payload, "", request.enqueued_at_ms)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            if results.iter().any(Result::is_ok) {
+                counters.syncs.fetch_add(1, Ordering::Relaxed);
+                if let Err(err) = log.sync() {
+                    tracing::error!(route, error = %err, "queue sync failed; the batch is answered negatively");
+                    let reason = format!("the queue could not be made durable: {err}");
+                    for result in &mut results {
+                        if result.is_ok() {
+                            *result = Err(reason.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (request, result) in batch.drain(..).zip(results) {
+            let _ = request.done.send(result);
+        }
+        wake.notify_one();
+    }
+}
+
+/// Which message a resend is: MSH-3, MSH-4, MSH-10.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct DuplicateKey(Vec<u8>);
+
+impl DuplicateKey {
+    fn of(header: &Header<'_>) -> DuplicateKey {
+        let mut key = Vec::with_capacity(64);
+        for part in [
+            header.sending_application(),
+            header.sending_facility(),
+            header.control_id(),
+        ] {
+            key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            key.extend_from_slice(part);
+        }
+        DuplicateKey(key)
+    }
+}
+
+/// Positive acks recently sent, by message, so a resend gets the same ack and is not queued
+/// twice. Bounded in time (the window) and size.
+#[derive(Default)]
+struct Duplicates {
+    acks: HashMap<DuplicateKey, (Instant, Bytes)>,
+    order: VecDeque<(Instant, DuplicateKey)>,
+}
+
+impl Duplicates {
+    fn find(&mut self, key: &DuplicateKey, window: Duration) -> Option<Bytes> {
+        self.expire(window);
+        self.acks.get(key).map(|(_, wire)| wire.clone())
+    }
+
+    fn remember(&mut self, key: DuplicateKey, wire: Bytes, window: Duration) {
+        self.expire(window);
+        let now = Instant::now();
+        if self.acks.insert(key.clone(), (now, wire)).is_none() {
+            self.order.push_back((now, key));
+        }
+        while self.order.len() > MAX_REMEMBERED {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.acks.remove(&old);
+            }
+        }
+    }
+
+    fn expire(&mut self, window: Duration) {
+        while let Some((at, _)) = self.order.front() {
+            if at.elapsed() < window {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.acks.remove(&key);
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: each failure doubles the base up to `max`; the wait is a
+/// random point in [base/2, base]. A delivery success resets it.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    base: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            base: initial,
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let base = self.base;
+        self.base = (self.base * 2).min(self.max);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    fn reset(&mut self) {
+        self.base = self.initial;
+    }
+}
+
+/// Delivers a route's queue to its upstream, in order, one message in flight.
+struct Drainer {
+    custody: Arc<Custody>,
+    upstream: Upstream,
+    shutdown: CancellationToken,
+}
+
+enum Next {
+    Record(Record),
+    Empty,
+    Failed(String),
+}
+
+impl Drainer {
+    async fn run(self) {
+        let custody = &self.custody;
+        let route = &custody.route;
+        let mut backoff = Backoff::new(custody.cfg.retry.initial, custody.cfg.retry.max);
+        let mut conn = None;
+        let mut attempts_of_front = 0u32;
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let next = {
+                let store = custody.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    match store.lock().unwrap_or_else(|e| e.into_inner()).front() {
+                        Ok(Some(record)) => Next::Record(record),
+                        Ok(None) => Next::Empty,
+                        Err(err) => Next::Failed(err.to_string()),
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Next::Failed(e.to_string()))
+            };
+            let record = match next {
+                Next::Record(record) => record,
+                Next::Empty => {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        _ = custody.wake.notified() => continue,
+                        // A bounded nap: a missed wake-up can never strand a record.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+                Next::Failed(err) => {
+                    tracing::error!(route = %route, error = %err, "cannot read the queue; retrying");
+                    if self.pause(backoff.next_wait()).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(frame) = Frame::from_payload(&record.payload) else {
+                // Never happens for payloads that came from the decoder; refuse to send garbage.
+                self.dead_letter(&record, "stored payload is not a valid MLLP payload")
+                    .await;
+                continue;
+            };
+            let header = Header::parse(&record.payload);
+            let control_id = header
+                .as_ref()
+                .map(|h| h.control_id().to_vec())
+                .unwrap_or_default();
+            let shown_id = printable(&control_id);
+            if attempts_of_front > 0 {
+                custody
+                    .counters
+                    .redeliveries
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            attempts_of_front += 1;
+            let result = self.upstream.exchange(&mut conn, &frame, &control_id).await;
+            let action = match &result {
+                Ok(reply) if reply.code.is_positive() => ReplyAction::Accept,
+                Ok(reply) if matches!(reply.code, AckCode::AE | AckCode::CE) => {
+                    custody.cfg.on_reply.ae
+                }
+                Ok(_) => custody.cfg.on_reply.ar,
+                Err(_) => ReplyAction::Retry,
+            };
+            match (action, &result) {
+                (ReplyAction::Accept, Ok(reply)) => {
+                    if self.ack(&record).await {
+                        custody.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = attempts_of_front, outcome = "delivered", "queued message delivered");
+                        attempts_of_front = 0;
+                        backoff.reset();
+                    }
+                }
+                (ReplyAction::DeadLetter, Ok(reply)) => {
+                    let text = ack_text(&reply.wire);
+                    let reason = format!("upstream replied {}: {}", reply.code, text);
+                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, outcome = "dead_lettered", "queued message moved to the dead letters");
+                    self.dead_letter(&record, &reason).await;
+                    attempts_of_front = 0;
+                    backoff.reset();
+                }
+                (_, Ok(reply)) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying");
+                    if self.pause(wait).await {
+                        break;
+                    }
+                }
+                (_, Err(err)) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)");
+                    if self.pause(wait).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut log = custody.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = log.close() {
+            tracing::error!(route = %route, error = %err, "closing the queue failed");
+        } else {
+            let c = &custody.counters;
+            tracing::info!(
+                route = %route,
+                pending = log.stats().messages,
+                queued = c.queued.load(Ordering::Relaxed),
+                syncs = c.syncs.load(Ordering::Relaxed),
+                delivered = c.delivered.load(Ordering::Relaxed),
+                redeliveries = c.redeliveries.load(Ordering::Relaxed),
+                dead_lettered = c.dead_lettered.load(Ordering::Relaxed),
+                duplicates_answered = c.duplicates_answered.load(Ordering::Relaxed),
+                "custody queue closed"
+            );
+        }
+    }
+
+    /// Sleeps, or returns true at once if shutdown was requested.
+    async fn pause(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(wait) => false,
+        }
+    }
+
+    async fn ack(&self, record: &Record) -> bool {
+        let store = self.custody.store.clone();
+        let seq = record.seq;
+        let done = tokio::task::spawn_blocking(move || {
+            store.lock().unwrap_or_else(|e| e.into_inner()).ack(seq)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::error!(route = %self.custody.route, seq, error = %err, "cannot advance the queue cursor");
+                false
+            }
+            Err(err) => {
+                tracing::error!(route = %self.custody.route, seq, error = %err, "cannot advance the queue cursor");
+                false
+            }
+        }
+    }
+
+    /// Stores the record in the dead letters (durably) and only then takes it off the queue.
+    async fn dead_letter(&self, record: &Record, reason: &str) {
+        let dir = self.custody.cfg.queue_dir.join(DEAD_LETTER_DIR);
+        let limits = limits(&self.custody.cfg);
+        let (payload, at, reason) = (
+            record.payload.clone(),
+            record.enqueued_at_ms,
+            reason.to_string(),
+        );
+        let stored = tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
+            let (mut dead, _) = SegmentLog::open(&dir, limits)?;
+            dead.append(&payload, &reason, at)?;
+            dead.sync()?;
+            dead.close()
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {
+                self.custody
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                self.ack(record).await;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(route = %self.custody.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
+                let _ = self.pause(Duration::from_secs(1)).await;
+            }
+            Err(err) => {
+                tracing::error!(route = %self.custody.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
+                let _ = self.pause(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// MSA-3 of a framed ack, printable and short (for a dead letter's reason).
+fn ack_text(wire: &[u8]) -> String {
+    let payload = wire
+        .get(1..wire.len().saturating_sub(2))
+        .unwrap_or_default();
+    AckView::parse(payload)
+        .map(|a| printable(a.text()))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msh15_mode_follows_hl7_table_0155() {
+        let m = AckMode::Msh15;
+        assert!(sends_ack(m, b"AL", true) && sends_ack(m, b"AL", false));
+        assert!(!sends_ack(m, b"NE", true) && !sends_ack(m, b"NE", false));
+        assert!(!sends_ack(m, b"ER", true) && sends_ack(m, b"ER", false));
+        assert!(sends_ack(m, b"SU", true) && !sends_ack(m, b"SU", false));
+        assert!(sends_ack(m, b"", true) && sends_ack(m, b"", false));
+    }
+
+    #[test]
+    fn other_ack_modes_ignore_msh15() {
+        for msh15 in [&b"AL"[..], b"NE", b"ER", b"SU", b""] {
+            assert!(
+                sends_ack(AckMode::Always, msh15, true) && sends_ack(AckMode::Always, msh15, false)
+            );
+            assert!(
+                !sends_ack(AckMode::Never, msh15, true) && !sends_ack(AckMode::Never, msh15, false)
+            );
+            assert!(
+                !sends_ack(AckMode::ErrorsOnly, msh15, true)
+                    && sends_ack(AckMode::ErrorsOnly, msh15, false)
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_max_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let waits: Vec<Duration> = (0..5).map(|_| b.next_wait()).collect();
+        let bases = [100, 200, 350, 350, 350];
+        for (wait, base) in waits.iter().zip(bases) {
+            let base = Duration::from_millis(base);
+            assert!(
+                *wait >= base / 2 && *wait <= base,
+                "{wait:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
+        }
+        b.reset();
+        assert!(b.next_wait() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn duplicates_are_found_within_the_window_and_forgotten_after() {
+        let mut d = Duplicates::default();
+        let key = DuplicateKey(b"k".to_vec());
+        d.remember(
+            key.clone(),
+            Bytes::from_static(b"ack"),
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            d.find(&key, Duration::from_secs(60)),
+            Some(Bytes::from_static(b"ack"))
+        );
+        assert_eq!(d.find(&key, Duration::ZERO), None);
+        assert!(d.acks.is_empty() && d.order.is_empty());
+    }
+
+    #[test]
+    fn duplicate_keys_do_not_collide_across_field_boundaries() {
+        let a = Header::parse(b"MSH|^~\\&|AB|C|R|F|2024||ADT^A01|X|P|2.5\r").unwrap();
+        let b = Header::parse(b"MSH|^~\\&|A|BC|R|F|2024||ADT^A01|X|P|2.5\r").unwrap();
+        assert!(DuplicateKey::of(&a) != DuplicateKey::of(&b));
+    }
+}

@@ -1,0 +1,2766 @@
+//! The durable store-and-forward queue behind custody: a segmented, checksummed, append-only log,
+//! one directory per route. Synchronous (`std::fs` only); the async side wraps it (a committer
+//! thread does many [`Store::append`] then one [`Store::sync`], a drainer calls
+//! [`Store::front`] / [`Store::ack`], both behind one mutex).
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <dir>/LOCK                      empty; the writable SegmentLog holds an exclusive flock on it
+//!                                 (`File::try_lock`) until close/drop or its process dies; a
+//!                                 second open gets `Locked`; `open_read_only` takes no lock
+//! <dir>/cursor                    8 KiB: two cursor slots, at offsets 0 and 4096
+//! <dir>/00000000000000000001.seg  segments, named by the seq of their first record (20 digits,
+//! <dir>/00000000000000004711.seg  so the lexical order is the log order)
+//! ```
+//!
+//! A segment is a 32-byte header, then records back to back (each padded with zeros to a multiple
+//! of 8 bytes), then zeros up to its preallocated size. A segment is created with `set_len`
+//! ([`Limits::segment_bytes`], sparse zeros); a record too large for that gets a segment sized to
+//! fit it alone. All integers are little endian.
+//!
+//! ```text
+//! segment header   0 magic "MGQSEG\0\x01" | 8 queue_id u64 | 16 first_seq u64
+//!                 24 crc u32 (CRC-32 of bytes 0..24) | 28 zero u32
+//! record           0 len u32             = 36 + note_len + payload_len (0 is never a record:
+//!                                          zeros end the log)
+//!                  4 crc u32             CRC-32 of queue_id ‖ bytes 0..4 ‖ bytes 8..len
+//!                  8 seq u64
+//!                 16 enqueued_at_ms u64
+//!                 24 synced_through u64  highest seq that was durable when this record was written
+//!                 32 note_len u16 | 34 flags u16 (0) | 36 note (UTF-8) | payload
+//! cursor slot      0 magic "MGQC" | 4 gen u64 | 12 acked_through u64 | 20 synced_through u64
+//!                 28 queue_id u64 | 36 crc u32 (CRC-32 of bytes 0..36)
+//! ```
+//!
+//! CRC-32 is crc32fast's (IEEE polynomial, hardware accelerated). `queue_id` is a random number
+//! chosen when the queue is created and written in every segment header and in the cursor;
+//! mixing it into every record checksum means that bytes from another queue, or a payload that
+//! embeds a record, never pass as a record of this one.
+//!
+//! # Invariants
+//!
+//! 1. Seqs start at 1 and strictly increase in log order. The seq of a durable record is never
+//!    handed out again, also across restarts. Gaps are allowed (appends discarded by a failed
+//!    sync); the seq of an append lost in a crash before its sync may be handed out again.
+//! 2. Every segment but the last is *sealed*: before the log creates a new segment it fsyncs the
+//!    current one (data, and the directory entry if new) and never writes to it again. A sealed
+//!    segment therefore holds valid records followed by zeros; anything else in it is corruption.
+//! 3. Only the last segment has a *tail*: the bytes written since the last successful fsync,
+//!    which a crash may leave torn in any way (a prefix, zeros, garbage, or, after a power loss,
+//!    later records present while an earlier one is missing).
+//! 4. [`Store::front`] and [`Store::pending`] show a record only after a [`Store::sync`] that
+//!    covered it returned `Ok` (or after a restart found it intact).
+//! 5. Known-durable watermark `D` = the highest of the cursor's `synced_through` and the
+//!    `synced_through` of every checksum-valid record anywhere in the log (including valid
+//!    records found beyond a damaged one). A record at or below `D` was fsync'd before something
+//!    that is still readable was written, so it cannot be part of a torn tail.
+//! 6. A segment file is deleted only when every record in it is acknowledged, after a cursor
+//!    saying so has been fsync'd; the last (active) segment is never deleted. (The deletion itself
+//!    is not followed by a directory fsync: a segment that reappears after a crash holds only
+//!    acknowledged records and is deleted again by recovery.)
+//!
+//! # Recovery ([`SegmentLog::open`])
+//!
+//! Takes the lock, reads the cursor (the valid slot with the higher generation), then reads every
+//! segment and validates every record's checksum, order and bounds:
+//! - a sealed segment with an unreadable record or header, non-zero bytes after its last record,
+//!   or missing a record up to `D`: [`QueueError::Corrupt`] (open fails, nothing is skipped);
+//! - in the last segment, the first unreadable record ends the log. If a record up to `D` is
+//!   missing there (the last good seq is below `D`), that is [`QueueError::Corrupt`]; otherwise
+//!   everything from there on is a torn tail: it is zeroed (truncate + re-extend), fsync'd, and
+//!   its extent up to the last non-zero byte is reported in [`Recovery::torn_tail_bytes`]. A last
+//!   segment whose header never reached the disk is recreated;
+//! - segments whose records are all acknowledged are deleted; the last segment is fsync'd, so
+//!   what recovery found is durable before anything is appended after it.
+//!
+//! After a crash at any byte, the recovered pending records are: every record whose sync
+//! returned `Ok`, minus those acknowledged before the last cursor fsync, in order; plus possibly
+//! a prefix of the appends that were not yet synced (complete on disk, so they are delivered:
+//! their sender, never told `Ok`, may send again - a duplicate, never a loss). Limit: a record
+//! damaged on disk in the last synced batch, with nothing later on disk and no cursor proving
+//! it was synced, cannot be told from a torn write; it is cut and counted as a torn tail.
+//!
+//! # Policies
+//!
+//! - Cursor: `ack` keeps the ack in memory and fsyncs the cursor (in place, alternating slots,
+//!   so a torn slot write leaves the other, older slot) when [`ACK_PERSIST_EVERY`] acks would be
+//!   unpersisted, when [`ACK_PERSIST_INTERVAL`] has passed since the last write (checked at each
+//!   ack), before deleting a segment, on `purge` and on `close`. A crash therefore re-delivers at
+//!   most `ACK_PERSIST_EVERY - 1` acknowledged records. With no valid slot at all, every record
+//!   still on disk is delivered again ([`Recovery::cursor_lost`]).
+//! - Sync errors: any I/O error in `append` or `sync` discards every append since the last
+//!   successful fsync: the active segment is truncated back to the last synced offset (then
+//!   re-extended, so the tail is zeros, and fsync'd) and a segment created since then is removed.
+//!   An error in `append` is also reported by the next `sync` (which then discards the appends
+//!   made after it too), so a batch is never confirmed in part. Seqs handed out are not reused in
+//!   that process. If that repair fails as well, the queue is poisoned: `append`, `sync`, `ack`,
+//!   `purge` and `close` return [`QueueError::Poisoned`] (reads still work, `close` still
+//!   releases the lock) until it is reopened; recovery then treats the unsynced bytes as a torn
+//!   tail, or finds them whole (then they are delivered: a duplicate, never a loss). Records of
+//!   the batch that a segment roll-over had already fsync'd stay queued (the same).
+//! - Limits ([`Limits`]) count every appended, unacknowledged record (synced or not) with its
+//!   encoded size (36 + note + payload, rounded up to a multiple of 8): [`QueueStats::bytes`].
+//!   Files on disk can exceed `max_bytes` by up to two segments (the acknowledged part of the
+//!   oldest one and the preallocated rest of the newest).
+//! - Memory: payloads stay on disk; per pending record an index entry of 40 bytes is kept, plus
+//!   the front record (a cache for the drainer's retries).
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// The cursor is fsync'd at least once every this many acks.
+pub const ACK_PERSIST_EVERY: u64 = 64;
+/// The cursor is fsync'd at the first ack after this long since its last write.
+pub const ACK_PERSIST_INTERVAL: Duration = Duration::from_millis(250);
+/// The smallest accepted [`Limits::segment_bytes`].
+pub const MIN_SEGMENT_BYTES: u64 = 256;
+/// Bytes of record header before the note.
+pub const RECORD_HEADER_BYTES: u64 = 36;
+
+const SEG_MAGIC: [u8; 8] = *b"MGQSEG\0\x01";
+const SEG_HEADER: u64 = 32;
+const REC_HEADER: usize = RECORD_HEADER_BYTES as usize;
+const CURSOR_MAGIC: [u8; 4] = *b"MGQC";
+const CURSOR_SLOT_BYTES: usize = 40;
+const CURSOR_SLOT_OFFSET: [u64; 2] = [0, 4096];
+const CURSOR_FILE_BYTES: u64 = 8192;
+const CURSOR_NAME: &str = "cursor";
+const LOCK_NAME: &str = "LOCK";
+const SCAN_CHUNK: usize = 1 << 20;
+
+/// What can go wrong with a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A limit would be exceeded: the message is refused, nothing is dropped.
+    #[error("queue is full ({reason})")]
+    Full { reason: String },
+    /// Another process (or another open handle) holds the queue directory.
+    #[error("queue directory {dir} is in use by another mllp-guard process")]
+    Locked { dir: PathBuf },
+    #[error("queue I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Damage that cannot be a torn write (records known durable are unreadable or missing).
+    #[error("queue record {seq} in {path} is corrupt: {reason}")]
+    Corrupt {
+        seq: u64,
+        path: PathBuf,
+        reason: String,
+    },
+    /// One record can never fit (note over 65535 bytes, record over 4 GiB or over `max_bytes`).
+    #[error("queue record too large: {reason}")]
+    TooLarge { reason: String },
+    /// `ack` named a record that is not the front.
+    #[error("cannot acknowledge seq {seq}: the front of the queue is {front:?}")]
+    NotFront { seq: u64, front: Option<u64> },
+    #[error("queue opened read-only: {op} is not allowed")]
+    ReadOnly { op: &'static str },
+    /// A failed write could not be undone; reopen the queue (recovery cuts the tail).
+    #[error("queue is unusable after a failed repair ({reason}); reopen it")]
+    Poisoned { reason: String },
+    #[error("queue is closed")]
+    Closed,
+    #[error("invalid queue limits: {reason}")]
+    InvalidLimits { reason: String },
+}
+
+/// Limits of one queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Encoded bytes of unacknowledged records (see [`QueueStats::bytes`]).
+    pub max_bytes: u64,
+    /// Unacknowledged records.
+    pub max_messages: u64,
+    /// Preallocated size of a segment file (default 64 MiB, at least [`MIN_SEGMENT_BYTES`]); a
+    /// record larger than a segment gets a segment of its own.
+    pub segment_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 1 << 30,
+            max_messages: 1_000_000,
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One queued message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub enqueued_at_ms: u64,
+    /// Small text, e.g. a dead-letter reason; usually empty.
+    pub note: String,
+    /// Empty when read without payload ([`Store::pending`] with `with_payload = false`).
+    pub payload: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Appended and not acknowledged (including appends not yet synced).
+    pub messages: u64,
+    /// Encoded size of those records: 36 + note + payload, rounded up to a multiple of 8.
+    pub bytes: u64,
+    pub oldest_enqueued_ms: Option<u64>,
+    /// The seq the next append gets.
+    pub next_seq: u64,
+}
+
+/// What [`SegmentLog::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Pending (unacknowledged) records recovered.
+    pub records: u64,
+    /// Bytes of torn tail cut off: from the end of the last good record to the last non-zero byte.
+    pub torn_tail_bytes: u64,
+    /// Segment files after recovery.
+    pub segments: usize,
+    /// The cursor file had no valid slot, or was missing while segments existed: every record
+    /// still on disk is delivered again.
+    pub cursor_lost: bool,
+}
+
+/// The storage behind custody; a second backend (NATS JetStream) will implement it later.
+pub trait Store: Send {
+    /// Appends one record (NOT yet durable). Refuses with `Full` when limits would be exceeded
+    /// (never drops). Returns its seq: increasing; the seq of a durable record is never handed
+    /// out again, also across restarts (one lost with its unsynced append in a crash may be).
+    fn append(
+        &mut self,
+        payload: &[u8],
+        note: &str,
+        enqueued_at_ms: u64,
+    ) -> Result<u64, QueueError>;
+    /// Makes every append so far durable: fdatasync of the segment written (`sync_all` and a
+    /// directory fsync when the segment file is new). After an error here, the appends since
+    /// the last successful sync are NOT stored and the caller answers them negatively; the
+    /// queue rewinds to the last synced offset, or is poisoned if that fails (module docs,
+    /// "Sync errors").
+    fn sync(&mut self) -> Result<(), QueueError>;
+    /// The oldest record not yet acknowledged, read from disk (or a one-record cache), if any.
+    /// Only durable (synced) records are returned, never one appended but not synced.
+    fn front(&mut self) -> Result<Option<Record>, QueueError>;
+    /// The upstream has the record `seq` (which must be the front, else `NotFront`): advance the
+    /// ack cursor; delete segments whose records are all acknowledged. The cursor is fsync'd
+    /// every [`ACK_PERSIST_EVERY`] acks, after [`ACK_PERSIST_INTERVAL`], before a segment
+    /// deletion, on purge and on close: a crash re-delivers at most `ACK_PERSIST_EVERY - 1`.
+    fn ack(&mut self, seq: u64) -> Result<(), QueueError>;
+    /// Pending (unacknowledged, durable) records in order, at most `limit`, with empty payloads
+    /// unless `with_payload` (for `queue list/show`).
+    fn pending(&mut self, with_payload: bool, limit: usize) -> Result<Vec<Record>, QueueError>;
+    /// Acknowledges everything pending (purge); returns how many were removed.
+    fn purge(&mut self) -> Result<u64, QueueError>;
+    fn stats(&self) -> QueueStats;
+    /// Persists the cursor durably and releases the lock (also done on Drop, best effort).
+    fn close(&mut self) -> Result<(), QueueError>;
+}
+
+/// Where one pending record lives.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    seq: u64,
+    /// `first_seq` of its segment.
+    seg: u64,
+    offset: u64,
+    len: u32,
+    enqueued_at_ms: u64,
+}
+
+impl Entry {
+    fn size(&self) -> u64 {
+        align8(u64::from(self.len))
+    }
+}
+
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    file: File,
+    /// Preallocated length.
+    size: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cursor {
+    gen: u64,
+    acked_through: u64,
+    synced_through: u64,
+    queue_id: u64,
+}
+
+/// Injected failures, so the error paths run in tests.
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    /// Fail this many upcoming fsyncs of segment data.
+    sync: u32,
+    /// Fail this many upcoming record writes.
+    write: u32,
+    /// Fail this many upcoming repairs (rewinds after a failure).
+    repair: u32,
+}
+
+/// State only a writable log has.
+struct Writer {
+    /// Held locked; dropping it releases the flock.
+    lock: File,
+    cursor_file: File,
+    cursor: Cursor,
+    limits: Limits,
+    /// Next write offset in the active (last) segment.
+    write_pos: u64,
+    /// Offset up to which the active segment is durable.
+    durable_pos: u64,
+    /// Data written to the active segment since the last fsync.
+    dirty: bool,
+    /// The active segment's size or existence changed since the last fsync (needs `sync_all`).
+    meta_dirty: bool,
+    /// The active segment was created since the last fsync (a failure removes it).
+    active_new: bool,
+    /// A segment file was created since the last directory fsync.
+    dir_dirty: bool,
+    /// Seq of the last record written to the log.
+    last_appended: u64,
+    /// An append failed since the last sync: the next sync reports this.
+    failed: Option<(PathBuf, io::ErrorKind, String)>,
+    poisoned: Option<String>,
+    unpersisted_acks: u64,
+    last_persist: Instant,
+    persist_every: u64,
+    persist_interval: Duration,
+    buf: Vec<u8>,
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// The segmented-log [`Store`]. See the module documentation for the layout and invariants.
+pub struct SegmentLog {
+    dir: PathBuf,
+    queue_id: u64,
+    segments: VecDeque<Segment>,
+    /// Appended, unacknowledged records in seq order.
+    entries: VecDeque<Entry>,
+    bytes: u64,
+    next_seq: u64,
+    /// Seq of the last record known durable (fsync'd); 0 if none.
+    synced_seq: u64,
+    /// Highest seq that front/pending may show (confirmed by a successful sync, or recovered).
+    visible_seq: u64,
+    acked_through: u64,
+    front_cache: Option<Record>,
+    /// `None` for a read-only view.
+    writer: Option<Writer>,
+    closed: bool,
+    #[cfg(test)]
+    crashed: bool,
+}
+
+impl std::fmt::Debug for SegmentLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentLog")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("pending", &self.entries.len())
+            .field("next_seq", &self.next_seq)
+            .field("read_only", &self.writer.is_none())
+            .finish()
+    }
+}
+
+fn align8(n: u64) -> u64 {
+    n.div_ceil(8) * 8
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> QueueError + '_ {
+    move |source| QueueError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&n| n > 0)
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), QueueError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn new_queue_id() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn segment_header(queue_id: u64, first_seq: u64) -> [u8; SEG_HEADER as usize] {
+    let mut h = [0u8; SEG_HEADER as usize];
+    h[..8].copy_from_slice(&SEG_MAGIC);
+    h[8..16].copy_from_slice(&queue_id.to_le_bytes());
+    h[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let crc = crc32fast::hash(&h[..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// `(queue_id, first_seq)` of a valid segment header.
+fn parse_segment_header(h: &[u8]) -> Option<(u64, u64)> {
+    if h.len() < SEG_HEADER as usize
+        || h[..8] != SEG_MAGIC
+        || crc32fast::hash(&h[..24]) != u32_at(h, 24)
+    {
+        return None;
+    }
+    Some((u64_at(h, 8), u64_at(h, 16)))
+}
+
+fn record_crc(queue_id: u64, rec: &[u8]) -> u32 {
+    let mut c = crc32fast::Hasher::new();
+    c.update(&queue_id.to_le_bytes());
+    c.update(&rec[..4]);
+    c.update(&rec[8..]);
+    c.finalize()
+}
+
+/// Encodes one record into `buf` (padded to 8); returns its unpadded length. The caller has
+/// checked that the note fits a u16 and the record a u32.
+fn encode_record(
+    buf: &mut Vec<u8>,
+    queue_id: u64,
+    seq: u64,
+    enqueued_at_ms: u64,
+    synced_through: u64,
+    note: &str,
+    payload: &[u8],
+) -> u32 {
+    let len = REC_HEADER + note.len() + payload.len();
+    buf.clear();
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&enqueued_at_ms.to_le_bytes());
+    buf.extend_from_slice(&synced_through.to_le_bytes());
+    buf.extend_from_slice(&(note.len() as u16).to_le_bytes());
+    buf.extend_from_slice(&0u16.to_le_bytes());
+    buf.extend_from_slice(note.as_bytes());
+    buf.extend_from_slice(payload);
+    let crc = record_crc(queue_id, &buf[..len]);
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    buf.resize(align8(len as u64) as usize, 0);
+    len as u32
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RecHeader {
+    len: u32,
+    seq: u64,
+    enqueued_at_ms: u64,
+    synced_through: u64,
+    note_len: u16,
+}
+
+/// Parses and bounds-checks a record header; `room` is how many bytes the record may occupy.
+fn parse_record_header(h: &[u8], room: u64) -> Result<RecHeader, &'static str> {
+    if h.len() < REC_HEADER {
+        return Err("header cut short");
+    }
+    let hdr = RecHeader {
+        len: u32_at(h, 0),
+        seq: u64_at(h, 8),
+        enqueued_at_ms: u64_at(h, 16),
+        synced_through: u64_at(h, 24),
+        note_len: u16_at(h, 32),
+    };
+    if hdr.len == 0 {
+        return Err("zeros, the end of the written log");
+    }
+    if (hdr.len as usize) < REC_HEADER + hdr.note_len as usize {
+        return Err("length too small");
+    }
+    if u64::from(hdr.len) > room {
+        return Err("length runs past the end of the segment");
+    }
+    if u16_at(h, 34) != 0 {
+        return Err("unknown flags");
+    }
+    if hdr.synced_through >= hdr.seq {
+        return Err("inconsistent header");
+    }
+    Ok(hdr)
+}
+
+fn check_record_crc(queue_id: u64, rec: &[u8]) -> bool {
+    rec.len() >= REC_HEADER && record_crc(queue_id, rec) == u32_at(rec, 4)
+}
+
+fn encode_cursor(c: &Cursor) -> [u8; CURSOR_SLOT_BYTES] {
+    let mut s = [0u8; CURSOR_SLOT_BYTES];
+    s[..4].copy_from_slice(&CURSOR_MAGIC);
+    s[4..12].copy_from_slice(&c.gen.to_le_bytes());
+    s[12..20].copy_from_slice(&c.acked_through.to_le_bytes());
+    s[20..28].copy_from_slice(&c.synced_through.to_le_bytes());
+    s[28..36].copy_from_slice(&c.queue_id.to_le_bytes());
+    let crc = crc32fast::hash(&s[..36]);
+    s[36..].copy_from_slice(&crc.to_le_bytes());
+    s
+}
+
+fn decode_cursor(s: &[u8]) -> Option<Cursor> {
+    if s.len() < CURSOR_SLOT_BYTES
+        || s[..4] != CURSOR_MAGIC
+        || crc32fast::hash(&s[..36]) != u32_at(s, 36)
+    {
+        return None;
+    }
+    Some(Cursor {
+        gen: u64_at(s, 4),
+        acked_through: u64_at(s, 12),
+        synced_through: u64_at(s, 20),
+        queue_id: u64_at(s, 28),
+    })
+}
+
+/// Reads the newest valid cursor slot. `Ok(None)`: no file; `Ok(Some(None))`: no valid slot.
+fn read_cursor(path: &Path) -> Result<Option<Option<Cursor>>, QueueError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let best = CURSOR_SLOT_OFFSET
+        .iter()
+        .filter_map(|&off| bytes.get(off as usize..).and_then(decode_cursor))
+        .max_by_key(|c| c.gen);
+    Ok(Some(best))
+}
+
+/// Writes the next cursor slot in place and fdatasyncs it.
+fn persist_cursor(
+    w: &mut Writer,
+    path: &Path,
+    acked_through: u64,
+    synced_through: u64,
+) -> Result<(), QueueError> {
+    let next = Cursor {
+        gen: w.cursor.gen + 1,
+        acked_through,
+        synced_through,
+        queue_id: w.cursor.queue_id,
+    };
+    let slot = CURSOR_SLOT_OFFSET[(next.gen % 2) as usize];
+    w.cursor_file
+        .write_all_at(&encode_cursor(&next), slot)
+        .and_then(|()| w.cursor_file.sync_data())
+        .map_err(io_err(path))?;
+    w.cursor = next;
+    w.unpersisted_acks = 0;
+    w.last_persist = Instant::now();
+    Ok(())
+}
+
+/// What the record scan of one segment found.
+struct SegmentScan {
+    /// Offset of the first byte after the last valid record.
+    end: u64,
+    /// Seq of the last valid record, if any.
+    last_seq: Option<u64>,
+    /// Why the scan stopped at `end` (None: it reached the end of the file).
+    stop: Option<&'static str>,
+    max_synced_through: u64,
+}
+
+/// Reads valid records from `SEG_HEADER` on, calling `found` for each, until the first record
+/// that does not decode.
+fn scan_records(
+    file: &File,
+    path: &Path,
+    queue_id: u64,
+    file_len: u64,
+    mut found: impl FnMut(&RecHeader, u64) -> Result<(), QueueError>,
+) -> Result<SegmentScan, QueueError> {
+    let mut pos = SEG_HEADER;
+    let mut scan = SegmentScan {
+        end: pos,
+        last_seq: None,
+        stop: None,
+        max_synced_through: 0,
+    };
+    let mut rec = Vec::new();
+    let mut header = [0u8; REC_HEADER];
+    while pos < file_len {
+        if file_len - pos < REC_HEADER as u64 {
+            scan.stop = Some("header cut short");
+            break;
+        }
+        file.read_exact_at(&mut header, pos).map_err(io_err(path))?;
+        let hdr = match parse_record_header(&header, file_len - pos) {
+            Ok(h) => h,
+            Err(why) => {
+                scan.stop = Some(why);
+                break;
+            }
+        };
+        rec.resize(hdr.len as usize, 0);
+        file.read_exact_at(&mut rec, pos).map_err(io_err(path))?;
+        if !check_record_crc(queue_id, &rec) {
+            scan.stop = Some("checksum mismatch");
+            break;
+        }
+        found(&hdr, pos)?;
+        scan.last_seq = Some(hdr.seq);
+        scan.max_synced_through = scan.max_synced_through.max(hdr.synced_through);
+        pos += align8(u64::from(hdr.len));
+        scan.end = pos.min(file_len);
+    }
+    Ok(scan)
+}
+
+/// What the scan of the region after the last valid record found.
+struct TailScan {
+    /// End of the last non-zero byte (the region start if all zero).
+    nonzero_end: u64,
+    /// Highest `synced_through` of a valid record (seq above `after_seq`) in the region.
+    max_synced_through: u64,
+}
+
+/// Scans `[start, file_len)` (`start` 8-aligned) for non-zero bytes and for valid records at
+/// 8-aligned offsets (records written after a damaged one, whose `synced_through` tells whether
+/// it was durable). All-zero chunks, the common case, cost one comparison.
+fn scan_tail(
+    file: &File,
+    path: &Path,
+    queue_id: u64,
+    start: u64,
+    file_len: u64,
+    after_seq: u64,
+) -> Result<TailScan, QueueError> {
+    let mut out = TailScan {
+        nonzero_end: start,
+        max_synced_through: 0,
+    };
+    let cap = SCAN_CHUNK.min(file_len.saturating_sub(start) as usize);
+    let zeros = vec![0u8; cap];
+    let mut chunk = vec![0u8; cap];
+    let mut rec = Vec::new();
+    let mut header = [0u8; REC_HEADER];
+    // Offsets below this are inside a valid record already found.
+    let mut skip_until = start;
+    let mut base = start;
+    while base < file_len {
+        let n = ((file_len - base) as usize).min(cap);
+        file.read_exact_at(&mut chunk[..n], base)
+            .map_err(io_err(path))?;
+        if chunk[..n] == zeros[..n] {
+            base += n as u64;
+            continue;
+        }
+        for (k, word) in chunk[..n].chunks(8).enumerate() {
+            let at = base + 8 * k as u64;
+            let Some(last) = word.iter().rposition(|&b| b != 0) else {
+                continue;
+            };
+            out.nonzero_end = at + last as u64 + 1;
+            if at < skip_until || word.len() < 4 || word[..4] == [0; 4] {
+                continue;
+            }
+            if file_len - at < REC_HEADER as u64 {
+                continue;
+            }
+            let i = 8 * k;
+            let hdr_bytes = if i + REC_HEADER <= n {
+                &chunk[i..i + REC_HEADER]
+            } else {
+                file.read_exact_at(&mut header, at).map_err(io_err(path))?;
+                &header[..]
+            };
+            let Ok(hdr) = parse_record_header(hdr_bytes, file_len - at) else {
+                continue;
+            };
+            if hdr.seq <= after_seq {
+                continue;
+            }
+            rec.resize(hdr.len as usize, 0);
+            file.read_exact_at(&mut rec, at).map_err(io_err(path))?;
+            if check_record_crc(queue_id, &rec) {
+                out.max_synced_through = out.max_synced_through.max(hdr.synced_through);
+                skip_until = at + align8(u64::from(hdr.len));
+            }
+        }
+        base += n as u64;
+    }
+    Ok(out)
+}
+
+fn all_zero(file: &File, path: &Path, start: u64, end: u64) -> Result<bool, QueueError> {
+    let cap = SCAN_CHUNK.min((end - start) as usize);
+    let zeros = vec![0u8; cap];
+    let mut buf = vec![0u8; cap];
+    let mut pos = start;
+    while pos < end {
+        let n = ((end - pos) as usize).min(cap);
+        file.read_exact_at(&mut buf[..n], pos)
+            .map_err(io_err(path))?;
+        if buf[..n] != zeros[..n] {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
+/// How the scan of the last segment ended.
+struct LastSegment {
+    /// End of the last valid record (the header end if none, 0 if the header is invalid).
+    end: u64,
+    stop: Option<&'static str>,
+    file_len: u64,
+    header_ok: bool,
+    /// The queue id to check records with (from a valid header, or read from a damaged one).
+    queue_id: u64,
+}
+
+impl SegmentLog {
+    /// Opens (creating the directory if needed) with an exclusive lock on `<dir>/LOCK`
+    /// ([`QueueError::Locked`] if held), and recovers (see the module documentation).
+    pub fn open(dir: &Path, limits: Limits) -> Result<(SegmentLog, Recovery), QueueError> {
+        if limits.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(QueueError::InvalidLimits {
+                reason: format!(
+                    "segment_bytes {} is below the minimum {MIN_SEGMENT_BYTES}",
+                    limits.segment_bytes
+                ),
+            });
+        }
+        if limits.max_messages == 0 || limits.max_bytes == 0 {
+            return Err(QueueError::InvalidLimits {
+                reason: "max_messages and max_bytes must be at least 1".into(),
+            });
+        }
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_NAME);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(QueueError::Locked {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+        Self::load(dir, Some((lock, limits)))
+    }
+
+    /// Read-only view for operators while a guard may be running: no lock, no repair; a torn
+    /// tail is just not shown. A snapshot of the moment it was opened (reopen to refresh);
+    /// append, sync, ack and purge return [`QueueError::ReadOnly`].
+    pub fn open_read_only(dir: &Path) -> Result<SegmentLog, QueueError> {
+        fs::metadata(dir).map_err(io_err(dir))?;
+        Self::load(dir, None).map(|(log, _)| log)
+    }
+
+    fn load(
+        dir: &Path,
+        writable: Option<(File, Limits)>,
+    ) -> Result<(SegmentLog, Recovery), QueueError> {
+        let repair = writable.is_some();
+        let cursor_path = dir.join(CURSOR_NAME);
+        let cursor_read = read_cursor(&cursor_path)?;
+        let cursor = cursor_read.flatten().unwrap_or_default();
+
+        let mut names = Vec::new();
+        for item in fs::read_dir(dir).map_err(io_err(dir))? {
+            let item = item.map_err(io_err(dir))?;
+            if let Some(first) = item.file_name().to_str().and_then(parse_segment_name) {
+                names.push(first);
+            }
+        }
+        names.sort_unstable();
+        let mut recovery = Recovery {
+            cursor_lost: match &cursor_read {
+                Some(None) => true,
+                None => !names.is_empty(),
+                Some(Some(_)) => false,
+            },
+            ..Recovery::default()
+        };
+
+        let mut queue_id: Option<u64> = None;
+        let mut segments: VecDeque<Segment> = VecDeque::new();
+        let mut entries: VecDeque<Entry> = VecDeque::new();
+        // D: the known-durable watermark (invariant 5).
+        let mut durable_mark = cursor.synced_through;
+        // Seq of the last valid record seen (0: none).
+        let mut last_real = 0u64;
+        // Sealed segments: (path, last record seq up to and including it, next segment's first).
+        let mut sealed_ends: Vec<(PathBuf, u64, u64)> = Vec::new();
+        let mut last: Option<LastSegment> = None;
+
+        for (i, &first) in names.iter().enumerate() {
+            let next_first = names.get(i + 1).copied();
+            let path = dir.join(segment_name(first));
+            let file = match OpenOptions::new().read(true).write(repair).open(&path) {
+                Ok(f) => f,
+                // A read-only view races with the guard deleting acknowledged segments.
+                Err(e) if !repair && e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            let file_len = file.metadata().map_err(io_err(&path))?.len();
+            let mut header = [0u8; SEG_HEADER as usize];
+            let header_ok = file_len >= SEG_HEADER
+                && file.read_exact_at(&mut header, 0).is_ok()
+                && match parse_segment_header(&header) {
+                    Some((id, f)) if f == first && queue_id.is_none_or(|q| q == id) => {
+                        queue_id = Some(id);
+                        true
+                    }
+                    _ => false,
+                };
+            if !header_ok {
+                if next_first.is_some() {
+                    return Err(QueueError::Corrupt {
+                        seq: first,
+                        path,
+                        reason: "invalid segment header in a sealed segment".into(),
+                    });
+                }
+                last = Some(LastSegment {
+                    end: 0,
+                    stop: Some("invalid segment header"),
+                    file_len,
+                    header_ok: false,
+                    queue_id: queue_id
+                        .or(cursor_read.flatten().map(|c| c.queue_id))
+                        .unwrap_or_else(|| u64_at(&header, 8)),
+                });
+                segments.push_back(Segment {
+                    first_seq: first,
+                    path,
+                    file,
+                    size: file_len,
+                });
+                continue;
+            }
+            let qid = queue_id.unwrap_or_default();
+            let mut prev = last_real.max(first - 1);
+            let scan = scan_records(&file, &path, qid, file_len, |h, off| {
+                if h.seq <= prev || next_first.is_some_and(|n| h.seq >= n) {
+                    return Err(QueueError::Corrupt {
+                        seq: h.seq,
+                        path: path.clone(),
+                        reason: format!(
+                            "seq out of order at offset {off} (previous {prev}, segment {first})"
+                        ),
+                    });
+                }
+                prev = h.seq;
+                if h.seq > cursor.acked_through {
+                    entries.push_back(Entry {
+                        seq: h.seq,
+                        seg: first,
+                        offset: off,
+                        len: h.len,
+                        enqueued_at_ms: h.enqueued_at_ms,
+                    });
+                }
+                Ok(())
+            })?;
+            durable_mark = durable_mark.max(scan.max_synced_through);
+            last_real = scan.last_seq.unwrap_or(last_real);
+            if let Some(next) = next_first {
+                if scan.end < file_len && !all_zero(&file, &path, scan.end, file_len)? {
+                    return Err(QueueError::Corrupt {
+                        seq: last_real + 1,
+                        path,
+                        reason: format!(
+                            "unreadable record at offset {} in a sealed segment ({})",
+                            scan.end,
+                            scan.stop.unwrap_or("damaged")
+                        ),
+                    });
+                }
+                sealed_ends.push((path.clone(), last_real, next));
+            } else {
+                last = Some(LastSegment {
+                    end: scan.end,
+                    stop: scan.stop,
+                    file_len,
+                    header_ok: true,
+                    queue_id: qid,
+                });
+            }
+            segments.push_back(Segment {
+                first_seq: first,
+                path,
+                file,
+                size: file_len,
+            });
+        }
+
+        if let (Some(ls), Some(seg)) = (&last, segments.back()) {
+            // With a damaged header the whole file is tail, and its records still count for D.
+            let tail = if repair && ls.end < ls.file_len {
+                scan_tail(
+                    &seg.file,
+                    &seg.path,
+                    ls.queue_id,
+                    ls.end,
+                    ls.file_len,
+                    last_real,
+                )?
+            } else {
+                TailScan {
+                    nonzero_end: ls.end,
+                    max_synced_through: 0,
+                }
+            };
+            durable_mark = durable_mark.max(tail.max_synced_through);
+            let floor = last_real.max(seg.first_seq - 1);
+            if repair && durable_mark > floor {
+                return Err(QueueError::Corrupt {
+                    seq: floor + 1,
+                    path: seg.path.clone(),
+                    reason: format!(
+                        "the log ends at offset {} ({}) after seq {floor}, but records up to \
+                         seq {durable_mark} were durable",
+                        ls.end,
+                        ls.stop.unwrap_or("end of file")
+                    ),
+                });
+            }
+            recovery.torn_tail_bytes = tail.nonzero_end - ls.end;
+        }
+        for (path, last_seq, next) in &sealed_ends {
+            if durable_mark > *last_seq && durable_mark < *next {
+                return Err(QueueError::Corrupt {
+                    seq: last_seq + 1,
+                    path: path.clone(),
+                    reason: format!(
+                        "the sealed segment ends after seq {last_seq}, but seq {durable_mark} \
+                         was durable"
+                    ),
+                });
+            }
+        }
+
+        let last_name = segments.back().map_or(0, |s| s.first_seq);
+        let next_seq = (last_real + 1)
+            .max(last_name)
+            .max(cursor.acked_through + 1)
+            .max(cursor.synced_through + 1);
+        let bytes = entries.iter().map(Entry::size).sum();
+        let mut log = SegmentLog {
+            dir: dir.to_path_buf(),
+            queue_id: queue_id
+                .or(cursor_read.flatten().map(|c| c.queue_id))
+                .unwrap_or_else(new_queue_id),
+            segments,
+            entries,
+            bytes,
+            next_seq,
+            synced_seq: last_real,
+            visible_seq: last_real,
+            acked_through: cursor.acked_through,
+            front_cache: None,
+            writer: None,
+            closed: false,
+            #[cfg(test)]
+            crashed: false,
+        };
+        let Some((lock, limits)) = writable else {
+            recovery.records = log.entries.len() as u64;
+            recovery.segments = log.segments.len();
+            return Ok((log, recovery));
+        };
+
+        // Repair, and make what was found durable before anything is appended after it.
+        let mut dir_dirty = false;
+        let mut write_pos = SEG_HEADER;
+        match &last {
+            Some(ls) if ls.header_ok => {
+                let seg = log.segments.back_mut().expect("last segment");
+                let size = seg.size.max(limits.segment_bytes);
+                if recovery.torn_tail_bytes > 0 {
+                    seg.file.set_len(ls.end).map_err(io_err(&seg.path))?;
+                }
+                seg.file.set_len(size).map_err(io_err(&seg.path))?;
+                seg.size = size;
+                write_pos = ls.end;
+            }
+            Some(_) => {
+                // The header never reached the disk: nothing in the segment was durable.
+                let seg = log.segments.pop_back().expect("last segment");
+                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+                let seg = log.create_segment(seg.first_seq, limits.segment_bytes)?;
+                log.segments.push_back(seg);
+                dir_dirty = true;
+            }
+            None => {
+                let seg = log.create_segment(next_seq, limits.segment_bytes)?;
+                log.segments.push_back(seg);
+                dir_dirty = true;
+            }
+        }
+        {
+            let seg = log.segments.back().expect("last segment");
+            seg.file.sync_all().map_err(io_err(&seg.path))?;
+        }
+        // Segments whose records are all acknowledged (a crash came before their deletion).
+        let keep_from = log.entries.front().map(|e| e.seg);
+        while log.segments.len() > 1 && keep_from.is_none_or(|k| log.segments[0].first_seq < k) {
+            let seg = log.segments.pop_front().expect("segment");
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            dir_dirty = true;
+        }
+
+        let cursor_exists = cursor_read.is_some();
+        let cursor_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&cursor_path)
+            .map_err(io_err(&cursor_path))?;
+        if !cursor_exists {
+            cursor_file
+                .set_len(CURSOR_FILE_BYTES)
+                .and_then(|()| cursor_file.sync_all())
+                .map_err(io_err(&cursor_path))?;
+            dir_dirty = true;
+        }
+        let mut writer = Writer {
+            lock,
+            cursor_file,
+            cursor: Cursor {
+                queue_id: log.queue_id,
+                ..cursor
+            },
+            limits,
+            write_pos,
+            durable_pos: write_pos,
+            dirty: false,
+            meta_dirty: false,
+            active_new: false,
+            dir_dirty: false,
+            last_appended: last_real,
+            failed: None,
+            poisoned: None,
+            unpersisted_acks: 0,
+            last_persist: Instant::now(),
+            persist_every: ACK_PERSIST_EVERY,
+            persist_interval: ACK_PERSIST_INTERVAL,
+            buf: Vec::new(),
+            #[cfg(test)]
+            faults: Faults::default(),
+        };
+        if !cursor_exists || recovery.cursor_lost {
+            persist_cursor(&mut writer, &cursor_path, log.acked_through, last_real)?;
+        }
+        if dir_dirty {
+            fsync_dir(dir)?;
+        }
+        log.writer = Some(writer);
+        recovery.records = log.entries.len() as u64;
+        recovery.segments = log.segments.len();
+        Ok((log, recovery))
+    }
+
+    /// Creates a segment file with its header, preallocated to `size` (not yet fsync'd).
+    fn create_segment(&self, first_seq: u64, size: u64) -> Result<Segment, QueueError> {
+        let path = self.dir.join(segment_name(first_seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let header = segment_header(self.queue_id, first_seq);
+        let written = file
+            .write_all_at(&header, 0)
+            .and_then(|()| file.set_len(size));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(io_err(&path)(e));
+        }
+        Ok(Segment {
+            first_seq,
+            path,
+            file,
+            size,
+        })
+    }
+
+    fn cursor_path(&self) -> PathBuf {
+        self.dir.join(CURSOR_NAME)
+    }
+
+    /// The writer, if this log may write now.
+    fn check_writable(&self, op: &'static str) -> Result<(), QueueError> {
+        if self.closed {
+            return Err(QueueError::Closed);
+        }
+        let w = self.writer.as_ref().ok_or(QueueError::ReadOnly { op })?;
+        match &w.poisoned {
+            Some(reason) => Err(QueueError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn w(&mut self) -> &mut Writer {
+        self.writer.as_mut().expect("checked writable")
+    }
+
+    /// Fsyncs everything written since the last fsync; advances `synced_seq`.
+    fn flush(&mut self) -> Result<(), QueueError> {
+        let seg = self.segments.back().expect("active segment");
+        let w = self.writer.as_mut().expect("writable");
+        if w.meta_dirty || w.dirty {
+            #[cfg(test)]
+            if w.faults.sync > 0 {
+                w.faults.sync -= 1;
+                return Err(io_err(&seg.path)(io::Error::other(
+                    "injected fdatasync failure",
+                )));
+            }
+            let r = if w.meta_dirty {
+                seg.file.sync_all()
+            } else {
+                seg.file.sync_data()
+            };
+            r.map_err(io_err(&seg.path))?;
+        }
+        if w.dir_dirty {
+            fsync_dir(&self.dir)?;
+        }
+        w.dirty = false;
+        w.meta_dirty = false;
+        w.dir_dirty = false;
+        w.active_new = false;
+        w.durable_pos = w.write_pos;
+        self.synced_seq = w.last_appended;
+        Ok(())
+    }
+
+    /// Discards every append since the last fsync (see "Sync errors"); poisons on failure.
+    fn rewind(&mut self) {
+        while self.entries.back().is_some_and(|e| e.seq > self.synced_seq) {
+            let e = self.entries.pop_back().expect("entry");
+            self.bytes -= e.size();
+        }
+        self.visible_seq = self.synced_seq;
+        let synced = self.synced_seq;
+        let w = self.writer.as_mut().expect("writable");
+        w.last_appended = synced;
+        w.failed = None;
+        let result = (|| -> Result<(), QueueError> {
+            #[cfg(test)]
+            if w.faults.repair > 0 {
+                w.faults.repair -= 1;
+                return Err(io_err(&self.dir)(io::Error::other(
+                    "injected repair failure",
+                )));
+            }
+            if w.active_new && self.segments.len() > 1 {
+                let seg = self.segments.pop_back().expect("active segment");
+                fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+                fsync_dir(&self.dir)?;
+                // The previous segment is sealed: the next append rolls over again.
+                w.write_pos = self.segments.back().expect("sealed segment").size;
+            } else {
+                let seg = self.segments.back().expect("active segment");
+                seg.file
+                    .set_len(w.durable_pos)
+                    .and_then(|()| seg.file.set_len(seg.size))
+                    .and_then(|()| seg.file.sync_all())
+                    .map_err(io_err(&seg.path))?;
+                w.write_pos = w.durable_pos;
+            }
+            w.durable_pos = w.write_pos;
+            w.dirty = false;
+            w.meta_dirty = false;
+            w.dir_dirty = false;
+            w.active_new = false;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            w.poisoned = Some(e.to_string());
+        }
+    }
+
+    /// Rewinds after an I/O error in `append`; the next `sync` reports it.
+    fn fail_append(&mut self, err: QueueError) -> QueueError {
+        self.rewind();
+        if let QueueError::Io { path, source } = &err {
+            self.w().failed = Some((path.clone(), source.kind(), source.to_string()));
+        }
+        err
+    }
+
+    /// Seals the active segment (fsync) and starts a new one for a record of `padded` bytes.
+    fn roll_over(&mut self, padded: u64) -> Result<(), QueueError> {
+        self.flush()?;
+        let size = self.w().limits.segment_bytes.max(SEG_HEADER + padded);
+        let seg = self.create_segment(self.next_seq, size)?;
+        self.segments.push_back(seg);
+        let w = self.w();
+        w.write_pos = SEG_HEADER;
+        w.durable_pos = SEG_HEADER;
+        w.active_new = true;
+        w.meta_dirty = true;
+        w.dir_dirty = true;
+        Ok(())
+    }
+
+    fn read_entry(&self, e: &Entry, with_payload: bool) -> Result<Record, QueueError> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.first_seq == e.seg)
+            .expect("the segment of a pending entry exists");
+        let corrupt = |reason: &str| QueueError::Corrupt {
+            seq: e.seq,
+            path: seg.path.clone(),
+            reason: format!("{reason} at offset {}", e.offset),
+        };
+        let want = if with_payload {
+            e.len as usize
+        } else {
+            let mut h = [0u8; REC_HEADER];
+            seg.file
+                .read_exact_at(&mut h, e.offset)
+                .map_err(io_err(&seg.path))?;
+            (REC_HEADER + u16_at(&h, 32) as usize).min(e.len as usize)
+        };
+        let mut buf = vec![0u8; want];
+        seg.file
+            .read_exact_at(&mut buf, e.offset)
+            .map_err(io_err(&seg.path))?;
+        let hdr = parse_record_header(&buf, u64::from(e.len)).map_err(corrupt)?;
+        if hdr.seq != e.seq || hdr.len != e.len {
+            return Err(corrupt("record changed on disk"));
+        }
+        if with_payload && !check_record_crc(self.queue_id, &buf) {
+            return Err(corrupt("checksum mismatch on read"));
+        }
+        let note_end = REC_HEADER + hdr.note_len as usize;
+        let note = std::str::from_utf8(&buf[REC_HEADER..note_end])
+            .map_err(|_| corrupt("note is not UTF-8"))?
+            .to_owned();
+        let payload = if with_payload {
+            Bytes::from(buf).slice(note_end..)
+        } else {
+            Bytes::new()
+        };
+        Ok(Record {
+            seq: e.seq,
+            enqueued_at_ms: e.enqueued_at_ms,
+            note,
+            payload,
+        })
+    }
+
+    /// Deletes leading segments whose records are all acknowledged (never the active one).
+    fn delete_acked_segments(&mut self) -> Result<(), QueueError> {
+        let keep_from = self.entries.front().map(|e| e.seg);
+        while self.segments.len() > 1 && keep_from.is_none_or(|k| self.segments[0].first_seq < k) {
+            let path = self.segments[0].path.clone();
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            self.segments.pop_front();
+        }
+        Ok(())
+    }
+}
+
+impl Store for SegmentLog {
+    fn append(
+        &mut self,
+        payload: &[u8],
+        note: &str,
+        enqueued_at_ms: u64,
+    ) -> Result<u64, QueueError> {
+        self.check_writable("append")?;
+        let limits = self.w().limits;
+        if note.len() > usize::from(u16::MAX) {
+            return Err(QueueError::TooLarge {
+                reason: format!("note of {} bytes exceeds 65535", note.len()),
+            });
+        }
+        let len = RECORD_HEADER_BYTES + note.len() as u64 + payload.len() as u64;
+        if len > u64::from(u32::MAX) {
+            return Err(QueueError::TooLarge {
+                reason: format!("record of {len} bytes exceeds 4 GiB"),
+            });
+        }
+        let padded = align8(len);
+        if padded > limits.max_bytes {
+            return Err(QueueError::TooLarge {
+                reason: format!(
+                    "record of {padded} bytes exceeds max_bytes {}",
+                    limits.max_bytes
+                ),
+            });
+        }
+        if self.entries.len() as u64 >= limits.max_messages {
+            return Err(QueueError::Full {
+                reason: format!("max_messages {} reached", limits.max_messages),
+            });
+        }
+        if self.bytes + padded > limits.max_bytes {
+            return Err(QueueError::Full {
+                reason: format!("max_bytes {} reached", limits.max_bytes),
+            });
+        }
+        let active_size = self.segments.back().expect("active segment").size;
+        let (write_pos, dirty) = (self.w().write_pos, self.w().dirty);
+        if write_pos + padded > active_size {
+            if write_pos == SEG_HEADER && !dirty {
+                // An empty active segment grows instead of leaving an empty sealed one behind.
+                let seg = self.segments.back_mut().expect("active segment");
+                if let Err(e) = seg.file.set_len(SEG_HEADER + padded) {
+                    let err = io_err(&seg.path)(e);
+                    return Err(self.fail_append(err));
+                }
+                seg.size = SEG_HEADER + padded;
+                self.w().meta_dirty = true;
+            } else if let Err(e) = self.roll_over(padded) {
+                return Err(self.fail_append(e));
+            }
+        }
+        let (seq, synced, queue_id) = (self.next_seq, self.synced_seq, self.queue_id);
+        let seg = self.segments.back().expect("active segment");
+        let w = self.writer.as_mut().expect("writable");
+        let rec_len = encode_record(
+            &mut w.buf,
+            queue_id,
+            seq,
+            enqueued_at_ms,
+            synced,
+            note,
+            payload,
+        );
+        let pos = w.write_pos;
+        #[cfg(test)]
+        let injected = (w.faults.write > 0).then(|| {
+            w.faults.write -= 1;
+            io::Error::other("injected write failure")
+        });
+        #[cfg(not(test))]
+        let injected: Option<io::Error> = None;
+        let written = match injected {
+            Some(e) => Err(e),
+            None => seg.file.write_all_at(&w.buf, pos),
+        };
+        // Whatever part was written lies past the write position: a rewind zeroes it.
+        w.dirty = true;
+        if let Err(e) = written {
+            let err = io_err(&seg.path)(e);
+            return Err(self.fail_append(err));
+        }
+        w.write_pos = pos + padded;
+        w.last_appended = seq;
+        let seg = seg.first_seq;
+        self.entries.push_back(Entry {
+            seq,
+            seg,
+            offset: pos,
+            len: rec_len,
+            enqueued_at_ms,
+        });
+        self.bytes += padded;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Policy on error: see "Sync errors" in the module documentation (rewind to the last
+    /// synced offset; poison only if that fails).
+    fn sync(&mut self) -> Result<(), QueueError> {
+        self.check_writable("sync")?;
+        if let Some((path, kind, msg)) = self.w().failed.take() {
+            self.rewind();
+            return Err(QueueError::Io {
+                path,
+                source: io::Error::new(
+                    kind,
+                    format!("an append of this batch failed ({msg}); the batch was discarded"),
+                ),
+            });
+        }
+        match self.flush() {
+            Ok(()) => {
+                self.visible_seq = self.synced_seq;
+                Ok(())
+            }
+            Err(e) => {
+                self.rewind();
+                Err(e)
+            }
+        }
+    }
+
+    fn front(&mut self) -> Result<Option<Record>, QueueError> {
+        if self.closed {
+            return Err(QueueError::Closed);
+        }
+        let Some(e) = self
+            .entries
+            .front()
+            .copied()
+            .filter(|e| e.seq <= self.visible_seq)
+        else {
+            return Ok(None);
+        };
+        if let Some(r) = self.front_cache.as_ref().filter(|r| r.seq == e.seq) {
+            return Ok(Some(r.clone()));
+        }
+        let r = self.read_entry(&e, true)?;
+        self.front_cache = Some(r.clone());
+        Ok(Some(r))
+    }
+
+    /// Policy: see "Cursor" in the module documentation. On `Err` nothing changed (the cursor
+    /// write failed before the ack was applied); the caller may retry.
+    fn ack(&mut self, seq: u64) -> Result<(), QueueError> {
+        self.check_writable("ack")?;
+        let front = self
+            .entries
+            .front()
+            .filter(|e| e.seq <= self.visible_seq)
+            .map(|e| e.seq);
+        if front != Some(seq) {
+            return Err(QueueError::NotFront { seq, front });
+        }
+        // Does this ack leave leading segments without a pending record? Then the cursor must
+        // be durable before they are deleted.
+        let will_delete = self.segments.len() > 1
+            && self
+                .entries
+                .get(1)
+                .is_none_or(|next| self.segments[0].first_seq < next.seg);
+        let (cursor_path, synced) = (self.cursor_path(), self.synced_seq);
+        let w = self.w();
+        if will_delete
+            || w.unpersisted_acks + 1 >= w.persist_every
+            || w.last_persist.elapsed() >= w.persist_interval
+        {
+            persist_cursor(w, &cursor_path, seq, synced)?;
+        } else {
+            w.unpersisted_acks += 1;
+        }
+        let e = self.entries.pop_front().expect("front entry");
+        self.bytes -= e.size();
+        self.acked_through = seq;
+        if self.front_cache.as_ref().is_some_and(|r| r.seq == seq) {
+            self.front_cache = None;
+        }
+        if will_delete {
+            // A failed deletion is retried at the next ack and at close.
+            let _ = self.delete_acked_segments();
+        }
+        Ok(())
+    }
+
+    fn pending(&mut self, with_payload: bool, limit: usize) -> Result<Vec<Record>, QueueError> {
+        if self.closed {
+            return Err(QueueError::Closed);
+        }
+        self.entries
+            .iter()
+            .take_while(|e| e.seq <= self.visible_seq)
+            .take(limit)
+            .map(|e| self.read_entry(e, with_payload))
+            .collect()
+    }
+
+    /// Acknowledges every durable pending record (appends not yet synced stay) and fsyncs the
+    /// cursor at once (also when nothing was pending, persisting earlier acks).
+    fn purge(&mut self) -> Result<u64, QueueError> {
+        self.check_writable("purge")?;
+        let visible = self.visible_seq;
+        let count = self.entries.iter().take_while(|e| e.seq <= visible).count();
+        let last = match count {
+            0 => self.acked_through,
+            n => self.entries[n - 1].seq,
+        };
+        let (cursor_path, synced) = (self.cursor_path(), self.synced_seq);
+        persist_cursor(self.w(), &cursor_path, last, synced)?;
+        for e in self.entries.drain(..count) {
+            self.bytes -= e.size();
+        }
+        self.acked_through = last;
+        self.front_cache = None;
+        // A failed deletion is retried at the next ack and at close.
+        let _ = self.delete_acked_segments();
+        Ok(count as u64)
+    }
+
+    fn stats(&self) -> QueueStats {
+        QueueStats {
+            messages: self.entries.len() as u64,
+            bytes: self.bytes,
+            oldest_enqueued_ms: self.entries.front().map(|e| e.enqueued_at_ms),
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// Syncs appends not yet synced (a clean shutdown loses nothing appended), persists the
+    /// cursor, deletes fully acknowledged segments and releases the lock. Idempotent; later
+    /// calls other than `stats` and `close` return [`QueueError::Closed`].
+    fn close(&mut self) -> Result<(), QueueError> {
+        if self.closed {
+            return Ok(());
+        }
+        if self.writer.is_none() {
+            self.closed = true;
+            return Ok(());
+        }
+        let synced = self.check_writable("close").and_then(|()| self.sync());
+        let (cursor_path, acked, durable) =
+            (self.cursor_path(), self.acked_through, self.synced_seq);
+        let persisted = persist_cursor(self.w(), &cursor_path, acked, durable);
+        let deleted = match persisted {
+            Ok(()) => self.delete_acked_segments(),
+            Err(_) => Ok(()),
+        };
+        self.closed = true;
+        if let Some(w) = self.writer.take() {
+            let _ = w.lock.unlock();
+        }
+        synced.and(persisted).and(deleted)
+    }
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        #[cfg(test)]
+        if self.crashed {
+            return;
+        }
+        let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+impl SegmentLog {
+    fn set_ack_persist_policy(&mut self, every: u64, interval: Duration) {
+        let w = self.w();
+        w.persist_every = every;
+        w.persist_interval = interval;
+    }
+
+    /// Simulates a crash: drops the handles without syncing, persisting or closing anything
+    /// (the flock goes with the file descriptor, as it does when a process dies).
+    fn crash(mut self) {
+        self.crashed = true;
+    }
+
+    /// Where the pending records are: (seq, segment path, offset, unpadded length).
+    fn extents(&self) -> Vec<(u64, PathBuf, u64, u64)> {
+        self.entries
+            .iter()
+            .map(|e| {
+                let seg = self.segments.iter().find(|s| s.first_seq == e.seg).unwrap();
+                (e.seq, seg.path.clone(), e.offset, u64::from(e.len))
+            })
+            .collect()
+    }
+
+    /// The appends since the last fsync (what a crash may tear).
+    fn unsynced_extents(&self) -> Vec<(u64, PathBuf, u64, u64)> {
+        let synced = self.synced_seq;
+        self.extents()
+            .into_iter()
+            .filter(|x| x.0 > synced)
+            .collect()
+    }
+
+    /// Whether the active segment was created since the last fsync.
+    fn active_is_new(&self) -> bool {
+        self.writer.as_ref().unwrap().active_new
+    }
+
+    fn segment_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SMALL_SEGMENT: u64 = 512;
+
+    fn limits(segment_bytes: u64, max_messages: u64, max_bytes: u64) -> Limits {
+        Limits {
+            max_bytes,
+            max_messages,
+            segment_bytes,
+        }
+    }
+
+    fn small() -> Limits {
+        limits(SMALL_SEGMENT, 1_000_000, 1 << 30)
+    }
+
+    /// The encoded size of a record, computed independently of the module.
+    fn encoded(note_len: usize, payload_len: usize) -> u64 {
+        ((36 + note_len + payload_len) as u64).div_ceil(8) * 8
+    }
+
+    fn payload(n: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (n as usize * 31 + i * 7 + 1) as u8)
+            .collect()
+    }
+
+    fn seqs(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.seq).collect()
+    }
+
+    fn open(dir: &Path, l: Limits) -> (SegmentLog, Recovery) {
+        SegmentLog::open(dir, l).expect("open")
+    }
+
+    fn append_n(log: &mut SegmentLog, from: u64, n: u64, len: usize) -> Vec<u64> {
+        (from..from + n)
+            .map(|i| log.append(&payload(i, len), "", 1000 + i).expect("append"))
+            .collect()
+    }
+
+    fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, offset).unwrap();
+    }
+
+    fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+        let f = File::open(path).unwrap();
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset).unwrap();
+        buf
+    }
+
+    // ---------------------------------------------------------------- the model-based test
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Append {
+            len: usize,
+            note: bool,
+        },
+        Sync,
+        Ack,
+        Purge,
+        Restart,
+        /// Drop without close, then tear the unsynced writes: record `pick % n` is damaged from
+        /// byte `cut % len` on, in the way `mode` says.
+        Crash {
+            pick: usize,
+            cut: usize,
+            mode: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            10 => (0usize..240, prop::bool::weighted(0.2))
+                .prop_map(|(len, note)| Op::Append { len, note }),
+            1 => (480usize..1200).prop_map(|len| Op::Append { len, note: false }),
+            4 => Just(Op::Sync),
+            5 => Just(Op::Ack),
+            1 => Just(Op::Purge),
+            1 => Just(Op::Restart),
+            3 => (any::<usize>(), any::<usize>(), 0u8..5)
+                .prop_map(|(pick, cut, mode)| Op::Crash { pick, cut, mode }),
+        ]
+    }
+
+    const MODEL_MAX_MESSAGES: u64 = 20;
+    const MODEL_MAX_BYTES: u64 = 6000;
+    const MODEL_ACK_EVERY: u64 = 3;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct ModelRec {
+        seq: u64,
+        enqueued_at_ms: u64,
+        note: String,
+        payload: Vec<u8>,
+    }
+
+    impl ModelRec {
+        fn size(&self) -> u64 {
+            encoded(self.note.len(), self.payload.len())
+        }
+        fn record(&self) -> Record {
+            Record {
+                seq: self.seq,
+                enqueued_at_ms: self.enqueued_at_ms,
+                note: self.note.clone(),
+                payload: Bytes::from(self.payload.clone()),
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Model {
+        /// Every durable record, in order; `[..acked]` are acknowledged.
+        durable: Vec<ModelRec>,
+        acked: usize,
+        /// The persisted cursor is known to be at least here.
+        persisted_at_least: usize,
+        /// Appended since the last sync.
+        unsynced: Vec<ModelRec>,
+        /// The highest seq ever durable: never handed out again.
+        max_durable_seq: u64,
+        /// The last seq handed out by this open (strictly increasing within it).
+        last_seq_this_open: u64,
+        counter: u64,
+    }
+
+    impl Model {
+        fn pending(&self) -> Vec<Record> {
+            self.durable[self.acked..]
+                .iter()
+                .map(ModelRec::record)
+                .collect()
+        }
+        fn all_unacked(&self) -> impl Iterator<Item = &ModelRec> {
+            self.durable[self.acked..].iter().chain(&self.unsynced)
+        }
+        fn make_durable(&mut self, recs: Vec<ModelRec>) {
+            for r in &recs {
+                self.max_durable_seq = self.max_durable_seq.max(r.seq);
+            }
+            self.durable.extend(recs);
+        }
+        fn check(&self, log: &mut SegmentLog) {
+            let stats = log.stats();
+            assert_eq!(stats.messages, self.all_unacked().count() as u64);
+            assert_eq!(
+                stats.bytes,
+                self.all_unacked().map(ModelRec::size).sum::<u64>()
+            );
+            assert_eq!(
+                stats.oldest_enqueued_ms,
+                self.all_unacked().next().map(|r| r.enqueued_at_ms)
+            );
+            assert!(stats.next_seq > self.max_durable_seq);
+            assert_eq!(log.pending(true, usize::MAX).unwrap(), self.pending());
+            let light = log.pending(false, 2).unwrap();
+            let want: Vec<Record> = self
+                .pending()
+                .into_iter()
+                .take(2)
+                .map(|r| Record {
+                    payload: Bytes::new(),
+                    ..r
+                })
+                .collect();
+            assert_eq!(light, want);
+        }
+    }
+
+    fn reopen_for_model(dir: &Path) -> (SegmentLog, Recovery) {
+        let (mut log, rec) = open(
+            dir,
+            limits(SMALL_SEGMENT, MODEL_MAX_MESSAGES, MODEL_MAX_BYTES),
+        );
+        log.set_ack_persist_policy(MODEL_ACK_EVERY, Duration::MAX);
+        (log, rec)
+    }
+
+    /// Simulates what a crash can leave of the unsynced writes (see `Op::Crash`); returns how
+    /// many of them survive intact, and whether non-zero garbage was left behind.
+    fn tear(
+        extents: &[(u64, PathBuf, u64, u64)],
+        active_new: bool,
+        pick: usize,
+        cut: usize,
+        mode: u8,
+    ) -> (usize, bool) {
+        if extents.is_empty() {
+            return (0, false);
+        }
+        let path = &extents[0].1;
+        assert!(
+            extents.iter().all(|x| &x.1 == path),
+            "unsynced records span one segment only (roll-over seals)"
+        );
+        let i = pick % extents.len();
+        let (_, _, off, len) = extents[i];
+        let rec_end = off + len;
+        let mut at = off + (cut as u64 % len);
+        if mode == 1 || mode == 3 {
+            // Zeroing bytes that are zero already tears nothing: start at a non-zero byte.
+            let original = read_at(path, off, len as usize);
+            let last_nonzero = off + original.iter().rposition(|&b| b != 0).unwrap() as u64;
+            at = at.min(last_nonzero);
+        }
+        let (last_off, last_len) = (extents[extents.len() - 1].2, extents[extents.len() - 1].3);
+        match mode {
+            // A prefix reached the disk: the file ends inside record i.
+            0 => {
+                File::options()
+                    .write(true)
+                    .open(path)
+                    .unwrap()
+                    .set_len(at)
+                    .unwrap();
+                (i, false)
+            }
+            // A prefix reached the disk, the rest of the preallocated space is still zeros.
+            1 => {
+                write_at(path, at, &vec![0u8; (last_off + last_len - at) as usize]);
+                (i, false)
+            }
+            // Record i is garbage from `at` on; later records reached the disk (power loss).
+            2 => {
+                let old = read_at(path, at, (rec_end - at) as usize);
+                let junk: Vec<u8> = old
+                    .iter()
+                    .map(|&b| if b == 0xA5 { 0x5A } else { 0xA5 })
+                    .collect();
+                write_at(path, at, &junk);
+                (i, true)
+            }
+            // Record i's pages from `at` on never reached the disk; later ones did.
+            3 => {
+                write_at(path, at, &vec![0u8; (rec_end - at) as usize]);
+                (i, false)
+            }
+            // The segment file created since the last sync is lost, empty or headerless.
+            _ if active_new => {
+                match cut % 3 {
+                    0 => fs::remove_file(path).unwrap(),
+                    1 => File::options()
+                        .write(true)
+                        .open(path)
+                        .unwrap()
+                        .set_len(0)
+                        .unwrap(),
+                    _ => write_at(path, 0, &[0u8; 32]),
+                }
+                (0, false)
+            }
+            _ => {
+                File::options()
+                    .write(true)
+                    .open(path)
+                    .unwrap()
+                    .set_len(at)
+                    .unwrap();
+                (i, false)
+            }
+        }
+    }
+
+    fn run_model(ops: Vec<Op>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("q");
+        let (mut log, rec) = reopen_for_model(&dir);
+        assert_eq!(
+            rec,
+            Recovery {
+                segments: 1,
+                ..Recovery::default()
+            }
+        );
+        let mut m = Model::default();
+        for op in ops {
+            match op {
+                Op::Append { len, note } => {
+                    m.counter += 1;
+                    let r = ModelRec {
+                        seq: 0,
+                        enqueued_at_ms: 1_000 + m.counter,
+                        note: if note {
+                            format!("dead-letter {}", m.counter)
+                        } else {
+                            String::new()
+                        },
+                        payload: payload(m.counter, len),
+                    };
+                    let messages = m.all_unacked().count() as u64;
+                    let bytes: u64 = m.all_unacked().map(ModelRec::size).sum();
+                    let next = log.stats().next_seq;
+                    let got = log.append(&r.payload, &r.note, r.enqueued_at_ms);
+                    if messages + 1 > MODEL_MAX_MESSAGES {
+                        let err = got.unwrap_err();
+                        assert!(
+                            matches!(&err, QueueError::Full { reason } if reason == "max_messages 20 reached"),
+                            "{err}"
+                        );
+                    } else if bytes + r.size() > MODEL_MAX_BYTES {
+                        let err = got.unwrap_err();
+                        assert!(
+                            matches!(&err, QueueError::Full { reason } if reason == "max_bytes 6000 reached"),
+                            "{err}"
+                        );
+                    } else {
+                        let seq = got.unwrap();
+                        assert_eq!(seq, next);
+                        assert!(seq > m.max_durable_seq && seq > m.last_seq_this_open);
+                        m.last_seq_this_open = seq;
+                        m.unsynced.push(ModelRec { seq, ..r });
+                    }
+                }
+                Op::Sync => {
+                    log.sync().unwrap();
+                    let batch = std::mem::take(&mut m.unsynced);
+                    m.make_durable(batch);
+                }
+                Op::Ack => {
+                    let want = m.durable.get(m.acked).map(ModelRec::record);
+                    let got = log.front().unwrap();
+                    assert_eq!(
+                        got, want,
+                        "front is the oldest synced, unacknowledged record"
+                    );
+                    if let Some(r) = got {
+                        log.ack(r.seq).unwrap();
+                        m.acked += 1;
+                    }
+                }
+                Op::Purge => {
+                    let n = (m.durable.len() - m.acked) as u64;
+                    assert_eq!(log.purge().unwrap(), n);
+                    m.acked = m.durable.len();
+                    m.persisted_at_least = m.acked;
+                }
+                Op::Restart => {
+                    log.close().unwrap();
+                    let batch = std::mem::take(&mut m.unsynced);
+                    m.make_durable(batch);
+                    m.persisted_at_least = m.acked;
+                    let (l, rec) = reopen_for_model(&dir);
+                    log = l;
+                    assert_eq!(rec.records, (m.durable.len() - m.acked) as u64);
+                    assert_eq!(rec.torn_tail_bytes, 0);
+                    assert!(!rec.cursor_lost);
+                    m.last_seq_this_open = m.max_durable_seq;
+                }
+                Op::Crash { pick, cut, mode } => {
+                    let extents = log.unsynced_extents();
+                    let active_new = log.active_is_new();
+                    log.crash();
+                    // Unsynced appends a segment roll-over already fsync'd are durable.
+                    let sealed = m.unsynced.len() - extents.len();
+                    assert_eq!(
+                        extents.iter().map(|x| x.0).collect::<Vec<_>>(),
+                        m.unsynced[sealed..]
+                            .iter()
+                            .map(|r| r.seq)
+                            .collect::<Vec<_>>()
+                    );
+                    let (intact, garbage) = tear(&extents, active_new, pick, cut, mode);
+                    let survivors: Vec<ModelRec> = m.unsynced.drain(..sealed + intact).collect();
+                    m.unsynced.clear();
+
+                    let (l, rec) = reopen_for_model(&dir);
+                    log = l;
+                    assert!(!rec.cursor_lost);
+                    if garbage {
+                        assert!(rec.torn_tail_bytes > 0);
+                    }
+                    let got = log.pending(true, usize::MAX).unwrap();
+                    assert_eq!(rec.records, got.len() as u64);
+                    // The cursor may be behind the acks by fewer than MODEL_ACK_EVERY: those
+                    // records come again (re-delivery), never fewer.
+                    let lowest = m
+                        .persisted_at_least
+                        .max(m.acked.saturating_sub(MODEL_ACK_EVERY as usize - 1));
+                    let expected_from = |p: usize| -> Vec<Record> {
+                        m.durable[p..]
+                            .iter()
+                            .chain(&survivors)
+                            .map(ModelRec::record)
+                            .collect()
+                    };
+                    let p = (lowest..=m.acked)
+                        .find(|&p| expected_from(p) == got)
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "recovered {:?}, model durable {:?} acked {} (cursor >= {}), \
+                                 survivors {:?}",
+                                seqs(&got),
+                                m.durable.iter().map(|r| r.seq).collect::<Vec<_>>(),
+                                m.acked,
+                                lowest,
+                                survivors.iter().map(|r| r.seq).collect::<Vec<_>>()
+                            )
+                        });
+                    m.acked = p;
+                    m.persisted_at_least = p;
+                    m.make_durable(survivors);
+                    m.last_seq_this_open = m.max_durable_seq;
+                }
+            }
+            m.check(&mut log);
+        }
+        // Appending after all of that works, and a clean restart keeps it.
+        let n = m.all_unacked().count() as u64;
+        if n < MODEL_MAX_MESSAGES && m.all_unacked().map(ModelRec::size).sum::<u64>() < 5000 {
+            let seq = log.append(b"last", "", 7).unwrap();
+            assert!(seq > m.max_durable_seq);
+            log.close().unwrap();
+            let (mut log, rec) = reopen_for_model(&dir);
+            assert_eq!(rec.records, n + 1);
+            assert_eq!(
+                seqs(&log.pending(false, usize::MAX).unwrap()).last(),
+                Some(&seq)
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn recovered_queue_always_equals_the_models_durable_records_through_restarts_and_torn_writes(
+            ops in prop::collection::vec(op(), 1..60)
+        ) {
+            run_model(ops);
+        }
+    }
+
+    // ---------------------------------------------------------------- limits
+
+    #[test]
+    fn max_messages_refuses_with_full_then_accepts_again_after_an_ack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), limits(4096, 3, 1 << 20));
+        append_n(&mut log, 1, 3, 10);
+        let err = log.append(b"x", "", 0).unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Full { reason } if reason == "max_messages 3 reached"),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "queue is full (max_messages 3 reached)");
+        log.sync().unwrap();
+        log.ack(1).unwrap();
+        assert_eq!(log.append(b"x", "", 0).unwrap(), 4);
+        assert_eq!(log.stats().messages, 3);
+    }
+
+    #[test]
+    fn max_bytes_refuses_with_full_then_accepts_again_after_an_ack() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Three records of 100 payload bytes are 3 * 136 = 408 bytes.
+        let (mut log, _) = open(tmp.path(), limits(4096, 1000, 408));
+        append_n(&mut log, 1, 3, 100);
+        assert_eq!(log.stats().bytes, 3 * encoded(0, 100));
+        let err = log.append(&[0u8; 1], "", 0).unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Full { reason } if reason == "max_bytes 408 reached"),
+            "{err}"
+        );
+        log.sync().unwrap();
+        log.ack(1).unwrap();
+        assert_eq!(log.append(&payload(4, 100), "", 0).unwrap(), 4);
+        // A record that could never fit is not "full" but too large.
+        let err = log.append(&[0u8; 400], "", 0).unwrap_err();
+        assert!(
+            matches!(&err, QueueError::TooLarge { reason } if reason == "record of 440 bytes exceeds max_bytes 408"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_limits_are_refused_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = SegmentLog::open(tmp.path(), limits(100, 1, 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid queue limits: segment_bytes 100 is below the minimum 256"
+        );
+    }
+
+    // ---------------------------------------------------------------- layout and segments
+
+    #[test]
+    fn a_fresh_directory_gets_a_lock_a_cursor_and_one_preallocated_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        let (log, rec) = open(&dir, small());
+        assert_eq!(
+            rec,
+            Recovery {
+                records: 0,
+                torn_tail_bytes: 0,
+                segments: 1,
+                cursor_lost: false
+            }
+        );
+        let mut names: Vec<(String, u64)> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                ("00000000000000000001.seg".to_string(), SMALL_SEGMENT),
+                ("LOCK".to_string(), 0),
+                ("cursor".to_string(), 8192),
+            ]
+        );
+        assert_eq!(
+            log.stats(),
+            QueueStats {
+                messages: 0,
+                bytes: 0,
+                oldest_enqueued_ms: None,
+                next_seq: 1
+            }
+        );
+    }
+
+    #[test]
+    fn records_roll_over_into_new_segment_files_and_acking_them_all_deletes_the_old_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        // 136-byte records: three fit in the 480 bytes after a segment's header.
+        append_n(&mut log, 1, 20, 100);
+        log.sync().unwrap();
+        let names = |firsts: &[u64]| -> Vec<String> {
+            firsts.iter().map(|&f| format!("{f:020}.seg")).collect()
+        };
+        assert_eq!(log.segment_files(), names(&[1, 4, 7, 10, 13, 16, 19]));
+        for seq in 1..=6 {
+            assert_eq!(log.front().unwrap().unwrap().seq, seq);
+            log.ack(seq).unwrap();
+        }
+        assert_eq!(log.segment_files(), names(&[7, 10, 13, 16, 19]));
+        for seq in 7..=20 {
+            log.ack(seq).unwrap();
+        }
+        assert_eq!(log.segment_files(), names(&[19]));
+        assert_eq!(log.front().unwrap(), None);
+        log.close().unwrap();
+        let (log, rec) = open(tmp.path(), small());
+        assert_eq!(
+            rec,
+            Recovery {
+                records: 0,
+                torn_tail_bytes: 0,
+                segments: 1,
+                cursor_lost: false
+            }
+        );
+        assert_eq!(log.stats().next_seq, 21);
+    }
+
+    #[test]
+    fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        append_n(&mut log, 1, 1, 10);
+        let big = payload(2, 2000);
+        assert_eq!(log.append(&big, "big", 5).unwrap(), 2);
+        append_n(&mut log, 3, 1, 10);
+        log.sync().unwrap();
+        let big_seg = tmp.path().join("00000000000000000002.seg");
+        assert_eq!(fs::metadata(&big_seg).unwrap().len(), 32 + encoded(3, 2000));
+        assert_eq!(
+            log.segment_files(),
+            vec![
+                "00000000000000000001.seg",
+                "00000000000000000002.seg",
+                "00000000000000000003.seg"
+            ]
+        );
+        log.close().unwrap();
+        let (mut log, rec) = open(tmp.path(), small());
+        assert_eq!(rec.records, 3);
+        let got = log.pending(true, 10).unwrap();
+        assert_eq!(
+            got[1],
+            Record {
+                seq: 2,
+                enqueued_at_ms: 5,
+                note: "big".into(),
+                payload: Bytes::from(big)
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_segment_grows_for_a_large_first_record_instead_of_leaving_an_empty_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        log.append(&payload(1, 1000), "", 1).unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.segment_files(), vec!["00000000000000000001.seg"]);
+        assert_eq!(
+            fs::metadata(tmp.path().join("00000000000000000001.seg"))
+                .unwrap()
+                .len(),
+            32 + encoded(0, 1000)
+        );
+    }
+
+    // ---------------------------------------------------------------- corruption and tails
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_of_the_log_is_reported_with_its_seq_and_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        for i in 1..=6 {
+            append_n(&mut log, i, 1, 50);
+            log.sync().unwrap();
+        }
+        let (_, path, off, _) = log.extents()[3].clone();
+        log.crash();
+        // One flipped payload byte in record 4; records 5 and 6 prove it had been synced.
+        let byte = read_at(&path, off + 40, 1)[0];
+        write_at(&path, off + 40, &[byte ^ 0x10]);
+        match SegmentLog::open(tmp.path(), Limits::default()).unwrap_err() {
+            QueueError::Corrupt {
+                seq,
+                path: p,
+                reason,
+            } => {
+                assert_eq!((seq, &p), (4, &path));
+                assert!(reason.contains("checksum mismatch"), "{reason}");
+                assert!(
+                    reason.contains("records up to seq 5 were durable"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Corrupt, got {other}"),
+        }
+    }
+
+    #[test]
+    fn corruption_of_the_last_synced_batch_is_reported_when_the_cursor_proves_it_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 5, 50);
+        let (_, path, off, _) = log.extents()[4].clone();
+        log.close().unwrap(); // syncs, and the cursor records that seq 5 is durable
+        write_at(&path, off + 45, b"XX");
+        let err = SegmentLog::open(tmp.path(), Limits::default()).unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Corrupt { seq: 5, path: p, .. } if p == &path),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corruption_in_a_sealed_segment_is_reported_with_its_seq_and_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        append_n(&mut log, 1, 5, 100); // segments 1 (seqs 1-3) and 4 (seqs 4-5)
+        log.sync().unwrap();
+        let (_, path, off, _) = log.extents()[2].clone();
+        log.close().unwrap();
+        write_at(&path, off + 8, &[0xFF]); // the seq field of record 3
+        let err = SegmentLog::open(tmp.path(), small()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "queue record 3 in {} is corrupt: unreadable record at offset {off} in a sealed \
+                 segment (checksum mismatch)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_counted_and_appending_continues_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 3, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 4, 2, 20);
+        let ext = log.unsynced_extents();
+        log.crash();
+        // Record 4 reached the disk; record 5 is garbage (a torn write).
+        let (_, path, off5, len5) = ext[1].clone();
+        write_at(&path, off5, &vec![0xEE; len5 as usize]);
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(
+            rec,
+            Recovery {
+                records: 4,
+                torn_tail_bytes: len5,
+                segments: 1,
+                cursor_lost: false
+            }
+        );
+        assert_eq!(
+            read_at(&path, off5, len5 as usize),
+            vec![0u8; len5 as usize]
+        );
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2, 3, 4]);
+        // Seq 5 was never durable, so it is handed out again.
+        assert_eq!(log.append(b"after", "", 9).unwrap(), 5);
+        log.sync().unwrap();
+        log.close().unwrap();
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.torn_tail_bytes, 0);
+        assert_eq!(
+            log.pending(true, 10).unwrap()[4].payload,
+            Bytes::from_static(b"after")
+        );
+    }
+
+    #[test]
+    fn records_that_reached_the_disk_after_a_missing_unsynced_one_are_cut_as_a_torn_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 2, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 3, 3, 20);
+        let ext = log.unsynced_extents();
+        log.crash();
+        // A power loss wrote the pages of records 4 and 5 but not record 3's.
+        let (_, path, off3, len3) = ext[0].clone();
+        write_at(&path, off3, &vec![0u8; len3 as usize]);
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.records, 2);
+        // From the end of record 2 to the end of record 5.
+        assert_eq!(rec.torn_tail_bytes, ext[2].2 + ext[2].3 - off3);
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_missing_record_followed_by_records_written_after_its_sync_is_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 3, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 4, 1, 20);
+        let ext = log.extents();
+        log.crash();
+        let (_, path, off3, len3) = ext[2].clone();
+        write_at(&path, off3, &vec![0u8; len3 as usize]);
+        let err = SegmentLog::open(tmp.path(), Limits::default()).unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Corrupt { seq: 3, reason, .. } if reason.contains("records up to seq 3 were durable")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_header_of_the_last_segment_is_corruption_when_its_records_were_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 1, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 2, 1, 20); // written after seq 1 was durable, and says so
+        log.sync().unwrap();
+        log.crash();
+        let path = tmp.path().join("00000000000000000001.seg");
+        write_at(&path, 0, &[0u8; 32]);
+        let err = SegmentLog::open(tmp.path(), Limits::default()).unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Corrupt { seq: 1, path: p, reason } if p == &path && reason.contains("invalid segment header")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_segment_log_can_move_to_the_committer_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<SegmentLog>();
+        assert_send::<Box<dyn Store>>();
+    }
+
+    // ---------------------------------------------------------------- lock and read-only view
+
+    #[test]
+    fn a_second_open_is_locked_and_a_read_only_view_shows_the_pending_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        append_n(&mut log, 1, 5, 100);
+        log.sync().unwrap();
+        log.ack(1).unwrap();
+        let err = SegmentLog::open(tmp.path(), small()).unwrap_err();
+        assert!(matches!(&err, QueueError::Locked { dir } if dir == tmp.path()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "queue directory {} is in use by another mllp-guard process",
+                tmp.path().display()
+            )
+        );
+
+        // The cursor may lag (acks are persisted in batches): the view shows from there.
+        let mut view = SegmentLog::open_read_only(tmp.path()).unwrap();
+        let shown = view.pending(true, 100).unwrap();
+        assert_eq!(seqs(&shown), vec![1, 2, 3, 4, 5]);
+        assert_eq!(shown[2].payload, Bytes::from(payload(3, 100)));
+        assert_eq!(view.front().unwrap().unwrap().seq, 1);
+        for (op, err) in [
+            ("append", view.append(b"x", "", 0).unwrap_err()),
+            ("sync", view.sync().unwrap_err()),
+            ("ack", view.ack(1).unwrap_err()),
+            ("purge", view.purge().unwrap_err()),
+        ] {
+            assert!(matches!(err, QueueError::ReadOnly { op: o } if o == op));
+        }
+        view.close().unwrap();
+
+        log.close().unwrap();
+        let view = SegmentLog::open_read_only(tmp.path()).unwrap();
+        assert_eq!(view.stats().messages, 4);
+        let (mut log, _) = open(tmp.path(), small());
+        assert_eq!(log.front().unwrap().unwrap().seq, 2);
+    }
+
+    #[test]
+    fn a_read_only_view_does_not_show_or_repair_a_torn_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 2, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 3, 1, 20);
+        let ext = log.unsynced_extents();
+        log.crash();
+        let (_, path, off, len) = ext[0].clone();
+        write_at(&path, off + 4, &[0xAB; 4]);
+        let mut view = SegmentLog::open_read_only(tmp.path()).unwrap();
+        assert_eq!(seqs(&view.pending(false, 10).unwrap()), vec![1, 2]);
+        // Still there: only a writable open repairs.
+        assert_eq!(read_at(&path, off + 4, 4), vec![0xAB; 4]);
+        let (_, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.torn_tail_bytes, len);
+    }
+
+    // ---------------------------------------------------------------- sync errors
+
+    #[test]
+    fn a_failed_sync_discards_the_batch_and_the_queue_stays_usable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 2, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 3, 2, 20);
+        let path = log.unsynced_extents()[0].1.clone();
+        log.w().faults.sync = 1;
+        let err = log.sync().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "queue I/O error on {}: injected fdatasync failure",
+                path.display()
+            )
+        );
+        assert_eq!(log.stats().messages, 2);
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2]);
+        // Seqs 3 and 4 are not reused; the bytes they had are zeros again.
+        assert_eq!(log.append(&payload(5, 20), "", 5).unwrap(), 5);
+        log.sync().unwrap();
+        log.crash();
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.torn_tail_bytes, 0);
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2, 5]);
+        assert_eq!(log.stats().next_seq, 6);
+    }
+
+    #[test]
+    fn a_failed_append_discards_its_batch_and_the_next_sync_reports_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 1, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 2, 1, 20);
+        log.w().faults.write = 1;
+        let err = log.append(b"three", "", 3).unwrap_err();
+        assert!(err.to_string().ends_with("injected write failure"), "{err}");
+        // The failed append got no seq; seq 2, handed out and discarded, is not reused.
+        assert_eq!(log.append(b"four", "", 4).unwrap(), 3);
+        let err = log.sync().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("an append of this batch failed (injected write failure)"),
+            "{err}"
+        );
+        assert_eq!(log.stats().messages, 1);
+        assert_eq!(log.append(b"five", "", 5).unwrap(), 4);
+        log.sync().unwrap();
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 4]);
+        log.close().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 4]);
+    }
+
+    #[test]
+    fn a_failed_sync_after_a_roll_over_removes_the_new_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        append_n(&mut log, 1, 3, 100);
+        log.sync().unwrap();
+        append_n(&mut log, 4, 2, 100); // seals segment 1, creates segment 4
+        assert_eq!(log.segment_files().len(), 2);
+        log.w().faults.sync = 1;
+        log.sync().unwrap_err();
+        assert_eq!(log.segment_files(), vec!["00000000000000000001.seg"]);
+        assert_eq!(log.append(&payload(6, 100), "", 6).unwrap(), 6);
+        log.sync().unwrap();
+        assert_eq!(
+            log.segment_files(),
+            vec!["00000000000000000001.seg", "00000000000000000006.seg"]
+        );
+        log.close().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2, 3, 6]);
+    }
+
+    #[test]
+    fn a_failed_repair_poisons_the_queue_until_it_is_reopened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 1, 20);
+        log.sync().unwrap();
+        append_n(&mut log, 2, 1, 20);
+        log.w().faults.sync = 1;
+        log.w().faults.repair = 1;
+        let err = log.sync().unwrap_err();
+        assert!(
+            err.to_string().ends_with("injected fdatasync failure"),
+            "{err}"
+        );
+        let err = log.append(b"x", "", 0).unwrap_err();
+        assert!(
+            matches!(&err, QueueError::Poisoned { reason } if reason.ends_with("injected repair failure")),
+            "{err}"
+        );
+        assert!(matches!(log.sync(), Err(QueueError::Poisoned { .. })));
+        assert!(matches!(log.ack(1), Err(QueueError::Poisoned { .. })));
+        assert!(matches!(log.close(), Err(QueueError::Poisoned { .. })));
+        // Record 2 was written in full before the failed sync, so recovery finds it: it is
+        // delivered although its sender was answered negatively (a duplicate, never a loss).
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.records, 2);
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2]);
+    }
+
+    // ---------------------------------------------------------------- front, ack, cursor
+
+    #[test]
+    fn front_never_shows_an_appended_record_before_its_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 2, 20);
+        assert_eq!(log.front().unwrap(), None);
+        assert_eq!(log.pending(true, 10).unwrap(), vec![]);
+        assert!(matches!(
+            log.ack(1),
+            Err(QueueError::NotFront {
+                seq: 1,
+                front: None
+            })
+        ));
+        log.sync().unwrap();
+        append_n(&mut log, 3, 1, 20);
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2]);
+        assert_eq!(
+            log.front().unwrap().unwrap(),
+            Record {
+                seq: 1,
+                enqueued_at_ms: 1001,
+                note: String::new(),
+                payload: Bytes::from(payload(1, 20))
+            }
+        );
+    }
+
+    #[test]
+    fn ack_of_a_seq_that_is_not_the_front_is_refused_and_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 3, 20);
+        log.sync().unwrap();
+        let err = log.ack(2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot acknowledge seq 2: the front of the queue is Some(1)"
+        );
+        assert_eq!(log.stats().messages, 3);
+        assert_eq!(log.front().unwrap().unwrap().seq, 1);
+    }
+
+    #[test]
+    fn acks_are_persisted_every_64_so_a_crash_redelivers_at_most_63() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        log.set_ack_persist_policy(ACK_PERSIST_EVERY, Duration::MAX);
+        append_n(&mut log, 1, 200, 10);
+        log.sync().unwrap();
+        for seq in 1..=63 {
+            log.ack(seq).unwrap();
+        }
+        log.crash();
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.records, 200);
+        assert_eq!(log.front().unwrap().unwrap().seq, 1);
+        log.set_ack_persist_policy(ACK_PERSIST_EVERY, Duration::MAX);
+        for seq in 1..=(64 + 63) {
+            log.ack(seq).unwrap();
+        }
+        log.crash();
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.records, 200 - 64);
+        assert_eq!(log.front().unwrap().unwrap().seq, 65);
+    }
+
+    #[test]
+    fn acks_are_persisted_at_the_first_ack_after_the_interval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        log.set_ack_persist_policy(1000, Duration::from_millis(30));
+        append_n(&mut log, 1, 5, 10);
+        log.sync().unwrap();
+        log.ack(1).unwrap(); // more than 30 ms after open? Not necessarily: sleep first.
+        std::thread::sleep(Duration::from_millis(40));
+        log.ack(2).unwrap();
+        log.ack(3).unwrap();
+        log.crash();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        assert_eq!(log.front().unwrap().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn a_torn_cursor_slot_falls_back_to_the_older_slot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        log.set_ack_persist_policy(1, Duration::MAX);
+        append_n(&mut log, 1, 3, 10);
+        log.sync().unwrap();
+        log.ack(1).unwrap(); // generation 2, slot at 0
+        log.ack(2).unwrap(); // generation 3, slot at 4096
+        log.crash();
+        write_at(&tmp.path().join("cursor"), 4096 + 10, &[0x77]);
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert!(!rec.cursor_lost);
+        assert_eq!(log.front().unwrap().unwrap().seq, 2);
+    }
+
+    #[test]
+    fn a_cursor_without_a_valid_slot_redelivers_every_record_still_on_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 3, 10);
+        log.sync().unwrap();
+        log.ack(1).unwrap();
+        log.close().unwrap();
+        fs::write(tmp.path().join("cursor"), vec![0x55u8; 8192]).unwrap();
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(
+            rec,
+            Recovery {
+                records: 3,
+                torn_tail_bytes: 0,
+                segments: 1,
+                cursor_lost: true
+            }
+        );
+        assert_eq!(log.front().unwrap().unwrap().seq, 1);
+        assert_eq!(log.append(b"x", "", 0).unwrap(), 4);
+    }
+
+    #[test]
+    fn seqs_keep_increasing_across_restarts_even_after_everything_was_purged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), small());
+        append_n(&mut log, 1, 5, 100);
+        log.sync().unwrap();
+        assert_eq!(log.purge().unwrap(), 5);
+        assert_eq!(log.segment_files(), vec!["00000000000000000004.seg"]);
+        log.close().unwrap();
+        let (mut log, rec) = open(tmp.path(), small());
+        assert_eq!(rec.records, 0);
+        assert_eq!(log.append(b"x", "", 0).unwrap(), 6);
+        assert_eq!(log.stats().next_seq, 7);
+    }
+
+    #[test]
+    fn purge_removes_the_durable_records_and_keeps_appends_not_yet_synced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 3, 10);
+        log.sync().unwrap();
+        append_n(&mut log, 4, 1, 10);
+        assert_eq!(log.purge().unwrap(), 3);
+        assert_eq!(log.stats().messages, 1);
+        log.sync().unwrap();
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![4]);
+        log.crash();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![4]);
+    }
+
+    #[test]
+    fn close_syncs_pending_appends_and_later_calls_say_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = open(tmp.path(), Limits::default());
+        append_n(&mut log, 1, 2, 10);
+        log.close().unwrap();
+        log.close().unwrap();
+        assert!(matches!(log.append(b"x", "", 0), Err(QueueError::Closed)));
+        assert!(matches!(log.front(), Err(QueueError::Closed)));
+        let (mut log, rec) = open(tmp.path(), Limits::default());
+        assert_eq!(rec.records, 2);
+        assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2]);
+    }
+}
