@@ -257,6 +257,11 @@ pub struct Upstream {
     pub keepalive: Keepalive,
     /// `max_ack_bytes`: the largest ack accepted from the upstream, in bytes. Default 1 MiB.
     pub max_ack_bytes: usize,
+    /// `idle_reconnect`: an upstream connection quiet this long is closed and a new one opened
+    /// before the next message, before a firewall silently forgets it. `0s` (default) = off.
+    pub idle_reconnect: Option<Duration>,
+    /// `reconnect`: backoff between failed connection attempts.
+    pub reconnect: Reconnect,
 }
 
 /// An upstream `host:port`. The host is a DNS name, an IPv4 address, or an IPv6 address
@@ -298,6 +303,10 @@ pub struct Keepalive {
     pub interval: Duration,
     /// `retries`: unanswered probes before the connection is dropped; 1..=127. Default 6.
     pub retries: u32,
+    /// `user_timeout`: TCP_USER_TIMEOUT, how long sent data may stay unacknowledged before the
+    /// kernel drops the connection, so a dead peer is noticed even while we are sending. Whole
+    /// seconds, at least `time + interval x retries` (the default).
+    pub user_timeout: Duration,
 }
 
 impl Default for Keepalive {
@@ -306,6 +315,26 @@ impl Default for Keepalive {
             time: Duration::from_secs(60),
             interval: Duration::from_secs(10),
             retries: 6,
+            user_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Exponential backoff bounds for reconnecting to the upstream (jittered, reset after the link
+/// has been healthy for a while).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reconnect {
+    /// `initial`: the first wait after a failed connect. Default 1s.
+    pub initial: Duration,
+    /// `max`: the longest wait; also the pace for permanent errors (certificates). Default 180s.
+    pub max: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(180),
         }
     }
 }
@@ -549,6 +578,8 @@ struct RawUpstream {
     ack_timeout: Option<Text>,
     keepalive: Option<Spanned<RawKeepalive>>,
     max_ack_bytes: Option<Text>,
+    idle_reconnect: Option<Text>,
+    reconnect: Option<Spanned<RawReconnect>>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +597,14 @@ struct RawKeepalive {
     time: Option<Text>,
     interval: Option<Text>,
     retries: Option<Text>,
+    user_timeout: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconnect {
+    initial: Option<Text>,
+    max: Option<Text>,
 }
 
 /// Line and column of a location, `None` when serde-saphyr does not know it.
@@ -1181,7 +1220,7 @@ impl Validator<'_> {
             Some(k) => {
                 let default = Keepalive::default();
                 let k = &k.value;
-                Keepalive {
+                let mut keepalive = Keepalive {
                     time: self.value(
                         format!("{p}.keepalive.time"),
                         &k.time,
@@ -1200,7 +1239,25 @@ impl Validator<'_> {
                         default.retries,
                         parse_keepalive_retries,
                     ),
+                    user_timeout: Duration::ZERO,
+                };
+                let probes = keepalive.time + keepalive.interval * keepalive.retries;
+                keepalive.user_timeout = probes;
+                if let Some(raw) = &k.user_timeout {
+                    match parse_keepalive_duration(&raw.value) {
+                        Ok(t) if t >= probes => keepalive.user_timeout = t,
+                        Ok(_) => self.error(
+                            format!("{p}.keepalive.user_timeout"),
+                            &raw.referenced,
+                            format!(
+                                "must be at least time + interval x retries ({}), or the keepalive probes never get to finish",
+                                humantime::format_duration(probes)
+                            ),
+                        ),
+                        Err(message) => self.error(format!("{p}.keepalive.user_timeout"), &raw.referenced, message),
+                    }
                 }
+                keepalive
             }
         };
         let max_ack_bytes = self.value(
@@ -1209,6 +1266,43 @@ impl Validator<'_> {
             DEFAULT_MAX_ACK_BYTES,
             parse_frame_size,
         );
+        let idle_reconnect = self.value(
+            format!("{p}.idle_reconnect"),
+            &u.idle_reconnect,
+            Duration::ZERO,
+            parse_duration,
+        );
+        let idle_reconnect = (!idle_reconnect.is_zero()).then_some(idle_reconnect);
+        let reconnect = match &u.reconnect {
+            None => Reconnect::default(),
+            Some(r) => {
+                let default = Reconnect::default();
+                let initial = self.value(
+                    format!("{p}.reconnect.initial"),
+                    &r.value.initial,
+                    default.initial,
+                    parse_positive_duration,
+                );
+                let max = self.value(
+                    format!("{p}.reconnect.max"),
+                    &r.value.max,
+                    default.max,
+                    parse_positive_duration,
+                );
+                if max < initial {
+                    self.error(
+                        format!("{p}.reconnect.max"),
+                        &r.referenced,
+                        format!(
+                            "max ({}) is shorter than initial ({}); make max at least initial",
+                            humantime::format_duration(max),
+                            humantime::format_duration(initial)
+                        ),
+                    );
+                }
+                Reconnect { initial, max }
+            }
+        };
         Upstream {
             address: address.unwrap_or(UpstreamAddress {
                 host: String::new(),
@@ -1220,6 +1314,8 @@ impl Validator<'_> {
             ack_timeout,
             keepalive,
             max_ack_bytes,
+            idle_reconnect,
+            reconnect,
         }
     }
 
@@ -1792,10 +1888,41 @@ routes:
             Keepalive {
                 time: Duration::from_secs(60),
                 interval: Duration::from_secs(10),
-                retries: 6
+                retries: 6,
+                user_timeout: Duration::from_secs(120),
             }
         );
         assert_eq!(up.max_ack_bytes, 1024 * 1024);
+        assert_eq!(up.idle_reconnect, None);
+        assert_eq!(up.reconnect, Reconnect::default());
+    }
+
+    #[test]
+    fn session_keys_of_the_upstream_are_read_and_checked() {
+        let fx = Fixture::new();
+        let ok = "routes:\n  - name: lab\n    listen: 127.0.0.1:2575\n    allow: [any]\n    upstream:\n      address: ehr:2575\n      idle_reconnect: 240s\n      keepalive: { time: 60s, interval: 10s, retries: 6, user_timeout: 130s }\n      reconnect: { initial: 2s, max: 60s }\n";
+        let config = Config::parse(ok, Path::new("guard.yaml"), fx.base()).unwrap();
+        let up = &config.routes[0].upstream;
+        assert_eq!(up.idle_reconnect, Some(Duration::from_secs(240)));
+        assert_eq!(up.keepalive.user_timeout, Duration::from_secs(130));
+        assert_eq!(
+            up.reconnect,
+            Reconnect {
+                initial: Duration::from_secs(2),
+                max: Duration::from_secs(60)
+            }
+        );
+        let bad = ok
+            .replace("user_timeout: 130s", "user_timeout: 30s")
+            .replace("max: 60s", "max: 1s");
+        let errors = Config::parse(&bad, Path::new("guard.yaml"), fx.base())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            errors,
+            "guard.yaml:8:72: routes[0].upstream.keepalive.user_timeout: must be at least time + interval x retries (2m), or the keepalive probes never get to finish\n\
+             guard.yaml:9:18: routes[0].upstream.reconnect.max: max (1s) is shorter than initial (2s); make max at least initial"
+        );
     }
 
     #[test]
@@ -1868,7 +1995,8 @@ routes:
             Keepalive {
                 time: Duration::from_secs(60),
                 interval: Duration::from_secs(5),
-                retries: 6
+                retries: 6,
+                user_timeout: Duration::from_secs(90),
             }
         );
         assert_eq!(up.max_ack_bytes, 64_000);
@@ -1940,7 +2068,7 @@ routes:
         let yaml = format!("{MINIMAL}      keepalive: {{ time: 60s, retry: 3 }}\n");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:7:31: routes[0].upstream.keepalive.retry: unknown key `retry` (did you mean `retries`?); valid keys here: time, interval, retries"
+            "guard.yaml:7:31: routes[0].upstream.keepalive.retry: unknown key `retry` (did you mean `retries`?); valid keys here: time, interval, retries, user_timeout"
         );
     }
 

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::codec::Frame;
 use crate::config::{AckMode, Custody as CustodyConfig, ReplyAction};
 use crate::dispatch::own_ack;
@@ -385,35 +386,6 @@ impl Duplicates {
     }
 }
 
-/// Exponential backoff with jitter: each failure doubles the base up to `max`; the wait is a
-/// random point in [base/2, base]. A delivery success resets it.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    base: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max,
-            base: initial,
-        }
-    }
-
-    fn next_wait(&mut self) -> Duration {
-        let base = self.base;
-        self.base = (self.base * 2).min(self.max);
-        let half = base / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    fn reset(&mut self) {
-        self.base = self.initial;
-    }
-}
-
 /// Delivers a route's queue to its upstream, in order, one message in flight.
 struct Drainer {
     custody: Arc<Custody>,
@@ -650,23 +622,6 @@ mod tests {
                     && sends_ack(AckMode::ErrorsOnly, msh15, false)
             );
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_max_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let waits: Vec<Duration> = (0..5).map(|_| b.next_wait()).collect();
-        let bases = [100, 200, 350, 350, 350];
-        for (wait, base) in waits.iter().zip(bases) {
-            let base = Duration::from_millis(base);
-            assert!(
-                *wait >= base / 2 && *wait <= base,
-                "{wait:?} not in [{:?}, {base:?}]",
-                base / 2
-            );
-        }
-        b.reset();
-        assert!(b.next_wait() <= Duration::from_millis(100));
     }
 
     #[test]

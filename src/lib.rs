@@ -31,6 +31,7 @@
 
 pub mod ack;
 pub mod app;
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod custody;

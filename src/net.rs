@@ -13,15 +13,18 @@ use tokio::net::TcpStream;
 
 use crate::config::Keepalive;
 
-/// Turns on TCP_NODELAY (a frame goes out at once, in one segment where it fits) and TCP keepalive
-/// with the configured time, interval and probe count.
+/// Turns on TCP_NODELAY (a frame goes out at once, in one segment where it fits), TCP keepalive
+/// with the configured time, interval and probe count, and TCP_USER_TIMEOUT so a peer that
+/// vanished is noticed even while data is waiting to be sent.
 pub fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let probes = TcpKeepalive::new()
         .with_time(keepalive.time)
         .with_interval(keepalive.interval)
         .with_retries(keepalive.retries);
-    SockRef::from(stream).set_tcp_keepalive(&probes)
+    let sock = SockRef::from(stream);
+    sock.set_tcp_keepalive(&probes)?;
+    sock.set_tcp_user_timeout(Some(keepalive.user_timeout))
 }
 
 /// A connection to a peer, plain or TLS; reads and writes pass straight through.
@@ -113,6 +116,7 @@ mod tests {
             time: Duration::from_secs(61),
             interval: Duration::from_secs(11),
             retries: 7,
+            user_timeout: Duration::from_secs(200),
         };
         tune(&stream, &keepalive).unwrap();
         let sock = SockRef::from(&stream);
@@ -124,5 +128,9 @@ mod tests {
             Duration::from_secs(11)
         );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), 7);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(200))
+        );
     }
 }

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::time::timeout;
 
 use crate::ack::{self, AckMismatch};
+use crate::backoff::Backoff;
 use crate::codec::{Decoded, Frame};
 use crate::config::{self, Connections};
 use crate::hl7::AckCode;
@@ -47,6 +48,12 @@ pub enum UpstreamError {
     AckMismatch(AckMismatch),
     #[error("all {size} upstream connections stayed busy for {}", humantime::format_duration(*.waited))]
     PoolBusy { size: usize, waited: Duration },
+    #[error("upstream {addr} is unreachable (last attempt: {last}); next attempt in {}", humantime::format_duration(*.retry_in))]
+    Backoff {
+        addr: String,
+        retry_in: Duration,
+        last: String,
+    },
 }
 
 impl UpstreamError {
@@ -64,7 +71,28 @@ impl UpstreamError {
             UpstreamError::AckOversize(_) => "ack_oversize",
             UpstreamError::AckMismatch(_) => "ack_mismatch",
             UpstreamError::PoolBusy { .. } => "pool_busy",
+            UpstreamError::Backoff { .. } => "reconnect_backoff",
         }
+    }
+
+    /// A failure that retrying soon cannot fix: the peer's certificate does not verify, or it
+    /// refuses our TLS version or ciphers. Reconnects then wait the maximum backoff.
+    pub fn is_permanent(&self) -> bool {
+        let UpstreamError::Handshake { source, .. } = self else {
+            return false;
+        };
+        source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| {
+                matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(_)
+                        | rustls::Error::PeerIncompatible(_)
+                        | rustls::Error::AlertReceived(_)
+                        | rustls::Error::NoCertificatesPresented
+                )
+            })
     }
 
     /// True when the message certainly or possibly never reached the receiver intact and the
@@ -90,6 +118,90 @@ pub struct UpstreamConn {
     link: Link<Stream>,
     /// Whether it has carried no exchange yet (a failure on it is not worth retrying).
     fresh: bool,
+    /// When it last carried traffic (for `idle_reconnect`).
+    last_used: Instant,
+}
+
+/// Paces connection attempts after failures: while the upstream is failing, at most one
+/// attempt is in flight, and the next waits out a jittered, growing backoff. A successful
+/// exchange resets it.
+struct ConnectGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+struct GateState {
+    backoff: Backoff,
+    failing: bool,
+    next_attempt: Option<Instant>,
+    in_flight: bool,
+    last_error: String,
+}
+
+impl ConnectGate {
+    fn new(reconnect: &config::Reconnect) -> ConnectGate {
+        ConnectGate {
+            state: std::sync::Mutex::new(GateState {
+                backoff: Backoff::new(reconnect.initial, reconnect.max),
+                failing: false,
+                next_attempt: None,
+                in_flight: false,
+                last_error: String::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ok to try now, or how long until the next attempt.
+    fn admit(&self, addr: &str) -> Result<(), UpstreamError> {
+        let mut state = self.lock();
+        if !state.failing {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let wait = state
+            .next_attempt
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        if state.in_flight || !wait.is_zero() {
+            return Err(UpstreamError::Backoff {
+                addr: addr.to_string(),
+                retry_in: wait,
+                last: state.last_error.clone(),
+            });
+        }
+        state.in_flight = true;
+        Ok(())
+    }
+
+    /// Records a failed attempt; returns the wait before the next one.
+    fn failed(&self, err: &UpstreamError) -> Duration {
+        let mut state = self.lock();
+        let wait = if err.is_permanent() {
+            state.backoff.longest_wait()
+        } else {
+            state.backoff.next_wait()
+        };
+        state.failing = true;
+        state.in_flight = false;
+        state.next_attempt = Some(Instant::now() + wait);
+        state.last_error = err.to_string();
+        wait
+    }
+
+    fn connected(&self) {
+        self.lock().in_flight = false;
+    }
+
+    fn healthy(&self) {
+        let mut state = self.lock();
+        if state.failing {
+            state.failing = false;
+            state.next_attempt = None;
+            state.backoff.reset();
+        }
+    }
 }
 
 /// A route's upstream: how to connect and, in pool mode, the shared connections.
@@ -97,6 +209,7 @@ pub struct Upstream {
     route: Arc<str>,
     cfg: config::Upstream,
     pool: Option<Pool>,
+    gate: ConnectGate,
 }
 
 struct Pool {
@@ -116,7 +229,13 @@ impl Upstream {
                 idle: Mutex::new(Vec::with_capacity(n.get())),
             }),
         };
-        Upstream { route, cfg, pool }
+        let gate = ConnectGate::new(&cfg.reconnect);
+        Upstream {
+            route,
+            cfg,
+            pool,
+            gate,
+        }
     }
 
     pub fn address(&self) -> String {
@@ -161,6 +280,13 @@ impl Upstream {
         frame: &Frame,
         control_id: &[u8],
     ) -> Result<Reply, UpstreamError> {
+        if let (Some(conn), Some(idle)) = (slot.as_mut(), self.cfg.idle_reconnect) {
+            if conn.last_used.elapsed() >= idle {
+                tracing::debug!(route = %self.route, upstream = %self.cfg.address, idle = %humantime::format_duration(idle), "upstream connection quiet for idle_reconnect; closing it and opening a new one before a firewall forgets it");
+                let _ = timeout(Duration::from_secs(1), conn.link.shutdown()).await;
+                *slot = None;
+            }
+        }
         if slot
             .as_mut()
             .is_some_and(|conn| conn.link.get_mut().is_stale())
@@ -174,8 +300,13 @@ impl Upstream {
                 None => slot.insert(self.connect().await?),
             };
             let was_fresh = std::mem::replace(&mut conn.fresh, false);
-            match self.round_trip(conn, frame, control_id).await {
-                Ok(reply) => return Ok(reply),
+            let result = self.round_trip(conn, frame, control_id).await;
+            conn.last_used = Instant::now();
+            match result {
+                Ok(reply) => {
+                    self.gate.healthy();
+                    return Ok(reply);
+                }
                 Err(err) => {
                     *slot = None;
                     if was_fresh || !err.worth_retrying_fresh() {
@@ -216,20 +347,38 @@ impl Upstream {
         })
     }
 
-    /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`.
+    /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`, unless the
+    /// upstream is failing and its reconnect backoff has not elapsed.
     async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
         let addr = self.cfg.address.to_string();
+        self.gate.admit(&addr)?;
         let limit = self.cfg.connect_timeout;
-        let stream = timeout(limit, self.open(&addr)).await.map_err(|_| {
-            UpstreamError::ConnectTimeout {
+        let opened = timeout(limit, self.open(&addr)).await.unwrap_or_else(|_| {
+            Err(UpstreamError::ConnectTimeout {
                 addr: addr.clone(),
                 timeout: limit,
+            })
+        });
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(err) => {
+                let wait = self.gate.failed(&err);
+                let retry_in =
+                    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64));
+                if err.is_permanent() {
+                    tracing::error!(route = %self.route, upstream = %addr, error = %err, %retry_in, "cannot connect to the upstream and retrying soon will not help (certificate or TLS settings); retrying at the maximum backoff");
+                } else {
+                    tracing::warn!(route = %self.route, upstream = %addr, error = %err, %retry_in, "cannot connect to the upstream");
+                }
+                return Err(err);
             }
-        })??;
+        };
+        self.gate.connected();
         tracing::debug!(route = %self.route, upstream = %addr, "upstream connection open");
         Ok(UpstreamConn {
             link: Link::new(stream, self.cfg.max_ack_bytes),
             fresh: true,
+            last_used: Instant::now(),
         })
     }
 
