@@ -135,8 +135,26 @@ impl FakeUpstream {
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, behaviour, tls, Arc::new(Mutex::new(Vec::new())))
+    }
+
+    /// Starts on a given address (to restart "the same" receiver), recording into `received`.
+    pub async fn start_at(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        received: Arc<Mutex<Vec<Vec<u8>>>>,
+    ) -> FakeUpstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, behaviour, None, received)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        behaviour: Behaviour,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        received: Arc<Mutex<Vec<Vec<u8>>>>,
+    ) -> FakeUpstream {
         let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let max_concurrent = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));

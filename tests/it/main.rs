@@ -7,4 +7,5 @@ mod harness;
 mod pki;
 mod python_hl7;
 mod relay;
+mod sessions;
 mod shipped;
