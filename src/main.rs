@@ -369,8 +369,21 @@ fn summary(route: &mllp_guard::config::Route) -> String {
         mllp_guard::config::Connections::Paired => "paired".to_string(),
         mllp_guard::config::Connections::Pool(n) => format!("pool of {n}"),
     };
+    let delivery = match &route.delivery {
+        mllp_guard::config::Delivery::Forward => "forward".to_string(),
+        mllp_guard::config::Delivery::StoreAndForward(custody) => format!(
+            "store-and-forward (queue {}, ack_mode {})",
+            custody.queue_dir.display(),
+            match custody.ack_mode {
+                mllp_guard::config::AckMode::Always => "always",
+                mllp_guard::config::AckMode::ErrorsOnly => "errors-only",
+                mllp_guard::config::AckMode::Never => "never",
+                mllp_guard::config::AckMode::Msh15 => "msh15",
+            }
+        ),
+    };
     format!(
-        "route {}: {} ({}) allow [{}] -> {} ({}, connections {}); max {} connections, max message {} bytes, on upstream failure: {}",
+        "route {}: {} ({}) allow [{}] -> {} ({}, connections {}); delivery {delivery}; max {} connections, max message {} bytes, on upstream failure: {}",
         route.name,
         route.listen,
         listener,
