@@ -3,22 +3,10 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mllp-guard");
-
-/// A child process that is killed if the test ends before it exits.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 impl Proc {
     /// Waits (bounded) for the process to exit and returns its exit code.

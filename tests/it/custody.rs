@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,8 +63,7 @@ fn control_ids(dir: &Path) -> Vec<String> {
         .iter()
         .map(|f| {
             let bytes = std::fs::read(f).unwrap();
-            String::from_utf8_lossy(mllp_guard::hl7::Header::parse(&bytes).unwrap().control_id())
-                .into_owned()
+            id_of(&bytes)
         })
         .collect()
 }
@@ -111,14 +110,7 @@ async fn ae_replies_are_retried_until_accepted() {
         upstream.received().len() >= 4
     })
     .await;
-    let got: Vec<String> = upstream
-        .received()
-        .iter()
-        .map(|p| {
-            String::from_utf8_lossy(mllp_guard::hl7::Header::parse(p).unwrap().control_id())
-                .into_owned()
-        })
-        .collect();
+    let got: Vec<String> = upstream.received().iter().map(|p| id_of(p)).collect();
     assert_eq!(
         got,
         ["RETRY1", "RETRY1", "RETRY1", "RETRY2"],
@@ -308,16 +300,6 @@ async fn a_full_queue_refuses_with_ae_and_drops_nothing() {
 }
 
 // ---- The promise under SIGKILL, with the real binaries -------------------------------------
-
-const BIN: &str = env!("CARGO_BIN_EXE_mllp-guard");
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn spawn_guard(config: &Path) -> Proc {
     Proc(

@@ -30,6 +30,29 @@ pub fn corpus_bytes(file: &str) -> Vec<u8> {
     std::fs::read(corpus(file)).unwrap_or_else(|e| panic!("corpus file {file}: {e}"))
 }
 
+/// The control id (MSH-10) of a payload, as text.
+pub fn id_of(payload: &[u8]) -> String {
+    String::from_utf8_lossy(
+        Header::parse(payload)
+            .expect("a message with a header")
+            .control_id(),
+    )
+    .into_owned()
+}
+
+/// The guard binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mllp-guard");
+
+/// A child process that is killed (and reaped) when the test ends, however it ends.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A small ADT^A01 with this control id, padded with an NTE so the payload is about `size` bytes.
 pub fn message(control_id: &str, size: usize) -> Vec<u8> {
     let mut msg = format!(

@@ -489,10 +489,7 @@ async fn every_corpus_frame_stream_forwards_exactly_the_recommended_messages() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let forwarded: Vec<String> = upstream.received()[before..]
             .iter()
-            .map(|p| {
-                String::from_utf8_lossy(mllp_guard::hl7::Header::parse(p).unwrap().control_id())
-                    .into_owned()
-            })
+            .map(|p| id_of(p))
             .collect();
         assert_eq!(forwarded, recommended, "{file}: forwarded");
     }

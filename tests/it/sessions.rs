@@ -262,15 +262,7 @@ async fn senders_through_restarts(
     let deadline = Instant::now() + Duration::from_secs(20);
     let acked = acked.lock().unwrap().clone();
     let ids = loop {
-        let ids: Vec<String> = received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                String::from_utf8_lossy(mllp_guard::hl7::Header::parse(p).unwrap().control_id())
-                    .into_owned()
-            })
-            .collect();
+        let ids: Vec<String> = received.lock().unwrap().iter().map(|p| id_of(p)).collect();
         if acked.iter().all(|a| ids.contains(a)) || Instant::now() > deadline {
             break ids;
         }
