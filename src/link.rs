@@ -72,6 +72,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         self.decoder.in_frame()
     }
 
+    /// The bytes read but not yet taken by the decoder.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Whether bytes are buffered that have not been decoded into a frame yet.
     pub fn has_buffered_bytes(&self) -> bool {
         !self.buf.is_empty()

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::{self, Stream};
-use crate::session::{self, RouteContext};
+use crate::session::{self, Peer, RouteContext};
 
 /// Binds a listening socket with SO_REUSEADDR (restarts do not wait out TIME_WAIT) and, for an
 /// IPv6 wildcard, dual-stack off so `[::]` and `0.0.0.0` routes can coexist.
@@ -85,7 +85,11 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let Some(tls) = &ctx.route.tls else {
-        session::serve(Stream::Plain(tcp), peer, None, ctx.clone(), shutdown).await;
+        let who = Peer {
+            addr: peer,
+            identities: Vec::new(),
+        };
+        session::serve(Stream::Plain(tcp), who, ctx.clone(), shutdown).await;
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
@@ -105,9 +109,12 @@ async fn serve_connection(
             return;
         }
     };
-    let identity = stream.peer_identity();
-    tracing::debug!(route = %ctx.name, %peer, identity = identity.as_deref(), "TLS session established");
-    session::serve(stream, peer, identity, ctx.clone(), shutdown).await;
+    let who = Peer {
+        addr: peer,
+        identities: stream.peer_identities(),
+    };
+    tracing::debug!(route = %ctx.name, %peer, identity = who.identity(), "TLS session established");
+    session::serve(stream, who, ctx.clone(), shutdown).await;
 }
 
 /// Closes a refused connection at once, with a reset (no lingering TIME_WAIT for the refuser).

@@ -35,12 +35,12 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The TLS identity the peer presented (first SAN DNS/URI, else CN), if any.
-    pub fn peer_identity(&self) -> Option<String> {
+    /// Every identity in the peer's certificate (SAN DNS/URI names, then CN); empty if none.
+    pub fn peer_identities(&self) -> Vec<String> {
         match self {
-            Stream::Plain(_) => None,
-            Stream::ClientTls(tls) => crate::tls::peer_identity(tls.get_ref().1),
-            Stream::ServerTls(tls) => crate::tls::peer_identity(tls.get_ref().1),
+            Stream::Plain(_) => Vec::new(),
+            Stream::ClientTls(tls) => crate::tls::peer_identities(tls.get_ref().1),
+            Stream::ServerTls(tls) => crate::tls::peer_identities(tls.get_ref().1),
         }
     }
 

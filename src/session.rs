@@ -38,6 +38,7 @@ enum End {
     WriteError,
     DeliveryFailure,
     Shutdown,
+    TlsOnPlaintext,
 }
 
 impl End {
@@ -50,22 +51,34 @@ impl End {
             End::WriteError => "write error",
             End::DeliveryFailure => "message not delivered (on_upstream_failure: close)",
             End::Shutdown => "shutting down",
+            End::TlsOnPlaintext => "TLS on a plaintext listener",
         }
+    }
+}
+
+/// Who is on the other end of a session: address and the identities of its TLS certificate.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// SAN DNS/URI names then CN of the client certificate; empty without one.
+    pub identities: Vec<String>,
+}
+
+impl Peer {
+    /// The identity shown in logs: the first one.
+    pub fn identity(&self) -> Option<&str> {
+        self.identities.first().map(String::as_str)
     }
 }
 
 /// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
 /// guard shuts down.
-pub async fn serve<S>(
-    stream: S,
-    peer: SocketAddr,
-    identity: Option<String>,
-    ctx: Arc<RouteContext>,
-    shutdown: CancellationToken,
-) where
+pub async fn serve<S>(stream: S, who: Peer, ctx: Arc<RouteContext>, shutdown: CancellationToken)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let route = &ctx.route;
+    let peer = who.addr;
     let mut link = Link::new(stream, route.max_message_bytes);
     let mut upstream = None;
     let mut frame_started: Option<Instant> = None;
@@ -78,9 +91,7 @@ pub async fn serve<S>(
             frame_started = None;
             messages += 1;
             let answer = match item {
-                Decoded::Frame(frame) => {
-                    handle_message(&ctx, &mut upstream, &frame, peer, identity.as_deref()).await
-                }
+                Decoded::Frame(frame) => handle_message(&ctx, &mut upstream, &frame, &who).await,
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, peer),
             };
             match answer {
@@ -115,7 +126,13 @@ pub async fn serve<S>(
                 None if in_frame => break End::ReceiveTimeout,
                 None => break End::IdleTimeout,
                 Some(Ok(0)) => break End::PeerClosed,
-                Some(Ok(_)) => last_read = Instant::now(),
+                Some(Ok(_)) => {
+                    last_read = Instant::now();
+                    if messages == 0 && route.tls.is_none() && looks_like_tls(link.buffered()) {
+                        tracing::warn!(route = %ctx.name, %peer, "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
+                        break End::TlsOnPlaintext;
+                    }
+                }
                 Some(Err(err)) => {
                     tracing::debug!(route = %ctx.name, %peer, error = %err, "read from sender failed");
                     break End::ReadError;
@@ -157,10 +174,11 @@ async fn handle_message(
     ctx: &RouteContext,
     upstream: &mut Option<crate::upstream::UpstreamConn>,
     frame: &Frame,
-    peer: SocketAddr,
-    identity: Option<&str>,
+    who: &Peer,
 ) -> Reply {
     let started = Instant::now();
+    let peer = who.addr;
+    let identity = who.identity();
     let header = match Header::parse(frame.payload()) {
         Ok(header) => header,
         Err(err) => {
@@ -216,6 +234,12 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) 
         .unwrap_or_default();
     tracing::warn!(route = %ctx.name, %peer, control_id = %control_id, bytes = len, max_message_bytes = max, ack = "AE", outcome = "oversize", "message rejected: too large");
     Reply::Send(own_ack(header.as_ref(), AckCode::AE, &text))
+}
+
+/// A TLS record header (handshake, SSL 3.0 to TLS 1.3 record versions) at the start of what a
+/// plaintext sender sent: a client configured for TLS against a plaintext port.
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x16, 0x03, 0x00..=0x04, ..])
 }
 
 /// A header field made safe for a log line: control characters replaced, at most 64 characters.

@@ -361,6 +361,35 @@ pub fn peer_identity(conn: &CommonState) -> Option<String> {
     identity_of(leaf)
 }
 
+/// Every identity the peer's leaf certificate carries: its SAN DNS names and URIs, then its
+/// CN. Rules match `tls_identity` against any of them. Empty without a certificate.
+pub fn peer_identities(conn: &CommonState) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+
+    let Some(leaf) = conn.peer_certificates().and_then(|certs| certs.first()) else {
+        return Vec::new();
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(s) | GeneralName::URI(s) = name {
+                names.push(s.to_string());
+            }
+        }
+    }
+    names.extend(
+        parsed
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok().map(str::to_string)),
+    );
+    names.dedup();
+    names
+}
+
 fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::extensions::GeneralName;
 

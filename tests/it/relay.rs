@@ -623,3 +623,66 @@ async fn a_client_that_never_finishes_the_tls_handshake_is_closed_after_handshak
     );
     guard.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_on_a_plaintext_listener_is_closed_at_once() {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let guard = dir.guard(&route_yaml(upstream.addr, "", "", "")).await;
+    let addr = guard.local_addr("test").unwrap();
+    let started = std::time::Instant::now();
+    let result = Client::tls(addr, dir.client_tls("ca.pem", None)).await;
+    assert!(result.is_err(), "the handshake cannot succeed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed at once, not after receive_timeout"
+    );
+    assert!(upstream.received().is_empty());
+    guard.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_sender_is_closed_at_receive_timeout_even_while_it_keeps_trickling() {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let guard = dir
+        .guard(&route_yaml(
+            upstream.addr,
+            "    receive_timeout: 500ms\n",
+            "",
+            "",
+        ))
+        .await;
+    let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
+    let frame = mllp_guard::codec::encode(&message("SLOWLORIS", 300));
+    let mut closed = false;
+    // One byte every 100 ms would take 30 s for this frame; the guard must cut it at ~0.5 s.
+    for byte in frame.iter().take(60) {
+        if client.link.send(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed || client.is_closed().await,
+        "the trickling sender was cut off"
+    );
+    assert!(upstream.received().is_empty());
+    guard.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_tls_listener_fails_the_handshake_and_closes() {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let guard = dir
+        .guard(&route_yaml(upstream.addr, "", LISTENER_TLS, ""))
+        .await;
+    let mut raw = Client::plain(guard.local_addr("test").unwrap()).await;
+    raw.send_raw(&mllp_guard::codec::encode(&message("NOTLS", 300)))
+        .await;
+    assert!(raw.is_closed().await);
+    assert!(upstream.received().is_empty());
+    guard.stop().await;
+}
