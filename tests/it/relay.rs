@@ -686,3 +686,67 @@ async fn garbage_on_a_tls_listener_fails_the_handshake_and_closes() {
     assert!(upstream.received().is_empty());
     guard.stop().await;
 }
+
+/// What the guard does with each malformed corpus payload sent in a correct frame (forward mode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_malformed_corpus_payload_has_its_defined_outcome() {
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        /// Forwarded and the upstream's ack relayed (the header is readable).
+        Relayed,
+        /// Answered AR by the guard, not forwarded.
+        RejectedAr,
+        /// No message reached the decoder's output (framing bytes inside, or empty): no answer.
+        NoMessage,
+    }
+    let cases = [
+        ("binary_garbage.bin", Outcome::NoMessage),
+        ("empty.hl7", Outcome::NoMessage),
+        ("lowercase_msh.hl7", Outcome::RejectedAr),
+        ("missing_encoding_chars.hl7", Outcome::RejectedAr),
+        ("missing_field_separator.hl7", Outcome::RejectedAr),
+        ("mllp_bytes_in_payload.hl7", Outcome::NoMessage),
+        ("msh_without_msh10_12.hl7", Outcome::Relayed),
+        ("no_msh.hl7", Outcome::RejectedAr),
+        ("truncated_msh.hl7", Outcome::Relayed),
+        ("whitespace_only.hl7", Outcome::RejectedAr),
+    ];
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let guard = dir.guard(&route_yaml(upstream.addr, "", "", "")).await;
+    let addr = guard.local_addr("test").unwrap();
+    for (file, expected) in cases {
+        let before = upstream.received().len();
+        let mut client = Client::plain(addr).await;
+        client
+            .send_raw(&mllp_guard::codec::encode(&corpus_bytes(&format!(
+                "malformed/{file}"
+            ))))
+            .await;
+        // A probe message after it: its ack tells whether anything else was answered first.
+        client
+            .send_raw(&mllp_guard::codec::encode(&message("PROBE", 200)))
+            .await;
+        let mut acks = Vec::new();
+        loop {
+            let ack = client
+                .read_ack()
+                .await
+                .expect("the probe is always answered");
+            let (code, acked, _) = ack_of(&ack);
+            if acked == "PROBE" {
+                break;
+            }
+            acks.push(code);
+        }
+        let forwarded = upstream.received().len() - before - 1;
+        let got = match (acks.as_slice(), forwarded) {
+            ([AckCode::AA], 1) => Outcome::Relayed,
+            ([AckCode::AR], 0) => Outcome::RejectedAr,
+            ([], 0) => Outcome::NoMessage,
+            other => panic!("{file}: unexpected acks/forwards {other:?}"),
+        };
+        assert_eq!(got, expected, "{file}");
+    }
+    guard.stop().await;
+}
