@@ -51,7 +51,7 @@ impl Guard {
             let upstream = Upstream::new(name.clone(), route.upstream.clone());
             let dispatch = match &route.delivery {
                 Delivery::Forward => Dispatch::Forward {
-                    upstream: Box::new(upstream),
+                    upstream: Arc::new(upstream),
                     on_upstream_failure: route.on_upstream_failure,
                 },
                 Delivery::StoreAndForward(custody) => Dispatch::Custody(

@@ -47,7 +47,7 @@ pub struct Problem {
 /// A route's delivery.
 pub enum Dispatch {
     Forward {
-        upstream: Box<Upstream>,
+        upstream: Arc<Upstream>,
         on_upstream_failure: OnUpstreamFailure,
     },
     Custody(Arc<Custody>),
@@ -93,33 +93,45 @@ impl Dispatch {
             Dispatch::Forward {
                 upstream,
                 on_upstream_failure,
-            } => match upstream.exchange(slot, frame, header.control_id()).await {
-                Ok(reply) => Answer::Ack {
-                    wire: reply.wire,
-                    code: reply.code,
-                    outcome: "forwarded",
-                    problem: None,
+            } => forward(upstream, *on_upstream_failure, slot, frame, header).await,
+        }
+    }
+}
+
+/// Forward mode: send the frame to `upstream` and relay its verified ack unchanged, or answer
+/// the failure as `on_upstream_failure` says. Also used for rules that route to a named upstream.
+pub async fn forward(
+    upstream: &Upstream,
+    on_upstream_failure: OnUpstreamFailure,
+    slot: &mut Option<UpstreamConn>,
+    frame: &Frame,
+    header: &Header<'_>,
+) -> Answer {
+    match upstream.exchange(slot, frame, header.control_id()).await {
+        Ok(reply) => Answer::Ack {
+            wire: reply.wire,
+            code: reply.code,
+            outcome: "forwarded",
+            problem: None,
+        },
+        Err(err) => {
+            let problem = Problem {
+                reason: err.reason(),
+                detail: err.to_string(),
+            };
+            match on_upstream_failure {
+                OnUpstreamFailure::Close => Answer::Close(problem),
+                OnUpstreamFailure::Nack => Answer::Ack {
+                    wire: own_ack(
+                        Some(header),
+                        AckCode::AE,
+                        &format!("message not delivered: {err}"),
+                    ),
+                    code: AckCode::AE,
+                    outcome: "upstream_failed",
+                    problem: Some(problem),
                 },
-                Err(err) => {
-                    let problem = Problem {
-                        reason: err.reason(),
-                        detail: err.to_string(),
-                    };
-                    match on_upstream_failure {
-                        OnUpstreamFailure::Close => Answer::Close(problem),
-                        OnUpstreamFailure::Nack => Answer::Ack {
-                            wire: own_ack(
-                                Some(header),
-                                AckCode::AE,
-                                &format!("message not delivered: {err}"),
-                            ),
-                            code: AckCode::AE,
-                            outcome: "upstream_failed",
-                            problem: Some(problem),
-                        },
-                    }
-                }
-            },
+            }
         }
     }
 }
