@@ -33,6 +33,7 @@ use rustls_pki_types::ServerName;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
+use crate::codec::Framing;
 use crate::policy::Allowlist;
 use crate::tls::{self, PemRole, TlsError};
 
@@ -133,6 +134,24 @@ pub struct Route {
     /// `delivery`: `forward` (the default: each message is relayed while the sender waits) or
     /// `store-and-forward` (custody: queued durably, acked by the guard, delivered later).
     pub delivery: Delivery,
+    /// `framing.start` and `framing.end`: the bytes that frame messages on the sender side.
+    /// Default [`Framing::MLLP`] (`0x0B`, `[0x1C, 0x0D]`).
+    pub framing: Framing,
+    /// `framing.release`: the MLLP release spoken with the sender. Default (and, for now, the
+    /// only one accepted) [`MllpRelease::One`].
+    pub release: MllpRelease,
+}
+
+/// `framing.release`: which MLLP release a side speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MllpRelease {
+    /// `1`: MLLP release 1, frames only; acknowledgement is the HL7 ack message. The default.
+    #[default]
+    One,
+    /// `2`: MLLP release 2, each frame answered with a commit block (ACK `0x0B 0x06 0x1C 0x0D`
+    /// or NAK `0x0B 0x15 0x1C 0x0D`). Not implemented by the runtime yet, so the validator
+    /// refuses it.
+    Two,
 }
 
 /// How a route delivers messages to its upstream.
@@ -262,6 +281,12 @@ pub struct Upstream {
     pub idle_reconnect: Option<Duration>,
     /// `reconnect`: backoff between failed connection attempts.
     pub reconnect: Reconnect,
+    /// `framing.start` and `framing.end`: the bytes that frame messages on the receiver side.
+    /// Default [`Framing::MLLP`] (`0x0B`, `[0x1C, 0x0D]`).
+    pub framing: Framing,
+    /// `framing.release`: the MLLP release spoken with the receiver. Default (and, for now,
+    /// the only one accepted) [`MllpRelease::One`].
+    pub release: MllpRelease,
 }
 
 /// An upstream `host:port`. The host is a DNS name, an IPv4 address, or an IPv6 address
@@ -533,6 +558,7 @@ struct RawRoute {
     retry: Option<Spanned<RawRetry>>,
     on_reply: Option<Spanned<RawOnReply>>,
     duplicate_window: Option<Text>,
+    framing: Option<Spanned<RawFraming>>,
 }
 
 #[derive(Deserialize)]
@@ -580,6 +606,7 @@ struct RawUpstream {
     max_ack_bytes: Option<Text>,
     idle_reconnect: Option<Text>,
     reconnect: Option<Spanned<RawReconnect>>,
+    framing: Option<Spanned<RawFraming>>,
 }
 
 #[derive(Deserialize)]
@@ -605,6 +632,16 @@ struct RawKeepalive {
 struct RawReconnect {
     initial: Option<Text>,
     max: Option<Text>,
+}
+
+/// `framing:` of a route (sender side) or of its upstream (receiver side); every key optional,
+/// defaulting to standard MLLP release 1.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFraming {
+    start: Option<Text>,
+    end: Option<Spanned<Vec<Text>>>,
+    release: Option<Text>,
 }
 
 /// Line and column of a location, `None` when serde-saphyr does not know it.
@@ -998,6 +1035,7 @@ impl Validator<'_> {
             &state_dir.map(|d| d.join(&name)).unwrap_or_default(),
             max_message_bytes_ok.then_some(max_message_bytes),
         );
+        let (framing, release) = self.framing(&format!("{p}.framing"), &r.framing);
         Route {
             name,
             listen,
@@ -1011,6 +1049,8 @@ impl Validator<'_> {
             on_upstream_failure,
             upstream,
             delivery,
+            framing,
+            release,
         }
     }
 
@@ -1303,6 +1343,7 @@ impl Validator<'_> {
                 Reconnect { initial, max }
             }
         };
+        let (framing, release) = self.framing(&format!("{p}.framing"), &u.framing);
         Upstream {
             address: address.unwrap_or(UpstreamAddress {
                 host: String::new(),
@@ -1316,7 +1357,71 @@ impl Validator<'_> {
             max_ack_bytes,
             idle_reconnect,
             reconnect,
+            framing,
+            release,
         }
+    }
+
+    /// A `framing:` block (`p` is its YAML path). Each byte is checked where it is written,
+    /// then [`Framing::new`] judges the combination (reported at the block).
+    fn framing(&mut self, p: &str, raw: &Option<Spanned<RawFraming>>) -> (Framing, MllpRelease) {
+        let Some(raw) = raw else {
+            return (Framing::MLLP, MllpRelease::One);
+        };
+        let f = &raw.value;
+        let mut bytes_ok = true;
+        let start = match &f.start {
+            None => Framing::MLLP.start(),
+            Some(text) => match parse_byte(&text.value) {
+                Ok(b) => b,
+                Err(message) => {
+                    self.error(format!("{p}.start"), &text.referenced, message);
+                    bytes_ok = false;
+                    0
+                }
+            },
+        };
+        let end = match &f.end {
+            None => Framing::MLLP.end().to_vec(),
+            Some(list) => {
+                let mut end = Vec::new();
+                for (j, text) in list.value.iter().enumerate() {
+                    match parse_byte(&text.value) {
+                        Ok(b) => end.push(b),
+                        Err(message) => {
+                            self.error(format!("{p}.end[{j}]"), &text.referenced, message);
+                            bytes_ok = false;
+                        }
+                    }
+                }
+                if !(1..=2).contains(&list.value.len()) {
+                    self.error(
+                        format!("{p}.end"),
+                        &list.referenced,
+                        format!(
+                            "must be one or two bytes, e.g. [0x1C, 0x0D] or [0x1C], not {}",
+                            list.value.len()
+                        ),
+                    );
+                    bytes_ok = false;
+                }
+                end
+            }
+        };
+        let mut framing = Framing::MLLP;
+        if bytes_ok {
+            match Framing::new(start, &end) {
+                Ok(valid) => framing = valid,
+                Err(message) => self.error(p, &raw.referenced, message),
+            }
+        }
+        let release = self.value(
+            format!("{p}.release"),
+            &f.release,
+            MllpRelease::One,
+            parse_release,
+        );
+        (framing, release)
     }
 
     /// Resolves a file path from the config and checks the file can be opened, reporting it
@@ -1704,6 +1809,35 @@ fn parse_on_upstream_failure(s: &str) -> Result<OnUpstreamFailure, String> {
     }
 }
 
+/// A framing byte: hex `0x0B` (one or two hex digits, either case) or decimal `11`.
+fn parse_byte(s: &str) -> Result<u8, String> {
+    let t = s.trim();
+    let (digits, radix) = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) if (1..=2).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (hex, 16)
+        }
+        Some(_) => ("", 16),
+        None if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => (t, 10),
+        None => ("", 10),
+    };
+    u8::from_str_radix(digits, radix).map_err(|_| {
+        format!("\"{s}\" is not a byte; write 0x00 to 0xFF (hex, e.g. 0x0B) or 0 to 255 (decimal)")
+    })
+}
+
+/// `framing.release`: `1`, or `2` once the runtime speaks it.
+fn parse_release(s: &str) -> Result<MllpRelease, String> {
+    match s.trim() {
+        "1" => Ok(MllpRelease::One),
+        "2" => {
+            Err("MLLP release 2 (commit blocks) is not supported yet; use release: 1".to_string())
+        }
+        _ => Err(format!(
+            "must be 1 (MLLP release 1) or 2 (release 2, commit blocks), not \"{s}\""
+        )),
+    }
+}
+
 /// A byte size: a plain number of bytes, or a whole number with a unit: `KB`, `MB`, `GB`
 /// (1000-based) or `KiB`, `MiB`, `GiB` (1024-based), case-insensitive, optionally spaced.
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -2059,7 +2193,7 @@ routes:
         let yaml = MINIMAL.replace("listen:", "listne:");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window"
+            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing"
         );
     }
 
@@ -2765,5 +2899,150 @@ routes:
     fn edit_distance_suggestions_stay_close() {
         assert_eq!(closest("listne", &["name", "listen"]), Some("listen"));
         assert_eq!(closest("zzz", &["name", "listen"]), None);
+    }
+
+    /// The session example of issue 4, verbatim apart from the `allow` line the relay core
+    /// requires.
+    const SESSIONS: &str = r#"
+routes:
+  - name: lab
+    listen: 0.0.0.0:2575            # as before: we wait for the sender...
+    allow: [any]
+    # dial: 10.1.2.3:5000           # ...or instead we connect OUT to a sender that is itself an MLLP server (exactly one of listen/dial)
+    upstream:
+      address: ehr:2575             # as before: we connect to the receiver...
+      # accept: 0.0.0.0:2600        # ...or instead the receiver connects IN to us and we send over that connection (exactly one of address/accept)
+      idle_reconnect: 240s          # close and reopen an upstream connection that has been quiet this long, before a firewall drops it; 0s = off
+      keepalive: { time: 60s, interval: 10s, retries: 6, user_timeout: 120s }
+      reconnect: { initial: 1s, max: 180s }   # exponential backoff with jitter, reset after a healthy period
+    framing:
+      start: 0x0B                   # framing bytes, configurable per side (IPWorks-style)
+      end: [0x1C, 0x0D]
+      release: 1                    # 2 = MLLP release 2: commit block 0x0B 0x06 0x1C 0x0D (ACK) / 0x15 (NAK) per frame
+"#;
+
+    #[test]
+    fn the_framing_example_of_the_sessions_issue_parses() {
+        let config = Config::parse(SESSIONS, Path::new("g.yaml"), Path::new("/")).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.framing, Framing::MLLP);
+        assert_eq!(route.release, MllpRelease::One);
+        assert_eq!(route.upstream.framing, Framing::MLLP);
+        assert_eq!(route.upstream.release, MllpRelease::One);
+        assert_eq!(
+            route.upstream.idle_reconnect,
+            Some(Duration::from_secs(240))
+        );
+    }
+
+    #[test]
+    fn framing_defaults_to_mllp_release_1_on_both_sides() {
+        let config = Config::parse(MINIMAL, Path::new("g.yaml"), Path::new("/")).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(
+            (route.framing, route.release),
+            (Framing::MLLP, MllpRelease::One)
+        );
+        assert_eq!(
+            (route.upstream.framing, route.upstream.release),
+            (Framing::MLLP, MllpRelease::One)
+        );
+        assert_eq!(MllpRelease::default(), MllpRelease::One);
+        // An empty block, or one with only some keys, takes MLLP's bytes for the others.
+        let yaml = format!("{MINIMAL}      framing: {{ end: [0x03] }}\n    framing: {{}}\n");
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/")).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.framing, Framing::MLLP);
+        assert_eq!(route.upstream.framing, Framing::new(0x0B, &[0x03]).unwrap());
+    }
+
+    #[test]
+    fn each_side_gets_its_own_framing_in_hex_or_decimal() {
+        let yaml = format!(
+            "{MINIMAL}      framing:\n        start: 2\n        end: [0x03, 0x0a]\n        release: 1\n    framing:\n      start: 0x02\n      end:\n        - 0X03\n"
+        );
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/")).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.framing, Framing::new(0x02, &[0x03]).unwrap());
+        assert_eq!(
+            route.upstream.framing,
+            Framing::new(0x02, &[0x03, 0x0A]).unwrap()
+        );
+        assert_eq!(route.release, MllpRelease::One);
+    }
+
+    #[test]
+    fn bad_framing_bytes_are_reported_where_they_are_written() {
+        let yaml = format!(
+            "{MINIMAL}      framing: {{ start: 0x1G, end: [0x1C, 300] }}\n    framing:\n      start: 0x100\n      end: [ETX]\n"
+        );
+        let byte = "is not a byte; write 0x00 to 0xFF (hex, e.g. 0x0B) or 0 to 255 (decimal)";
+        let expected = [
+            format!("guard.yaml:7:25: routes[0].upstream.framing.start: \"0x1G\" {byte}"),
+            format!("guard.yaml:7:43: routes[0].upstream.framing.end[1]: \"300\" {byte}"),
+            format!("guard.yaml:9:14: routes[0].framing.start: \"0x100\" {byte}"),
+            format!("guard.yaml:10:13: routes[0].framing.end[0]: \"ETX\" {byte}"),
+        ];
+        assert_eq!(errors(&yaml), expected.join("\n"));
+        for bad in ["", "-1", "+11", "0x", "1.0", "0b11", "256"] {
+            assert!(parse_byte(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_byte("0x0b"), Ok(0x0B));
+        assert_eq!(parse_byte(" 0XFF "), Ok(0xFF));
+        assert_eq!(parse_byte("28"), Ok(0x1C));
+        assert_eq!(parse_byte("0"), Ok(0));
+    }
+
+    #[test]
+    fn an_end_block_of_other_than_one_or_two_bytes_is_an_error() {
+        for (end, n) in [("[]", 0), ("[0x1C, 0x0D, 0x0A]", 3)] {
+            let yaml = format!("{MINIMAL}    framing:\n      end: {end}\n");
+            assert_eq!(
+                errors(&yaml),
+                format!("guard.yaml:8:12: routes[0].framing.end: must be one or two bytes, e.g. [0x1C, 0x0D] or [0x1C], not {n}"),
+            );
+        }
+    }
+
+    #[test]
+    fn a_framing_the_codec_refuses_is_reported_at_its_block_with_the_reason() {
+        let yaml = format!(
+            "{MINIMAL}      framing: {{ end: [0x0D] }}\n    framing:\n      start: 0x1C\n      end: [0x1C, 0x0D]\n"
+        );
+        let expected = [
+            "guard.yaml:7:16: routes[0].upstream.framing: the end byte may not be 0x0D: CR ends every HL7 segment, so every message would be cut at its first segment; use e.g. [0x1C] or [0x1C, 0x0D]",
+            "guard.yaml:9:7: routes[0].framing: the start byte and the first end byte are both 0x1C; they must differ",
+        ];
+        assert_eq!(errors(&yaml), expected.join("\n"));
+        let yaml = format!("{MINIMAL}    framing: {{ start: 0x41 }}\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:7:14: routes[0].framing: the start byte 0x41 is the printable character 'A', which occurs in message text; use a control byte (0x00 to 0x1F)"
+        );
+    }
+
+    #[test]
+    fn release_2_is_refused_until_the_runtime_speaks_it() {
+        let yaml =
+            format!("{MINIMAL}      framing: {{ release: 2 }}\n    framing:\n      release: 2\n");
+        let expected = [
+            "guard.yaml:7:27: routes[0].upstream.framing.release: MLLP release 2 (commit blocks) is not supported yet; use release: 1",
+            "guard.yaml:9:16: routes[0].framing.release: MLLP release 2 (commit blocks) is not supported yet; use release: 1",
+        ];
+        assert_eq!(errors(&yaml), expected.join("\n"));
+        let yaml = format!("{MINIMAL}    framing:\n      release: 3\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:8:16: routes[0].framing.release: must be 1 (MLLP release 1) or 2 (release 2, commit blocks), not \"3\""
+        );
+    }
+
+    #[test]
+    fn an_unknown_framing_key_lists_the_valid_ones() {
+        let yaml = format!("{MINIMAL}    framing: {{ start: 0x0B, stop: [0x1C] }}\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:7:29: routes[0].framing.stop: unknown key `stop`; valid keys here: start, end, release"
+        );
     }
 }

@@ -46,7 +46,7 @@ const MAX_REMEMBERED: usize = 100_000;
 pub enum Verdict {
     /// Write this ack frame.
     Ack {
-        wire: Bytes,
+        ack: Bytes,
         code: AckCode,
         outcome: &'static str,
     },
@@ -162,7 +162,7 @@ impl Custody {
         }
         let key = DuplicateKey::of(header);
         if let Some(window) = self.cfg.duplicate_window {
-            if let Some(wire) = self
+            if let Some(ack) = self
                 .duplicates
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -171,11 +171,11 @@ impl Custody {
                 self.counters
                     .duplicates_answered
                     .fetch_add(1, Ordering::Relaxed);
-                let code = AckView::parse(&wire[1..wire.len() - 2])
+                let code = AckView::parse(&ack)
                     .map(|a| a.code())
                     .unwrap_or(AckCode::AA);
                 return Verdict::Ack {
-                    wire,
+                    ack,
                     code,
                     outcome: "duplicate_answered",
                 };
@@ -207,16 +207,16 @@ impl Custody {
         }
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
         let code = if enhanced { AckCode::CA } else { AckCode::AA };
-        let wire = own_ack(Some(header), code, "");
+        let ack = own_ack(Some(header), code, "");
         if let Some(window) = self.cfg.duplicate_window {
             self.duplicates
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remember(key, wire.clone(), window);
+                .remember(key, ack.clone(), window);
         }
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), true) {
             Verdict::Ack {
-                wire,
+                ack,
                 code,
                 outcome: "queued",
             }
@@ -240,7 +240,7 @@ impl Custody {
         let outcome = if permanent { "rejected" } else { "not_queued" };
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), false) {
             Verdict::Ack {
-                wire: own_ack(Some(header), code, text),
+                ack: own_ack(Some(header), code, text),
                 code,
                 outcome,
             }
@@ -358,13 +358,13 @@ struct Duplicates {
 impl Duplicates {
     fn find(&mut self, key: &DuplicateKey, window: Duration) -> Option<Bytes> {
         self.expire(window);
-        self.acks.get(key).map(|(_, wire)| wire.clone())
+        self.acks.get(key).map(|(_, ack)| ack.clone())
     }
 
-    fn remember(&mut self, key: DuplicateKey, wire: Bytes, window: Duration) {
+    fn remember(&mut self, key: DuplicateKey, ack: Bytes, window: Duration) {
         self.expire(window);
         let now = Instant::now();
-        if self.acks.insert(key.clone(), (now, wire)).is_none() {
+        if self.acks.insert(key.clone(), (now, ack)).is_none() {
             self.order.push_back((now, key));
         }
         while self.order.len() > MAX_REMEMBERED {
@@ -478,7 +478,7 @@ impl Drainer {
                     }
                 }
                 (ReplyAction::DeadLetter, Ok(reply)) => {
-                    let text = ack_text(&reply.wire);
+                    let text = ack_text(&reply.ack);
                     let reason = format!("upstream replied {}: {}", reply.code, text);
                     tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, outcome = "dead_lettered", "queued message moved to the dead letters");
                     self.dead_letter(&record, &reason).await;
@@ -584,12 +584,9 @@ impl Drainer {
     }
 }
 
-/// MSA-3 of a framed ack, printable and short (for a dead letter's reason).
-fn ack_text(wire: &[u8]) -> String {
-    let payload = wire
-        .get(1..wire.len().saturating_sub(2))
-        .unwrap_or_default();
-    AckView::parse(payload)
+/// MSA-3 of an ack payload, printable and short (for a dead letter's reason).
+fn ack_text(ack: &[u8]) -> String {
+    AckView::parse(ack)
         .map(|a| printable(a.text()))
         .unwrap_or_default()
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::ack;
-use crate::codec::{self, Frame};
+use crate::codec::Frame;
 use crate::config::OnUpstreamFailure;
 use crate::custody::{Custody, Verdict};
 use crate::hl7::{AckCode, Header};
@@ -20,10 +20,10 @@ use crate::upstream::{Upstream, UpstreamConn};
 /// What the session must do with the sender after dispatching one message.
 #[derive(Debug)]
 pub enum Answer {
-    /// Write this ack frame. `outcome` names what happened (for the log line); `problem` says
+    /// Write this ack (a payload; the session frames it). `outcome` names what happened (for the log line); `problem` says
     /// why when the ack is one we built because something failed.
     Ack {
-        wire: Bytes,
+        ack: Bytes,
         code: AckCode,
         outcome: &'static str,
         problem: Option<Problem>,
@@ -75,11 +75,11 @@ impl Dispatch {
         match self {
             Dispatch::Custody(custody) => match custody.accept(frame, header).await {
                 Verdict::Ack {
-                    wire,
+                    ack,
                     code,
                     outcome,
                 } => Answer::Ack {
-                    wire,
+                    ack,
                     code,
                     outcome,
                     problem: None,
@@ -109,7 +109,7 @@ pub async fn forward(
 ) -> Answer {
     match upstream.exchange(slot, frame, header.control_id()).await {
         Ok(reply) => Answer::Ack {
-            wire: reply.wire,
+            ack: reply.ack,
             code: reply.code,
             outcome: "forwarded",
             problem: None,
@@ -122,7 +122,7 @@ pub async fn forward(
             match on_upstream_failure {
                 OnUpstreamFailure::Close => Answer::Close(problem),
                 OnUpstreamFailure::Nack => Answer::Ack {
-                    wire: own_ack(
+                    ack: own_ack(
                         Some(header),
                         AckCode::AE,
                         &format!("message not delivered: {err}"),
@@ -136,9 +136,9 @@ pub async fn forward(
     }
 }
 
-/// A framed ack built by the guard itself (sender and receiver swapped, MSA-2 = the message's
+/// An ack payload built by the guard itself (sender and receiver swapped, MSA-2 = the message's
 /// control id, ERR with `text` when negative), or, when the message has no readable header, one
-/// with an empty MSA-2.
+/// with an empty MSA-2. The session frames it for its side.
 pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
     let id = own_control_id();
     let now = ack::timestamp(std::time::SystemTime::now());
@@ -146,7 +146,7 @@ pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes 
         Some(header) => ack::build(header, code, text, &id, &now),
         None => ack::build_without_header(code, text, &id, &now),
     };
-    codec::encode(&payload)
+    Bytes::from(payload)
 }
 
 /// A unique control id for acks we build: "MG", the process start time, and a counter, in hex

@@ -8,7 +8,7 @@ use std::io;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::codec::{DecodeStats, Decoded, Decoder};
+use crate::codec::{self, DecodeStats, Decoded, Decoder, Frame, Framing};
 
 /// How much room a read asks for at least; large frames grow the buffer as they arrive.
 const READ_CHUNK: usize = 16 * 1024;
@@ -24,9 +24,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// Wraps `stream`; frames whose payload exceeds `max_payload_bytes` come out as
     /// [`Decoded::Oversize`] and are never buffered whole.
     pub fn new(stream: S, max_payload_bytes: usize) -> Link<S> {
+        Link::with_framing(stream, max_payload_bytes, Framing::MLLP)
+    }
+
+    /// Like [`Link::new`], with other framing bytes for this side.
+    pub fn with_framing(stream: S, max_payload_bytes: usize, framing: Framing) -> Link<S> {
         Link {
             stream,
-            decoder: Decoder::new(max_payload_bytes),
+            decoder: Decoder::with_framing(max_payload_bytes, framing),
             buf: BytesMut::with_capacity(READ_CHUNK),
         }
     }
@@ -65,6 +70,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     pub async fn send(&mut self, wire: &[u8]) -> io::Result<()> {
         self.stream.write_all(wire).await?;
         self.stream.flush().await
+    }
+
+    /// Frames `payload` in this link's framing and sends it in one write.
+    pub async fn send_payload(&mut self, payload: &[u8]) -> io::Result<()> {
+        let wire = codec::encode_with(self.decoder.framing(), payload);
+        self.send(&wire).await
+    }
+
+    /// Sends a decoded frame: as received when it is already in this link's framing (no copy),
+    /// re-framed otherwise.
+    pub async fn send_frame(&mut self, frame: &Frame) -> io::Result<()> {
+        let framing = self.decoder.framing();
+        let wire = frame.as_wire();
+        if wire.first() == Some(&framing.start()) && wire.ends_with(framing.end()) {
+            self.send(wire).await
+        } else {
+            self.send_payload(frame.payload()).await
+        }
     }
 
     /// True while a frame has started and not ended.

@@ -79,7 +79,7 @@ where
 {
     let route = &ctx.route;
     let peer = who.addr;
-    let mut link = Link::new(stream, route.max_message_bytes);
+    let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing);
     let mut upstream = None;
     let mut frame_started: Option<Instant> = None;
     let mut last_read = Instant::now();
@@ -95,8 +95,8 @@ where
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, peer),
             };
             match answer {
-                Reply::Send(wire) => {
-                    if let Err(err) = link.send(&wire).await {
+                Reply::Send(ack) => {
+                    if let Err(err) = link.send_payload(&ack).await {
                         tracing::debug!(route = %ctx.name, %peer, error = %err, "could not write the ack to the sender");
                         break 'session End::WriteError;
                     }
@@ -194,22 +194,22 @@ async fn handle_message(
     let bytes = frame.len();
     match answer {
         Answer::Ack {
-            wire,
+            ack,
             code,
             outcome,
             problem: None,
         } => {
             tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, "message");
-            Reply::Send(wire)
+            Reply::Send(ack)
         }
         Answer::Ack {
-            wire,
+            ack,
             code,
             outcome,
             problem: Some(problem),
         } => {
             tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, reason = problem.reason, error = %problem.detail, "message not delivered; the sender gets a negative ack");
-            Reply::Send(wire)
+            Reply::Send(ack)
         }
         Answer::Silent { code, outcome } => {
             tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, ack_sent = false, latency_ms, outcome, "message");

@@ -109,8 +109,8 @@ impl UpstreamError {
 #[derive(Debug)]
 pub struct Reply {
     pub code: AckCode,
-    /// The ack as a canonical frame; its payload is byte-for-byte what the upstream sent.
-    pub wire: Bytes,
+    /// The ack's payload, byte for byte what the upstream sent (framing removed).
+    pub ack: Bytes,
 }
 
 /// One open connection to the upstream.
@@ -326,8 +326,7 @@ impl Upstream {
     ) -> Result<Reply, UpstreamError> {
         let ack_timeout = self.cfg.ack_timeout;
         let exchange = async {
-            conn.link
-                .send(frame.as_wire())
+            conn.link.send_frame(frame)
                 .await
                 .map_err(UpstreamError::Send)?;
             match conn.link.next().await {
@@ -343,7 +342,7 @@ impl Upstream {
         let code = ack::verify(ack.payload(), control_id).map_err(UpstreamError::AckMismatch)?;
         Ok(Reply {
             code,
-            wire: ack.into_wire(),
+            ack: ack.payload_bytes(),
         })
     }
 
@@ -376,7 +375,7 @@ impl Upstream {
         self.gate.connected();
         tracing::debug!(route = %self.route, upstream = %addr, "upstream connection open");
         Ok(UpstreamConn {
-            link: Link::new(stream, self.cfg.max_ack_bytes),
+            link: Link::with_framing(stream, self.cfg.max_ack_bytes, self.cfg.framing),
             fresh: true,
             last_used: Instant::now(),
         })
