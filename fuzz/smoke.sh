@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Fuzz smoke run of the MLLP frame decoder.
-# Usage: fuzz/smoke.sh [SECONDS]   (default 30; run from anywhere)
+# Fuzz smoke run of one target (default: the MLLP frame decoder).
+# Usage: fuzz/smoke.sh [SECONDS] [TARGET]   (defaults 30, frame_decoder; run from anywhere)
+# Targets: frame_decoder, msh_view, rules, config (see fuzz/Cargo.toml; fuzz/smoke-all.sh runs
+# them all). Seeds come from fuzz/seeds/<target>/, new finds go to fuzz/corpus/<target>/.
 # Needs the nightly toolchain (libFuzzer + ASan); installs cargo-fuzz if missing.
 set -euo pipefail
 
 SECS="${1:-30}"
+TARGET="${2:-frame_decoder}"
 case "$SECS" in
   ''|*[!0-9]*) echo "smoke.sh: SECONDS must be a whole number, got '$SECS'" >&2; exit 2 ;;
 esac
 
 FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ ! -f "$FUZZ_DIR/fuzz_targets/$TARGET.rs" ]; then
+  echo "smoke.sh: no fuzz target '$TARGET'; the targets are:" \
+    "$(cd "$FUZZ_DIR/fuzz_targets" && ls *.rs | sed 's/\.rs$//' | tr '\n' ' ')" >&2
+  exit 2
+fi
 cd "$FUZZ_DIR/.."   # cargo fuzz expects the crate root (it finds fuzz/ below it)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -18,10 +26,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # libFuzzer exits 1 on a missing corpus directory: create both.
-mkdir -p fuzz/corpus/frame_decoder fuzz/seeds/frame_decoder
+mkdir -p "fuzz/corpus/$TARGET" "fuzz/seeds/$TARGET"
 
 # Always nightly (never a stable probe): a failed stable probe is cached in
 # fuzz/target/.rustc_info.json and breaks later nightly runs.
-exec cargo +nightly fuzz run frame_decoder \
-  fuzz/corpus/frame_decoder fuzz/seeds/frame_decoder -- \
+exec cargo +nightly fuzz run "$TARGET" \
+  "fuzz/corpus/$TARGET" "fuzz/seeds/$TARGET" -- \
   -max_total_time="$SECS" -timeout=5 -rss_limit_mb=2048

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Delivery, OnUpstreamFailure};
 use crate::custody::Custody;
 use crate::dispatch::Dispatch;
+use crate::limits::SourceLimits;
 use crate::listener;
 use crate::session::RouteContext;
 use crate::upstream::Upstream;
@@ -68,10 +69,25 @@ impl Guard {
                     })?,
                 ),
             };
+            let limits = Arc::new(SourceLimits::new(&route.limits));
+            {
+                // Forget idle sources now and then, so limiter state stays bounded.
+                let (limits, stop) = (limits.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tick.tick() => limits.prune(),
+                        }
+                    }
+                });
+            }
             let ctx = Arc::new(RouteContext {
                 name,
                 route,
                 dispatch,
+                limits,
             });
             listeners.push((listener, ctx));
         }

@@ -20,7 +20,7 @@
 //!
 //! The YAML keys are a public contract (see the README): add keys, never rename them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -35,7 +35,11 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::codec::Framing;
 use crate::policy::Allowlist;
+use crate::rules::Rule;
 use crate::tls::{self, PemRole, TlsError};
+
+mod firewall;
+pub use firewall::{OnLimit, RateLimits, DEFAULT_MAX_TRACKED_SOURCES};
 
 // ---------------------------------------------------------------------------------------------
 // The validated configuration
@@ -102,6 +106,10 @@ pub struct Config {
     /// under it. Resolved (a relative path from the config file's directory); not checked or
     /// created here. Required when any route has `delivery: store-and-forward`.
     pub state_dir: Option<PathBuf>,
+    /// `upstreams`: named upstreams that rules can send messages to (`action: { route: name }`),
+    /// by name (1 to 63 characters of `a-z`, `0-9`, `-`). Each takes the keys of a route's
+    /// `upstream`. Empty when the key is absent.
+    pub upstreams: BTreeMap<String, Upstream>,
 }
 
 /// One listener with its policy and its upstream.
@@ -140,6 +148,12 @@ pub struct Route {
     /// `framing.release`: the MLLP release spoken with the sender. Default (and, for now, the
     /// only one accepted) [`MllpRelease::One`].
     pub release: MllpRelease,
+    /// `rules`: the firewall rules, in order (written inline, or in a YAML file named by path);
+    /// the first match decides, and no match (or no rules) allows. See [`crate::rules`].
+    pub rules: Vec<Rule>,
+    /// `limits`: per-source rate limits and caps (all off by default). `limits.handshake_timeout`
+    /// sets [`Route::handshake_timeout`].
+    pub limits: RateLimits,
 }
 
 /// `framing.release`: which MLLP release a side speaks.
@@ -457,10 +471,20 @@ impl Config {
         if v.errors.is_empty() {
             Ok(config)
         } else {
-            // Document order reads best; errors without a position (none today) go last.
-            v.errors
-                .sort_by_key(|e| (e.line.is_none(), e.line, e.column));
-            Err(ConfigErrors(v.errors))
+            // Document order reads best, the config file first, then each rules file; errors
+            // without a position (none today) go last. A rules file shared by several routes
+            // reports its errors once.
+            v.errors.sort_by_key(|e| {
+                let other_file = (e.file != file).then(|| e.file.clone());
+                (other_file, e.line.is_none(), e.line, e.column)
+            });
+            let mut unique: Vec<ConfigError> = Vec::with_capacity(v.errors.len());
+            for e in v.errors {
+                if !unique.contains(&e) {
+                    unique.push(e);
+                }
+            }
+            Err(ConfigErrors(unique))
         }
     }
 }
@@ -535,6 +559,7 @@ struct RawConfig {
     routes: Spanned<Vec<Spanned<RawRoute>>>,
     shutdown_grace: Option<Text>,
     state_dir: Option<Text>,
+    upstreams: Option<Spanned<firewall::RawUpstreams>>,
 }
 
 #[derive(Deserialize)]
@@ -559,6 +584,8 @@ struct RawRoute {
     on_reply: Option<Spanned<RawOnReply>>,
     duplicate_window: Option<Text>,
     framing: Option<Spanned<RawFraming>>,
+    rules: Option<Spanned<firewall::RawRules>>,
+    limits: Option<Spanned<firewall::RawLimits>>,
 }
 
 #[derive(Deserialize)]
@@ -657,10 +684,10 @@ fn position(at: &Location) -> (Option<usize>, Option<usize>) {
 }
 
 /// Deserializes the raw tree, turning the first syntax or shape error into a [`ConfigError`].
-fn parse_raw(text: &str, file: &Path) -> Result<RawConfig, ConfigErrors> {
+fn parse_raw<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigErrors> {
     let mut path = String::new();
     let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, RawConfig>(de).map_err(|e| {
+        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
             path = yaml_path_of(e.path());
             e.into_inner()
         })
@@ -713,7 +740,17 @@ fn serde_message(err: &serde_saphyr::Error, yaml_path: &str) -> String {
             message
         }
         E::SerdeMissingField { field, .. } => {
+            // A rule: `routes[0].rules[2]` inline, `[2]` in a rules file.
+            let in_rule = yaml_path.ends_with(']')
+                && (yaml_path.starts_with('[') || yaml_path.contains(".rules["));
             let hint = match (*field, yaml_path.ends_with(".tls")) {
+                ("name", _) if in_rule => {
+                    "add e.g. `name: no-test-messages` (unique within the route; a-z, 0-9 and '-')"
+                }
+                ("action", _) => {
+                    "add e.g. `action: reject` (allow, reject, drop, or { route: <upstream name> })"
+                }
+                ("route", _) => "write `action: { route: <upstream name> }`",
                 ("routes", _) => "add a `routes:` list with at least one route",
                 ("name", _) => "add e.g. `name: lab` (lowercase letters, digits and '-')",
                 ("listen", _) => "add e.g. `listen: 127.0.0.1:2575`",
@@ -868,6 +905,7 @@ impl Validator<'_> {
                 Some(self.base_dir.join(written))
             }
         });
+        let (upstreams, upstream_names) = self.upstreams(raw.upstreams.as_ref());
         if raw.routes.value.is_empty() {
             self.error(
                 "routes",
@@ -879,7 +917,7 @@ impl Validator<'_> {
         let mut names: HashMap<String, (usize, Option<usize>)> = HashMap::new();
         let mut listeners: Vec<Listener> = Vec::new();
         for (i, raw_route) in raw.routes.value.iter().enumerate() {
-            let route = self.route(i, raw_route, state_dir.as_deref());
+            let route = self.route(i, raw_route, state_dir.as_deref(), &upstream_names);
             let name_at = &raw_route.value.name;
             if route.name.is_empty() {
                 // Invalid name, already reported.
@@ -943,10 +981,17 @@ impl Validator<'_> {
             routes,
             shutdown_grace,
             state_dir,
+            upstreams,
         }
     }
 
-    fn route(&mut self, i: usize, raw: &Spanned<RawRoute>, state_dir: Option<&Path>) -> Route {
+    fn route(
+        &mut self,
+        i: usize,
+        raw: &Spanned<RawRoute>,
+        state_dir: Option<&Path>,
+        upstreams: &firewall::UpstreamNames,
+    ) -> Route {
         let p = format!("routes[{i}]");
         let r = &raw.value;
         let name = self.value(
@@ -1010,12 +1055,37 @@ impl Validator<'_> {
         let idle_timeout = self.value(format!("{p}.idle_timeout"), &r.idle_timeout, None, |s| {
             parse_duration(s).map(|d| (!d.is_zero()).then_some(d))
         });
-        let handshake_timeout = self.value(
+        let mut handshake_timeout = self.value(
             format!("{p}.handshake_timeout"),
             &r.handshake_timeout,
             DEFAULT_HANDSHAKE_TIMEOUT,
             parse_positive_duration,
         );
+        let rules = self.rules(&p, r.rules.as_ref(), upstreams);
+        let (limits, limits_handshake) = self.limits(&p, r.limits.as_ref());
+        if let Some(limit) = limits_handshake {
+            let route_key_valid = r
+                .handshake_timeout
+                .as_ref()
+                .is_none_or(|t| parse_positive_duration(&t.value).is_ok());
+            if r.handshake_timeout.is_some() && route_key_valid && limit != handshake_timeout {
+                let at = r
+                    .limits
+                    .as_ref()
+                    .and_then(|l| l.value.handshake_timeout.as_ref());
+                if let Some(at) = at {
+                    self.error(
+                        format!("{p}.limits.handshake_timeout"),
+                        &at.referenced,
+                        format!(
+                            "differs from the route's handshake_timeout ({}); set it in one place",
+                            humantime::format_duration(handshake_timeout)
+                        ),
+                    );
+                }
+            }
+            handshake_timeout = limit;
+        }
         let on_upstream_failure = self.value(
             format!("{p}.on_upstream_failure"),
             &r.on_upstream_failure,
@@ -1051,6 +1121,8 @@ impl Validator<'_> {
             delivery,
             framing,
             release,
+            rules,
+            limits,
         }
     }
 
@@ -1887,6 +1959,34 @@ fn parse_queue_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Fuzz entry (the `config` fuzz target calls this): parses `data` (lossily decoded as UTF-8)
+/// as a config file. Must never panic, whatever the bytes; every error must carry a message and
+/// display on one line. Relative paths resolve from a directory that does not exist, and texts
+/// naming device or kernel trees are skipped, so a run never reads from `/dev/zero` or a FIFO.
+pub fn fuzz_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if ["/dev", "/proc", "/sys"]
+        .iter()
+        .any(|tree| text.contains(tree))
+    {
+        return;
+    }
+    let base = Path::new("/nonexistent/mllp-guard-fuzz");
+    match Config::parse(&text, Path::new("fuzz.yaml"), base) {
+        Ok(config) => {
+            assert!(!config.routes.is_empty(), "a valid config has a route");
+            let _ = format!("{config:?}");
+        }
+        Err(errors) => {
+            assert!(!errors.0.is_empty(), "an error result holds an error");
+            for e in &errors.0 {
+                assert!(!e.message.is_empty());
+                let _ = e.to_string();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2193,7 +2293,7 @@ routes:
         let yaml = MINIMAL.replace("listen:", "listne:");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing"
+            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
         );
     }
 
@@ -2245,7 +2345,7 @@ routes:
     fn an_unknown_top_level_key_lists_the_valid_ones() {
         assert_eq!(
             errors(&format!("{MINIMAL}extra: 1\n")),
-            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir"
+            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams"
         );
     }
 

@@ -74,11 +74,7 @@ impl Dispatch {
     ) -> Answer {
         match self {
             Dispatch::Custody(custody) => match custody.accept(frame, header).await {
-                Verdict::Ack {
-                    ack,
-                    code,
-                    outcome,
-                } => Answer::Ack {
+                Verdict::Ack { ack, code, outcome } => Answer::Ack {
                     ack,
                     code,
                     outcome,

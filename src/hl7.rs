@@ -7,7 +7,7 @@
 //!   acks on (MSH-3..6, 9..12, 15, 16, 18).
 //! - Reading an ack: its header plus the MSA segment (MSA-1 code, MSA-2 acked control id, MSA-3
 //!   text), wherever the MSA sits after the header.
-//! - [`fuzz_header`], the library side of the `hl7_header` fuzz target.
+//! - [`fuzz_header`], the library side of the `msh_view` fuzz target.
 //!
 //! # What it must not know
 //! No I/O, no clock, no allocation on the parse path. It does not know MLLP framing, rules, or how
@@ -488,7 +488,7 @@ fn sanitize_code(raw: &[u8]) -> String {
         .collect()
 }
 
-/// Fuzz entry (the `hl7_header` target calls this): parses `data` as a [`Header`] and as an
+/// Fuzz entry (the `msh_view` target calls this): parses `data` as a [`Header`] and as an
 /// [`AckView`], touches every accessor and `Debug`, and asserts the invariants: no panic, every
 /// returned slice lies within `data`, the separators are what the bytes say.
 pub fn fuzz_header(data: &[u8]) {

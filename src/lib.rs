@@ -15,6 +15,7 @@
 //!   TLS handshake under a timeout           tls.rs       (in the connection's own task)
 //!   bytes -> frame                          link.rs + codec.rs (oversize / garbage -> defined outcome)
 //!   header view                             hl7.rs       (no header -> AR from ack.rs)
+//!   rules: source, TLS identity, MSH fields rules.rs     (first match: allow/reject/drop/route)
 //!   deliver                                 dispatch.rs  (forward; custody comes here)
 //!   send frame, await ack, verify MSA-2     upstream.rs  (timeout -> connection closed)
 //!   ack (relayed, or our own AE) -> sender  session.rs owns the loop end to end
@@ -25,8 +26,8 @@
 //! socket tuning and the plain/TLS stream; `peer/` has the `send` and `sink` tools; `demo.rs`
 //! the quick start; `main.rs` the command line.
 //!
-//! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, and `config`
-//! apart from reading the files it names.
+//! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, `rules`, and
+//! `config` apart from reading the files it names.
 #![forbid(unsafe_code)]
 
 pub mod ack;
@@ -38,6 +39,7 @@ pub mod custody;
 pub mod demo;
 pub mod dispatch;
 pub mod hl7;
+pub mod limits;
 pub mod link;
 pub mod listener;
 pub mod net;
@@ -45,6 +47,7 @@ pub mod operator;
 pub mod peer;
 pub mod policy;
 pub mod queue;
+pub mod rules;
 pub mod session;
 pub mod tls;
 pub mod upstream;

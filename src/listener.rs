@@ -59,6 +59,14 @@ pub async fn accept_loop(
             refuse(tcp);
             continue;
         }
+        let source = match ctx.limits.admit_connection(peer.ip()) {
+            Ok(source) => source,
+            Err(refusal) => {
+                tracing::warn!(route = %ctx.name, %peer, reason = %refusal, "connection refused");
+                refuse(tcp);
+                continue;
+            }
+        };
         let Ok(permit) = capacity.clone().try_acquire_owned() else {
             tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, "connection refused");
             refuse(tcp);
@@ -71,7 +79,7 @@ pub async fn accept_loop(
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, source);
             serve_connection(tcp, peer, ctx, shutdown).await;
         });
     }

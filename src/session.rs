@@ -16,9 +16,11 @@ use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Decoded, Frame};
+use crate::config::OnLimit;
 use crate::config::Route;
 use crate::dispatch::{own_ack, Answer, Dispatch};
 use crate::hl7::{AckCode, Header};
+use crate::limits::SourceLimits;
 use crate::link::Link;
 
 /// Everything a session needs from its route.
@@ -26,6 +28,8 @@ pub struct RouteContext {
     pub name: Arc<str>,
     pub route: Route,
     pub dispatch: Dispatch,
+    /// Per-source connection and message limits (tracks nothing when none are configured).
+    pub limits: Arc<SourceLimits>,
 }
 
 /// Why a session ended (for the close log line).
@@ -179,6 +183,24 @@ async fn handle_message(
     let started = Instant::now();
     let peer = who.addr;
     let identity = who.identity();
+    // Per-source rate: wait (backpressure: nothing more is read meanwhile) or refuse.
+    while let Err(wait) = ctx.limits.check_message(peer.ip(), frame.len()) {
+        if ctx.limits.on_limit() == OnLimit::Reject {
+            let header = Header::parse(frame.payload()).ok();
+            let control_id = header
+                .as_ref()
+                .map(|h| printable(h.control_id()))
+                .unwrap_or_default();
+            tracing::warn!(route = %ctx.name, %peer, identity, control_id = %control_id, bytes = frame.len(), ack = "AE", outcome = "rate_limited", "message refused: rate limited");
+            return Reply::Send(own_ack(
+                header.as_ref(),
+                AckCode::AE,
+                "rate limited: too many messages from this source; send more slowly",
+            ));
+        }
+        tracing::debug!(route = %ctx.name, %peer, wait_ms = wait.as_millis() as u64, "rate limited: delaying");
+        tokio::time::sleep(wait).await;
+    }
     let header = match Header::parse(frame.payload()) {
         Ok(header) => header,
         Err(err) => {

@@ -326,7 +326,8 @@ impl Upstream {
     ) -> Result<Reply, UpstreamError> {
         let ack_timeout = self.cfg.ack_timeout;
         let exchange = async {
-            conn.link.send_frame(frame)
+            conn.link
+                .send_frame(frame)
                 .await
                 .map_err(UpstreamError::Send)?;
             match conn.link.next().await {

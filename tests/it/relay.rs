@@ -756,23 +756,48 @@ async fn a_sender_with_stx_etx_framing_is_bridged_to_a_standard_mllp_receiver() 
     use mllp_guard::codec::{Decoded, Decoder, Framing};
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let yaml = route_yaml(upstream.addr, "    framing: { start: 0x02, end: [0x03] }\n", "", "");
+    let yaml = route_yaml(
+        upstream.addr,
+        "    framing: { start: 0x02, end: [0x03] }\n",
+        "",
+        "",
+    );
     let guard = dir.guard(&yaml).await;
     let framing = Framing::new(0x02, &[0x03]).unwrap();
-    let mut tcp = tokio::net::TcpStream::connect(guard.local_addr("test").unwrap()).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(guard.local_addr("test").unwrap())
+        .await
+        .unwrap();
     let payload = corpus_bytes("13_iso8859_1_names.hl7");
-    tokio::io::AsyncWriteExt::write_all(&mut tcp, &mllp_guard::codec::encode_with(framing, &payload)).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        &mllp_guard::codec::encode_with(framing, &payload),
+    )
+    .await
+    .unwrap();
     let mut decoder = Decoder::with_framing(1 << 20, framing);
     let mut buf = bytes::BytesMut::new();
     let ack = loop {
         if let Some(Decoded::Frame(frame)) = decoder.decode(&mut buf) {
-            assert_eq!(frame.as_wire()[0], 0x02, "the ack goes back in the sender's framing");
+            assert_eq!(
+                frame.as_wire()[0],
+                0x02,
+                "the ack goes back in the sender's framing"
+            );
             break frame.payload().to_vec();
         }
-        let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_buf(&mut tcp, &mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_buf(&mut tcp, &mut buf),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert!(n > 0, "closed without an ack");
     };
     assert_eq!(ack_of(&ack).0, AckCode::AA);
-    assert!(upstream.received()[0] == payload, "arrives byte-exact in standard MLLP");
+    assert!(
+        upstream.received()[0] == payload,
+        "arrives byte-exact in standard MLLP"
+    );
     guard.stop().await;
 }

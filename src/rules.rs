@@ -1,0 +1,1265 @@
+//! Rules: HL7-aware matching on the sender and the message header, and the decision that follows.
+//!
+//! # What this module owns
+//! - The value patterns of the `rules:` contract: [`Pattern`] (exact, or with `*` wildcards),
+//!   [`MessageTypePattern`] (`TYPE^TRIGGER` on MSH-9), peer networks for `source`.
+//! - [`RuleMatch`], [`Rule`] and [`Action`], built by `config.rs` from the YAML.
+//! - [`evaluate`]: the first rule whose match holds decides; a list with no matching rule (or no
+//!   rules at all) allows the message. A security policy that wants "deny unless allowed" ends its
+//!   list with a catch-all rule without `match` (`- { name: default, action: reject }`).
+//! - [`fuzz_rules`], the library side of the `rules` fuzz target.
+//!
+//! # What it must not know
+//! Pure: no I/O, no clock, no allocation when evaluating. It does not know sockets, TLS sessions
+//! (the caller passes the peer certificate's identities as strings), ack bytes or reason texts
+//! (the session turns a [`Decision`] into an AR ack, a closed connection or another upstream),
+//! nor where an upstream named by [`Action::Route`] is (the config checked that it exists).
+//!
+//! # Matching, field by field
+//! Every field of a [`RuleMatch`] is optional; all the fields present must hold (AND), and a field
+//! holds when any of its entries matches (OR).
+//!
+//! | key | what it is matched against |
+//! |---|---|
+//! | `source` | the peer IP address (IPv4-mapped IPv6 peers as the IPv4 address they carry) |
+//! | `tls_identity` | any identity of the peer certificate (SAN DNS names and URIs, or CN); a peer without a certificate never matches |
+//! | `sending_application` .. `receiving_facility` | the first component of MSH-3 .. MSH-6 |
+//! | `message_type` | MSH-9 split on the message's own component separator: code, trigger (and structure) |
+//! | `version` | the first component of MSH-12 |
+//! | `processing_id` | the first component of MSH-11 |
+//!
+//! Components are split on the message's component separator (MSH-2's first character), so
+//! messages with a `#` field separator or custom encoding characters match like any other.
+//! Comparisons are byte for byte and case-sensitive, as HL7 values are.
+//!
+//! # Wildcards
+//! In a value [`Pattern`], `*` stands for any run of bytes, including none: `2.5*` matches `2.5`
+//! and `2.5.1`, `*` matches every value (an empty field too). In a `tls_identity` pattern the
+//! wildcard follows TLS certificate rules instead: `*.example.org` stands for exactly one
+//! non-empty label, so it matches `lab.example.org` but neither `example.org` nor
+//! `a.lab.example.org`; a lone `*` matches any identity (but still requires a certificate); `*`
+//! anywhere else is refused when the config is read.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::hl7::Header;
+
+// ---------------------------------------------------------------------------------------------
+// Patterns
+// ---------------------------------------------------------------------------------------------
+
+/// A value pattern: exact (byte for byte, case-sensitive, like HL7), or with `*` wildcards
+/// (`*.example.org`, `2.5*`, `*`).
+///
+/// See the module doc for the two wildcard flavours: [`Pattern::parse`] (a `*` is any run of
+/// bytes) and [`Pattern::parse_identity`] (a leading `*.` is one DNS label).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pattern {
+    /// As written in the config (shown by `Debug` and `Display`).
+    text: Box<str>,
+    kind: PatternKind,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum PatternKind {
+    /// No wildcard: the value must equal these bytes.
+    Exact,
+    /// The literal runs between the `*`s, in order: `a*b*c` is `[a, b, c]`, `*x` is `["", x]`.
+    /// At least two parts (one `*`); consecutive `*`s are merged.
+    Glob(Box<[Box<[u8]>]>),
+    /// `*.suffix`: one non-empty label without a dot, then `.suffix` (stored with its dot).
+    OneLabel(Box<[u8]>),
+}
+
+impl Pattern {
+    /// Parses a value pattern: any text without control characters; each `*` stands for any run
+    /// of bytes (including none). The empty string matches only an empty value.
+    ///
+    /// # Errors
+    /// A message (without the YAML location) when the text holds a control character.
+    pub fn parse(s: &str) -> Result<Pattern, String> {
+        check_no_controls(s)?;
+        let kind = if s.contains('*') {
+            // `a**b` is `a*b`: empty runs between two stars are dropped; the first and last
+            // runs stay (possibly empty) as they anchor at the ends.
+            let runs: Vec<&str> = s.split('*').collect();
+            let last = runs.len() - 1;
+            let parts: Vec<Box<[u8]>> = runs
+                .iter()
+                .enumerate()
+                .filter(|&(i, run)| i == 0 || i == last || !run.is_empty())
+                .map(|(_, run)| run.as_bytes().into())
+                .collect();
+            PatternKind::Glob(parts.into_boxed_slice())
+        } else {
+            PatternKind::Exact
+        };
+        Ok(Pattern {
+            text: s.into(),
+            kind,
+        })
+    }
+
+    /// Parses a `tls_identity` pattern: an exact identity (`lab.example.org`,
+    /// `spiffe://example.org/lab`, a CN), `*.` followed by a domain (`*.example.org`: exactly one
+    /// label in place of the `*`), or a lone `*` (any identity).
+    ///
+    /// # Errors
+    /// A message when the text is empty, holds a control character, or has a `*` anywhere else.
+    pub fn parse_identity(s: &str) -> Result<Pattern, String> {
+        check_no_controls(s)?;
+        if s.is_empty() {
+            return Err(
+                "an empty identity matches no certificate; write e.g. lab.example.org or *.example.org"
+                    .to_string(),
+            );
+        }
+        if s == "*" {
+            return Pattern::parse(s);
+        }
+        let kind = match s.strip_prefix("*.") {
+            Some(domain) if !domain.contains('*') && !domain.is_empty() && !domain.starts_with('.') => {
+                PatternKind::OneLabel(s.as_bytes()[1..].into())
+            }
+            _ if s.contains('*') => {
+                return Err(format!(
+                    "\"{s}\": in a TLS identity `*` may only stand for the whole first label (\"*.example.org\") or for any identity (\"*\")"
+                ))
+            }
+            _ => PatternKind::Exact,
+        };
+        Ok(Pattern {
+            text: s.into(),
+            kind,
+        })
+    }
+
+    /// Whether `v` matches.
+    pub fn matches(&self, v: &[u8]) -> bool {
+        match &self.kind {
+            PatternKind::Exact => v == self.text.as_bytes(),
+            PatternKind::Glob(parts) => glob_matches(parts, v),
+            PatternKind::OneLabel(suffix) => v
+                .strip_suffix(&suffix[..])
+                .is_some_and(|label| !label.is_empty() && !label.contains(&b'.')),
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether it has no wildcard.
+    pub fn is_exact(&self) -> bool {
+        matches!(self.kind, PatternKind::Exact)
+    }
+}
+
+fn check_no_controls(s: &str) -> Result<(), String> {
+    if s.chars().any(char::is_control) {
+        return Err(format!(
+            "\"{}\" contains a control character; header values never hold one",
+            s.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// `*`-only glob: the first part anchors at the start, the last at the end, the middle ones are
+/// found left to right in what is between (leftmost is always right when `*` is the only
+/// wildcard). No allocation, no backtracking.
+fn glob_matches(parts: &[Box<[u8]>], v: &[u8]) -> bool {
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    if v.len() < first.len() + last.len() || !v.starts_with(first) || !v.ends_with(last) {
+        return false;
+    }
+    let mut rest = &v[first.len()..v.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match memchr::memmem::find(rest, part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// An MSH-9 pattern `TYPE^TRIGGER` (`ORU^R01`, `ORM^*`, `ADT`), each component a [`Pattern`].
+///
+/// A one-component pattern matches any trigger; a third component, when given, matches the
+/// message structure (MSH-9.3, e.g. `ADT^A04^ADT_A01`). The pattern is always written with `^`;
+/// the message is split on its own component separator, so `ADT^A08` matches `ADT:A08` in a
+/// message whose encoding characters are `:@$%`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MessageTypePattern {
+    text: Box<str>,
+    code: Pattern,
+    trigger: Option<Pattern>,
+    structure: Option<Pattern>,
+}
+
+impl MessageTypePattern {
+    /// Parses `CODE`, `CODE^TRIGGER` or `CODE^TRIGGER^STRUCTURE`.
+    ///
+    /// # Errors
+    /// A message when a component is empty, there are more than three, or a component holds a
+    /// control character.
+    pub fn parse(s: &str) -> Result<MessageTypePattern, String> {
+        let mut components = s.split('^');
+        let mut next = || -> Result<Option<Pattern>, String> {
+            match components.next() {
+                None => Ok(None),
+                Some("") => Err(format!(
+                    "\"{s}\" has an empty component; write TYPE^TRIGGER with `*` for any, e.g. ORU^R01, ORM^* or ADT"
+                )),
+                Some(c) => Pattern::parse(c).map(Some),
+            }
+        };
+        let code = next()?.ok_or_else(|| {
+            "an empty message type matches nothing; write e.g. ORU^R01, ORM^* or ADT".to_string()
+        })?;
+        let trigger = next()?;
+        let structure = next()?;
+        if next()?.is_some() {
+            return Err(format!(
+                "\"{s}\" has more than three components; write TYPE^TRIGGER (or TYPE^TRIGGER^STRUCTURE), e.g. ORU^R01"
+            ));
+        }
+        Ok(MessageTypePattern {
+            text: s.into(),
+            code,
+            trigger,
+            structure,
+        })
+    }
+
+    /// Whether MSH-9 of this header matches (split on its component separator).
+    pub fn matches(&self, header: &Header<'_>) -> bool {
+        self.matches_field(header.message_type(), header.component_separator())
+    }
+
+    /// Whether an MSH-9 value, split on `component_separator`, matches. A missing component
+    /// reads as empty (so `ORM^*` matches a bare `ORM`, `ORM^O01` does not).
+    pub fn matches_field(&self, msh9: &[u8], component_separator: u8) -> bool {
+        let mut components = msh9.split(|&b| b == component_separator);
+        let mut next = || components.next().unwrap_or_default();
+        self.code.matches(next())
+            && self.trigger.as_ref().is_none_or(|p| p.matches(next()))
+            && self.structure.as_ref().is_none_or(|p| p.matches(next()))
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for MessageTypePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text, f)
+    }
+}
+
+impl fmt::Display for MessageTypePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Parses a `source` entry: a CIDR (`10.20.0.0/16`, host bits ignored) or a bare IP address (a
+/// host network). An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is stored as the IPv4
+/// network it covers, as peers are matched in that form.
+///
+/// # Errors
+/// A message naming the entry when it is neither.
+pub fn parse_network(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    let net = match t.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => match t.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip),
+            Err(_) => {
+                return Err(format!(
+                    "\"{s}\" is not an IP address or CIDR (write e.g. 10.20.0.0/16, 192.0.2.7 or \"2001:db8::/32\")"
+                ))
+            }
+        },
+    };
+    Ok(canonical_network(net))
+}
+
+fn canonical_network(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules
+// ---------------------------------------------------------------------------------------------
+
+/// What a rule looks at. All fields are optional; every present field must match (AND); within a
+/// field any entry may match (OR). `Default` (no field) matches every message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleMatch {
+    /// `source`: the peer address lies in one of these networks.
+    pub source: Option<Vec<IpNet>>,
+    /// `tls_identity`: one of the peer certificate's identities matches one of these (built
+    /// with [`Pattern::parse_identity`]). Never matches a peer without a certificate.
+    pub tls_identity: Option<Vec<Pattern>>,
+    /// `sending_application`: MSH-3, first component.
+    pub sending_application: Option<Vec<Pattern>>,
+    /// `sending_facility`: MSH-4, first component.
+    pub sending_facility: Option<Vec<Pattern>>,
+    /// `receiving_application`: MSH-5, first component.
+    pub receiving_application: Option<Vec<Pattern>>,
+    /// `receiving_facility`: MSH-6, first component.
+    pub receiving_facility: Option<Vec<Pattern>>,
+    /// `message_type`: MSH-9.
+    pub message_type: Option<Vec<MessageTypePattern>>,
+    /// `version`: MSH-12, first component.
+    pub version: Option<Vec<Pattern>>,
+    /// `processing_id`: MSH-11, first component (`P`, `T`, `D`).
+    pub processing_id: Option<Vec<Pattern>>,
+}
+
+/// The first component of a field, split on the header's component separator.
+fn first_component<'a>(field: &'a [u8], header: &Header<'_>) -> &'a [u8] {
+    let sep = header.component_separator();
+    field.split(|&b| b == sep).next().unwrap_or_default()
+}
+
+/// `None` holds; `Some(list)` holds when any entry does.
+fn any<T>(list: &Option<Vec<T>>, matches: impl Fn(&T) -> bool) -> bool {
+    list.as_ref().is_none_or(|list| list.iter().any(matches))
+}
+
+impl RuleMatch {
+    /// Whether every present field matches these facts. Header fields are only looked up for
+    /// the fields present.
+    pub fn matches(&self, facts: &Facts<'_>) -> bool {
+        let h = facts.header;
+        any(&self.source, |net| net.contains(&facts.peer.to_canonical()))
+            && any(&self.tls_identity, |p| {
+                facts.identities.iter().any(|id| p.matches(id.as_bytes()))
+            })
+            && first_component_matches(&self.processing_id, h, || h.processing_id())
+            && any(&self.message_type, |p| p.matches(h))
+            && first_component_matches(&self.sending_application, h, || h.sending_application())
+            && first_component_matches(&self.sending_facility, h, || h.sending_facility())
+            && first_component_matches(&self.receiving_application, h, || h.receiving_application())
+            && first_component_matches(&self.receiving_facility, h, || h.receiving_facility())
+            && first_component_matches(&self.version, h, || h.version())
+    }
+}
+
+/// `None` holds; `Some(list)` holds when an entry matches the first component of the field
+/// `get` returns (called only then).
+fn first_component_matches<'h>(
+    list: &Option<Vec<Pattern>>,
+    header: &Header<'h>,
+    get: impl FnOnce() -> &'h [u8],
+) -> bool {
+    match list {
+        None => true,
+        Some(list) => {
+            let v = first_component(get(), header);
+            list.iter().any(|p| p.matches(v))
+        }
+    }
+}
+
+/// What a matching rule does with the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `allow`: deliver it to the route's upstream.
+    Allow,
+    /// `reject`: answer AR with the reason; the connection stays open.
+    Reject,
+    /// `drop`: close the sender's connection without an answer.
+    Drop,
+    /// `route: <name>`: deliver it to this upstream of the top-level `upstreams:` instead.
+    Route(String),
+}
+
+/// One entry of a route's `rules:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `name`: unique within the route; shown in logs, metrics and reject reasons.
+    pub name: String,
+    /// `match`: what the rule looks at (`Default` when the key is absent: every message).
+    pub matcher: RuleMatch,
+    /// `action`.
+    pub action: Action,
+}
+
+impl Rule {
+    /// Whether the rule's match holds for these facts.
+    pub fn matches(&self, facts: &Facts<'_>) -> bool {
+        self.matcher.matches(facts)
+    }
+}
+
+/// What is known about one message when the rules run.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    /// The sender's address (an IPv4-mapped IPv6 address is fine: it is canonicalized).
+    pub peer: IpAddr,
+    /// The identities of the sender's TLS client certificate (SAN DNS names and URIs, or the CN
+    /// when it has no SAN); empty without TLS or without a client certificate.
+    pub identities: &'a [String],
+    /// The message's header.
+    pub header: &'a Header<'a>,
+}
+
+/// The outcome of [`evaluate`], borrowing names from the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision<'r> {
+    /// Deliver to the route's upstream: `rule` allowed it, or (`None`) no rule matched.
+    Allow {
+        /// The matching rule, `None` when no rule matched (or there are none).
+        rule: Option<&'r str>,
+    },
+    /// Answer AR; the connection stays open.
+    Reject {
+        /// The matching rule.
+        rule: &'r str,
+    },
+    /// Close the connection without an answer.
+    Drop {
+        /// The matching rule.
+        rule: &'r str,
+    },
+    /// Deliver to the named upstream instead of the route's own.
+    Route {
+        /// The matching rule.
+        rule: &'r str,
+        /// A key of the config's `upstreams:`.
+        upstream: &'r str,
+    },
+}
+
+impl<'r> Decision<'r> {
+    /// The name of the rule that decided, `None` when no rule matched.
+    pub fn rule(&self) -> Option<&'r str> {
+        match *self {
+            Decision::Allow { rule } => rule,
+            Decision::Reject { rule } | Decision::Drop { rule } | Decision::Route { rule, .. } => {
+                Some(rule)
+            }
+        }
+    }
+}
+
+/// For logs: `allow (no rule matched)`, `reject (rule "default")`, `route to "lab-b" (rule "x")`.
+impl fmt::Display for Decision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Allow { rule: None } => f.write_str("allow (no rule matched)"),
+            Decision::Allow { rule: Some(rule) } => write!(f, "allow (rule {rule:?})"),
+            Decision::Reject { rule } => write!(f, "reject (rule {rule:?})"),
+            Decision::Drop { rule } => write!(f, "drop (rule {rule:?})"),
+            Decision::Route { rule, upstream } => {
+                write!(f, "route to {upstream:?} (rule {rule:?})")
+            }
+        }
+    }
+}
+
+/// Runs the rules in order: the first rule that matches decides. No matching rule, or no rules,
+/// allows the message (the route's allowlist already admitted the sender). Allocation-free.
+pub fn evaluate<'r>(rules: &'r [Rule], facts: &Facts<'_>) -> Decision<'r> {
+    let Some(rule) = rules.iter().find(|r| r.matches(facts)) else {
+        return Decision::Allow { rule: None };
+    };
+    let name = rule.name.as_str();
+    match &rule.action {
+        Action::Allow => Decision::Allow { rule: Some(name) },
+        Action::Reject => Decision::Reject { rule: name },
+        Action::Drop => Decision::Drop { rule: name },
+        Action::Route(upstream) => Decision::Route {
+            rule: name,
+            upstream,
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzzing
+// ---------------------------------------------------------------------------------------------
+
+/// A fixed rule set touching every field and wildcard flavour (the issue's example and more).
+fn fuzz_rule_set() -> Vec<Rule> {
+    let pats = |list: &[&str]| Some(list.iter().map(|s| Pattern::parse(s).unwrap()).collect());
+    let ids = |list: &[&str]| {
+        Some(
+            list.iter()
+                .map(|s| Pattern::parse_identity(s).unwrap())
+                .collect(),
+        )
+    };
+    let types = |list: &[&str]| {
+        Some(
+            list.iter()
+                .map(|s| MessageTypePattern::parse(s).unwrap())
+                .collect(),
+        )
+    };
+    let nets = |list: &[&str]| Some(list.iter().map(|s| parse_network(s).unwrap()).collect());
+    let rule = |name: &str, matcher: RuleMatch, action: Action| Rule {
+        name: name.into(),
+        matcher,
+        action,
+    };
+    vec![
+        rule(
+            "no-test",
+            RuleMatch {
+                processing_id: pats(&["T", "D"]),
+                ..RuleMatch::default()
+            },
+            Action::Reject,
+        ),
+        rule(
+            "lab",
+            RuleMatch {
+                source: nets(&["10.20.0.0/16", "::ffff:127.0.0.0/104", "2001:db8::/32"]),
+                tls_identity: ids(&["lab.example.org", "*.example.org"]),
+                sending_application: pats(&["LIS", "*LAB*"]),
+                message_type: types(&["ORU^R01", "ORM^*", "*^*^ORU_R01"]),
+                version: pats(&["2.3", "2.5*"]),
+                ..RuleMatch::default()
+            },
+            Action::Allow,
+        ),
+        rule(
+            "adt",
+            RuleMatch {
+                sending_facility: pats(&["REG*", "*"]),
+                receiving_application: pats(&["*EHR", "A*B*C"]),
+                receiving_facility: pats(&[""]),
+                message_type: types(&["ADT"]),
+                ..RuleMatch::default()
+            },
+            Action::Route("adt".into()),
+        ),
+        rule(
+            "any-cert",
+            RuleMatch {
+                tls_identity: ids(&["*"]),
+                ..RuleMatch::default()
+            },
+            Action::Drop,
+        ),
+        rule("default", RuleMatch::default(), Action::Reject),
+    ]
+}
+
+/// Reference glob (dynamic programming) that the fast [`glob_matches`] must agree with.
+fn glob_oracle(pattern: &[u8], v: &[u8]) -> bool {
+    // m[j] = pattern[..i] matches v[..j]
+    let mut m = vec![false; v.len() + 1];
+    m[0] = true;
+    for &p in pattern {
+        if p == b'*' {
+            for j in 1..=v.len() {
+                m[j] = m[j] || m[j - 1];
+            }
+        } else {
+            for j in (1..=v.len()).rev() {
+                m[j] = m[j - 1] && v[j - 1] == p;
+            }
+            m[0] = false;
+        }
+    }
+    m[v.len()]
+}
+
+/// Fuzz entry (the `rules` fuzz target calls this). Never panics on any input; asserts:
+/// - when `data` parses as a header, [`evaluate`] with a fixed rule set and a peer address and
+///   certificate identities derived from `data` returns the decision of the first rule whose
+///   match holds (checked rule by rule), and the same decision twice;
+/// - a pattern made from the first line of `data` matches the second line exactly when a
+///   reference matcher says so (plain and identity flavours), and message type patterns parse
+///   or fail without panicking.
+pub fn fuzz_rules(data: &[u8]) {
+    static RULES: std::sync::LazyLock<Vec<Rule>> = std::sync::LazyLock::new(fuzz_rule_set);
+    let rules = &RULES[..];
+
+    if let Ok(header) = Header::parse(data) {
+        let b = |i: usize| data.get(i).copied().unwrap_or(0);
+        let peer = match b(0) % 3 {
+            0 => IpAddr::from([10, 20, b(1), b(2)]),
+            1 => IpAddr::from(std::net::Ipv4Addr::new(127, 0, b(1), b(2)).to_ipv6_mapped()),
+            _ => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, u16::from(b(1)), u16::from(b(2))]),
+        };
+        // Identities: the first component of MSH-8 (security), split on the repetition char.
+        let identities: Vec<String> = header
+            .field(8)
+            .split(|&c| Some(&c) == header.encoding_characters().get(1))
+            .take(4)
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+            .filter(|id| !id.is_empty())
+            .collect();
+        let facts = Facts {
+            peer,
+            identities: &identities,
+            header: &header,
+        };
+        let decision = evaluate(rules, &facts);
+        assert_eq!(
+            decision,
+            evaluate(rules, &facts),
+            "evaluate is deterministic"
+        );
+        let first = rules.iter().position(|r| r.matches(&facts));
+        assert_eq!(decision.rule(), first.map(|i| rules[i].name.as_str()));
+        // The catch-all rule always matches, so some rule decides.
+        assert!(first.is_some());
+        let _ = decision.to_string();
+    }
+
+    let mut lines = data.split(|&c| c == b'\n');
+    let (Some(pattern), Some(value)) = (lines.next(), lines.next()) else {
+        return;
+    };
+    let (pattern, value) = (
+        &pattern[..pattern.len().min(64)],
+        &value[..value.len().min(256)],
+    );
+    let Ok(text) = std::str::from_utf8(pattern) else {
+        return;
+    };
+    if let Ok(p) = Pattern::parse(text) {
+        assert_eq!(p.matches(value), glob_oracle(pattern, value), "{text:?}");
+        assert_eq!(p.as_str(), text);
+    }
+    if let Ok(p) = Pattern::parse_identity(text) {
+        let expected = match text.strip_prefix("*.") {
+            Some(domain) => value
+                .strip_suffix(domain.as_bytes())
+                .and_then(|head| head.strip_suffix(b"."))
+                .is_some_and(|label| !label.is_empty() && !label.contains(&b'.')),
+            None if text == "*" => true,
+            None => value == pattern,
+        };
+        assert_eq!(p.matches(value), expected, "{text:?}");
+    }
+    if let Ok(p) = MessageTypePattern::parse(text) {
+        let _ = p.matches_field(value, b'^');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/corpus")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn p(s: &str) -> Pattern {
+        Pattern::parse(s).unwrap()
+    }
+
+    fn pats(list: &[&str]) -> Option<Vec<Pattern>> {
+        Some(list.iter().map(|s| p(s)).collect())
+    }
+
+    fn mt(list: &[&str]) -> Option<Vec<MessageTypePattern>> {
+        Some(
+            list.iter()
+                .map(|s| MessageTypePattern::parse(s).unwrap())
+                .collect(),
+        )
+    }
+
+    /// Whether `matcher` holds for `message` from `peer` with `identities`.
+    fn holds(matcher: &RuleMatch, message: &[u8], peer: &str, identities: &[&str]) -> bool {
+        let header = Header::parse(message).expect("header parses");
+        let identities: Vec<String> = identities.iter().map(|s| s.to_string()).collect();
+        matcher.matches(&Facts {
+            peer: ip(peer),
+            identities: &identities,
+            header: &header,
+        })
+    }
+
+    const ORU: &[u8] =
+        b"MSH|^~\\&|LIS^lab.local^DNS|LAB^1.2.3^ISO|EHR|HOSP|20240102030405||ORU^R01^ORU_R01|M1|P^T|2.5.1^USA\rPID|1\r";
+
+    #[test]
+    fn exact_patterns_are_case_sensitive_and_whole() {
+        let lis = p("LIS");
+        assert!(lis.is_exact());
+        assert!(lis.matches(b"LIS"));
+        assert!(!lis.matches(b"lis"));
+        assert!(!lis.matches(b"LIS2"));
+        assert!(!lis.matches(b"XLIS"));
+        assert!(!lis.matches(b""));
+        assert!(p("").matches(b""));
+        assert!(!p("").matches(b"A"));
+    }
+
+    #[test]
+    fn a_star_stands_for_any_run_of_bytes_including_none() {
+        let v25 = p("2.5*");
+        assert!(!v25.is_exact());
+        for (value, expected) in [
+            ("2.5", true),
+            ("2.5.1", true),
+            ("2.51", true),
+            ("2.4", false),
+            ("12.5", false),
+        ] {
+            assert_eq!(v25.matches(value.as_bytes()), expected, "2.5* vs {value}");
+        }
+        let any = p("*");
+        assert!(any.matches(b""));
+        assert!(any.matches(b"\xff anything"));
+        let cases = [
+            ("*LAB", "CENTRALLAB", true),
+            ("*LAB", "LAB", true),
+            ("*LAB", "LABX", false),
+            ("A*B*C", "ABC", true),
+            ("A*B*C", "AxxBxxC", true),
+            ("A*B*C", "AxxCxxB", false),
+            ("A*B*C", "ABCBC", true),
+            ("A*BC", "ABC", true),
+            ("AB*BC", "ABC", false),
+            ("a**b", "ab", true),
+            ("**", "", true),
+            ("*x*", "yyxyy", true),
+            ("*x*", "yyy", false),
+        ];
+        for (pattern, value, expected) in cases {
+            assert_eq!(
+                p(pattern).matches(value.as_bytes()),
+                expected,
+                "{pattern} vs {value}"
+            );
+            assert_eq!(
+                glob_oracle(pattern.as_bytes(), value.as_bytes()),
+                expected,
+                "oracle {pattern} vs {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_wildcards_stand_for_exactly_one_label() {
+        let wild = Pattern::parse_identity("*.example.org").unwrap();
+        assert!(wild.matches(b"lab.example.org"));
+        assert!(!wild.matches(b"example.org"));
+        assert!(!wild.matches(b".example.org"));
+        assert!(!wild.matches(b"a.lab.example.org"));
+        assert!(!wild.matches(b"labexample.org"));
+        assert!(!wild.matches(b"lab.example.org.evil"));
+        let exact = Pattern::parse_identity("lab.example.org").unwrap();
+        assert!(exact.matches(b"lab.example.org"));
+        assert!(!exact.matches(b"LAB.example.org"));
+        let any = Pattern::parse_identity("*").unwrap();
+        assert!(any.matches(b"whatever"));
+        let uri = Pattern::parse_identity("spiffe://example.org/lab").unwrap();
+        assert!(uri.matches(b"spiffe://example.org/lab"));
+    }
+
+    #[test]
+    fn identity_patterns_refuse_a_star_anywhere_but_the_first_label() {
+        for bad in [
+            "lab*.example.org",
+            "*lab.example.org",
+            "lab.*.org",
+            "*.",
+            "*..org",
+            "*.*.org",
+            "spiffe://x/*",
+        ] {
+            assert_eq!(
+                Pattern::parse_identity(bad).unwrap_err(),
+                format!("\"{bad}\": in a TLS identity `*` may only stand for the whole first label (\"*.example.org\") or for any identity (\"*\")"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Pattern::parse_identity("").unwrap_err(),
+            "an empty identity matches no certificate; write e.g. lab.example.org or *.example.org"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_pattern() {
+        assert_eq!(
+            Pattern::parse("A\rB").unwrap_err(),
+            "\"A\\rB\" contains a control character; header values never hold one"
+        );
+        assert!(Pattern::parse_identity("a\u{0}b").is_err());
+        assert!(MessageTypePattern::parse("ADT^A\t01").is_err());
+    }
+
+    #[test]
+    fn message_type_patterns_match_code_and_trigger() {
+        let oru = MessageTypePattern::parse("ORU^R01").unwrap();
+        assert!(oru.matches_field(b"ORU^R01^ORU_R01", b'^'));
+        assert!(oru.matches_field(b"ORU^R01", b'^'));
+        assert!(!oru.matches_field(b"ORU^R30", b'^'));
+        assert!(!oru.matches_field(b"ORU", b'^'));
+        assert!(!oru.matches_field(b"ORUX^R01", b'^'));
+        let orm = MessageTypePattern::parse("ORM^*").unwrap();
+        assert!(orm.matches_field(b"ORM^O01", b'^'));
+        assert!(orm.matches_field(b"ORM", b'^'));
+        assert!(!orm.matches_field(b"ORU^R01", b'^'));
+        let adt = MessageTypePattern::parse("ADT").unwrap();
+        assert!(adt.matches_field(b"ADT^A01^ADT_A01", b'^'));
+        assert!(adt.matches_field(b"ADT", b'^'));
+        assert!(!adt.matches_field(b"ADTX^A01", b'^'));
+        let structure = MessageTypePattern::parse("ADT^*^ADT_A01").unwrap();
+        assert!(structure.matches_field(b"ADT^A04^ADT_A01", b'^'));
+        assert!(!structure.matches_field(b"ADT^A04^ADT_A05", b'^'));
+        assert!(!structure.matches_field(b"ADT^A04", b'^'));
+        let any = MessageTypePattern::parse("*").unwrap();
+        assert!(any.matches_field(b"", b'^'));
+        assert_eq!(oru.as_str(), "ORU^R01");
+        assert_eq!(format!("{oru:?}"), "\"ORU^R01\"");
+    }
+
+    #[test]
+    fn message_type_patterns_with_empty_or_too_many_components_are_refused() {
+        for bad in ["", "^R01", "ORU^", "ORU^^X"] {
+            assert!(MessageTypePattern::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            MessageTypePattern::parse("ORU^").unwrap_err(),
+            "\"ORU^\" has an empty component; write TYPE^TRIGGER with `*` for any, e.g. ORU^R01, ORM^* or ADT"
+        );
+        assert_eq!(
+            MessageTypePattern::parse("A^B^C^D").unwrap_err(),
+            "\"A^B^C^D\" has more than three components; write TYPE^TRIGGER (or TYPE^TRIGGER^STRUCTURE), e.g. ORU^R01"
+        );
+    }
+
+    #[test]
+    fn message_type_splits_on_the_messages_own_separators() {
+        // Corpus 10: '#' as the field separator, MSH-9 ADT^A04^ADT_A01.
+        let hash = corpus("10_hash_field_separator.hl7");
+        let adt_a04 = RuleMatch {
+            message_type: mt(&["ADT^A04"]),
+            sending_application: pats(&["SYNTH_SEND"]),
+            receiving_facility: pats(&["SYNTH_DEST"]),
+            processing_id: pats(&["P"]),
+            version: pats(&["2.5*"]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&adt_a04, &hash, "127.0.0.1", &[]));
+        // Corpus 11: encoding characters ":@$%", MSH-9 ADT:A08:ADT_A01.
+        let custom = corpus("11_custom_encoding_chars.hl7");
+        let a08 = RuleMatch {
+            message_type: mt(&["ADT^A08"]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&a08, &custom, "127.0.0.1", &[]));
+        assert!(!holds(&adt_a04, &custom, "127.0.0.1", &[]));
+        let structure = RuleMatch {
+            message_type: mt(&["ADT^*^ADT_A01"]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&structure, &custom, "127.0.0.1", &[]));
+        // Written with '^', the pattern does not match a literal "ADT^A08" code in that message.
+        let literal = b"MSH|:@$%|A|B|C|D|||ADT^A08|X|P|2.5";
+        assert!(!holds(&a08, literal, "127.0.0.1", &[]));
+    }
+
+    #[test]
+    fn msh_3_to_6_version_and_processing_id_match_their_first_component() {
+        let cases: [(RuleMatch, RuleMatch); 6] = [
+            (
+                RuleMatch {
+                    sending_application: pats(&["LIS"]),
+                    ..RuleMatch::default()
+                },
+                RuleMatch {
+                    sending_application: pats(&["LIS^lab.local^DNS"]),
+                    ..RuleMatch::default()
+                },
+            ),
+            (
+                RuleMatch {
+                    sending_facility: pats(&["LAB"]),
+                    ..RuleMatch::default()
+                },
+                RuleMatch {
+                    sending_facility: pats(&["1.2.3"]),
+                    ..RuleMatch::default()
+                },
+            ),
+            (
+                RuleMatch {
+                    receiving_application: pats(&["EHR"]),
+                    ..RuleMatch::default()
+                },
+                RuleMatch {
+                    receiving_application: pats(&["HOSP"]),
+                    ..RuleMatch::default()
+                },
+            ),
+            (
+                RuleMatch {
+                    receiving_facility: pats(&["HOSP"]),
+                    ..RuleMatch::default()
+                },
+                RuleMatch {
+                    receiving_facility: pats(&["EHR"]),
+                    ..RuleMatch::default()
+                },
+            ),
+            (
+                RuleMatch {
+                    version: pats(&["2.5.1"]),
+                    ..RuleMatch::default()
+                },
+                RuleMatch {
+                    version: pats(&["2.5.1^USA"]),
+                    ..RuleMatch::default()
+                },
+            ),
+            (
+                RuleMatch {
+                    processing_id: pats(&["P"]),
+                    ..RuleMatch::default()
+                },
+                RuleMatch {
+                    processing_id: pats(&["T"]),
+                    ..RuleMatch::default()
+                },
+            ),
+        ];
+        for (yes, no) in cases {
+            assert!(holds(&yes, ORU, "10.0.0.1", &[]), "{yes:?}");
+            assert!(!holds(&no, ORU, "10.0.0.1", &[]), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn processing_id_t_and_d_are_caught_and_p_is_not() {
+        let no_test = RuleMatch {
+            processing_id: pats(&["T", "D"]),
+            ..RuleMatch::default()
+        };
+        let message = |id: &str| format!("MSH|^~\\&|A|B|C|D|||ADT^A01|X|{id}|2.5");
+        assert!(holds(&no_test, message("T").as_bytes(), "10.0.0.1", &[]));
+        assert!(holds(&no_test, message("D^A").as_bytes(), "10.0.0.1", &[]));
+        assert!(!holds(&no_test, message("P").as_bytes(), "10.0.0.1", &[]));
+        assert!(!holds(&no_test, message("").as_bytes(), "10.0.0.1", &[]));
+        // A header without MSH-11 has an empty processing id.
+        assert!(!holds(&no_test, b"MSH|^~\\&|A", "10.0.0.1", &[]));
+    }
+
+    #[test]
+    fn source_matches_the_peer_address_and_ipv4_mapped_peers() {
+        let lab = RuleMatch {
+            source: Some(vec![
+                parse_network("10.20.0.0/16").unwrap(),
+                parse_network("2001:db8::5").unwrap(),
+            ]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&lab, ORU, "10.20.3.4", &[]));
+        assert!(holds(&lab, ORU, "::ffff:10.20.3.4", &[]));
+        assert!(!holds(&lab, ORU, "10.21.0.1", &[]));
+        assert!(holds(&lab, ORU, "2001:db8::5", &[]));
+        assert!(!holds(&lab, ORU, "2001:db8::6", &[]));
+        let mapped = RuleMatch {
+            source: Some(vec![parse_network("::ffff:192.0.2.0/120").unwrap()]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&mapped, ORU, "192.0.2.9", &[]));
+        assert!(holds(&mapped, ORU, "::ffff:192.0.2.9", &[]));
+    }
+
+    #[test]
+    fn networks_parse_like_the_allowlist_and_say_what_is_wrong() {
+        assert_eq!(
+            parse_network("10.1.2.3/16").unwrap().to_string(),
+            "10.1.0.0/16"
+        );
+        assert_eq!(
+            parse_network("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(
+            parse_network("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(parse_network("::1").unwrap().to_string(), "::1/128");
+        assert_eq!(
+            parse_network("10.0.0.0/33").unwrap_err(),
+            "\"10.0.0.0/33\" is not an IP address or CIDR (write e.g. 10.20.0.0/16, 192.0.2.7 or \"2001:db8::/32\")"
+        );
+    }
+
+    #[test]
+    fn tls_identity_matches_any_identity_and_never_a_peer_without_certificate() {
+        let lab = RuleMatch {
+            tls_identity: Some(vec![
+                Pattern::parse_identity("lab.example.org").unwrap(),
+                Pattern::parse_identity("*.lab.example.net").unwrap(),
+            ]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&lab, ORU, "10.0.0.1", &["lab.example.org"]));
+        assert!(holds(
+            &lab,
+            ORU,
+            "10.0.0.1",
+            &["spiffe://x/y", "lab.example.org"]
+        ));
+        assert!(holds(&lab, ORU, "10.0.0.1", &["node1.lab.example.net"]));
+        assert!(!holds(&lab, ORU, "10.0.0.1", &["ehr.example.org"]));
+        assert!(!holds(&lab, ORU, "10.0.0.1", &[]));
+        let any_cert = RuleMatch {
+            tls_identity: Some(vec![Pattern::parse_identity("*").unwrap()]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&any_cert, ORU, "10.0.0.1", &["x"]));
+        assert!(!holds(&any_cert, ORU, "10.0.0.1", &[]));
+    }
+
+    #[test]
+    fn every_present_field_must_hold_and_any_entry_of_a_field_may() {
+        let both = RuleMatch {
+            sending_application: pats(&["OTHER", "LIS"]),
+            message_type: mt(&["ADT", "ORU^R01"]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&both, ORU, "10.0.0.1", &[]));
+        let one_fails = RuleMatch {
+            version: pats(&["2.3"]),
+            ..both.clone()
+        };
+        assert!(!holds(&one_fails, ORU, "10.0.0.1", &[]));
+        assert!(holds(&RuleMatch::default(), ORU, "10.0.0.1", &[]));
+        // An empty list matches nothing (the config refuses it for that reason).
+        let empty = RuleMatch {
+            version: Some(vec![]),
+            ..RuleMatch::default()
+        };
+        assert!(!holds(&empty, ORU, "10.0.0.1", &[]));
+    }
+
+    /// The issue's example rule set.
+    fn issue_rules() -> Vec<Rule> {
+        vec![
+            Rule {
+                name: "no-test-messages-in-production".into(),
+                matcher: RuleMatch {
+                    processing_id: pats(&["T", "D"]),
+                    ..RuleMatch::default()
+                },
+                action: Action::Reject,
+            },
+            Rule {
+                name: "lab-results-from-the-lab-only".into(),
+                matcher: RuleMatch {
+                    source: Some(vec![parse_network("10.20.0.0/16").unwrap()]),
+                    tls_identity: Some(vec![Pattern::parse_identity("lab.example.org").unwrap()]),
+                    sending_application: pats(&["LIS"]),
+                    message_type: mt(&["ORU^R01", "ORM^*"]),
+                    version: pats(&["2.3", "2.5*"]),
+                    ..RuleMatch::default()
+                },
+                action: Action::Allow,
+            },
+            Rule {
+                name: "default".into(),
+                matcher: RuleMatch::default(),
+                action: Action::Reject,
+            },
+        ]
+    }
+
+    fn decide<'r>(
+        rules: &'r [Rule],
+        message: &[u8],
+        peer: &str,
+        identities: &[&str],
+    ) -> Decision<'r> {
+        let header = Header::parse(message).expect("header parses");
+        let identities: Vec<String> = identities.iter().map(|s| s.to_string()).collect();
+        evaluate(
+            rules,
+            &Facts {
+                peer: ip(peer),
+                identities: &identities,
+                header: &header,
+            },
+        )
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides() {
+        let rules = issue_rules();
+        assert_eq!(
+            decide(&rules, ORU, "10.20.0.9", &["lab.example.org"]),
+            Decision::Allow {
+                rule: Some("lab-results-from-the-lab-only")
+            }
+        );
+        let test_oru = b"MSH|^~\\&|LIS|LAB|EHR|HOSP|||ORU^R01|M1|T|2.5.1";
+        assert_eq!(
+            decide(&rules, test_oru, "10.20.0.9", &["lab.example.org"]),
+            Decision::Reject {
+                rule: "no-test-messages-in-production"
+            }
+        );
+        // Wrong certificate, wrong address, no certificate: the catch-all rejects.
+        for (peer, ids) in [
+            ("10.20.0.9", &["ehr.example.org"][..]),
+            ("10.99.0.9", &["lab.example.org"][..]),
+            ("10.20.0.9", &[][..]),
+        ] {
+            assert_eq!(
+                decide(&rules, ORU, peer, ids),
+                Decision::Reject { rule: "default" },
+                "{peer} {ids:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_rules_or_no_matching_rule_allows() {
+        assert_eq!(
+            decide(&[], ORU, "10.0.0.1", &[]),
+            Decision::Allow { rule: None }
+        );
+        let rules = &issue_rules()[..2];
+        assert_eq!(
+            decide(rules, ORU, "10.99.0.1", &[]),
+            Decision::Allow { rule: None }
+        );
+    }
+
+    #[test]
+    fn drop_and_route_carry_their_rule_and_upstream() {
+        let rules = vec![
+            Rule {
+                name: "adt-to-registry".into(),
+                matcher: RuleMatch {
+                    message_type: mt(&["ADT"]),
+                    ..RuleMatch::default()
+                },
+                action: Action::Route("registry".into()),
+            },
+            Rule {
+                name: "hang-up".into(),
+                matcher: RuleMatch::default(),
+                action: Action::Drop,
+            },
+        ];
+        let adt = corpus("01_adt_a01.hl7");
+        let decision = decide(&rules, &adt, "10.0.0.1", &[]);
+        assert_eq!(
+            decision,
+            Decision::Route {
+                rule: "adt-to-registry",
+                upstream: "registry"
+            }
+        );
+        assert_eq!(decision.rule(), Some("adt-to-registry"));
+        assert_eq!(
+            decision.to_string(),
+            "route to \"registry\" (rule \"adt-to-registry\")"
+        );
+        let drop = decide(&rules, ORU, "10.0.0.1", &[]);
+        assert_eq!(drop, Decision::Drop { rule: "hang-up" });
+        assert_eq!(drop.to_string(), "drop (rule \"hang-up\")");
+        assert_eq!(
+            Decision::Allow { rule: None }.to_string(),
+            "allow (no rule matched)"
+        );
+        assert_eq!(Decision::Allow { rule: None }.rule(), None);
+    }
+
+    #[test]
+    fn a_batch_header_has_no_message_type_processing_id_or_version() {
+        let batch = corpus("16_batch_file.hl7");
+        let typed = RuleMatch {
+            message_type: mt(&["ADT"]),
+            ..RuleMatch::default()
+        };
+        assert!(!holds(&typed, &batch, "10.0.0.1", &[]));
+        let any_type = RuleMatch {
+            message_type: mt(&["*"]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&any_type, &batch, "10.0.0.1", &[]));
+        let sender = RuleMatch {
+            sending_application: pats(&["SYNTH_SEND"]),
+            ..RuleMatch::default()
+        };
+        assert!(holds(&sender, &batch, "10.0.0.1", &[]));
+    }
+
+    #[test]
+    fn debug_and_display_show_patterns_as_written() {
+        assert_eq!(format!("{:?}", p("2.5*")), "\"2.5*\"");
+        assert_eq!(p("2.5*").to_string(), "2.5*");
+        assert_eq!(p("2.5*").as_str(), "2.5*");
+    }
+
+    #[test]
+    fn fuzz_entry_holds_on_every_corpus_message_and_prefix() {
+        for entry in
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus")).unwrap()
+        {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                fuzz_rules(&std::fs::read(&path).unwrap());
+            }
+        }
+        let adt = corpus("01_adt_a01.hl7");
+        for end in 0..=adt.len().min(400) {
+            fuzz_rules(&adt[..end]);
+        }
+        for input in [
+            &b"*.example.org\nlab.example.org"[..],
+            b"A*B*C\nAxBxC",
+            b"**\n",
+            b"*\n\xff",
+            b"ORU^*\nORU^R01",
+            b"MSH|^~\\&|LIS|LAB|EHR|HOSP||lab.example.org~x|ORU^R01|M|P|2.5\n",
+            b"MSH|^~\\&|A|B|C|D||*.example.org|ADT^A01|M|T|2.5",
+        ] {
+            fuzz_rules(input);
+        }
+    }
+}
