@@ -40,6 +40,16 @@ impl Guard {
         // appended to a queue that is already closed.
         let background_stop = CancellationToken::new();
         let background = TaskTracker::new();
+        let named_upstreams: Arc<std::collections::BTreeMap<String, Arc<Upstream>>> = Arc::new(
+            config
+                .upstreams
+                .iter()
+                .map(|(name, cfg)| {
+                    let label: Arc<str> = Arc::from(format!("upstreams.{name}").as_str());
+                    (name.clone(), Arc::new(Upstream::new(label, cfg.clone())))
+                })
+                .collect(),
+        );
         let mut listeners = Vec::with_capacity(config.routes.len());
         for route in config.routes {
             let listener = listener::bind(route.listen).with_context(|| {
@@ -88,6 +98,7 @@ impl Guard {
                 route,
                 dispatch,
                 limits,
+                named_upstreams: named_upstreams.clone(),
             });
             listeners.push((listener, ctx));
         }

@@ -18,10 +18,14 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{Decoded, Frame};
 use crate::config::OnLimit;
 use crate::config::Route;
+use crate::dispatch;
 use crate::dispatch::{own_ack, Answer, Dispatch};
 use crate::hl7::{AckCode, Header};
 use crate::limits::SourceLimits;
 use crate::link::Link;
+use crate::rules::{self, Decision, Facts};
+use crate::upstream::{Upstream, UpstreamConn};
+use std::collections::{BTreeMap, HashMap};
 
 /// Everything a session needs from its route.
 pub struct RouteContext {
@@ -30,6 +34,16 @@ pub struct RouteContext {
     pub dispatch: Dispatch,
     /// Per-source connection and message limits (tracks nothing when none are configured).
     pub limits: Arc<SourceLimits>,
+    /// The named upstreams rules may route to (`upstreams:` at the top of the config).
+    pub named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
+}
+
+/// A session's own upstream connections (paired mode): the route's, and one per named upstream
+/// a rule sent a message to.
+#[derive(Default)]
+struct Slots {
+    route: Option<UpstreamConn>,
+    named: HashMap<String, Option<UpstreamConn>>,
 }
 
 /// Why a session ended (for the close log line).
@@ -84,7 +98,7 @@ where
     let route = &ctx.route;
     let peer = who.addr;
     let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing);
-    let mut upstream = None;
+    let mut slots = Slots::default();
     let mut frame_started: Option<Instant> = None;
     let mut last_read = Instant::now();
     let mut messages = 0u64;
@@ -95,7 +109,7 @@ where
             frame_started = None;
             messages += 1;
             let answer = match item {
-                Decoded::Frame(frame) => handle_message(&ctx, &mut upstream, &frame, &who).await,
+                Decoded::Frame(frame) => handle_message(&ctx, &mut slots, &frame, &who).await,
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, peer),
             };
             match answer {
@@ -174,12 +188,7 @@ enum Reply {
 }
 
 /// Dispatches one frame and logs one line about it (never its payload).
-async fn handle_message(
-    ctx: &RouteContext,
-    upstream: &mut Option<crate::upstream::UpstreamConn>,
-    frame: &Frame,
-    who: &Peer,
-) -> Reply {
+async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, who: &Peer) -> Reply {
     let started = Instant::now();
     let peer = who.addr;
     let identity = who.identity();
@@ -209,7 +218,38 @@ async fn handle_message(
             return Reply::Send(own_ack(None, AckCode::AR, &text));
         }
     };
-    let answer = ctx.dispatch.deliver(upstream, frame, &header).await;
+    let facts = Facts {
+        peer: peer.ip(),
+        identities: &who.identities,
+        header: &header,
+    };
+    let answer = match rules::evaluate(&ctx.route.rules, &facts) {
+        Decision::Allow { .. } => ctx.dispatch.deliver(&mut slots.route, frame, &header).await,
+        Decision::Reject { rule } => {
+            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), ack = "AR", outcome = "rejected_by_rule", rule, "message rejected by a rule");
+            let text = format!("rejected by rule {rule}");
+            return Reply::Send(own_ack(Some(&header), AckCode::AR, &text));
+        }
+        Decision::Drop { rule } => {
+            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), outcome = "dropped_by_rule", rule, "message dropped by a rule; closing the connection");
+            return Reply::Close;
+        }
+        Decision::Route { upstream: name, .. } => match ctx.named_upstreams.get(name) {
+            Some(upstream) => {
+                let slot = slots.named.entry(name.to_string()).or_default();
+                dispatch::forward(
+                    upstream,
+                    ctx.route.on_upstream_failure,
+                    slot,
+                    frame,
+                    &header,
+                )
+                .await
+            }
+            // The config check guarantees the name exists; refuse rather than guess if not.
+            None => return Reply::Send(own_ack(Some(&header), AckCode::AE, "no such upstream")),
+        },
+    };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let msg_type = printable(header.message_type());
     let control_id = printable(header.control_id());

@@ -72,6 +72,7 @@ pub fn message(control_id: &str, size: usize) -> Vec<u8> {
 /// A directory holding a test's certificates and config.
 pub struct TestDir {
     pub dir: tempfile::TempDir,
+    pki: Pki,
 }
 
 impl TestDir {
@@ -90,7 +91,14 @@ impl TestDir {
             .write(dir.path(), "guard-client");
         pki.leaf("lab.example.org", Usage::Client)
             .write(dir.path(), "lab");
-        TestDir { dir }
+        TestDir { dir, pki }
+    }
+
+    /// Another client certificate from the test CA, as `<stem>.pem/.key`.
+    pub fn pki_leaf(&self, name: &str, stem: &str) {
+        self.pki
+            .leaf(name, Usage::Client)
+            .write(self.dir.path(), stem);
     }
 
     pub fn path(&self, file: &str) -> PathBuf {

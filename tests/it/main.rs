@@ -3,6 +3,7 @@
 
 mod cli;
 mod custody;
+mod firewall;
 mod harness;
 mod pki;
 mod python_hl7;
