@@ -1749,4 +1749,56 @@ mod tests {
             }
         }
     }
+
+    mod split_streams {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Everything a decoder hands out for `input` fed in the given chunk sizes.
+        fn decode_in_chunks(
+            input: &[u8],
+            chunks: &[usize],
+        ) -> (Vec<Vec<u8>>, Vec<u64>, DecodeStats) {
+            let mut decoder = Decoder::new(64);
+            let mut buf = BytesMut::new();
+            let (mut frames, mut oversize) = (Vec::new(), Vec::new());
+            let mut rest = input;
+            let mut sizes = chunks.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(item) = decoder.decode(&mut buf) {
+                    match item {
+                        Decoded::Frame(f) => frames.push(f.payload().to_vec()),
+                        Decoded::Oversize { len, .. } => oversize.push(len),
+                    }
+                }
+            }
+            (frames, oversize, decoder.stats())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            /// Random streams dense in framing bytes, split at random points, decode exactly as
+            /// when they arrive in one read.
+            #[test]
+            fn random_streams_split_at_random_points_decode_the_same_as_unsplit(
+                stream in proptest::collection::vec(prop_oneof![
+                    4 => any::<u8>(),
+                    1 => Just(START_BLOCK),
+                    1 => Just(END_BLOCK),
+                    1 => Just(CARRIAGE_RETURN),
+                ], 0..600),
+                chunks in proptest::collection::vec(1usize..40, 1..8),
+            ) {
+                let whole = decode_in_chunks(&stream, &[usize::MAX]);
+                let split = decode_in_chunks(&stream, &chunks);
+                prop_assert_eq!(&whole, &split);
+                for payload in &whole.0 {
+                    prop_assert!(!payload.contains(&START_BLOCK) && !payload.contains(&END_BLOCK));
+                }
+            }
+        }
+    }
 }

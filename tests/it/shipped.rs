@@ -191,3 +191,197 @@ fn the_rule_examples_decide_as_their_comments_say() {
         "reject (rule \"default\")"
     );
 }
+
+/// The firewall examples run for real: each is loaded with its listeners moved to free loopback
+/// ports and its upstreams pointed at test receivers, then fed messages that each rule decides.
+mod end_to_end {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use mllp_guard::app::Guard;
+    use mllp_guard::config::Config;
+    use mllp_guard::hl7::AckCode;
+
+    use crate::harness::*;
+
+    /// A message with this MSH-3, MSH-9 and MSH-11.
+    fn msg(id: &str, app: &str, msg_type: &str, processing: &str) -> Vec<u8> {
+        String::from_utf8(message(id, 300))
+            .unwrap()
+            .replacen("SEND_APP", app, 1)
+            .replacen("ADT^A01^ADT_A01", msg_type, 1)
+            .replacen("|P|2.5.1", &format!("|{processing}|2.5.1"), 1)
+            .into_bytes()
+    }
+
+    /// Loads `rules/<file>` with every `listen:` on 127.0.0.1:0 and each upstream address
+    /// replaced as given; relative paths keep resolving from `rules/`.
+    async fn example(file: &str, addresses: &[(&str, SocketAddr)]) -> Guard {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        let mut yaml = std::fs::read_to_string(dir.join(file)).unwrap();
+        for line in yaml.clone().lines() {
+            if let Some(listen) = line.trim().strip_prefix("listen: ") {
+                let listen = listen.split_whitespace().next().unwrap();
+                yaml = yaml.replacen(&format!("listen: {listen}"), "listen: 127.0.0.1:0", 1);
+            }
+        }
+        for (from, to) in addresses {
+            yaml = yaml.replace(&format!("address: {from}"), &format!("address: {to}"));
+        }
+        let config = Config::parse(&yaml, &dir.join(file), &dir).unwrap_or_else(|e| panic!("{e}"));
+        Guard::start(config).await.unwrap()
+    }
+
+    async fn code_of(client: &mut Client, payload: &[u8]) -> (AckCode, String) {
+        let (code, _, text) = ack_of(&client.send(payload).await);
+        (code, text)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_test_in_production_rejects_test_messages_and_stray_acks() {
+        let ehr = FakeUpstream::start(Behaviour::Ack).await;
+        let orders = FakeUpstream::start(Behaviour::Ack).await;
+        let guard = example(
+            "no-test-in-production.yaml",
+            &[
+                ("127.0.0.1:2576", ehr.addr),
+                ("127.0.0.1:2577", orders.addr),
+            ],
+        )
+        .await;
+        let mut c = Client::plain(guard.local_addr("adt-production").unwrap()).await;
+        assert_eq!(
+            code_of(&mut c, &msg("T1", "APP", "ADT^A01", "T")).await,
+            (AckCode::AR, "rejected by rule no-test-messages".into())
+        );
+        assert_eq!(
+            code_of(&mut c, &msg("A1", "APP", "ACK^A01", "P")).await,
+            (AckCode::AR, "rejected by rule no-stray-acks".into())
+        );
+        assert_eq!(
+            code_of(&mut c, &msg("P1", "APP", "ADT^A01", "P")).await.0,
+            AckCode::AA
+        );
+        assert_eq!(ehr.received().len(), 1);
+        guard.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adt_is_accepted_only_from_the_registration_system() {
+        let ehr = FakeUpstream::start(Behaviour::Ack).await;
+        let guard = example(
+            "adt-from-registration.yaml",
+            &[("127.0.0.1:2576", ehr.addr)],
+        )
+        .await;
+        let addr = guard.local_addr("ehr-inbound").unwrap();
+        let mut registration = Client::plain_from(addr, "127.0.0.2".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            code_of(&mut registration, &msg("R1", "REG", "ADT^A04", "P"))
+                .await
+                .0,
+            AckCode::AA
+        );
+        let mut other = Client::plain(addr).await;
+        assert_eq!(
+            code_of(&mut other, &msg("O1", "REG", "ADT^A04", "P")).await,
+            (AckCode::AR, "rejected by rule adt-from-anyone-else".into())
+        );
+        assert_eq!(
+            code_of(&mut other, &msg("O2", "LIS", "ORU^R01", "P"))
+                .await
+                .0,
+            AckCode::AA,
+            "no rule matches: allowed"
+        );
+        assert_eq!(ehr.received().len(), 2);
+        guard.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fan_out_sends_each_type_to_its_receiver() {
+        let (ehr, results, orders) = (
+            FakeUpstream::start(Behaviour::Ack).await,
+            FakeUpstream::start(Behaviour::Ack).await,
+            FakeUpstream::start(Behaviour::Ack).await,
+        );
+        let guard = example(
+            "fan-out-by-type.yaml",
+            &[
+                ("127.0.0.1:2576", ehr.addr),
+                ("127.0.0.1:2586", results.addr),
+                ("127.0.0.1:2587", orders.addr),
+            ],
+        )
+        .await;
+        let mut c = Client::plain(guard.local_addr("hub").unwrap()).await;
+        assert_eq!(
+            code_of(&mut c, &msg("ORU1", "LIS", "ORU^R01", "P")).await.0,
+            AckCode::AA
+        );
+        assert_eq!(
+            code_of(&mut c, &msg("ORM1", "CPOE", "ORM^O01", "P"))
+                .await
+                .0,
+            AckCode::AA
+        );
+        assert_eq!(
+            code_of(&mut c, &msg("ADT1", "REG", "ADT^A08", "P")).await.0,
+            AckCode::AA
+        );
+        assert_eq!(
+            code_of(&mut c, &msg("SIU1", "SCHED", "SIU^S12", "P")).await,
+            (AckCode::AR, "rejected by rule default".into())
+        );
+        let ids = |u: &FakeUpstream| u.received().iter().map(|p| id_of(p)).collect::<Vec<_>>();
+        assert_eq!(
+            (ids(&results), ids(&orders), ids(&ehr)),
+            (
+                vec!["ORU1".to_string()],
+                vec!["ORM1".to_string()],
+                vec!["ADT1".to_string()]
+            )
+        );
+        guard.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lab_feed_takes_results_from_the_lab_certificate_only() {
+        let receiver = FakeUpstream::start(Behaviour::Ack).await;
+        let guard = example("tls-lab-feed.yaml", &[("127.0.0.1:2576", receiver.addr)]).await;
+        let addr = guard.local_addr("lab-feed").unwrap();
+        let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/certs");
+        let tls = |stem: &str| {
+            mllp_guard::tls::client_config(
+                &certs.join("ca.pem"),
+                Some(&certs.join(format!("{stem}.pem"))),
+                Some(&certs.join(format!("{stem}.key"))),
+            )
+            .unwrap()
+        };
+        let mut lab = Client::tls(addr, tls("lab")).await.unwrap();
+        assert_eq!(
+            code_of(&mut lab, &msg("LAB1", "LIS", "ORU^R01", "P"))
+                .await
+                .0,
+            AckCode::AA
+        );
+        assert_eq!(
+            code_of(&mut lab, &msg("LAB2", "LIS", "ORU^R01", "T")).await,
+            (AckCode::AR, "rejected by rule no-test-messages".into())
+        );
+        assert_eq!(
+            code_of(&mut lab, &msg("LAB3", "LIS", "ADT^A01", "P")).await,
+            (AckCode::AR, "rejected by rule default".into())
+        );
+        let mut someone_else = Client::tls(addr, tls("guard-client")).await.unwrap();
+        assert_eq!(
+            code_of(&mut someone_else, &msg("NOTLAB", "LIS", "ORU^R01", "P")).await,
+            (AckCode::AR, "rejected by rule default".into())
+        );
+        assert_eq!(receiver.received().len(), 1);
+        guard.stop().await;
+    }
+}
