@@ -11,23 +11,29 @@
 //!
 //! ```text
 //! accept                                    listener.rs  (binds, admits, spawns; never slow)
-//!   peer address: allowlist, conn cap       policy.rs    (refused -> closed before TLS, logged)
+//!   peer address: allowlist, conn caps      policy.rs, limits.rs (refused -> reset before TLS, logged)
 //!   TLS handshake under a timeout           tls.rs       (in the connection's own task)
 //!   bytes -> frame                          link.rs + codec.rs (oversize / garbage -> defined outcome)
 //!   header view                             hl7.rs       (no header -> AR from ack.rs)
+//!   per-source rate                         limits.rs    (delay = backpressure, or AE)
 //!   rules: source, TLS identity, MSH fields rules.rs     (first match: allow/reject/drop/route)
-//!   deliver                                 dispatch.rs  (forward; custody comes here)
-//!   send frame, await ack, verify MSA-2     upstream.rs  (timeout -> connection closed)
-//!   ack (relayed, or our own AE) -> sender  session.rs owns the loop end to end
+//!   deliver                                 dispatch.rs  (forward, or custody.rs -> queue.rs)
+//!   send frame, await ack, verify MSA-2     upstream.rs  (timeout -> connection closed; paced reconnects)
+//!   ack (relayed, or our own) -> sender     session.rs owns the loop end to end
 //! ```
+//!
+//! Custody (store-and-forward) splits the path: `custody.rs` appends the message to the route's
+//! `queue.rs` log through a group-commit thread and acks once it is durable; its drainer task
+//! later sends the queue upstream in order through `upstream.rs`. `operator.rs` serves
+//! `mllp-guard queue ...`; `backoff.rs` is the jittered backoff both retry loops use.
 //!
 //! Around it: `config.rs` turns YAML into a validated, typed [`config::Config`] (every error with
 //! its location); `app.rs` builds the routes, binds them and drains on shutdown; `net.rs` holds
 //! socket tuning and the plain/TLS stream; `peer/` has the `send` and `sink` tools; `demo.rs`
 //! the quick start; `main.rs` the command line.
 //!
-//! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, `rules`, and
-//! `config` apart from reading the files it names.
+//! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, `rules`,
+//! `backoff`, and `config` apart from reading the files it names.
 #![forbid(unsafe_code)]
 
 pub mod ack;
