@@ -1,11 +1,13 @@
-//! One downstream connection, end to end: read a frame, read its header, dispatch it, write the
-//! answer; one message in flight at a time.
+//! One downstream connection, end to end: read a frame, read its header, check its source's
+//! rate and the route's rules, dispatch it, write the answer; one message in flight at a time.
 //!
 //! Owns the per-connection timeouts (a started frame must finish within `receive_timeout`; a
 //! quiet sender is closed after `idle_timeout`), the answers to frames that cannot be delivered
-//! (oversize, no readable header), the per-message log line, and stopping between messages on
-//! shutdown. Must not know how upstreams connect or how delivery works.
+//! (oversize, no readable header, rate limited, rejected by a rule), the per-message log line,
+//! the framing of what it writes, and stopping between messages on shutdown. Must not know how
+//! upstreams connect or how delivery works.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,16 +18,13 @@ use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Decoded, Frame};
-use crate::config::OnLimit;
-use crate::config::Route;
-use crate::dispatch;
-use crate::dispatch::{own_ack, Answer, Dispatch};
+use crate::config::{OnLimit, Route};
+use crate::dispatch::{self, own_ack, Answer, Dispatch};
 use crate::hl7::{AckCode, Header};
 use crate::limits::SourceLimits;
 use crate::link::Link;
 use crate::rules::{self, Decision, Facts};
 use crate::upstream::{Upstream, UpstreamConn};
-use std::collections::{BTreeMap, HashMap};
 
 /// Everything a session needs from its route.
 pub struct RouteContext {
