@@ -32,10 +32,17 @@ pub struct SinkOptions {
     pub verbose: bool,
 }
 
+#[derive(Default)]
+struct Counters {
+    taken: AtomicU64,
+    handled: AtomicU64,
+}
+
 /// A running sink.
 pub struct Sink {
     addr: SocketAddr,
-    received: Arc<AtomicU64>,
+    /// Messages taken in so far (numbers them), and messages fully handled (saved and acked).
+    counters: Arc<Counters>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -47,7 +54,7 @@ impl Sink {
         if let Some(dir) = &opts.save_dir {
             tokio::fs::create_dir_all(dir).await?;
         }
-        let received = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(Counters::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let opts = Arc::new(opts);
@@ -86,7 +93,7 @@ impl Sink {
         });
         Ok(Sink {
             addr,
-            received,
+            counters: received,
             shutdown,
             tracker,
         })
@@ -96,9 +103,9 @@ impl Sink {
         self.addr
     }
 
-    /// Messages received so far.
+    /// Messages received so far, counted once each is saved (if saving) and acked.
     pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
+        self.counters.handled.load(Ordering::Relaxed)
     }
 
     pub async fn stop(self) {
@@ -111,7 +118,7 @@ impl Sink {
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     opts: &SinkOptions,
-    count: &AtomicU64,
+    count: &Counters,
     stop: &CancellationToken,
 ) {
     let mut link = Link::new(stream, opts.max_message_bytes);
@@ -128,7 +135,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok(None) | Err(_) => return,
         };
-        let seq = count.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = count.taken.fetch_add(1, Ordering::Relaxed) + 1;
         let id = format!("SINK{seq}");
         let now = ack::timestamp(std::time::SystemTime::now());
         let (reply, control_id) = match Header::parse(frame.payload()) {
@@ -183,5 +190,6 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if link.send(&codec::encode(&reply)).await.is_err() {
             return;
         }
+        count.handled.fetch_add(1, Ordering::Relaxed);
     }
 }
