@@ -103,7 +103,7 @@ impl Sink {
         self.addr
     }
 
-    /// Messages received so far, counted once each is saved (if saving) and acked.
+    /// Messages received so far, each counted once it is saved (if saving), before its ack is sent.
     pub fn received(&self) -> u64 {
         self.counters.handled.load(Ordering::Relaxed)
     }
@@ -187,9 +187,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 opts.ack
             );
         }
+        // Counted once saved and before its ack leaves: whoever got the ack sees it counted.
+        count.handled.fetch_add(1, Ordering::Relaxed);
         if link.send(&codec::encode(&reply)).await.is_err() {
             return;
         }
-        count.handled.fetch_add(1, Ordering::Relaxed);
     }
 }
