@@ -29,9 +29,9 @@ use crate::backoff::Backoff;
 use crate::codec::Frame;
 use crate::config::{AckMode, Custody as CustodyConfig, ReplyAction};
 use crate::dispatch::own_ack;
+use crate::hl7::printable;
 use crate::hl7::{AckCode, AckView, Header};
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
-use crate::session::printable;
 use crate::upstream::Upstream;
 
 /// The directory under a route's queue directory that holds its dead letters.
@@ -99,7 +99,7 @@ impl Custody {
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Custody>, QueueError> {
-        let (log, recovery) = SegmentLog::open(&cfg.queue_dir, limits(&cfg))?;
+        let (log, recovery) = SegmentLog::open(&cfg.queue_dir, queue_limits(&cfg))?;
         let stats = log.stats();
         tracing::info!(
             route = %route,
@@ -266,7 +266,8 @@ pub fn sends_ack(mode: AckMode, msh15: &[u8], positive: bool) -> bool {
     }
 }
 
-fn limits(cfg: &CustodyConfig) -> Limits {
+/// The queue limits a route's custody config sets (shared with `mllp-guard queue ...`).
+pub fn queue_limits(cfg: &CustodyConfig) -> Limits {
     Limits {
         max_bytes: cfg.max_bytes,
         max_messages: cfg.max_messages,
@@ -551,7 +552,7 @@ impl Drainer {
     /// Stores the record in the dead letters (durably) and only then takes it off the queue.
     async fn dead_letter(&self, record: &Record, reason: &str) {
         let dir = self.custody.cfg.queue_dir.join(DEAD_LETTER_DIR);
-        let limits = limits(&self.custody.cfg);
+        let limits = queue_limits(&self.custody.cfg);
         let (payload, at, reason) = (
             record.payload.clone(),
             record.enqueued_at_ms,

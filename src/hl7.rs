@@ -557,6 +557,22 @@ pub fn fuzz_header(data: &[u8]) {
     }
 }
 
+/// A header field made safe for a log line: control characters replaced, at most 64 characters.
+/// Only header fields that identify a message (never patient data) are logged.
+pub fn printable(field: &[u8]) -> String {
+    field
+        .iter()
+        .take(64)
+        .map(|&b| {
+            if (0x20..0x7F).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,10 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 
 use crate::config::{Config, Custody, Delivery};
-use crate::custody::DEAD_LETTER_DIR;
+use crate::custody::{queue_limits, DEAD_LETTER_DIR};
+use crate::hl7::printable;
 use crate::hl7::Header;
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
-use crate::session::printable;
 
 /// The custody routes selected by `--route` (all of them when None).
 pub fn custody_routes<'c>(
@@ -49,14 +49,6 @@ pub fn custody_routes<'c>(
         );
     }
     Ok(routes)
-}
-
-fn limits(custody: &Custody) -> Limits {
-    Limits {
-        max_bytes: custody.max_bytes,
-        max_messages: custody.max_messages,
-        segment_bytes: custody.segment_bytes,
-    }
 }
 
 /// Opens a queue for reading only; a queue that was never created reads as empty.
@@ -186,8 +178,8 @@ pub fn replay(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyh
             writeln!(out, "route {name}: no dead letters")?;
             continue;
         }
-        let mut queue = exclusive(&custody.queue_dir, limits(custody))?;
-        let mut dead = exclusive(&dead_dir, limits(custody))?;
+        let mut queue = exclusive(&custody.queue_dir, queue_limits(custody))?;
+        let mut dead = exclusive(&dead_dir, queue_limits(custody))?;
         let letters = dead.pending(true, usize::MAX)?;
         for letter in &letters {
             queue.append(&letter.payload, "", letter.enqueued_at_ms)?;
@@ -232,7 +224,7 @@ pub fn purge(
             writeln!(out, "route {name}: no {what}")?;
             continue;
         }
-        let mut queue = exclusive(&dir, limits(custody))?;
+        let mut queue = exclusive(&dir, queue_limits(custody))?;
         let count = queue.stats().messages;
         if count == 0 {
             writeln!(out, "route {name}: no {what}")?;

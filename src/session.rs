@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{Decoded, Frame};
 use crate::config::{OnLimit, Route};
 use crate::dispatch::{self, own_ack, Answer, Dispatch};
-use crate::hl7::{AckCode, Header};
+use crate::hl7::{printable, AckCode, Header};
 use crate::limits::SourceLimits;
 use crate::link::Link;
 use crate::rules::{self, Decision, Facts};
@@ -301,20 +301,4 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) 
 /// plaintext sender sent: a client configured for TLS against a plaintext port.
 fn looks_like_tls(bytes: &[u8]) -> bool {
     matches!(bytes, [0x16, 0x03, 0x00..=0x04, ..])
-}
-
-/// A header field made safe for a log line: control characters replaced, at most 64 characters.
-/// Only header fields that identify a message (never patient data) are logged.
-pub fn printable(field: &[u8]) -> String {
-    field
-        .iter()
-        .take(64)
-        .map(|&b| {
-            if (0x20..0x7F).contains(&b) {
-                b as char
-            } else {
-                '?'
-            }
-        })
-        .collect()
 }

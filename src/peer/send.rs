@@ -11,10 +11,10 @@ use tokio::net::TcpStream;
 
 use crate::ack;
 use crate::codec::{self, Decoded};
+use crate::hl7::printable;
 use crate::hl7::{AckCode, Header};
 use crate::link::Link;
 use crate::net::Stream;
-use crate::session::printable;
 
 /// Where and how to send.
 #[derive(Clone)]

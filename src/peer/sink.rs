@@ -13,10 +13,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::ack;
 use crate::codec::{self, Decoded};
+use crate::hl7::printable;
 use crate::hl7::{AckCode, Header};
 use crate::link::Link;
 use crate::net::Stream;
-use crate::session::printable;
 
 /// How a sink behaves.
 #[derive(Clone)]
