@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Delivery, OnUpstreamFailure};
+use crate::config::{Config, Delivery, OnUpstreamFailure, ReceiverRole, SenderRole};
 use crate::custody::Custody;
 use crate::dispatch::Dispatch;
 use crate::limits::SourceLimits;
@@ -24,6 +24,8 @@ use crate::upstream::Upstream;
 /// A running guard: its listeners are bound and serving.
 pub struct Guard {
     bound: Vec<(Arc<str>, SocketAddr)>,
+    /// Routes whose upstream accepts its receiver, and the address bound for it.
+    accepting: Vec<(Arc<str>, SocketAddr)>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     background_stop: CancellationToken,
@@ -50,21 +52,51 @@ impl Guard {
                 })
                 .collect(),
         );
-        let mut listeners = Vec::with_capacity(config.routes.len());
+        let mut senders = Vec::with_capacity(config.routes.len());
+        let mut accepting = Vec::new();
+        let mut receiver_listeners = Vec::new();
         for route in config.routes {
-            let listener = listener::bind(route.listen).with_context(|| {
-                format!(
-                    "route {}: cannot listen on {} (is another process using the port?)",
-                    route.name, route.listen
-                )
-            })?;
+            let listener = match route.sender {
+                SenderRole::Listen(addr) => Some(listener::bind(addr).with_context(|| {
+                    format!(
+                        "route {}: cannot listen on {addr} (is another process using the port?)",
+                        route.name
+                    )
+                })?),
+                SenderRole::Dial(_) => None,
+            };
             let name: Arc<str> = Arc::from(route.name.as_str());
             let upstream = Upstream::new(name.clone(), route.upstream.clone());
+            if let Some(receivers) = upstream.bind_accept().with_context(|| {
+                format!(
+                    "route {}: cannot listen for the receiver on {} (is another process using the port?)",
+                    route.name, route.upstream.role
+                )
+            })? {
+                let addr = receivers.local_addr()?;
+                if let ReceiverRole::Accept {
+                    allow: crate::policy::Allowlist::Any,
+                    ..
+                } = &route.upstream.role
+                {
+                    tracing::warn!(route = %name, accept = %addr, "upstream.accept admits receivers from any address; set upstream.allow to the receiver's address");
+                }
+                tracing::info!(route = %name, accept = %addr, "waiting for the receiver to connect in");
+                accepting.push((name.clone(), addr));
+                receiver_listeners.push(upstream.accept_receivers(receivers, background_stop.clone()));
+            }
+            let upstream = Arc::new(upstream);
             let dispatch = match &route.delivery {
-                Delivery::Forward => Dispatch::Forward {
-                    upstream: Arc::new(upstream),
-                    on_upstream_failure: route.on_upstream_failure,
-                },
+                Delivery::Forward => {
+                    if upstream.reopens_at_once() {
+                        let (upstream, stop) = (upstream.clone(), shutdown.clone());
+                        tracker.spawn(async move { upstream.keep_pool_fresh(stop).await });
+                    }
+                    Dispatch::Forward {
+                        upstream,
+                        on_upstream_failure: route.on_upstream_failure,
+                    }
+                }
                 Delivery::StoreAndForward(custody) => Dispatch::Custody(
                     Custody::start(
                         name.clone(),
@@ -100,10 +132,21 @@ impl Guard {
                 limits,
                 named_upstreams: named_upstreams.clone(),
             });
-            listeners.push((listener, ctx));
+            senders.push((listener, ctx));
         }
-        let mut bound = Vec::with_capacity(listeners.len());
-        for (listener, ctx) in listeners {
+        for serve in receiver_listeners {
+            background.spawn(serve);
+        }
+        let mut bound = Vec::with_capacity(senders.len());
+        for (listener, ctx) in senders {
+            let Some(listener) = listener else {
+                let SenderRole::Dial(target) = ctx.route.sender.clone() else {
+                    continue;
+                };
+                tracing::info!(route = %ctx.name, dial = %target, upstream = %ctx.dispatch.describe(), "route dialing its sender");
+                tracker.spawn(crate::dialer::dial_loop(target, ctx, shutdown.clone()));
+                continue;
+            };
             let addr = listener.local_addr()?;
             tracing::info!(
                 route = %ctx.name,
@@ -124,6 +167,7 @@ impl Guard {
         }
         Ok(Guard {
             bound,
+            accepting,
             shutdown,
             tracker,
             background_stop,
@@ -135,6 +179,14 @@ impl Guard {
     /// The address a route's listener is bound to (useful with port 0).
     pub fn local_addr(&self, route: &str) -> Option<SocketAddr> {
         self.bound
+            .iter()
+            .find(|(name, _)| &**name == route)
+            .map(|(_, addr)| *addr)
+    }
+
+    /// The address a route's upstream accepts its receiver on (`upstream.accept`).
+    pub fn receiver_addr(&self, route: &str) -> Option<SocketAddr> {
+        self.accepting
             .iter()
             .find(|(name, _)| &**name == route)
             .map(|(_, addr)| *addr)

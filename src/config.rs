@@ -117,8 +117,8 @@ pub struct Config {
 pub struct Route {
     /// `name`: unique among routes; 1 to 63 characters of `a-z`, `0-9`, `-`.
     pub name: String,
-    /// `listen`: the address to bind. Port 0 asks the OS for a free port (tests).
-    pub listen: SocketAddr,
+    /// `listen` or `dial`: whether we wait for the sender or connect out to it.
+    pub sender: SenderRole,
     /// `tls`: terminate TLS on this listener; `None` = plaintext.
     pub tls: Option<ServerTls>,
     /// `allow`: who may connect, checked on the peer address before any byte is read.
@@ -145,8 +145,7 @@ pub struct Route {
     /// `framing.start` and `framing.end`: the bytes that frame messages on the sender side.
     /// Default [`Framing::MLLP`] (`0x0B`, `[0x1C, 0x0D]`).
     pub framing: Framing,
-    /// `framing.release`: the MLLP release spoken with the sender. Default (and, for now, the
-    /// only one accepted) [`MllpRelease::One`].
+    /// `framing.release`: the MLLP release spoken with the sender. Default [`MllpRelease::One`].
     pub release: MllpRelease,
     /// `rules`: the firewall rules, in order (written inline, or in a YAML file named by path);
     /// the first match decides, and no match (or no rules) allows. See [`crate::rules`].
@@ -156,6 +155,80 @@ pub struct Route {
     pub limits: RateLimits,
 }
 
+/// Who opens the connection on the sender side (exactly one of `listen` and `dial`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderRole {
+    /// `listen`: the address to bind; senders connect to us. Port 0 asks the OS for a free
+    /// port (tests).
+    Listen(SocketAddr),
+    /// `dial`: the sender is itself an MLLP server; we keep one connection open to it,
+    /// reconnecting with the upstream's `reconnect` backoff when it drops.
+    Dial(UpstreamAddress),
+}
+
+impl fmt::Display for SenderRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SenderRole::Listen(addr) => write!(f, "listen {addr}"),
+            SenderRole::Dial(addr) => write!(f, "dial {addr}"),
+        }
+    }
+}
+
+impl SenderRole {
+    /// The address we listen on, if this route listens.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        match self {
+            SenderRole::Listen(addr) => Some(*addr),
+            SenderRole::Dial(_) => None,
+        }
+    }
+}
+
+/// Who opens the connection on the receiver side (exactly one of `address` and `accept`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiverRole {
+    /// `address`: we connect to the receiver.
+    Connect(UpstreamAddress),
+    /// `accept`: the receiver connects in to this address and we send over its connections;
+    /// messages wait (forward mode: up to `connect_timeout`; custody: in the queue) until one
+    /// is open. `allow` says which addresses may connect in.
+    Accept {
+        listen: SocketAddr,
+        allow: Allowlist,
+    },
+}
+
+impl fmt::Display for ReceiverRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReceiverRole::Connect(addr) => write!(f, "{addr}"),
+            ReceiverRole::Accept { listen, .. } => write!(f, "accept on {listen}"),
+        }
+    }
+}
+
+impl ReceiverRole {
+    /// The receiver's address, if we connect to it.
+    pub fn address(&self) -> Option<&UpstreamAddress> {
+        match self {
+            ReceiverRole::Connect(addr) => Some(addr),
+            ReceiverRole::Accept { .. } => None,
+        }
+    }
+}
+
+/// `idle_reopen`: what follows an `idle_reconnect` close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IdleReopen {
+    /// `on-demand` (the default): the next message opens a new connection.
+    #[default]
+    OnDemand,
+    /// `at-once`: a new connection is opened straight away, so the next message does not
+    /// wait for a connect.
+    AtOnce,
+}
+
 /// `framing.release`: which MLLP release a side speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MllpRelease {
@@ -163,8 +236,7 @@ pub enum MllpRelease {
     #[default]
     One,
     /// `2`: MLLP release 2, each frame answered with a commit block (ACK `0x0B 0x06 0x1C 0x0D`
-    /// or NAK `0x0B 0x15 0x1C 0x0D`). Not implemented by the runtime yet, so the validator
-    /// refuses it.
+    /// or NAK `0x0B 0x15 0x1C 0x0D`); see [`crate::commit`].
     Two,
 }
 
@@ -275,8 +347,9 @@ pub enum OnUpstreamFailure {
 /// The receiver a route forwards to.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    /// `address`: `host:port`; the host may be a DNS name, resolved at connect time.
-    pub address: UpstreamAddress,
+    /// `address` (`host:port`; the host may be a DNS name, resolved at connect time) or
+    /// `accept` (with `allow`).
+    pub role: ReceiverRole,
     /// `tls`: originate TLS towards the upstream; `None` = plaintext.
     pub tls: Option<ClientTls>,
     /// `connections`: `paired` (one upstream connection per sender connection, the default) or
@@ -293,13 +366,15 @@ pub struct Upstream {
     /// `idle_reconnect`: an upstream connection quiet this long is closed and a new one opened
     /// before the next message, before a firewall silently forgets it. `0s` (default) = off.
     pub idle_reconnect: Option<Duration>,
-    /// `reconnect`: backoff between failed connection attempts.
+    /// `idle_reopen`: after an `idle_reconnect` close, reopen on demand (default) or at once.
+    pub idle_reopen: IdleReopen,
+    /// `reconnect`: backoff between failed connection attempts (also when dialing a sender).
     pub reconnect: Reconnect,
     /// `framing.start` and `framing.end`: the bytes that frame messages on the receiver side.
     /// Default [`Framing::MLLP`] (`0x0B`, `[0x1C, 0x0D]`).
     pub framing: Framing,
-    /// `framing.release`: the MLLP release spoken with the receiver. Default (and, for now,
-    /// the only one accepted) [`MllpRelease::One`].
+    /// `framing.release`: the MLLP release spoken with the receiver. Default
+    /// [`MllpRelease::One`].
     pub release: MllpRelease,
 }
 
@@ -566,7 +641,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Text,
-    listen: Text,
+    listen: Option<Text>,
+    dial: Option<Text>,
     tls: Option<Spanned<RawServerTls>>,
     /// Optional here so that its absence gets a message with an example.
     allow: Option<Spanned<Vec<Text>>>,
@@ -624,7 +700,9 @@ struct RawServerTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
-    address: Text,
+    address: Option<Text>,
+    accept: Option<Text>,
+    allow: Option<Spanned<Vec<Text>>>,
     tls: Option<Spanned<RawClientTls>>,
     connections: Option<Text>,
     connect_timeout: Option<Text>,
@@ -632,6 +710,7 @@ struct RawUpstream {
     keepalive: Option<Spanned<RawKeepalive>>,
     max_ack_bytes: Option<Text>,
     idle_reconnect: Option<Text>,
+    idle_reopen: Option<Text>,
     reconnect: Option<Spanned<RawReconnect>>,
     framing: Option<Spanned<RawFraming>>,
 }
@@ -934,8 +1013,19 @@ impl Validator<'_> {
             } else {
                 names.insert(route.name.clone(), (i, position(&name_at.referenced).0));
             }
-            if let Ok(addr) = raw_route.value.listen.value.trim().parse::<SocketAddr>() {
-                let listen_at = &raw_route.value.listen.referenced;
+            // Every address this route binds: its listener and an upstream that accepts.
+            let mut binds = Vec::new();
+            if let Some(listen) = &raw_route.value.listen {
+                binds.push((format!("routes[{i}].listen"), listen));
+            }
+            if let Some(accept) = &raw_route.value.upstream.value.accept {
+                binds.push((format!("routes[{i}].upstream.accept"), accept));
+            }
+            for (yaml_path, raw_addr) in binds {
+                let Ok(addr) = raw_addr.value.trim().parse::<SocketAddr>() else {
+                    continue;
+                };
+                let listen_at = &raw_addr.referenced;
                 if let Some(other) = listeners.iter().find(|l| listen_clash(l.addr, addr)) {
                     let message = if other.addr == addr {
                         format!(
@@ -948,7 +1038,7 @@ impl Validator<'_> {
                             other.addr, other.index, other.name, on_line(other.line)
                         )
                     };
-                    self.error(format!("routes[{i}].listen"), listen_at, message);
+                    self.error(yaml_path, listen_at, message);
                 }
                 listeners.push(Listener {
                     index: i,
@@ -1000,16 +1090,49 @@ impl Validator<'_> {
             String::new(),
             parse_route_name,
         );
-        let listen = self.value(
-            format!("{p}.listen"),
-            &Some(r.listen.clone()),
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            parse_listen,
-        );
+        let sender = match (&r.listen, &r.dial) {
+            (Some(_), Some(dial)) => {
+                self.error(
+                    format!("{p}.dial"),
+                    &dial.referenced,
+                    "a route has exactly one of `listen` (we wait for the sender) and `dial` (we connect to a sender that is an MLLP server); remove one",
+                );
+                SenderRole::Listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+            }
+            (None, None) => {
+                self.error(
+                    p.clone(),
+                    &raw.referenced,
+                    "missing required key `listen` (or `dial`); add e.g. `listen: 127.0.0.1:2575`, or `dial: sender-host:5000` to connect out to a sender that is an MLLP server",
+                );
+                SenderRole::Listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+            }
+            (Some(listen), None) => SenderRole::Listen(self.value(
+                format!("{p}.listen"),
+                &Some(listen.clone()),
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                parse_listen,
+            )),
+            (None, Some(dial)) => match parse_upstream_address(&dial.value) {
+                Ok(address) => SenderRole::Dial(address),
+                Err(message) => {
+                    self.error(format!("{p}.dial"), &dial.referenced, message);
+                    SenderRole::Listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+                }
+            },
+        };
         let tls = r
             .tls
             .as_ref()
             .and_then(|t| self.server_tls(&format!("{p}.tls"), t));
+        if let (Some(dial), Some(raw_tls)) = (&r.dial, &r.tls) {
+            let _ = dial;
+            self.error(
+                format!("{p}.tls"),
+                &raw_tls.referenced,
+                "`tls` on a route that dials its sender is not supported: a route's tls block makes the guard a TLS server, and when it dials it is the client; use `listen` for a TLS sender",
+            );
+        }
         let allow = match &r.allow {
             None => {
                 self.error(
@@ -1108,7 +1231,7 @@ impl Validator<'_> {
         let (framing, release) = self.framing(&format!("{p}.framing"), &r.framing);
         Route {
             name,
-            listen,
+            sender,
             tls,
             allow,
             max_connections,
@@ -1298,13 +1421,61 @@ impl Validator<'_> {
 
     fn upstream(&mut self, p: &str, raw: &Spanned<RawUpstream>) -> Upstream {
         let u = &raw.value;
-        let address = match parse_upstream_address(&u.address.value) {
-            Ok(address) => Some(address),
-            Err(message) => {
-                self.error(format!("{p}.address"), &u.address.referenced, message);
+        let mut address = None;
+        let role = match (&u.address, &u.accept) {
+            (Some(_), Some(accept)) => {
+                self.error(
+                    format!("{p}.accept"),
+                    &accept.referenced,
+                    "an upstream has exactly one of `address` (we connect to the receiver) and `accept` (the receiver connects in to us); remove one",
+                );
                 None
             }
+            (None, None) => {
+                self.error(
+                    p,
+                    &raw.referenced,
+                    "missing required key `address` (or `accept`); add e.g. `address: 127.0.0.1:2576`, or `accept: 0.0.0.0:2600` for a receiver that connects in",
+                );
+                None
+            }
+            (Some(raw_address), None) => match parse_upstream_address(&raw_address.value) {
+                Ok(parsed) => {
+                    address = Some(parsed.clone());
+                    Some(ReceiverRole::Connect(parsed))
+                }
+                Err(message) => {
+                    self.error(format!("{p}.address"), &raw_address.referenced, message);
+                    None
+                }
+            },
+            (None, Some(accept)) => {
+                let listen = self.value(
+                    format!("{p}.accept"),
+                    &Some(accept.clone()),
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                    parse_listen,
+                );
+                Some(ReceiverRole::Accept {
+                    listen,
+                    allow: self.receiver_allow(p, u.allow.as_ref()),
+                })
+            }
         };
+        if let (Some(allow), None) = (&u.allow, &u.accept) {
+            self.error(
+                format!("{p}.allow"),
+                &allow.referenced,
+                "`allow` on an upstream says who may connect in to `accept`; it has no meaning with `address` (remove it)",
+            );
+        }
+        if let (Some(_), Some(raw_tls)) = (&u.accept, &u.tls) {
+            self.error(
+                format!("{p}.tls"),
+                &raw_tls.referenced,
+                "`tls` on an upstream that accepts its receiver is not supported: the upstream tls block makes the guard a TLS client, and with `accept` it is the server; use `address` for a TLS receiver",
+            );
+        }
         let tls = u
             .tls
             .as_ref()
@@ -1385,6 +1556,22 @@ impl Validator<'_> {
             parse_duration,
         );
         let idle_reconnect = (!idle_reconnect.is_zero()).then_some(idle_reconnect);
+        if let (Some(_), Some(accept), Some(raw_idle)) =
+            (idle_reconnect, &u.accept, &u.idle_reconnect)
+        {
+            let _ = accept;
+            self.error(
+                format!("{p}.idle_reconnect"),
+                &raw_idle.referenced,
+                "idle_reconnect needs `address`: with `accept` the receiver opens the connections, so the guard cannot reopen them (set keepalive instead)",
+            );
+        }
+        let idle_reopen = self.value(
+            format!("{p}.idle_reopen"),
+            &u.idle_reopen,
+            IdleReopen::OnDemand,
+            parse_idle_reopen,
+        );
         let reconnect = match &u.reconnect {
             None => Reconnect::default(),
             Some(r) => {
@@ -1417,10 +1604,10 @@ impl Validator<'_> {
         };
         let (framing, release) = self.framing(&format!("{p}.framing"), &u.framing);
         Upstream {
-            address: address.unwrap_or(UpstreamAddress {
+            role: role.unwrap_or(ReceiverRole::Connect(UpstreamAddress {
                 host: String::new(),
                 port: 0,
-            }),
+            })),
             tls,
             connections,
             connect_timeout,
@@ -1428,9 +1615,30 @@ impl Validator<'_> {
             keepalive,
             max_ack_bytes,
             idle_reconnect,
+            idle_reopen,
             reconnect,
             framing,
             release,
+        }
+    }
+
+    /// `allow` of an upstream that accepts: who may connect in. Absent = any address (logged
+    /// as a warning at start).
+    fn receiver_allow(&mut self, p: &str, raw: Option<&Spanned<Vec<Text>>>) -> Allowlist {
+        let Some(list) = raw else {
+            return Allowlist::Any;
+        };
+        let entries: Vec<&str> = list.value.iter().map(|e| e.value.as_str()).collect();
+        match Allowlist::parse(&entries) {
+            Ok(allow) => allow,
+            Err((j, message)) => {
+                let at = list
+                    .value
+                    .get(j)
+                    .map_or(&list.referenced, |e| &e.referenced);
+                self.error(format!("{p}.allow[{j}]"), at, message);
+                Allowlist::Networks(Vec::new())
+            }
         }
     }
 
@@ -1897,13 +2105,22 @@ fn parse_byte(s: &str) -> Result<u8, String> {
     })
 }
 
-/// `framing.release`: `1`, or `2` once the runtime speaks it.
+/// `idle_reopen`: `on-demand` or `at-once`.
+fn parse_idle_reopen(s: &str) -> Result<IdleReopen, String> {
+    match s.trim() {
+        "on-demand" => Ok(IdleReopen::OnDemand),
+        "at-once" => Ok(IdleReopen::AtOnce),
+        _ => Err(format!(
+            "must be on-demand (reopen when the next message comes) or at-once (reopen straight away), not \"{s}\""
+        )),
+    }
+}
+
+/// `framing.release`: `1` or `2`.
 fn parse_release(s: &str) -> Result<MllpRelease, String> {
     match s.trim() {
         "1" => Ok(MllpRelease::One),
-        "2" => {
-            Err("MLLP release 2 (commit blocks) is not supported yet; use release: 1".to_string())
-        }
+        "2" => Ok(MllpRelease::Two),
         _ => Err(format!(
             "must be 1 (MLLP release 1) or 2 (release 2, commit blocks), not \"{s}\""
         )),
@@ -2083,7 +2300,10 @@ routes:
             panic!("one route expected");
         };
         assert_eq!(route.name, "lab");
-        assert_eq!(route.listen, "127.0.0.1:2575".parse().unwrap());
+        assert_eq!(
+            route.sender.listen_addr().unwrap(),
+            "127.0.0.1:2575".parse().unwrap()
+        );
         let tls = route.tls.as_ref().unwrap();
         assert_eq!(tls.cert, fx.base().join("certs/guard.pem"));
         assert_eq!(tls.key, fx.base().join("certs/guard.key"));
@@ -2100,11 +2320,11 @@ routes:
         assert_eq!(route.on_upstream_failure, OnUpstreamFailure::Nack);
         let up = &route.upstream;
         assert_eq!(
-            up.address,
-            UpstreamAddress {
+            up.role,
+            ReceiverRole::Connect(UpstreamAddress {
                 host: "127.0.0.1".into(),
                 port: 2576
-            }
+            })
         );
         let utls = up.tls.as_ref().unwrap();
         assert_eq!(utls.ca, fx.base().join("certs/ehr-ca.pem"));
@@ -2208,7 +2428,7 @@ routes:
         assert_eq!(config.shutdown_grace, Duration::from_secs(60));
         let r = &config.routes[0];
         assert_eq!(r.name, "adt-2");
-        assert_eq!(r.listen, "[::1]:0".parse().unwrap());
+        assert_eq!(r.sender.listen_addr().unwrap(), "[::1]:0".parse().unwrap());
         assert_eq!(r.allow, Allowlist::Any);
         assert_eq!(r.max_connections, 3);
         assert_eq!(r.max_message_bytes, 512 * 1024);
@@ -2217,8 +2437,8 @@ routes:
         assert_eq!(r.handshake_timeout, Duration::from_millis(750));
         assert_eq!(r.on_upstream_failure, OnUpstreamFailure::Close);
         let up = &r.upstream;
-        assert_eq!(up.address.host, "2001:db8::7");
-        assert_eq!(up.address.to_string(), "[2001:db8::7]:2575");
+        assert_eq!(up.role.address().unwrap().host, "2001:db8::7");
+        assert_eq!(up.role.address().unwrap().to_string(), "[2001:db8::7]:2575");
         assert_eq!(
             up.connections,
             Connections::Pool(NonZeroUsize::new(1).unwrap())
@@ -2293,7 +2513,7 @@ routes:
         let yaml = MINIMAL.replace("listen:", "listne:");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
+            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
         );
     }
 
@@ -2311,7 +2531,7 @@ routes:
         let yaml = MINIMAL.replace("    listen: 127.0.0.1:2575\n", "");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:4:5: routes[0]: missing required key `listen`; add e.g. `listen: 127.0.0.1:2575`"
+            "guard.yaml:2:5: routes[0]: missing required key `listen` (or `dial`); add e.g. `listen: 127.0.0.1:2575`, or `dial: sender-host:5000` to connect out to a sender that is an MLLP server"
         );
     }
 
@@ -3122,18 +3342,93 @@ routes:
     }
 
     #[test]
-    fn release_2_is_refused_until_the_runtime_speaks_it() {
+    fn release_2_is_accepted_on_either_side_and_other_values_are_not() {
         let yaml =
             format!("{MINIMAL}      framing: {{ release: 2 }}\n    framing:\n      release: 2\n");
-        let expected = [
-            "guard.yaml:7:27: routes[0].upstream.framing.release: MLLP release 2 (commit blocks) is not supported yet; use release: 1",
-            "guard.yaml:9:16: routes[0].framing.release: MLLP release 2 (commit blocks) is not supported yet; use release: 1",
-        ];
-        assert_eq!(errors(&yaml), expected.join("\n"));
+        let config = Config::parse(&yaml, Path::new("guard.yaml"), Path::new(".")).unwrap();
+        assert_eq!(config.routes[0].release, MllpRelease::Two);
+        assert_eq!(config.routes[0].upstream.release, MllpRelease::Two);
         let yaml = format!("{MINIMAL}    framing:\n      release: 3\n");
         assert_eq!(
             errors(&yaml),
             "guard.yaml:8:16: routes[0].framing.release: must be 1 (MLLP release 1) or 2 (release 2, commit blocks), not \"3\""
+        );
+    }
+
+    #[test]
+    fn a_route_can_dial_its_sender_and_accept_its_receiver() {
+        let yaml = "routes:\n  - name: lab\n    dial: sender.example.org:5000\n    allow: [any]\n    upstream:\n      accept: 127.0.0.1:2600\n      allow: [127.0.0.2]\n";
+        let config = Config::parse(yaml, Path::new("guard.yaml"), Path::new(".")).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(
+            route.sender,
+            SenderRole::Dial(UpstreamAddress {
+                host: "sender.example.org".into(),
+                port: 5000
+            })
+        );
+        let ReceiverRole::Accept { listen, allow } = &route.upstream.role else {
+            panic!("accept expected, got {:?}", route.upstream.role);
+        };
+        assert_eq!(*listen, "127.0.0.1:2600".parse().unwrap());
+        assert!(allow.admits("127.0.0.2".parse().unwrap()));
+        assert!(!allow.admits("127.0.0.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn each_side_has_exactly_one_role() {
+        let yaml = MINIMAL.replace(
+            "    listen: 127.0.0.1:2575\n",
+            "    listen: 127.0.0.1:2575\n    dial: 10.1.2.3:5000\n",
+        );
+        let yaml = yaml.replace(
+            "      address: 127.0.0.1:2576\n",
+            "      address: 127.0.0.1:2576\n      accept: 0.0.0.0:2600\n",
+        );
+        let expected = [
+            "guard.yaml:4:11: routes[0].dial: a route has exactly one of `listen` (we wait for the sender) and `dial` (we connect to a sender that is an MLLP server); remove one",
+            "guard.yaml:8:15: routes[0].upstream.accept: an upstream has exactly one of `address` (we connect to the receiver) and `accept` (the receiver connects in to us); remove one",
+        ];
+        assert_eq!(errors(&yaml), expected.join("\n"));
+        let yaml = MINIMAL.replace("      address: 127.0.0.1:2576\n", "      connections: 2\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:6:7: routes[0].upstream: missing required key `address` (or `accept`); add e.g. `address: 127.0.0.1:2576`, or `accept: 0.0.0.0:2600` for a receiver that connects in"
+        );
+    }
+
+    #[test]
+    fn roles_refuse_what_they_cannot_do() {
+        let yaml = "routes:\n  - name: lab\n    dial: 10.1.2.3:5000\n    tls: { cert: a.pem, key: a.key }\n    allow: [any]\n    upstream:\n      accept: 127.0.0.1:2600\n      idle_reconnect: 60s\n";
+        let text = errors(yaml);
+        assert!(
+            text.contains("routes[0].tls: `tls` on a route that dials its sender is not supported"),
+            "{text}"
+        );
+        assert!(
+            text.contains("routes[0].upstream.idle_reconnect: idle_reconnect needs `address`"),
+            "{text}"
+        );
+        let yaml = format!("{MINIMAL}      allow: [any]\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:7:14: routes[0].upstream.allow: `allow` on an upstream says who may connect in to `accept`; it has no meaning with `address` (remove it)"
+        );
+        let yaml = "routes:\n  - name: lab\n    listen: 127.0.0.1:2575\n    allow: [any]\n    upstream:\n      accept: 127.0.0.1:2575\n";
+        assert!(errors(yaml).contains("routes[0].upstream.accept: listen address 127.0.0.1:2575 is already used by routes[0]"), "{}", errors(yaml));
+    }
+
+    #[test]
+    fn idle_reopen_is_on_demand_or_at_once() {
+        let config = Config::parse(MINIMAL, Path::new("guard.yaml"), Path::new(".")).unwrap();
+        assert_eq!(config.routes[0].upstream.idle_reopen, IdleReopen::OnDemand);
+        let yaml = format!("{MINIMAL}      idle_reconnect: 240s\n      idle_reopen: at-once\n");
+        let config = Config::parse(&yaml, Path::new("guard.yaml"), Path::new(".")).unwrap();
+        assert_eq!(config.routes[0].upstream.idle_reopen, IdleReopen::AtOnce);
+        let yaml = format!("{MINIMAL}      idle_reopen: eager\n");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:7:20: routes[0].upstream.idle_reopen: must be on-demand (reopen when the next message comes) or at-once (reopen straight away), not \"eager\""
         );
     }
 

@@ -94,7 +94,7 @@ impl Custody {
     pub fn start(
         route: Arc<str>,
         cfg: CustodyConfig,
-        upstream: Upstream,
+        upstream: Arc<Upstream>,
         close_on_failure: bool,
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
@@ -390,7 +390,7 @@ impl Duplicates {
 /// Delivers a route's queue to its upstream, in order, one message in flight.
 struct Drainer {
     custody: Arc<Custody>,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     shutdown: CancellationToken,
 }
 
@@ -460,7 +460,10 @@ impl Drainer {
                     .fetch_add(1, Ordering::Relaxed);
             }
             attempts_of_front += 1;
-            let result = self.upstream.exchange(&mut conn, &frame, &control_id).await;
+            let result = self
+                .upstream
+                .exchange(&mut conn, &frame, &control_id, false)
+                .await;
             let action = match &result {
                 Ok(reply) if reply.code.is_positive() => ReplyAction::Accept,
                 Ok(reply) if matches!(reply.code, AckCode::AE | AckCode::CE) => {

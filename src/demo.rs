@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::app::Guard;
-use crate::config::Config;
+use crate::config::{Config, ReceiverRole, SenderRole};
 use crate::hl7::AckCode;
 use crate::peer::send::{self, SendOptions};
 use crate::peer::sink::{Sink, SinkOptions};
@@ -25,10 +25,16 @@ pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
         .routes
         .first()
         .context("the demo config has no route")?;
-    let target = route.listen;
+    let SenderRole::Listen(target) = route.sender else {
+        anyhow::bail!(
+            "the demo needs a route that listens for senders (`listen:`), not one that dials"
+        );
+    };
     let route_name = route.name.clone();
     let tls_listener = route.tls.is_some();
-    let upstream = route.upstream.address.clone();
+    let ReceiverRole::Connect(upstream) = route.upstream.role.clone() else {
+        anyhow::bail!("the demo needs an upstream that it connects to (`address:`), not `accept:`");
+    };
     let upstream_addr = tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
         .await?
         .next()

@@ -26,12 +26,15 @@ pub enum Answer {
         ack: Bytes,
         code: AckCode,
         outcome: &'static str,
+        /// The message reached the receiver or the queue (whatever the ack code says).
+        committed: bool,
         problem: Option<Problem>,
     },
     /// Write nothing and keep the connection (the sender asked for no ack of this kind).
     Silent {
         code: AckCode,
         outcome: &'static str,
+        committed: bool,
     },
     /// Close the sender's connection without an answer.
     Close(Problem),
@@ -74,13 +77,20 @@ impl Dispatch {
     ) -> Answer {
         match self {
             Dispatch::Custody(custody) => match custody.accept(frame, header).await {
+                // Custody's own acks are positive exactly when the message is (or already was)
+                // queued.
                 Verdict::Ack { ack, code, outcome } => Answer::Ack {
                     ack,
                     code,
                     outcome,
+                    committed: code.is_positive(),
                     problem: None,
                 },
-                Verdict::Silent { code, outcome } => Answer::Silent { code, outcome },
+                Verdict::Silent { code, outcome } => Answer::Silent {
+                    code,
+                    outcome,
+                    committed: code.is_positive(),
+                },
                 Verdict::Close { reason } => Answer::Close(Problem {
                     reason: "queue",
                     detail: reason,
@@ -89,25 +99,32 @@ impl Dispatch {
             Dispatch::Forward {
                 upstream,
                 on_upstream_failure,
-            } => forward(upstream, *on_upstream_failure, slot, frame, header).await,
+            } => forward(upstream, *on_upstream_failure, slot, frame, header, true).await,
         }
     }
 }
 
 /// Forward mode: send the frame to `upstream` and relay its verified ack unchanged, or answer
 /// the failure as `on_upstream_failure` says. Also used for rules that route to a named upstream.
+/// `two_way`: the session takes messages the receiver sends on a paired `slot` (see
+/// [`Upstream::exchange`]).
 pub async fn forward(
     upstream: &Upstream,
     on_upstream_failure: OnUpstreamFailure,
     slot: &mut Option<UpstreamConn>,
     frame: &Frame,
     header: &Header<'_>,
+    two_way: bool,
 ) -> Answer {
-    match upstream.exchange(slot, frame, header.control_id()).await {
+    match upstream
+        .exchange(slot, frame, header.control_id(), two_way)
+        .await
+    {
         Ok(reply) => Answer::Ack {
             ack: reply.ack,
             code: reply.code,
             outcome: "forwarded",
+            committed: true,
             problem: None,
         },
         Err(err) => {
@@ -125,6 +142,7 @@ pub async fn forward(
                     ),
                     code: AckCode::AE,
                     outcome: "upstream_failed",
+                    committed: false,
                     problem: Some(problem),
                 },
             }

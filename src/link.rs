@@ -1,9 +1,14 @@
 //! An MLLP link: a byte stream plus the frame decoder that reads it.
 //!
 //! Owns buffering and the read/write loop over one connection; the same type reads messages on
-//! the downstream leg and acks on the upstream leg. Must not know what the frames mean.
+//! the downstream leg and acks on the upstream leg. It also holds frames set aside while
+//! something else was awaited (a message that crossed an ack on a two-way connection), so they
+//! are handled next, in order. Must not know what the frames mean.
 
+use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,7 +23,24 @@ pub struct Link<S> {
     stream: S,
     decoder: Decoder,
     buf: BytesMut,
+    /// Frames read while waiting for something else, to be handled before new ones.
+    set_aside: VecDeque<Decoded>,
 }
+
+/// What a look at the stream without waiting found (see [`Link::read_ready`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Nothing was waiting.
+    Nothing,
+    /// This many bytes were waiting and are now buffered.
+    Bytes(usize),
+    /// The peer closed the connection (or it failed).
+    Closed,
+}
+
+/// At most this many frames are set aside on one link; a peer that sends more without waiting
+/// for answers is misbehaving.
+pub const MAX_SET_ASIDE: usize = 32;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// Wraps `stream`; frames whose payload exceeds `max_payload_bytes` come out as
@@ -33,6 +55,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             stream,
             decoder: Decoder::with_framing(max_payload_bytes, framing),
             buf: BytesMut::with_capacity(READ_CHUNK),
+            set_aside: VecDeque::new(),
         }
     }
 
@@ -64,6 +87,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             self.buf.reserve(READ_CHUNK);
         }
         self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Keeps `items` (in order) to be returned by [`Link::take_set_aside`] before anything else.
+    /// Returns false, keeping none of the excess, when that would exceed [`MAX_SET_ASIDE`].
+    pub fn set_aside(&mut self, items: impl IntoIterator<Item = Decoded>) -> bool {
+        for item in items {
+            if self.set_aside.len() >= MAX_SET_ASIDE {
+                return false;
+            }
+            self.set_aside.push_back(item);
+        }
+        true
+    }
+
+    /// The oldest frame set aside, if any.
+    pub fn take_set_aside(&mut self) -> Option<Decoded> {
+        self.set_aside.pop_front()
+    }
+
+    /// Whether frames are set aside.
+    pub fn has_set_aside(&self) -> bool {
+        !self.set_aside.is_empty()
+    }
+
+    /// Reads whatever the peer already sent, without waiting: a connection about to carry a
+    /// message is checked this way (a FIN or RST waiting means it is closed).
+    pub fn read_ready(&mut self) -> Ready {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), &mut cx, &mut self.buf) {
+            Poll::Pending => Ready::Nothing,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Ready::Closed,
+            Poll::Ready(Ok(n)) => Ready::Bytes(n),
+        }
     }
 
     /// Writes one whole frame (already encoded) in a single write call and flushes it.

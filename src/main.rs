@@ -385,10 +385,13 @@ fn summary(route: &mllp_guard::config::Route) -> String {
     format!(
         "route {}: {} ({}) allow [{}] -> {} ({}, connections {}); delivery {delivery}; max {} connections, max message {} bytes, on upstream failure: {}",
         route.name,
-        route.listen,
+        match &route.sender {
+            mllp_guard::config::SenderRole::Listen(addr) => addr.to_string(),
+            dial => dial.to_string(),
+        },
         listener,
         route.allow,
-        upstream.address,
+        upstream.role,
         if upstream.tls.is_some() { "TLS" } else { "plain" },
         connections,
         route.max_connections,

@@ -1,11 +1,14 @@
 //! One downstream connection, end to end: read a frame, read its header, check its source's
-//! rate and the route's rules, dispatch it, write the answer; one message in flight at a time.
+//! rate and the route's rules, dispatch it, write the answer; one message in flight at a time
+//! in each direction.
 //!
 //! Owns the per-connection timeouts (a started frame must finish within `receive_timeout`; a
 //! quiet sender is closed after `idle_timeout`), the answers to frames that cannot be delivered
 //! (oversize, no readable header, rate limited, rejected by a rule), the per-message log line,
-//! the framing of what it writes, and stopping between messages on shutdown. Must not know how
-//! upstreams connect or how delivery works.
+//! the framing of what it writes, MLLP release 2 commit blocks towards the sender, and stopping
+//! between messages on shutdown. On a paired forward route it also carries the other direction
+//! (see [`crate::two_way`]) and reopens an idle upstream connection at once when asked to. Must
+//! not know how upstreams connect or how delivery works.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -18,12 +21,14 @@ use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{Decoded, Frame};
-use crate::config::{OnLimit, Route};
+use crate::commit::{self, Commit};
+use crate::config::{Connections, MllpRelease, OnLimit, Route};
 use crate::dispatch::{self, own_ack, Answer, Dispatch};
 use crate::hl7::{printable, AckCode, Header};
 use crate::limits::SourceLimits;
-use crate::link::Link;
+use crate::link::{Link, MAX_SET_ASIDE};
 use crate::rules::{self, Decision, Facts};
+use crate::two_way::SenderLost;
 use crate::upstream::{Upstream, UpstreamConn};
 
 /// Everything a session needs from its route.
@@ -56,6 +61,7 @@ enum End {
     DeliveryFailure,
     Shutdown,
     TlsOnPlaintext,
+    Flooded,
 }
 
 impl End {
@@ -69,6 +75,7 @@ impl End {
             End::DeliveryFailure => "message not delivered (on_upstream_failure: close)",
             End::Shutdown => "shutting down",
             End::TlsOnPlaintext => "TLS on a plaintext listener",
+            End::Flooded => "too many frames sent without waiting for answers",
         }
     }
 }
@@ -88,9 +95,25 @@ impl Peer {
     }
 }
 
+/// What woke a session up.
+enum Event {
+    Shutdown,
+    /// A read from the sender: `None` when its deadline passed.
+    Sender(Option<std::io::Result<usize>>),
+    /// A read from the paired upstream connection.
+    Receiver(std::io::Result<usize>),
+    /// The paired upstream connection has been quiet for `idle_reconnect`.
+    IdleUpstream,
+}
+
 /// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
-/// guard shuts down.
-pub async fn serve<S>(stream: S, who: Peer, ctx: Arc<RouteContext>, shutdown: CancellationToken)
+/// guard shuts down. Returns how many messages it carried (both directions).
+pub async fn serve<S>(
+    stream: S,
+    who: Peer,
+    ctx: Arc<RouteContext>,
+    shutdown: CancellationToken,
+) -> u64
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -101,25 +124,44 @@ where
     let mut frame_started: Option<Instant> = None;
     let mut last_read = Instant::now();
     let mut messages = 0u64;
+    let release2 = route.release == MllpRelease::Two;
+    // The upstream of a forward route with paired connections: the receiver may send on it.
+    let paired_upstream = match &ctx.dispatch {
+        Dispatch::Forward { upstream, .. } if route.upstream.connections == Connections::Paired => {
+            Some(upstream.clone())
+        }
+        _ => None,
+    };
 
     let end = 'session: loop {
-        // Answer every complete frame already buffered before reading (or stopping) again.
-        while let Some(item) = link.try_decode() {
+        // Answer every complete frame already read (set aside first) before reading again.
+        while let Some(item) = link.take_set_aside().or_else(|| link.try_decode()) {
             frame_started = None;
+            if release2 && commit::is_commit(&item) {
+                continue; // a commit block nothing waits for (e.g. a repeated one)
+            }
             messages += 1;
             let answer = match item {
                 Decoded::Frame(frame) => handle_message(&ctx, &mut slots, &frame, &who).await,
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, peer),
             };
-            match answer {
-                Reply::Send(ack) => {
-                    if let Err(err) = link.send_payload(&ack).await {
-                        tracing::debug!(route = %ctx.name, %peer, error = %err, "could not write the ack to the sender");
-                        break 'session End::WriteError;
-                    }
+            if let Err(end) = write_answer(&ctx, &mut link, answer, peer).await {
+                break 'session end;
+            }
+        }
+        // Then every message the receiver sent on its own.
+        if paired_upstream.is_some() {
+            while let Some(item) = slots.route.as_mut().and_then(|conn| conn.next_inbound()) {
+                messages += 1;
+                last_read = Instant::now();
+                let conn = slots.route.as_mut().expect("the slot held a connection");
+                match crate::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who).await {
+                    Ok(true) => {}
+                    Ok(false) => slots.route = None,
+                    Err(SenderLost::Closed) => break 'session End::PeerClosed,
+                    Err(SenderLost::Io) => break 'session End::WriteError,
+                    Err(SenderLost::Flooded) => break 'session End::Flooded,
                 }
-                Reply::Nothing => {}
-                Reply::Close => break 'session End::DeliveryFailure,
             }
         }
 
@@ -130,31 +172,67 @@ where
             route.idle_timeout.map(|idle| last_read + idle)
         };
         let in_frame = link.in_frame();
-        let read = async {
-            match deadline {
-                Some(deadline) => timeout_at(deadline.into(), link.read_more()).await.ok(),
-                None => Some(link.read_more().await),
+        let upstream_in_frame = slots.route.as_ref().is_some_and(|c| c.in_frame());
+        let idle_upstream_at = match (&paired_upstream, &slots.route) {
+            (Some(upstream), Some(conn)) if upstream.reopens_at_once() => {
+                upstream.idle_deadline(conn)
+            }
+            _ => None,
+        };
+        let event = {
+            let read = async {
+                match deadline {
+                    Some(deadline) => timeout_at(deadline.into(), link.read_more()).await.ok(),
+                    None => Some(link.read_more().await),
+                }
+            };
+            let watch_receiver = paired_upstream.is_some() && slots.route.is_some();
+            let receiver = async {
+                match slots.route.as_mut() {
+                    Some(conn) => conn.read_more().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let idle = async {
+                match idle_upstream_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if !in_frame && !upstream_in_frame => Event::Shutdown,
+                outcome = read => Event::Sender(outcome),
+                outcome = receiver, if watch_receiver => Event::Receiver(outcome),
+                _ = idle, if idle_upstream_at.is_some() => Event::IdleUpstream,
             }
         };
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled(), if !in_frame => break End::Shutdown,
-            outcome = read => match outcome {
-                None if in_frame => break End::ReceiveTimeout,
-                None => break End::IdleTimeout,
-                Some(Ok(0)) => break End::PeerClosed,
-                Some(Ok(_)) => {
-                    last_read = Instant::now();
-                    if messages == 0 && route.tls.is_none() && looks_like_tls(link.buffered()) {
-                        tracing::warn!(route = %ctx.name, %peer, "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
-                        break End::TlsOnPlaintext;
-                    }
+        match event {
+            Event::Shutdown => break End::Shutdown,
+            Event::Sender(None) if in_frame => break End::ReceiveTimeout,
+            Event::Sender(None) => break End::IdleTimeout,
+            Event::Sender(Some(Ok(0))) => break End::PeerClosed,
+            Event::Sender(Some(Ok(_))) => {
+                last_read = Instant::now();
+                if messages == 0 && route.tls.is_none() && looks_like_tls(link.buffered()) {
+                    tracing::warn!(route = %ctx.name, %peer, "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
+                    break End::TlsOnPlaintext;
                 }
-                Some(Err(err)) => {
-                    tracing::debug!(route = %ctx.name, %peer, error = %err, "read from sender failed");
-                    break End::ReadError;
+            }
+            Event::Sender(Some(Err(err))) => {
+                tracing::debug!(route = %ctx.name, %peer, error = %err, "read from sender failed");
+                break End::ReadError;
+            }
+            Event::Receiver(Ok(0)) | Event::Receiver(Err(_)) => {
+                tracing::debug!(route = %ctx.name, %peer, "the receiver closed the paired connection; the next message opens a new one");
+                slots.route = None;
+            }
+            Event::Receiver(Ok(_)) => {}
+            Event::IdleUpstream => {
+                if let Some(upstream) = &paired_upstream {
+                    upstream.reopen_idle(&mut slots.route).await;
                 }
-            },
+            }
         }
     };
 
@@ -177,12 +255,72 @@ where
     if end != End::PeerClosed && end != End::ReadError && end != End::WriteError {
         link.shutdown().await;
     }
+    messages
 }
 
-/// What to do after handling one frame.
+/// Writes the answer to one of the sender's messages. Release 1: the ack (if any). Release 2:
+/// the commit block first (ACK when the message was delivered or queued, NAK when it was
+/// refused, and then nothing more), then the ack, sent until the sender commits it.
+async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &RouteContext,
+    link: &mut Link<S>,
+    reply: Reply,
+    peer: SocketAddr,
+) -> Result<(), End> {
+    let (ack, committed) = match reply {
+        Reply::Close => return Err(End::DeliveryFailure),
+        Reply::Send { ack, committed } => (Some(ack), committed),
+        Reply::Nothing { committed } => (None, committed),
+    };
+    let written = if ctx.route.release == MllpRelease::One {
+        match &ack {
+            Some(ack) => link.send_payload(ack).await,
+            None => Ok(()),
+        }
+    } else {
+        let commit = if committed { Commit::Ack } else { Commit::Nak };
+        let sent = commit::answer(link, commit).await;
+        match (sent, ack) {
+            (Ok(()), Some(ack)) if committed => {
+                let mut held = Vec::new();
+                let result = commit::send_committed(
+                    link,
+                    &ack,
+                    ctx.route.upstream.ack_timeout,
+                    &mut held,
+                    MAX_SET_ASIDE,
+                )
+                .await;
+                if !link.set_aside(held) {
+                    return Err(End::Flooded);
+                }
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(commit::CommitError::Send(err))
+                    | Err(commit::CommitError::Receive(err)) => Err(err),
+                    Err(commit::CommitError::Flooded) => return Err(End::Flooded),
+                    Err(err) => {
+                        // The message was delivered; only the ack's commit is missing. Keep the
+                        // connection: the sender can still resend and be answered.
+                        tracing::warn!(route = %ctx.name, %peer, error = %err, "the sender did not commit its ack (MLLP release 2)");
+                        Ok(())
+                    }
+                }
+            }
+            (sent, _) => sent,
+        }
+    };
+    written.map_err(|err| {
+        tracing::debug!(route = %ctx.name, %peer, error = %err, "could not write the answer to the sender");
+        End::WriteError
+    })
+}
+
+/// What to do after handling one frame. `committed`: the message was delivered or queued (the
+/// MLLP release 2 commit block is ACK), not refused (NAK).
 enum Reply {
-    Send(Bytes),
-    Nothing,
+    Send { ack: Bytes, committed: bool },
+    Nothing { committed: bool },
     Close,
 }
 
@@ -200,7 +338,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                 .map(|h| printable(h.control_id()))
                 .unwrap_or_default();
             tracing::warn!(route = %ctx.name, %peer, identity, control_id = %control_id, bytes = frame.len(), ack = "AE", outcome = "rate_limited", "message refused: rate limited");
-            return Reply::Send(own_ack(
+            return refused(own_ack(
                 header.as_ref(),
                 AckCode::AE,
                 "rate limited: too many messages from this source; send more slowly",
@@ -214,7 +352,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
         Err(err) => {
             let text = format!("message rejected: {err}");
             tracing::warn!(route = %ctx.name, %peer, identity, bytes = frame.len(), ack = "AR", outcome = "rejected", reason = %err, "message rejected: no readable header");
-            return Reply::Send(own_ack(None, AckCode::AR, &text));
+            return refused(own_ack(None, AckCode::AR, &text));
         }
     };
     let facts = Facts {
@@ -227,7 +365,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
         Decision::Reject { rule } => {
             tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), ack = "AR", outcome = "rejected_by_rule", rule, "message rejected by a rule");
             let text = format!("rejected by rule {rule}");
-            return Reply::Send(own_ack(Some(&header), AckCode::AR, &text));
+            return refused(own_ack(Some(&header), AckCode::AR, &text));
         }
         Decision::Drop { rule } => {
             tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), outcome = "dropped_by_rule", rule, "message dropped by a rule; closing the connection");
@@ -242,11 +380,12 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                     slot,
                     frame,
                     &header,
+                    false,
                 )
                 .await
             }
             // The config check guarantees the name exists; refuse rather than guess if not.
-            None => return Reply::Send(own_ack(Some(&header), AckCode::AE, "no such upstream")),
+            None => return refused(own_ack(Some(&header), AckCode::AE, "no such upstream")),
         },
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -258,23 +397,29 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
             ack,
             code,
             outcome,
+            committed,
             problem: None,
         } => {
             tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, "message");
-            Reply::Send(ack)
+            Reply::Send { ack, committed }
         }
         Answer::Ack {
             ack,
             code,
             outcome,
+            committed,
             problem: Some(problem),
         } => {
             tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, reason = problem.reason, error = %problem.detail, "message not delivered; the sender gets a negative ack");
-            Reply::Send(ack)
+            Reply::Send { ack, committed }
         }
-        Answer::Silent { code, outcome } => {
+        Answer::Silent {
+            code,
+            outcome,
+            committed,
+        } => {
             tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, ack_sent = false, latency_ms, outcome, "message");
-            Reply::Nothing
+            Reply::Nothing { committed }
         }
         Answer::Close(problem) => {
             tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, latency_ms, outcome = "closed", reason = problem.reason, error = %problem.detail, "message not delivered; closing the sender's connection");
@@ -294,7 +439,15 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) 
         .map(|h| printable(h.control_id()))
         .unwrap_or_default();
     tracing::warn!(route = %ctx.name, %peer, control_id = %control_id, bytes = len, max_message_bytes = max, ack = "AE", outcome = "oversize", "message rejected: too large");
-    Reply::Send(own_ack(header.as_ref(), AckCode::AE, &text))
+    refused(own_ack(header.as_ref(), AckCode::AE, &text))
+}
+
+/// A negative ack for a message the guard refused (never delivered, never queued).
+fn refused(ack: Bytes) -> Reply {
+    Reply::Send {
+        ack,
+        committed: false,
+    }
 }
 
 /// A TLS record header (handshake, SSL 3.0 to TLS 1.3 record versions) at the start of what a

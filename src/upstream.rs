@@ -1,26 +1,35 @@
-//! The upstream leg: connecting to the receiver (TCP or TLS) and exchanging one frame for its ack.
+//! The upstream leg: getting a connection to the receiver (we connect, TCP or TLS; or it
+//! connects in to us) and exchanging one frame for its ack.
 //!
 //! Owns connection set-up under a timeout, keepalive tuning, the paired-or-pooled connection
-//! policy, stale-connection detection before reuse, and ack verification (MSA-2 must equal the
-//! message's control id). An exchange that times out closes its connection, so a late ack can
-//! never answer the next message. Must not know about downstream peers or admission policy.
+//! policy, idle reconnects, stale-connection detection before reuse, MLLP release 2 commit
+//! blocks on this side, and ack verification (MSA-2 must equal the message's control id). An
+//! exchange that times out closes its connection, so a late ack can never answer the next
+//! message. On a two-way (paired) connection, messages the receiver sends while an ack is
+//! awaited are set aside for the session instead of being taken for the ack. Must not know
+//! about downstream peers or admission policy.
 
+use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 
 use crate::ack::{self, AckMismatch};
 use crate::backoff::Backoff;
 use crate::codec::{Decoded, Frame};
-use crate::config::{self, Connections};
-use crate::hl7::AckCode;
-use crate::link::Link;
+use crate::commit::{self, Commit, CommitError};
+use crate::config::{self, Connections, IdleReopen, MllpRelease, ReceiverRole};
+use crate::hl7::{AckCode, AckError, AckView};
+use crate::link::{Link, Ready, MAX_SET_ASIDE};
 use crate::net::{self, Stream};
+use crate::policy::Allowlist;
 
 /// Why an exchange with the upstream failed. The text is PHI-free: it becomes MSA-3 of the
 /// negative ack the sender receives.
@@ -54,6 +63,15 @@ pub enum UpstreamError {
         retry_in: Duration,
         last: String,
     },
+    #[error("no receiver connected in to {listen} within {}", humantime::format_duration(*.waited))]
+    NoReceiver {
+        listen: SocketAddr,
+        waited: Duration,
+    },
+    #[error("the upstream did not commit the message (MLLP release 2): {0}")]
+    NotCommitted(CommitError),
+    #[error("the upstream sent too many messages while an ack was awaited")]
+    Flooded,
 }
 
 impl UpstreamError {
@@ -72,6 +90,9 @@ impl UpstreamError {
             UpstreamError::AckMismatch(_) => "ack_mismatch",
             UpstreamError::PoolBusy { .. } => "pool_busy",
             UpstreamError::Backoff { .. } => "reconnect_backoff",
+            UpstreamError::NoReceiver { .. } => "no_receiver",
+            UpstreamError::NotCommitted(_) => "not_committed",
+            UpstreamError::Flooded => "flooded",
         }
     }
 
@@ -100,7 +121,10 @@ impl UpstreamError {
     fn worth_retrying_fresh(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Send(_) | UpstreamError::ClosedBeforeAck | UpstreamError::Receive(_)
+            UpstreamError::Send(_)
+                | UpstreamError::ClosedBeforeAck
+                | UpstreamError::Receive(_)
+                | UpstreamError::NotCommitted(CommitError::Send(_) | CommitError::Closed)
         )
     }
 }
@@ -120,6 +144,113 @@ pub struct UpstreamConn {
     fresh: bool,
     /// When it last carried traffic (for `idle_reconnect`).
     last_used: Instant,
+    /// The release this side speaks.
+    release: MllpRelease,
+}
+
+impl UpstreamConn {
+    /// The next message the receiver sent on its own (set aside during an exchange, or
+    /// already buffered), without reading. Commit blocks nobody waits for are skipped.
+    pub fn next_inbound(&mut self) -> Option<Decoded> {
+        loop {
+            let item = self
+                .link
+                .take_set_aside()
+                .or_else(|| self.link.try_decode())?;
+            if !commit::is_commit(&item) {
+                return Some(item);
+            }
+        }
+    }
+
+    /// Waits for more bytes from the receiver (cancel-safe); 0 means it closed.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        let n = self.link.read_more().await?;
+        if n > 0 {
+            self.last_used = Instant::now();
+        }
+        Ok(n)
+    }
+
+    /// Whether a frame from the receiver has started and not ended.
+    pub fn in_frame(&self) -> bool {
+        self.link.in_frame()
+    }
+
+    /// When this connection last carried traffic.
+    pub fn last_used(&self) -> Instant {
+        self.last_used
+    }
+
+    /// Answers a message the receiver sent: a commit block first when this side speaks
+    /// release 2 (ACK when `committed`, NAK otherwise, and then nothing more), then the ack
+    /// payload (waiting for its commit under release 2).
+    pub async fn answer_inbound(
+        &mut self,
+        committed: bool,
+        ack: &[u8],
+        per_attempt: Duration,
+    ) -> Result<(), UpstreamError> {
+        self.last_used = Instant::now();
+        if self.release == MllpRelease::One {
+            return self
+                .link
+                .send_payload(ack)
+                .await
+                .map_err(UpstreamError::Send);
+        }
+        let commit = if committed { Commit::Ack } else { Commit::Nak };
+        commit::answer(&mut self.link, commit)
+            .await
+            .map_err(UpstreamError::Send)?;
+        if !committed {
+            return Ok(());
+        }
+        let mut held = Vec::new();
+        let result =
+            commit::send_committed(&mut self.link, ack, per_attempt, &mut held, MAX_SET_ASIDE)
+                .await
+                .map_err(UpstreamError::NotCommitted);
+        if !self.link.set_aside(held) {
+            return Err(UpstreamError::Flooded);
+        }
+        result
+    }
+
+    /// Closes the connection cleanly (bounded: a stuck TLS close does not hold the caller).
+    pub async fn close(mut self) {
+        let _ = timeout(Duration::from_secs(1), self.link.shutdown()).await;
+    }
+}
+
+/// Connections receivers opened to an `accept` address, waiting to be used.
+struct Accepted {
+    listen: SocketAddr,
+    allow: Allowlist,
+    ready: std::sync::Mutex<VecDeque<(TcpStream, SocketAddr)>>,
+    arrived: Notify,
+}
+
+impl Accepted {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(TcpStream, SocketAddr)>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Receivers waiting in the accept queue beyond this are refused (they would only sit there).
+const MAX_WAITING_RECEIVERS: usize = 64;
+
+/// Whether a receiver connection waiting to be used has been closed or reset, checked without
+/// waiting and without consuming anything it sent.
+fn closed_while_waiting(tcp: &mut TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut probe);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match tcp.poll_peek(&mut cx, &mut buf) {
+        std::task::Poll::Pending => false,
+        std::task::Poll::Ready(Ok(n)) => n == 0,
+        std::task::Poll::Ready(Err(_)) => true,
+    }
 }
 
 /// Paces connection attempts after failures: while the upstream is failing, at most one
@@ -210,6 +341,8 @@ pub struct Upstream {
     cfg: config::Upstream,
     pool: Option<Pool>,
     gate: ConnectGate,
+    /// With `accept`: the connections receivers opened to us.
+    accepted: Option<Arc<Accepted>>,
 }
 
 struct Pool {
@@ -230,30 +363,108 @@ impl Upstream {
             }),
         };
         let gate = ConnectGate::new(&cfg.reconnect);
+        let accepted = match &cfg.role {
+            ReceiverRole::Connect(_) => None,
+            ReceiverRole::Accept { listen, allow } => Some(Arc::new(Accepted {
+                listen: *listen,
+                allow: allow.clone(),
+                ready: std::sync::Mutex::new(VecDeque::new()),
+                arrived: Notify::new(),
+            })),
+        };
         Upstream {
             route,
             cfg,
             pool,
             gate,
+            accepted,
         }
     }
 
+    /// Where the receiver is, for logs: its address, or where we accept it.
     pub fn address(&self) -> String {
-        self.cfg.address.to_string()
+        self.cfg.role.to_string()
+    }
+
+    /// The upstream's settings.
+    pub fn config(&self) -> &config::Upstream {
+        &self.cfg
+    }
+
+    /// With `accept`: binds the address receivers connect to (before anything is served, so a
+    /// port in use fails the start) and returns the listener, to be served by
+    /// [`Upstream::accept_receivers`]. `None` when this upstream connects out.
+    pub fn bind_accept(&self) -> io::Result<Option<TcpListener>> {
+        match &self.accepted {
+            Some(accepted) => crate::listener::bind(accepted.listen).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Accepts receivers on `listener` until `stop`: each admitted connection waits in a queue
+    /// until a message needs it.
+    pub fn accept_receivers(
+        &self,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let accepted = self.accepted.clone();
+        let route = self.route.clone();
+        let keepalive = self.cfg.keepalive;
+        async move {
+            let Some(accepted) = accepted else { return };
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    result = listener.accept() => match result {
+                        Ok(pair) => pair,
+                        Err(err) => {
+                            tracing::debug!(route = %route, error = %err, "accepting a receiver failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                if !accepted.allow.admits(peer.ip()) {
+                    tracing::warn!(route = %route, %peer, reason = "address not in upstream.allow", "receiver connection refused");
+                    let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                    continue;
+                }
+                let mut ready = accepted.lock();
+                // Drop receivers that left while waiting; refuse beyond the cap.
+                ready.retain_mut(|(waiting, _)| !closed_while_waiting(waiting));
+                if ready.len() >= MAX_WAITING_RECEIVERS {
+                    drop(ready);
+                    tracing::warn!(route = %route, %peer, waiting = MAX_WAITING_RECEIVERS, "receiver connection refused: too many unused receiver connections waiting");
+                    continue;
+                }
+                if let Err(err) = net::tune(&tcp, &keepalive) {
+                    tracing::debug!(route = %route, %peer, error = %err, "could not set TCP options on the receiver's connection");
+                }
+                tracing::info!(route = %route, %peer, "receiver connected in");
+                ready.push_back((tcp, peer));
+                drop(ready);
+                accepted.arrived.notify_one();
+            }
+        }
     }
 
     /// Sends `frame` and waits for its ack, which must answer `control_id`.
     ///
     /// `paired` is the sending session's own connection slot (used when connections are paired;
-    /// pooled routes ignore it). On any error the connection involved is closed.
+    /// pooled routes ignore it). With `two_way`, the caller takes the messages the receiver
+    /// sends on its own on a paired connection ([`UpstreamConn::next_inbound`]); without it (and
+    /// always on pooled connections) such a frame makes the connection unusable. On any error the
+    /// connection involved is closed.
     pub async fn exchange(
         &self,
         paired: &mut Option<UpstreamConn>,
         frame: &Frame,
         control_id: &[u8],
+        two_way: bool,
     ) -> Result<Reply, UpstreamError> {
         let Some(pool) = &self.pool else {
-            return self.exchange_on(paired, frame, control_id).await;
+            return self.exchange_on(paired, frame, control_id, two_way).await;
         };
         let waited = self.cfg.ack_timeout;
         let _permit = match timeout(waited, pool.permits.acquire()).await {
@@ -267,7 +478,7 @@ impl Upstream {
             }
         };
         let mut slot = pool.idle.lock().await.pop();
-        let result = self.exchange_on(&mut slot, frame, control_id).await;
+        let result = self.exchange_on(&mut slot, frame, control_id, false).await;
         if let Some(conn) = slot {
             pool.idle.lock().await.push(conn);
         }
@@ -279,19 +490,20 @@ impl Upstream {
         slot: &mut Option<UpstreamConn>,
         frame: &Frame,
         control_id: &[u8],
+        two_way: bool,
     ) -> Result<Reply, UpstreamError> {
-        if let (Some(conn), Some(idle)) = (slot.as_mut(), self.cfg.idle_reconnect) {
-            if conn.last_used.elapsed() >= idle {
-                tracing::debug!(route = %self.route, upstream = %self.cfg.address, idle = %humantime::format_duration(idle), "upstream connection quiet for idle_reconnect; closing it and opening a new one before a firewall forgets it");
-                let _ = timeout(Duration::from_secs(1), conn.link.shutdown()).await;
-                *slot = None;
+        if slot
+            .as_ref()
+            .is_some_and(|conn| self.is_idle_too_long(conn))
+        {
+            if let Some(conn) = slot.take() {
+                self.close_idle(conn).await;
             }
         }
         if slot
             .as_mut()
-            .is_some_and(|conn| conn.link.get_mut().is_stale())
+            .is_some_and(|conn| !self.still_usable(conn, two_way))
         {
-            tracing::debug!(route = %self.route, upstream = %self.cfg.address, "upstream connection was closed by the peer; reconnecting");
             *slot = None;
         }
         loop {
@@ -300,7 +512,7 @@ impl Upstream {
                 None => slot.insert(self.connect().await?),
             };
             let was_fresh = std::mem::replace(&mut conn.fresh, false);
-            let result = self.round_trip(conn, frame, control_id).await;
+            let result = self.round_trip(conn, frame, control_id, two_way).await;
             conn.last_used = Instant::now();
             match result {
                 Ok(reply) => {
@@ -312,8 +524,106 @@ impl Upstream {
                     if was_fresh || !err.worth_retrying_fresh() {
                         return Err(err);
                     }
-                    tracing::debug!(route = %self.route, upstream = %self.cfg.address, reason = err.reason(), "reused upstream connection failed before any ack; retrying once on a new one");
+                    tracing::debug!(route = %self.route, upstream = %self.cfg.role, reason = err.reason(), "reused upstream connection failed before any ack; retrying once on a new one");
                 }
+            }
+        }
+    }
+
+    /// Whether `conn` has been quiet for `idle_reconnect`.
+    pub fn is_idle_too_long(&self, conn: &UpstreamConn) -> bool {
+        self.cfg
+            .idle_reconnect
+            .is_some_and(|idle| conn.last_used.elapsed() >= idle)
+    }
+
+    /// When `conn` will have been quiet for `idle_reconnect` (`None`: never closed for that).
+    pub fn idle_deadline(&self, conn: &UpstreamConn) -> Option<Instant> {
+        self.cfg.idle_reconnect.map(|idle| conn.last_used + idle)
+    }
+
+    /// Whether a new connection replaces an idle one at once (`idle_reopen: at-once`).
+    pub fn reopens_at_once(&self) -> bool {
+        self.cfg.idle_reconnect.is_some() && self.cfg.idle_reopen == IdleReopen::AtOnce
+    }
+
+    async fn close_idle(&self, conn: UpstreamConn) {
+        if let Some(idle) = self.cfg.idle_reconnect {
+            tracing::debug!(route = %self.route, upstream = %self.cfg.role, idle = %humantime::format_duration(idle), "upstream connection quiet for idle_reconnect; closing it before a firewall forgets it");
+        }
+        conn.close().await;
+    }
+
+    /// `idle_reopen: at-once` on a paired slot: replaces a connection quiet for
+    /// `idle_reconnect` with a new one now (left empty if the connect fails; the next message
+    /// tries again).
+    pub async fn reopen_idle(&self, slot: &mut Option<UpstreamConn>) {
+        if let Some(conn) = slot.take() {
+            self.close_idle(conn).await;
+        }
+        match self.connect().await {
+            Ok(conn) => *slot = Some(conn),
+            Err(err) => {
+                tracing::debug!(route = %self.route, upstream = %self.cfg.role, error = %err, "reopening an idle upstream connection failed; the next message will try again")
+            }
+        }
+    }
+
+    /// `idle_reopen: at-once` for a pool: every pooled connection quiet for `idle_reconnect` is
+    /// replaced now. Runs until `stop`.
+    pub async fn keep_pool_fresh(&self, stop: CancellationToken) {
+        let (Some(pool), Some(idle)) = (&self.pool, self.cfg.idle_reconnect) else {
+            return;
+        };
+        if !self.reopens_at_once() {
+            return;
+        }
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let stale: Vec<UpstreamConn> = {
+                let mut conns = pool.idle.lock().await;
+                let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *conns)
+                    .into_iter()
+                    .partition(|conn| self.is_idle_too_long(conn));
+                *conns = keep;
+                old
+            };
+            for conn in stale {
+                self.close_idle(conn).await;
+                if let Ok(fresh) = self.connect().await {
+                    pool.idle.lock().await.push(fresh);
+                }
+            }
+        }
+    }
+
+    /// Checks, without waiting and without sending, that a connection can carry a message: the
+    /// peer has not closed or reset it (a receiver that closes after every ack leaves its FIN
+    /// waiting), and sent nothing unasked. On a two-way connection, messages it sent are set
+    /// aside for the session instead; a stray ack is dropped.
+    fn still_usable(&self, conn: &mut UpstreamConn, two_way: bool) -> bool {
+        match conn.link.read_ready() {
+            Ready::Nothing => true,
+            Ready::Closed => {
+                tracing::debug!(route = %self.route, upstream = %self.cfg.role, "upstream connection was closed by the peer; reconnecting");
+                false
+            }
+            Ready::Bytes(_) if !two_way => {
+                tracing::debug!(route = %self.route, upstream = %self.cfg.role, "upstream sent bytes nobody asked for; using a new connection");
+                false
+            }
+            Ready::Bytes(_) => {
+                let mut inbound = Vec::new();
+                while let Some(item) = conn.link.try_decode() {
+                    if !commit::is_commit(&item) {
+                        inbound.push(item);
+                    }
+                }
+                conn.link.set_aside(inbound)
             }
         }
     }
@@ -323,23 +633,73 @@ impl Upstream {
         conn: &mut UpstreamConn,
         frame: &Frame,
         control_id: &[u8],
+        two_way: bool,
     ) -> Result<Reply, UpstreamError> {
         let ack_timeout = self.cfg.ack_timeout;
+        let mut held: Vec<Decoded> = Vec::new();
         let exchange = async {
-            conn.link
-                .send_frame(frame)
+            if conn.release == MllpRelease::Two {
+                commit::send_committed(
+                    &mut conn.link,
+                    frame.payload(),
+                    ack_timeout,
+                    &mut held,
+                    MAX_SET_ASIDE,
+                )
                 .await
-                .map_err(UpstreamError::Send)?;
-            match conn.link.next().await {
-                Ok(Some(Decoded::Frame(ack))) => Ok(ack),
-                Ok(Some(Decoded::Oversize { len, .. })) => Err(UpstreamError::AckOversize(len)),
-                Ok(None) => Err(UpstreamError::ClosedBeforeAck),
-                Err(err) => Err(UpstreamError::Receive(err)),
+                .map_err(UpstreamError::NotCommitted)?;
+            } else {
+                conn.link
+                    .send_frame(frame)
+                    .await
+                    .map_err(UpstreamError::Send)?;
+            }
+            // The ack may already be among the frames that came before the commit block.
+            let mut earlier = std::mem::take(&mut held).into_iter();
+            loop {
+                let item = match earlier.next() {
+                    Some(item) => item,
+                    None => match conn.link.next().await {
+                        Ok(Some(item)) => item,
+                        Ok(None) => return Err(UpstreamError::ClosedBeforeAck),
+                        Err(err) => return Err(UpstreamError::Receive(err)),
+                    },
+                };
+                let ack = match item {
+                    Decoded::Frame(ack) => ack,
+                    Decoded::Oversize { len, .. } if !two_way => {
+                        return Err(UpstreamError::AckOversize(len))
+                    }
+                    oversize @ Decoded::Oversize { .. } => {
+                        held.push(oversize);
+                        continue;
+                    }
+                };
+                if commit::of_frame(&ack).is_some() {
+                    continue; // a stray commit block: nothing waits for it
+                }
+                // On a two-way connection a frame with a header but no MSA is the receiver's
+                // own message, not our ack.
+                if two_way && matches!(AckView::parse(ack.payload()), Err(AckError::NoMsa)) {
+                    if held.len() >= MAX_SET_ASIDE {
+                        return Err(UpstreamError::Flooded);
+                    }
+                    held.push(Decoded::Frame(ack));
+                    continue;
+                }
+                if conn.release == MllpRelease::Two {
+                    commit::answer(&mut conn.link, Commit::Ack)
+                        .await
+                        .map_err(UpstreamError::Send)?;
+                }
+                return Ok(ack);
             }
         };
-        let ack = timeout(ack_timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
+        let outcome = timeout(ack_timeout, exchange).await;
+        if !conn.link.set_aside(held) {
+            return Err(UpstreamError::Flooded);
+        }
+        let ack = outcome.map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
         let code = ack::verify(ack.payload(), control_id).map_err(UpstreamError::AckMismatch)?;
         Ok(Reply {
             code,
@@ -349,8 +709,12 @@ impl Upstream {
 
     /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`, unless the
     /// upstream is failing and its reconnect backoff has not elapsed.
-    async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
-        let addr = self.cfg.address.to_string();
+    pub async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+        if let Some(accepted) = &self.accepted {
+            let stream = self.wait_for_receiver(accepted).await?;
+            return Ok(self.conn_over(stream));
+        }
+        let addr = self.cfg.role.to_string();
         self.gate.admit(&addr)?;
         let limit = self.cfg.connect_timeout;
         let opened = timeout(limit, self.open(&addr)).await.unwrap_or_else(|_| {
@@ -375,21 +739,57 @@ impl Upstream {
         };
         self.gate.connected();
         tracing::debug!(route = %self.route, upstream = %addr, "upstream connection open");
-        Ok(UpstreamConn {
+        Ok(self.conn_over(stream))
+    }
+
+    fn conn_over(&self, stream: Stream) -> UpstreamConn {
+        UpstreamConn {
             link: Link::with_framing(stream, self.cfg.max_ack_bytes, self.cfg.framing),
             fresh: true,
             last_used: Instant::now(),
-        })
+            release: self.cfg.release,
+        }
+    }
+
+    /// With `accept`: the oldest receiver connection still open, waiting up to
+    /// `connect_timeout` for one to connect in.
+    async fn wait_for_receiver(&self, accepted: &Accepted) -> Result<Stream, UpstreamError> {
+        let waited = self.cfg.connect_timeout;
+        let deadline = tokio::time::Instant::now() + waited;
+        loop {
+            let arrived = accepted.arrived.notified();
+            loop {
+                let next = accepted.lock().pop_front();
+                let Some((mut tcp, peer)) = next else { break };
+                if closed_while_waiting(&mut tcp) {
+                    tracing::debug!(route = %self.route, %peer, "a waiting receiver connection was closed; skipping it");
+                    continue;
+                }
+                tracing::debug!(route = %self.route, %peer, "using a receiver connection");
+                return Ok(Stream::Plain(tcp));
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Err(UpstreamError::NoReceiver {
+                    listen: accepted.listen,
+                    waited,
+                });
+            }
+        }
     }
 
     async fn open(&self, addr: &str) -> Result<Stream, UpstreamError> {
-        let candidates =
-            tokio::net::lookup_host((self.cfg.address.host.as_str(), self.cfg.address.port))
-                .await
-                .map_err(|source| UpstreamError::Resolve {
-                    addr: addr.to_string(),
-                    source,
-                })?;
+        let ReceiverRole::Connect(target) = &self.cfg.role else {
+            return Err(UpstreamError::Connect {
+                addr: addr.to_string(),
+                source: io::Error::other("this upstream accepts its receiver; it does not connect"),
+            });
+        };
+        let candidates = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| UpstreamError::Resolve {
+                addr: addr.to_string(),
+                source,
+            })?;
         let mut last_err =
             io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
         let mut tcp = None;

@@ -694,7 +694,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{Config, ConfigErrors, Connections, UpstreamAddress};
+    use crate::config::{Config, ConfigErrors, Connections, ReceiverRole, UpstreamAddress};
 
     /// One plaintext route; tests append route keys (4-space indent) or prepend top-level keys.
     const BASE: &str = "\
@@ -795,11 +795,11 @@ routes:
         assert_eq!(config.routes[0].rules, issue_rules_expected());
         let orders = &config.upstreams["orders"];
         assert_eq!(
-            orders.address,
-            UpstreamAddress {
+            orders.role,
+            ReceiverRole::Connect(UpstreamAddress {
                 host: "orders.example.org".into(),
                 port: 2577
-            }
+            })
         );
         assert_eq!(
             orders.connections,
@@ -1043,7 +1043,7 @@ routes:
         let unknown_key = "upstreams:\n  lab-b:\n    adress: b:1\n";
         assert_eq!(
             errors(&format!("{unknown_key}{BASE}")),
-            "guard.yaml:3:5: upstreams.lab-b.adress: unknown key `adress` (did you mean `address`?); valid keys here: address, tls, connections, connect_timeout, ack_timeout, keepalive, max_ack_bytes, idle_reconnect, reconnect, framing"
+            "guard.yaml:3:5: upstreams.lab-b.adress: unknown key `adress` (did you mean `address`?); valid keys here: address, accept, allow, tls, connections, connect_timeout, ack_timeout, keepalive, max_ack_bytes, idle_reconnect, idle_reopen, reconnect, framing"
         );
         let twice = "upstreams:\n  lab-b: { address: \"b:1\" }\n  lab-b: { address: \"c:1\" }\n";
         assert_eq!(

@@ -169,7 +169,7 @@ fn the_rule_examples_decide_as_their_comments_say() {
         };
         match evaluate(&hub.routes[0].rules, &facts) {
             Decision::Route { upstream, .. } => {
-                format!("{upstream} at {}", hub.upstreams[upstream].address)
+                format!("{upstream} at {}", hub.upstreams[upstream].role)
             }
             other => other.to_string(),
         }

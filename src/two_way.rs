@@ -1,0 +1,195 @@
+//! The other direction on a paired connection: a message the receiver sends on its own is
+//! relayed to the sender, and the sender's ack back to the receiver, with the same checks as
+//! the forward direction (a readable header, the size limit, MSA-2 equal to the message's
+//! control id, an answer within `ack_timeout`).
+//!
+//! Owns telling the sender's reply to that message from the sender's own messages that cross
+//! it (those are set aside on the sender's link, in order, and handled next), and the answer
+//! the receiver gets when the sender cannot take the message (an AE or AR built here, never a
+//! positive ack). Must not know how connections are made or what the route's rules say: rules
+//! judge what senders send, and this traffic comes from the receiver the route already trusts.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::codec::{Decoded, Frame};
+use crate::commit::{self, Commit, CommitError};
+use crate::config::MllpRelease;
+use crate::dispatch::own_ack;
+use crate::hl7::{printable, AckCode, AckView, Header};
+use crate::link::{Link, MAX_SET_ASIDE};
+use crate::session::{Peer, RouteContext};
+use crate::upstream::UpstreamConn;
+
+/// Why the sender's connection cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderLost {
+    /// It closed while we waited for its ack.
+    Closed,
+    /// Reading or writing failed.
+    Io,
+    /// It sent more than [`MAX_SET_ASIDE`] frames without answering.
+    Flooded,
+}
+
+/// Relays one item the receiver sent on `conn` to the sender on `link` and answers the
+/// receiver. `Ok(true)`: both connections go on; `Ok(false)`: the receiver's connection failed
+/// and must be dropped (the next message opens a new one).
+pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &RouteContext,
+    link: &mut Link<S>,
+    conn: &mut UpstreamConn,
+    item: Decoded,
+    who: &Peer,
+) -> Result<bool, SenderLost> {
+    let started = Instant::now();
+    let peer = who.addr;
+    let frame = match item {
+        Decoded::Frame(frame) => frame,
+        Decoded::Oversize { head, len } => {
+            let header = Header::parse(&head).ok();
+            let limit = ctx.route.upstream.max_ack_bytes;
+            tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", control_id = %header.as_ref().map(|h| printable(h.control_id())).unwrap_or_default(), bytes = len, max_ack_bytes = limit, ack = "AE", outcome = "oversize", "message from the receiver refused: too large");
+            let text = format!(
+                "message of {len} bytes exceeds max_ack_bytes ({limit} bytes); not relayed"
+            );
+            let ack = own_ack(header.as_ref(), AckCode::AE, &text);
+            return Ok(answer_receiver(ctx, conn, false, &ack).await);
+        }
+    };
+    let header = match Header::parse(frame.payload()) {
+        Ok(header) => header,
+        Err(err) => {
+            tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", bytes = frame.len(), ack = "AR", outcome = "rejected", reason = %err, "message from the receiver rejected: no readable header");
+            let ack = own_ack(None, AckCode::AR, &format!("message rejected: {err}"));
+            return Ok(answer_receiver(ctx, conn, false, &ack).await);
+        }
+    };
+    let control_id = header.control_id();
+    let (ack, code, outcome, committed) = match deliver(ctx, link, &frame, control_id).await {
+        Ok(reply) => {
+            let code = AckView::parse(&reply)
+                .map(|a| a.code())
+                .unwrap_or(AckCode::AE);
+            (reply, code, "relayed_to_sender", true)
+        }
+        Err(Failure::Sender(lost)) => {
+            let text = "message not delivered: the sender's connection closed";
+            let ack = own_ack(Some(&header), AckCode::AE, text);
+            answer_receiver(ctx, conn, false, &ack).await;
+            tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", message_type = %printable(header.message_type()), control_id = %printable(control_id), bytes = frame.len(), ack = "AE", outcome = "sender_lost", "message from the receiver not delivered: the sender's connection failed");
+            return Err(lost);
+        }
+        Err(Failure::NoAck(why)) => {
+            let text = format!("message not delivered: {why}");
+            let ack = own_ack(Some(&header), AckCode::AE, &text).to_vec();
+            (ack, AckCode::AE, "sender_failed", false)
+        }
+    };
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if committed {
+        tracing::info!(route = %ctx.name, %peer, direction = "to_sender", message_type = %printable(header.message_type()), control_id = %printable(control_id), bytes = frame.len(), ack = %code, latency_ms, outcome, "message");
+    } else {
+        tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", message_type = %printable(header.message_type()), control_id = %printable(control_id), bytes = frame.len(), ack = %code, latency_ms, outcome, "message from the receiver not delivered; it gets a negative ack");
+    }
+    Ok(answer_receiver(ctx, conn, committed, &ack).await)
+}
+
+enum Failure {
+    Sender(SenderLost),
+    /// The sender did not answer acceptably; the text says why (PHI-free).
+    NoAck(String),
+}
+
+/// Sends `frame` to the sender and waits for the reply whose MSA-2 is `control_id`. Frames
+/// without that are the sender's own messages: set aside for the session.
+async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &RouteContext,
+    link: &mut Link<S>,
+    frame: &Frame,
+    control_id: &[u8],
+) -> Result<Vec<u8>, Failure> {
+    let ack_timeout = ctx.route.upstream.ack_timeout;
+    let release2 = ctx.route.release == MllpRelease::Two;
+    let mut held: Vec<Decoded> = Vec::new();
+    let exchange = async {
+        if release2 {
+            commit::send_committed(link, frame.payload(), ack_timeout, &mut held, MAX_SET_ASIDE)
+                .await
+                .map_err(|err| match err {
+                    CommitError::Send(_) | CommitError::Receive(_) => {
+                        Failure::Sender(SenderLost::Io)
+                    }
+                    CommitError::Closed => Failure::Sender(SenderLost::Closed),
+                    CommitError::Flooded => Failure::Sender(SenderLost::Flooded),
+                    other => Failure::NoAck(format!("the sender did not commit it: {other}")),
+                })?;
+        } else {
+            link.send_frame(frame)
+                .await
+                .map_err(|_| Failure::Sender(SenderLost::Io))?;
+        }
+        // A reply may already be among the frames that came before the commit block.
+        let mut earlier = std::mem::take(&mut held).into_iter();
+        loop {
+            let item = match earlier.next() {
+                Some(item) => item,
+                None => match link.next().await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => return Err(Failure::Sender(SenderLost::Closed)),
+                    Err(_) => return Err(Failure::Sender(SenderLost::Io)),
+                },
+            };
+            if let Decoded::Frame(reply) = &item {
+                if commit::of_frame(reply).is_some() {
+                    continue;
+                }
+                let answers_it = AckView::parse(reply.payload())
+                    .is_ok_and(|ack| ack.acked_control_id() == control_id);
+                if answers_it {
+                    if release2 {
+                        commit::answer(link, Commit::Ack)
+                            .await
+                            .map_err(|_| Failure::Sender(SenderLost::Io))?;
+                    }
+                    return Ok(reply.payload().to_vec());
+                }
+            }
+            // Anything else is the sender's own traffic, handled after this exchange.
+            if held.len() >= MAX_SET_ASIDE {
+                return Err(Failure::Sender(SenderLost::Flooded));
+            }
+            held.push(item);
+        }
+    };
+    let outcome = tokio::time::timeout(ack_timeout, exchange).await;
+    if !link.set_aside(held) {
+        return Err(Failure::Sender(SenderLost::Flooded));
+    }
+    outcome.unwrap_or_else(|_| {
+        Err(Failure::NoAck(format!(
+            "no ack from the sender within {}",
+            humantime::format_duration(ack_timeout)
+        )))
+    })
+}
+
+/// Sends the receiver its answer; false when its connection failed.
+async fn answer_receiver(
+    ctx: &RouteContext,
+    conn: &mut UpstreamConn,
+    committed: bool,
+    ack: &[u8],
+) -> bool {
+    match conn
+        .answer_inbound(committed, ack, ctx.route.upstream.ack_timeout)
+        .await
+    {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(route = %ctx.name, error = %err, "could not answer the receiver's message; dropping its connection");
+            false
+        }
+    }
+}
