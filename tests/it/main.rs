@@ -8,5 +8,6 @@ mod harness;
 mod pki;
 mod python_hl7;
 mod relay;
+mod roles;
 mod sessions;
 mod shipped;
