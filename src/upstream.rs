@@ -263,7 +263,8 @@ struct ConnectGate {
 struct GateState {
     backoff: Backoff,
     failing: bool,
-    next_attempt: Option<Instant>,
+    /// Tokio's clock, so tests can run the backoff on paused time.
+    next_attempt: Option<tokio::time::Instant>,
     in_flight: bool,
     last_error: String,
 }
@@ -291,7 +292,7 @@ impl ConnectGate {
         if !state.failing {
             return Ok(());
         }
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         let wait = state
             .next_attempt
             .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
@@ -316,7 +317,7 @@ impl ConnectGate {
         };
         state.failing = true;
         state.in_flight = false;
-        state.next_attempt = Some(Instant::now() + wait);
+        state.next_attempt = Some(tokio::time::Instant::now() + wait);
         state.last_error = err.to_string();
         wait
     }
@@ -821,5 +822,119 @@ impl Upstream {
                 source,
             })?;
         Ok(Stream::ClientTls(Box::new(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(initial_ms: u64, max_ms: u64) -> ConnectGate {
+        ConnectGate::new(&config::Reconnect {
+            initial: Duration::from_millis(initial_ms),
+            max: Duration::from_millis(max_ms),
+        })
+    }
+
+    fn refused() -> UpstreamError {
+        UpstreamError::Connect {
+            addr: "ehr:2575".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        }
+    }
+
+    fn bad_certificate() -> UpstreamError {
+        UpstreamError::Handshake {
+            addr: "ehr:2575".into(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ),
+        }
+    }
+
+    fn retry_in(result: Result<(), UpstreamError>) -> Option<Duration> {
+        match result {
+            Ok(()) => None,
+            Err(UpstreamError::Backoff { retry_in, .. }) => Some(retry_in),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_attempts_wait_out_a_growing_jittered_backoff() {
+        let gate = gate(1000, 8000);
+        assert!(
+            gate.admit("ehr").is_ok(),
+            "a healthy upstream is tried at once"
+        );
+        let first = gate.failed(&refused());
+        assert!((500..=1000).contains(&first.as_millis()), "{first:?}");
+        let left = retry_in(gate.admit("ehr")).expect("refused during the backoff");
+        assert!(left <= first);
+        tokio::time::advance(first).await;
+        assert!(gate.admit("ehr").is_ok(), "admitted once the wait is over");
+        let second = gate.failed(&refused());
+        assert!(
+            (1000..=2000).contains(&second.as_millis()),
+            "doubled: {second:?}"
+        );
+        tokio::time::advance(second).await;
+        assert!(gate.admit("ehr").is_ok());
+        for _ in 0..5 {
+            let wait = gate.failed(&refused());
+            assert!(
+                wait <= Duration::from_millis(8000),
+                "capped at max: {wait:?}"
+            );
+            tokio::time::advance(wait).await;
+            assert!(gate.admit("ehr").is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_one_attempt_is_in_flight_while_failing() {
+        let gate = gate(1000, 8000);
+        let wait = gate.failed(&refused());
+        tokio::time::advance(wait).await;
+        assert!(gate.admit("ehr").is_ok(), "one attempt goes out");
+        assert_eq!(
+            retry_in(gate.admit("ehr")),
+            Some(Duration::ZERO),
+            "a second caller is told to wait, not sent to connect too"
+        );
+        gate.connected();
+        assert!(
+            gate.admit("ehr").is_ok(),
+            "the attempt finished; the next may go"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_healthy_exchange_resets_the_backoff() {
+        let gate = gate(1000, 60_000);
+        for _ in 0..4 {
+            let wait = gate.failed(&refused());
+            tokio::time::advance(wait).await;
+            let _ = gate.admit("ehr");
+        }
+        gate.connected();
+        gate.healthy();
+        assert!(gate.admit("ehr").is_ok(), "healthy: no wait at all");
+        let wait = gate.failed(&refused());
+        assert!(
+            wait <= Duration::from_millis(1000),
+            "back to initial: {wait:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_waits_the_maximum() {
+        let gate = gate(1000, 8000);
+        let err = bad_certificate();
+        assert!(err.is_permanent());
+        let wait = gate.failed(&err);
+        assert!((4000..=8000).contains(&wait.as_millis()), "{wait:?}");
+        assert!(!refused().is_permanent());
     }
 }
