@@ -26,6 +26,7 @@ pub struct Guard {
     bound: Vec<(Arc<str>, SocketAddr)>,
     /// Routes whose upstream accepts its receiver, and the address bound for it.
     accepting: Vec<(Arc<str>, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     background_stop: CancellationToken,
@@ -52,6 +53,19 @@ impl Guard {
                 })
                 .collect(),
         );
+        crate::metrics::install_panic_flag();
+        let admin = match &config.admin {
+            Some(admin) => {
+                let listener = crate::admin::bind(admin.listen).with_context(|| {
+                    format!(
+                        "admin: cannot listen on {} (is another process using the port?)",
+                        admin.listen
+                    )
+                })?;
+                Some(listener)
+            }
+            None => None,
+        };
         let mut senders = Vec::with_capacity(config.routes.len());
         let mut accepting = Vec::new();
         let mut receiver_listeners = Vec::new();
@@ -137,6 +151,15 @@ impl Guard {
         for serve in receiver_listeners {
             background.spawn(serve);
         }
+        let admin_addr = match admin {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                tracing::info!(admin = %addr, "admin endpoint listening (/metrics, /healthz, /readyz)");
+                background.spawn(crate::admin::serve(listener, background_stop.clone()));
+                Some(addr)
+            }
+            None => None,
+        };
         let mut bound = Vec::with_capacity(senders.len());
         for (listener, ctx) in senders {
             let Some(listener) = listener else {
@@ -165,9 +188,11 @@ impl Guard {
                 tracker.clone(),
             ));
         }
+        crate::metrics::set_serving(true);
         Ok(Guard {
             bound,
             accepting,
+            admin_addr,
             shutdown,
             tracker,
             background_stop,
@@ -182,6 +207,11 @@ impl Guard {
             .iter()
             .find(|(name, _)| &**name == route)
             .map(|(_, addr)| *addr)
+    }
+
+    /// The address the admin endpoint is bound to, if `admin` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The address a route's upstream accepts its receiver on (`upstream.accept`).
@@ -211,6 +241,7 @@ impl Guard {
     /// every session finished in time (the rest are abandoned when the runtime ends).
     pub async fn stop(self) -> bool {
         let deadline = tokio::time::Instant::now() + self.grace;
+        crate::metrics::set_serving(false);
         self.shutdown.cancel();
         self.tracker.close();
         let drained = tokio::time::timeout_at(deadline, self.tracker.wait())

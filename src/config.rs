@@ -110,6 +110,16 @@ pub struct Config {
     /// by name (1 to 63 characters of `a-z`, `0-9`, `-`). Each takes the keys of a route's
     /// `upstream`. Empty when the key is absent.
     pub upstreams: BTreeMap<String, Upstream>,
+    /// `admin`: the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`; `None` = off.
+    pub admin: Option<Admin>,
+}
+
+/// `admin`: where the operator's HTTP endpoint listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admin {
+    /// `listen`: an IP address and port, e.g. `127.0.0.1:9102`. It serves no patient data, but
+    /// keep it off untrusted networks.
+    pub listen: SocketAddr,
 }
 
 /// One listener with its policy and its upstream.
@@ -635,6 +645,13 @@ struct RawConfig {
     shutdown_grace: Option<Text>,
     state_dir: Option<Text>,
     upstreams: Option<Spanned<firewall::RawUpstreams>>,
+    admin: Option<Spanned<RawAdmin>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Text,
 }
 
 #[derive(Deserialize)]
@@ -1066,12 +1083,39 @@ impl Validator<'_> {
                 }
             }
         }
+        let admin = raw.admin.as_ref().map(|admin| Admin {
+            listen: self.value(
+                "admin.listen".into(),
+                &Some(admin.value.listen.clone()),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                parse_listen,
+            ),
+        });
+        if let Some(admin) = &admin {
+            for (i, route) in routes.iter().enumerate() {
+                let clash = route
+                    .sender
+                    .listen_addr()
+                    .is_some_and(|addr| listen_clash(addr, admin.listen));
+                if let (true, Some(raw_admin)) = (clash, &raw.admin) {
+                    self.error(
+                        "admin.listen",
+                        &raw_admin.value.listen.referenced,
+                        format!(
+                            "{} is also the listen address of routes[{i}] \"{}\"; give the admin endpoint its own port",
+                            admin.listen, route.name
+                        ),
+                    );
+                }
+            }
+        }
         Config {
             file: self.file.to_path_buf(),
             routes,
             shutdown_grace,
             state_dir,
             upstreams,
+            admin,
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Counters {
     pub redeliveries: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub syncs: AtomicU64,
+    /// Whether the last fsync of the queue failed (the queue cannot take writes).
+    pub sync_failing: std::sync::atomic::AtomicBool,
 }
 
 struct AppendRequest {
@@ -140,6 +142,7 @@ impl Custody {
             upstream_address: upstream.address(),
             counters,
         });
+        crate::metrics::watch_queue(custody.clone());
         let drainer = Drainer {
             custody: custody.clone(),
             upstream,
@@ -250,6 +253,21 @@ impl Custody {
     }
 }
 
+impl crate::metrics::QueueProbe for Custody {
+    fn route(&self) -> &str {
+        &self.route
+    }
+
+    fn probe(&self) -> (crate::queue::QueueStats, u64) {
+        let stats = self.store.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        (stats, self.counters.dead_lettered.load(Ordering::Relaxed))
+    }
+
+    fn writable(&self) -> bool {
+        !self.counters.sync_failing.load(Ordering::Relaxed)
+    }
+}
+
 /// Whether an ack goes out: `ack_mode`, and in `msh15` mode HL7 table 0155 (AL always, NE never,
 /// ER only errors, SU only successes; an empty MSH-15 is original mode: always).
 pub fn sends_ack(mode: AckMode, msh15: &[u8], positive: bool) -> bool {
@@ -311,7 +329,11 @@ fn commit_loop(
             }
             if results.iter().any(Result::is_ok) {
                 counters.syncs.fetch_add(1, Ordering::Relaxed);
-                if let Err(err) = log.sync() {
+                let synced = log.sync();
+                counters
+                    .sync_failing
+                    .store(synced.is_err(), Ordering::Relaxed);
+                if let Err(err) = synced {
                     tracing::error!(route, error = %err, "queue sync failed; the batch is answered negatively");
                     let reason = format!("the queue could not be made durable: {err}");
                     for result in &mut results {

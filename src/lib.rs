@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
+pub mod admin;
 pub mod app;
 pub mod backoff;
 pub mod codec;
@@ -50,6 +51,7 @@ pub mod hl7;
 pub mod limits;
 pub mod link;
 pub mod listener;
+pub mod metrics;
 pub mod net;
 pub mod operator;
 pub mod peer;

@@ -55,6 +55,7 @@ pub async fn accept_loop(
             }
         };
         if !ctx.route.allow.admits(peer.ip()) {
+            crate::metrics::connection_refused(&ctx.name, "allowlist");
             tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", "connection refused");
             refuse(tcp);
             continue;
@@ -62,12 +63,14 @@ pub async fn accept_loop(
         let source = match ctx.limits.admit_connection(peer.ip()) {
             Ok(source) => source,
             Err(refusal) => {
+                crate::metrics::connection_refused(&ctx.name, "source_limit");
                 tracing::warn!(route = %ctx.name, %peer, reason = %refusal, "connection refused");
                 refuse(tcp);
                 continue;
             }
         };
         let Ok(permit) = capacity.clone().try_acquire_owned() else {
+            crate::metrics::connection_refused(&ctx.name, "max_connections");
             tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, "connection refused");
             refuse(tcp);
             continue;
@@ -78,8 +81,10 @@ pub async fn accept_loop(
         tracing::debug!(route = %ctx.name, %peer, "connection accepted");
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
+        crate::metrics::connection_accepted(&ctx.name);
+        let open = crate::metrics::connection_open(&ctx.name);
         tracker.spawn(async move {
-            let _permits = (permit, source);
+            let _permits = (permit, source, open);
             serve_connection(tcp, peer, ctx, shutdown).await;
         });
     }
@@ -109,10 +114,12 @@ async fn serve_connection(
     let stream = match handshake {
         Ok(Ok(stream)) => Stream::ServerTls(Box::new(stream)),
         Ok(Err(err)) => {
+            crate::metrics::tls_handshake_failed(&ctx.name, "error");
             tracing::warn!(route = %ctx.name, %peer, error = %err, "TLS handshake failed; connection closed");
             return;
         }
         Err(_) => {
+            crate::metrics::tls_handshake_failed(&ctx.name, "timeout");
             tracing::warn!(route = %ctx.name, %peer, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
             return;
         }

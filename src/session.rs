@@ -338,6 +338,8 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                 .map(|h| printable(h.control_id()))
                 .unwrap_or_default();
             tracing::warn!(route = %ctx.name, %peer, identity, control_id = %control_id, bytes = frame.len(), ack = "AE", outcome = "rate_limited", "message refused: rate limited");
+            crate::metrics::rate_limited(&ctx.name);
+            count(ctx, "rate_limited", Some(AckCode::AE), frame.len(), started);
             return refused(own_ack(
                 header.as_ref(),
                 AckCode::AE,
@@ -352,6 +354,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
         Err(err) => {
             let text = format!("message rejected: {err}");
             tracing::warn!(route = %ctx.name, %peer, identity, bytes = frame.len(), ack = "AR", outcome = "rejected", reason = %err, "message rejected: no readable header");
+            count(ctx, "rejected", Some(AckCode::AR), frame.len(), started);
             return refused(own_ack(None, AckCode::AR, &text));
         }
     };
@@ -365,10 +368,20 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
         Decision::Reject { rule } => {
             tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), ack = "AR", outcome = "rejected_by_rule", rule, "message rejected by a rule");
             let text = format!("rejected by rule {rule}");
+            crate::metrics::rule_rejected(&ctx.name, rule);
+            count(
+                ctx,
+                "rejected_by_rule",
+                Some(AckCode::AR),
+                frame.len(),
+                started,
+            );
             return refused(own_ack(Some(&header), AckCode::AR, &text));
         }
         Decision::Drop { rule } => {
             tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), outcome = "dropped_by_rule", rule, "message dropped by a rule; closing the connection");
+            crate::metrics::rule_rejected(&ctx.name, rule);
+            count(ctx, "dropped_by_rule", None, frame.len(), started);
             return Reply::Close;
         }
         Decision::Route { upstream: name, .. } => match ctx.named_upstreams.get(name) {
@@ -388,6 +401,11 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
             None => return refused(own_ack(Some(&header), AckCode::AE, "no such upstream")),
         },
     };
+    match &answer {
+        Answer::Ack { code, outcome, .. } => count(ctx, outcome, Some(*code), frame.len(), started),
+        Answer::Silent { outcome, .. } => count(ctx, outcome, None, frame.len(), started),
+        Answer::Close(_) => count(ctx, "closed", None, frame.len(), started),
+    }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let msg_type = printable(header.message_type());
     let control_id = printable(header.control_id());
@@ -439,7 +457,33 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) 
         .map(|h| printable(h.control_id()))
         .unwrap_or_default();
     tracing::warn!(route = %ctx.name, %peer, control_id = %control_id, bytes = len, max_message_bytes = max, ack = "AE", outcome = "oversize", "message rejected: too large");
+    count(
+        ctx,
+        "oversize",
+        Some(AckCode::AE),
+        len as usize,
+        Instant::now(),
+    );
     refused(own_ack(header.as_ref(), AckCode::AE, &text))
+}
+
+/// Counts one message from the sender in the route's metrics (`ack`: `None` when none went out).
+fn count(
+    ctx: &RouteContext,
+    outcome: &'static str,
+    ack: Option<AckCode>,
+    bytes: usize,
+    started: Instant,
+) {
+    crate::metrics::message(
+        &ctx.name,
+        "from_sender",
+        outcome,
+        ack.map_or("none", |code| code.as_str()),
+        bytes,
+        0,
+        started.elapsed(),
+    );
 }
 
 /// A negative ack for a message the guard refused (never delivered, never queued).

@@ -88,6 +88,15 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    crate::metrics::message(
+        &ctx.name,
+        "to_sender",
+        outcome,
+        code.as_str(),
+        frame.len(),
+        0,
+        started.elapsed(),
+    );
     if committed {
         tracing::info!(route = %ctx.name, %peer, direction = "to_sender", message_type = %printable(header.message_type()), control_id = %printable(control_id), bytes = frame.len(), ack = %code, latency_ms, outcome, "message");
     } else {

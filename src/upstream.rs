@@ -696,11 +696,13 @@ impl Upstream {
                 return Ok(ack);
             }
         };
+        let sent_at = Instant::now();
         let outcome = timeout(ack_timeout, exchange).await;
         if !conn.link.set_aside(held) {
             return Err(UpstreamError::Flooded);
         }
         let ack = outcome.map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
+        crate::metrics::upstream_ack(&self.route, sent_at.elapsed());
         let code = ack::verify(ack.payload(), control_id).map_err(UpstreamError::AckMismatch)?;
         Ok(Reply {
             code,
@@ -724,6 +726,7 @@ impl Upstream {
                 timeout: limit,
             })
         });
+        crate::metrics::upstream_connect(&self.route, opened.is_ok());
         let stream = match opened {
             Ok(stream) => stream,
             Err(err) => {

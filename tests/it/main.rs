@@ -1,6 +1,7 @@
 //! One integration test binary (one link step): the relay over loopback, the command line, the
 //! shipped configs, and third-party HL7 peers.
 
+mod admin;
 mod cli;
 mod custody;
 mod firewall;

@@ -1,0 +1,479 @@
+//! The guard's Prometheus metrics: one registry per process, names following Prometheus
+//! conventions (`mllp_guard_..._total`, `_seconds`, `_bytes`), and small recording functions the
+//! data path calls.
+//!
+//! Owns metric names, help texts, label sets and bucket layouts, plus the process-wide health
+//! flags `/healthz` and `/readyz` read (a panic anywhere; upstream reachability; a queue that
+//! cannot write). Label values are route names, upstream names, rule names, ack codes and fixed
+//! reason labels: never anything taken from a message. Must not know sockets or HL7 parsing; the
+//! HTTP side is [`crate::admin`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::queue::QueueStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    route: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    route: String,
+    direction: &'static str,
+    outcome: &'static str,
+    ack: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    route: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    route: String,
+    direction: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 us to about 52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// Every metric family of the guard.
+struct Metrics {
+    registry: Registry,
+    connections_accepted: Family<RouteLabel, Counter>,
+    connections_refused: Family<ReasonLabels, Counter>,
+    connections_open: Family<RouteLabel, Gauge>,
+    tls_handshake_failures: Family<ReasonLabels, Counter>,
+    messages: Family<MessageLabels, Counter>,
+    message_bytes: Family<BytesLabels, Counter>,
+    message_duration: Family<RouteLabel, Histogram>,
+    ack_duration: Family<UpstreamLabel, Histogram>,
+    rule_rejections: Family<RuleLabels, Counter>,
+    rate_limited: Family<RouteLabel, Counter>,
+    upstream_up: Family<UpstreamLabel, Gauge>,
+    upstream_connects: Family<UpstreamLabel, Counter>,
+    upstream_connect_failures: Family<UpstreamLabel, Counter>,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            connections_accepted: Family::default(),
+            connections_refused: Family::default(),
+            connections_open: Family::default(),
+            tls_handshake_failures: Family::default(),
+            messages: Family::default(),
+            message_bytes: Family::default(),
+            message_duration: Family::new_with_constructor(latency_histogram),
+            ack_duration: Family::new_with_constructor(latency_histogram),
+            rule_rejections: Family::default(),
+            rate_limited: Family::default(),
+            upstream_up: Family::default(),
+            upstream_connects: Family::default(),
+            upstream_connect_failures: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "mllp_guard_connections_accepted",
+            "Sender connections admitted, by route",
+            m.connections_accepted.clone(),
+        );
+        registry.register(
+            "mllp_guard_connections_refused",
+            "Sender connections refused, by route and reason",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "mllp_guard_connections_open",
+            "Sender connections open now, by route",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "mllp_guard_tls_handshake_failures",
+            "TLS handshakes with senders that failed, by route and reason",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "mllp_guard_messages",
+            "Messages answered, by route, direction (from_sender, to_sender), outcome and ack code",
+            m.messages.clone(),
+        );
+        registry.register_with_unit(
+            "mllp_guard_message",
+            "Message payload bytes, by route and direction (in = from the sender, out = to it)",
+            Unit::Bytes,
+            m.message_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "mllp_guard_message_duration",
+            "Time from a whole message to its answer, by route",
+            Unit::Seconds,
+            m.message_duration.clone(),
+        );
+        registry.register_with_unit(
+            "mllp_guard_upstream_ack_duration",
+            "Time from sending a message upstream to its ack, by upstream",
+            Unit::Seconds,
+            m.ack_duration.clone(),
+        );
+        registry.register(
+            "mllp_guard_rule_rejections",
+            "Messages rejected or dropped by a rule, by route and rule",
+            m.rule_rejections.clone(),
+        );
+        registry.register(
+            "mllp_guard_rate_limited",
+            "Messages refused by a rate limit, by route",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "mllp_guard_upstream_up",
+            "1 when the last connection attempt to the upstream succeeded, 0 when it failed",
+            m.upstream_up.clone(),
+        );
+        registry.register(
+            "mllp_guard_upstream_connects",
+            "Upstream connections opened, by upstream",
+            m.upstream_connects.clone(),
+        );
+        registry.register(
+            "mllp_guard_upstream_connect_failures",
+            "Failed attempts to connect to the upstream, by upstream",
+            m.upstream_connect_failures.clone(),
+        );
+        registry.register_collector(Box::new(QueueCollector));
+        Metrics { registry, ..m }
+    })
+}
+
+/// The whole registry in the Prometheus text format.
+pub fn render() -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &metrics().registry);
+    out
+}
+
+pub fn connection_accepted(route: &str) {
+    let m = metrics();
+    let label = RouteLabel {
+        route: route.to_string(),
+    };
+    m.connections_accepted.get_or_create(&label).inc();
+}
+
+/// A sender connection is open while the returned guard lives.
+pub fn connection_open(route: &str) -> OpenConnection {
+    let gauge = metrics()
+        .connections_open
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .clone();
+    gauge.inc();
+    OpenConnection(gauge)
+}
+
+/// Decrements the open-connections gauge when dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub fn connection_refused(route: &str, reason: &'static str) {
+    metrics()
+        .connections_refused
+        .get_or_create(&ReasonLabels {
+            route: route.to_string(),
+            reason,
+        })
+        .inc();
+}
+
+pub fn tls_handshake_failed(route: &str, reason: &'static str) {
+    metrics()
+        .tls_handshake_failures
+        .get_or_create(&ReasonLabels {
+            route: route.to_string(),
+            reason,
+        })
+        .inc();
+}
+
+/// One answered message: its direction, outcome, ack code ("none" when no ack went out),
+/// payload bytes each way and the time to its answer.
+pub fn message(
+    route: &str,
+    direction: &'static str,
+    outcome: &'static str,
+    ack: &'static str,
+    bytes_in: usize,
+    bytes_out: usize,
+    took: Duration,
+) {
+    let m = metrics();
+    let route = route.to_string();
+    m.messages
+        .get_or_create(&MessageLabels {
+            route: route.clone(),
+            direction,
+            outcome,
+            ack,
+        })
+        .inc();
+    let (inbound, outbound) = match direction {
+        "to_sender" => (bytes_out, bytes_in),
+        _ => (bytes_in, bytes_out),
+    };
+    m.message_bytes
+        .get_or_create(&BytesLabels {
+            route: route.clone(),
+            direction: "in",
+        })
+        .inc_by(inbound as u64);
+    m.message_bytes
+        .get_or_create(&BytesLabels {
+            route: route.clone(),
+            direction: "out",
+        })
+        .inc_by(outbound as u64);
+    m.message_duration
+        .get_or_create(&RouteLabel { route })
+        .observe(took.as_secs_f64());
+}
+
+pub fn rule_rejected(route: &str, rule: &str) {
+    metrics()
+        .rule_rejections
+        .get_or_create(&RuleLabels {
+            route: route.to_string(),
+            rule: rule.to_string(),
+        })
+        .inc();
+}
+
+pub fn rate_limited(route: &str) {
+    metrics()
+        .rate_limited
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .inc();
+}
+
+pub fn upstream_ack(upstream: &str, took: Duration) {
+    metrics()
+        .ack_duration
+        .get_or_create(&UpstreamLabel {
+            upstream: upstream.to_string(),
+        })
+        .observe(took.as_secs_f64());
+}
+
+/// Records a connection attempt's result; also what `/readyz` reports for the upstream.
+pub fn upstream_connect(upstream: &str, ok: bool) {
+    let m = metrics();
+    let label = UpstreamLabel {
+        upstream: upstream.to_string(),
+    };
+    m.upstream_up.get_or_create(&label).set(i64::from(ok));
+    if ok {
+        m.upstream_connects.get_or_create(&label).inc();
+    } else {
+        m.upstream_connect_failures.get_or_create(&label).inc();
+    }
+    health()
+        .upstreams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(label.upstream, ok);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Custody queues: read at scrape time
+// ---------------------------------------------------------------------------------------------
+
+/// Something that reports a route's queue when scraped.
+pub trait QueueProbe: Send + Sync {
+    fn route(&self) -> &str;
+    /// The queue now, and dead letters so far.
+    fn probe(&self) -> (QueueStats, u64);
+    /// False when the queue cannot take writes (a failed sync poisons it until reopened).
+    fn writable(&self) -> bool;
+}
+
+fn probes() -> &'static Mutex<Vec<Arc<dyn QueueProbe>>> {
+    static PROBES: OnceLock<Mutex<Vec<Arc<dyn QueueProbe>>>> = OnceLock::new();
+    PROBES.get_or_init(Mutex::default)
+}
+
+/// Reports this queue from now on (replacing an earlier one of the same route).
+pub fn watch_queue(probe: Arc<dyn QueueProbe>) {
+    let mut all = probes().lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|p| p.route() != probe.route());
+    all.push(probe);
+}
+
+#[derive(Debug)]
+struct QueueCollector;
+
+impl prometheus_client::collector::Collector for QueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let all: Vec<Arc<dyn QueueProbe>> =
+            probes().lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let rows: Vec<(RouteLabel, QueueStats, u64)> = all
+            .iter()
+            .map(|p| {
+                let (stats, dead) = p.probe();
+                (
+                    RouteLabel {
+                        route: p.route().to_string(),
+                    },
+                    stats,
+                    dead,
+                )
+            })
+            .collect();
+        type Value = fn(&QueueStats, u64, u64) -> f64;
+        let gauges: [(&str, &str, Value); 4] = [
+            (
+                "mllp_guard_queue_depth_messages",
+                "Messages in custody not yet delivered, by route",
+                |s, _, _| s.messages as f64,
+            ),
+            (
+                "mllp_guard_queue_depth_bytes",
+                "Bytes in custody not yet delivered, by route",
+                |s, _, _| s.bytes as f64,
+            ),
+            (
+                "mllp_guard_queue_oldest_age_seconds",
+                "Age of the oldest undelivered message, by route (0 when empty)",
+                |s, _, now| {
+                    s.oldest_enqueued_ms
+                        .map_or(0.0, |at| now.saturating_sub(at) as f64 / 1000.0)
+                },
+            ),
+            (
+                "mllp_guard_queue_dead_letters",
+                "Messages moved to the dead-letter store since start, by route",
+                |_, dead, _| dead as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let sample = ConstGauge::new(0.0);
+            let mut family = encoder.encode_descriptor(name, help, None, sample.metric_type())?;
+            for (label, stats, dead) in &rows {
+                let gauge = ConstGauge::new(value(stats, *dead, now_ms));
+                gauge.encode(family.encode_family(label)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Health {
+    panicked: AtomicBool,
+    /// Guards started and not stopped (one per process, except in tests).
+    serving: AtomicUsize,
+    upstreams: Mutex<BTreeMap<String, bool>>,
+}
+
+fn health() -> &'static Health {
+    static HEALTH: OnceLock<Health> = OnceLock::new();
+    HEALTH.get_or_init(Health::default)
+}
+
+/// Makes any panic, on any thread, turn `/healthz` false (the previous hook still runs).
+pub fn install_panic_flag() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            health().panicked.store(true, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+/// A guard has applied its config and bound every listener (`true`), or is stopping.
+pub fn set_serving(serving: bool) {
+    if serving {
+        health().serving.fetch_add(1, Ordering::SeqCst);
+    } else {
+        let _ = health()
+            .serving
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+}
+
+/// Liveness: no panic happened.
+pub fn live() -> bool {
+    !health().panicked.load(Ordering::SeqCst)
+}
+
+/// Readiness and the reasons it is not: serving, each upstream's last connection attempt
+/// succeeded (an upstream not tried yet counts as reachable), each queue writable.
+pub fn readiness() -> (bool, Vec<String>) {
+    let h = health();
+    let mut problems = Vec::new();
+    if h.serving.load(Ordering::SeqCst) == 0 {
+        problems.push("not serving: listeners are not bound (starting or stopping)".to_string());
+    }
+    for (upstream, up) in h.upstreams.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if !up {
+            problems.push(format!(
+                "upstream {upstream}: the last connection attempt failed"
+            ));
+        }
+    }
+    for probe in probes().lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if !probe.writable() {
+            problems.push(format!(
+                "route {}: its queue cannot take writes",
+                probe.route()
+            ));
+        }
+    }
+    (problems.is_empty() && live(), problems)
+}
