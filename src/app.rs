@@ -1,19 +1,27 @@
 //! The supervisor: builds every route from a validated [`Config`], binds all listeners before
-//! serving any (a port in use fails the start, not one route later), and drains on shutdown.
+//! serving any (a port in use fails the start, not one route later), reloads a new config
+//! atomically, and drains on shutdown.
 //!
-//! Owns the cancellation token, the task tracker and the grace deadline: on SIGTERM/SIGINT it stops
-//! accepting, lets each session finish the message it is handling (its ack is written), then
-//! exits. Must not know frame bytes or HL7 fields.
+//! Owns the cancellation tokens, the task trackers, the grace deadline and the set of running
+//! routes. A reload binds every new listener first and only then swaps: each route's context
+//! (rules, limits, TLS, upstream) is replaced for new connections while established ones finish
+//! with the context they started with; routes removed stop accepting; store-and-forward queues
+//! and accept-mode receivers stay open across reloads. On SIGTERM/SIGINT it stops accepting,
+//! lets each session finish the message it is handling (its ack is written), then exits. Must
+//! not know frame bytes or HL7 fields.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, Delivery, OnUpstreamFailure, ReceiverRole, SenderRole};
+use crate::config::{Config, Delivery, OnUpstreamFailure, ReceiverRole, Route, SenderRole};
 use crate::custody::Custody;
 use crate::dispatch::Dispatch;
 use crate::limits::SourceLimits;
@@ -21,29 +29,107 @@ use crate::listener;
 use crate::session::RouteContext;
 use crate::upstream::Upstream;
 
+/// A route's current context: swapped by a reload, read by each new connection.
+pub type SharedContext = Arc<ArcSwap<RouteContext>>;
+
 /// A running guard: its listeners are bound and serving.
 pub struct Guard {
-    bound: Vec<(Arc<str>, SocketAddr)>,
-    /// Routes whose upstream accepts its receiver, and the address bound for it.
-    accepting: Vec<(Arc<str>, SocketAddr)>,
-    admin_addr: Option<SocketAddr>,
+    routes: Mutex<BTreeMap<String, RunningRoute>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     background_stop: CancellationToken,
     background: TaskTracker,
     grace: Duration,
+    admin_addr: Option<SocketAddr>,
+}
+
+/// One route as it runs.
+struct RunningRoute {
+    ctx: SharedContext,
+    /// Stops this route's accept loop (or dialer): cancelled when the route is removed or its
+    /// listen address changes.
+    stop: CancellationToken,
+    /// Cancelled when this context is replaced (stops tasks that belong to one generation).
+    generation: CancellationToken,
+    sender: SenderRole,
+    /// The bound listen address (`None` for a route that dials).
+    bound: Option<SocketAddr>,
+    /// Kept across reloads: the queue cannot be opened twice.
+    custody: Option<Arc<Custody>>,
+    /// Kept across reloads: receivers stay connected to the accept address.
+    accepting: Option<(SocketAddr, Arc<Upstream>)>,
+}
+
+/// A route built for a (re)load, not yet serving.
+struct Prepared {
+    ctx: Arc<RouteContext>,
+    listener: Option<TcpListener>,
+    custody: Option<Arc<Custody>>,
+    accepting: Option<(SocketAddr, Arc<Upstream>)>,
+    /// The route's listener and dialer are new (not kept from the running route).
+    restart: bool,
+}
+
+/// What a reload changed, for its log line.
+#[derive(Debug, Default)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub updated: Vec<String>,
+    /// Settings that were not applied (they need a restart).
+    pub not_applied: Vec<String>,
 }
 
 impl Guard {
     /// Binds every route's listener, then starts serving them all.
     pub async fn start(config: Config) -> anyhow::Result<Guard> {
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        // Custody drainers stop only after every session has finished, so no message is
-        // appended to a queue that is already closed.
-        let background_stop = CancellationToken::new();
-        let background = TaskTracker::new();
-        let named_upstreams: Arc<std::collections::BTreeMap<String, Arc<Upstream>>> = Arc::new(
+        crate::metrics::install_panic_flag();
+        let admin = match &config.admin {
+            Some(admin) => Some(crate::admin::bind(admin.listen).with_context(|| {
+                format!(
+                    "admin: cannot listen on {} (is another process using the port?)",
+                    admin.listen
+                )
+            })?),
+            None => None,
+        };
+        let guard = Guard {
+            routes: Mutex::new(BTreeMap::new()),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            // Custody drainers and receiver listeners stop only after every session has
+            // finished, so no message is appended to a queue that is already closed.
+            background_stop: CancellationToken::new(),
+            background: TaskTracker::new(),
+            grace: config.shutdown_grace,
+            admin_addr: match &admin {
+                Some(listener) => Some(listener.local_addr()?),
+                None => None,
+            },
+        };
+        guard.apply(config).await?;
+        if let Some(listener) = admin {
+            tracing::info!(admin = ?guard.admin_addr, "admin endpoint listening (/metrics, /healthz, /readyz)");
+            guard
+                .background
+                .spawn(crate::admin::serve(listener, guard.background_stop.clone()));
+        }
+        crate::metrics::set_serving(true);
+        Ok(guard)
+    }
+
+    /// Applies a new, validated config: new listeners are bound first (any failure leaves the
+    /// running config untouched), then every route's context is swapped. Established
+    /// connections finish with the settings they started with.
+    pub async fn reload(&self, config: Config) -> anyhow::Result<ReloadSummary> {
+        let result = self.apply(config).await;
+        crate::metrics::config_reload(result.is_ok());
+        result
+    }
+
+    async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
+        let mut summary = ReloadSummary::default();
+        let named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>> = Arc::new(
             config
                 .upstreams
                 .iter()
@@ -53,160 +139,250 @@ impl Guard {
                 })
                 .collect(),
         );
-        crate::metrics::install_panic_flag();
-        let admin = match &config.admin {
-            Some(admin) => {
-                let listener = crate::admin::bind(admin.listen).with_context(|| {
+        // 1. Build every route; bind what is new. Nothing runs yet.
+        let mut prepared = Vec::with_capacity(config.routes.len());
+        {
+            let running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            for route in config.routes {
+                let old = running.get(&route.name);
+                prepared.push(self.prepare(route, old, &named_upstreams, &mut summary)?);
+            }
+        }
+        // 2. Swap.
+        let mut running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let first_load = running.is_empty();
+        let keep: Vec<String> = prepared.iter().map(|p| p.ctx.route.name.clone()).collect();
+        let removed: Vec<String> = running
+            .keys()
+            .filter(|name| !keep.contains(name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(old) = running.remove(&name) {
+                tracing::info!(route = %name, "route removed by the new config; it stops accepting (open connections finish)");
+                old.stop.cancel();
+                old.generation.cancel();
+                summary.removed.push(name);
+            }
+        }
+        for p in prepared {
+            let name = p.ctx.route.name.clone();
+            let generation = CancellationToken::new();
+            if let Dispatch::Forward { upstream, .. } = &p.ctx.dispatch {
+                if upstream.reopens_at_once() {
+                    let (upstream, stop) = (upstream.clone(), generation.clone());
+                    self.tracker
+                        .spawn(async move { upstream.keep_pool_fresh(stop).await });
+                }
+            }
+            match running.get_mut(&name) {
+                Some(current) if !p.restart => {
+                    current.ctx.store(p.ctx.clone());
+                    current.generation.cancel();
+                    current.generation = generation;
+                    current.custody = p.custody;
+                    current.accepting = p.accepting;
+                    summary.updated.push(name);
+                }
+                current => {
+                    if let Some(old) = current {
+                        old.stop.cancel();
+                        old.generation.cancel();
+                        summary.updated.push(name.clone());
+                    } else if !first_load {
+                        summary.added.push(name.clone());
+                    }
+                    let started = self.serve_route(p, generation)?;
+                    running.insert(name, started);
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Builds one route's context, binding its listener unless the running route `old` keeps
+    /// the same one, and reusing `old`'s queue and receiver listener.
+    fn prepare(
+        &self,
+        route: Route,
+        old: Option<&RunningRoute>,
+        named_upstreams: &Arc<BTreeMap<String, Arc<Upstream>>>,
+        summary: &mut ReloadSummary,
+    ) -> anyhow::Result<Prepared> {
+        let restart = old.is_none_or(|old| old.sender != route.sender);
+        let listener = match (&route.sender, restart) {
+            (SenderRole::Listen(addr), true) => Some(listener::bind(*addr).with_context(|| {
+                format!(
+                    "route {}: cannot listen on {addr} (is another process using the port?)",
+                    route.name
+                )
+            })?),
+            _ => None,
+        };
+        let name: Arc<str> = Arc::from(route.name.as_str());
+        // An accept-mode receiver keeps its listener (and its connected receivers) when the
+        // accept address is unchanged.
+        let accepting = match (&route.upstream.role, old.and_then(|o| o.accepting.as_ref())) {
+            (ReceiverRole::Accept { listen, .. }, Some((addr, upstream)))
+                if listen == addr || listen.port() == 0 =>
+            {
+                Some((*addr, upstream.clone()))
+            }
+            (ReceiverRole::Accept { .. }, _) => {
+                let upstream = Upstream::new(name.clone(), route.upstream.clone());
+                let receivers = upstream.bind_accept().with_context(|| {
                     format!(
-                        "admin: cannot listen on {} (is another process using the port?)",
-                        admin.listen
+                        "route {}: cannot listen for the receiver on {} (is another process using the port?)",
+                        route.name, route.upstream.role
                     )
                 })?;
-                Some(listener)
+                let upstream = Arc::new(upstream);
+                match receivers {
+                    Some(receivers) => {
+                        let addr = receivers.local_addr()?;
+                        if let ReceiverRole::Accept {
+                            allow: crate::policy::Allowlist::Any,
+                            ..
+                        } = &route.upstream.role
+                        {
+                            tracing::warn!(route = %name, accept = %addr, "upstream.accept admits receivers from any address; set upstream.allow to the receiver's address");
+                        }
+                        tracing::info!(route = %name, accept = %addr, "waiting for the receiver to connect in");
+                        self.background.spawn(
+                            upstream.accept_receivers(receivers, self.background_stop.clone()),
+                        );
+                        Some((addr, upstream))
+                    }
+                    None => None,
+                }
             }
-            None => None,
+            (ReceiverRole::Connect(_), _) => None,
         };
-        let mut senders = Vec::with_capacity(config.routes.len());
-        let mut accepting = Vec::new();
-        let mut receiver_listeners = Vec::new();
-        for route in config.routes {
-            let listener = match route.sender {
-                SenderRole::Listen(addr) => Some(listener::bind(addr).with_context(|| {
-                    format!(
-                        "route {}: cannot listen on {addr} (is another process using the port?)",
-                        route.name
-                    )
-                })?),
-                SenderRole::Dial(_) => None,
-            };
-            let name: Arc<str> = Arc::from(route.name.as_str());
-            let upstream = Upstream::new(name.clone(), route.upstream.clone());
-            if let Some(receivers) = upstream.bind_accept().with_context(|| {
-                format!(
-                    "route {}: cannot listen for the receiver on {} (is another process using the port?)",
-                    route.name, route.upstream.role
-                )
-            })? {
-                let addr = receivers.local_addr()?;
-                if let ReceiverRole::Accept {
-                    allow: crate::policy::Allowlist::Any,
-                    ..
-                } = &route.upstream.role
-                {
-                    tracing::warn!(route = %name, accept = %addr, "upstream.accept admits receivers from any address; set upstream.allow to the receiver's address");
-                }
-                tracing::info!(route = %name, accept = %addr, "waiting for the receiver to connect in");
-                accepting.push((name.clone(), addr));
-                receiver_listeners.push(upstream.accept_receivers(receivers, background_stop.clone()));
-            }
-            let upstream = Arc::new(upstream);
-            let dispatch = match &route.delivery {
-                Delivery::Forward => {
-                    if upstream.reopens_at_once() {
-                        let (upstream, stop) = (upstream.clone(), shutdown.clone());
-                        tracker.spawn(async move { upstream.keep_pool_fresh(stop).await });
+        let upstream = match &accepting {
+            Some((_, upstream)) => upstream.clone(),
+            None => Arc::new(Upstream::new(name.clone(), route.upstream.clone())),
+        };
+        let (dispatch, custody) = match &route.delivery {
+            Delivery::Forward => (
+                Dispatch::Forward {
+                    upstream,
+                    on_upstream_failure: route.on_upstream_failure,
+                },
+                None,
+            ),
+            Delivery::StoreAndForward(cfg) => {
+                let custody = match old.and_then(|o| o.custody.clone()) {
+                    Some(custody) => {
+                        summary.not_applied.push(format!(
+                            "route {}: queue, ack_mode, retry and upstream settings of a store-and-forward route apply after a restart",
+                            route.name
+                        ));
+                        custody
                     }
-                    Dispatch::Forward {
-                        upstream,
-                        on_upstream_failure: route.on_upstream_failure,
-                    }
-                }
-                Delivery::StoreAndForward(custody) => Dispatch::Custody(
-                    Custody::start(
+                    None => Custody::start(
                         name.clone(),
-                        custody.clone(),
+                        cfg.clone(),
                         upstream,
                         route.on_upstream_failure == OnUpstreamFailure::Close,
-                        background_stop.clone(),
-                        &background,
+                        self.background_stop.clone(),
+                        &self.background,
                     )
                     .with_context(|| {
                         format!("route {}: cannot open its custody queue", route.name)
                     })?,
-                ),
-            };
-            let limits = Arc::new(SourceLimits::new(&route.limits));
-            {
-                // Forget idle sources now and then, so limiter state stays bounded.
-                let (limits, stop) = (limits.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            _ = tick.tick() => limits.prune(),
-                        }
-                    }
-                });
+                };
+                (Dispatch::Custody(custody.clone()), Some(custody))
             }
-            let ctx = Arc::new(RouteContext {
-                name,
-                route,
-                dispatch,
-                limits,
-                named_upstreams: named_upstreams.clone(),
+        };
+        // Per-source limits keep their counts when unchanged.
+        let limits = match old.map(|o| o.ctx.load_full()) {
+            Some(ctx) if ctx.route.limits == route.limits => ctx.limits.clone(),
+            _ => Arc::new(SourceLimits::new(&route.limits)),
+        };
+        let ctx = Arc::new(RouteContext {
+            name,
+            route,
+            dispatch,
+            limits,
+            named_upstreams: named_upstreams.clone(),
+        });
+        Ok(Prepared {
+            ctx,
+            listener,
+            custody,
+            accepting,
+            restart,
+        })
+    }
+
+    /// Starts a prepared route's accept loop (or dialer) and its housekeeping.
+    fn serve_route(
+        &self,
+        p: Prepared,
+        generation: CancellationToken,
+    ) -> anyhow::Result<RunningRoute> {
+        let stop = self.shutdown.child_token();
+        let ctx: SharedContext = Arc::new(ArcSwap::new(p.ctx.clone()));
+        {
+            // Forget idle sources now and then, so limiter state stays bounded.
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            self.tracker.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => ctx.load().limits.prune(),
+                    }
+                }
             });
-            senders.push((listener, ctx));
         }
-        for serve in receiver_listeners {
-            background.spawn(serve);
-        }
-        let admin_addr = match admin {
-            Some(listener) => {
+        let route = &p.ctx.route;
+        let bound = match (p.listener, &route.sender) {
+            (Some(listener), _) => {
                 let addr = listener.local_addr()?;
-                tracing::info!(admin = %addr, "admin endpoint listening (/metrics, /healthz, /readyz)");
-                background.spawn(crate::admin::serve(listener, background_stop.clone()));
+                tracing::info!(
+                    route = %p.ctx.name,
+                    listen = %addr,
+                    tls = route.tls.is_some(),
+                    mtls = route.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+                    upstream = %p.ctx.dispatch.describe(),
+                    allow = %route.allow,
+                    "route listening"
+                );
+                self.tracker.spawn(listener::accept_loop(
+                    listener,
+                    ctx.clone(),
+                    stop.clone(),
+                    self.tracker.clone(),
+                ));
                 Some(addr)
             }
-            None => None,
+            (None, SenderRole::Dial(target)) => {
+                tracing::info!(route = %p.ctx.name, dial = %target, upstream = %p.ctx.dispatch.describe(), "route dialing its sender");
+                self.tracker.spawn(crate::dialer::dial_loop(
+                    target.clone(),
+                    ctx.clone(),
+                    stop.clone(),
+                ));
+                None
+            }
+            (None, SenderRole::Listen(_)) => None,
         };
-        let mut bound = Vec::with_capacity(senders.len());
-        for (listener, ctx) in senders {
-            let Some(listener) = listener else {
-                let SenderRole::Dial(target) = ctx.route.sender.clone() else {
-                    continue;
-                };
-                tracing::info!(route = %ctx.name, dial = %target, upstream = %ctx.dispatch.describe(), "route dialing its sender");
-                tracker.spawn(crate::dialer::dial_loop(target, ctx, shutdown.clone()));
-                continue;
-            };
-            let addr = listener.local_addr()?;
-            tracing::info!(
-                route = %ctx.name,
-                listen = %addr,
-                tls = ctx.route.tls.is_some(),
-                mtls = ctx.route.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-                upstream = %ctx.dispatch.describe(),
-                allow = %ctx.route.allow,
-                "route listening"
-            );
-            bound.push((ctx.name.clone(), addr));
-            tracker.spawn(listener::accept_loop(
-                listener,
-                ctx,
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
-        crate::metrics::set_serving(true);
-        Ok(Guard {
+        Ok(RunningRoute {
+            ctx,
+            stop,
+            generation,
+            sender: route.sender.clone(),
             bound,
-            accepting,
-            admin_addr,
-            shutdown,
-            tracker,
-            background_stop,
-            background,
-            grace: config.shutdown_grace,
+            custody: p.custody,
+            accepting: p.accepting,
         })
     }
 
     /// The address a route's listener is bound to (useful with port 0).
     pub fn local_addr(&self, route: &str) -> Option<SocketAddr> {
-        self.bound
-            .iter()
-            .find(|(name, _)| &**name == route)
-            .map(|(_, addr)| *addr)
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.get(route).and_then(|r| r.bound)
     }
 
     /// The address the admin endpoint is bound to, if `admin` is configured.
@@ -216,15 +392,20 @@ impl Guard {
 
     /// The address a route's upstream accepts its receiver on (`upstream.accept`).
     pub fn receiver_addr(&self, route: &str) -> Option<SocketAddr> {
-        self.accepting
-            .iter()
-            .find(|(name, _)| &**name == route)
-            .map(|(_, addr)| *addr)
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .get(route)
+            .and_then(|r| r.accepting.as_ref())
+            .map(|(addr, _)| *addr)
     }
 
-    /// Every route and its bound address, in config order.
-    pub fn bound(&self) -> impl Iterator<Item = (&str, SocketAddr)> {
-        self.bound.iter().map(|(name, addr)| (&**name, *addr))
+    /// Every listening route and its bound address, by route name.
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .iter()
+            .filter_map(|(name, r)| r.bound.map(|addr| (name.clone(), addr)))
+            .collect()
     }
 
     /// A token that stops the guard when cancelled (the same as calling [`Guard::stop`]).
@@ -266,27 +447,64 @@ impl Guard {
     }
 }
 
-/// Runs the guard until SIGTERM or SIGINT, then drains.
+/// Runs the guard from the config at `path` until SIGTERM or SIGINT, then drains. SIGHUP, or a
+/// change to the config file or any file it names (watched through their directories, so
+/// Kubernetes' symlink swaps count), reloads it.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let path = config.file.clone();
+    let mut watched = crate::reload::Watch::new(&config.inputs);
     let guard = Guard::start(config).await?;
-    tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
-            tracing::info!("shutdown requested; no longer accepting, finishing in-flight messages");
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        let why = tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = guard.stopped() => break,
+            _ = hup.recv() => "SIGHUP",
+            _ = watched.changed() => "a watched file changed",
+        };
+        if let Some(inputs) = reload_from(&guard, &path, why).await {
+            watched = crate::reload::Watch::new(&inputs);
         }
-        _ = guard.stopped() => {}
     }
+    tracing::info!("shutdown requested; no longer accepting, finishing in-flight messages");
     guard.stop().await;
     Ok(())
 }
 
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// Loads and applies the config at `path`; on any error logs it and keeps the running config.
+/// Returns the new config's input files when it was applied.
+async fn reload_from(
+    guard: &Guard,
+    path: &std::path::Path,
+    why: &str,
+) -> Option<Vec<std::path::PathBuf>> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            crate::metrics::config_reload(false);
+            tracing::error!(config = %path.display(), trigger = why, errors = errors.0.len(), "reload refused: the new config is invalid; the running config stays in force");
+            for error in &errors.0 {
+                tracing::error!("{error}");
+            }
+            return None;
+        }
+    };
+    let inputs = config.inputs.clone();
+    match guard.reload(config).await {
+        Ok(summary) => {
+            tracing::info!(config = %path.display(), trigger = why, added = ?summary.added, removed = ?summary.removed, updated = ?summary.updated, "config reloaded");
+            for note in &summary.not_applied {
+                tracing::warn!("{note}");
+            }
+            Some(inputs)
+        }
+        Err(err) => {
+            tracing::error!(config = %path.display(), trigger = why, error = format!("{err:#}"), "reload failed; the running config stays in force");
+            None
+        }
     }
-    Ok(())
 }

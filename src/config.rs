@@ -112,6 +112,10 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// `admin`: the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`; `None` = off.
     pub admin: Option<Admin>,
+    /// Every file this config was read from: the config file itself, rules files, certificates
+    /// and keys (absolute where the config file's directory is). A change to any of them
+    /// reloads the config.
+    pub inputs: Vec<PathBuf>,
 }
 
 /// `admin`: where the operator's HTTP endpoint listens.
@@ -551,9 +555,13 @@ impl Config {
             file,
             base_dir,
             errors: Vec::new(),
+            inputs: vec![base_dir.join(file.file_name().unwrap_or(file.as_os_str()))],
         };
-        let config = v.config(raw);
+        let mut config = v.config(raw);
         if v.errors.is_empty() {
+            v.inputs.sort();
+            v.inputs.dedup();
+            config.inputs = v.inputs;
             Ok(config)
         } else {
             // Document order reads best, the config file first, then each rules file; errors
@@ -940,6 +948,8 @@ struct Validator<'a> {
     file: &'a Path,
     base_dir: &'a Path,
     errors: Vec<ConfigError>,
+    /// Every file the config was built from (rules files, certificates, keys), for reloads.
+    inputs: Vec<PathBuf>,
 }
 
 /// A parsed `listen` address with what is needed to report a clash.
@@ -1116,6 +1126,7 @@ impl Validator<'_> {
             state_dir,
             upstreams,
             admin,
+            inputs: Vec::new(),
         }
     }
 
@@ -1768,7 +1779,10 @@ impl Validator<'_> {
             Err(e) => Some(self.io_message(written, &e)),
         };
         match problem {
-            None => Some(resolved),
+            None => {
+                self.inputs.push(resolved.clone());
+                Some(resolved)
+            }
             Some(message) => {
                 self.error(path, &raw.referenced, message);
                 None
@@ -2609,7 +2623,7 @@ routes:
     fn an_unknown_top_level_key_lists_the_valid_ones() {
         assert_eq!(
             errors(&format!("{MINIMAL}extra: 1\n")),
-            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams"
+            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams, admin"
         );
     }
 

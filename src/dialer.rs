@@ -20,15 +20,17 @@ use crate::session::{self, Peer, RouteContext};
 /// reconnect starts again from `reconnect.initial`.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
-/// Dials `target` and serves it until `shutdown`.
+/// Dials `target` and serves it until `shutdown`, each connection with the route's context as
+/// it is when the connection opens.
 pub async fn dial_loop(
     target: UpstreamAddress,
-    ctx: Arc<RouteContext>,
+    shared: crate::app::SharedContext,
     shutdown: CancellationToken,
 ) {
-    let reconnect = ctx.route.upstream.reconnect;
+    let reconnect = shared.load().route.upstream.reconnect;
     let mut backoff = Backoff::new(reconnect.initial, reconnect.max);
     loop {
+        let ctx: Arc<RouteContext> = shared.load_full();
         let wait = match connect(&target, &ctx).await {
             Ok((tcp, addr)) => {
                 tracing::info!(route = %ctx.name, sender = %target, peer = %addr, "connected to the sender");

@@ -57,6 +57,7 @@ pub mod operator;
 pub mod peer;
 pub mod policy;
 pub mod queue;
+pub mod reload;
 pub mod rules;
 pub mod session;
 pub mod tls;

@@ -33,14 +33,16 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts until `shutdown` fires; every admitted connection runs in `tracker`.
+/// Accepts until `shutdown` fires; every admitted connection runs in `tracker` with the
+/// route's context as it is when the connection arrives (a reload changes it for the next).
 pub async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<RouteContext>,
+    shared: crate::app::SharedContext,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let capacity = Arc::new(Semaphore::new(ctx.route.max_connections));
+    let mut ctx = shared.load_full();
+    let mut capacity = Arc::new(Semaphore::new(ctx.route.max_connections));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -54,6 +56,15 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let current = shared.load_full();
+        if !Arc::ptr_eq(&current, &ctx) {
+            // Reloaded: a new max_connections counts from now (connections already open keep
+            // their permits in the old count until they close).
+            if current.route.max_connections != ctx.route.max_connections {
+                capacity = Arc::new(Semaphore::new(current.route.max_connections));
+            }
+            ctx = current;
+        }
         if !ctx.route.allow.admits(peer.ip()) {
             crate::metrics::connection_refused(&ctx.name, "allowlist");
             tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", "connection refused");

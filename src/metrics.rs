@@ -79,6 +79,12 @@ struct Metrics {
     upstream_up: Family<UpstreamLabel, Gauge>,
     upstream_connects: Family<UpstreamLabel, Counter>,
     upstream_connect_failures: Family<UpstreamLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 fn metrics() -> &'static Metrics {
@@ -99,6 +105,7 @@ fn metrics() -> &'static Metrics {
             upstream_up: Family::default(),
             upstream_connects: Family::default(),
             upstream_connect_failures: Family::default(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -169,6 +176,14 @@ fn metrics() -> &'static Metrics {
             "Failed attempts to connect to the upstream, by upstream",
             m.upstream_connect_failures.clone(),
         );
+        registry.register(
+            "mllp_guard_config_reloads",
+            "Config reloads (SIGHUP or a watched file), by result (success, failure)",
+            m.config_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
         registry.register_collector(Box::new(QueueCollector));
         Metrics { registry, ..m }
     })
@@ -180,6 +195,14 @@ pub fn render() -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &metrics().registry);
     out
+}
+
+pub fn config_reload(ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    metrics()
+        .config_reloads
+        .get_or_create(&ResultLabel { result })
+        .inc();
 }
 
 pub fn connection_accepted(route: &str) {

@@ -305,6 +305,7 @@ impl Validator<'_> {
             return None;
         }
         let resolved = self.base_dir.join(trimmed);
+        self.inputs.push(resolved.clone());
         let shown = match self.file.parent() {
             Some(dir) => dir.join(trimmed),
             None => PathBuf::from(trimmed),

@@ -1,0 +1,132 @@
+//! Noticing that the config should be reloaded: a watch on the directories of the config file
+//! and of every file it names (rules, certificates, keys), which fires when the content of one
+//! of those files really changed.
+//!
+//! Directories are watched rather than files because Kubernetes updates a mounted ConfigMap or
+//! Secret by swapping a `..data` symlink, which replaces every file at once without touching
+//! the watched inode. Events are debounced and then confirmed by comparing a checksum of each
+//! file's content, so editors that write in several steps reload once and unrelated files in
+//! the same directory reload nothing. Must not know what the files mean: [`crate::app`] loads
+//! and applies the config.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// How long a burst of file events is allowed to settle before the files are compared.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// A watch on a config's input files.
+pub struct Watch {
+    inputs: Vec<PathBuf>,
+    fingerprint: Vec<Option<u32>>,
+    events: Option<mpsc::UnboundedReceiver<()>>,
+    /// Keeps the OS watch alive.
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Watch {
+    /// Watches the directories of `inputs`. If the OS watch cannot be set up, the returned
+    /// watch never fires (SIGHUP still reloads) and a warning says so.
+    pub fn new(inputs: &[PathBuf]) -> Watch {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the config files; reload with SIGHUP");
+                None
+            }
+        };
+        if let Some(w) = watcher.as_mut() {
+            let mut dirs: Vec<PathBuf> = inputs
+                .iter()
+                .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            for dir in dirs {
+                if let Err(err) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %err, "cannot watch this directory; changes in it need a SIGHUP");
+                }
+            }
+        }
+        Watch {
+            inputs: inputs.to_vec(),
+            fingerprint: fingerprint(inputs),
+            events: watcher.as_ref().map(|_| rx),
+            _watcher: watcher,
+        }
+    }
+
+    /// Resolves once the content of a watched file has changed since the last time.
+    pub async fn changed(&mut self) {
+        let Some(events) = self.events.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            if events.recv().await.is_none() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(SETTLE).await;
+            while events.try_recv().is_ok() {}
+            let now = fingerprint(&self.inputs);
+            if now != self.fingerprint {
+                self.fingerprint = now;
+                return;
+            }
+        }
+    }
+}
+
+/// A checksum of each file's content (`None`: unreadable now, e.g. mid-swap).
+fn fingerprint(inputs: &[PathBuf]) -> Vec<Option<u32>> {
+    inputs
+        .iter()
+        .map(|p| std::fs::read(p).ok().map(|bytes| crc32fast::hash(&bytes)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fires_on_a_content_change_and_not_on_an_unrelated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let watched = dir.path().join("guard.yaml");
+        std::fs::write(&watched, "a").unwrap();
+        let mut watch = Watch::new(std::slice::from_ref(&watched));
+        std::fs::write(dir.path().join("other.txt"), "x").unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(1200), watch.changed()).await;
+        assert!(quiet.is_err(), "an unrelated file must not fire");
+        std::fs::write(&watched, "b").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("a content change fires");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_swap_of_the_directory_entry_fires() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("v1.yaml");
+        let v2 = dir.path().join("v2.yaml");
+        std::fs::write(&v1, "one").unwrap();
+        std::fs::write(&v2, "two").unwrap();
+        let link = dir.path().join("guard.yaml");
+        std::os::unix::fs::symlink(&v1, &link).unwrap();
+        let mut watch = Watch::new(std::slice::from_ref(&link));
+        let tmp = dir.path().join("guard.yaml.tmp");
+        std::os::unix::fs::symlink(&v2, &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("the swap fires");
+    }
+}
