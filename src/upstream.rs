@@ -32,6 +32,12 @@ pub enum UpstreamError {
     Connect { addr: String, source: io::Error },
     #[error("no connection to upstream {addr} within {}", humantime::format_duration(*.timeout))]
     ConnectTimeout { addr: String, timeout: Duration },
+    #[error("egress proxy ({proxy}) gave no tunnel to upstream {addr}: {reason}")]
+    Proxy {
+        proxy: String,
+        addr: String,
+        reason: crate::egress::EgressError,
+    },
     #[error("TLS handshake with upstream {addr} failed: {source}")]
     Handshake { addr: String, source: io::Error },
     #[error("sending to the upstream failed: {0}")]
@@ -63,6 +69,7 @@ impl UpstreamError {
             UpstreamError::Resolve { .. } => "resolve",
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Proxy { .. } => "proxy",
             UpstreamError::Handshake { .. } => "tls_handshake",
             UpstreamError::Send(_) => "send",
             UpstreamError::Receive(_) => "receive",
@@ -383,6 +390,23 @@ impl Upstream {
     }
 
     async fn open(&self, addr: &str) -> Result<Stream, UpstreamError> {
+        let tcp = match &self.cfg.via {
+            Some(proxy) => {
+                crate::egress::connect(proxy, &self.cfg.address.host, self.cfg.address.port)
+                    .await
+                    .map_err(|reason| UpstreamError::Proxy {
+                        proxy: proxy.to_string(),
+                        addr: addr.to_string(),
+                        reason,
+                    })?
+            }
+            None => self.direct(addr).await?,
+        };
+        self.secure(tcp, addr).await
+    }
+
+    /// A TCP connection straight to the upstream (the first address that answers).
+    async fn direct(&self, addr: &str) -> Result<TcpStream, UpstreamError> {
         let candidates =
             tokio::net::lookup_host((self.cfg.address.host.as_str(), self.cfg.address.port))
                 .await
@@ -402,10 +426,14 @@ impl Upstream {
                 Err(err) => last_err = err,
             }
         }
-        let tcp = tcp.ok_or_else(|| UpstreamError::Connect {
+        tcp.ok_or_else(|| UpstreamError::Connect {
             addr: addr.to_string(),
             source: last_err,
-        })?;
+        })
+    }
+
+    /// Socket options, then TLS when configured (end to end, also through a proxy tunnel).
+    async fn secure(&self, tcp: TcpStream, addr: &str) -> Result<Stream, UpstreamError> {
         if let Err(err) = net::tune(&tcp, &self.cfg.keepalive) {
             tracing::warn!(route = %self.route, upstream = %addr, error = %err, "could not set TCP options on the upstream connection");
         }
