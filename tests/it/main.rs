@@ -10,3 +10,4 @@ mod python_hl7;
 mod relay;
 mod sessions;
 mod shipped;
+mod tls_policy;
