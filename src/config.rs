@@ -39,6 +39,7 @@ use crate::rules::Rule;
 use crate::tls::{self, PemRole, TlsError};
 
 mod firewall;
+mod tls_policy;
 pub use firewall::{OnLimit, RateLimits, DEFAULT_MAX_TRACKED_SOURCES};
 
 // ---------------------------------------------------------------------------------------------
@@ -366,6 +367,8 @@ pub struct Upstream {
     pub role: ReceiverRole,
     /// `tls`: originate TLS towards the upstream; `None` = plaintext.
     pub tls: Option<ClientTls>,
+    /// `via`: reach the upstream through this SOCKS5 or HTTP CONNECT proxy; `None` = directly.
+    pub via: Option<crate::egress::Proxy>,
     /// `connections`: `paired` (one upstream connection per sender connection, the default) or
     /// a shared pool of N.
     pub connections: Connections,
@@ -470,12 +473,16 @@ impl Default for Reconnect {
 /// TLS on a listener. Paths are resolved (relative ones from the config file's directory).
 #[derive(Clone)]
 pub struct ServerTls {
-    /// `cert`: our certificate chain, leaf first.
+    /// `cert`: our certificate chain, leaf first (PEM), or a PKCS#12 file (`.p12`/`.pfx`).
     pub cert: PathBuf,
-    /// `key`: its private key.
+    /// `key`: its private key; for PKCS#12 the same file as `cert`.
     pub key: PathBuf,
     /// `client_ca`: when set, senders must present a certificate issued by one of these CAs.
     pub client_ca: Option<PathBuf>,
+    /// `min_version`, `cipher_suites`, `crl`, `crl_expired`, `allowed_identities`.
+    pub policy: tls::Policy,
+    /// The certificates and CRLs loaded, with their dates (for `check`).
+    pub material: tls::Material,
     /// The rustls configuration built from the files above.
     pub config: Arc<rustls::ServerConfig>,
 }
@@ -500,8 +507,12 @@ pub struct ClientTls {
     pub server_name: ServerName<'static>,
     /// `cert`: our client certificate chain, if the upstream asks for one.
     pub cert: Option<PathBuf>,
-    /// `key`: its private key (set exactly when `cert` is).
+    /// `key`: its private key (set exactly when `cert` is; for PKCS#12 the same file).
     pub key: Option<PathBuf>,
+    /// `min_version`, `cipher_suites`, `crl`, `crl_expired`, `allowed_identities`.
+    pub policy: tls::Policy,
+    /// The certificates and CRLs loaded, with their dates (for `check`).
+    pub material: tls::Material,
     /// The rustls configuration built from the files above.
     pub config: Arc<rustls::ClientConfig>,
 }
@@ -718,8 +729,14 @@ struct RawOnReply {
 #[serde(deny_unknown_fields)]
 struct RawServerTls {
     cert: Text,
-    key: Text,
+    key: Option<Text>,
+    password_file: Option<Text>,
     client_ca: Option<Text>,
+    crl: Option<Spanned<Vec<Text>>>,
+    crl_expired: Option<Text>,
+    min_version: Option<Text>,
+    cipher_suites: Option<Spanned<Vec<Text>>>,
+    allowed_identities: Option<Spanned<Vec<Text>>>,
 }
 
 #[derive(Deserialize)]
@@ -738,6 +755,7 @@ struct RawUpstream {
     idle_reopen: Option<Text>,
     reconnect: Option<Spanned<RawReconnect>>,
     framing: Option<Spanned<RawFraming>>,
+    via: Option<Spanned<tls_policy::RawVia>>,
 }
 
 #[derive(Deserialize)]
@@ -747,6 +765,12 @@ struct RawClientTls {
     server_name: Option<Text>,
     cert: Option<Text>,
     key: Option<Text>,
+    password_file: Option<Text>,
+    crl: Option<Spanned<Vec<Text>>>,
+    crl_expired: Option<Text>,
+    min_version: Option<Text>,
+    cipher_suites: Option<Spanned<Vec<Text>>>,
+    allowed_identities: Option<Spanned<Vec<Text>>>,
 }
 
 #[derive(Deserialize)]
@@ -1535,6 +1559,14 @@ impl Validator<'_> {
             .tls
             .as_ref()
             .and_then(|t| self.client_tls(&format!("{p}.tls"), t, address.as_ref()));
+        let via = self.via(p, &u.via);
+        if let (Some(_), Some(raw_via)) = (&u.accept, &u.via) {
+            self.error(
+                format!("{p}.via"),
+                &raw_via.referenced,
+                "`via` sends upstream connections through a proxy; with `accept` the receiver connects in, so there is nothing to send through it (remove one)",
+            );
+        }
         let connections = self.value(
             format!("{p}.connections"),
             &u.connections,
@@ -1664,6 +1696,7 @@ impl Validator<'_> {
                 port: 0,
             })),
             tls,
+            via,
             connections,
             connect_timeout,
             ack_timeout,
@@ -1814,11 +1847,16 @@ impl Validator<'_> {
         err: TlsError,
         p: &str,
         tls_at: &Location,
-        files: &[(PemRole, &str, &Text)],
+        files: &[(PemRole, String, &Text)],
     ) {
-        let target = err
-            .file()
-            .and_then(|(role, _)| files.iter().find(|(r, _, _)| *r == role));
+        let target = err.file().and_then(|(role, path)| {
+            files
+                .iter()
+                .find(|(r, _, raw)| {
+                    *r == role && tls_policy::same_file(self.base_dir, &raw.value, path)
+                })
+                .or_else(|| files.iter().find(|(r, _, _)| *r == role))
+        });
         let (path, at, written) = match target {
             Some((_, key, raw)) => (
                 format!("{p}.{key}"),
@@ -1830,6 +1868,10 @@ impl Validator<'_> {
         let message = match (&err, written) {
             (TlsError::File { problem, .. }, Some(written)) => match problem {
                 tls::FileProblem::Read(e) => self.io_message(written, e),
+                problem => format!("file \"{written}\" {problem}"),
+            },
+            (TlsError::Pki { problem, .. }, Some(written)) => match problem {
+                crate::pki::PkiProblem::Read(e) => self.io_message(written, e),
                 problem => format!("file \"{written}\" {problem}"),
             },
             (TlsError::KeyMismatch { .. }, Some(written)) => {
@@ -1849,24 +1891,80 @@ impl Validator<'_> {
     fn server_tls(&mut self, p: &str, raw: &Spanned<RawServerTls>) -> Option<ServerTls> {
         let t = &raw.value;
         let cert = self.file(format!("{p}.cert"), &t.cert);
-        let key = self.file(format!("{p}.key"), &t.key);
+        let pkcs12 = crate::pki::is_pkcs12(Path::new(t.cert.value.trim()));
+        let key = match (&t.key, pkcs12) {
+            (Some(k), false) => self.file(format!("{p}.key"), k),
+            (None, true) => cert.clone(),
+            (Some(k), true) => {
+                self.error(
+                    format!("{p}.key"),
+                    &k.referenced,
+                    format!(
+                        "`key` is not used with a PKCS#12 certificate (the key is inside \"{}\"); remove it",
+                        t.cert.value.trim()
+                    ),
+                );
+                None
+            }
+            (None, false) => {
+                self.error(
+                    p,
+                    &raw.referenced,
+                    "missing required key `key`; add `key: path/to/key.pem` (the certificate's private key), or give a PKCS#12 file (.p12/.pfx) as `cert`",
+                );
+                None
+            }
+        };
+        let password = self.password_file(p, &t.password_file);
         let client_ca = match &t.client_ca {
             Some(ca) => Some(self.file(format!("{p}.client_ca"), ca)?),
             None => None,
         };
-        let (cert, key) = (cert?, key?);
-        let mut files = vec![
-            (PemRole::Certificate, "cert", &t.cert),
-            (PemRole::PrivateKey, "key", &t.key),
-        ];
-        if let Some(ca) = &t.client_ca {
-            files.push((PemRole::TrustedCa, "client_ca", ca));
+        let policy = self.tls_policy(p, &server_policy_keys(t));
+        if client_ca.is_none() {
+            let needs_ca = [
+                ("crl", t.crl.as_ref().map(|c| &c.referenced)),
+                (
+                    "allowed_identities",
+                    t.allowed_identities.as_ref().map(|a| &a.referenced),
+                ),
+            ];
+            for (name, at) in needs_ca {
+                if let Some(at) = at {
+                    self.error(
+                        format!("{p}.{name}"),
+                        at,
+                        format!("`{name}` applies to client certificates, which this listener does not ask for; set `client_ca` too, or remove `{name}`"),
+                    );
+                }
+            }
+            if t.crl.is_some() || t.allowed_identities.is_some() {
+                return None;
+            }
         }
-        match tls::server_config(&cert, &key, client_ca.as_deref()) {
-            Ok(config) => Some(ServerTls {
+        let (cert, key, password, policy) = (cert?, key?, password.ok()?, policy?);
+        let mut files = vec![(PemRole::Certificate, "cert".to_string(), &t.cert)];
+        if let Some(k) = &t.key {
+            files.push((PemRole::PrivateKey, "key".to_string(), k));
+        }
+        if let Some(ca) = &t.client_ca {
+            files.push((PemRole::TrustedCa, "client_ca".to_string(), ca));
+        }
+        for (key, raw) in tls_policy::crl_keys(&t.crl) {
+            files.push((PemRole::Crl, key, raw));
+        }
+        let identity = tls::Identity {
+            cert: &cert,
+            key: Some(&key),
+            password: password.as_ref(),
+        };
+        match tls::server_config_with(&identity, client_ca.as_deref(), &policy) {
+            Ok((config, material)) => Some(ServerTls {
                 cert,
                 key,
                 client_ca,
+                policy,
+                material,
                 config,
             }),
             Err(err) => {
@@ -1896,9 +1994,24 @@ impl Validator<'_> {
         };
         let ca = self.file(format!("{p}.ca"), &t.ca);
         let cert = t.cert.as_ref().map(|c| self.file(format!("{p}.cert"), c));
-        let key = t.key.as_ref().map(|k| self.file(format!("{p}.key"), k));
+        let pkcs12 = t
+            .cert
+            .as_ref()
+            .is_some_and(|c| crate::pki::is_pkcs12(Path::new(c.value.trim())));
+        let key = match (&t.key, pkcs12) {
+            (Some(k), true) => {
+                self.error(
+                    format!("{p}.key"),
+                    &k.referenced,
+                    "`key` is not used with a PKCS#12 certificate (the key is inside it); remove it",
+                );
+                Some(None)
+            }
+            (None, true) => cert.clone(),
+            (k, false) => k.as_ref().map(|k| self.file(format!("{p}.key"), k)),
+        };
         match (&t.cert, &t.key) {
-            (Some(c), None) => self.error(
+            (Some(c), None) if !pkcs12 => self.error(
                 format!("{p}.cert"),
                 &c.referenced,
                 "a client certificate needs its private key: add `key` next to `cert`",
@@ -1910,6 +2023,8 @@ impl Validator<'_> {
             ),
             _ => {}
         }
+        let password = self.password_file(p, &t.password_file);
+        let policy = self.tls_policy(p, &client_policy_keys(t));
         let (cert, key) = match (cert, key) {
             (Some(cert), Some(key)) => (Some(cert?), Some(key?)),
             (None, None) => (None, None),
@@ -1917,17 +2032,30 @@ impl Validator<'_> {
         };
         let ca = ca?;
         let server_name = server_name?;
-        let mut files = vec![(PemRole::TrustedCa, "ca", &t.ca)];
-        if let (Some(c), Some(k)) = (&t.cert, &t.key) {
-            files.push((PemRole::Certificate, "cert", c));
-            files.push((PemRole::PrivateKey, "key", k));
+        let (password, policy) = (password.ok()?, policy?);
+        let mut files = vec![(PemRole::TrustedCa, "ca".to_string(), &t.ca)];
+        if let Some(c) = &t.cert {
+            files.push((PemRole::Certificate, "cert".to_string(), c));
         }
-        match tls::client_config(&ca, cert.as_deref(), key.as_deref()) {
-            Ok(config) => Some(ClientTls {
+        if let Some(k) = &t.key {
+            files.push((PemRole::PrivateKey, "key".to_string(), k));
+        }
+        for (key, raw) in tls_policy::crl_keys(&t.crl) {
+            files.push((PemRole::Crl, key, raw));
+        }
+        let identity = cert.as_deref().map(|cert| tls::Identity {
+            cert,
+            key: key.as_deref(),
+            password: password.as_ref(),
+        });
+        match tls::client_config_with(&ca, identity.as_ref(), &policy) {
+            Ok((config, material)) => Some(ClientTls {
                 ca,
                 server_name,
                 cert,
                 key,
+                policy,
+                material,
                 config,
             }),
             Err(err) => {
@@ -1935,6 +2063,26 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+}
+
+fn server_policy_keys(t: &RawServerTls) -> tls_policy::RawPolicy<'_> {
+    tls_policy::RawPolicy {
+        crl: &t.crl,
+        crl_expired: &t.crl_expired,
+        min_version: &t.min_version,
+        cipher_suites: &t.cipher_suites,
+        allowed_identities: &t.allowed_identities,
+    }
+}
+
+fn client_policy_keys(t: &RawClientTls) -> tls_policy::RawPolicy<'_> {
+    tls_policy::RawPolicy {
+        crl: &t.crl,
+        crl_expired: &t.crl_expired,
+        min_version: &t.min_version,
+        cipher_suites: &t.cipher_suites,
+        allowed_identities: &t.allowed_identities,
     }
 }
 

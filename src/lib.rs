@@ -29,7 +29,9 @@
 //!
 //! Around it: `config.rs` turns YAML into a validated, typed [`config::Config`] (every error with
 //! its location); `app.rs` builds the routes, binds them and drains on shutdown; `net.rs` holds
-//! socket tuning and the plain/TLS stream; `peer/` has the `send` and `sink` tools; `demo.rs`
+//! socket tuning and the plain/TLS stream; `tls.rs` (with `pki.rs` for PKCS#12, encrypted keys
+//! and CRLs) builds the rustls configurations and TLS policy; `egress.rs` opens SOCKS5 / HTTP
+//! CONNECT tunnels to upstreams; `peer/` has the `send` and `sink` tools; `demo.rs`
 //! the quick start; `main.rs` the command line.
 //!
 //! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, `rules`,
@@ -47,6 +49,7 @@ pub mod custody;
 pub mod demo;
 pub mod dialer;
 pub mod dispatch;
+pub mod egress;
 pub mod hl7;
 pub mod limits;
 pub mod link;
@@ -55,6 +58,7 @@ pub mod metrics;
 pub mod net;
 pub mod operator;
 pub mod peer;
+pub mod pki;
 pub mod policy;
 pub mod queue;
 pub mod reload;

@@ -178,6 +178,9 @@ fn main() -> ExitCode {
                     for route in &config.routes {
                         println!("{}", summary(route));
                     }
+                    for line in expiry_report(&config, std::time::SystemTime::now()) {
+                        println!("{line}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(code) => code,
@@ -392,7 +395,12 @@ fn summary(route: &mllp_guard::config::Route) -> String {
         listener,
         route.allow,
         upstream.role,
-        if upstream.tls.is_some() { "TLS" } else { "plain" },
+        match (&upstream.tls, &upstream.via) {
+            (None, None) => "plain".to_string(),
+            (Some(_), None) => "TLS".to_string(),
+            (None, Some(via)) => format!("plain via {via}"),
+            (Some(_), Some(via)) => format!("TLS via {via}"),
+        },
         connections,
         route.max_connections,
         route.max_message_bytes,
@@ -401,6 +409,72 @@ fn summary(route: &mllp_guard::config::Route) -> String {
             mllp_guard::config::OnUpstreamFailure::Close => "close",
         }
     )
+}
+
+/// Certificates closer than this to their end date are warned about by `check`.
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// For `check`: every configured certificate (listener and upstream chains, CAs) with its end
+/// date, and every CRL with its next update; a `warning:` line for each certificate that
+/// expires within 30 days (or has expired) and each CRL past its next update.
+fn expiry_report(config: &Config, now: std::time::SystemTime) -> Vec<String> {
+    use mllp_guard::tls::{Material, PemRole};
+    let mut blocks: Vec<(String, &Material)> = Vec::new();
+    for route in &config.routes {
+        if let Some(tls) = &route.tls {
+            blocks.push((format!("route {} listener", route.name), &tls.material));
+        }
+        if let Some(tls) = &route.upstream.tls {
+            blocks.push((format!("route {} upstream", route.name), &tls.material));
+        }
+    }
+    for (name, upstream) in &config.upstreams {
+        if let Some(tls) = &upstream.tls {
+            blocks.push((format!("upstream {name}"), &tls.material));
+        }
+    }
+    let days = |d: std::time::Duration| d.as_secs() / 86_400;
+    let mut lines = Vec::new();
+    for (owner, material) in blocks {
+        for cert in &material.certificates {
+            let what = match cert.role {
+                PemRole::TrustedCa => "trusted CA",
+                _ => "certificate",
+            };
+            let until = mllp_guard::pki::show_time(cert.dates.not_after);
+            let head = format!(
+                "{owner} {what} \"{}\" ({})",
+                cert.path.display(),
+                cert.dates.subject
+            );
+            match cert.dates.not_after.duration_since(now) {
+                Err(_) => lines.push(format!("warning: {head} EXPIRED at {until}")),
+                Ok(left) if left < EXPIRY_WARNING => lines.push(format!(
+                    "warning: {head} expires within 30 days, at {until} (in {} days)",
+                    days(left)
+                )),
+                Ok(left) => lines.push(format!(
+                    "{head} expires at {until} (in {} days)",
+                    days(left)
+                )),
+            }
+        }
+        for (path, crl) in &material.crls {
+            let head = format!("{owner} CRL \"{}\" ({})", path.display(), crl.issuer);
+            match crl.next_update {
+                Some(next) if next < now => lines.push(format!(
+                    "warning: {head} is stale: its next update was due at {}",
+                    mllp_guard::pki::show_time(next)
+                )),
+                Some(next) => lines.push(format!(
+                    "{head} next update at {}",
+                    mllp_guard::pki::show_time(next)
+                )),
+                None => lines.push(format!("{head} gives no next update")),
+            }
+        }
+    }
+    lines
 }
 
 /// The host part of `host:port` or `[v6]:port`.

@@ -1,11 +1,21 @@
-//! TLS material: rustls server and client configurations built from PEM files.
+//! TLS material: rustls server and client configurations built from PEM or PKCS#12 files and a
+//! [`Policy`] (versions, cipher suites, CRLs, pinned identities).
 //!
 //! Owns everything between "a path in the config" and "an `Arc<rustls::ServerConfig>` /
 //! `Arc<rustls::ClientConfig>` ready for a handshake", plus reading who the peer is after one.
-//! It knows nothing of MLLP or of allowlists.
+//! It knows nothing of MLLP or of allowlists. PKCS#12, encrypted keys and CRL files are decoded
+//! by [`crate::pki`]; `verify` wraps the webpki verifiers to log revocations and pin identities.
 //!
 //! - One crypto provider: aws-lc-rs (`rustls::crypto::aws_lc_rs::default_provider()`), TLS 1.2
-//!   minimum (TLS 1.3 preferred), no ALPN.
+//!   minimum (TLS 1.3 preferred), no ALPN. `min_version` can raise the minimum to 1.3 and
+//!   `cipher_suites` narrows the provider's suites to a list, in that order of preference.
+//!   rustls implements neither TLS 1.0/1.1 nor suites without forward secrecy, so no setting
+//!   can enable them.
+//! - CRLs: a peer certificate listed in a configured CRL is refused (every CA of the chain up
+//!   to the trust anchor needs its CRL: an unknown revocation status is refused too). A CRL past
+//!   its nextUpdate (or before its thisUpdate) is an error when the configuration is built, and
+//!   with [`CrlExpired::FailClosed`] (the default) webpki also refuses every handshake once a
+//!   loaded CRL expires; [`CrlExpired::FailOpen`] logs an error and keeps using the stale list.
 //! - Server side: the certificate chain and its private key; with a client CA file every client
 //!   must present a certificate issued by that CA (no anonymous clients).
 //! - Client side: trust comes from the configured CA file only. Hospital networks run their own
@@ -22,12 +32,17 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::pki::{self, CertificateDates, Crl, Password, PkiProblem};
+
+mod verify;
 
 /// What a PEM file is expected to hold; decides the wording of errors and, in the config layer,
 /// which YAML key an error points at.
@@ -40,6 +55,10 @@ pub enum PemRole {
     /// CA certificates we trust to issue the peer's certificate (`tls.client_ca`,
     /// `upstream.tls.ca`).
     TrustedCa,
+    /// A certificate revocation list (`tls.crl`).
+    Crl,
+    /// The password of a PKCS#12 file or an encrypted key (`tls.password_file`).
+    Password,
 }
 
 impl fmt::Display for PemRole {
@@ -48,6 +67,8 @@ impl fmt::Display for PemRole {
             PemRole::Certificate => "certificate",
             PemRole::PrivateKey => "private key",
             PemRole::TrustedCa => "CA certificate",
+            PemRole::Crl => "CRL",
+            PemRole::Password => "password",
         })
     }
 }
@@ -64,6 +85,22 @@ pub enum TlsError {
         path: PathBuf,
         /// What is wrong with it.
         problem: FileProblem,
+    },
+    /// A PKCS#12 file, encrypted key, password file or CRL is unreadable or unusable.
+    #[error("{role} file \"{}\" {problem}", path.display())]
+    Pki {
+        /// What the file was supposed to hold.
+        role: PemRole,
+        /// The file as it was opened.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: PkiProblem,
+    },
+    /// A PEM certificate was given without its private key.
+    #[error("the certificate \"{}\" is PEM and needs its private key file; give `key` (or use a PKCS#12 file, .p12/.pfx, that holds both)", cert.display())]
+    KeyRequired {
+        /// The certificate file.
+        cert: PathBuf,
     },
     /// The private key is not the one the certificate was issued for.
     #[error(
@@ -88,6 +125,14 @@ pub enum TlsError {
         /// What rustls reported.
         source: rustls::server::VerifierBuilderError,
     },
+    /// The server certificate verifier could not be built from the CA file and CRLs.
+    #[error("the CA file \"{}\" cannot be used to verify the upstream: {source}", path.display())]
+    ServerVerifier {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls reported.
+        source: rustls::server::VerifierBuilderError,
+    },
     /// rustls refused the assembled configuration (unexpected once the files passed the checks).
     #[error("rustls rejected the TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -98,9 +143,14 @@ impl TlsError {
     /// A key mismatch is reported against the key.
     pub fn file(&self) -> Option<(PemRole, &Path)> {
         match self {
-            TlsError::File { role, path, .. } => Some((*role, path)),
+            TlsError::File { role, path, .. } | TlsError::Pki { role, path, .. } => {
+                Some((*role, path))
+            }
+            TlsError::KeyRequired { cert } => Some((PemRole::Certificate, cert)),
             TlsError::KeyMismatch { key, .. } => Some((PemRole::PrivateKey, key)),
-            TlsError::ClientVerifier { path, .. } => Some((PemRole::TrustedCa, path)),
+            TlsError::ClientVerifier { path, .. } | TlsError::ServerVerifier { path, .. } => {
+                Some((PemRole::TrustedCa, path))
+            }
             TlsError::IncompleteClientIdentity | TlsError::Rustls(_) => None,
         }
     }
@@ -147,13 +197,163 @@ pub enum FileProblem {
 }
 
 /// The one crypto provider of the crate.
+#[cfg(test)]
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The provider narrowed to the policy's cipher suites (all of them when the list is empty).
+fn provider_for(policy: &Policy) -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !policy.cipher_suites.is_empty() {
+        provider.cipher_suites = policy.cipher_suites.clone();
+    }
+    Arc::new(provider)
 }
 
 /// TLS 1.3 preferred, TLS 1.2 the minimum.
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// TLS 1.3 only.
+const VERSIONS_1_3: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+/// `min_version`: the oldest TLS version offered and accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MinVersion {
+    /// `"1.2"` (the default): TLS 1.2 and 1.3.
+    #[default]
+    Tls12,
+    /// `"1.3"`: TLS 1.3 only.
+    Tls13,
+}
+
+impl MinVersion {
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        match self {
+            MinVersion::Tls12 => VERSIONS,
+            MinVersion::Tls13 => VERSIONS_1_3,
+        }
+    }
+}
+
+/// `crl_expired`: what a CRL past its nextUpdate (or before its thisUpdate) does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CrlExpired {
+    /// `fail-closed` (the default): an error at start; once running, handshakes are refused
+    /// while a loaded CRL is expired.
+    #[default]
+    FailClosed,
+    /// `fail-open`: an error is logged and the stale list is still used (certificates it lists
+    /// stay refused).
+    FailOpen,
+}
+
+/// What the TLS block restricts beyond the files: versions, suites, revocation, pinning.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// `min_version`.
+    pub min_version: MinVersion,
+    /// `cipher_suites`, in order of preference; empty = every suite of the provider.
+    pub cipher_suites: Vec<rustls::SupportedCipherSuite>,
+    /// `crl`: revocation list files.
+    pub crls: Vec<PathBuf>,
+    /// `crl_expired`.
+    pub crl_expired: CrlExpired,
+    /// `allowed_identities`: the peer's leaf must carry one of these SAN DNS names or URIs;
+    /// empty = no pinning.
+    pub allowed_identities: Vec<String>,
+}
+
+/// The cipher suite of this name (as rustls spells it, e.g. `TLS13_AES_256_GCM_SHA384`).
+pub fn cipher_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+        .iter()
+        .find(|s| s.suite().as_str() == Some(name))
+        .copied()
+}
+
+/// The names `cipher_suites` accepts, TLS 1.3 suites first.
+pub fn cipher_suite_names() -> Vec<&'static str> {
+    rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+        .iter()
+        .filter_map(|s| s.suite().as_str())
+        .collect()
+}
+
+/// Where our own certificate and key come from: a PEM chain with its (possibly encrypted) PEM
+/// key, or a PKCS#12 file (`.p12`/`.pfx`) holding both.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity<'a> {
+    pub cert: &'a Path,
+    /// The PEM key; ignored for PKCS#12.
+    pub key: Option<&'a Path>,
+    /// For an encrypted PKCS#12 file or PEM key.
+    pub password: Option<&'a Password>,
+}
+
+/// A certificate found while building a configuration, for `check` to report its dates.
+#[derive(Clone, Debug)]
+pub struct LoadedCertificate {
+    pub role: PemRole,
+    pub path: PathBuf,
+    pub dates: CertificateDates,
+}
+
+/// Everything loaded for one configuration that has dates worth reporting.
+#[derive(Clone, Debug, Default)]
+pub struct Material {
+    pub certificates: Vec<LoadedCertificate>,
+    /// Each CRL with the file it came from.
+    pub crls: Vec<(PathBuf, Crl)>,
+}
+
+impl Material {
+    fn note(&mut self, role: PemRole, path: &Path, certs: &[CertificateDer<'_>]) {
+        for cert in certs {
+            if let Some(dates) = pki::certificate_dates(cert) {
+                self.certificates.push(LoadedCertificate {
+                    role,
+                    path: path.to_path_buf(),
+                    dates,
+                });
+            }
+        }
+    }
+}
+
+fn pki_error(role: PemRole, path: &Path, problem: PkiProblem) -> TlsError {
+    TlsError::Pki {
+        role,
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+/// Loads every CRL of the policy and judges its dates: expired or not yet valid is an error
+/// with [`CrlExpired::FailClosed`], a logged error with [`CrlExpired::FailOpen`].
+fn load_crls(policy: &Policy, material: &mut Material) -> Result<Vec<Crl>, TlsError> {
+    let now = std::time::SystemTime::now();
+    let mut all = Vec::new();
+    for path in &policy.crls {
+        let crls = pki::read_crls(path).map_err(|p| pki_error(PemRole::Crl, path, p))?;
+        for crl in crls {
+            if let Some(problem) = crl.validity_problem(now) {
+                match policy.crl_expired {
+                    CrlExpired::FailClosed => return Err(pki_error(PemRole::Crl, path, problem)),
+                    CrlExpired::FailOpen => tracing::error!(
+                        file = %path.display(),
+                        "CRL file \"{}\" {problem}; still using it because crl_expired is fail-open",
+                        path.display()
+                    ),
+                }
+            }
+            material.crls.push((path.clone(), crl.clone()));
+            all.push(crl);
+        }
+    }
+    Ok(all)
+}
 
 fn file_error(role: PemRole, path: &Path, problem: FileProblem) -> TlsError {
     TlsError::File {
@@ -222,8 +422,22 @@ pub fn read_certificates(
 /// Fails when the file is unreadable, is not PEM, has a damaged section, or holds no key (naming
 /// a certificate when that is what it holds instead).
 pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    read_private_key_with(path, None)
+}
+
+/// Like [`read_private_key`], and decrypts a PKCS#8 `ENCRYPTED PRIVATE KEY` with `password`.
+pub fn read_private_key_with(
+    path: &Path,
+    password: Option<&Password>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
     let role = PemRole::PrivateKey;
     let bytes = read_pem_text(path, role)?;
+    if pki::holds_encrypted_key(&bytes) {
+        return pki::decrypt_pem_key(&bytes, password).map_err(|p| pki_error(role, path, p));
+    }
+    if pki::holds_legacy_encrypted_key(&bytes) {
+        return Err(pki_error(role, path, PkiProblem::LegacyEncryptedKey));
+    }
     match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(key) => Ok(key),
         Err(pem::Error::NoItemsFound) => {
@@ -242,14 +456,25 @@ pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
     }
 }
 
-/// Loads a certificate chain and its key, and checks that they belong together.
+/// Loads a certificate chain and its key (PEM or PKCS#12), and checks that they belong together.
 fn certified_key(
     provider: &CryptoProvider,
-    cert: &Path,
-    key: &Path,
+    identity: &Identity<'_>,
+    material: &mut Material,
 ) -> Result<CertifiedKey, TlsError> {
-    let chain = read_certificates(cert, PemRole::Certificate)?;
-    let key_der = read_private_key(key)?;
+    let cert = identity.cert;
+    let (chain, key_der, key) = if pki::is_pkcs12(cert) {
+        let (chain, key_der) = pki::read_pkcs12(cert, identity.password)
+            .map_err(|p| pki_error(PemRole::Certificate, cert, p))?;
+        (chain, key_der, cert)
+    } else {
+        let key = identity.key.ok_or_else(|| TlsError::KeyRequired {
+            cert: cert.to_path_buf(),
+        })?;
+        let chain = read_certificates(cert, PemRole::Certificate)?;
+        (chain, read_private_key_with(key, identity.password)?, key)
+    };
+    material.note(PemRole::Certificate, cert, &chain);
     let signing_key = provider
         .key_provider
         .load_private_key(key_der)
@@ -279,8 +504,14 @@ fn certified_key(
 }
 
 /// Builds a trust store from every certificate of a CA file.
+#[cfg(test)]
 fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    root_store_noting(path, &mut Material::default())
+}
+
+fn root_store_noting(path: &Path, material: &mut Material) -> Result<RootCertStore, TlsError> {
     let certs = read_certificates(path, PemRole::TrustedCa)?;
+    material.note(PemRole::TrustedCa, path, &certs);
     let mut roots = RootCertStore::empty();
     for (i, cert) in certs.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {
@@ -304,25 +535,55 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let certified = certified_key(&provider, cert, key)?;
-    let builder =
-        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(VERSIONS)?;
+    let identity = Identity {
+        cert,
+        key: Some(key),
+        password: None,
+    };
+    Ok(server_config_with(&identity, client_ca, &Policy::default())?.0)
+}
+
+/// A server (listener) configuration from `identity` under `policy`; with `client_ca`, every
+/// client must present a certificate issued by one of the CAs in that file (and not revoked by
+/// the policy's CRLs). Also returns what was loaded, for `check`.
+pub fn server_config_with(
+    identity: &Identity<'_>,
+    client_ca: Option<&Path>,
+    policy: &Policy,
+) -> Result<(Arc<ServerConfig>, Material), TlsError> {
+    let provider = provider_for(policy);
+    let mut material = Material::default();
+    let certified = certified_key(&provider, identity, &mut material)?;
+    let crls = load_crls(policy, &mut material)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(policy.min_version.versions())?;
     let builder = match client_ca {
         Some(ca) => {
-            let roots = root_store(ca)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            let roots = root_store_noting(ca, &mut material)?;
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .with_crls(crls.iter().map(|c| c.der.clone()));
+            if policy.crl_expired == CrlExpired::FailClosed {
+                verifier = verifier.enforce_revocation_expiration();
+            }
+            let inner = verifier
                 .build()
                 .map_err(|source| TlsError::ClientVerifier {
                     path: ca.to_path_buf(),
                     source,
                 })?;
-            builder.with_client_cert_verifier(verifier)
+            let checks = verify::Checks::new(&crls, &policy.allowed_identities);
+            if checks.is_needed() {
+                builder
+                    .with_client_cert_verifier(Arc::new(verify::ClientVerifier { inner, checks }))
+            } else {
+                builder.with_client_cert_verifier(inner)
+            }
         }
         None => builder.with_no_client_auth(),
     };
     let config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), material))
 }
 
 /// A client (upstream) configuration trusting only the CAs in `ca`; with `cert` and `key` we
@@ -332,23 +593,62 @@ pub fn client_config(
     cert: Option<&Path>,
     key: Option<&Path>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
-    let roots = root_store(ca)?;
     let identity = match (cert, key) {
-        (Some(cert), Some(key)) => Some(certified_key(&provider, cert, key)?),
+        (Some(cert), Some(key)) => Some(Identity {
+            cert,
+            key: Some(key),
+            password: None,
+        }),
         (None, None) => None,
         _ => return Err(TlsError::IncompleteClientIdentity),
     };
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(VERSIONS)?
-        .with_root_certificates(roots);
+    Ok(client_config_with(ca, identity.as_ref(), &Policy::default())?.0)
+}
+
+/// A client (upstream) configuration under `policy`, trusting only the CAs in `ca`; with
+/// `identity` we present that client certificate when the server asks for one. Also returns
+/// what was loaded, for `check`.
+pub fn client_config_with(
+    ca: &Path,
+    identity: Option<&Identity<'_>>,
+    policy: &Policy,
+) -> Result<(Arc<ClientConfig>, Material), TlsError> {
+    let provider = provider_for(policy);
+    let mut material = Material::default();
+    let roots = Arc::new(root_store_noting(ca, &mut material)?);
+    let identity = match identity {
+        Some(identity) => Some(certified_key(&provider, identity, &mut material)?),
+        None => None,
+    };
+    let crls = load_crls(policy, &mut material)?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(policy.min_version.versions())?;
+    let checks = verify::Checks::new(&crls, &policy.allowed_identities);
+    let builder = if crls.is_empty() && !checks.is_needed() {
+        builder.with_root_certificates(roots)
+    } else {
+        let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .with_crls(crls.iter().map(|c| c.der.clone()));
+        if policy.crl_expired == CrlExpired::FailClosed {
+            verifier = verifier.enforce_revocation_expiration();
+        }
+        let inner = verifier
+            .build()
+            .map_err(|source| TlsError::ServerVerifier {
+                path: ca.to_path_buf(),
+                source,
+            })?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verify::ServerVerifier { inner, checks }))
+    };
     let config = match identity {
         Some(certified) => {
             builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)))
         }
         None => builder.with_no_client_auth(),
     };
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), material))
 }
 
 /// Who the peer is, from its leaf certificate: the first DNS or URI subject alternative name,
@@ -462,6 +762,54 @@ pub(crate) mod test_pki {
             let cert = params.signed_by(&key, &self.ca).unwrap();
             std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
             std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        }
+
+        /// Issues a leaf for `name` with this serial number; writes `<file>.pem` and `.key`.
+        pub(crate) fn issue_serial(&self, file: &str, name: &str, serial: u64) {
+            let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.serial_number = Some(serial.into());
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.ca).unwrap();
+            std::fs::write(self.dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+            std::fs::write(self.dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        }
+
+        /// Writes `<dir>/<file>` with a PEM CRL revoking these serials, valid from
+        /// `from_days` to `until_days` relative to now.
+        pub(crate) fn write_crl(
+            &self,
+            file: &str,
+            revoked: &[u64],
+            from_days: i64,
+            until_days: i64,
+        ) {
+            let at = |days: i64| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64;
+                let secs = (now + days * 86_400) as u64;
+                rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(secs)
+            };
+            let params = rcgen::CertificateRevocationListParams {
+                this_update: at(from_days),
+                next_update: at(until_days),
+                crl_number: 1u64.into(),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|serial| rcgen::RevokedCertParams {
+                        serial_number: (*serial).into(),
+                        revocation_time: at(from_days),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            };
+            let crl = params.signed_by(&self.ca).unwrap();
+            std::fs::write(self.dir.join(file), crl.pem().unwrap()).unwrap();
         }
     }
 }
@@ -797,5 +1145,263 @@ mod tests {
             err.to_string(),
             "a client certificate needs both a certificate file and its private key file; give both or neither"
         );
+    }
+
+    /// `ca.pem` issued `guard` (server, serial 7), `lab` (client, serial 8) and `revoked`
+    /// (client, serial 9); `ca.crl` revokes serial 9.
+    fn crl_fixture() -> Dir {
+        let dir = Dir::new();
+        let ca = Pki::new(dir.0.path(), "ca");
+        ca.issue_serial("guard", "guard.example.org", 7);
+        ca.issue_serial("lab", "lab.example.org", 8);
+        ca.issue_serial("revoked", "revoked.example.org", 9);
+        ca.write_crl("ca.crl", &[9], -1, 7);
+        dir
+    }
+
+    fn identity<'a>(cert: &'a Path, key: &'a Path) -> Identity<'a> {
+        Identity {
+            cert,
+            key: Some(key),
+            password: None,
+        }
+    }
+
+    fn policy_server(dir: &Dir, policy: &Policy) -> Arc<ServerConfig> {
+        let (cert, key) = (dir.path("guard.pem"), dir.path("guard.key"));
+        server_config_with(&identity(&cert, &key), Some(&dir.path("ca.pem")), policy)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn a_client_certificate_listed_in_the_crl_is_refused_and_others_pass() {
+        let dir = crl_fixture();
+        let policy = Policy {
+            crls: vec![dir.path("ca.crl")],
+            ..Policy::default()
+        };
+        let server = policy_server(&dir, &policy);
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        for (client, expected) in [
+            ("lab", Ok(())),
+            (
+                "revoked",
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked,
+                )),
+            ),
+        ] {
+            let cfg = client_config(
+                &dir.path("ca.pem"),
+                Some(&dir.path(&format!("{client}.pem"))),
+                Some(&dir.path(&format!("{client}.key"))),
+            )
+            .unwrap();
+            let mut c = ClientConnection::new(cfg, name.clone()).unwrap();
+            let mut s = ServerConnection::new(server.clone()).unwrap();
+            assert_eq!(handshake(&mut c, &mut s), expected, "{client}");
+        }
+    }
+
+    #[test]
+    fn an_upstream_certificate_listed_in_the_crl_or_not_allowed_is_refused() {
+        let dir = crl_fixture();
+        let (cert, key) = (dir.path("revoked.pem"), dir.path("revoked.key"));
+        let server = server_config_with(&identity(&cert, &key), None, &Policy::default())
+            .unwrap()
+            .0;
+        let policy = Policy {
+            crls: vec![dir.path("ca.crl")],
+            ..Policy::default()
+        };
+        let (client, material) = client_config_with(&dir.path("ca.pem"), None, &policy).unwrap();
+        assert_eq!(material.crls.len(), 1);
+        assert_eq!(material.certificates.len(), 1);
+        let name = ServerName::try_from("revoked.example.org").unwrap();
+        let mut c = ClientConnection::new(client, name.clone()).unwrap();
+        let mut s = ServerConnection::new(server.clone()).unwrap();
+        assert_eq!(
+            handshake(&mut c, &mut s),
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked
+            ))
+        );
+
+        let pinned = Policy {
+            allowed_identities: vec!["lab.example.org".into()],
+            ..Policy::default()
+        };
+        let client = client_config_with(&dir.path("ca.pem"), None, &pinned)
+            .unwrap()
+            .0;
+        let mut c = ClientConnection::new(client, name.clone()).unwrap();
+        let mut s = ServerConnection::new(server.clone()).unwrap();
+        let err = handshake(&mut c, &mut s).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the certificate names [revoked.example.org], none of which is in allowed_identities"),
+            "{err}"
+        );
+        let pinned = Policy {
+            allowed_identities: vec!["Revoked.Example.org.".into()],
+            ..Policy::default()
+        };
+        let client = client_config_with(&dir.path("ca.pem"), None, &pinned)
+            .unwrap()
+            .0;
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        handshake(&mut c, &mut s).unwrap();
+    }
+
+    #[test]
+    fn min_version_1_3_refuses_a_tls_1_2_only_client() {
+        let dir = crl_fixture();
+        let policy = Policy {
+            min_version: MinVersion::Tls13,
+            ..Policy::default()
+        };
+        let (cert, key) = (dir.path("guard.pem"), dir.path("guard.key"));
+        let server = server_config_with(&identity(&cert, &key), None, &policy)
+            .unwrap()
+            .0;
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(root_store(&dir.path("ca.pem")).unwrap())
+            .with_no_client_auth();
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        assert_eq!(
+            handshake(&mut c, &mut s),
+            Err(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOfferedOrEnabled
+            ))
+        );
+    }
+
+    #[test]
+    fn cipher_suites_restrict_what_the_server_accepts() {
+        let dir = crl_fixture();
+        let policy = Policy {
+            cipher_suites: vec![cipher_suite("TLS13_AES_256_GCM_SHA384").unwrap()],
+            ..Policy::default()
+        };
+        let (cert, key) = (dir.path("guard.pem"), dir.path("guard.key"));
+        let server = server_config_with(&identity(&cert, &key), None, &policy)
+            .unwrap()
+            .0;
+        let offer = |suite: &str| {
+            let narrowed = Policy {
+                cipher_suites: vec![cipher_suite(suite).unwrap()],
+                ..Policy::default()
+            };
+            let client = client_config_with(&dir.path("ca.pem"), None, &narrowed)
+                .unwrap()
+                .0;
+            let name = ServerName::try_from("guard.example.org").unwrap();
+            let mut c = ClientConnection::new(client, name).unwrap();
+            let mut s = ServerConnection::new(server.clone()).unwrap();
+            handshake(&mut c, &mut s).map(|()| s.negotiated_cipher_suite().unwrap().suite())
+        };
+        assert_eq!(
+            offer("TLS13_AES_256_GCM_SHA384"),
+            Ok(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+        );
+        assert_eq!(
+            offer("TLS13_AES_128_GCM_SHA256"),
+            Err(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::NoCipherSuitesInCommon
+            ))
+        );
+        assert!(cipher_suite("TLS_RSA_WITH_AES_128_CBC_SHA").is_none());
+        assert!(!cipher_suite_names()
+            .iter()
+            .any(|n| n.contains("_RSA_WITH_") && !n.contains("ECDHE")));
+    }
+
+    /// Writes `<file>` as a PKCS#12 bundle of `guard` made with p12-keystore's writer.
+    fn write_p12(dir: &Dir, file: &str, password: &str) {
+        use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKey, PrivateKeyChain};
+        let chain = read_certificates(&dir.path("guard.pem"), PemRole::Certificate).unwrap();
+        let PrivateKeyDer::Pkcs8(key) = read_private_key(&dir.path("guard.key")).unwrap() else {
+            panic!("rcgen writes PKCS#8");
+        };
+        let certs = chain
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).unwrap());
+        let entry = PrivateKeyChain::new(
+            "guard",
+            PrivateKey::from_der(key.secret_pkcs8_der()).unwrap(),
+            certs,
+        );
+        let mut store = KeyStore::new();
+        store.add_entry("guard", KeyStoreEntry::PrivateKeyChain(entry));
+        let bytes = store.writer(password).write().unwrap();
+        std::fs::write(dir.path(file), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_pkcs12_bundle_loads_with_its_password_and_a_wrong_one_is_named() {
+        let dir = crl_fixture();
+        write_p12(&dir, "guard.p12", "s3cret");
+        let p12 = dir.path("guard.p12");
+        let good = Password::new("s3cret");
+        let with = |password| Identity {
+            cert: &p12,
+            key: None,
+            password,
+        };
+        let (server, material) =
+            server_config_with(&with(Some(&good)), None, &Policy::default()).unwrap();
+        assert_eq!(
+            material.certificates[0].dates.subject,
+            "CN=guard.example.org"
+        );
+        let client = client_config(&dir.path("ca.pem"), None, None).unwrap();
+        let name = ServerName::try_from("guard.example.org").unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        handshake(&mut c, &mut s).unwrap();
+
+        let bad = Password::new("guess");
+        let err = server_config_with(&with(Some(&bad)), None, &Policy::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "certificate file \"{}\" cannot be opened with the password from password_file (wrong password)",
+                dir.show("guard.p12")
+            )
+        );
+        let err = server_config_with(&with(None), None, &Policy::default()).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "is encrypted but no password is configured; add `password_file` next to it"
+            ),
+            "{err}"
+        );
+        write_p12(&dir, "open.p12", "");
+        let open = dir.path("open.p12");
+        let identity = Identity {
+            cert: &open,
+            key: None,
+            password: None,
+        };
+        server_config_with(&identity, None, &Policy::default()).unwrap();
+    }
+
+    #[test]
+    fn a_pem_certificate_without_a_key_is_named() {
+        let dir = crl_fixture();
+        let cert = dir.path("guard.pem");
+        let identity = Identity {
+            cert: &cert,
+            key: None,
+            password: None,
+        };
+        let err = server_config_with(&identity, None, &Policy::default()).unwrap_err();
+        assert!(matches!(err, TlsError::KeyRequired { .. }), "{err}");
     }
 }

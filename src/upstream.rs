@@ -41,6 +41,12 @@ pub enum UpstreamError {
     Connect { addr: String, source: io::Error },
     #[error("no connection to upstream {addr} within {}", humantime::format_duration(*.timeout))]
     ConnectTimeout { addr: String, timeout: Duration },
+    #[error("egress proxy ({proxy}) gave no tunnel to upstream {addr}: {reason}")]
+    Proxy {
+        proxy: String,
+        addr: String,
+        reason: crate::egress::EgressError,
+    },
     #[error("TLS handshake with upstream {addr} failed: {source}")]
     Handshake { addr: String, source: io::Error },
     #[error("sending to the upstream failed: {0}")]
@@ -81,6 +87,7 @@ impl UpstreamError {
             UpstreamError::Resolve { .. } => "resolve",
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::ConnectTimeout { .. } => "connect_timeout",
+            UpstreamError::Proxy { .. } => "proxy",
             UpstreamError::Handshake { .. } => "tls_handshake",
             UpstreamError::Send(_) => "send",
             UpstreamError::Receive(_) => "receive",
@@ -788,6 +795,25 @@ impl Upstream {
                 source: io::Error::other("this upstream accepts its receiver; it does not connect"),
             });
         };
+        let tcp = match &self.cfg.via {
+            Some(proxy) => crate::egress::connect(proxy, &target.host, target.port)
+                .await
+                .map_err(|reason| UpstreamError::Proxy {
+                    proxy: proxy.to_string(),
+                    addr: addr.to_string(),
+                    reason,
+                })?,
+            None => self.direct(target, addr).await?,
+        };
+        self.secure(tcp, addr).await
+    }
+
+    /// A TCP connection straight to the upstream (the first address that answers).
+    async fn direct(
+        &self,
+        target: &config::UpstreamAddress,
+        addr: &str,
+    ) -> Result<TcpStream, UpstreamError> {
         let candidates = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
             .map_err(|source| UpstreamError::Resolve {
@@ -806,10 +832,14 @@ impl Upstream {
                 Err(err) => last_err = err,
             }
         }
-        let tcp = tcp.ok_or_else(|| UpstreamError::Connect {
+        tcp.ok_or_else(|| UpstreamError::Connect {
             addr: addr.to_string(),
             source: last_err,
-        })?;
+        })
+    }
+
+    /// Socket options, then TLS when configured (end to end, also through a proxy tunnel).
+    async fn secure(&self, tcp: TcpStream, addr: &str) -> Result<Stream, UpstreamError> {
         if let Err(err) = net::tune(&tcp, &self.cfg.keepalive) {
             tracing::warn!(route = %self.route, upstream = %addr, error = %err, "could not set TCP options on the upstream connection");
         }

@@ -49,7 +49,7 @@ fn start_sink(args: &[&str]) -> (Proc, String) {
 }
 
 /// Starts `mllp-guard run` with JSON logs and returns it with the address its route listens on.
-fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
+pub fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Proc(
         guard_cmd()
             .args(["--log-format", "json", "run", "--config"])

@@ -101,6 +101,23 @@ impl TestDir {
             .write(self.dir.path(), stem);
     }
 
+    /// A certificate from the test CA with a chosen serial and end date, as `<stem>.pem/.key`.
+    pub fn leaf_with(&self, name: &str, usage: Usage, serial: u64, until_days: i64, stem: &str) {
+        self.pki
+            .leaf_with(name, usage, serial, until_days)
+            .write(self.dir.path(), stem);
+    }
+
+    /// Writes `file`: a CRL of the test CA revoking `serials`, valid from `from_days` to
+    /// `until_days` from now.
+    pub fn crl(&self, file: &str, serials: &[u64], from_days: i64, until_days: i64) {
+        std::fs::write(
+            self.path(file),
+            self.pki.crl_pem(serials, from_days, until_days),
+        )
+        .unwrap();
+    }
+
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }

@@ -12,3 +12,4 @@ mod relay;
 mod roles;
 mod sessions;
 mod shipped;
+mod tls_policy;

@@ -74,6 +74,57 @@ impl Pki {
     }
 }
 
+// Used by the TLS policy tests, not by examples/demo_certs.rs (which includes this file).
+#[allow(dead_code)]
+impl Pki {
+    /// A leaf like [`Pki::leaf`] with a chosen serial number and end date (`until_days` from
+    /// now; the start date stays in the past).
+    pub fn leaf_with(&self, name: &str, usage: Usage, serial: u64, until_days: i64) -> Leaf {
+        let mut sans = vec![name.to_string()];
+        if usage == Usage::Server {
+            sans.push("localhost".into());
+            sans.push("127.0.0.1".into());
+        }
+        sans.dedup();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.serial_number = Some(serial.into());
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = days_from_now(until_days);
+        params.extended_key_usages = vec![match usage {
+            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Leaf {
+            cert_pem: format!("{}{}", cert.pem(), self.ca.pem()),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A PEM CRL of this CA revoking `serials`, valid from `from_days` to `until_days` from now.
+    pub fn crl_pem(&self, serials: &[u64], from_days: i64, until_days: i64) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: days_from_now(from_days),
+            next_update: days_from_now(until_days),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: (*serial).into(),
+                    revocation_time: days_from_now(from_days),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.ca).unwrap().pem().unwrap()
+    }
+}
+
 impl Leaf {
     /// Writes `<stem>.pem` and `<stem>.key` into `dir`, returning their paths.
     pub fn write(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
@@ -83,4 +134,10 @@ impl Leaf {
         std::fs::write(&key, &self.key_pem).unwrap();
         (cert, key)
     }
+}
+
+/// Now plus `days` (negative: in the past).
+#[allow(dead_code)]
+fn days_from_now(days: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(days)
 }
