@@ -12,13 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 
 /// A free loopback port (bound and released; the guard binds it right after).
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap()
 }
 
 /// `GET path` over HTTP/1.0: the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: guard\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.ok()?;
@@ -34,7 +34,7 @@ async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 }
 
 /// Polls `GET path` until it answers `status` (bounded).
-async fn wait_for(addr: SocketAddr, path: &str, status: u16) -> String {
+pub async fn wait_for(addr: SocketAddr, path: &str, status: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some((got, body)) = get(addr, path).await {
@@ -48,7 +48,7 @@ async fn wait_for(addr: SocketAddr, path: &str, status: u16) -> String {
 }
 
 /// The value of the sample whose name and labels are exactly `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -9,6 +9,7 @@ mod harness;
 mod pki;
 mod python_hl7;
 mod relay;
+mod reload;
 mod roles;
 mod sessions;
 mod shipped;

@@ -1,0 +1,133 @@
+//! Hot reload of a real `mllp-guard run` process: SIGHUP with a broken config keeps traffic
+//! flowing and counts a failure; a good config applies to new connections while open ones keep
+//! theirs; a certificate rotated on disk is picked up by the next handshake (no signal: the
+//! file watch) while a connection made with the old certificate keeps working.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mllp_guard::hl7::AckCode;
+
+use crate::admin::{get, sample, wait_for};
+use crate::cli::start_guard;
+use crate::harness::*;
+
+fn hup(guard: &Proc) {
+    let status = Command::new("kill")
+        .args(["-HUP", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn reloads(admin: SocketAddr, result: &str) -> f64 {
+    let (_, metrics) = get(admin, "/metrics").await.expect("metrics");
+    let series = format!("mllp_guard_config_reloads_total{{result=\"{result}\"}}");
+    sample(&metrics, &series).unwrap_or(0.0)
+}
+
+/// Waits (bounded) until the reload counter for `result` reaches `n`.
+async fn wait_reloads(admin: SocketAddr, result: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while reloads(admin, result).await < n {
+        assert!(Instant::now() < deadline, "no {result} reload counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn config(admin: SocketAddr, listen: SocketAddr, upstream: SocketAddr, rules: &str) -> String {
+    format!("admin:\n  listen: {admin}\nroutes:\n  - name: live\n    listen: {listen}\n    allow: [127.0.0.1]\n{rules}    upstream:\n      address: {upstream}\n      ack_timeout: 2s\n")
+}
+
+#[tokio::test]
+async fn a_broken_config_changes_nothing_and_a_good_one_applies_to_new_connections() {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let admin = crate::admin::free_port();
+    let listen = crate::admin::free_port();
+    let file = dir.path("guard.yaml");
+    std::fs::write(&file, config(admin, listen, upstream.addr, "")).unwrap();
+    let (guard, _, _logs) = start_guard(&file);
+    wait_for(admin, "/readyz", 200).await;
+    let mut old = Client::plain(listen).await;
+    assert_eq!(ack_of(&old.send(&message("A-1", 200)).await).0, AckCode::AA);
+
+    // Broken: refused, counted, and traffic keeps flowing on old and new connections.
+    std::fs::write(&file, "routes: [ {name: live").unwrap();
+    hup(&guard);
+    wait_reloads(admin, "failure", 1.0).await;
+    assert_eq!(ack_of(&old.send(&message("A-2", 200)).await).0, AckCode::AA);
+    let mut fresh = Client::plain(listen).await;
+    assert_eq!(
+        ack_of(&fresh.send(&message("A-3", 200)).await).0,
+        AckCode::AA
+    );
+
+    // Good, with a rule rejecting ADT: picked up from the file change alone (no signal).
+    let rules = "    rules:\n      - name: no-adt\n        match: { message_type: [\"ADT^*\"] }\n        action: reject\n";
+    std::fs::write(&file, config(admin, listen, upstream.addr, rules)).unwrap();
+    wait_reloads(admin, "success", 1.0).await;
+    let mut after = Client::plain(listen).await;
+    let (code, _, text) = ack_of(&after.send(&message("B-1", 200)).await);
+    assert_eq!(code, AckCode::AR, "a new connection gets the new rules");
+    assert!(text.contains("no-adt"), "{text}");
+    // The connection opened before the reload finishes with the settings it started with.
+    assert_eq!(ack_of(&old.send(&message("A-4", 200)).await).0, AckCode::AA);
+    assert_eq!(reloads(admin, "failure").await, 1.0);
+    drop(guard);
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_is_used_by_the_next_handshake() {
+    let dir = TestDir::new();
+    let next = TestDir::new(); // another CA, and a "localhost" certificate it signed
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let admin = crate::admin::free_port();
+    let listen = crate::admin::free_port();
+    let file = dir.path("guard.yaml");
+    let tls = "    tls:\n      cert: guard.pem\n      key: guard.key\n";
+    std::fs::write(&file, config(admin, listen, upstream.addr, tls)).unwrap();
+    let (_guard, _, _logs) = start_guard(&file);
+    wait_for(admin, "/readyz", 200).await;
+
+    let old_ca = dir.client_tls("ca.pem", None);
+    let new_ca = next.client_tls("ca.pem", None);
+    let mut before = Client::tls(listen, old_ca.clone()).await.expect("old cert");
+    assert_eq!(
+        ack_of(&before.send(&message("C-1", 200)).await).0,
+        AckCode::AA
+    );
+    assert!(
+        Client::tls(listen, new_ca.clone()).await.is_err(),
+        "not rotated yet"
+    );
+
+    // Rotate: key first, then the chain (as a cert manager would; the watch settles).
+    std::fs::copy(next.path("guard.key"), dir.path("guard.key")).unwrap();
+    std::fs::copy(next.path("guard.pem"), dir.path("guard.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut after = loop {
+        if let Ok(client) = Client::tls(listen, new_ca.clone()).await {
+            break client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        ack_of(&after.send(&message("C-2", 200)).await).0,
+        AckCode::AA
+    );
+    assert!(
+        Client::tls(listen, old_ca).await.is_err(),
+        "the old certificate is gone"
+    );
+    // The connection made with the old certificate keeps working.
+    assert_eq!(
+        ack_of(&before.send(&message("C-3", 200)).await).0,
+        AckCode::AA
+    );
+}
