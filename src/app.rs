@@ -129,6 +129,10 @@ impl Guard {
 
     async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
+        crate::audit::set_log_payloads(config.log_payloads);
+        if config.log_payloads {
+            tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
+        }
         let named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>> = Arc::new(
             config
                 .upstreams

@@ -113,6 +113,9 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// `admin`: the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`; `None` = off.
     pub admin: Option<Admin>,
+    /// `log_payloads`: write message bodies to the log, at trace level on target
+    /// `mllp_guard::payload` only. Default false; meant for a lab, never for production.
+    pub log_payloads: bool,
     /// Every file this config was read from: the config file itself, rules files, certificates
     /// and keys (absolute where the config file's directory is). A change to any of them
     /// reloads the config.
@@ -665,6 +668,7 @@ struct RawConfig {
     state_dir: Option<Text>,
     upstreams: Option<Spanned<firewall::RawUpstreams>>,
     admin: Option<Spanned<RawAdmin>>,
+    log_payloads: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -1143,6 +1147,13 @@ impl Validator<'_> {
                 }
             }
         }
+        let log_payloads = self.value("log_payloads".into(), &raw.log_payloads, false, |s| match s
+            .trim()
+        {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("must be true or false, not \"{s}\"")),
+        });
         Config {
             file: self.file.to_path_buf(),
             routes,
@@ -1150,6 +1161,7 @@ impl Validator<'_> {
             state_dir,
             upstreams,
             admin,
+            log_payloads,
             inputs: Vec::new(),
         }
     }
@@ -2771,7 +2783,7 @@ routes:
     fn an_unknown_top_level_key_lists_the_valid_ones() {
         assert_eq!(
             errors(&format!("{MINIMAL}extra: 1\n")),
-            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams, admin"
+            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams, admin, log_payloads"
         );
     }
 

@@ -41,6 +41,7 @@
 pub mod ack;
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod backoff;
 pub mod codec;
 pub mod commit;

@@ -20,11 +20,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit;
 use crate::codec::{Decoded, Frame};
 use crate::commit::{self, Commit};
 use crate::config::{Connections, MllpRelease, OnLimit, Route};
 use crate::dispatch::{self, own_ack, Answer, Dispatch};
-use crate::hl7::{printable, AckCode, Header};
+use crate::hl7::{AckCode, Header};
 use crate::limits::SourceLimits;
 use crate::link::{Link, MAX_SET_ASIDE};
 use crate::rules::{self, Decision, Facts};
@@ -143,7 +144,7 @@ where
             messages += 1;
             let answer = match item {
                 Decoded::Frame(frame) => handle_message(&ctx, &mut slots, &frame, &who).await,
-                Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, peer),
+                Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, &who),
             };
             if let Err(end) = write_answer(&ctx, &mut link, answer, peer).await {
                 break 'session end;
@@ -324,22 +325,44 @@ enum Reply {
     Close,
 }
 
-/// Dispatches one frame and logs one line about it (never its payload).
+/// Dispatches one frame and writes its audit line (never its payload).
 async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, who: &Peer) -> Reply {
     let started = Instant::now();
     let peer = who.addr;
-    let identity = who.identity();
+    let audit = |header: Option<&Header<'_>>,
+                 outcome: &'static str,
+                 ack: Option<AckCode>,
+                 rule: Option<&str>,
+                 problem: Option<(&'static str, &str)>| {
+        audit::record(
+            &audit::Entry {
+                route: &ctx.name,
+                direction: "from_sender",
+                peer,
+                identity: who.identity(),
+                header,
+                bytes: frame.len() as u64,
+                outcome,
+                ack,
+                started,
+                rule,
+                problem,
+            },
+            frame.payload(),
+        )
+    };
     // Per-source rate: wait (backpressure: nothing more is read meanwhile) or refuse.
     while let Err(wait) = ctx.limits.check_message(peer.ip(), frame.len()) {
         if ctx.limits.on_limit() == OnLimit::Reject {
             let header = Header::parse(frame.payload()).ok();
-            let control_id = header
-                .as_ref()
-                .map(|h| printable(h.control_id()))
-                .unwrap_or_default();
-            tracing::warn!(route = %ctx.name, %peer, identity, control_id = %control_id, bytes = frame.len(), ack = "AE", outcome = "rate_limited", "message refused: rate limited");
             crate::metrics::rate_limited(&ctx.name);
-            count(ctx, "rate_limited", Some(AckCode::AE), frame.len(), started);
+            audit(
+                header.as_ref(),
+                "rate_limited",
+                Some(AckCode::AE),
+                None,
+                Some(("rate_limited", "too many messages from this source")),
+            );
             return refused(own_ack(
                 header.as_ref(),
                 AckCode::AE,
@@ -353,8 +376,14 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
         Ok(header) => header,
         Err(err) => {
             let text = format!("message rejected: {err}");
-            tracing::warn!(route = %ctx.name, %peer, identity, bytes = frame.len(), ack = "AR", outcome = "rejected", reason = %err, "message rejected: no readable header");
-            count(ctx, "rejected", Some(AckCode::AR), frame.len(), started);
+            let detail = err.to_string();
+            audit(
+                None,
+                "rejected",
+                Some(AckCode::AR),
+                None,
+                Some(("no_header", &detail)),
+            );
             return refused(own_ack(None, AckCode::AR, &text));
         }
     };
@@ -366,22 +395,20 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
         Decision::Allow { .. } => ctx.dispatch.deliver(&mut slots.route, frame, &header).await,
         Decision::Reject { rule } => {
-            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), ack = "AR", outcome = "rejected_by_rule", rule, "message rejected by a rule");
-            let text = format!("rejected by rule {rule}");
             crate::metrics::rule_rejected(&ctx.name, rule);
-            count(
-                ctx,
+            audit(
+                Some(&header),
                 "rejected_by_rule",
                 Some(AckCode::AR),
-                frame.len(),
-                started,
+                Some(rule),
+                None,
             );
+            let text = format!("rejected by rule {rule}");
             return refused(own_ack(Some(&header), AckCode::AR, &text));
         }
         Decision::Drop { rule } => {
-            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %printable(header.message_type()), control_id = %printable(header.control_id()), bytes = frame.len(), outcome = "dropped_by_rule", rule, "message dropped by a rule; closing the connection");
             crate::metrics::rule_rejected(&ctx.name, rule);
-            count(ctx, "dropped_by_rule", None, frame.len(), started);
+            audit(Some(&header), "dropped_by_rule", None, Some(rule), None);
             return Reply::Close;
         }
         Decision::Route { upstream: name, .. } => match ctx.named_upstreams.get(name) {
@@ -401,89 +428,55 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
             None => return refused(own_ack(Some(&header), AckCode::AE, "no such upstream")),
         },
     };
-    match &answer {
-        Answer::Ack { code, outcome, .. } => count(ctx, outcome, Some(*code), frame.len(), started),
-        Answer::Silent { outcome, .. } => count(ctx, outcome, None, frame.len(), started),
-        Answer::Close(_) => count(ctx, "closed", None, frame.len(), started),
-    }
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let msg_type = printable(header.message_type());
-    let control_id = printable(header.control_id());
-    let bytes = frame.len();
     match answer {
         Answer::Ack {
             ack,
             code,
             outcome,
             committed,
-            problem: None,
+            problem,
         } => {
-            tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, "message");
-            Reply::Send { ack, committed }
-        }
-        Answer::Ack {
-            ack,
-            code,
-            outcome,
-            committed,
-            problem: Some(problem),
-        } => {
-            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, latency_ms, outcome, reason = problem.reason, error = %problem.detail, "message not delivered; the sender gets a negative ack");
+            let problem = problem.as_ref().map(|p| (p.reason, p.detail.as_str()));
+            audit(Some(&header), outcome, Some(code), None, problem);
             Reply::Send { ack, committed }
         }
         Answer::Silent {
-            code,
-            outcome,
-            committed,
+            outcome, committed, ..
         } => {
-            tracing::info!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, ack = %code, ack_sent = false, latency_ms, outcome, "message");
+            audit(Some(&header), outcome, None, None, None);
             Reply::Nothing { committed }
         }
         Answer::Close(problem) => {
-            tracing::warn!(route = %ctx.name, %peer, identity, message_type = %msg_type, control_id = %control_id, bytes, latency_ms, outcome = "closed", reason = problem.reason, error = %problem.detail, "message not delivered; closing the sender's connection");
+            let detail = (problem.reason, problem.detail.as_str());
+            audit(Some(&header), "closed", None, None, Some(detail));
             Reply::Close
         }
     }
 }
 
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.
-fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, peer: SocketAddr) -> Reply {
+fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Reply {
     let max = ctx.route.max_message_bytes;
     let text =
         format!("message of {len} bytes exceeds max_message_bytes ({max} bytes); not forwarded");
     let header = Header::parse(head).ok();
-    let control_id = header
-        .as_ref()
-        .map(|h| printable(h.control_id()))
-        .unwrap_or_default();
-    tracing::warn!(route = %ctx.name, %peer, control_id = %control_id, bytes = len, max_message_bytes = max, ack = "AE", outcome = "oversize", "message rejected: too large");
-    count(
-        ctx,
-        "oversize",
-        Some(AckCode::AE),
-        len as usize,
-        Instant::now(),
+    audit::record(
+        &audit::Entry {
+            route: &ctx.name,
+            direction: "from_sender",
+            peer: who.addr,
+            identity: who.identity(),
+            header: header.as_ref(),
+            bytes: len,
+            outcome: "oversize",
+            ack: Some(AckCode::AE),
+            started: Instant::now(),
+            rule: None,
+            problem: Some(("oversize", "exceeds max_message_bytes")),
+        },
+        head,
     );
     refused(own_ack(header.as_ref(), AckCode::AE, &text))
-}
-
-/// Counts one message from the sender in the route's metrics (`ack`: `None` when none went out).
-fn count(
-    ctx: &RouteContext,
-    outcome: &'static str,
-    ack: Option<AckCode>,
-    bytes: usize,
-    started: Instant,
-) {
-    crate::metrics::message(
-        &ctx.name,
-        "from_sender",
-        outcome,
-        ack.map_or("none", |code| code.as_str()),
-        bytes,
-        0,
-        started.elapsed(),
-    );
 }
 
 /// A negative ack for a message the guard refused (never delivered, never queued).

@@ -13,11 +13,12 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::audit;
 use crate::codec::{Decoded, Frame};
 use crate::commit::{self, Commit, CommitError};
 use crate::config::MllpRelease;
 use crate::dispatch::own_ack;
-use crate::hl7::{printable, AckCode, AckView, Header};
+use crate::hl7::{AckCode, AckView, Header};
 use crate::link::{Link, MAX_SET_ASIDE};
 use crate::session::{Peer, RouteContext};
 use crate::upstream::UpstreamConn;
@@ -44,64 +45,110 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
     who: &Peer,
 ) -> Result<bool, SenderLost> {
     let started = Instant::now();
-    let peer = who.addr;
+    let audit = |header: Option<&Header<'_>>,
+                 bytes: u64,
+                 payload: &[u8],
+                 outcome: &'static str,
+                 ack: AckCode,
+                 problem: Option<(&'static str, &str)>| {
+        audit::record(
+            &audit::Entry {
+                route: &ctx.name,
+                direction: "to_sender",
+                peer: who.addr,
+                identity: who.identity(),
+                header,
+                bytes,
+                outcome,
+                ack: Some(ack),
+                started,
+                rule: None,
+                problem,
+            },
+            payload,
+        )
+    };
     let frame = match item {
         Decoded::Frame(frame) => frame,
         Decoded::Oversize { head, len } => {
             let header = Header::parse(&head).ok();
             let limit = ctx.route.upstream.max_ack_bytes;
-            tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", control_id = %header.as_ref().map(|h| printable(h.control_id())).unwrap_or_default(), bytes = len, max_ack_bytes = limit, ack = "AE", outcome = "oversize", "message from the receiver refused: too large");
             let text = format!(
                 "message of {len} bytes exceeds max_ack_bytes ({limit} bytes); not relayed"
+            );
+            audit(
+                header.as_ref(),
+                len,
+                &head,
+                "oversize",
+                AckCode::AE,
+                Some(("oversize", "exceeds max_ack_bytes")),
             );
             let ack = own_ack(header.as_ref(), AckCode::AE, &text);
             return Ok(answer_receiver(ctx, conn, false, &ack).await);
         }
     };
+    let bytes = frame.len() as u64;
     let header = match Header::parse(frame.payload()) {
         Ok(header) => header,
         Err(err) => {
-            tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", bytes = frame.len(), ack = "AR", outcome = "rejected", reason = %err, "message from the receiver rejected: no readable header");
+            let detail = err.to_string();
+            audit(
+                None,
+                bytes,
+                frame.payload(),
+                "rejected",
+                AckCode::AR,
+                Some(("no_header", &detail)),
+            );
             let ack = own_ack(None, AckCode::AR, &format!("message rejected: {err}"));
             return Ok(answer_receiver(ctx, conn, false, &ack).await);
         }
     };
     let control_id = header.control_id();
-    let (ack, code, outcome, committed) = match deliver(ctx, link, &frame, control_id).await {
+    let (ack, committed) = match deliver(ctx, link, &frame, control_id).await {
         Ok(reply) => {
             let code = AckView::parse(&reply)
                 .map(|a| a.code())
                 .unwrap_or(AckCode::AE);
-            (reply, code, "relayed_to_sender", true)
+            audit(
+                Some(&header),
+                bytes,
+                frame.payload(),
+                "relayed_to_sender",
+                code,
+                None,
+            );
+            (reply, true)
         }
         Err(Failure::Sender(lost)) => {
             let text = "message not delivered: the sender's connection closed";
             let ack = own_ack(Some(&header), AckCode::AE, text);
+            audit(
+                Some(&header),
+                bytes,
+                frame.payload(),
+                "sender_lost",
+                AckCode::AE,
+                Some(("sender_lost", "the sender's connection failed")),
+            );
             answer_receiver(ctx, conn, false, &ack).await;
-            tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", message_type = %printable(header.message_type()), control_id = %printable(control_id), bytes = frame.len(), ack = "AE", outcome = "sender_lost", "message from the receiver not delivered: the sender's connection failed");
             return Err(lost);
         }
         Err(Failure::NoAck(why)) => {
             let text = format!("message not delivered: {why}");
+            audit(
+                Some(&header),
+                bytes,
+                frame.payload(),
+                "sender_failed",
+                AckCode::AE,
+                Some(("sender_failed", &why)),
+            );
             let ack = own_ack(Some(&header), AckCode::AE, &text).to_vec();
-            (ack, AckCode::AE, "sender_failed", false)
+            (ack, false)
         }
     };
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    crate::metrics::message(
-        &ctx.name,
-        "to_sender",
-        outcome,
-        code.as_str(),
-        frame.len(),
-        0,
-        started.elapsed(),
-    );
-    if committed {
-        tracing::info!(route = %ctx.name, %peer, direction = "to_sender", message_type = %printable(header.message_type()), control_id = %printable(control_id), bytes = frame.len(), ack = %code, latency_ms, outcome, "message");
-    } else {
-        tracing::warn!(route = %ctx.name, %peer, direction = "to_sender", message_type = %printable(header.message_type()), control_id = %printable(control_id), bytes = frame.len(), ack = %code, latency_ms, outcome, "message from the receiver not delivered; it gets a negative ack");
-    }
     Ok(answer_receiver(ctx, conn, committed, &ack).await)
 }
 

@@ -2,6 +2,7 @@
 //! shipped configs, and third-party HL7 peers.
 
 mod admin;
+mod audit;
 mod cli;
 mod custody;
 mod firewall;

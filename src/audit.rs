@@ -1,0 +1,104 @@
+//! The audit trail: exactly one structured line per message, in either direction, saying who
+//! sent what to whom and what became of it, never what it said.
+//!
+//! Each line (target `mllp_guard::audit`, message "message") carries: route, direction
+//! (`from_sender` or `to_sender`), peer address, TLS identity, MSH-3 and MSH-4 (sending
+//! application and facility), MSH-9 (message type), MSH-10 (control id), size in bytes,
+//! outcome, ack code (absent when no ack went out), latency, and for refusals the rule or the
+//! reason. The timestamp comes from the log formatter. Lines go to the process's log writer,
+//! which writes synchronously to stderr: under load it slows the guard down rather than
+//! dropping a line. Header fields are shown through [`printable`], so control characters and
+//! anything beyond the field cannot leak; message bodies are never logged, except at trace
+//! level on target `mllp_guard::payload` when `log_payloads: true` is set explicitly. Also
+//! counts the message in [`crate::metrics`]. Must not know how messages are delivered.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::hl7::{printable, AckCode, Header};
+
+/// One message's fate.
+pub struct Entry<'a> {
+    pub route: &'a str,
+    /// `from_sender` (the usual direction) or `to_sender` (a receiver's own message on a
+    /// paired connection).
+    pub direction: &'static str,
+    /// The peer the message came from.
+    pub peer: SocketAddr,
+    pub identity: Option<&'a str>,
+    /// `None` when the message has no readable header.
+    pub header: Option<&'a Header<'a>>,
+    pub bytes: u64,
+    pub outcome: &'static str,
+    /// The ack code sent back, `None` when no ack went out.
+    pub ack: Option<AckCode>,
+    pub started: Instant,
+    /// The rule that rejected or dropped it.
+    pub rule: Option<&'a str>,
+    /// Why it was refused or not delivered: a stable reason label and the details (PHI-free).
+    pub problem: Option<(&'static str, &'a str)>,
+}
+
+static LOG_PAYLOADS: AtomicBool = AtomicBool::new(false);
+
+/// `log_payloads`: whether message bodies go to the trace-level payload log.
+pub fn set_log_payloads(on: bool) {
+    LOG_PAYLOADS.store(on, Ordering::Relaxed);
+}
+
+/// Writes the audit line for one message and counts it.
+pub fn record(entry: &Entry<'_>, payload: &[u8]) {
+    let took = entry.started.elapsed();
+    let latency_ms = took.as_secs_f64() * 1000.0;
+    let h = entry.header;
+    let sending_application = h.map(|h| printable(h.sending_application()));
+    let sending_facility = h.map(|h| printable(h.sending_facility()));
+    let message_type = h.map(|h| printable(h.message_type()));
+    let control_id = h.map(|h| printable(h.control_id()));
+    let ack = entry.ack.map(|code| code.as_str());
+    let (reason, error) = match entry.problem {
+        Some((reason, error)) => (Some(reason), Some(error)),
+        None => (None, None),
+    };
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "mllp_guard::audit",
+                route = entry.route,
+                direction = entry.direction,
+                peer = %entry.peer,
+                identity = entry.identity,
+                sending_application,
+                sending_facility,
+                message_type,
+                control_id,
+                bytes = entry.bytes,
+                outcome = entry.outcome,
+                ack,
+                latency_ms,
+                rule = entry.rule,
+                reason,
+                error,
+                "message"
+            )
+        };
+    }
+    if entry.problem.is_some() || entry.rule.is_some() {
+        line!(warn);
+    } else {
+        line!(info);
+    }
+    if LOG_PAYLOADS.load(Ordering::Relaxed) {
+        tracing::trace!(target: "mllp_guard::payload", route = entry.route, control_id, payload = %String::from_utf8_lossy(payload).escape_debug(), "payload (log_payloads: true)");
+    }
+    crate::metrics::message(
+        entry.route,
+        entry.direction,
+        entry.outcome,
+        ack.unwrap_or("none"),
+        entry.bytes as usize,
+        0,
+        took,
+    );
+}
