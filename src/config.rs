@@ -137,6 +137,10 @@ pub struct Route {
     pub name: String,
     /// `listen` or `dial`: whether we wait for the sender or connect out to it.
     pub sender: SenderRole,
+    /// `proxy_protocol`: `v1` or `v2`: every connection starts with a PROXY protocol header
+    /// from a load balancer, and the client it names is the peer for allowlists, limits, rules
+    /// and logs; a connection without a valid header is refused. `None` (default) = off.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// `tls`: terminate TLS on this listener; `None` = plaintext.
     pub tls: Option<ServerTls>,
     /// `allow`: who may connect, checked on the peer address before any byte is read.
@@ -388,6 +392,9 @@ pub struct Upstream {
     pub idle_reconnect: Option<Duration>,
     /// `idle_reopen`: after an `idle_reconnect` close, reopen on demand (default) or at once.
     pub idle_reopen: IdleReopen,
+    /// `send_proxy_protocol`: `v1` or `v2`: each new upstream connection starts with a PROXY
+    /// header naming the sender (paired connections) or none (LOCAL / UNKNOWN: pools, custody).
+    pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// `reconnect`: backoff between failed connection attempts (also when dialing a sender).
     pub reconnect: Reconnect,
     /// `framing.start` and `framing.end`: the bytes that frame messages on the receiver side.
@@ -683,6 +690,7 @@ struct RawRoute {
     name: Text,
     listen: Option<Text>,
     dial: Option<Text>,
+    proxy_protocol: Option<Text>,
     tls: Option<Spanned<RawServerTls>>,
     /// Optional here so that its absence gets a message with an example.
     allow: Option<Spanned<Vec<Text>>>,
@@ -757,6 +765,7 @@ struct RawUpstream {
     max_ack_bytes: Option<Text>,
     idle_reconnect: Option<Text>,
     idle_reopen: Option<Text>,
+    send_proxy_protocol: Option<Text>,
     reconnect: Option<Spanned<RawReconnect>>,
     framing: Option<Spanned<RawFraming>>,
     via: Option<Spanned<tls_policy::RawVia>>,
@@ -1212,6 +1221,19 @@ impl Validator<'_> {
                 }
             },
         };
+        let proxy_protocol = self.value(
+            format!("{p}.proxy_protocol"),
+            &r.proxy_protocol,
+            None,
+            |s| parse_proxy_version(s).map(Some),
+        );
+        if let (Some(_), Some(raw)) = (&r.dial, &r.proxy_protocol) {
+            self.error(
+                format!("{p}.proxy_protocol"),
+                &raw.referenced,
+                "proxy_protocol reads a header from a load balancer in front of a listener; a route that dials its sender has none (remove it)",
+            );
+        }
         let tls = r
             .tls
             .as_ref()
@@ -1323,6 +1345,7 @@ impl Validator<'_> {
         Route {
             name,
             sender,
+            proxy_protocol,
             tls,
             allow,
             max_connections,
@@ -1671,6 +1694,12 @@ impl Validator<'_> {
             IdleReopen::OnDemand,
             parse_idle_reopen,
         );
+        let send_proxy_protocol = self.value(
+            format!("{p}.send_proxy_protocol"),
+            &u.send_proxy_protocol,
+            None,
+            |s| parse_proxy_version(s).map(Some),
+        );
         let reconnect = match &u.reconnect {
             None => Reconnect::default(),
             Some(r) => {
@@ -1716,6 +1745,7 @@ impl Validator<'_> {
             max_ack_bytes,
             idle_reconnect,
             idle_reopen,
+            send_proxy_protocol,
             reconnect,
             framing,
             release,
@@ -2323,6 +2353,17 @@ fn parse_byte(s: &str) -> Result<u8, String> {
     })
 }
 
+/// `proxy_protocol` / `send_proxy_protocol`: `v1` or `v2`.
+fn parse_proxy_version(s: &str) -> Result<crate::proxy_protocol::Version, String> {
+    match s.trim() {
+        "v1" => Ok(crate::proxy_protocol::Version::V1),
+        "v2" => Ok(crate::proxy_protocol::Version::V2),
+        _ => Err(format!(
+            "must be v1 (text header) or v2 (binary header), not \"{s}\""
+        )),
+    }
+}
+
 /// `idle_reopen`: `on-demand` or `at-once`.
 fn parse_idle_reopen(s: &str) -> Result<IdleReopen, String> {
     match s.trim() {
@@ -2731,7 +2772,7 @@ routes:
         let yaml = MINIMAL.replace("listen:", "listne:");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
+            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, proxy_protocol, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
         );
     }
 

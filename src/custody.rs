@@ -484,7 +484,7 @@ impl Drainer {
             attempts_of_front += 1;
             let result = self
                 .upstream
-                .exchange(&mut conn, &frame, &control_id, false)
+                .exchange(&mut conn, &frame, &control_id, Default::default())
                 .await;
             let action = match &result {
                 Ok(reply) if reply.code.is_positive() => ReplyAction::Accept,

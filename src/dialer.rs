@@ -36,6 +36,7 @@ pub async fn dial_loop(
                 tracing::info!(route = %ctx.name, sender = %target, peer = %addr, "connected to the sender");
                 let who = Peer {
                     addr,
+                    local: tcp.local_addr().unwrap_or(addr),
                     identities: Vec::new(),
                 };
                 let started = Instant::now();

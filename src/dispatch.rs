@@ -15,7 +15,8 @@ use crate::codec::Frame;
 use crate::config::OnUpstreamFailure;
 use crate::custody::{Custody, Verdict};
 use crate::hl7::{AckCode, Header};
-use crate::upstream::{Upstream, UpstreamConn};
+use crate::proxy_protocol::Origin;
+use crate::upstream::{PairedWith, Upstream, UpstreamConn};
 
 /// What the session must do with the sender after dispatching one message.
 #[derive(Debug)]
@@ -68,12 +69,13 @@ impl Dispatch {
     }
 
     /// Delivers one message and says what to answer. `slot` is the session's paired upstream
-    /// connection (forward mode).
+    /// connection (forward mode) and `origin` the sender it is paired with.
     pub async fn deliver(
         &self,
         slot: &mut Option<UpstreamConn>,
         frame: &Frame,
         header: &Header<'_>,
+        origin: Origin,
     ) -> Answer {
         match self {
             Dispatch::Custody(custody) => match custody.accept(frame, header).await {
@@ -99,25 +101,30 @@ impl Dispatch {
             Dispatch::Forward {
                 upstream,
                 on_upstream_failure,
-            } => forward(upstream, *on_upstream_failure, slot, frame, header, true).await,
+            } => {
+                let with = PairedWith {
+                    two_way: true,
+                    origin: Some(origin),
+                };
+                forward(upstream, *on_upstream_failure, slot, frame, header, with).await
+            }
         }
     }
 }
 
 /// Forward mode: send the frame to `upstream` and relay its verified ack unchanged, or answer
 /// the failure as `on_upstream_failure` says. Also used for rules that route to a named upstream.
-/// `two_way`: the session takes messages the receiver sends on a paired `slot` (see
-/// [`Upstream::exchange`]).
+/// `with`: what the paired `slot` is for (see [`Upstream::exchange`]).
 pub async fn forward(
     upstream: &Upstream,
     on_upstream_failure: OnUpstreamFailure,
     slot: &mut Option<UpstreamConn>,
     frame: &Frame,
     header: &Header<'_>,
-    two_way: bool,
+    with: PairedWith,
 ) -> Answer {
     match upstream
-        .exchange(slot, frame, header.control_id(), two_way)
+        .exchange(slot, frame, header.control_id(), with)
         .await
     {
         Ok(reply) => Answer::Ack {

@@ -61,6 +61,7 @@ pub mod operator;
 pub mod peer;
 pub mod pki;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod queue;
 pub mod reload;
 pub mod rules;

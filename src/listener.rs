@@ -16,7 +16,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limits::ConnectionPermit;
 use crate::net::{self, Stream};
+use crate::proxy_protocol::Origin;
 use crate::session::{self, Peer, RouteContext};
 
 /// Binds a listening socket with SO_REUSEADDR (restarts do not wait out TIME_WAIT) and, for an
@@ -65,21 +67,6 @@ pub async fn accept_loop(
             }
             ctx = current;
         }
-        if !ctx.route.allow.admits(peer.ip()) {
-            crate::metrics::connection_refused(&ctx.name, "allowlist");
-            tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", "connection refused");
-            refuse(tcp);
-            continue;
-        }
-        let source = match ctx.limits.admit_connection(peer.ip()) {
-            Ok(source) => source,
-            Err(refusal) => {
-                crate::metrics::connection_refused(&ctx.name, "source_limit");
-                tracing::warn!(route = %ctx.name, %peer, reason = %refusal, "connection refused");
-                refuse(tcp);
-                continue;
-            }
-        };
         let Ok(permit) = capacity.clone().try_acquire_owned() else {
             crate::metrics::connection_refused(&ctx.name, "max_connections");
             tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, "connection refused");
@@ -89,28 +76,117 @@ pub async fn accept_loop(
         if let Err(err) = net::tune(&tcp, &ctx.route.upstream.keepalive) {
             tracing::debug!(route = %ctx.name, %peer, error = %err, "could not set TCP options on the sender's connection");
         }
-        tracing::debug!(route = %ctx.name, %peer, "connection accepted");
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        crate::metrics::connection_accepted(&ctx.name);
-        let open = crate::metrics::connection_open(&ctx.name);
+        if let Some(version) = ctx.route.proxy_protocol {
+            // The real client is only known once its header is read: admit it in its own task
+            // so a slow balancer cannot stall the accept loop.
+            tracker.spawn(async move {
+                let mut tcp = tcp;
+                let Some(origin) =
+                    read_proxy_header(&mut tcp, version, peer, &ctx, &shutdown).await
+                else {
+                    return;
+                };
+                let Some(source) = admit(&ctx, origin.source) else {
+                    refuse(tcp);
+                    return;
+                };
+                let open = count_accepted(&ctx, origin.source);
+                let _permits = (permit, source, open);
+                serve_connection(tcp, origin, ctx, shutdown).await;
+            });
+            continue;
+        }
+        let Some(source) = admit(&ctx, peer) else {
+            refuse(tcp);
+            continue;
+        };
+        let origin = Origin {
+            source: peer,
+            destination: tcp.local_addr().unwrap_or(peer),
+        };
+        let open = count_accepted(&ctx, peer);
         tracker.spawn(async move {
             let _permits = (permit, source, open);
-            serve_connection(tcp, peer, ctx, shutdown).await;
+            serve_connection(tcp, origin, ctx, shutdown).await;
         });
     }
+}
+
+/// The allowlist and the per-source connection limits, on the client's address. `None` (logged
+/// and counted) when refused.
+fn admit(ctx: &RouteContext, peer: SocketAddr) -> Option<ConnectionPermit> {
+    if !ctx.route.allow.admits(peer.ip()) {
+        crate::metrics::connection_refused(&ctx.name, "allowlist");
+        tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", "connection refused");
+        return None;
+    }
+    match ctx.limits.admit_connection(peer.ip()) {
+        Ok(source) => Some(source),
+        Err(refusal) => {
+            crate::metrics::connection_refused(&ctx.name, "source_limit");
+            tracing::warn!(route = %ctx.name, %peer, reason = %refusal, "connection refused");
+            None
+        }
+    }
+}
+
+/// Counts an admitted connection; it counts as open while the returned value lives.
+fn count_accepted(ctx: &RouteContext, peer: SocketAddr) -> crate::metrics::OpenConnection {
+    tracing::debug!(route = %ctx.name, %peer, "connection accepted");
+    crate::metrics::connection_accepted(&ctx.name);
+    crate::metrics::connection_open(&ctx.name)
+}
+
+/// Reads the balancer's PROXY header within `handshake_timeout`. A header naming no client
+/// (a health check) leaves the connection's own addresses. `None` (logged, counted) when the
+/// connection must be refused.
+async fn read_proxy_header(
+    tcp: &mut TcpStream,
+    version: crate::proxy_protocol::Version,
+    balancer: SocketAddr,
+    ctx: &RouteContext,
+    shutdown: &CancellationToken,
+) -> Option<Origin> {
+    let limit = ctx.route.handshake_timeout;
+    let read = tokio::time::timeout(limit, crate::proxy_protocol::read_header(tcp, version));
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        outcome = read => outcome,
+    };
+    let reason = match outcome {
+        Ok(Ok(Some(origin))) => return Some(origin),
+        Ok(Ok(None)) => {
+            return Some(Origin {
+                source: balancer,
+                destination: tcp.local_addr().unwrap_or(balancer),
+            })
+        }
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => format!(
+            "no PROXY header within handshake_timeout ({})",
+            humantime::format_duration(limit)
+        ),
+    };
+    crate::metrics::connection_refused(&ctx.name, "proxy_protocol");
+    tracing::warn!(route = %ctx.name, peer = %balancer, reason, "connection refused: no valid PROXY protocol header");
+    let _ = socket2::SockRef::from(&*tcp).set_linger(Some(Duration::ZERO));
+    None
 }
 
 /// TLS handshake (if the route has TLS) under `handshake_timeout`, then the session.
 async fn serve_connection(
     tcp: TcpStream,
-    peer: SocketAddr,
+    origin: Origin,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
 ) {
+    let peer = origin.source;
     let Some(tls) = &ctx.route.tls else {
         let who = Peer {
             addr: peer,
+            local: origin.destination,
             identities: Vec::new(),
         };
         session::serve(Stream::Plain(tcp), who, ctx.clone(), shutdown).await;
@@ -137,6 +213,7 @@ async fn serve_connection(
     };
     let who = Peer {
         addr: peer,
+        local: origin.destination,
         identities: stream.peer_identities(),
     };
     tracing::debug!(route = %ctx.name, %peer, identity = who.identity(), "TLS session established");

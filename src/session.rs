@@ -28,9 +28,10 @@ use crate::dispatch::{self, own_ack, Answer, Dispatch};
 use crate::hl7::{AckCode, Header};
 use crate::limits::SourceLimits;
 use crate::link::{Link, MAX_SET_ASIDE};
+use crate::proxy_protocol::Origin;
 use crate::rules::{self, Decision, Facts};
 use crate::two_way::SenderLost;
-use crate::upstream::{Upstream, UpstreamConn};
+use crate::upstream::{PairedWith, Upstream, UpstreamConn};
 
 /// Everything a session needs from its route.
 pub struct RouteContext {
@@ -84,12 +85,23 @@ impl End {
 /// Who is on the other end of a session: address and the identities of its TLS certificate.
 #[derive(Clone, Debug)]
 pub struct Peer {
+    /// The client: the connection's peer, or the one its PROXY protocol header names.
     pub addr: SocketAddr,
+    /// The address the client connected to (ours, or the balancer's per its PROXY header).
+    pub local: SocketAddr,
     /// SAN DNS/URI names then CN of the client certificate; empty without one.
     pub identities: Vec<String>,
 }
 
 impl Peer {
+    /// The client and the address it connected to, for a PROXY header upstream.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            source: self.addr,
+            destination: self.local,
+        }
+    }
+
     /// The identity shown in logs: the first one.
     pub fn identity(&self) -> Option<&str> {
         self.identities.first().map(String::as_str)
@@ -393,7 +405,11 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
         header: &header,
     };
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
-        Decision::Allow { .. } => ctx.dispatch.deliver(&mut slots.route, frame, &header).await,
+        Decision::Allow { .. } => {
+            ctx.dispatch
+                .deliver(&mut slots.route, frame, &header, who.origin())
+                .await
+        }
         Decision::Reject { rule } => {
             crate::metrics::rule_rejected(&ctx.name, rule);
             audit(
@@ -420,7 +436,10 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                     slot,
                     frame,
                     &header,
-                    false,
+                    PairedWith {
+                        two_way: false,
+                        origin: Some(who.origin()),
+                    },
                 )
                 .await
             }

@@ -230,6 +230,15 @@ impl UpstreamConn {
     }
 }
 
+/// What a paired connection is for (pooled connections ignore it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PairedWith {
+    /// The caller takes messages the receiver sends on its own.
+    pub two_way: bool,
+    /// The sender, for the PROXY header of a new connection.
+    pub origin: Option<crate::proxy_protocol::Origin>,
+}
+
 /// Connections receivers opened to an `accept` address, waiting to be used.
 struct Accepted {
     listen: SocketAddr,
@@ -462,17 +471,18 @@ impl Upstream {
     /// `paired` is the sending session's own connection slot (used when connections are paired;
     /// pooled routes ignore it). With `two_way`, the caller takes the messages the receiver
     /// sends on its own on a paired connection ([`UpstreamConn::next_inbound`]); without it (and
-    /// always on pooled connections) such a frame makes the connection unusable. On any error the
-    /// connection involved is closed.
+    /// always on pooled connections) such a frame makes the connection unusable. `with.origin`
+    /// names the sender in the PROXY header of a new paired connection (`send_proxy_protocol`).
+    /// On any error the connection involved is closed.
     pub async fn exchange(
         &self,
         paired: &mut Option<UpstreamConn>,
         frame: &Frame,
         control_id: &[u8],
-        two_way: bool,
+        with: PairedWith,
     ) -> Result<Reply, UpstreamError> {
         let Some(pool) = &self.pool else {
-            return self.exchange_on(paired, frame, control_id, two_way).await;
+            return self.exchange_on(paired, frame, control_id, with).await;
         };
         let waited = self.cfg.ack_timeout;
         let _permit = match timeout(waited, pool.permits.acquire()).await {
@@ -486,7 +496,9 @@ impl Upstream {
             }
         };
         let mut slot = pool.idle.lock().await.pop();
-        let result = self.exchange_on(&mut slot, frame, control_id, false).await;
+        let result = self
+            .exchange_on(&mut slot, frame, control_id, PairedWith::default())
+            .await;
         if let Some(conn) = slot {
             pool.idle.lock().await.push(conn);
         }
@@ -498,8 +510,9 @@ impl Upstream {
         slot: &mut Option<UpstreamConn>,
         frame: &Frame,
         control_id: &[u8],
-        two_way: bool,
+        with: PairedWith,
     ) -> Result<Reply, UpstreamError> {
+        let two_way = with.two_way;
         if slot
             .as_ref()
             .is_some_and(|conn| self.is_idle_too_long(conn))
@@ -517,7 +530,7 @@ impl Upstream {
         loop {
             let conn = match slot {
                 Some(conn) => conn,
-                None => slot.insert(self.connect().await?),
+                None => slot.insert(self.connect_for(with.origin).await?),
             };
             let was_fresh = std::mem::replace(&mut conn.fresh, false);
             let result = self.round_trip(conn, frame, control_id, two_way).await;
@@ -720,6 +733,15 @@ impl Upstream {
     /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`, unless the
     /// upstream is failing and its reconnect backoff has not elapsed.
     pub async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {
+        self.connect_for(None).await
+    }
+
+    /// Like [`Upstream::connect`]; with `send_proxy_protocol`, the PROXY header names `origin`
+    /// (LOCAL / UNKNOWN when `None`).
+    pub async fn connect_for(
+        &self,
+        origin: Option<crate::proxy_protocol::Origin>,
+    ) -> Result<UpstreamConn, UpstreamError> {
         if let Some(accepted) = &self.accepted {
             let stream = self.wait_for_receiver(accepted).await?;
             return Ok(self.conn_over(stream));
@@ -727,12 +749,14 @@ impl Upstream {
         let addr = self.cfg.role.to_string();
         self.gate.admit(&addr)?;
         let limit = self.cfg.connect_timeout;
-        let opened = timeout(limit, self.open(&addr)).await.unwrap_or_else(|_| {
-            Err(UpstreamError::ConnectTimeout {
-                addr: addr.clone(),
-                timeout: limit,
-            })
-        });
+        let opened = timeout(limit, self.open(&addr, origin))
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::ConnectTimeout {
+                    addr: addr.clone(),
+                    timeout: limit,
+                })
+            });
         crate::metrics::upstream_connect(&self.route, opened.is_ok());
         let stream = match opened {
             Ok(stream) => stream,
@@ -788,7 +812,11 @@ impl Upstream {
         }
     }
 
-    async fn open(&self, addr: &str) -> Result<Stream, UpstreamError> {
+    async fn open(
+        &self,
+        addr: &str,
+        origin: Option<crate::proxy_protocol::Origin>,
+    ) -> Result<Stream, UpstreamError> {
         let ReceiverRole::Connect(target) = &self.cfg.role else {
             return Err(UpstreamError::Connect {
                 addr: addr.to_string(),
@@ -805,6 +833,17 @@ impl Upstream {
                 })?,
             None => self.direct(target, addr).await?,
         };
+        let mut tcp = tcp;
+        if let Some(version) = self.cfg.send_proxy_protocol {
+            use tokio::io::AsyncWriteExt;
+            let header = crate::proxy_protocol::header(version, origin);
+            tcp.write_all(&header)
+                .await
+                .map_err(|source| UpstreamError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        }
         self.secure(tcp, addr).await
     }
 

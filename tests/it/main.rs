@@ -8,6 +8,7 @@ mod custody;
 mod firewall;
 mod harness;
 mod pki;
+mod proxy_protocol;
 mod python_hl7;
 mod relay;
 mod reload;

@@ -1,0 +1,254 @@
+//! The PROXY protocol (HAProxy's v1 text and v2 binary headers): reading the header a load
+//! balancer puts before a connection's first byte, so policy and logs see the real client, and
+//! writing one to a receiver that wants it.
+//!
+//! Owns reading exactly the header and not one byte more (what follows belongs to the MLLP or
+//! TLS stream), the version check, and building v1/v2 headers. Parsing is the `ppp` crate's.
+//! Must not know what the addresses are used for.
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// A PROXY protocol version (`v1` text, `v2` binary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        })
+    }
+}
+
+/// Where a proxied connection really comes from and goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+/// Why a PROXY header was refused (the connection is closed).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("reading the PROXY header failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("no PROXY protocol {0} header at the start of the connection")]
+    Missing(Version),
+    #[error("malformed PROXY protocol {version} header: {reason}")]
+    Malformed { version: Version, reason: String },
+}
+
+/// The longest v1 header, CRLF included (the spec's 107 bytes).
+const V1_MAX: usize = 107;
+/// The v2 signature.
+const V2_SIGNATURE: [u8; 12] = [
+    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+];
+
+/// Reads the `version` header from the start of `tcp`, consuming exactly its bytes. `Ok(None)`
+/// for a header that names no client (v1 `UNKNOWN`, v2 `LOCAL`, e.g. a balancer's health check):
+/// the connection's own addresses then apply.
+pub async fn read_header(
+    tcp: &mut TcpStream,
+    version: Version,
+) -> Result<Option<Origin>, ProxyError> {
+    match version {
+        Version::V1 => read_v1(tcp).await,
+        Version::V2 => read_v2(tcp).await,
+    }
+}
+
+async fn read_v1(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
+    let mut header = Vec::with_capacity(V1_MAX);
+    let mut peeked = [0u8; V1_MAX];
+    loop {
+        let room = V1_MAX - header.len();
+        let n = tcp.peek(&mut peeked[..room]).await?;
+        if n == 0 {
+            return Err(ProxyError::Missing(Version::V1));
+        }
+        let seen = &peeked[..n];
+        // Everything up to CRLF is header; without CRLF yet, all of it is.
+        let take = match seen.windows(2).position(|w| w == b"\r\n") {
+            Some(at) => at + 2,
+            None if header.last() == Some(&b'\r') && seen[0] == b'\n' => 1,
+            None => n,
+        };
+        let start = header.len();
+        header.resize(start + take, 0);
+        tcp.read_exact(&mut header[start..]).await?;
+        if !b"PROXY ".starts_with(&header[..header.len().min(6)]) {
+            return Err(ProxyError::Missing(Version::V1));
+        }
+        if header.ends_with(b"\r\n") {
+            break;
+        }
+        if header.len() >= V1_MAX {
+            return Err(malformed(Version::V1, "longer than 107 bytes without CRLF"));
+        }
+    }
+    let text =
+        std::str::from_utf8(&header).map_err(|_| malformed(Version::V1, "not ASCII text"))?;
+    let parsed =
+        ppp::v1::Header::try_from(text).map_err(|e| malformed(Version::V1, &e.to_string()))?;
+    Ok(match parsed.addresses {
+        ppp::v1::Addresses::Unknown => None,
+        ppp::v1::Addresses::Tcp4(a) => Some(Origin {
+            source: (a.source_address, a.source_port).into(),
+            destination: (a.destination_address, a.destination_port).into(),
+        }),
+        ppp::v1::Addresses::Tcp6(a) => Some(Origin {
+            source: (a.source_address, a.source_port).into(),
+            destination: (a.destination_address, a.destination_port).into(),
+        }),
+    })
+}
+
+async fn read_v2(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
+    let mut fixed = [0u8; 16];
+    let mut got = 0;
+    // Check the signature on what has arrived before committing to read 16 bytes, so a
+    // plaintext MLLP sender without a header is refused at once rather than after a timeout.
+    while got < 16 {
+        let n = tcp.read(&mut fixed[got..got + 1]).await?;
+        if n == 0 {
+            return Err(ProxyError::Missing(Version::V2));
+        }
+        got += 1;
+        if got <= V2_SIGNATURE.len() && fixed[got - 1] != V2_SIGNATURE[got - 1] {
+            return Err(ProxyError::Missing(Version::V2));
+        }
+    }
+    let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
+    let mut header = fixed.to_vec();
+    header.resize(16 + len, 0);
+    tcp.read_exact(&mut header[16..]).await?;
+    let parsed = ppp::v2::Header::try_from(header.as_slice())
+        .map_err(|e| malformed(Version::V2, &e.to_string()))?;
+    if parsed.command == ppp::v2::Command::Local {
+        return Ok(None);
+    }
+    Ok(match parsed.addresses {
+        ppp::v2::Addresses::IPv4(a) => Some(Origin {
+            source: (a.source_address, a.source_port).into(),
+            destination: (a.destination_address, a.destination_port).into(),
+        }),
+        ppp::v2::Addresses::IPv6(a) => Some(Origin {
+            source: (a.source_address, a.source_port).into(),
+            destination: (a.destination_address, a.destination_port).into(),
+        }),
+        ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => None,
+    })
+}
+
+fn malformed(version: Version, reason: &str) -> ProxyError {
+    ProxyError::Malformed {
+        version,
+        reason: reason.to_string(),
+    }
+}
+
+/// A header to send to a receiver: PROXY with `origin`, or LOCAL (v2) / UNKNOWN (v1) without
+/// one. Source and destination must be the same family; when they are not, the header says
+/// nothing (LOCAL / UNKNOWN) rather than something false.
+pub fn header(version: Version, origin: Option<Origin>) -> Vec<u8> {
+    let origin = origin.filter(|o| o.source.is_ipv4() == o.destination.is_ipv4());
+    match version {
+        Version::V1 => match origin {
+            Some(o) => ppp::v1::Addresses::from((o.source, o.destination))
+                .to_string()
+                .into_bytes(),
+            None => b"PROXY UNKNOWN\r\n".to_vec(),
+        },
+        Version::V2 => {
+            let built = match origin {
+                Some(o) => ppp::v2::Builder::with_addresses(
+                    ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                    ppp::v2::Protocol::Stream,
+                    (o.source, o.destination),
+                )
+                .build(),
+                None => ppp::v2::Builder::with_addresses(
+                    ppp::v2::Version::Two | ppp::v2::Command::Local,
+                    ppp::v2::Protocol::Unspecified,
+                    ppp::v2::Addresses::Unspecified,
+                )
+                .build(),
+            };
+            // Building into a Vec cannot fail for these fixed-size address blocks.
+            built.unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            source: "192.0.2.7:40000".parse().unwrap(),
+            destination: "198.51.100.1:2575".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn both_versions_round_trip_and_leave_the_stream_untouched() {
+        for version in [Version::V1, Version::V2] {
+            let (mut client, mut server) = pair().await;
+            let mut wire = header(version, Some(origin()));
+            wire.extend_from_slice(b"\x0bMSH|rest");
+            // Split awkwardly: the header arrives in pieces.
+            for chunk in wire.chunks(5) {
+                client.write_all(chunk).await.unwrap();
+                client.flush().await.unwrap();
+            }
+            let got = read_header(&mut server, version).await.unwrap();
+            assert_eq!(got, Some(origin()), "{version}");
+            let mut rest = [0u8; 9];
+            server.read_exact(&mut rest).await.unwrap();
+            assert_eq!(&rest, b"\x0bMSH|rest", "{version}: not one byte more");
+        }
+    }
+
+    #[tokio::test]
+    async fn local_and_unknown_name_no_client() {
+        for version in [Version::V1, Version::V2] {
+            let (mut client, mut server) = pair().await;
+            client.write_all(&header(version, None)).await.unwrap();
+            assert_eq!(read_header(&mut server, version).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_header_is_refused() {
+        for version in [Version::V1, Version::V2] {
+            let (mut client, mut server) = pair().await;
+            client.write_all(b"\x0bMSH|^~\\&|A\x1c\x0d").await.unwrap();
+            let err = read_header(&mut server, version).await.unwrap_err();
+            assert!(matches!(err, ProxyError::Missing(_)), "{version}: {err}");
+        }
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"PROXY TCP4 nonsense\r\n").await.unwrap();
+        let err = read_header(&mut server, Version::V1).await.unwrap_err();
+        assert!(matches!(err, ProxyError::Malformed { .. }), "{err}");
+    }
+}
