@@ -50,6 +50,7 @@ pub mod custody;
 pub mod demo;
 pub mod dialer;
 pub mod dispatch;
+pub mod effective;
 pub mod egress;
 pub mod hl7;
 pub mod limits;

@@ -16,7 +16,7 @@ use mllp_guard::{app, demo, tls};
 #[derive(Parser)]
 #[command(
     name = "mllp-guard",
-    version,
+    version = env!("MLLP_GUARD_BUILD"),
     about = "A transparent MLLP proxy and HL7-aware firewall"
 )]
 struct Cli {
@@ -44,6 +44,9 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also print the effective configuration, every default filled in.
+        #[arg(long)]
+        print: bool,
     },
     /// Send files as MLLP messages and check every ack (exit 0 only if all are positive and match).
     Send {
@@ -65,6 +68,9 @@ enum Command {
         /// Limit for connecting and for each ack.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// One JSON object per message on stdout instead of a tab-separated line.
+        #[arg(long)]
+        json: bool,
         /// Files to send, one message each; a directory means its files in name order.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -173,13 +179,18 @@ fn main() -> ExitCode {
                 Ok(config) => report(app::run(config).await),
                 Err(code) => code,
             },
-            Command::Check { config } => match load(&config) {
+            Command::Check { config, print } => match load(&config) {
                 Ok(config) => {
+                    // With --print stdout is one YAML document: the report becomes comments.
+                    let prefix = if print { "# " } else { "" };
                     for route in &config.routes {
-                        println!("{}", summary(route));
+                        println!("{prefix}{}", summary(route));
                     }
                     for line in expiry_report(&config, std::time::SystemTime::now()) {
-                        println!("{line}");
+                        println!("{prefix}{line}");
+                    }
+                    if print {
+                        print!("{}", mllp_guard::effective::render(&config));
                     }
                     ExitCode::SUCCESS
                 }
@@ -192,8 +203,12 @@ fn main() -> ExitCode {
                 cert,
                 key,
                 timeout,
+                json,
                 paths,
-            } => send_command(to, tls_ca, server_name, cert, key, timeout, paths).await,
+            } => {
+                let output = if json { Output::Json } else { Output::Lines };
+                send_command(to, tls_ca, server_name, cert, key, timeout, output, paths).await
+            }
             Command::Sink {
                 listen,
                 tls_cert,
@@ -273,6 +288,17 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// How `send` reports each message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Lines,
+    Json,
+}
+
+/// More files than this get a progress bar (on stderr, only when it is a terminal).
+const PROGRESS_FROM: usize = 5;
+
+#[allow(clippy::too_many_arguments)]
 async fn send_command(
     to: String,
     tls_ca: Option<PathBuf>,
@@ -280,6 +306,7 @@ async fn send_command(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     timeout: Duration,
+    output: Output,
     paths: Vec<PathBuf>,
 ) -> ExitCode {
     let tls = match tls_ca {
@@ -309,11 +336,38 @@ async fn send_command(
         Err(err) => return report(Err(err)),
     };
     let opts = SendOptions { to, tls, timeout };
+    let progress = (files.len() > PROGRESS_FROM).then(|| {
+        let bar = indicatif::ProgressBar::new(files.len() as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} messages, {per_sec}, eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    });
     let print = |sent: &send::Sent| {
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), "{}", sent.line());
+        let line = match output {
+            Output::Lines => sent.line(),
+            Output::Json => sent.json(),
+        };
+        let write = || {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        };
+        match &progress {
+            // The bar steps aside while the line is written, then redraws below it.
+            Some(bar) => {
+                bar.suspend(write);
+                bar.inc(1);
+            }
+            None => write(),
+        }
     };
-    match send::send_files(&opts, &files, print).await {
+    let result = send::send_files(&opts, &files, print).await;
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+    match result {
         Ok(results) if results.iter().all(|r| r.ok()) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
         Err(err) => report(Err(err)),

@@ -44,6 +44,20 @@ impl Sent {
         self.problem.is_none() && self.ack.is_some_and(|code| code.is_positive())
     }
 
+    /// The report as one JSON object: file, control_id, ack (null when none), ok, latency_ms,
+    /// problem (null when none).
+    pub fn json(&self) -> String {
+        serde_json::json!({
+            "file": self.file.display().to_string(),
+            "control_id": self.control_id,
+            "ack": self.ack.map(|code| code.as_str()),
+            "ok": self.ok(),
+            "latency_ms": (self.latency.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+            "problem": self.problem,
+        })
+        .to_string()
+    }
+
     /// The report line: file, MSH-10, ack code, latency (and the problem, if any).
     pub fn line(&self) -> String {
         let ack = self.ack.map_or("-", |code| code.as_str());

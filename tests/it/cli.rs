@@ -311,3 +311,82 @@ fn demo_relays_the_sample_messages_over_tls_with_the_shipped_config() {
         "{stdout}"
     );
 }
+
+#[test]
+fn send_json_reports_one_object_per_message_even_with_many_files() {
+    let dir = TestDir::new();
+    let msgs = dir.path("many");
+    std::fs::create_dir(&msgs).unwrap();
+    for i in 0..8 {
+        std::fs::write(
+            msgs.join(format!("{i}.hl7")),
+            message(&format!("J-{i}"), 200),
+        )
+        .unwrap();
+    }
+    let (_sink, sink_addr) = start_sink(&["--listen", "127.0.0.1:0"]);
+    let out = guard_cmd()
+        .args(["send", "--json", "--to", &sink_addr])
+        .arg(&msgs)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert_eq!(rows.len(), 8, "the progress bar never mixes into stdout");
+    assert_eq!(rows[0]["control_id"], "J-0");
+    assert_eq!(rows[0]["ack"], "AA");
+    assert_eq!(rows[0]["ok"], true);
+    assert!(rows[0]["latency_ms"].as_f64().is_some());
+    assert!(rows[0]["problem"].is_null());
+}
+
+#[test]
+fn check_print_is_the_effective_config_and_loads_back() {
+    let dir = TestDir::new();
+    let file = dir.path("short.yaml");
+    std::fs::write(
+        &file,
+        route_yaml("127.0.0.1:2576".parse().unwrap(), "", "", ""),
+    )
+    .unwrap();
+    let out = guard_cmd()
+        .args(["check", "--print", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for default in [
+        "receive_timeout: 30s",
+        "max_message_bytes: 16777216",
+        "on_upstream_failure: nack",
+        "connections: paired",
+        "idle_reopen: on-demand",
+    ] {
+        assert!(printed.contains(default), "{default} missing:\n{printed}");
+    }
+    let again = dir.path("printed.yaml");
+    std::fs::write(&again, &printed).unwrap();
+    let out = guard_cmd()
+        .args(["check", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn version_says_the_build() {
+    let out = guard_cmd().arg("--version").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("mllp-guard 0.1.0 (git "), "{text}");
+    assert!(text.contains("rustc "), "{text}");
+}

@@ -1,0 +1,42 @@
+//! Stamps the build for `mllp-guard --version`: the git commit (when built from a checkout),
+//! the compiler, and the profile.
+
+use std::process::Command;
+
+fn main() {
+    let git = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|rev| !rev.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .is_some_and(|out| !out.stdout.is_empty());
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let compiler = Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_else(|| "rustc unknown".to_string());
+    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_string());
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!(
+        "cargo:rustc-env=MLLP_GUARD_BUILD={version} (git {git}{}, {compiler}, {profile})",
+        if dirty { "-dirty" } else { "" }
+    );
+    println!("cargo:rerun-if-changed=build.rs");
+    // Only in a plain checkout (in a worktree `.git` is a file; a missing path would rerun this
+    // script on every build).
+    for file in [".git/HEAD", ".git/index"] {
+        if std::path::Path::new(file).is_file() {
+            println!("cargo:rerun-if-changed={file}");
+        }
+    }
+}
