@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod custody;
+mod deploy;
 mod firewall;
 mod harness;
 mod pki;
