@@ -705,7 +705,7 @@ fn the_k8s_manifests_validate_against_the_kubernetes_schemas() {
 
 /// Each shipped pod's guard, run from its pod file system with its ports moved to loopback and
 /// its upstream to a fake receiver, answers the manifest's probe paths, and drains on SIGTERM
-/// well within terminationGracePeriodSeconds.
+/// within terminationGracePeriodSeconds.
 #[tokio::test]
 async fn each_pods_guard_runs_and_answers_the_probes_of_its_manifest() {
     let manifests = manifests();
