@@ -345,9 +345,14 @@ impl<'a> Pod<'a> {
     }
 
     /// Lays the guard container's mounts out under `root` (Secret files are the demo
-    /// certificates of `rules/certs/`) and returns the path of the config file there, with every
-    /// absolute path in it moved under `root` and `edit` applied.
-    fn materialize(&self, root: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    /// certificates of `rules/certs/`) and returns the path of the config file there: the
+    /// ConfigMap's own text, line by line, with every absolute path value moved under `root`
+    /// and `edit(key, value)` replacing the values it returns a replacement for.
+    fn materialize(
+        &self,
+        root: &Path,
+        mut edit: impl FnMut(&str, &str) -> Option<String>,
+    ) -> PathBuf {
         let under_root = |p: &str| root.join(p.trim_start_matches('/'));
         for mount in &self.mounts {
             let dir = under_root(&mount.path);
@@ -372,14 +377,38 @@ impl<'a> Pod<'a> {
                 Source::Claim(_) | Source::EmptyDir => {}
             }
         }
-        let mut config: Value = serde_saphyr::from_str(self.config_text()).unwrap();
-        move_absolute_paths(&mut config, &|p| {
-            under_root(p).to_string_lossy().into_owned()
-        });
-        edit(&mut config);
+        let mut text = String::new();
+        for line in self.config_text().lines() {
+            let (code, comment) = match line.find(" #") {
+                Some(at) => line.split_at(at),
+                None => (line, ""),
+            };
+            let rewritten = code.split_once(": ").and_then(|(head, value)| {
+                let key = head.trim().trim_start_matches("- ");
+                let value = value.trim();
+                let new = edit(key, value).or_else(|| {
+                    value
+                        .starts_with('/')
+                        .then(|| under_root(value).to_string_lossy().into_owned())
+                })?;
+                Some(format!("{head}: {new}{comment}"))
+            });
+            text.push_str(rewritten.as_deref().unwrap_or(line));
+            text.push('\n');
+        }
+        // Every path was moved (a path this line-wise rewrite missed would be reported here
+        // rather than as a missing file).
+        let mut paths = Vec::new();
+        absolute_paths(&serde_saphyr::from_str(&text).unwrap(), &mut paths);
+        for path in paths {
+            assert!(
+                Path::new(&path).starts_with(root),
+                "{}: {path} was not moved",
+                self.what
+            );
+        }
         let path = under_root(&self.config_path);
-        // JSON is YAML: the real loader reads it like the ConfigMap's text.
-        std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
         path
     }
 
@@ -410,16 +439,6 @@ impl<'a> Pod<'a> {
                 u16::try_from(p["containerPort"].as_u64().unwrap()).unwrap()
             })
             .collect()
-    }
-}
-
-/// Applies `f` to every string of `v` that is an absolute path.
-fn move_absolute_paths(v: &mut Value, f: &dyn Fn(&str) -> String) {
-    match v {
-        Value::String(text) if text.starts_with('/') => *text = f(text),
-        Value::Array(items) => items.iter_mut().for_each(|i| move_absolute_paths(i, f)),
-        Value::Object(map) => map.values_mut().for_each(|i| move_absolute_paths(i, f)),
-        _ => {}
     }
 }
 
@@ -509,7 +528,7 @@ fn the_k8s_manifests_agree_with_the_guard_configs_they_ship() {
 
         // It loads with the real loader where the pod's files are, and `check` agrees.
         let root = tempfile::tempdir().unwrap();
-        let file = pod.materialize(root.path(), |_| {});
+        let file = pod.materialize(root.path(), |_, _| None);
         let config = Config::load(&file).unwrap_or_else(|e| panic!("{what}:\n{e}"));
         let (ok, out) = run(Command::new(BIN).args(["check", "--config"]).arg(&file));
         assert!(ok, "{what}: mllp-guard check:\n{out}");
@@ -712,15 +731,25 @@ async fn each_pods_guard_runs_and_answers_the_probes_of_its_manifest() {
     for (_, pod) in guard_pods(&manifests) {
         let what = pod.what.clone();
         let upstream = FakeUpstream::start(Behaviour::Ack).await;
-        let admin = free_port();
         let root = tempfile::tempdir().unwrap();
-        let file = pod.materialize(root.path(), |config| {
-            config["admin"]["listen"] = admin.to_string().into();
-            for route in config["routes"].as_array_mut().unwrap() {
-                route["listen"] = free_port().to_string().into();
-                route["upstream"]["address"] = upstream.addr.to_string().into();
-            }
+        let file = pod.materialize(root.path(), |key, _| match key {
+            "listen" => Some(free_port().to_string()),
+            "address" => Some(upstream.addr.to_string()),
+            _ => None,
         });
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{what}:\n{e}"));
+        let admin = config.admin.expect("an admin endpoint").listen;
+        assert!(
+            admin.ip().is_loopback()
+                && config.routes.iter().all(|r| {
+                    r.sender.listen_addr().is_some_and(|a| a.ip().is_loopback())
+                        && r.upstream
+                            .role
+                            .address()
+                            .is_some_and(|a| a.to_string() == upstream.addr.to_string())
+                }),
+            "{what}: the moved config still names pod addresses"
+        );
         let mut guard = spawn_guard(&file);
         for probe in ["livenessProbe", "readinessProbe"] {
             let path = s(&pod.guard[probe]["httpGet"]["path"]);
