@@ -58,6 +58,18 @@ struct BytesLabels {
     direction: &'static str,
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counters_are_named_with_total_in_help_and_type() {
+        let open = "# HELP a_x Things.\n# TYPE a_x counter\na_x_total{r=\"1\"} 2\n# HELP b_seconds T.\n# TYPE b_seconds histogram\n# UNIT b_seconds seconds\nb_seconds_sum 1\n# EOF\n";
+        assert_eq!(
+            super::to_prometheus_text(open),
+            "# HELP a_x_total Things.\n# TYPE a_x_total counter\na_x_total{r=\"1\"} 2\n# HELP b_seconds T.\n# TYPE b_seconds histogram\nb_seconds_sum 1\n"
+        );
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 100 us to about 52 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
@@ -189,11 +201,42 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// The whole registry in the Prometheus text format.
+/// The whole registry in the Prometheus text exposition format (0.0.4), which every scraper and
+/// `promtool check metrics` read.
 pub fn render() -> String {
-    let mut out = String::new();
+    let mut open_metrics = String::new();
     // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &metrics().registry);
+    let _ = prometheus_client::encoding::text::encode(&mut open_metrics, &metrics().registry);
+    to_prometheus_text(&open_metrics)
+}
+
+/// prometheus-client writes OpenMetrics: a counter's HELP and TYPE name the family without
+/// `_total`, units get `# UNIT` lines, and the text ends with `# EOF`. The Prometheus text
+/// format names the counter's samples (`..._total`) in HELP and TYPE and has neither of the
+/// others; the samples themselves are the same.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
     out
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod cli;
 mod custody;
+mod deploy;
 mod firewall;
 mod harness;
 mod pki;
