@@ -213,14 +213,18 @@ impl Guard {
         named_upstreams: &Arc<BTreeMap<String, Arc<Upstream>>>,
         summary: &mut ReloadSummary,
     ) -> anyhow::Result<Prepared> {
-        let restart = old.is_none_or(|old| old.sender != route.sender);
+        let restart = old.is_none_or(|old| {
+            old.sender != route.sender || old.ctx.load().route.transparent != route.transparent
+        });
         let listener = match (&route.sender, restart) {
-            (SenderRole::Listen(addr), true) => Some(listener::bind(*addr).with_context(|| {
-                format!(
-                    "route {}: cannot listen on {addr} (is another process using the port?)",
-                    route.name
-                )
-            })?),
+            (SenderRole::Listen(addr), true) => Some(
+                listener::bind_with(*addr, route.transparent).with_context(|| {
+                    format!(
+                        "route {}: cannot listen on {addr} (is another process using the port?)",
+                        route.name
+                    )
+                })?,
+            ),
             _ => None,
         };
         let name: Arc<str> = Arc::from(route.name.as_str());
@@ -260,7 +264,7 @@ impl Guard {
                     None => None,
                 }
             }
-            (ReceiverRole::Connect(_), _) => None,
+            (ReceiverRole::Connect(_) | ReceiverRole::OriginalDestination, _) => None,
         };
         let upstream = match &accepting {
             Some((_, upstream)) => upstream.clone(),

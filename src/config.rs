@@ -137,6 +137,10 @@ pub struct Route {
     pub name: String,
     /// `listen` or `dial`: whether we wait for the sender or connect out to it.
     pub sender: SenderRole,
+    /// `transparent`: accept connections redirected by TPROXY (IP_TRANSPARENT on the listener;
+    /// Linux, CAP_NET_ADMIN); the original destination is the connection's local address.
+    /// Default false.
+    pub transparent: bool,
     /// `proxy_protocol`: `v1` or `v2`: every connection starts with a PROXY protocol header
     /// from a load balancer, and the client it names is the peer for allowlists, limits, rules
     /// and logs; a connection without a valid header is refused. `None` (default) = off.
@@ -212,6 +216,10 @@ impl SenderRole {
 pub enum ReceiverRole {
     /// `address`: we connect to the receiver.
     Connect(UpstreamAddress),
+    /// `address: original-destination`: on a `transparent` route, each sender's connection is
+    /// relayed to where it was going before TPROXY redirected it (paired connections, forward
+    /// delivery).
+    OriginalDestination,
     /// `accept`: the receiver connects in to this address and we send over its connections;
     /// messages wait (forward mode: up to `connect_timeout`; custody: in the queue) until one
     /// is open. `allow` says which addresses may connect in.
@@ -225,6 +233,7 @@ impl fmt::Display for ReceiverRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReceiverRole::Connect(addr) => write!(f, "{addr}"),
+            ReceiverRole::OriginalDestination => f.write_str("original-destination"),
             ReceiverRole::Accept { listen, .. } => write!(f, "accept on {listen}"),
         }
     }
@@ -235,7 +244,7 @@ impl ReceiverRole {
     pub fn address(&self) -> Option<&UpstreamAddress> {
         match self {
             ReceiverRole::Connect(addr) => Some(addr),
-            ReceiverRole::Accept { .. } => None,
+            ReceiverRole::OriginalDestination | ReceiverRole::Accept { .. } => None,
         }
     }
 }
@@ -395,6 +404,10 @@ pub struct Upstream {
     /// `send_proxy_protocol`: `v1` or `v2`: each new upstream connection starts with a PROXY
     /// header naming the sender (paired connections) or none (LOCAL / UNKNOWN: pools, custody).
     pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `transparent_source`: connect to the receiver from the sender's own address (paired
+    /// connections; IP_TRANSPARENT, CAP_NET_ADMIN, and routing that brings the replies back to
+    /// this host). Default false.
+    pub transparent_source: bool,
     /// `reconnect`: backoff between failed connection attempts (also when dialing a sender).
     pub reconnect: Reconnect,
     /// `framing.start` and `framing.end`: the bytes that frame messages on the receiver side.
@@ -690,6 +703,7 @@ struct RawRoute {
     name: Text,
     listen: Option<Text>,
     dial: Option<Text>,
+    transparent: Option<Text>,
     proxy_protocol: Option<Text>,
     tls: Option<Spanned<RawServerTls>>,
     /// Optional here so that its absence gets a message with an example.
@@ -766,6 +780,7 @@ struct RawUpstream {
     idle_reconnect: Option<Text>,
     idle_reopen: Option<Text>,
     send_proxy_protocol: Option<Text>,
+    transparent_source: Option<Text>,
     reconnect: Option<Spanned<RawReconnect>>,
     framing: Option<Spanned<RawFraming>>,
     via: Option<Spanned<tls_policy::RawVia>>,
@@ -1221,6 +1236,23 @@ impl Validator<'_> {
                 }
             },
         };
+        let transparent = self.value(
+            format!("{p}.transparent"),
+            &r.transparent,
+            false,
+            |s| match s.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("must be true or false, not \"{s}\"")),
+            },
+        );
+        if let (true, Some(raw)) = (transparent, &r.dial) {
+            self.error(
+                format!("{p}.transparent"),
+                &raw.referenced,
+                "transparent applies to a listener that TPROXY redirects to; a route that dials its sender has none (remove it)",
+            );
+        }
         let proxy_protocol = self.value(
             format!("{p}.proxy_protocol"),
             &r.proxy_protocol,
@@ -1342,9 +1374,36 @@ impl Validator<'_> {
             max_message_bytes_ok.then_some(max_message_bytes),
         );
         let (framing, release) = self.framing(&format!("{p}.framing"), &r.framing);
+        if let (true, false, Some(raw)) = (
+            upstream.transparent_source,
+            delivery == Delivery::Forward,
+            &r.upstream.value.transparent_source,
+        ) {
+            self.error(
+                format!("{p}.upstream.transparent_source"),
+                &raw.referenced,
+                "transparent_source needs `delivery: forward`: a queued message is delivered later, when its sender's connection may be gone",
+            );
+        }
+        if upstream.role == ReceiverRole::OriginalDestination {
+            let at = r.upstream.value.address.as_ref().map(|a| &a.referenced);
+            let problem = if !transparent {
+                Some("original-destination needs `transparent: true` on the route (only a connection TPROXY redirected has an original destination)")
+            } else if upstream.connections != Connections::Paired {
+                Some("original-destination needs `connections: paired`: each sender's connection has its own destination")
+            } else if delivery != Delivery::Forward {
+                Some("original-destination needs `delivery: forward`: queued messages no longer belong to a sender's connection")
+            } else {
+                None
+            };
+            if let (Some(message), Some(at)) = (problem, at) {
+                self.error(format!("{p}.upstream.address"), at, message);
+            }
+        }
         Route {
             name,
             sender,
+            transparent,
             proxy_protocol,
             tls,
             allow,
@@ -1553,6 +1612,9 @@ impl Validator<'_> {
                 );
                 None
             }
+            (Some(raw_address), None) if raw_address.value.trim() == "original-destination" => {
+                Some(ReceiverRole::OriginalDestination)
+            }
             (Some(raw_address), None) => match parse_upstream_address(&raw_address.value) {
                 Ok(parsed) => {
                     address = Some(parsed.clone());
@@ -1700,6 +1762,30 @@ impl Validator<'_> {
             None,
             |s| parse_proxy_version(s).map(Some),
         );
+        let transparent_source = self.value(
+            format!("{p}.transparent_source"),
+            &u.transparent_source,
+            false,
+            |s| match s.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(format!("must be true or false, not \"{s}\"")),
+            },
+        );
+        if let (true, Some(raw)) = (transparent_source, &u.transparent_source) {
+            let problem = if u.accept.is_some() {
+                Some("transparent_source needs `address`: with `accept` the receiver opens the connection")
+            } else if u.via.is_some() {
+                Some("transparent_source cannot go through `via`: the proxy, not the guard, opens the connection to the receiver")
+            } else if connections != Connections::Paired {
+                Some("transparent_source needs `connections: paired`: a pooled connection carries many senders' messages")
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                self.error(format!("{p}.transparent_source"), &raw.referenced, message);
+            }
+        }
         let reconnect = match &u.reconnect {
             None => Reconnect::default(),
             Some(r) => {
@@ -1746,6 +1832,7 @@ impl Validator<'_> {
             idle_reconnect,
             idle_reopen,
             send_proxy_protocol,
+            transparent_source,
             reconnect,
             framing,
             release,
@@ -3675,6 +3762,23 @@ routes:
         );
         let yaml = "routes:\n  - name: lab\n    listen: 127.0.0.1:2575\n    allow: [any]\n    upstream:\n      accept: 127.0.0.1:2575\n";
         assert!(errors(yaml).contains("routes[0].upstream.accept: listen address 127.0.0.1:2575 is already used by routes[0]"), "{}", errors(yaml));
+    }
+
+    #[test]
+    fn original_destination_needs_a_transparent_paired_forward_route() {
+        let yaml = MINIMAL.replace("address: 127.0.0.1:2576", "address: original-destination");
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:6:16: routes[0].upstream.address: original-destination needs `transparent: true` on the route (only a connection TPROXY redirected has an original destination)"
+        );
+        let yaml = yaml.replace("    allow:", "    transparent: true\n    allow:");
+        let config = Config::parse(&yaml, Path::new("guard.yaml"), Path::new(".")).unwrap();
+        assert!(config.routes[0].transparent);
+        assert_eq!(config.routes[0].upstream.role, ReceiverRole::OriginalDestination);
+        let pooled = format!("{yaml}      connections: 2\n");
+        assert!(errors(&pooled).contains("original-destination needs `connections: paired`"));
+        let from_client = format!("{MINIMAL}      transparent_source: true\n      connections: 2\n");
+        assert!(errors(&from_client).contains("transparent_source needs `connections: paired`"));
     }
 
     #[test]

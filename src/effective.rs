@@ -50,6 +50,7 @@ fn route(w: &mut String, r: &Route) {
         SenderRole::Listen(addr) => line(w, i, "listen", quoted(addr)),
         SenderRole::Dial(addr) => line(w, i, "dial", quoted(addr)),
     }
+    line(w, i, "transparent", r.transparent);
     if let Some(version) = r.proxy_protocol {
         line(w, i, "proxy_protocol", version);
     }
@@ -164,6 +165,7 @@ fn route(w: &mut String, r: &Route) {
 fn upstream(w: &mut String, i: usize, u: &Upstream) {
     match &u.role {
         ReceiverRole::Connect(addr) => line(w, i, "address", quoted(addr)),
+        ReceiverRole::OriginalDestination => line(w, i, "address", "original-destination"),
         ReceiverRole::Accept { listen, allow } => {
             line(w, i, "accept", quoted(listen));
             line(w, i, "allow", allow_list(allow));
@@ -215,6 +217,7 @@ fn upstream(w: &mut String, i: usize, u: &Upstream) {
             IdleReopen::AtOnce => "at-once",
         },
     );
+    line(w, i, "transparent_source", u.transparent_source);
     if let Some(version) = u.send_proxy_protocol {
         line(w, i, "send_proxy_protocol", version);
     }

@@ -256,6 +256,29 @@ impl Accepted {
 /// Receivers waiting in the accept queue beyond this are refused (they would only sit there).
 const MAX_WAITING_RECEIVERS: usize = 64;
 
+/// Connects to `target` from `source`, an address that need not be ours (IP_TRANSPARENT; Linux,
+/// CAP_NET_ADMIN; replies must be routed back to this host).
+async fn connect_from(source: std::net::IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    if source.is_ipv4() != target.is_ipv4() {
+        return Err(io::Error::other(format!(
+            "cannot connect from {source} to {target}: the address families differ"
+        )));
+    }
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    let sock = socket2::SockRef::from(&socket);
+    if target.is_ipv4() {
+        sock.set_ip_transparent_v4(true)?;
+    } else {
+        sock.set_ip_transparent_v6(true)?;
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
 /// Whether a receiver connection waiting to be used has been closed or reset, checked without
 /// waiting and without consuming anything it sent.
 fn closed_while_waiting(tcp: &mut TcpStream) -> bool {
@@ -381,7 +404,7 @@ impl Upstream {
         };
         let gate = ConnectGate::new(&cfg.reconnect);
         let accepted = match &cfg.role {
-            ReceiverRole::Connect(_) => None,
+            ReceiverRole::Connect(_) | ReceiverRole::OriginalDestination => None,
             ReceiverRole::Accept { listen, allow } => Some(Arc::new(Accepted {
                 listen: *listen,
                 allow: allow.clone(),
@@ -817,11 +840,32 @@ impl Upstream {
         addr: &str,
         origin: Option<crate::proxy_protocol::Origin>,
     ) -> Result<Stream, UpstreamError> {
-        let ReceiverRole::Connect(target) = &self.cfg.role else {
-            return Err(UpstreamError::Connect {
-                addr: addr.to_string(),
-                source: io::Error::other("this upstream accepts its receiver; it does not connect"),
-            });
+        let original;
+        let target = match &self.cfg.role {
+            ReceiverRole::Connect(target) => target,
+            ReceiverRole::OriginalDestination => {
+                let Some(origin) = origin else {
+                    return Err(UpstreamError::Connect {
+                        addr: addr.to_string(),
+                        source: io::Error::other(
+                            "no original destination is known for this connection",
+                        ),
+                    });
+                };
+                original = config::UpstreamAddress {
+                    host: origin.destination.ip().to_string(),
+                    port: origin.destination.port(),
+                };
+                &original
+            }
+            ReceiverRole::Accept { .. } => {
+                return Err(UpstreamError::Connect {
+                    addr: addr.to_string(),
+                    source: io::Error::other(
+                        "this upstream accepts its receiver; it does not connect",
+                    ),
+                })
+            }
         };
         let tcp = match &self.cfg.via {
             Some(proxy) => crate::egress::connect(proxy, &target.host, target.port)
@@ -831,7 +875,12 @@ impl Upstream {
                     addr: addr.to_string(),
                     reason,
                 })?,
-            None => self.direct(target, addr).await?,
+            None => {
+                let source = origin
+                    .filter(|_| self.cfg.transparent_source)
+                    .map(|o| o.source.ip());
+                self.direct(target, addr, source).await?
+            }
         };
         let mut tcp = tcp;
         if let Some(version) = self.cfg.send_proxy_protocol {
@@ -848,10 +897,12 @@ impl Upstream {
     }
 
     /// A TCP connection straight to the upstream (the first address that answers).
+    /// `source`: connect from this (non-local) address, the sender's (`transparent_source`).
     async fn direct(
         &self,
         target: &config::UpstreamAddress,
         addr: &str,
+        source: Option<std::net::IpAddr>,
     ) -> Result<TcpStream, UpstreamError> {
         let candidates = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -863,7 +914,11 @@ impl Upstream {
             io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
         let mut tcp = None;
         for candidate in candidates {
-            match TcpStream::connect(candidate).await {
+            let attempt = match source {
+                None => TcpStream::connect(candidate).await,
+                Some(source) => connect_from(source, candidate).await,
+            };
+            match attempt {
                 Ok(stream) => {
                     tcp = Some(stream);
                     break;

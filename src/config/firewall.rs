@@ -247,6 +247,15 @@ impl Validator<'_> {
             names.push(written.to_string());
             let p = format!("upstreams.{written}");
             let upstream = self.upstream(&p, block);
+            if upstream.role == super::ReceiverRole::OriginalDestination {
+                if let Some(address) = &block.value.address {
+                    self.error(
+                        format!("{p}.address"),
+                        &address.referenced,
+                        "original-destination is only for the upstream of a `transparent` route: a named upstream has no sender connection to take it from",
+                    );
+                }
+            }
             match parse_upstream_name(written) {
                 Ok(()) => {
                     upstreams.insert(written.to_string(), upstream);

@@ -17,3 +17,4 @@ mod roles;
 mod sessions;
 mod shipped;
 mod tls_policy;
+mod transparent;
