@@ -2859,7 +2859,7 @@ routes:
         let yaml = MINIMAL.replace("listen:", "listne:");
         assert_eq!(
             errors(&yaml),
-            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, proxy_protocol, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
+            "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, transparent, proxy_protocol, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
         );
     }
 

@@ -1053,7 +1053,7 @@ routes:
         let unknown_key = "upstreams:\n  lab-b:\n    adress: b:1\n";
         assert_eq!(
             errors(&format!("{unknown_key}{BASE}")),
-            "guard.yaml:3:5: upstreams.lab-b.adress: unknown key `adress` (did you mean `address`?); valid keys here: address, accept, allow, tls, connections, connect_timeout, ack_timeout, keepalive, max_ack_bytes, idle_reconnect, idle_reopen, send_proxy_protocol, reconnect, framing, via"
+            "guard.yaml:3:5: upstreams.lab-b.adress: unknown key `adress` (did you mean `address`?); valid keys here: address, accept, allow, tls, connections, connect_timeout, ack_timeout, keepalive, max_ack_bytes, idle_reconnect, idle_reopen, send_proxy_protocol, transparent_source, reconnect, framing, via"
         );
         let twice = "upstreams:\n  lab-b: { address: \"b:1\" }\n  lab-b: { address: \"c:1\" }\n";
         assert_eq!(
