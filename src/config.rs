@@ -3774,10 +3774,14 @@ routes:
         let yaml = yaml.replace("    allow:", "    transparent: true\n    allow:");
         let config = Config::parse(&yaml, Path::new("guard.yaml"), Path::new(".")).unwrap();
         assert!(config.routes[0].transparent);
-        assert_eq!(config.routes[0].upstream.role, ReceiverRole::OriginalDestination);
+        assert_eq!(
+            config.routes[0].upstream.role,
+            ReceiverRole::OriginalDestination
+        );
         let pooled = format!("{yaml}      connections: 2\n");
         assert!(errors(&pooled).contains("original-destination needs `connections: paired`"));
-        let from_client = format!("{MINIMAL}      transparent_source: true\n      connections: 2\n");
+        let from_client =
+            format!("{MINIMAL}      transparent_source: true\n      connections: 2\n");
         assert!(errors(&from_client).contains("transparent_source needs `connections: paired`"));
     }
 
