@@ -130,6 +130,7 @@ impl Guard {
     async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
         crate::audit::set_log_payloads(config.log_payloads);
+        crate::metrics::set_pki_dates(pki_dates(&config));
         if config.log_payloads {
             tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
         }
@@ -453,6 +454,43 @@ impl Guard {
         }
         drained
     }
+}
+
+/// Every certificate and CRL the config loaded, with its dates, for the metrics.
+fn pki_dates(config: &Config) -> Vec<crate::metrics::PkiDate> {
+    use crate::metrics::PkiDate;
+    let mut materials = Vec::new();
+    for route in &config.routes {
+        if let Some(tls) = &route.tls {
+            materials.push(&tls.material);
+        }
+        if let Some(tls) = &route.upstream.tls {
+            materials.push(&tls.material);
+        }
+    }
+    for upstream in config.upstreams.values() {
+        if let Some(tls) = &upstream.tls {
+            materials.push(&tls.material);
+        }
+    }
+    let mut dates = Vec::new();
+    for material in materials {
+        for cert in &material.certificates {
+            dates.push(PkiDate::Certificate {
+                file: cert.path.display().to_string(),
+                subject: cert.dates.subject.clone(),
+                not_after: cert.dates.not_after,
+            });
+        }
+        for (path, crl) in &material.crls {
+            dates.push(PkiDate::Crl {
+                file: path.display().to_string(),
+                issuer: crl.issuer.clone(),
+                next_update: crl.next_update,
+            });
+        }
+    }
+    dates
 }
 
 /// Runs the guard from the config at `path` until SIGTERM or SIGINT, then drains. SIGHUP, or a

@@ -92,13 +92,15 @@ pub fn record(entry: &Entry<'_>, payload: &[u8]) {
     if LOG_PAYLOADS.load(Ordering::Relaxed) {
         tracing::trace!(target: "mllp_guard::payload", route = entry.route, control_id, payload = %String::from_utf8_lossy(payload).escape_debug(), "payload (log_payloads: true)");
     }
+    // Out: what went on towards the other side (forwarded, queued or relayed).
+    let passed_on = matches!(entry.outcome, "forwarded" | "queued" | "relayed_to_sender");
     crate::metrics::message(
         entry.route,
         entry.direction,
         entry.outcome,
         ack.unwrap_or("none"),
         entry.bytes as usize,
-        0,
+        if passed_on { entry.bytes as usize } else { 0 },
         took,
     );
 }

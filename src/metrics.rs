@@ -147,7 +147,7 @@ fn metrics() -> &'static Metrics {
         );
         registry.register_with_unit(
             "mllp_guard_message",
-            "Message payload bytes, by route and direction (in = from the sender, out = to it)",
+            "Message payload bytes, by route and direction (in = received by the guard, out = passed on to the other side)",
             Unit::Bytes,
             m.message_bytes.clone(),
         );
@@ -197,6 +197,7 @@ fn metrics() -> &'static Metrics {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
         }
         registry.register_collector(Box::new(QueueCollector));
+        registry.register_collector(Box::new(PkiCollector));
         Metrics { registry, ..m }
     })
 }
@@ -318,10 +319,8 @@ pub fn message(
             ack,
         })
         .inc();
-    let (inbound, outbound) = match direction {
-        "to_sender" => (bytes_out, bytes_in),
-        _ => (bytes_in, bytes_out),
-    };
+    // `in`: message bytes the guard received; `out`: message bytes it passed on.
+    let (inbound, outbound) = (bytes_in, bytes_out);
     m.message_bytes
         .get_or_create(&BytesLabels {
             route: route.clone(),
@@ -468,6 +467,127 @@ impl prometheus_client::collector::Collector for QueueCollector {
                 let gauge = ConstGauge::new(value(stats, *dead, now_ms));
                 gauge.encode(family.encode_family(label)?)?;
             }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates and CRLs of the config in force: read at scrape time
+// ---------------------------------------------------------------------------------------------
+
+/// A dated PKI file of the running config.
+#[derive(Clone, Debug)]
+pub enum PkiDate {
+    Certificate {
+        file: String,
+        subject: String,
+        not_after: std::time::SystemTime,
+    },
+    Crl {
+        file: String,
+        issuer: String,
+        next_update: Option<std::time::SystemTime>,
+    },
+}
+
+fn pki_dates() -> &'static Mutex<Vec<PkiDate>> {
+    static DATES: OnceLock<Mutex<Vec<PkiDate>>> = OnceLock::new();
+    DATES.get_or_init(Mutex::default)
+}
+
+/// The certificates and CRLs of the config now in force (replaced on every reload).
+pub fn set_pki_dates(dates: Vec<PkiDate>) {
+    *pki_dates().lock().unwrap_or_else(|e| e.into_inner()) = dates;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    file: String,
+    subject: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CrlLabels {
+    file: String,
+    issuer: String,
+}
+
+#[derive(Debug)]
+struct PkiCollector;
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+impl prometheus_client::collector::Collector for PkiCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dates = pki_dates()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let now = std::time::SystemTime::now();
+        let kind = ConstGauge::new(0.0).metric_type();
+        let mut family = encoder.encode_descriptor(
+            "mllp_guard_certificate_expiry_timestamp_seconds",
+            "When each loaded certificate expires (Unix time), by file and subject",
+            None,
+            kind,
+        )?;
+        for date in &dates {
+            if let PkiDate::Certificate {
+                file,
+                subject,
+                not_after,
+            } = date
+            {
+                let labels = CertLabels {
+                    file: file.clone(),
+                    subject: subject.clone(),
+                };
+                ConstGauge::new(unix_seconds(*not_after)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let crls: Vec<(CrlLabels, Option<std::time::SystemTime>)> = dates
+            .iter()
+            .filter_map(|d| match d {
+                PkiDate::Crl {
+                    file,
+                    issuer,
+                    next_update,
+                } => Some((
+                    CrlLabels {
+                        file: file.clone(),
+                        issuer: issuer.clone(),
+                    },
+                    *next_update,
+                )),
+                PkiDate::Certificate { .. } => None,
+            })
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "mllp_guard_crl_next_update_timestamp_seconds",
+            "When each loaded CRL must be replaced (its nextUpdate, Unix time; absent without one)",
+            None,
+            kind,
+        )?;
+        for (labels, next) in &crls {
+            if let Some(next) = next {
+                ConstGauge::new(unix_seconds(*next)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "mllp_guard_crl_expired",
+            "1 when a loaded CRL is past its nextUpdate (replace the file; it reloads by itself)",
+            None,
+            kind,
+        )?;
+        for (labels, next) in &crls {
+            let expired = next.is_some_and(|n| n < now);
+            ConstGauge::new(f64::from(u8::from(expired))).encode(family.encode_family(labels)?)?;
         }
         Ok(())
     }

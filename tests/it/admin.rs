@@ -136,6 +136,15 @@ async fn metrics_and_health_follow_a_real_relay_and_the_upstream_going_down_and_
     )
     .unwrap();
     assert!(bytes_in >= 5.0 * 300.0, "{bytes_in}");
+    let bytes_out = sample(
+        &metrics,
+        r#"mllp_guard_message_bytes_total{route="metered",direction="out"}"#,
+    )
+    .unwrap();
+    assert!(
+        bytes_out >= 5.0 * 300.0 && bytes_out < bytes_in,
+        "only forwarded bytes go out: {bytes_out} of {bytes_in}"
+    );
     if let Ok(out) = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -91,6 +91,14 @@ async fn a_rotated_certificate_is_used_by_the_next_handshake() {
     let (_guard, _, _logs) = start_guard(&file);
     wait_for(admin, "/readyz", 200).await;
 
+    let (_, metrics) = get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("mllp_guard_certificate_expiry_timestamp_seconds{")
+                && l.contains("guard.pem")
+        ),
+        "{metrics}"
+    );
     let old_ca = dir.client_tls("ca.pem", None);
     let new_ca = next.client_tls("ca.pem", None);
     let mut before = Client::tls(listen, old_ca.clone()).await.expect("old cert");
