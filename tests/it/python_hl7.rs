@@ -104,3 +104,69 @@ async fn python_hl7_client_sends_the_corpus_through_a_plain_route() {
 async fn python_hl7_client_sends_the_corpus_through_a_tls_route() {
     corpus_through_guard(true).await;
 }
+
+/// Dial mode against python-hl7's own server playing the sender: the guard connects out to it,
+/// and every message it sends arrives at the receiver byte-exact with a matching ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_dials_a_python_hl7_server_that_sends_the_corpus() {
+    use std::io::BufRead;
+    let dir = TestDir::new();
+    let saved = dir.path("saved");
+    let sink = Sink::start(SinkOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        ack: AckCode::AA,
+        save_dir: Some(saved.clone()),
+        max_message_bytes: 64 * 1024 * 1024,
+        verbose: false,
+    })
+    .await
+    .unwrap();
+    let files: Vec<PathBuf> = corpus_messages().into_iter().take(8).collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hl7_sender_server.py");
+    let mut server = Proc(
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg("127.0.0.1")
+            .args(&files)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(server.0.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("the python-hl7 server said {line:?}"))
+        .to_string();
+    let yaml = format!(
+        "routes:\n  - name: dialer\n    dial: 127.0.0.1:{port}\n    allow: [any]\n    upstream:\n      address: {}\n      ack_timeout: 5s\n",
+        sink.local_addr()
+    );
+    let guard = dir.guard(&yaml).await;
+    let lines: Vec<serde_json::Value> = tokio::task::spawn_blocking(move || {
+        out.lines()
+            .map_while(Result::ok)
+            .map(|l| serde_json::from_str(&l).unwrap())
+            .collect()
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines.len(), files.len(), "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["ok"], true, "{line}");
+    }
+    assert_eq!(server.0.wait().unwrap().code(), Some(0));
+    let mut got: Vec<PathBuf> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    got.sort();
+    for (sent, got) in files.iter().zip(&got) {
+        assert!(std::fs::read(sent).unwrap() == std::fs::read(got).unwrap());
+    }
+    guard.stop().await;
+    sink.stop().await;
+}
