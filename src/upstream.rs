@@ -306,7 +306,13 @@ struct GateState {
     next_attempt: Option<tokio::time::Instant>,
     in_flight: bool,
     last_error: String,
+    /// Since when exchanges have succeeded without a connect failure.
+    healthy_since: Option<tokio::time::Instant>,
 }
+
+/// The backoff starts again from `reconnect.initial` only after the upstream has been healthy
+/// this long: a receiver that accepts one message and falls over again is not hammered.
+const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
 
 impl ConnectGate {
     fn new(reconnect: &config::Reconnect) -> ConnectGate {
@@ -317,6 +323,7 @@ impl ConnectGate {
                 next_attempt: None,
                 in_flight: false,
                 last_error: String::new(),
+                healthy_since: None,
             }),
         }
     }
@@ -349,6 +356,14 @@ impl ConnectGate {
     /// Records a failed attempt; returns the wait before the next one.
     fn failed(&self, err: &UpstreamError) -> Duration {
         let mut state = self.lock();
+        let now = tokio::time::Instant::now();
+        if state
+            .healthy_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) >= HEALTHY_PERIOD)
+        {
+            state.backoff.reset();
+        }
         let wait = if err.is_permanent() {
             state.backoff.longest_wait()
         } else {
@@ -356,7 +371,7 @@ impl ConnectGate {
         };
         state.failing = true;
         state.in_flight = false;
-        state.next_attempt = Some(tokio::time::Instant::now() + wait);
+        state.next_attempt = Some(now + wait);
         state.last_error = err.to_string();
         wait
     }
@@ -365,13 +380,15 @@ impl ConnectGate {
         self.lock().in_flight = false;
     }
 
+    /// An exchange succeeded: connections may be opened freely again; the backoff level is
+    /// kept until the upstream has stayed healthy for [`HEALTHY_PERIOD`].
     fn healthy(&self) {
         let mut state = self.lock();
-        if state.failing {
-            state.failing = false;
-            state.next_attempt = None;
-            state.backoff.reset();
-        }
+        state.failing = false;
+        state.next_attempt = None;
+        state
+            .healthy_since
+            .get_or_insert_with(tokio::time::Instant::now);
     }
 }
 
@@ -1038,7 +1055,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_healthy_exchange_resets_the_backoff() {
+    async fn the_backoff_resets_only_after_a_healthy_period() {
         let gate = gate(1000, 60_000);
         for _ in 0..4 {
             let wait = gate.failed(&refused());
@@ -1047,7 +1064,24 @@ mod tests {
         }
         gate.connected();
         gate.healthy();
-        assert!(gate.admit("ehr").is_ok(), "healthy: no wait at all");
+        assert!(
+            gate.admit("ehr").is_ok(),
+            "healthy: connections open freely at once"
+        );
+        // A receiver that falls over again a moment later: the backoff goes on growing.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let wait = gate.failed(&refused());
+        assert!(
+            wait >= Duration::from_millis(8000),
+            "kept its level: {wait:?}"
+        );
+        tokio::time::advance(wait).await;
+        let _ = gate.admit("ehr");
+        gate.connected();
+        // Healthy for the whole period: the next failure starts again from initial.
+        gate.healthy();
+        tokio::time::advance(HEALTHY_PERIOD).await;
+        gate.healthy();
         let wait = gate.failed(&refused());
         assert!(
             wait <= Duration::from_millis(1000),
