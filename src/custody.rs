@@ -143,6 +143,10 @@ impl Custody {
             counters,
         });
         crate::metrics::watch_queue(custody.clone());
+        if upstream.reopens_at_once() {
+            let (upstream, stop) = (upstream.clone(), shutdown.clone());
+            tracker.spawn(async move { upstream.keep_pool_fresh(stop).await });
+        }
         let drainer = Drainer {
             custody: custody.clone(),
             upstream,
@@ -448,9 +452,24 @@ impl Drainer {
             let record = match next {
                 Next::Record(record) => record,
                 Next::Empty => {
+                    // `idle_reopen: at-once`: replace a quiet connection while there is time.
+                    let reopen_at = conn
+                        .as_ref()
+                        .filter(|_| self.upstream.reopens_at_once())
+                        .and_then(|c| self.upstream.idle_deadline(c));
+                    let reopen = async {
+                        match reopen_at {
+                            Some(at) => tokio::time::sleep_until(at.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break,
                         _ = custody.wake.notified() => continue,
+                        _ = reopen => {
+                            self.upstream.reopen_idle(&mut conn).await;
+                            continue;
+                        }
                         // A bounded nap: a missed wake-up can never strand a record.
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }

@@ -420,3 +420,40 @@ async fn idle_reopen_at_once_replaces_a_quiet_connection_before_the_next_message
     assert_eq!(receiver.received().len(), 2);
     guard.stop().await;
 }
+
+/// The same for a store-and-forward route: its drainer replaces its quiet connection too.
+#[tokio::test]
+async fn idle_reopen_at_once_also_keeps_a_custody_drainer_connection_fresh() {
+    let dir = TestDir::new();
+    let receiver = FakeUpstream::start(Behaviour::Ack).await;
+    let yaml = format!(
+        "state_dir: {}\n{}",
+        dir.path("state").display(),
+        yaml(
+            "listen: 127.0.0.1:0",
+            &format!("address: {}", receiver.addr),
+            "      idle_reconnect: 300ms\n      idle_reopen: at-once\n",
+            "    delivery: store-and-forward\n    ack_mode: always\n",
+        )
+    );
+    let guard = dir.guard(&yaml).await;
+    let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
+    assert_eq!(
+        ack_of(&client.send(&message("Q-1", 200)).await).0,
+        AckCode::AA
+    );
+    let reopened = async {
+        while receiver
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < 3
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reopened)
+        .await
+        .expect("the drainer reopens its idle connection at once, repeatedly");
+    assert_eq!(receiver.received().len(), 1, "reopening sends nothing");
+    guard.stop().await;
+}
