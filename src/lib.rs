@@ -48,6 +48,7 @@ pub mod demo;
 pub mod dialer;
 pub mod dispatch;
 pub mod hl7;
+pub mod jetstream;
 pub mod limits;
 pub mod link;
 pub mod listener;
