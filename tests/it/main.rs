@@ -6,6 +6,8 @@ mod cli;
 mod custody;
 mod firewall;
 mod harness;
+mod jetstream;
+mod nats;
 mod pki;
 mod python_hl7;
 mod relay;
