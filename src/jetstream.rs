@@ -57,8 +57,10 @@ use crate::upstream::Upstream;
 pub const CONSUMER: &str = "mllp-guard";
 const HEADER_ENQUEUED: &str = "Mllp-Enqueued-Ms";
 const HEADER_REASON: &str = "Mllp-Reason";
-/// How long one pull waits for a message (bounds shutdown and reconnection checks).
-const PULL_WAIT: Duration = Duration::from_secs(1);
+/// How long one pull request stays open on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Idle heartbeat of a pull request: two missed ones end the subscription (it is reopened).
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often the cached depth (for metrics) is refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
@@ -354,7 +356,6 @@ pub async fn run(nats: Arc<Nats>, delivery: Delivery) {
         nats: &nats,
         consumer,
         js,
-        client,
         delivery: &delivery,
         conn: None,
     }
@@ -562,7 +563,6 @@ struct Drainer<'a> {
     nats: &'a Nats,
     consumer: consumer::PullConsumer,
     js: jetstream::Context,
-    client: async_nats::Client,
     delivery: &'a Delivery,
     conn: Option<crate::upstream::UpstreamConn>,
 }
@@ -578,42 +578,76 @@ impl Drainer<'_> {
     async fn run(mut self) {
         let route = self.nats.route.clone();
         let shutdown = self.delivery.shutdown.clone();
-        let mut pull_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut pull_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        // One long-lived pull subscription (a pull request of one message at a time, renewed
+        // by the client), recreated after an error such as missed heartbeats.
+        let mut pulls: Option<consumer::pull::Stream> = None;
         while !shutdown.is_cancelled() {
-            let asked_at = Instant::now();
-            let pulled = async {
-                let mut batch = self
-                    .consumer
-                    .fetch()
-                    .max_messages(1)
-                    .expires(PULL_WAIT)
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match batch.next().await {
-                    Some(Ok(message)) => Ok(Some(message)),
-                    Some(Err(e)) => Err(e.to_string()),
-                    None => Ok(None),
+            let stream = match &mut pulls {
+                Some(stream) => stream,
+                None => {
+                    let opened = self
+                        .consumer
+                        .stream()
+                        .max_messages_per_batch(1)
+                        .expires(PULL_EXPIRES)
+                        .heartbeat(PULL_HEARTBEAT)
+                        .messages();
+                    let opened = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        opened = tokio::time::timeout(PULL_EXPIRES, opened) => opened,
+                    };
+                    match opened {
+                        Ok(Ok(stream)) => pulls.insert(stream),
+                        Ok(Err(err)) => {
+                            self.pull_failed(
+                                &route,
+                                &err.to_string(),
+                                &mut pull_backoff,
+                                &shutdown,
+                            )
+                            .await;
+                            continue;
+                        }
+                        Err(_) => continue,
+                    }
                 }
             };
             let pulled = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                pulled = tokio::time::timeout(PULL_WAIT * 3, pulled) => pulled,
+                pulled = stream.next() => pulled,
             };
             let message = match pulled {
-                Ok(Ok(Some(message))) => message,
-                Ok(Ok(None)) | Err(_) => continue,
-                Ok(Err(err)) => {
-                    let wait = pull_backoff.next_wait();
-                    tracing::debug!(route = %route, error = %err, "pulling from JetStream failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => continue,
-                    }
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    pulls = None;
+                    self.pull_failed(&route, &err.to_string(), &mut pull_backoff, &shutdown)
+                        .await;
+                    continue;
+                }
+                None => {
+                    pulls = None;
+                    continue;
                 }
             };
             pull_backoff.reset();
-            self.handle(message, asked_at).await;
+            // The server started the hold at delivery, just before this.
+            self.handle(message, Instant::now()).await;
+        }
+    }
+
+    async fn pull_failed(
+        &self,
+        route: &str,
+        err: &str,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) {
+        let wait = backoff.next_wait();
+        tracing::debug!(route, error = %err, retry_in_ms = wait.as_millis() as u64, "pulling from JetStream failed; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 
@@ -798,7 +832,6 @@ impl Drainer<'_> {
                     .await;
             }
         }
-        let _ = &self.client;
     }
 }
 
