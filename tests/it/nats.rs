@@ -5,10 +5,19 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::Proc;
+/// A nats-server process, SIGKILLed and reaped when dropped (this file is also included by the
+/// `custody_backends` bench, so it depends on nothing else in the test tree).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// Whether `nats-server` can be run; prints why a test is skipped when not.
 pub fn available(test: &str) -> bool {
@@ -166,7 +175,7 @@ impl Nats {
     /// The route keys that put a route's custody on this NATS.
     pub fn queue_yaml(&self, stream: &str, replicas: usize, takeover: &str) -> String {
         format!(
-            "    queue:\n      backend: jetstream\n      jetstream:\n        servers: {}\n        stream: {stream}\n        replicas: {replicas}\n        max_bytes: 64MiB\n        duplicate_window: 10m\n        takeover: {takeover}\n        publish_timeout: 2s\n",
+            "    queue:\n      backend: jetstream\n      jetstream:\n        servers: {}\n        stream: {stream}\n        replicas: {replicas}\n        max_bytes: 1GiB\n        duplicate_window: 10m\n        takeover: {takeover}\n        publish_timeout: 2s\n",
             self.servers_yaml()
         )
     }
