@@ -677,6 +677,8 @@ impl Drainer<'_> {
         let result = match attempt {
             Attempt::Done(result) => result,
             Attempt::LeaseLost => {
+                // The attempt was dropped mid-exchange: never reuse that connection.
+                self.conn = None;
                 tracing::warn!(route = %route, seq, control_id = %shown_id, outcome = "lease_lost", "could not confirm the hold on the route's front message in time; another guard takes over");
                 return;
             }

@@ -288,6 +288,11 @@ async fn a_resent_message_gets_the_same_ack_and_is_queued_once(backend: Backend)
     eventually("two delivered", || upstream.received().len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(upstream.received().len(), 2);
+    assert_eq!(
+        upstream.connections.load(Ordering::Relaxed),
+        1,
+        "the drainer reuses its upstream connection"
+    );
     guard.stop().await;
 }
 
