@@ -2900,7 +2900,7 @@ routes:
     fn an_unknown_top_level_key_lists_the_valid_ones() {
         assert_eq!(
             errors(&format!("{MINIMAL}extra: 1\n")),
-            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams"
+            "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams, admin"
         );
     }
 
