@@ -317,6 +317,7 @@ async fn jetstream_a_resent_message_gets_the_same_ack_and_is_queued_once() {
 fn sender(
     id: usize,
     addrs: Vec<SocketAddr>,
+    pace: Duration,
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<String>>>,
     negative: Arc<std::sync::atomic::AtomicUsize>,
@@ -346,6 +347,7 @@ fn sender(
             Ok((code, got)) if code.is_positive() && got == msg_id => {
                 acked.lock().unwrap().push(msg_id);
                 n += 1;
+                std::thread::sleep(pace);
             }
             Ok(_) => {
                 negative.fetch_add(1, Ordering::Relaxed);
@@ -359,12 +361,33 @@ fn sender(
     }
 }
 
-/// Waits (bounded) until every acked id is in `saved`; checks that per sender the first
-/// arrivals are in send order; returns (delivered, duplicates).
-fn all_acked_arrive_in_order(saved: &Path, acked: &[String]) -> (usize, usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// The control ids saved by the sink in arrival order, or None while a file is still being
+/// written (the sink creates it, then writes it).
+fn saved_ids(dir: &Path) -> Option<Vec<String>> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).ok()?;
+            mllp_guard::hl7::Header::parse(&bytes)
+                .ok()
+                .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
+        })
+        .collect()
+}
+
+/// Waits (bounded by `patience`) until every acked id is in `saved`; checks that per sender
+/// the first arrivals are in send order; returns (delivered, duplicates).
+fn all_acked_arrive_in_order(saved: &Path, acked: &[String], patience: Duration) -> (usize, usize) {
+    let deadline = Instant::now() + patience;
     let delivered = loop {
-        let delivered = control_ids(saved);
+        let Some(delivered) = saved_ids(saved) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
         let have: HashSet<&String> = delivered.iter().collect();
         let missing = acked.iter().filter(|id| !have.contains(id)).count();
         if missing == 0 {
@@ -462,7 +485,7 @@ impl Drop for Timeline {
 
 /// SIGKILLs the real guard binary `kills` times under 4 concurrent senders (restarting it each
 /// time); every positively acked message must reach the sink, in order per sender.
-fn every_positively_acked_message_survives_sigkill(backend: Backend, kills: usize) {
+fn every_positively_acked_message_survives_sigkill(backend: Backend, kills: usize, pace: Duration) {
     let dir = TestDir::new();
     let saved = dir.path("saved");
     let sink_addr = free_addr();
@@ -481,7 +504,7 @@ fn every_positively_acked_message_survives_sigkill(backend: Backend, kills: usiz
     let senders: Vec<_> = (0..4)
         .map(|i| {
             let (stop, acked, negative) = (stop.clone(), acked.clone(), negative.clone());
-            std::thread::spawn(move || sender(i, vec![listen], stop, acked, negative))
+            std::thread::spawn(move || sender(i, vec![listen], pace, stop, acked, negative))
         })
         .collect();
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -500,8 +523,9 @@ fn every_positively_acked_message_survives_sigkill(backend: Backend, kills: usiz
         s.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 50, "progress: {} acked", acked.len());
-    let (delivered, duplicates) = all_acked_arrive_in_order(&saved, &acked);
+    assert!(acked.len() >= 40, "progress: {} acked", acked.len());
+    let (delivered, duplicates) =
+        all_acked_arrive_in_order(&saved, &acked, Duration::from_secs(120));
     eprintln!(
         "custody under SIGKILL ({}): {} acked, {} delivered, {duplicates} duplicates",
         match backend {
@@ -516,7 +540,7 @@ fn every_positively_acked_message_survives_sigkill(backend: Backend, kills: usiz
 
 #[test]
 fn embedded_every_positively_acked_message_survives_sigkill() {
-    every_positively_acked_message_survives_sigkill(Backend::Embedded, 4);
+    every_positively_acked_message_survives_sigkill(Backend::Embedded, 4, Duration::ZERO);
 }
 
 #[test]
@@ -525,7 +549,8 @@ fn jetstream_every_positively_acked_message_survives_sigkill() {
     else {
         return;
     };
-    every_positively_acked_message_survives_sigkill(backend, 4);
+    // Paced: JetStream delivers one message per round trip to NATS, far slower than it acks.
+    every_positively_acked_message_survives_sigkill(backend, 4, Duration::from_millis(5));
 }
 
 // ---- What only JetStream does ----------------------------------------------------------------
@@ -755,7 +780,11 @@ fn jetstream_two_guards_on_a_three_node_cluster_lose_nothing_when_a_guard_then_a
         .map(|i| {
             let (stop, acked, negative) = (stop.clone(), acked.clone(), negative.clone());
             let addrs = vec![listens[i % 2], listens[(i + 1) % 2]];
-            std::thread::spawn(move || sender(i, addrs, stop, acked, negative))
+            // Paced (about 100 msgs/s each), so the backlog stays within what one drainer
+            // delivers in a debug build on a busy machine.
+            std::thread::spawn(move || {
+                sender(i, addrs, Duration::from_millis(10), stop, acked, negative)
+            })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(2000));
@@ -775,7 +804,8 @@ fn jetstream_two_guards_on_a_three_node_cluster_lose_nothing_when_a_guard_then_a
         acked.len() > before_guard_kill,
         "senders kept getting acks after a guard died"
     );
-    let (delivered, duplicates) = all_acked_arrive_in_order(&saved, &acked);
+    let (delivered, duplicates) =
+        all_acked_arrive_in_order(&saved, &acked, Duration::from_secs(120));
     eprintln!(
         "two guards, 3-node JetStream R3: {} acked ({} negative acks seen), {delivered} delivered, {duplicates} duplicates; delivery resumed {:?} after the guard SIGKILL and {:?} after the NATS node SIGKILL (takeover 2s)",
         acked.len(),
