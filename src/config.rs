@@ -303,6 +303,63 @@ pub struct Custody {
     /// and answered with the same ack instead of being queued again; `None` (written `0s`) =
     /// off. Default 10m.
     pub duplicate_window: Option<Duration>,
+    /// `queue.backend`: where custody is kept. Default `embedded`.
+    pub backend: QueueBackend,
+}
+
+/// `queue.backend`: the store behind a store-and-forward route.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// `embedded`: the segmented log in `<state_dir>/<route>` (the default).
+    #[default]
+    Embedded,
+    /// `jetstream`: a replicated NATS JetStream stream shared by several guards.
+    JetStream(Box<JetStreamQueue>),
+}
+
+/// Default for `queue.jetstream.replicas`.
+pub const DEFAULT_JETSTREAM_REPLICAS: usize = 1;
+/// Default for `queue.jetstream.duplicate_window` (the route's `duplicate_window` default).
+pub const DEFAULT_JETSTREAM_DUPLICATE_WINDOW: Duration = DEFAULT_DUPLICATE_WINDOW;
+/// Default for `queue.jetstream.takeover`.
+pub const DEFAULT_JETSTREAM_TAKEOVER: Duration = Duration::from_secs(30);
+/// Default for `queue.jetstream.publish_timeout`.
+pub const DEFAULT_JETSTREAM_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `queue.jetstream`: custody on NATS JetStream (only with `queue.backend: jetstream`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JetStreamQueue {
+    /// `servers`: NATS URLs (`nats://host:port`, `tls://host:port` or `host:port`); at least one.
+    pub servers: Vec<String>,
+    /// `stream`: the stream's name (letters, digits, `_`, `-`); created if missing.
+    pub stream: String,
+    /// `replicas`: the stream's replication factor, 1 to 5. Default 1.
+    pub replicas: usize,
+    /// `max_bytes`: the stream's size cap; beyond it publishes are refused (never dropped).
+    /// Default `queue.max_bytes`.
+    pub max_bytes: u64,
+    /// `duplicate_window`: JetStream's dedup window for the message id built from MSH-3, MSH-4
+    /// and MSH-10. Default 10m.
+    pub duplicate_window: Duration,
+    /// `tls`: CA and client certificate for the NATS connection.
+    pub tls: Option<NatsTls>,
+    /// `credentials`: a NATS credentials (`.creds`) file.
+    pub credentials: Option<PathBuf>,
+    /// `takeover`: how long a guard that stopped answering keeps its message before another
+    /// guard takes over the route (the consumer's ack wait). Default 30s, at least 1s.
+    pub takeover: Duration,
+    /// `publish_timeout`: how long a publish may wait for JetStream's confirmation before the
+    /// sender gets a negative ack. Default 5s.
+    pub publish_timeout: Duration,
+}
+
+/// `queue.jetstream.tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsTls {
+    /// `ca`: CA certificates that sign the NATS servers' certificates.
+    pub ca: Option<PathBuf>,
+    /// `cert` and `key`: the guard's client certificate (both or neither).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// `ack_mode`: which acks a store-and-forward route sends to the sender (HL7Connect's choices).
@@ -732,6 +789,30 @@ struct RawQueue {
     max_bytes: Option<Text>,
     max_messages: Option<Text>,
     segment_bytes: Option<Text>,
+    backend: Option<Text>,
+    jetstream: Option<Spanned<RawJetStream>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJetStream {
+    servers: Option<Spanned<Vec<Text>>>,
+    stream: Option<Text>,
+    replicas: Option<Text>,
+    max_bytes: Option<Text>,
+    duplicate_window: Option<Text>,
+    tls: Option<Spanned<RawNatsTls>>,
+    credentials: Option<Text>,
+    takeover: Option<Text>,
+    publish_timeout: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNatsTls {
+    ca: Option<Text>,
+    cert: Option<Text>,
+    key: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -1134,7 +1215,9 @@ impl Validator<'_> {
                 .iter()
                 .zip(&raw.routes.value)
                 .enumerate()
-                .find(|(_, (route, _))| matches!(route.delivery, Delivery::StoreAndForward(_)));
+                .find(|(_, (route, _))| {
+                    matches!(&route.delivery, Delivery::StoreAndForward(c) if c.backend == QueueBackend::Embedded)
+                });
             if let Some((i, (_, raw_route))) = first {
                 if let Some(delivery) = &raw_route.value.delivery {
                     self.error(
@@ -1468,6 +1551,7 @@ impl Validator<'_> {
             DEFAULT_QUEUE_MAX_MESSAGES,
             DEFAULT_QUEUE_SEGMENT_BYTES,
         );
+        let mut backend = QueueBackend::Embedded;
         if let Some(q) = &r.queue {
             let q = &q.value;
             max_bytes = self.value(
@@ -1500,6 +1584,7 @@ impl Validator<'_> {
                     );
                 }
             }
+            backend = self.queue_backend(&format!("{p}.queue"), q, max_bytes);
         }
         let ack_mode = self.value(
             format!("{p}.ack_mode"),
@@ -1543,7 +1628,175 @@ impl Validator<'_> {
             retry,
             on_reply,
             duplicate_window,
+            backend,
         })
+    }
+
+    /// `queue.backend` and `queue.jetstream`; `max_bytes` is the queue's (the default cap).
+    fn queue_backend(&mut self, p: &str, q: &RawQueue, max_bytes: u64) -> QueueBackend {
+        let jetstream = self.value(format!("{p}.backend"), &q.backend, false, |s| {
+            match s.trim() {
+                "embedded" => Ok(false),
+                "jetstream" => Ok(true),
+                _ => Err(format!(
+                    "must be `embedded` (the local segmented log, the default) or `jetstream` (a NATS JetStream stream shared by several guards), not \"{s}\""
+                )),
+            }
+        });
+        let invalid_backend = q
+            .backend
+            .as_ref()
+            .is_some_and(|b| !matches!(b.value.trim(), "embedded" | "jetstream"));
+        match (&q.jetstream, jetstream) {
+            (Some(raw), false) if !invalid_backend => {
+                self.error(
+                    format!("{p}.jetstream"),
+                    &raw.referenced,
+                    "only used with `backend: jetstream`; add `backend: jetstream` to this queue or remove it",
+                );
+                QueueBackend::Embedded
+            }
+            (None, true) => {
+                let at = &q.backend.as_ref().expect("backend given").referenced;
+                self.error(
+                    format!("{p}.jetstream"),
+                    at,
+                    "`backend: jetstream` needs a `jetstream:` block with at least `servers` and `stream`, e.g. jetstream: { servers: [\"nats://127.0.0.1:4222\"], stream: MLLP_LAB }",
+                );
+                QueueBackend::Embedded
+            }
+            (Some(raw), true) => QueueBackend::JetStream(Box::new(self.jetstream(
+                &format!("{p}.jetstream"),
+                raw,
+                max_bytes,
+            ))),
+            _ => QueueBackend::Embedded,
+        }
+    }
+
+    fn jetstream(
+        &mut self,
+        p: &str,
+        raw: &Spanned<RawJetStream>,
+        max_bytes: u64,
+    ) -> JetStreamQueue {
+        let j = &raw.value;
+        let mut servers = Vec::new();
+        match &j.servers {
+            None => self.error(
+                format!("{p}.servers"),
+                &raw.referenced,
+                "is required: the NATS servers to connect to, e.g. servers: [\"nats://10.0.0.5:4222\"]",
+            ),
+            Some(list) if list.value.is_empty() => self.error(
+                format!("{p}.servers"),
+                &list.referenced,
+                "needs at least one NATS server URL, e.g. [\"nats://10.0.0.5:4222\"]",
+            ),
+            Some(list) => {
+                for (i, server) in list.value.iter().enumerate() {
+                    match parse_nats_server(&server.value) {
+                        Ok(url) => servers.push(url),
+                        Err(message) => {
+                            self.error(format!("{p}.servers[{i}]"), &server.referenced, message)
+                        }
+                    }
+                }
+            }
+        }
+        let stream = match &j.stream {
+            None => {
+                self.error(
+                    format!("{p}.stream"),
+                    &raw.referenced,
+                    "is required: the JetStream stream that holds this route's messages, e.g. stream: MLLP_LAB",
+                );
+                String::new()
+            }
+            some => self.value(
+                format!("{p}.stream"),
+                some,
+                String::new(),
+                parse_stream_name,
+            ),
+        };
+        let replicas = self.value(
+            format!("{p}.replicas"),
+            &j.replicas,
+            DEFAULT_JETSTREAM_REPLICAS,
+            |s| match s.trim().parse::<usize>() {
+                Ok(n) if (1..=5).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "must be a whole number from 1 to 5 (JetStream's limit), not \"{s}\""
+                )),
+            },
+        );
+        let max_bytes = self.value(
+            format!("{p}.max_bytes"),
+            &j.max_bytes,
+            max_bytes,
+            parse_queue_size,
+        );
+        let duplicate_window = self.value(
+            format!("{p}.duplicate_window"),
+            &j.duplicate_window,
+            DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
+            parse_positive_duration,
+        );
+        let takeover = self.value(
+            format!("{p}.takeover"),
+            &j.takeover,
+            DEFAULT_JETSTREAM_TAKEOVER,
+            |s| {
+                let d = parse_duration(s)?;
+                if d < Duration::from_secs(1) {
+                    return Err(format!("must be at least 1s, not \"{s}\""));
+                }
+                Ok(d)
+            },
+        );
+        let publish_timeout = self.value(
+            format!("{p}.publish_timeout"),
+            &j.publish_timeout,
+            DEFAULT_JETSTREAM_PUBLISH_TIMEOUT,
+            parse_positive_duration,
+        );
+        let tls = j.tls.as_ref().map(|t| {
+            let tp = format!("{p}.tls");
+            let ca = t.value.ca.as_ref().and_then(|ca| self.file(format!("{tp}.ca"), ca));
+            let client = match (&t.value.cert, &t.value.key) {
+                (Some(cert), Some(key)) => {
+                    let cert = self.file(format!("{tp}.cert"), cert);
+                    let key = self.file(format!("{tp}.key"), key);
+                    cert.zip(key)
+                }
+                (None, None) => None,
+                (Some(_), None) | (None, Some(_)) => {
+                    self.error(
+                        tp.clone(),
+                        &t.referenced,
+                        "`cert` and `key` go together: give both (a client certificate for NATS) or neither",
+                    );
+                    None
+                }
+            };
+            NatsTls { ca, client }
+        });
+        let credentials = j
+            .credentials
+            .as_ref()
+            .and_then(|c| self.file(format!("{p}.credentials"), c));
+        JetStreamQueue {
+            servers,
+            stream,
+            replicas,
+            max_bytes,
+            duplicate_window,
+            tls,
+            credentials,
+            takeover,
+            publish_timeout,
+        }
     }
 
     fn retry(&mut self, p: &str, raw: &RawRetry) -> Retry {
@@ -2511,6 +2764,44 @@ fn parse_frame_size(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `queue.jetstream.servers[]`: `nats://host:port`, `tls://host:port` or `host:port`.
+fn parse_nats_server(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let rest = t
+        .strip_prefix("nats://")
+        .or_else(|| t.strip_prefix("tls://"))
+        .unwrap_or(t);
+    let bad = || {
+        format!("\"{s}\" is not a NATS server URL; write e.g. nats://10.0.0.5:4222 or tls://nats.example.org:4222")
+    };
+    if rest.contains("://") || rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    if let Some((host, port)) = host_port.rsplit_once(':') {
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad());
+        }
+    }
+    Ok(t.to_string())
+}
+
+/// `queue.jetstream.stream`: a JetStream stream name (also used in subjects).
+fn parse_stream_name(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty()
+        || t.len() > 200
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "must be letters, digits, `_` or `-` (at most 200), e.g. MLLP_LAB, not \"{s}\""
+        ));
+    }
+    Ok(t.to_string())
+}
+
 /// `queue.max_bytes`, `queue.segment_bytes`: a size of at least 1 MiB.
 fn parse_queue_size(s: &str) -> Result<u64, String> {
     let bytes = parse_size(s)?;
@@ -3277,6 +3568,7 @@ routes:
                     ar: ReplyAction::DeadLetter,
                 },
                 duplicate_window: Some(Duration::from_secs(600)),
+                backend: QueueBackend::Embedded,
             })
         );
     }
@@ -3296,6 +3588,7 @@ routes:
                 retry: Retry::default(),
                 on_reply: OnReply::default(),
                 duplicate_window: Some(DEFAULT_DUPLICATE_WINDOW),
+                backend: QueueBackend::Embedded,
             }
         );
         assert_eq!(DEFAULT_ACK_MODE, AckMode::Msh15);
@@ -3476,6 +3769,146 @@ routes:
             "guard.yaml:18:23: routes[0].duplicate_window: \"forever\" is not a duration; write e.g. 30s, 500ms or 5m",
         ];
         assert_eq!(errors(&yaml), expected.join("\n"));
+    }
+
+    /// The JetStream example of issue 8, verbatim (no `state_dir`: JetStream needs none).
+    const JETSTREAM: &str = r#"
+routes:
+  - name: lab
+    listen: 127.0.0.1:2575
+    allow: [127.0.0.0/8]
+    upstream:
+      address: 127.0.0.1:2576
+    delivery: store-and-forward
+    queue:
+      backend: jetstream             # or: embedded (default)
+      jetstream:
+        servers: ["nats://10.0.0.5:4222", "nats://10.0.0.6:4222", "nats://10.0.0.7:4222"]
+        stream: MLLP_LAB             # created if missing, with the settings below
+        replicas: 3
+        max_bytes: 10GiB
+        duplicate_window: 10m        # JetStream dedup on a message id built from MSH-3, MSH-4, MSH-10
+        tls: { ca: certs/nats-ca.pem, cert: certs/guard.pem, key: certs/guard.key }
+        credentials: secrets/guard.creds   # optional NATS credentials file
+"#;
+
+    #[test]
+    fn the_jetstream_example_of_the_issue_parses_into_typed_values() {
+        let fx = Fixture::new();
+        std::fs::copy(
+            fx.base().join("certs/clients.pem"),
+            fx.base().join("certs/nats-ca.pem"),
+        )
+        .unwrap();
+        std::fs::create_dir(fx.base().join("secrets")).unwrap();
+        std::fs::write(fx.base().join("secrets/guard.creds"), "creds").unwrap();
+        let config = fx.parse(JETSTREAM).unwrap();
+        let c = custody(&config.routes[0]);
+        assert_eq!(
+            c.backend,
+            QueueBackend::JetStream(Box::new(JetStreamQueue {
+                servers: vec![
+                    "nats://10.0.0.5:4222".into(),
+                    "nats://10.0.0.6:4222".into(),
+                    "nats://10.0.0.7:4222".into()
+                ],
+                stream: "MLLP_LAB".into(),
+                replicas: 3,
+                max_bytes: 10 << 30,
+                duplicate_window: Duration::from_secs(600),
+                tls: Some(NatsTls {
+                    ca: Some(fx.base().join("certs/nats-ca.pem")),
+                    client: Some((
+                        fx.base().join("certs/guard.pem"),
+                        fx.base().join("certs/guard.key")
+                    )),
+                }),
+                credentials: Some(fx.base().join("secrets/guard.creds")),
+                takeover: DEFAULT_JETSTREAM_TAKEOVER,
+                publish_timeout: DEFAULT_JETSTREAM_PUBLISH_TIMEOUT,
+            }))
+        );
+    }
+
+    #[test]
+    fn the_queue_backend_defaults_to_embedded_and_jetstream_takes_its_defaults() {
+        let config = Config::parse(
+            &store_and_forward("state_dir: /q\n"),
+            Path::new("g.yaml"),
+            Path::new("/etc"),
+        )
+        .unwrap();
+        assert_eq!(custody(&config.routes[0]).backend, QueueBackend::Embedded);
+        let yaml = format!(
+            "{MINIMAL}    delivery: store-and-forward\n    queue:\n      max_bytes: 32MiB\n      backend: jetstream\n      jetstream: {{ servers: [\"127.0.0.1:4222\"], stream: S }}\n"
+        );
+        let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/etc")).unwrap();
+        let QueueBackend::JetStream(js) = &custody(&config.routes[0]).backend else {
+            panic!("jetstream expected");
+        };
+        assert_eq!(
+            (
+                js.replicas,
+                js.max_bytes,
+                js.duplicate_window,
+                js.tls.is_none()
+            ),
+            (1, 32 << 20, DEFAULT_JETSTREAM_DUPLICATE_WINDOW, true)
+        );
+    }
+
+    #[test]
+    fn bad_jetstream_values_are_all_reported_with_their_positions() {
+        let yaml = format!(
+            "{}{}",
+            store_and_forward("state_dir: /q\n"),
+            "    queue:
+      backend: jetstream
+      jetstream:
+        servers: [\"http://x:1\", \"nats://ok:4222\"]
+        stream: MY.STREAM
+        replicas: 7
+        max_bytes: 10KiB
+        duplicate_window: 0s
+        takeover: 100ms
+        tls: { cert: certs/guard.pem }
+"
+        );
+        let expected = [
+            "guard.yaml:12:19: routes[0].queue.jetstream.servers[0]: \"http://x:1\" is not a NATS server URL; write e.g. nats://10.0.0.5:4222 or tls://nats.example.org:4222",
+            "guard.yaml:13:17: routes[0].queue.jetstream.stream: must be letters, digits, `_` or `-` (at most 200), e.g. MLLP_LAB, not \"MY.STREAM\"",
+            "guard.yaml:14:19: routes[0].queue.jetstream.replicas: must be a whole number from 1 to 5 (JetStream's limit), not \"7\"",
+            "guard.yaml:15:20: routes[0].queue.jetstream.max_bytes: must be at least 1MiB, not \"10KiB\" (10240 bytes)",
+            "guard.yaml:16:27: routes[0].queue.jetstream.duplicate_window: must be greater than zero, not \"0s\"",
+            "guard.yaml:17:19: routes[0].queue.jetstream.takeover: must be at least 1s, not \"100ms\"",
+            "guard.yaml:18:14: routes[0].queue.jetstream.tls: `cert` and `key` go together: give both (a client certificate for NATS) or neither",
+        ];
+        assert_eq!(errors(&yaml), expected.join("\n"));
+        let yaml = format!(
+            "{}    queue: {{ backend: nats }}\n",
+            store_and_forward("state_dir: /q\n")
+        );
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:9:23: routes[0].queue.backend: must be `embedded` (the local segmented log, the default) or `jetstream` (a NATS JetStream stream shared by several guards), not \"nats\""
+        );
+        let yaml = format!(
+            "{}    queue: {{ backend: jetstream }}\n",
+            store_and_forward("state_dir: /q\n")
+        );
+        assert!(
+            errors(&yaml).starts_with("guard.yaml:9:23: routes[0].queue.jetstream: `backend: jetstream` needs a `jetstream:` block"),
+            "{}",
+            errors(&yaml)
+        );
+        let yaml = format!(
+            "{}    queue: {{ jetstream: {{ stream: S }} }}\n",
+            store_and_forward("state_dir: /q\n")
+        );
+        assert_eq!(
+            errors(&yaml),
+            "guard.yaml:9:25: routes[0].queue.jetstream: only used with `backend: jetstream`; add `backend: jetstream` to this queue or remove it"
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! The ack code and whether an ack is sent at all follow HL7 (original mode AA/AE/AR; enhanced
 //! mode, when MSH-15 is present, CA/CE/CR per table 0155) and the route's `ack_mode`. Must not
 //! know sockets, peers or how the queue lays out its bytes.
+//!
+//! With `queue.backend: jetstream` the committer and drainer above are replaced by
+//! [`crate::jetstream`] (publish with PubAck; a shared consumer drains); accepting, duplicates
+//! and acks stay here.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::codec::Frame;
-use crate::config::{AckMode, Custody as CustodyConfig, ReplyAction};
+use crate::config::{AckMode, Custody as CustodyConfig, QueueBackend, ReplyAction};
 use crate::dispatch::own_ack;
 use crate::hl7::printable;
 use crate::hl7::{AckCode, AckView, Header};
@@ -78,14 +82,23 @@ struct AppendRequest {
     done: oneshot::Sender<Result<u64, String>>,
 }
 
+/// Where a route's messages are kept.
+enum Keeper {
+    /// The embedded log: appends go to the committer thread; the drainer reads the store.
+    Log {
+        appends: mpsc::UnboundedSender<AppendRequest>,
+        store: Arc<Mutex<Box<dyn Store>>>,
+    },
+    /// A NATS JetStream stream shared with the route's other guards.
+    JetStream(Arc<crate::jetstream::Nats>),
+}
+
 /// A route's custody: its queue, committer, duplicate memory and drainer.
 pub struct Custody {
     route: Arc<str>,
     cfg: CustodyConfig,
     close_on_failure: bool,
-    appends: mpsc::UnboundedSender<AppendRequest>,
-    store: Arc<Mutex<Box<dyn Store>>>,
-    wake: Arc<Notify>,
+    keeper: Keeper,
     duplicates: Mutex<Duplicates>,
     upstream_address: String,
     pub counters: Arc<Counters>,
@@ -101,6 +114,28 @@ impl Custody {
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Custody>, QueueError> {
+        if let QueueBackend::JetStream(js) = &cfg.backend {
+            let nats = crate::jetstream::Nats::new(route.clone(), (**js).clone(), cfg.max_messages);
+            let custody = Arc::new(Custody {
+                route,
+                close_on_failure,
+                keeper: Keeper::JetStream(nats.clone()),
+                duplicates: Mutex::new(Duplicates::default()),
+                upstream_address: upstream.address(),
+                counters: Arc::new(Counters::default()),
+                cfg,
+            });
+            crate::metrics::watch_queue(custody.clone());
+            let delivery = crate::jetstream::Delivery {
+                upstream,
+                retry: custody.cfg.retry,
+                on_reply: custody.cfg.on_reply,
+                counters: custody.counters.clone(),
+                shutdown,
+            };
+            tracker.spawn(crate::jetstream::run(nats, delivery));
+            return Ok(custody);
+        }
         let (log, recovery) = SegmentLog::open(&cfg.queue_dir, queue_limits(&cfg))?;
         let stats = log.stats();
         tracing::info!(
@@ -135,9 +170,10 @@ impl Custody {
             route,
             cfg,
             close_on_failure,
-            appends,
-            store,
-            wake,
+            keeper: Keeper::Log {
+                appends,
+                store: store.clone(),
+            },
             duplicates: Mutex::new(Duplicates::default()),
             upstream_address: upstream.address(),
             counters,
@@ -149,6 +185,8 @@ impl Custody {
         }
         let drainer = Drainer {
             custody: custody.clone(),
+            store,
+            wake,
             upstream,
             shutdown,
         };
@@ -188,17 +226,35 @@ impl Custody {
                 };
             }
         }
-        let (done, stored) = oneshot::channel();
-        let request = AppendRequest {
-            payload: frame.payload_bytes(),
-            enqueued_at_ms: now_ms(),
-            done,
-        };
-        let result = match self.appends.send(request) {
-            Ok(()) => stored
-                .await
-                .unwrap_or_else(|_| Err("the queue committer stopped".into())),
-            Err(_) => Err("the queue committer stopped".into()),
+        let result = match &self.keeper {
+            Keeper::Log { appends, .. } => {
+                let (done, stored) = oneshot::channel();
+                let request = AppendRequest {
+                    payload: frame.payload_bytes(),
+                    enqueued_at_ms: now_ms(),
+                    done,
+                };
+                match appends.send(request) {
+                    Ok(()) => stored
+                        .await
+                        .unwrap_or_else(|_| Err("the queue committer stopped".into())),
+                    Err(_) => Err("the queue committer stopped".into()),
+                }
+            }
+            Keeper::JetStream(nats) => {
+                let id = crate::jetstream::message_id(header);
+                match nats.publish(frame.payload_bytes(), &id, now_ms()).await {
+                    Ok(duplicate) => {
+                        if duplicate {
+                            self.counters
+                                .duplicates_answered
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(0)
+                    }
+                    Err(reason) => Err(reason),
+                }
+            }
         };
         if let Err(reason) = result {
             tracing::warn!(route = %self.route, control_id = %printable(header.control_id()), error = %reason, "message not queued");
@@ -263,12 +319,20 @@ impl crate::metrics::QueueProbe for Custody {
     }
 
     fn probe(&self) -> (crate::queue::QueueStats, u64) {
-        let stats = self.store.lock().unwrap_or_else(|e| e.into_inner()).stats();
-        (stats, self.counters.dead_lettered.load(Ordering::Relaxed))
+        match &self.keeper {
+            Keeper::Log { store, .. } => {
+                let stats = store.lock().unwrap_or_else(|e| e.into_inner()).stats();
+                (stats, self.counters.dead_lettered.load(Ordering::Relaxed))
+            }
+            Keeper::JetStream(nats) => nats.stats(),
+        }
     }
 
     fn writable(&self) -> bool {
-        !self.counters.sync_failing.load(Ordering::Relaxed)
+        match &self.keeper {
+            Keeper::Log { .. } => !self.counters.sync_failing.load(Ordering::Relaxed),
+            Keeper::JetStream(nats) => nats.writable(),
+        }
     }
 }
 
@@ -416,6 +480,8 @@ impl Duplicates {
 /// Delivers a route's queue to its upstream, in order, one message in flight.
 struct Drainer {
     custody: Arc<Custody>,
+    store: Arc<Mutex<Box<dyn Store>>>,
+    wake: Arc<Notify>,
     upstream: Arc<Upstream>,
     shutdown: CancellationToken,
 }
@@ -438,7 +504,7 @@ impl Drainer {
                 break;
             }
             let next = {
-                let store = custody.store.clone();
+                let store = self.store.clone();
                 tokio::task::spawn_blocking(move || {
                     match store.lock().unwrap_or_else(|e| e.into_inner()).front() {
                         Ok(Some(record)) => Next::Record(record),
@@ -465,7 +531,7 @@ impl Drainer {
                     };
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break,
-                        _ = custody.wake.notified() => continue,
+                        _ = self.wake.notified() => continue,
                         _ = reopen => {
                             self.upstream.reopen_idle(&mut conn).await;
                             continue;
@@ -546,7 +612,7 @@ impl Drainer {
                 }
             }
         }
-        let mut log = custody.store.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = self.store.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = log.close() {
             tracing::error!(route = %route, error = %err, "closing the queue failed");
         } else {
@@ -574,7 +640,7 @@ impl Drainer {
     }
 
     async fn ack(&self, record: &Record) -> bool {
-        let store = self.custody.store.clone();
+        let store = self.store.clone();
         let seq = record.seq;
         let done = tokio::task::spawn_blocking(move || {
             store.lock().unwrap_or_else(|e| e.into_inner()).ack(seq)

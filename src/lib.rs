@@ -25,7 +25,10 @@
 //! Custody (store-and-forward) splits the path: `custody.rs` appends the message to the route's
 //! `queue.rs` log through a group-commit thread and acks once it is durable; its drainer task
 //! later sends the queue upstream in order through `upstream.rs`. `operator.rs` serves
-//! `mllp-guard queue ...`; `backoff.rs` is the jittered backoff both retry loops use.
+//! `mllp-guard queue ...`; `backoff.rs` is the jittered backoff both retry loops use. With
+//! `queue.backend: jetstream`, `jetstream.rs` replaces the log and the drainer: custody publishes
+//! to a replicated NATS JetStream stream (ack after the PubAck) and every guard of the route
+//! pulls from one shared consumer with one message in flight.
 //!
 //! Around it: `config.rs` turns YAML into a validated, typed [`config::Config`] (every error with
 //! its location); `app.rs` builds the routes, binds them and drains on shutdown; `net.rs` holds
@@ -53,6 +56,7 @@ pub mod dispatch;
 pub mod effective;
 pub mod egress;
 pub mod hl7;
+pub mod jetstream;
 pub mod limits;
 pub mod link;
 pub mod listener;

@@ -430,7 +430,16 @@ fn summary(route: &mllp_guard::config::Route) -> String {
         mllp_guard::config::Delivery::Forward => "forward".to_string(),
         mllp_guard::config::Delivery::StoreAndForward(custody) => format!(
             "store-and-forward (queue {}, ack_mode {})",
-            custody.queue_dir.display(),
+            match &custody.backend {
+                mllp_guard::config::QueueBackend::Embedded =>
+                    custody.queue_dir.display().to_string(),
+                mllp_guard::config::QueueBackend::JetStream(js) => format!(
+                    "JetStream stream {} x{} on {}",
+                    js.stream,
+                    js.replicas,
+                    js.servers.join(",")
+                ),
+            },
             match custody.ack_mode {
                 mllp_guard::config::AckMode::Always => "always",
                 mllp_guard::config::AckMode::ErrorsOnly => "errors-only",

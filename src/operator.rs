@@ -3,6 +3,10 @@
 //! `list` and `show` read a queue without locking it, so they work while the guard runs; `replay`
 //! and `purge` need the queue to themselves and refuse while a guard holds it. Payload bytes are
 //! printed only when `--payload` is asked. Must not know sockets or delivery.
+//!
+//! On a `queue.backend: jetstream` route every command talks to the route's stream (see
+//! [`crate::jetstream`]); there all four work while guards run (replay publishes each dead
+//! letter back to the queue before deleting it).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -10,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 
-use crate::config::{Config, Custody, Delivery};
+use crate::config::{Config, Custody, Delivery, JetStreamQueue, QueueBackend};
 use crate::custody::{queue_limits, DEAD_LETTER_DIR};
 use crate::hl7::printable;
 use crate::hl7::Header;
@@ -73,6 +77,43 @@ fn exclusive(dir: &Path, limits: Limits) -> anyhow::Result<SegmentLog> {
     }
 }
 
+/// The JetStream settings of a route, when that is its backend.
+fn jetstream_of(custody: &Custody) -> Option<&JetStreamQueue> {
+    match &custody.backend {
+        QueueBackend::JetStream(js) => Some(js),
+        QueueBackend::Embedded => None,
+    }
+}
+
+/// Runs one operation against a route's NATS JetStream (connecting for it) to completion.
+fn with_jetstream<T>(
+    cfg: &JetStreamQueue,
+    op: impl AsyncFnOnce(&async_nats::jetstream::Context) -> Result<T, String>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            crate::jetstream::connect(cfg, "mllp-guard queue", false),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cannot connect to NATS ({}): timed out",
+                cfg.servers.join(", ")
+            )
+        })?
+        .map_err(anyhow::Error::msg)?;
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(cfg.publish_timeout);
+        let result = op(&js).await.map_err(anyhow::Error::msg);
+        let _ = client.flush().await;
+        result
+    })
+}
+
 fn age(enqueued_at_ms: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -85,6 +126,21 @@ fn age(enqueued_at_ms: u64) -> String {
 /// `queue list`: one line per route with depth, bytes, oldest age and dead letters.
 pub fn list(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyhow::Result<()> {
     for (name, custody) in custody_routes(config, only)? {
+        if let Some(js) = jetstream_of(custody) {
+            let depth = with_jetstream(js, async |ctx| {
+                crate::jetstream::depth(ctx, &js.stream).await
+            })?;
+            let oldest = depth
+                .oldest_enqueued_ms
+                .map(age)
+                .unwrap_or_else(|| "-".into());
+            writeln!(
+                out,
+                "route {name}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {})",
+                depth.pending, depth.dead, depth.bytes, js.stream
+            )?;
+            continue;
+        }
         let pending = read_only(&custody.queue_dir)?
             .map(|q| q.stats())
             .unwrap_or_default();
@@ -151,6 +207,21 @@ pub fn show(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     for (name, custody) in custody_routes(config, only)? {
+        if let Some(js) = jetstream_of(custody) {
+            for (title, subject) in [
+                ("pending", crate::jetstream::queue_subject(&js.stream)),
+                ("dead letters", crate::jetstream::dead_subject(&js.stream)),
+            ] {
+                let records = with_jetstream(js, async |ctx| {
+                    crate::jetstream::records(ctx, &js.stream, &subject, limit).await
+                })?;
+                writeln!(out, "route {name}: {title}: {}", records.len())?;
+                for record in &records {
+                    describe(record, out, payload)?;
+                }
+            }
+            continue;
+        }
         for (title, dir) in [
             ("pending", custody.queue_dir.clone()),
             ("dead letters", custody.queue_dir.join(DEAD_LETTER_DIR)),
@@ -173,6 +244,20 @@ pub fn show(
 /// be delivered again. Needs the guard stopped.
 pub fn replay(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyhow::Result<()> {
     for (name, custody) in custody_routes(config, only)? {
+        if let Some(js) = jetstream_of(custody) {
+            let replayed = with_jetstream(js, async |ctx| {
+                crate::jetstream::replay(ctx, &js.stream, js.publish_timeout).await
+            })?;
+            if replayed == 0 {
+                writeln!(out, "route {name}: no dead letters")?;
+            } else {
+                writeln!(
+                    out,
+                    "route {name}: {replayed} dead letters replayed into the queue"
+                )?;
+            }
+            continue;
+        }
         let dead_dir = custody.queue_dir.join(DEAD_LETTER_DIR);
         if !dead_dir.exists() {
             writeln!(out, "route {name}: no dead letters")?;
@@ -220,6 +305,33 @@ pub fn purge(
         } else {
             "pending messages"
         };
+        if let Some(js) = jetstream_of(custody) {
+            let subject = if dead_letters {
+                crate::jetstream::dead_subject(&js.stream)
+            } else {
+                crate::jetstream::queue_subject(&js.stream)
+            };
+            let depth = with_jetstream(js, async |ctx| {
+                crate::jetstream::depth(ctx, &js.stream).await
+            })?;
+            let count = if dead_letters {
+                depth.dead
+            } else {
+                depth.pending
+            };
+            if count == 0 {
+                writeln!(out, "route {name}: no {what}")?;
+                continue;
+            }
+            if !yes && !confirmed(name, count, what, input, out)? {
+                continue;
+            }
+            let removed = with_jetstream(js, async |ctx| {
+                crate::jetstream::purge(ctx, &js.stream, &subject).await
+            })?;
+            writeln!(out, "route {name}: {removed} {what} purged")?;
+            continue;
+        }
         if !dir.exists() {
             writeln!(out, "route {name}: no {what}")?;
             continue;
@@ -230,19 +342,31 @@ pub fn purge(
             writeln!(out, "route {name}: no {what}")?;
             continue;
         }
-        if !yes {
-            write!(out, "purge {count} {what} of route {name}? They will never be delivered. Type the route name to confirm: ")?;
-            out.flush()?;
-            let mut answer = String::new();
-            input.read_line(&mut answer)?;
-            if answer.trim() != name {
-                writeln!(out, "route {name}: not purged")?;
-                continue;
-            }
+        if !yes && !confirmed(name, count, what, input, out)? {
+            continue;
         }
         let removed = queue.purge()?;
         queue.close()?;
         writeln!(out, "route {name}: {removed} {what} purged")?;
     }
     Ok(())
+}
+
+/// Asks the operator to confirm a purge by typing the route's name.
+fn confirmed(
+    name: &str,
+    count: u64,
+    what: &str,
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    write!(out, "purge {count} {what} of route {name}? They will never be delivered. Type the route name to confirm: ")?;
+    out.flush()?;
+    let mut answer = String::new();
+    input.read_line(&mut answer)?;
+    if answer.trim() != name {
+        writeln!(out, "route {name}: not purged")?;
+        return Ok(false);
+    }
+    Ok(true)
 }

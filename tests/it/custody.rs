@@ -18,21 +18,26 @@ use mllp_guard::peer::sink::{Sink, SinkOptions};
 use crate::harness::*;
 
 /// A store-and-forward route to `upstream` with fast retries; `extra` adds route keys.
-fn custody_yaml(dir: &TestDir, upstream: SocketAddr, listen: &str, extra: &str) -> String {
+pub(crate) fn custody_yaml(
+    dir: &TestDir,
+    upstream: SocketAddr,
+    listen: &str,
+    extra: &str,
+) -> String {
     format!(
         "state_dir: {}\nshutdown_grace: 5s\nroutes:\n  - name: lab\n    listen: {listen}\n    allow: [127.0.0.1/32]\n    delivery: store-and-forward\n    retry: {{ initial: 50ms, max: 400ms }}\n{extra}    upstream:\n      address: {upstream}\n      ack_timeout: 2s\n      connect_timeout: 1s\n",
         dir.path("state").display()
     )
 }
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
 }
 
-async fn sink_at(addr: SocketAddr, save: Option<std::path::PathBuf>) -> Sink {
+pub(crate) async fn sink_at(addr: SocketAddr, save: Option<std::path::PathBuf>) -> Sink {
     Sink::start(SinkOptions {
         listen: addr,
         tls: None,
@@ -46,7 +51,7 @@ async fn sink_at(addr: SocketAddr, save: Option<std::path::PathBuf>) -> Sink {
 }
 
 /// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
@@ -54,7 +59,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn control_ids(dir: &Path) -> Vec<String> {
+pub(crate) fn control_ids(dir: &Path) -> Vec<String> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
@@ -301,7 +306,7 @@ async fn a_full_queue_refuses_with_ae_and_drops_nothing() {
 
 // ---- The promise under SIGKILL, with the real binaries -------------------------------------
 
-fn spawn_guard(config: &Path) -> Proc {
+pub(crate) fn spawn_guard(config: &Path) -> Proc {
     Proc(
         Command::new(BIN)
             .args(["run", "--config"])
@@ -315,7 +320,7 @@ fn spawn_guard(config: &Path) -> Proc {
 }
 
 /// One blocking exchange: Ok(ack code and MSA-2) or Err when the connection failed.
-fn exchange(
+pub(crate) fn exchange(
     stream: &mut TcpStream,
     decoder: &mut Decoder,
     buf: &mut bytes::BytesMut,

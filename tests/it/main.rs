@@ -8,6 +8,8 @@ mod custody;
 mod deploy;
 mod firewall;
 mod harness;
+mod jetstream;
+mod nats;
 mod pki;
 mod proxy_protocol;
 mod python_hl7;
