@@ -31,6 +31,9 @@ enum Kind {
     Direct,
     Guard,
     GuardInfo,
+    /// mllp-guard with `TOKIO_WORKER_THREADS=1`: the runtime-shape question of issue 7
+    /// (one worker, no cross-core wake-ups) measured without changing the guard.
+    GuardOneWorker,
     Nginx,
     Haproxy,
     Stunnel,
@@ -42,6 +45,7 @@ impl Kind {
             (Kind::Direct, _) => "direct (plain, to sink)",
             (Kind::Guard, _) => "mllp-guard (log warn)",
             (Kind::GuardInfo, _) => "mllp-guard (log info, default)",
+            (Kind::GuardOneWorker, _) => "mllp-guard (log warn, 1 tokio worker)",
             (Kind::Nginx, false) => "nginx stream",
             (Kind::Nginx, true) => "nginx stream ssl",
             (Kind::Haproxy, false) => "HAProxy tcp",
@@ -52,7 +56,7 @@ impl Kind {
 
     fn program(self) -> Option<&'static str> {
         match self {
-            Kind::Direct | Kind::Guard | Kind::GuardInfo => None,
+            Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardOneWorker => None,
             Kind::Nginx => Some("nginx"),
             Kind::Haproxy => Some("haproxy"),
             Kind::Stunnel => Some("stunnel4"),
@@ -101,7 +105,9 @@ fn version(kind: Kind) -> String {
             .unwrap_or_default()
     };
     let text = match kind {
-        Kind::Direct | Kind::Guard | Kind::GuardInfo => out(BIN, &["--version"]),
+        Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardOneWorker => {
+            out(BIN, &["--version"])
+        }
         Kind::Nginx => out("nginx", &["-v"]),
         Kind::Haproxy => out("haproxy", &["-v"]),
         Kind::Stunnel => out("stunnel4", &["-version"]),
@@ -150,7 +156,7 @@ fn start(
     let tag = format!("{kind:?}-{}", if tls { "tls" } else { "plain" }).to_lowercase();
     let mut cmd = match kind {
         Kind::Direct => unreachable!(),
-        Kind::Guard | Kind::GuardInfo => {
+        Kind::Guard | Kind::GuardInfo | Kind::GuardOneWorker => {
             let tls_block = if tls {
                 format!("    tls:\n      cert: {cert}\n      key: {key}\n")
             } else {
@@ -166,8 +172,15 @@ fn start(
             c.arg("run").arg("--config").arg(config);
             c.env(
                 "MLLP_GUARD_LOG",
-                if kind == Kind::Guard { "warn" } else { "info" },
+                if kind == Kind::GuardInfo {
+                    "info"
+                } else {
+                    "warn"
+                },
             );
+            if kind == Kind::GuardOneWorker {
+                c.env("TOKIO_WORKER_THREADS", "1");
+            }
             c
         }
         Kind::Nginx => {
@@ -302,7 +315,10 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 64,
             reconnect: false,
             pinned: false,
-            kinds: with(vec![Direct, Guard], &[GuardInfo, Nginx, Haproxy]),
+            kinds: with(
+                vec![Direct, Guard],
+                &[GuardInfo, GuardOneWorker, Nginx, Haproxy],
+            ),
         },
         Scenario {
             id: 2,
@@ -312,7 +328,10 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 64,
             reconnect: false,
             pinned: false,
-            kinds: with(vec![Direct, Guard], &[Nginx, Haproxy, Stunnel]),
+            kinds: with(
+                vec![Direct, Guard],
+                &[GuardOneWorker, Nginx, Haproxy, Stunnel],
+            ),
         },
         Scenario {
             id: 3,
@@ -343,7 +362,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 4,
             reconnect: false,
             pinned: false,
-            kinds: with(vec![Direct, Guard], &[Nginx, Haproxy]),
+            kinds: with(vec![Direct, Guard], &[GuardOneWorker, Nginx, Haproxy]),
         },
     ]
 }
@@ -1054,6 +1073,11 @@ fn render(
     let _ = writeln!(w, "|---|---|---:|---|");
     for g in goals {
         let _ = writeln!(w, "{g}");
+    }
+    for id in [1, 2, 5] {
+        if let (Some(g), Some(one)) = (find(id, Kind::Guard), find(id, Kind::GuardOneWorker)) {
+            let _ = writeln!(w, "\nScenario {id}: one tokio worker (`TOKIO_WORKER_THREADS=1`) against the default (one per CPU): CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(one, g, cpu), ratio(one, g, rate));
+        }
     }
     if let (Some(g), Some(i)) = (find(1, Kind::Guard), find(1, Kind::GuardInfo)) {
         let _ = writeln!(w, "\nThe default log level (info: one audit line per message, here to /dev/null) costs {:.1} us/msg of guard CPU against {:.1} at warn ({:.2}x).", col(i, cpu), col(g, cpu), ratio(i, g, cpu));
