@@ -678,7 +678,8 @@ fn codec_gbps() -> Option<f64> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/criterion/frame_decode/whole/1KiB/new/estimates.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
-    let ns = v["median"]["point_estimate"].as_f64()?;
+    // The mean (criterion's headline "time"), not the median: the conservative figure here.
+    let ns = v["mean"]["point_estimate"].as_f64()?;
     Some((1024.0 + 3.0) / ns) // bytes per ns = GB/s
 }
 
@@ -689,12 +690,14 @@ fn main() {
     let seconds = arg_str("--seconds")
         .and_then(|s| s.parse().ok())
         .unwrap_or(if measuring { 5.0 } else { 0.5 });
+    // The smoke run skips the pinned scenario (it would pin the test process) and 1 MiB
+    // messages (slow in a debug build): it only has to show the tool works.
     let wanted: Vec<u32> = arg_str("--scenarios")
-        .unwrap_or_else(|| "1,2,3,4,5,6".into())
+        .unwrap_or_else(|| if measuring { "1,2,3,4,5,6" } else { "1,2,4,6" }.into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let idle_n = arg("--idle", if measuring { 9500 } else { 50 }) as usize;
+    let idle_n = arg("--idle", if measuring { 9500 } else { 20 }) as usize;
     let write = measuring && !std::env::args().any(|a| a == "--no-write");
     // The smoke run (cargo test) measures mllp-guard alone: no peers, tiny and quick.
     let peers = measuring;
@@ -995,11 +998,15 @@ fn render(
     ] {
         if let (Some(g), Some(p)) = (find(id, Kind::Guard), find(id, peer)) {
             let r = ratio(g, p, cpu);
+            let (scale, unit) = if id == 5 {
+                (1e-3, "ms/MiB")
+            } else {
+                (1.0, "us")
+            };
             goals.push(format!(
-                "| {label} | {:.1} vs {:.1} {} | {r:.2} | {} |",
-                col(g, cpu) * if id == 5 { 1e-3 } else { 1.0 },
-                col(p, cpu) * if id == 5 { 1e-3 } else { 1.0 },
-                if id == 5 { "ms/MiB" } else { "us" },
+                "| {label} | {:.2} vs {:.2} {unit} | {r:.2} | {} |",
+                col(g, cpu) * scale,
+                col(p, cpu) * scale,
                 verdict(r <= limit)
             ));
         }
@@ -1062,7 +1069,7 @@ fn render(
         }
     }
     match codec_gbps() {
-        Some(gbps) => goals.push(format!("| frame decoder, 1 KiB frames (criterion, last `cargo bench --bench codec`) >= 5 GB/s | {gbps:.2} GB/s | {:.2} | {} |", gbps / 5.0, verdict(gbps >= 5.0))),
+        Some(gbps) => goals.push(format!("| frame decoder, 1 KiB frames (criterion mean, last `cargo bench --bench codec`) >= 5 GB/s | {gbps:.2} GB/s | {:.2} | {} |", gbps / 5.0, verdict(gbps >= 5.0))),
         None => goals.push("| frame decoder >= 5 GB/s | not measured: run `cargo bench --bench codec` first | | |".into()),
     }
     let _ = writeln!(w, "### Goals of issue 7\n");
