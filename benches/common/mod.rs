@@ -19,12 +19,25 @@ use tokio::net::TcpStream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mllp-guard");
 
-/// A child process killed (and reaped) when dropped, so no subject outlives the tool.
+/// A child process killed (and reaped) when dropped, with all its descendants, so no subject
+/// outlives the tool: nginx's workers outlive a killed master otherwise.
 pub struct Proc(pub Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        let descendants: Vec<String> = process_tree(self.0.id())
+            .into_iter()
+            .skip(1)
+            .map(|p| p.to_string())
+            .collect();
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if !descendants.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .args(&descendants)
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
