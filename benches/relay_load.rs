@@ -8,165 +8,25 @@
 //! (`MLLP_GUARD_LOG=warn` measures the guard without its per-message log line).
 //! Everything stays on loopback; each phase is bounded by --seconds.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mllp_guard::codec::{self, Decoded};
-use mllp_guard::link::Link;
-use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_mllp-guard");
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn message(id: &str, size: usize) -> Vec<u8> {
-    let mut m = format!("MSH|^~\\&|LOAD|FAC|RECV|FAC|20240102030405||ADT^A01^ADT_A01|{id}|P|2.5.1\rPID|1||MRN1\rNTE|1||").into_bytes();
-    m.resize(size.saturating_sub(1).max(m.len()), b'x');
-    m.push(b'\r');
-    m
-}
-
-struct Outcome {
-    messages: u64,
-    elapsed: Duration,
-    latencies_us: Vec<u64>,
-}
-
-async fn closed_loop(
-    addr: SocketAddr,
-    connections: usize,
-    seconds: u64,
-    size: usize,
-    tag: &str,
-) -> Outcome {
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..connections {
-        let stop = stop.clone();
-        let tag = tag.to_string();
-        tasks.push(tokio::spawn(async move {
-            let tcp = TcpStream::connect(addr).await.expect("connect");
-            tcp.set_nodelay(true).unwrap();
-            let mut link = Link::new(tcp, 1 << 20);
-            let mut lat = Vec::new();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let id = format!("{tag}{c}-{n}");
-                let wire = codec::encode(&message(&id, size));
-                let t = Instant::now();
-                link.send(&wire).await.expect("send");
-                match link.next().await {
-                    Ok(Some(Decoded::Frame(ack))) => {
-                        let code = mllp_guard::ack::verify(ack.payload(), id.as_bytes())
-                            .expect("ack answers its message");
-                        assert!(code.is_positive(), "negative ack {code}");
-                    }
-                    other => panic!("no ack: {other:?}"),
-                }
-                lat.push(t.elapsed().as_micros() as u64);
-                n += 1;
-            }
-            lat
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut latencies_us = Vec::new();
-    for t in tasks {
-        latencies_us.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    latencies_us.sort_unstable();
-    Outcome {
-        messages: latencies_us.len() as u64,
-        elapsed,
-        latencies_us,
-    }
-}
-
-fn pct(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{arg, closed_loop, median, pct, peak_rss_kib, Proc, Target, BIN};
 
 fn main() {
     // `cargo test --all-targets` runs this without `--bench`: then it is a one-second smoke run
     // that proves the tool works, not a measurement.
-    let measuring = std::env::args().any(|a| a == "--bench");
+    let measuring = common::measuring();
     let connections = arg("--connections", if measuring { 64 } else { 4 }) as usize;
     let seconds = arg("--seconds", if measuring { 5 } else { 1 });
     let size = arg("--size", 1024) as usize;
     let runs = arg("--runs", if measuring { 3 } else { 1 }).max(1);
 
-    let mut sink = Command::new(BIN)
-        .args(["sink", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sink");
-    let mut line = String::new();
-    BufReader::new(sink.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let sink_addr: SocketAddr = line
-        .trim()
-        .trim_start_matches("listening on ")
-        .parse()
-        .unwrap();
-    let sink = Proc(sink);
+    let (sink, sink_addr) = common::start_sink(&[]);
 
     let dir = tempfile::tempdir().unwrap();
     let log_level = std::env::var("MLLP_GUARD_LOG").unwrap_or_else(|_| "info".into());
@@ -203,15 +63,22 @@ fn main() {
     let mut table: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); subjects.len()];
     for run in 0..runs {
         for (i, (name, addr, pid)) in subjects.iter().enumerate() {
-            let c0 = pid.map(cpu_seconds).unwrap_or(0.0);
-            let outcome = rt.block_on(closed_loop(
-                *addr,
-                connections,
-                seconds,
-                size,
-                &format!("R{run}P{i}-"),
-            ));
-            let c1 = pid.map(cpu_seconds).unwrap_or(0.0);
+            let c0 = pid.map(common::cpu_seconds).unwrap_or(0.0);
+            let target = Target {
+                addr: *addr,
+                tls: None,
+            };
+            let outcome = rt
+                .block_on(closed_loop(
+                    &target,
+                    connections,
+                    seconds as f64,
+                    size,
+                    &format!("R{run}P{i}-"),
+                    false,
+                ))
+                .expect("every message acked");
+            let c1 = pid.map(common::cpu_seconds).unwrap_or(0.0);
             let rate = outcome.messages as f64 / outcome.elapsed.as_secs_f64();
             let cpu = (c1 - c0) * 1e6 / outcome.messages.max(1) as f64;
             let (p50, p99) = (
