@@ -815,3 +815,81 @@ fn jetstream_two_guards_on_a_three_node_cluster_lose_nothing_when_a_guard_then_a
     );
     drop(guards);
 }
+
+/// The `queue.jetstream.tls` block against a nats-server that requires TLS with client
+/// certificates: with the guard's client certificate messages are stored and delivered; without
+/// one the server refuses the guard and senders get negative acks, never a positive one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_over_mutual_tls() {
+    if !nats::available("jetstream_over_mutual_tls") {
+        return;
+    }
+    let dir = TestDir::new();
+    let port = free_addr().port();
+    let store = dir.path("nats-store");
+    let conf = dir.path("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\" }}\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}\n",
+            store.display(),
+            dir.path("ehr.pem").display(),
+            dir.path("ehr.key").display(),
+            dir.path("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let _server = Proc(
+        std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("nats-server listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let queue = |tls: &str| {
+        format!("    queue:\n      backend: jetstream\n      jetstream:\n        servers: [\"nats://localhost:{port}\"]\n        stream: MLLP_TLS\n        replicas: 1\n        publish_timeout: 2s\n        tls: {tls}\n")
+    };
+    let with_cert = queue("{ ca: ca.pem, cert: guard-client.pem, key: guard-client.key }");
+    let guard = dir
+        .guard(&custody_yaml(
+            &dir,
+            upstream.addr,
+            "127.0.0.1:0",
+            &with_cert,
+        ))
+        .await;
+    let mut client = Client::plain(guard.local_addr("lab").unwrap()).await;
+    for i in 0..3 {
+        let id = format!("TLS-{i}");
+        assert_eq!(
+            ack_of(&client.send(&message(&id, 300)).await).0,
+            AckCode::AA
+        );
+    }
+    eventually("three delivered through NATS over TLS", || {
+        upstream.received().len() >= 3
+    })
+    .await;
+    guard.stop().await;
+
+    let without_cert = queue("{ ca: ca.pem }");
+    let guard = dir
+        .guard(&custody_yaml(
+            &dir,
+            upstream.addr,
+            "127.0.0.1:0",
+            &without_cert,
+        ))
+        .await;
+    let mut client = Client::plain(guard.local_addr("lab").unwrap()).await;
+    let (code, _, _) = ack_of(&client.send(&message("NOCERT", 300)).await);
+    assert!(!code.is_positive(), "never acked without a store: {code}");
+    guard.stop().await;
+}
