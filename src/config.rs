@@ -1254,13 +1254,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let log_payloads = self.value("log_payloads".into(), &raw.log_payloads, false, |s| match s
-            .trim()
-        {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(format!("must be true or false, not \"{s}\"")),
-        });
+        let log_payloads = self.value("log_payloads".into(), &raw.log_payloads, false, parse_bool);
         Config {
             file: self.file.to_path_buf(),
             routes,
@@ -1323,11 +1317,7 @@ impl Validator<'_> {
             format!("{p}.transparent"),
             &r.transparent,
             false,
-            |s| match s.trim() {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err(format!("must be true or false, not \"{s}\"")),
-            },
+            parse_bool,
         );
         if let (true, Some(raw)) = (transparent, &r.dial) {
             self.error(
@@ -2019,11 +2009,7 @@ impl Validator<'_> {
             format!("{p}.transparent_source"),
             &u.transparent_source,
             false,
-            |s| match s.trim() {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err(format!("must be true or false, not \"{s}\"")),
-            },
+            parse_bool,
         );
         if let (true, Some(raw)) = (transparent_source, &u.transparent_source) {
             let problem = if u.accept.is_some() {
@@ -2701,6 +2687,15 @@ fn parse_proxy_version(s: &str) -> Result<crate::proxy_protocol::Version, String
         _ => Err(format!(
             "must be v1 (text header) or v2 (binary header), not \"{s}\""
         )),
+    }
+}
+
+/// A switch: `true` or `false`.
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("must be true or false, not \"{s}\"")),
     }
 }
 
