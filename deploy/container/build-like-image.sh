@@ -2,8 +2,9 @@
 # Builds mllp-guard the way deploy/container/Dockerfile's build stage does, without Docker (CI
 # cannot run Docker): a fresh directory holding only the files that stage COPYs, and that stage's
 # own `RUN cargo build ...` line run in it. A file the image build would miss fails here too.
-# The target directory is the repository's, so dependencies built before are reused; the binary
-# lands in target/release/mllp-guard.
+# It builds into its own target directory, target/image-like/: a binary built from the temporary
+# context carries that context's path (the demo's default config is found through it), so it must
+# never replace target/release/mllp-guard, which `cargo run --release -- demo` would then run.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 dockerfile="$repo/deploy/container/Dockerfile"
@@ -33,6 +34,7 @@ done <<<"$stage"
 
 echo "build context: $(cd "$ctx" && find . -maxdepth 1 -mindepth 1 -printf '%P ' | sort)"
 echo "+ $build"
-(cd "$ctx" && CARGO_TARGET_DIR="$repo/target" bash -c "$build")
-"$repo/target/release/mllp-guard" --help >/dev/null
-echo "built $repo/target/release/mllp-guard as the image would"
+out="$repo/target/image-like"
+(cd "$ctx" && CARGO_TARGET_DIR="$out" bash -c "$build")
+"$out/release/mllp-guard" --help >/dev/null
+echo "built $out/release/mllp-guard as the image would"
