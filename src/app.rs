@@ -309,6 +309,7 @@ impl Guard {
             _ => Arc::new(SourceLimits::new(&route.limits)),
         };
         let ctx = Arc::new(RouteContext {
+            metrics: crate::metrics::RouteMetrics::new(name.clone()),
             name,
             route,
             dispatch,

@@ -7,7 +7,7 @@
 //! outcome, ack code (absent when no ack went out), latency, and for refusals the rule or the
 //! reason. The timestamp comes from the log formatter. Lines go to the process's log writer,
 //! which writes synchronously to stderr: under load it slows the guard down rather than
-//! dropping a line. Header fields are shown through [`printable`], so control characters and
+//! dropping a line. Header fields are shown through [`Printable`], so control characters and
 //! anything beyond the field cannot leak; message bodies are never logged, except at trace
 //! level on target `mllp_guard::payload` when `log_payloads: true` is set explicitly. Also
 //! counts the message in [`crate::metrics`]. Must not know how messages are delivered.
@@ -16,11 +16,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::hl7::{printable, AckCode, Header};
+use tracing::field::display;
+
+use crate::hl7::{AckCode, Header, Printable};
+use crate::metrics::RouteMetrics;
 
 /// One message's fate.
 pub struct Entry<'a> {
-    pub route: &'a str,
+    /// The route: its name for the line, its metric handles for the count.
+    pub route: &'a RouteMetrics,
     /// `from_sender` (the usual direction) or `to_sender` (a receiver's own message on a
     /// paired connection).
     pub direction: &'static str,
@@ -52,10 +56,11 @@ pub fn record(entry: &Entry<'_>, payload: &[u8]) {
     let took = entry.started.elapsed();
     let latency_ms = took.as_secs_f64() * 1000.0;
     let h = entry.header;
-    let sending_application = h.map(|h| printable(h.sending_application()));
-    let sending_facility = h.map(|h| printable(h.sending_facility()));
-    let message_type = h.map(|h| printable(h.message_type()));
-    let control_id = h.map(|h| printable(h.control_id()));
+    // Formatted only if the line is written (not at all below its level).
+    let sending_application = h.map(|h| display(Printable(h.sending_application())));
+    let sending_facility = h.map(|h| display(Printable(h.sending_facility())));
+    let message_type = h.map(|h| display(Printable(h.message_type())));
+    let control_id = h.map(|h| display(Printable(h.control_id())));
     let ack = entry.ack.map(|code| code.as_str());
     let (reason, error) = match entry.problem {
         Some((reason, error)) => (Some(reason), Some(error)),
@@ -65,7 +70,7 @@ pub fn record(entry: &Entry<'_>, payload: &[u8]) {
         ($level:ident) => {
             tracing::$level!(
                 target: "mllp_guard::audit",
-                route = entry.route,
+                route = entry.route.name(),
                 direction = entry.direction,
                 peer = %entry.peer,
                 identity = entry.identity,
@@ -90,12 +95,11 @@ pub fn record(entry: &Entry<'_>, payload: &[u8]) {
         line!(info);
     }
     if LOG_PAYLOADS.load(Ordering::Relaxed) {
-        tracing::trace!(target: "mllp_guard::payload", route = entry.route, control_id, payload = %String::from_utf8_lossy(payload).escape_debug(), "payload (log_payloads: true)");
+        tracing::trace!(target: "mllp_guard::payload", route = entry.route.name(), control_id, payload = %String::from_utf8_lossy(payload).escape_debug(), "payload (log_payloads: true)");
     }
     // Out: what went on towards the other side (forwarded, queued or relayed).
     let passed_on = matches!(entry.outcome, "forwarded" | "queued" | "relayed_to_sender");
-    crate::metrics::message(
-        entry.route,
+    entry.route.message(
         entry.direction,
         entry.outcome,
         ack.unwrap_or("none"),

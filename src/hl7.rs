@@ -560,23 +560,51 @@ pub fn fuzz_header(data: &[u8]) {
 /// A header field made safe for a log line: control characters replaced, at most 64 characters.
 /// Only header fields that identify a message (never patient data) are logged.
 pub fn printable(field: &[u8]) -> String {
-    field
-        .iter()
-        .take(64)
-        .map(|&b| {
-            if (0x20..0x7F).contains(&b) {
-                b as char
-            } else {
-                '?'
+    Printable(field).to_string()
+}
+
+/// [`printable`] without the allocation: formats the field only if the log line is written.
+#[derive(Clone, Copy)]
+pub struct Printable<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let field = &self.0[..self.0.len().min(64)];
+        // Runs of printable ASCII go out whole; each other byte becomes '?'.
+        for run in field.split_inclusive(|b| !(0x20..0x7F).contains(b)) {
+            let (text, odd) = match run.split_last() {
+                Some((&last, rest)) if !(0x20..0x7F).contains(&last) => (rest, true),
+                _ => (run, false),
+            };
+            f.write_str(std::str::from_utf8(text).map_err(|_| std::fmt::Error)?)?;
+            if odd {
+                f.write_str("?")?;
             }
-        })
-        .collect()
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Printable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn printable_replaces_control_and_non_ascii_bytes_and_stops_at_64() {
+        assert_eq!(Printable(b"ADT^A01").to_string(), "ADT^A01");
+        assert_eq!(Printable(b"a\rb\x0bc\x1c").to_string(), "a?b?c?");
+        assert_eq!(Printable("Zoë".as_bytes()).to_string(), "Zo??");
+        assert_eq!(Printable(&[b'x'; 100]).to_string(), "x".repeat(64));
+        assert_eq!(Printable(b"").to_string(), "");
+        assert_eq!(printable(b"\x00ok"), "?ok");
+    }
 
     /// The corpus: `$MLLP_GUARD_CORPUS`, else the copy vendored in `tests/corpus`.
     fn corpus_dir() -> PathBuf {

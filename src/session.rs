@@ -36,6 +36,8 @@ use crate::upstream::{PairedWith, Upstream, UpstreamConn};
 /// Everything a session needs from its route.
 pub struct RouteContext {
     pub name: Arc<str>,
+    /// The route's metric handles (and its name again), for the audit line and its count.
+    pub metrics: crate::metrics::RouteMetrics,
     pub route: Route,
     pub dispatch: Dispatch,
     /// Per-source connection and message limits (tracks nothing when none are configured).
@@ -348,7 +350,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                  problem: Option<(&'static str, &str)>| {
         audit::record(
             &audit::Entry {
-                route: &ctx.name,
+                route: &ctx.metrics,
                 direction: "from_sender",
                 peer,
                 identity: who.identity(),
@@ -481,7 +483,7 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Rep
     let header = Header::parse(head).ok();
     audit::record(
         &audit::Entry {
-            route: &ctx.name,
+            route: &ctx.metrics,
             direction: "from_sender",
             peer: who.addr,
             identity: who.identity(),

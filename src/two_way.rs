@@ -53,7 +53,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                  problem: Option<(&'static str, &str)>| {
         audit::record(
             &audit::Entry {
-                route: &ctx.name,
+                route: &ctx.metrics,
                 direction: "to_sender",
                 peer: who.addr,
                 identity: who.identity(),

@@ -400,6 +400,7 @@ pub struct Upstream {
     gate: ConnectGate,
     /// With `accept`: the connections receivers opened to us.
     accepted: Option<Arc<Accepted>>,
+    ack_duration: crate::metrics::AckDuration,
 }
 
 struct Pool {
@@ -430,6 +431,7 @@ impl Upstream {
             })),
         };
         Upstream {
+            ack_duration: crate::metrics::AckDuration::new(&route),
             route,
             cfg,
             pool,
@@ -762,7 +764,7 @@ impl Upstream {
             return Err(UpstreamError::Flooded);
         }
         let ack = outcome.map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
-        crate::metrics::upstream_ack(&self.route, sent_at.elapsed());
+        self.ack_duration.observe(sent_at.elapsed());
         let code = ack::verify(ack.payload(), control_id).map_err(UpstreamError::AckMismatch)?;
         Ok(Reply {
             code,
