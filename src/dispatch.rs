@@ -78,7 +78,9 @@ impl Dispatch {
         origin: Origin,
     ) -> Answer {
         match self {
-            Dispatch::Custody(custody) => match custody.accept(frame, header).await {
+            // Boxed for the same reason as `Upstream::open`: storing a message is a larger
+            // state than forwarding it, and a durable write costs far more than the allocation.
+            Dispatch::Custody(custody) => match Box::pin(custody.accept(frame, header)).await {
                 // Custody's own acks are positive exactly when the message is (or already was)
                 // queued.
                 Verdict::Ack { ack, code, outcome } => Answer::Ack {

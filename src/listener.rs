@@ -205,41 +205,55 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let peer = origin.source;
-    let Some(tls) = &ctx.route.tls else {
-        let who = Peer {
-            addr: peer,
-            local: origin.destination,
-            identities: Vec::new(),
-        };
-        session::serve(Stream::Plain(tcp), who, ctx.clone(), shutdown).await;
-        return;
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    let limit = ctx.route.handshake_timeout;
-    let handshake = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        result = tokio::time::timeout(limit, acceptor.accept(tcp)) => result,
-    };
-    let stream = match handshake {
-        Ok(Ok(stream)) => Stream::ServerTls(Box::new(stream)),
-        Ok(Err(err)) => {
-            crate::metrics::tls_handshake_failed(&ctx.name, "error");
-            tracing::warn!(route = %ctx.name, %peer, error = %err, "TLS handshake failed; connection closed");
-            return;
-        }
-        Err(_) => {
-            crate::metrics::tls_handshake_failed(&ctx.name, "timeout");
-            tracing::warn!(route = %ctx.name, %peer, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
-            return;
-        }
+    let stream = match &ctx.route.tls {
+        None => Stream::Plain(tcp),
+        // Boxed: a handshake in progress holds a whole rustls connection (over 1 KiB). On the
+        // heap it lives only while the handshake runs, instead of sizing every connection's
+        // task, plaintext ones too, for their whole life (issue 7: idle memory per connection).
+        Some(tls) => match Box::pin(handshake(tcp, tls, &ctx, peer, &shutdown)).await {
+            Some(stream) => stream,
+            None => return,
+        },
     };
     let who = Peer {
         addr: peer,
         local: origin.destination,
         identities: stream.peer_identities(),
     };
-    tracing::debug!(route = %ctx.name, %peer, identity = who.identity(), "TLS session established");
+    if ctx.route.tls.is_some() {
+        tracing::debug!(route = %ctx.name, %peer, identity = who.identity(), "TLS session established");
+    }
     session::serve(stream, who, ctx.clone(), shutdown).await;
+}
+
+/// The server side of a TLS handshake within `handshake_timeout`; `None` (logged and counted)
+/// when it fails, times out, or the guard shuts down meanwhile.
+async fn handshake(
+    tcp: TcpStream,
+    tls: &crate::config::ServerTls,
+    ctx: &RouteContext,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<Stream> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let limit = ctx.route.handshake_timeout;
+    let handshake = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        result = tokio::time::timeout(limit, acceptor.accept(tcp)) => result,
+    };
+    match handshake {
+        Ok(Ok(stream)) => Some(Stream::ServerTls(Box::new(stream))),
+        Ok(Err(err)) => {
+            crate::metrics::tls_handshake_failed(&ctx.name, "error");
+            tracing::warn!(route = %ctx.name, %peer, error = %err, "TLS handshake failed; connection closed");
+            None
+        }
+        Err(_) => {
+            crate::metrics::tls_handshake_failed(&ctx.name, "timeout");
+            tracing::warn!(route = %ctx.name, %peer, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
+            None
+        }
+    }
 }
 
 /// Closes a refused connection at once, with a reset (no lingering TIME_WAIT for the refuser).

@@ -157,7 +157,13 @@ where
             }
             messages += 1;
             let answer = match item {
-                Decoded::Frame(frame) => handle_message(&ctx, &mut slots, &frame, &who).await,
+                // Boxed: delivering a message is the largest state a session can be in (about
+                // 2 KiB, most of it the upstream exchange); on the heap only while a message is
+                // in flight, it does not size every idle connection's task (issue 7: one
+                // allocation per message against ~2 KiB per idle connection, BENCHMARKS.md).
+                Decoded::Frame(frame) => {
+                    Box::pin(handle_message(&ctx, &mut slots, &frame, &who)).await
+                }
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, &who),
             };
             if let Err(end) = write_answer(&ctx, &mut link, answer, peer).await {

@@ -791,7 +791,10 @@ impl Upstream {
         let addr = self.cfg.role.to_string();
         self.gate.admit(&addr)?;
         let limit = self.cfg.connect_timeout;
-        let opened = timeout(limit, self.open(&addr, origin))
+        // Boxed: opening (TCP, SOCKS or HTTP CONNECT, TLS) is the largest state a message's
+        // future can be in; on the heap only while it runs, it does not size every session's
+        // task for its whole life (issue 7, idle memory per connection).
+        let opened = timeout(limit, Box::pin(self.open(&addr, origin)))
             .await
             .unwrap_or_else(|_| {
                 Err(UpstreamError::ConnectTimeout {
