@@ -35,6 +35,10 @@ pub struct Link<S> {
     stream: S,
     decoder: Decoder,
     buf: BytesMut,
+    /// How long the last frame was on the wire: a frame that does not arrive in one read makes
+    /// room for this much at once, so a stream of large messages does not grow (and copy) a
+    /// new buffer step by step for each of them.
+    last_frame_len: usize,
     /// Frames read while waiting for something else, to be handled before new ones.
     set_aside: VecDeque<Decoded>,
 }
@@ -67,6 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             stream,
             decoder: Decoder::with_framing(max_payload_bytes, framing),
             buf: BytesMut::new(),
+            last_frame_len: 0,
             set_aside: VecDeque::new(),
         }
     }
@@ -89,7 +94,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 
     /// The next frame already buffered, without reading.
     pub fn try_decode(&mut self) -> Option<Decoded> {
-        self.decoder.decode(&mut self.buf)
+        let item = self.decoder.decode(&mut self.buf);
+        if let Some(Decoded::Frame(frame)) = &item {
+            self.last_frame_len = frame.as_wire().len();
+        }
+        item
     }
 
     /// One read from the stream into the buffer; returns the byte count, 0 at end of stream.
@@ -108,7 +117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             return poll_read_between_frames(Pin::new(&mut self.stream), cx, &mut self.buf);
         }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-            self.buf.reserve(READ_CHUNK);
+            let rest_of_a_frame_like_the_last = self.last_frame_len.saturating_sub(self.buf.len());
+            self.buf
+                .reserve(rest_of_a_frame_like_the_last.max(READ_CHUNK));
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
@@ -287,6 +298,34 @@ mod tests {
         assert_eq!(payload_of(link.next().await.unwrap()), b"third");
         drop(writer.await.unwrap());
         assert!(link.next().await.unwrap().is_none(), "end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_frame_like_the_last_large_one_gets_its_room_at_once() {
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let mut link = Link::new(ours, 1 << 20);
+        let big = frame_of(&[b'x'; 300_000]);
+        let first = {
+            let big = big.clone();
+            tokio::spawn(async move {
+                theirs.write_all(&big).await.unwrap();
+                theirs
+            })
+        };
+        assert!(matches!(
+            link.next().await.unwrap(),
+            Some(Decoded::Frame(_))
+        ));
+        let mut theirs = first.await.unwrap();
+        theirs.write_all(&big[..1000]).await.unwrap();
+        assert_eq!(link.read_more().await.unwrap(), 1000);
+        theirs.write_all(&big[1000..2000]).await.unwrap();
+        assert_eq!(link.read_more().await.unwrap(), 1000);
+        assert!(
+            link.buf.capacity() >= big.len(),
+            "room for the whole frame after its second read, not {}",
+            link.buf.capacity()
+        );
     }
 
     #[tokio::test]
