@@ -148,6 +148,10 @@ where
         _ => None,
     };
 
+    // One shutdown waiter for the whole session: a new `cancelled()` per message would register
+    // with (and leave) the token's waiter list, under its lock, twice per message.
+    let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
+
     let end = 'session: loop {
         // Answer every complete frame already read (set aside first) before reading again.
         while let Some(item) = link.take_set_aside().or_else(|| link.try_decode()) {
@@ -222,7 +226,7 @@ where
             };
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if !in_frame && !upstream_in_frame => Event::Shutdown,
+                _ = &mut shutdown_signal, if !in_frame && !upstream_in_frame => Event::Shutdown,
                 outcome = read => Event::Sender(outcome),
                 outcome = receiver, if watch_receiver => Event::Receiver(outcome),
                 _ = idle, if idle_upstream_at.is_some() => Event::IdleUpstream,
