@@ -31,9 +31,10 @@ enum Kind {
     Direct,
     Guard,
     GuardInfo,
-    /// mllp-guard with `TOKIO_WORKER_THREADS=1`: the runtime-shape question of issue 7
-    /// (one worker, no cross-core wake-ups) measured without changing the guard.
-    GuardOneWorker,
+    /// mllp-guard with `MLLP_GUARD_RUNTIME=current-thread`: the runtime-shape question of
+    /// issue 7 (one thread, no cross-core wake-ups, no work stealing) against the default
+    /// multi-thread runtime, same binary.
+    GuardCurrentThread,
     Nginx,
     Haproxy,
     Stunnel,
@@ -45,7 +46,7 @@ impl Kind {
             (Kind::Direct, _) => "direct (plain, to sink)",
             (Kind::Guard, _) => "mllp-guard (log warn)",
             (Kind::GuardInfo, _) => "mllp-guard (log info, default)",
-            (Kind::GuardOneWorker, _) => "mllp-guard (log warn, 1 tokio worker)",
+            (Kind::GuardCurrentThread, _) => "mllp-guard (log warn, current-thread runtime)",
             (Kind::Nginx, false) => "nginx stream",
             (Kind::Nginx, true) => "nginx stream ssl",
             (Kind::Haproxy, false) => "HAProxy tcp",
@@ -56,7 +57,7 @@ impl Kind {
 
     fn program(self) -> Option<&'static str> {
         match self {
-            Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardOneWorker => None,
+            Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardCurrentThread => None,
             Kind::Nginx => Some("nginx"),
             Kind::Haproxy => Some("haproxy"),
             Kind::Stunnel => Some("stunnel4"),
@@ -105,7 +106,7 @@ fn version(kind: Kind) -> String {
             .unwrap_or_default()
     };
     let text = match kind {
-        Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardOneWorker => {
+        Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardCurrentThread => {
             out(BIN, &["--version"])
         }
         Kind::Nginx => out("nginx", &["-v"]),
@@ -156,7 +157,7 @@ fn start(
     let tag = format!("{kind:?}-{}", if tls { "tls" } else { "plain" }).to_lowercase();
     let mut cmd = match kind {
         Kind::Direct => unreachable!(),
-        Kind::Guard | Kind::GuardInfo | Kind::GuardOneWorker => {
+        Kind::Guard | Kind::GuardInfo | Kind::GuardCurrentThread => {
             let tls_block = if tls {
                 format!("    tls:\n      cert: {cert}\n      key: {key}\n")
             } else {
@@ -178,8 +179,8 @@ fn start(
                     "warn"
                 },
             );
-            if kind == Kind::GuardOneWorker {
-                c.env("TOKIO_WORKER_THREADS", "1");
+            if kind == Kind::GuardCurrentThread {
+                c.env("MLLP_GUARD_RUNTIME", "current-thread");
             }
             c
         }
@@ -317,7 +318,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             pinned: false,
             kinds: with(
                 vec![Direct, Guard],
-                &[GuardInfo, GuardOneWorker, Nginx, Haproxy],
+                &[GuardInfo, GuardCurrentThread, Nginx, Haproxy],
             ),
         },
         Scenario {
@@ -330,7 +331,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             pinned: false,
             kinds: with(
                 vec![Direct, Guard],
-                &[GuardOneWorker, Nginx, Haproxy, Stunnel],
+                &[GuardCurrentThread, Nginx, Haproxy, Stunnel],
             ),
         },
         Scenario {
@@ -362,7 +363,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 4,
             reconnect: false,
             pinned: false,
-            kinds: with(vec![Direct, Guard], &[GuardOneWorker, Nginx, Haproxy]),
+            kinds: with(vec![Direct, Guard], &[GuardCurrentThread, Nginx, Haproxy]),
         },
     ]
 }
@@ -1082,8 +1083,8 @@ fn render(
         let _ = writeln!(w, "{g}");
     }
     for id in [1, 2, 5] {
-        if let (Some(g), Some(one)) = (find(id, Kind::Guard), find(id, Kind::GuardOneWorker)) {
-            let _ = writeln!(w, "\nScenario {id}: one tokio worker (`TOKIO_WORKER_THREADS=1`) against the default (one per CPU): CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(one, g, cpu), ratio(one, g, rate));
+        if let (Some(g), Some(one)) = (find(id, Kind::Guard), find(id, Kind::GuardCurrentThread)) {
+            let _ = writeln!(w, "\nScenario {id}: the current-thread runtime (`MLLP_GUARD_RUNTIME=current-thread`) against the default multi-thread one (a worker per CPU): CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(one, g, cpu), ratio(one, g, rate));
         }
     }
     if let (Some(g), Some(i)) = (find(1, Kind::Guard), find(1, Kind::GuardInfo)) {

@@ -154,6 +154,23 @@ fn parse_ack_code(s: &str) -> Result<AckCode, String> {
         .ok_or_else(|| format!("\"{s}\" is not an ack code (AA, AE, AR, CA, CE, CR)"))
 }
 
+/// The async runtime's shape, from `MLLP_GUARD_RUNTIME`: `multi-thread` (the default, a worker
+/// per CPU the process may use) or `current-thread` (everything on one thread: about 10% less
+/// CPU per message in benches/compare, for a guard given one CPU, e.g. a sidecar with a CPU
+/// limit of 1). `None` (reported) for anything else.
+fn runtime_builder() -> Option<tokio::runtime::Builder> {
+    match std::env::var("MLLP_GUARD_RUNTIME").as_deref() {
+        Err(_) | Ok("") | Ok("multi-thread") => Some(tokio::runtime::Builder::new_multi_thread()),
+        Ok("current-thread") => Some(tokio::runtime::Builder::new_current_thread()),
+        Ok(other) => {
+            eprintln!(
+                "error: MLLP_GUARD_RUNTIME={other:?}: expected multi-thread (the default) or current-thread"
+            );
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own table; its guard logs only warnings unless MLLP_GUARD_LOG says otherwise.
@@ -163,10 +180,10 @@ fn main() -> ExitCode {
         "info"
     };
     init_logging(cli.log_format, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let Some(mut builder) = runtime_builder() else {
+        return ExitCode::from(2);
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -272,6 +272,32 @@ fn send_a_directory_sends_its_files_in_name_order() {
 
 #[test]
 fn demo_relays_the_sample_messages_over_tls_with_the_shipped_config() {
+    demo_on_free_ports(None);
+}
+
+#[test]
+fn the_current_thread_runtime_relays_the_demo_too() {
+    demo_on_free_ports(Some("current-thread"));
+}
+
+#[test]
+fn an_unknown_runtime_is_refused_with_exit_2() {
+    let out = guard_cmd()
+        .args(["check", "--config", "/nonexistent.yaml"])
+        .env("MLLP_GUARD_RUNTIME", "green-threads")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MLLP_GUARD_RUNTIME=\"green-threads\": expected multi-thread (the default) or current-thread"),
+        "{stderr}"
+    );
+}
+
+/// `demo` on a copy of the shipped quick-start config moved to free ports, with
+/// `MLLP_GUARD_RUNTIME` set to `runtime` when given.
+fn demo_on_free_ports(runtime: Option<&str>) {
     let dir = TestDir::new();
     // The demo's shipped config uses fixed ports; run a copy on free ports so tests never clash.
     let shipped = std::fs::read_to_string(
@@ -294,11 +320,12 @@ fn demo_relays_the_sample_messages_over_tls_with_the_shipped_config() {
         );
     let config = dir.path("quickstart.yaml");
     std::fs::write(&config, yaml).unwrap();
-    let out = guard_cmd()
-        .args(["demo", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let mut demo = guard_cmd();
+    demo.args(["demo", "--config"]).arg(&config);
+    if let Some(runtime) = runtime {
+        demo.env("MLLP_GUARD_RUNTIME", runtime);
+    }
+    let out = demo.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
