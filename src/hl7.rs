@@ -88,10 +88,7 @@ fn is_blank(b: u8) -> bool {
 
 /// The segment starting at the beginning of `bytes`, up to (not including) its `\r` or `\n`.
 fn first_segment(bytes: &[u8]) -> &[u8] {
-    let end = bytes
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(bytes.len());
+    let end = memchr::memchr2(b'\r', b'\n', bytes).unwrap_or(bytes.len());
     &bytes[..end]
 }
 
@@ -426,10 +423,17 @@ impl<'a> AckView<'a> {
         let header = Header::parse(payload).map_err(AckError::BadHeader)?;
         let fs = header.field_separator();
         let after = &payload[header.segment().len()..];
-        let msa = after
-            .split(|&b| b == b'\r' || b == b'\n')
-            .find(|seg| seg.starts_with(b"MSA") && seg.get(3).is_none_or(|&b| b == fs))
-            .ok_or(AckError::NoMsa)?;
+        let mut segments = after;
+        let msa = loop {
+            let segment = first_segment(segments);
+            if segment.starts_with(b"MSA") && segment.get(3).is_none_or(|&b| b == fs) {
+                break segment;
+            }
+            match segments.get(segment.len() + 1..) {
+                Some(rest) => segments = rest,
+                None => return Err(AckError::NoMsa),
+            }
+        };
         let field = |n: usize| msa.split(|&b| b == fs).nth(n).unwrap_or(empty_at_end(msa));
         let raw_code = field(1);
         let code = AckCode::parse(raw_code)

@@ -26,7 +26,7 @@ use crate::backoff::Backoff;
 use crate::codec::{Decoded, Frame};
 use crate::commit::{self, Commit, CommitError};
 use crate::config::{self, Connections, IdleReopen, MllpRelease, ReceiverRole};
-use crate::hl7::{AckCode, AckError, AckView};
+use crate::hl7::{AckCode, AckError};
 use crate::link::{Link, Ready, MAX_SET_ASIDE};
 use crate::net::{self, Stream};
 use crate::policy::Allowlist;
@@ -741,9 +741,11 @@ impl Upstream {
                 if commit::of_frame(&ack).is_some() {
                     continue; // a stray commit block: nothing waits for it
                 }
+                // Parsed once: whether it answers our message, or (two-way) is not an ack.
+                let verdict = ack::verify(ack.payload(), control_id);
                 // On a two-way connection a frame with a header but no MSA is the receiver's
                 // own message, not our ack.
-                if two_way && matches!(AckView::parse(ack.payload()), Err(AckError::NoMsa)) {
+                if two_way && matches!(verdict, Err(AckMismatch::NotAnAck(AckError::NoMsa))) {
                     if held.len() >= MAX_SET_ASIDE {
                         return Err(UpstreamError::Flooded);
                     }
@@ -755,7 +757,7 @@ impl Upstream {
                         .await
                         .map_err(UpstreamError::Send)?;
                 }
-                return Ok(ack);
+                return Ok((ack, verdict));
             }
         };
         let sent_at = Instant::now();
@@ -763,9 +765,9 @@ impl Upstream {
         if !conn.link.set_aside(held) {
             return Err(UpstreamError::Flooded);
         }
-        let ack = outcome.map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
+        let (ack, verdict) = outcome.map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
         self.ack_duration.observe(sent_at.elapsed());
-        let code = ack::verify(ack.payload(), control_id).map_err(UpstreamError::AckMismatch)?;
+        let code = verdict.map_err(UpstreamError::AckMismatch)?;
         Ok(Reply {
             code,
             ack: ack.payload_bytes(),
