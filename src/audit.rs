@@ -52,15 +52,16 @@ pub fn set_log_payloads(on: bool) {
 }
 
 /// Writes the audit line for one message and counts it.
-pub fn record(entry: &Entry<'_>, payload: &[u8]) {
+pub fn record<'a>(entry: &Entry<'a>, payload: &[u8]) {
     let took = entry.started.elapsed();
     let latency_ms = took.as_secs_f64() * 1000.0;
     let h = entry.header;
-    // Formatted only if the line is written (not at all below its level).
-    let sending_application = h.map(|h| display(Printable(h.sending_application())));
-    let sending_facility = h.map(|h| display(Printable(h.sending_facility())));
-    let message_type = h.map(|h| display(Printable(h.message_type())));
-    let control_id = h.map(|h| display(Printable(h.control_id())));
+    // Found and formatted only if the line is written (not at all below its level).
+    let field = |h: &'a Header<'a>, pick| display(HeaderField(h, pick));
+    let sending_application = h.map(|h| field(h, Header::sending_application));
+    let sending_facility = h.map(|h| field(h, Header::sending_facility));
+    let message_type = h.map(|h| field(h, Header::message_type));
+    let control_id = h.map(|h| field(h, Header::control_id));
     let ack = entry.ack.map(|code| code.as_str());
     let (reason, error) = match entry.problem {
         Some((reason, error)) => (Some(reason), Some(error)),
@@ -107,4 +108,13 @@ pub fn record(entry: &Entry<'_>, payload: &[u8]) {
         if passed_on { entry.bytes as usize } else { 0 },
         took,
     );
+}
+
+/// A header field, looked up and shown through [`Printable`] only when a line is written.
+struct HeaderField<'a>(&'a Header<'a>, fn(&Header<'a>) -> &'a [u8]);
+
+impl std::fmt::Display for HeaderField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Printable((self.1)(self.0)).fmt(f)
+    }
 }
