@@ -342,7 +342,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 1,
             reconnect: false,
             pinned: true,
-            kinds: with(vec![Direct, Guard], &[Nginx, Haproxy]),
+            kinds: with(vec![Direct, Guard], &[GuardCurrentThread, Nginx, Haproxy]),
         },
         Scenario {
             id: 4,
@@ -1082,7 +1082,7 @@ fn render(
     for g in goals {
         let _ = writeln!(w, "{g}");
     }
-    for id in [1, 2, 5] {
+    for id in [1, 2, 3, 5] {
         if let (Some(g), Some(one)) = (find(id, Kind::Guard), find(id, Kind::GuardCurrentThread)) {
             let _ = writeln!(w, "\nScenario {id}: the current-thread runtime (`MLLP_GUARD_RUNTIME=current-thread`) against the default multi-thread one (a worker per CPU): CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(one, g, cpu), ratio(one, g, rate));
         }
