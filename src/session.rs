@@ -180,7 +180,9 @@ where
                 messages += 1;
                 last_read = Instant::now();
                 let conn = slots.route.as_mut().expect("the slot held a connection");
-                match crate::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who).await {
+                // Boxed, like the rare paths below: they would otherwise size every session.
+                let relayed = crate::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who);
+                match Box::pin(relayed).await {
                     Ok(true) => {}
                     Ok(false) => slots.route = None,
                     Err(SenderLost::Closed) => break 'session End::PeerClosed,
@@ -255,7 +257,7 @@ where
             Event::Receiver(Ok(_)) => {}
             Event::IdleUpstream => {
                 if let Some(upstream) = &paired_upstream {
-                    upstream.reopen_idle(&mut slots.route).await;
+                    Box::pin(upstream.reopen_idle(&mut slots.route)).await;
                 }
             }
         }
@@ -303,42 +305,55 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
             None => Ok(()),
         }
     } else {
-        let commit = if committed { Commit::Ack } else { Commit::Nak };
-        let sent = commit::answer(link, commit).await;
-        match (sent, ack) {
-            (Ok(()), Some(ack)) if committed => {
-                let mut held = Vec::new();
-                let result = commit::send_committed(
-                    link,
-                    &ack,
-                    ctx.route.upstream.ack_timeout,
-                    &mut held,
-                    MAX_SET_ASIDE,
-                )
-                .await;
-                if !link.set_aside(held) {
-                    return Err(End::Flooded);
-                }
-                match result {
-                    Ok(()) => Ok(()),
-                    Err(commit::CommitError::Send(err))
-                    | Err(commit::CommitError::Receive(err)) => Err(err),
-                    Err(commit::CommitError::Flooded) => return Err(End::Flooded),
-                    Err(err) => {
-                        // The message was delivered; only the ack's commit is missing. Keep the
-                        // connection: the sender can still resend and be answered.
-                        tracing::warn!(route = %ctx.name, %peer, error = %err, "the sender did not commit its ack (MLLP release 2)");
-                        Ok(())
-                    }
-                }
-            }
-            (sent, _) => sent,
-        }
+        // Boxed: MLLP release 2 waits for commit blocks, a larger state than release 1's single
+        // write, and most routes never use it.
+        Box::pin(answer_release2(ctx, link, ack, committed, peer)).await?
     };
     written.map_err(|err| {
         tracing::debug!(route = %ctx.name, %peer, error = %err, "could not write the answer to the sender");
         End::WriteError
     })
+}
+
+/// The release 2 answer: the commit block, then the ack until the sender commits it. The outer
+/// `Err` ends the session; the inner result is the write's.
+async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &RouteContext,
+    link: &mut Link<S>,
+    ack: Option<Bytes>,
+    committed: bool,
+    peer: SocketAddr,
+) -> Result<std::io::Result<()>, End> {
+    let commit = if committed { Commit::Ack } else { Commit::Nak };
+    let sent = commit::answer(link, commit).await;
+    let (Ok(()), Some(ack), true) = (&sent, ack, committed) else {
+        return Ok(sent);
+    };
+    let mut held = Vec::new();
+    let result = commit::send_committed(
+        link,
+        &ack,
+        ctx.route.upstream.ack_timeout,
+        &mut held,
+        MAX_SET_ASIDE,
+    )
+    .await;
+    if !link.set_aside(held) {
+        return Err(End::Flooded);
+    }
+    match result {
+        Ok(()) => Ok(Ok(())),
+        Err(commit::CommitError::Send(err)) | Err(commit::CommitError::Receive(err)) => {
+            Ok(Err(err))
+        }
+        Err(commit::CommitError::Flooded) => Err(End::Flooded),
+        Err(err) => {
+            // The message was delivered; only the ack's commit is missing. Keep the
+            // connection: the sender can still resend and be answered.
+            tracing::warn!(route = %ctx.name, %peer, error = %err, "the sender did not commit its ack (MLLP release 2)");
+            Ok(Ok(()))
+        }
+    }
 }
 
 /// What to do after handling one frame. `committed`: the message was delivered or queued (the
