@@ -155,9 +155,9 @@ fn parse_ack_code(s: &str) -> Result<AckCode, String> {
 }
 
 /// The async runtime's shape, from `MLLP_GUARD_RUNTIME`: `multi-thread` (the default, a worker
-/// per CPU the process may use) or `current-thread` (everything on one thread: about 10% less
-/// CPU per message in benches/compare, for a guard given one CPU, e.g. a sidecar with a CPU
-/// limit of 1). `None` (reported) for anything else.
+/// per CPU the process may use) or `current-thread` (everything on one thread: 1-15% less CPU
+/// per 1 KiB message in benches/compare, unstable on 1 MiB messages; see BENCHMARKS.md).
+/// `None` (reported) for anything else.
 fn runtime_builder() -> Option<tokio::runtime::Builder> {
     match std::env::var("MLLP_GUARD_RUNTIME").as_deref() {
         Err(_) | Ok("") | Ok("multi-thread") => Some(tokio::runtime::Builder::new_multi_thread()),
