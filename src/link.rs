@@ -4,9 +4,10 @@
 //! the downstream leg and acks on the upstream leg. A link between frames holds no read buffer:
 //! while it waits, a read lands in its worker thread's scratch buffer and only the bytes that
 //! arrived are copied into a buffer of their own (see [`Link::read_more`]), so ten thousand
-//! quiet connections cost ten thousand empty `BytesMut`s, not ten thousand 16 KiB buffers. It also holds frames set aside while
-//! something else was awaited (a message that crossed an ack on a two-way connection), so they
-//! are handled next, in order. Must not know what the frames mean.
+//! quiet connections cost ten thousand empty `BytesMut`s, not ten thousand 16 KiB buffers. It
+//! also holds frames set aside while something else was awaited (a message that crossed an ack
+//! on a two-way connection), so they are handled next, in order. Must not know what the frames
+//! mean.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -35,9 +36,10 @@ pub struct Link<S> {
     stream: S,
     decoder: Decoder,
     buf: BytesMut,
-    /// How long the last frame was on the wire: a frame that does not arrive in one read makes
-    /// room for this much at once, so a stream of large messages does not grow (and copy) a
-    /// new buffer step by step for each of them.
+    /// How long the last frame was on the wire: a large frame (one already past [`READ_CHUNK`]
+    /// and still unfinished) makes room for this much at once, so a stream of large messages
+    /// does not grow (and copy) a new buffer step by step for each of them, while small frames
+    /// that happen to need two reads never reserve a large message's size.
     last_frame_len: usize,
     /// Frames read while waiting for something else, to be handled before new ones.
     set_aside: VecDeque<Decoded>,
@@ -117,9 +119,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             return poll_read_between_frames(Pin::new(&mut self.stream), cx, &mut self.buf);
         }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-            let rest_of_a_frame_like_the_last = self.last_frame_len.saturating_sub(self.buf.len());
-            self.buf
-                .reserve(rest_of_a_frame_like_the_last.max(READ_CHUNK));
+            let room = if self.buf.len() >= READ_CHUNK {
+                // A large frame: room for the rest of one like the last, at once.
+                self.last_frame_len.saturating_sub(self.buf.len())
+            } else {
+                0
+            };
+            self.buf.reserve(room.max(READ_CHUNK));
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
@@ -317,15 +323,40 @@ mod tests {
             Some(Decoded::Frame(_))
         ));
         let mut theirs = first.await.unwrap();
-        theirs.write_all(&big[..1000]).await.unwrap();
-        assert_eq!(link.read_more().await.unwrap(), 1000);
-        theirs.write_all(&big[1000..2000]).await.unwrap();
-        assert_eq!(link.read_more().await.unwrap(), 1000);
+        // The next large frame gets room for all of it once it is past READ_CHUNK and needs
+        // more room: by 64 KiB read, doubling alone would have reached at most 128 KiB.
+        let mut sent = 0;
+        while link.buf.len() < 64 * 1024 {
+            let piece = &big[sent..sent + 4096];
+            theirs.write_all(piece).await.unwrap();
+            sent += piece.len();
+            while link.buf.len() < sent {
+                link.read_more().await.unwrap();
+            }
+        }
         assert!(
             link.buf.capacity() >= big.len(),
-            "room for the whole frame after its second read, not {}",
+            "room for the whole frame, not {}",
             link.buf.capacity()
         );
+        let rest = big[sent..].to_vec();
+        let writer = tokio::spawn(async move {
+            theirs.write_all(&rest).await.unwrap();
+            theirs
+        });
+        assert!(matches!(
+            link.next().await.unwrap(),
+            Some(Decoded::Frame(_))
+        ));
+        let mut theirs = writer.await.unwrap();
+        // A small frame that needs two reads gets ordinary room, not the large one's size.
+        let small = frame_of(b"MSH|^~\\&|small");
+        theirs.write_all(&small[..5]).await.unwrap();
+        assert_eq!(link.read_more().await.unwrap(), 5);
+        theirs.write_all(&small[5..]).await.unwrap();
+        assert!(link.read_more().await.unwrap() > 0);
+        assert!(link.buf.capacity() < 100_000, "{}", link.buf.capacity());
+        assert!(matches!(link.try_decode(), Some(Decoded::Frame(_))));
     }
 
     #[tokio::test]
