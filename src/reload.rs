@@ -5,10 +5,13 @@
 //! Directories are watched rather than files because Kubernetes updates a mounted ConfigMap or
 //! Secret by swapping a `..data` symlink, which replaces every file at once without touching
 //! the watched inode. Events are debounced and then confirmed by comparing a checksum of each
-//! file's content, so editors that write in several steps reload once and unrelated files in
-//! the same directory reload nothing. Must not know what the files mean: [`crate::app`] loads
-//! and applies the config.
+//! file's content, so editors that write in several steps reload once. Events about other files
+//! in the same directory (a log written next to the config, say) are dropped where they arrive
+//! and never wake the guard. Must not know what the files mean: [`crate::app`] loads and
+//! applies the config.
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,9 +35,12 @@ impl Watch {
     /// watch never fires (SIGHUP still reloads) and a warning says so.
     pub fn new(inputs: &[PathBuf]) -> Watch {
         let (tx, rx) = mpsc::unbounded_channel();
+        let names = watched_names(inputs);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.send(());
+            if let Ok(event) = event {
+                if concerns(&event, &names) {
+                    let _ = tx.send(());
+                }
             }
         });
         let mut watcher = match watcher {
@@ -85,6 +91,27 @@ impl Watch {
     }
 }
 
+/// The file names an event must mention to matter: those of the inputs.
+fn watched_names(inputs: &[PathBuf]) -> HashSet<OsString> {
+    inputs
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect()
+}
+
+/// Whether a file event may have changed an input: it names one of them, or a `..`-prefixed
+/// entry (Kubernetes swaps its `..data` symlink to update every file of a volume at once), or
+/// names nothing (the OS dropped events and asks for a rescan).
+fn concerns(event: &notify::Event, names: &HashSet<OsString>) -> bool {
+    if event.paths.is_empty() || event.need_rescan() {
+        return true;
+    }
+    event.paths.iter().any(|path| {
+        path.file_name()
+            .is_some_and(|name| names.contains(name) || name.to_string_lossy().starts_with(".."))
+    })
+}
+
 /// A checksum of each file's content (`None`: unreadable now, e.g. mid-swap).
 fn fingerprint(inputs: &[PathBuf]) -> Vec<Option<u32>> {
     inputs
@@ -110,6 +137,40 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), watch.changed())
             .await
             .expect("a content change fires");
+    }
+
+    #[test]
+    fn only_events_about_an_input_or_a_volume_swap_concern_the_watch() {
+        let names = watched_names(&[PathBuf::from("/etc/guard/guard.yaml")]);
+        let event = |path: &str| notify::Event::default().add_path(PathBuf::from(path));
+        assert!(concerns(&event("/etc/guard/guard.yaml"), &names));
+        assert!(concerns(&event("/etc/guard/..data"), &names));
+        assert!(concerns(&event("/etc/guard/..data_tmp"), &names));
+        assert!(concerns(&notify::Event::default(), &names), "a rescan");
+        assert!(!concerns(&event("/etc/guard/sink.log"), &names));
+        assert!(!concerns(&event("/etc/guard/guard.yaml.swp"), &names));
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_volume_update_fires() {
+        // The layout kubelet gives a ConfigMap volume: each file is a symlink through `..data`,
+        // which is itself swapped to a new timestamped directory on update.
+        let dir = tempfile::tempdir().unwrap();
+        let version = |name: &str, content: &str| {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("guard.yaml"), content).unwrap();
+        };
+        version("..2026_11_22_1", "one");
+        std::os::unix::fs::symlink("..2026_11_22_1", dir.path().join("..data")).unwrap();
+        let config = dir.path().join("guard.yaml");
+        std::os::unix::fs::symlink("..data/guard.yaml", &config).unwrap();
+        let mut watch = Watch::new(std::slice::from_ref(&config));
+        version("..2026_11_22_2", "two");
+        std::os::unix::fs::symlink("..2026_11_22_2", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("the volume update fires");
     }
 
     #[tokio::test]
