@@ -35,7 +35,8 @@
 //! socket tuning and the plain/TLS stream; `tls.rs` (with `pki.rs` for PKCS#12, encrypted keys
 //! and CRLs) builds the rustls configurations and TLS policy; `egress.rs` opens SOCKS5 / HTTP
 //! CONNECT tunnels to upstreams; `peer/` has the `send` and `sink` tools; `demo.rs`
-//! the quick start; `main.rs` the command line.
+//! the quick start; `log_format.rs` the text log line (the audit line is written once per
+//! message, so its cost is on the data path); `main.rs` the command line.
 //!
 //! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, `rules`,
 //! `backoff`, and `config` apart from reading the files it names.
@@ -60,6 +61,7 @@ pub mod jetstream;
 pub mod limits;
 pub mod link;
 pub mod listener;
+pub mod log_format;
 pub mod metrics;
 pub mod net;
 pub mod operator;
