@@ -35,7 +35,7 @@
 //! socket tuning and the plain/TLS stream; `tls.rs` (with `pki.rs` for PKCS#12, encrypted keys
 //! and CRLs) builds the rustls configurations and TLS policy; `egress.rs` opens SOCKS5 / HTTP
 //! CONNECT tunnels to upstreams; `peer/` has the `send` and `sink` tools; `demo.rs`
-//! the quick start; `log_format.rs` the text log line (the audit line is written once per
+//! the quick start; `log_format.rs` the log line formats (the audit line is written once per
 //! message, so its cost is on the data path); `main.rs` the command line.
 //!
 //! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, `rules`,
