@@ -32,11 +32,34 @@ fn main() {
         if dirty { "-dirty" } else { "" }
     );
     println!("cargo:rerun-if-changed=build.rs");
-    // Only in a plain checkout (in a worktree `.git` is a file; a missing path would rerun this
-    // script on every build).
-    for file in [".git/HEAD", ".git/index"] {
-        if std::path::Path::new(file).is_file() {
-            println!("cargo:rerun-if-changed={file}");
+    for file in git_files_that_move() {
+        println!("cargo:rerun-if-changed={file}");
+    }
+}
+
+/// The files a commit, checkout or staged edit rewrites: HEAD and the index in this checkout's
+/// git directory (in a worktree, its own), and the branch HEAD names in the shared one. Only
+/// files that exist: a missing path would rerun this script on every build.
+fn git_files_that_move() -> Vec<String> {
+    let ask = |arg: &str| {
+        Command::new("git")
+            .args(["rev-parse", arg])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+            .filter(|path| !path.is_empty())
+    };
+    let (Some(git_dir), Some(common_dir)) = (ask("--git-dir"), ask("--git-common-dir")) else {
+        return Vec::new();
+    };
+    let mut files = vec![format!("{git_dir}/HEAD"), format!("{git_dir}/index")];
+    if let Ok(head) = std::fs::read_to_string(format!("{git_dir}/HEAD")) {
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
+            files.push(format!("{common_dir}/{branch}"));
         }
     }
+    files.push(format!("{common_dir}/packed-refs"));
+    files.retain(|file| std::path::Path::new(file).is_file());
+    files
 }
