@@ -15,7 +15,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::codec::{self, DecodeStats, Decoded, Decoder, Frame, Framing};
@@ -169,10 +169,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         self.stream.flush().await
     }
 
-    /// Frames `payload` in this link's framing and sends it in one write.
+    /// Frames `payload` in this link's framing and sends it in one write: a vectored one of
+    /// the start byte, the payload and the end bytes where the stream takes those (TCP, TLS),
+    /// so nothing is allocated or copied; else one encoded copy (a plain write of the first
+    /// slice alone would split the frame over several writes).
     pub async fn send_payload(&mut self, payload: &[u8]) -> io::Result<()> {
-        let wire = codec::encode_with(self.decoder.framing(), payload);
-        self.send(&wire).await
+        let framing = self.decoder.framing();
+        if !self.stream.is_write_vectored() {
+            let wire = codec::encode_with(framing, payload);
+            return self.send(&wire).await;
+        }
+        let start = [framing.start()];
+        let mut wire = Buf::chain(Buf::chain(&start[..], payload), framing.end());
+        self.stream.write_all_buf(&mut wire).await?;
+        self.stream.flush().await
     }
 
     /// Sends a decoded frame: as received when it is already in this link's framing (no copy),
@@ -366,5 +376,64 @@ mod tests {
         drop(theirs);
         assert_eq!(link.read_ready(), Ready::Closed);
         assert_eq!(link.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_payload_goes_out_framed_in_one_write_whether_the_stream_takes_slices_or_not() {
+        use tokio::io::AsyncReadExt;
+        // TCP takes vectored writes; an in-memory pipe does not.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        assert!(tcp.is_write_vectored());
+        let mut link = Link::new(tcp, 1024);
+        link.send_payload(b"MSH|^~\\&|A").await.unwrap();
+        drop(link);
+        let mut wire = Vec::new();
+        accepted.read_to_end(&mut wire).await.unwrap();
+        assert_eq!(wire, b"\x0bMSH|^~\\&|A\x1c\x0d");
+
+        /// A stream without vectored writes that counts its writes.
+        struct PlainWrites(tokio::io::DuplexStream, usize);
+        impl AsyncRead for PlainWrites {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_read(cx, buf)
+            }
+        }
+        impl AsyncWrite for PlainWrites {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                data: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.1 += 1;
+                Pin::new(&mut self.0).poll_write(cx, data)
+            }
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_shutdown(cx)
+            }
+        }
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let ours = PlainWrites(ours, 0);
+        assert!(!ours.is_write_vectored());
+        let mut link = Link::with_framing(ours, 1024, Framing::new(0x02, b"\x03").unwrap());
+        link.send_payload(b"MSH|x").await.unwrap();
+        assert_eq!(link.get_ref().1, 1, "one write for the whole frame");
+        drop(link);
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).await.unwrap();
+        assert_eq!(wire, b"\x02MSH|x\x03");
     }
 }
