@@ -137,7 +137,13 @@ where
     let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing);
     let mut slots = Slots::default();
     let mut frame_started: Option<Instant> = None;
+    // When the sender last sent anything; read from the clock only for an `idle_timeout`.
     let mut last_read = Instant::now();
+    let heard_from_sender = |last_read: &mut Instant| {
+        if route.idle_timeout.is_some() {
+            *last_read = Instant::now();
+        }
+    };
     let mut messages = 0u64;
     let release2 = route.release == MllpRelease::Two;
     // The upstream of a forward route with paired connections: the receiver may send on it.
@@ -178,7 +184,7 @@ where
         if paired_upstream.is_some() {
             while let Some(item) = slots.route.as_mut().and_then(|conn| conn.next_inbound()) {
                 messages += 1;
-                last_read = Instant::now();
+                heard_from_sender(&mut last_read);
                 let conn = slots.route.as_mut().expect("the slot held a connection");
                 // Boxed, like the rare paths below: they would otherwise size every session.
                 let relayed = crate::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who);
@@ -240,7 +246,7 @@ where
             Event::Sender(None) => break End::IdleTimeout,
             Event::Sender(Some(Ok(0))) => break End::PeerClosed,
             Event::Sender(Some(Ok(_))) => {
-                last_read = Instant::now();
+                heard_from_sender(&mut last_read);
                 if messages == 0 && route.tls.is_none() && looks_like_tls(link.buffered()) {
                     tracing::warn!(route = %ctx.name, %peer, "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
                     break End::TlsOnPlaintext;

@@ -575,8 +575,8 @@ impl Upstream {
                 None => slot.insert(self.connect_for(with.origin).await?),
             };
             let was_fresh = std::mem::replace(&mut conn.fresh, false);
+            // Sets `last_used` on success; on failure the connection is dropped below.
             let result = self.round_trip(conn, frame, control_id, two_way).await;
-            conn.last_used = Instant::now();
             match result {
                 Ok(reply) => {
                     self.gate.healthy();
@@ -766,7 +766,9 @@ impl Upstream {
             return Err(UpstreamError::Flooded);
         }
         let (ack, verdict) = outcome.map_err(|_| UpstreamError::AckTimeout(ack_timeout))??;
-        self.ack_duration.observe(sent_at.elapsed());
+        let acked_at = Instant::now();
+        conn.last_used = acked_at;
+        self.ack_duration.observe(acked_at - sent_at);
         let code = verdict.map_err(UpstreamError::AckMismatch)?;
         Ok(Reply {
             code,
