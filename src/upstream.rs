@@ -523,9 +523,22 @@ impl Upstream {
         control_id: &[u8],
         with: PairedWith,
     ) -> Result<Reply, UpstreamError> {
-        let Some(pool) = &self.pool else {
-            return self.exchange_on(paired, frame, control_id, with).await;
-        };
+        match &self.pool {
+            None => self.exchange_on(paired, frame, control_id, with).await,
+            // Boxed: a pooled exchange keeps its permit and connection across the exchange,
+            // which would otherwise grow every paired session's in-flight state by ~500 bytes
+            // (moved, not just held, at each await level; issue 7).
+            Some(pool) => Box::pin(self.exchange_pooled(pool, frame, control_id)).await,
+        }
+    }
+
+    /// [`Upstream::exchange`] on a connection borrowed from the pool.
+    async fn exchange_pooled(
+        &self,
+        pool: &Pool,
+        frame: &Frame,
+        control_id: &[u8],
+    ) -> Result<Reply, UpstreamError> {
         let waited = self.cfg.ack_timeout;
         let _permit = match timeout(waited, pool.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -560,7 +573,9 @@ impl Upstream {
             .is_some_and(|conn| self.is_idle_too_long(conn))
         {
             if let Some(conn) = slot.take() {
-                self.close_idle(conn).await;
+                // Boxed: closing (a TLS close_notify under a timeout) is rare and would
+                // otherwise be the largest state of every exchange.
+                Box::pin(self.close_idle(conn)).await;
             }
         }
         if slot
