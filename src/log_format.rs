@@ -547,6 +547,19 @@ mod tests {
     }
 
     #[test]
+    fn records_from_the_log_crate_are_written_as_tracing_subscriber_writes_them() {
+        // Installed once for the test binary; records go to the thread's current subscriber.
+        let _ = tracing_log::LogTracer::init();
+        let emit = || log::warn!(target: "rustls::conn", "peer sent {} alerts", 2);
+        let ours = json_lines(true, emit);
+        assert_eq!(ours, json_lines(false, emit));
+        assert!(ours.contains(r#""target":"rustls::conn""#), "{ours}");
+        let text = line(true, emit);
+        assert_eq!(text, line(false, emit));
+        assert!(text.contains("rustls::conn: peer sent 2 alerts"), "{text}");
+    }
+
+    #[test]
     fn terminal_control_characters_are_escaped_in_messages_and_displayed_values() {
         struct Shown(&'static str);
         impl std::fmt::Display for Shown {
