@@ -22,6 +22,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{self, AckMismatch};
+use crate::ack_clock::AckClock;
 use crate::backoff::Backoff;
 use crate::codec::{Decoded, Frame};
 use crate::commit::{self, Commit, CommitError};
@@ -153,6 +154,8 @@ pub struct UpstreamConn {
     last_used: Instant,
     /// The release this side speaks.
     release: MllpRelease,
+    /// The ack timeout's timer, kept from one exchange to the next.
+    ack_clock: AckClock,
 }
 
 impl UpstreamConn {
@@ -715,10 +718,19 @@ impl Upstream {
     ) -> Result<Reply, UpstreamError> {
         let ack_timeout = self.cfg.ack_timeout;
         let mut held: Vec<Decoded> = Vec::new();
+        let sent_at = Instant::now();
+        // The exchange borrows the link; the ack timeout runs on the connection's own timer.
+        let UpstreamConn {
+            link,
+            release,
+            ack_clock,
+            ..
+        } = conn;
+        let release = *release;
         let exchange = async {
-            if conn.release == MllpRelease::Two {
+            if release == MllpRelease::Two {
                 commit::send_committed(
-                    &mut conn.link,
+                    link,
                     frame.payload(),
                     ack_timeout,
                     &mut held,
@@ -727,17 +739,14 @@ impl Upstream {
                 .await
                 .map_err(UpstreamError::NotCommitted)?;
             } else {
-                conn.link
-                    .send_frame(frame)
-                    .await
-                    .map_err(UpstreamError::Send)?;
+                link.send_frame(frame).await.map_err(UpstreamError::Send)?;
             }
             // The ack may already be among the frames that came before the commit block.
             let mut earlier = std::mem::take(&mut held).into_iter();
             loop {
                 let item = match earlier.next() {
                     Some(item) => item,
-                    None => match conn.link.next().await {
+                    None => match link.next().await {
                         Ok(Some(item)) => item,
                         Ok(None) => return Err(UpstreamError::ClosedBeforeAck),
                         Err(err) => return Err(UpstreamError::Receive(err)),
@@ -767,16 +776,16 @@ impl Upstream {
                     held.push(Decoded::Frame(ack));
                     continue;
                 }
-                if conn.release == MllpRelease::Two {
-                    commit::answer(&mut conn.link, Commit::Ack)
+                if release == MllpRelease::Two {
+                    commit::answer(link, Commit::Ack)
                         .await
                         .map_err(UpstreamError::Send)?;
                 }
                 return Ok((ack, verdict));
             }
         };
-        let sent_at = Instant::now();
-        let outcome = timeout(ack_timeout, exchange).await;
+        let deadline = tokio::time::Instant::from_std(sent_at + ack_timeout);
+        let outcome = ack_clock.limit(deadline, exchange).await;
         if !conn.link.set_aside(held) {
             return Err(UpstreamError::Flooded);
         }
@@ -847,6 +856,7 @@ impl Upstream {
             fresh: true,
             last_used: Instant::now(),
             release: self.cfg.release,
+            ack_clock: AckClock::default(),
         }
     }
 
