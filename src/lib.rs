@@ -19,7 +19,7 @@
 //!   rules: source, TLS identity, MSH fields rules.rs     (first match: allow/reject/drop/route)
 //!   deliver                                 dispatch.rs  (forward, or custody.rs -> queue.rs)
 //!   send frame, await ack, verify MSA-2     upstream.rs  (timeout -> connection closed; paced reconnects)
-//!     the ack timeout                       ack_clock.rs (one timer per connection, not per message)
+//!     the ack timeout                       deadline_timer.rs (one timer per connection, not per message)
 //!   ack (relayed, or our own) -> sender     session.rs owns the loop end to end
 //! ```
 //!
@@ -44,7 +44,6 @@
 #![forbid(unsafe_code)]
 
 pub mod ack;
-pub mod ack_clock;
 pub mod admin;
 pub mod app;
 pub mod audit;
@@ -53,6 +52,7 @@ pub mod codec;
 pub mod commit;
 pub mod config;
 pub mod custody;
+pub mod deadline_timer;
 pub mod demo;
 pub mod dialer;
 pub mod dispatch;

@@ -17,13 +17,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::timeout_at;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
 use crate::codec::{Decoded, Frame};
 use crate::commit::{self, Commit};
 use crate::config::{Connections, MllpRelease, OnLimit, Route};
+use crate::deadline_timer::DeadlineTimer;
 use crate::dispatch::{self, own_ack, Answer, Dispatch};
 use crate::hl7::{AckCode, Header};
 use crate::limits::SourceLimits;
@@ -154,6 +154,11 @@ where
         _ => None,
     };
 
+    // The idle and receive timeouts' timer, moved lazily rather than set anew for every read
+    // (allocated only if one of them is ever armed).
+    let mut read_timer = DeadlineTimer::default();
+    // `idle_reopen: at-once`: when the paired upstream connection has been quiet too long.
+    let mut idle_upstream_timer = DeadlineTimer::default();
     // One shutdown waiter for the whole session: a new `cancelled()` per message would register
     // with (and leave) the token's waiter list, under its lock, twice per message.
     let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
@@ -215,7 +220,10 @@ where
         let event = {
             let read = async {
                 match deadline {
-                    Some(deadline) => timeout_at(deadline.into(), link.read_more()).await.ok(),
+                    Some(deadline) => read_timer
+                        .limit(deadline.into(), link.read_more())
+                        .await
+                        .ok(),
                     None => Some(link.read_more().await),
                 }
             };
@@ -228,7 +236,12 @@ where
             };
             let idle = async {
                 match idle_upstream_at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    // Nothing to do but wait: this returns (`Err`) when `at` comes.
+                    Some(at) => {
+                        let waited =
+                            idle_upstream_timer.limit(at.into(), std::future::pending::<()>());
+                        let _ = waited.await;
+                    }
                     None => std::future::pending().await,
                 }
             };

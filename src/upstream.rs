@@ -22,11 +22,11 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{self, AckMismatch};
-use crate::ack_clock::AckClock;
 use crate::backoff::Backoff;
 use crate::codec::{Decoded, Frame};
 use crate::commit::{self, Commit, CommitError};
 use crate::config::{self, Connections, IdleReopen, MllpRelease, ReceiverRole};
+use crate::deadline_timer::DeadlineTimer;
 use crate::hl7::{AckCode, AckError};
 use crate::link::{Link, Ready, MAX_SET_ASIDE};
 use crate::net::{self, Stream};
@@ -155,7 +155,7 @@ pub struct UpstreamConn {
     /// The release this side speaks.
     release: MllpRelease,
     /// The ack timeout's timer, kept from one exchange to the next.
-    ack_clock: AckClock,
+    ack_timer: DeadlineTimer,
 }
 
 impl UpstreamConn {
@@ -723,7 +723,7 @@ impl Upstream {
         let UpstreamConn {
             link,
             release,
-            ack_clock,
+            ack_timer,
             ..
         } = conn;
         let release = *release;
@@ -785,7 +785,7 @@ impl Upstream {
             }
         };
         let deadline = tokio::time::Instant::from_std(sent_at + ack_timeout);
-        let outcome = ack_clock.limit(deadline, exchange).await;
+        let outcome = ack_timer.limit(deadline, exchange).await;
         if !conn.link.set_aside(held) {
             return Err(UpstreamError::Flooded);
         }
@@ -856,7 +856,7 @@ impl Upstream {
             fresh: true,
             last_used: Instant::now(),
             release: self.cfg.release,
-            ack_clock: AckClock::default(),
+            ack_timer: DeadlineTimer::default(),
         }
     }
 

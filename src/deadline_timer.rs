@@ -1,8 +1,9 @@
-//! The ack timeout of an upstream connection without a timer per message: one timer per
-//! connection, armed at the first message's deadline and moved only when it fires early (for
-//! an earlier message), so a busy connection re-registers it about once per `ack_timeout`
-//! instead of registering and removing a timer for every message. Must not know what the
-//! work it limits is.
+//! Timeouts that move with every message without a timer per message: one timer, armed at the
+//! first deadline and moved only when it fires before the current one (it was armed for an
+//! earlier message), so a busy connection re-registers it about once per timeout period instead
+//! of registering and removing a timer for every message. Used for an upstream connection's
+//! ack timeout and a sender's idle and receive timeouts. Must not know what the work it limits
+//! is.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,15 +11,15 @@ use std::task::Poll;
 
 use tokio::time::{Instant, Sleep};
 
-/// A reusable deadline for one connection's exchanges.
+/// One timer, reused for a connection's successive deadlines.
 #[derive(Default)]
-pub struct AckClock(Option<Pin<Box<Sleep>>>);
+pub struct DeadlineTimer(Option<Pin<Box<Sleep>>>);
 
 /// The deadline passed first.
 #[derive(Debug)]
 pub struct Elapsed;
 
-impl AckClock {
+impl DeadlineTimer {
     /// Runs `work` until it finishes (`Ok`) or `deadline` passes (`Err`).
     pub async fn limit<F: Future>(
         &mut self,
@@ -62,7 +63,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn work_that_finishes_in_time_is_returned_and_slow_work_is_cut_at_the_deadline() {
-        let mut clock = AckClock::default();
+        let mut clock = DeadlineTimer::default();
         let start = Instant::now();
         let quick = clock.limit(start + 10 * SECOND, async { 7 }).await;
         assert_eq!(quick.unwrap(), 7);
@@ -77,7 +78,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timer_left_from_an_earlier_exchange_does_not_cut_a_later_one_short() {
-        let mut clock = AckClock::default();
+        let mut clock = DeadlineTimer::default();
         let start = Instant::now();
         clock.limit(start + 10 * SECOND, async {}).await.unwrap();
         // The timer, still armed for the first deadline, fires during this exchange.
@@ -99,7 +100,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_than_the_armed_one_moves_the_timer_forward() {
         // e.g. a reload that shortened ack_timeout: the old, later arming must not be waited out.
-        let mut clock = AckClock::default();
+        let mut clock = DeadlineTimer::default();
         let start = Instant::now();
         clock.limit(start + 30 * SECOND, async {}).await.unwrap();
         let deadline = start + 2 * SECOND;
