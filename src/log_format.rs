@@ -431,42 +431,52 @@ mod tests {
         }
     }
 
+    /// Events with every kind of field value, as our modules and dependencies write them.
+    fn emit_every_kind_of_field(control_id: &str) {
+        let peer: std::net::SocketAddr = "[::1]:4000".parse().unwrap();
+        let none: Option<&str> = None;
+        let err = Outer(std::io::Error::other("inner \"cause\""));
+        let source: &(dyn std::error::Error + 'static) = &err;
+        tracing::info!(
+            target: "mllp_guard::audit",
+            route = "adt",
+            peer = %peer,
+            identity = none,
+            control_id,
+            bytes = 1024u64,
+            delta = -5i64,
+            zero = 0u64,
+            latency_ms = 0.25f64,
+            whole = 3.0f64,
+            tiny = 1e-7f64,
+            huge = 1e300f64,
+            nan = f64::NAN,
+            tls = true,
+            r#type = "ADT^A01",
+            debug = ?Some("quoted"),
+            error = source,
+            "message"
+        );
+        tracing::warn!(
+            count = u64::MAX,
+            min = i64::MIN,
+            "closed after {} frames",
+            3
+        );
+        let span = tracing::info_span!("session", peer = %peer);
+        let _inside = span.enter();
+        tracing::debug!(bytes = 7u64, "inside a span");
+    }
+
     #[test]
     fn writes_what_the_default_formatter_writes_without_colours() {
-        let peer: std::net::SocketAddr = "127.0.0.2:4000".parse().unwrap();
-        let emit = || {
-            let none: Option<&str> = None;
-            let err = Outer(std::io::Error::other("inner cause"));
-            let source: &(dyn std::error::Error + 'static) = &err;
-            tracing::info!(
-                target: "mllp_guard::audit",
-                route = "adt",
-                peer = %peer,
-                identity = none,
-                control_id = "ID \"7\" \\ é\t",
-                bytes = 1024u64,
-                delta = -5i64,
-                zero = 0u64,
-                latency_ms = 0.25f64,
-                whole = 3.0f64,
-                tls = true,
-                r#type = "ADT^A01",
-                debug = ?Some(2),
-                error = source,
-                "message"
-            );
-            tracing::warn!(
-                count = u64::MAX,
-                min = i64::MIN,
-                "closed after {} frames",
-                3
-            );
-        };
+        let emit = || emit_every_kind_of_field("ID \"7\" \\ é\t");
         let ours = line(true, emit);
         assert_eq!(ours, line(false, emit));
+        assert_eq!(ours.lines().count(), 3, "{ours}");
         assert!(ours.contains(r#"control_id="ID \"7\" \\ é\t""#), "{ours}");
         assert!(
-            ours.contains("error=outer failed error.sources=[inner cause]"),
+            ours.contains(r#"error=outer failed error.sources=[inner "cause"]"#),
             "{ours}"
         );
     }
@@ -505,39 +515,7 @@ mod tests {
 
     #[test]
     fn json_lines_are_what_the_json_formatter_writes() {
-        let emit = || {
-            let peer: std::net::SocketAddr = "[::1]:4000".parse().unwrap();
-            let none: Option<&str> = None;
-            let err = Outer(std::io::Error::other("inner \"cause\""));
-            let source: &(dyn std::error::Error + 'static) = &err;
-            tracing::info!(
-                target: "mllp_guard::audit",
-                route = "adt",
-                peer = %peer,
-                identity = none,
-                control_id = "ID \"7\" \\ é\t\r\n\x08\x0c\x01\x1b\x7f\u{9b}",
-                bytes = 1024u64,
-                delta = -5i64,
-                latency_ms = 0.25f64,
-                whole = 3.0f64,
-                tiny = 1e-7f64,
-                huge = 1e300f64,
-                nan = f64::NAN,
-                tls = true,
-                debug = ?Some("quoted"),
-                error = source,
-                "message"
-            );
-            tracing::warn!(
-                count = u64::MAX,
-                min = i64::MIN,
-                "closed after {} frames",
-                3
-            );
-            let span = tracing::info_span!("session", peer = %peer);
-            let _inside = span.enter();
-            tracing::debug!(bytes = 7u64, "inside a span");
-        };
+        let emit = || emit_every_kind_of_field("ID \"7\" \\ é\t\r\n\x08\x0c\x01\x1b\x7f\u{9b}");
         let ours = json_lines(true, emit);
         assert_eq!(ours, json_lines(false, emit));
         assert_eq!(ours.lines().count(), 3, "{ours}");
