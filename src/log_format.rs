@@ -136,16 +136,11 @@ impl Visit for JsonVisitor<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.entry(field, |w| w.write_str(itoa(value, &mut [0; 20])));
+        self.entry(field, |w| write_integer(w, false, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.entry(field, |w| {
-            if value < 0 {
-                w.write_char('-')?;
-            }
-            w.write_str(itoa(value.unsigned_abs(), &mut [0; 20]))
-        });
+        self.entry(field, |w| write_integer(w, value < 0, value.unsigned_abs()));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -273,22 +268,14 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.start(field).is_some() {
-            let written = self.writer.write_str(itoa(value, &mut [0; 20]));
+            let written = write_integer(&mut self.writer, false, value);
             self.finish(written);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.start(field).is_some() {
-            let mut buf = [0; 20];
-            let digits = itoa(value.unsigned_abs(), &mut buf);
-            let written = if value < 0 {
-                self.writer
-                    .write_char('-')
-                    .and_then(|_| self.writer.write_str(digits))
-            } else {
-                self.writer.write_str(digits)
-            };
+            let written = write_integer(&mut self.writer, value < 0, value.unsigned_abs());
             self.finish(written);
         }
     }
@@ -330,6 +317,15 @@ impl Visit for PlainVisitor<'_> {
             self.finish(written);
         }
     }
+}
+
+/// An integer in decimal, as both formats write it: `-` if `negative`, then the digits of
+/// `magnitude`.
+fn write_integer(w: &mut Writer<'_>, negative: bool, magnitude: u64) -> fmt::Result {
+    if negative {
+        w.write_char('-')?;
+    }
+    w.write_str(itoa(magnitude, &mut [0; 20]))
 }
 
 /// The decimal digits of `n`, written into `buf`.
