@@ -55,11 +55,51 @@ fn stat_fields(pid: u32) -> Vec<String> {
     rest.split_whitespace().map(str::to_string).collect()
 }
 
-/// CPU seconds (user + system, all threads) a process has used so far.
-pub fn cpu_seconds(pid: u32) -> f64 {
+/// CPU seconds a process has used so far (all threads), split into user and system (kernel)
+/// time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTime {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTime {
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// The CPU used between `earlier` and `self`.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+impl std::iter::Sum for CpuTime {
+    fn sum<I: Iterator<Item = CpuTime>>(iter: I) -> CpuTime {
+        iter.fold(CpuTime::default(), |a, b| CpuTime {
+            user: a.user + b.user,
+            system: a.system + b.system,
+        })
+    }
+}
+
+/// The CPU time a process has used so far (utime and stime from /proc/PID/stat).
+pub fn cpu_time(pid: u32) -> CpuTime {
     let f = stat_fields(pid);
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / 100.0 // USER_HZ is 100 on Linux
+    // USER_HZ is 100 on Linux.
+    CpuTime {
+        user: field(11) / 100.0,
+        system: field(12) / 100.0,
+    }
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    cpu_time(pid).total()
 }
 
 /// `pid` and all its descendants (nginx's workers, a shell's exec'd child, ...).
@@ -86,7 +126,12 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 
 /// CPU seconds of a process and all its descendants.
 pub fn tree_cpu_seconds(pid: u32) -> f64 {
-    process_tree(pid).into_iter().map(cpu_seconds).sum()
+    tree_cpu_time(pid).total()
+}
+
+/// CPU time of a process and all its descendants, user and system apart.
+pub fn tree_cpu_time(pid: u32) -> CpuTime {
+    process_tree(pid).into_iter().map(cpu_time).sum()
 }
 
 fn status_kib(pid: u32, key: &str) -> u64 {
