@@ -15,7 +15,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// How long a burst of file events is allowed to settle before the files are compared.
@@ -102,8 +103,20 @@ fn watched_names(inputs: &[PathBuf]) -> HashSet<OsString> {
 /// Whether a file event may have changed an input: it names one of them, or a `..`-prefixed
 /// entry (Kubernetes swaps its `..data` symlink to update every file of a volume at once), or
 /// names nothing (the OS dropped events and asks for a rescan).
+///
+/// Opening or reading a file changes nothing, and the watch reads every input itself to compare
+/// checksums: if those events counted, each comparison would schedule the next one, 300 ms
+/// later, forever. Closing a file that was open for writing does count.
 fn concerns(event: &notify::Event, names: &HashSet<OsString>) -> bool {
-    if event.paths.is_empty() || event.need_rescan() {
+    if event.need_rescan() {
+        return true;
+    }
+    if let EventKind::Access(access) = event.kind {
+        if access != AccessKind::Close(AccessMode::Write) {
+            return false;
+        }
+    }
+    if event.paths.is_empty() {
         return true;
     }
     event.paths.iter().any(|path| {
@@ -149,6 +162,53 @@ mod tests {
         assert!(concerns(&notify::Event::default(), &names), "a rescan");
         assert!(!concerns(&event("/etc/guard/sink.log"), &names));
         assert!(!concerns(&event("/etc/guard/guard.yaml.swp"), &names));
+
+        let input = |kind: EventKind| {
+            notify::Event::new(kind).add_path(PathBuf::from("/etc/guard/guard.yaml"))
+        };
+        for reading in [
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+        ] {
+            assert!(
+                !concerns(&input(EventKind::Access(reading)), &names),
+                "{reading:?} changes nothing"
+            );
+        }
+        let written = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(concerns(&input(written), &names));
+        assert!(concerns(
+            &input(EventKind::Modify(notify::event::ModifyKind::Any)),
+            &names
+        ));
+    }
+
+    #[tokio::test]
+    async fn reading_the_inputs_does_not_wake_the_watch() {
+        // The watch reads every input to compare checksums; were that reading an event, each
+        // comparison would schedule the next, every 300 ms, for as long as the guard runs.
+        let dir = tempfile::tempdir().unwrap();
+        let watched = dir.path().join("guard.yaml");
+        std::fs::write(&watched, "a").unwrap();
+        let mut watch = Watch::new(std::slice::from_ref(&watched));
+        for _ in 0..3 {
+            assert_eq!(std::fs::read(&watched).unwrap(), b"a");
+        }
+        assert_eq!(
+            fingerprint(std::slice::from_ref(&watched)),
+            watch.fingerprint
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let events = watch.events.as_mut().expect("the OS watch is set up");
+        assert!(
+            events.try_recv().is_err(),
+            "opening and reading an input must not count as a change"
+        );
+        std::fs::write(&watched, "b").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watch.changed())
+            .await
+            .expect("a content change still fires");
     }
 
     #[tokio::test]
