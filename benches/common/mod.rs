@@ -124,11 +124,6 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
-/// CPU seconds of a process and all its descendants.
-pub fn tree_cpu_seconds(pid: u32) -> f64 {
-    tree_cpu_time(pid).total()
-}
-
 /// CPU time of a process and all its descendants, user and system apart.
 pub fn tree_cpu_time(pid: u32) -> CpuTime {
     process_tree(pid).into_iter().map(cpu_time).sum()
