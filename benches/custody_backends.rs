@@ -14,7 +14,7 @@
 //! run. Skips JetStream when `nats-server` is not on PATH. Timings are printed, never asserted.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,40 +25,12 @@ use mllp_guard::link::Link;
 use mllp_guard::peer::sink::{Sink, SinkOptions};
 use tokio::net::TcpStream;
 
+mod common;
 #[allow(dead_code)]
 #[path = "../tests/it/nats.rs"]
 mod nats;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mllp-guard");
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn message(id: &str, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "MSH|^~\\&|BENCH|FAC|RECV|FAC|20240102030405||ADT^A01^ADT_A01|{id}|P|2.5.1\rPID|1||MRN1^^^HOSP^MR||TEST^PATIENT\rNTE|1||"
-    )
-    .into_bytes();
-    m.resize(size.saturating_sub(1).max(m.len()), b'x');
-    m.push(b'\r');
-    m
-}
+use common::{cpu_seconds, message, Proc, BIN};
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
