@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use mllp_guard::codec::{encode, Decoded, Decoder};
+use mllp_guard::wire::codec::{encode, Decoded, Decoder};
 
 /// TCP segment payload size for the trickled case.
 const SEGMENT: usize = 1460;

@@ -579,8 +579,11 @@ async fn idle_once(subject: &Subject, n: usize, run: usize) -> Result<(f64, f64)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let id = format!("I{run}warm");
-    warm.exchange(&id, &mllp_guard::codec::encode(&common::message(&id, 1024)))
-        .await?;
+    warm.exchange(
+        &id,
+        &mllp_guard::wire::codec::encode(&common::message(&id, 1024)),
+    )
+    .await?;
     drop(warm);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = common::tree_rss_kib(subject.pid) as f64;
@@ -611,7 +614,7 @@ async fn idle_once(subject: &Subject, n: usize, run: usize) -> Result<(f64, f64)
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.unwrap();
             let id = format!("I{run}C{c}");
-            let wire = mllp_guard::codec::encode(&common::message(&id, 1024));
+            let wire = mllp_guard::wire::codec::encode(&common::message(&id, 1024));
             conn.exchange(&id, &wire).await.map(|()| conn)
         }));
     }

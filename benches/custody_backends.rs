@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mllp_guard::codec::{self, Decoded};
-use mllp_guard::hl7::AckCode;
-use mllp_guard::link::Link;
-use mllp_guard::peer::sink::{Sink, SinkOptions};
+use mllp_guard::tools::peer::sink::{Sink, SinkOptions};
+use mllp_guard::wire::codec::{self, Decoded};
+use mllp_guard::wire::hl7::AckCode;
+use mllp_guard::wire::link::Link;
 use tokio::net::TcpStream;
 
 mod common;
@@ -66,7 +66,7 @@ async fn closed_loop(
                 link.send(&wire).await.expect("send");
                 match link.next().await {
                     Ok(Some(Decoded::Frame(ack))) => {
-                        let code = mllp_guard::ack::verify(ack.payload(), id.as_bytes())
+                        let code = mllp_guard::wire::ack::verify(ack.payload(), id.as_bytes())
                             .expect("ack answers its message");
                         assert!(code.is_positive(), "negative ack {code}");
                     }

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mllp_guard::config::Config;
-use mllp_guard::hl7::Header;
-use mllp_guard::rules::{evaluate, Decision, Facts, Rule};
+use mllp_guard::firewall::rules::{evaluate, Decision, Facts, Rule};
+use mllp_guard::wire::hl7::Header;
 
 /// The issue's example, verbatim, on a minimal route.
 const CONFIG: &str = r#"

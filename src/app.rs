@@ -24,13 +24,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Delivery, OnUpstreamFailure, ReceiverRole, Route, SenderRole};
 use crate::custody::Custody;
 use crate::dispatch::Dispatch;
-use crate::limits::SourceLimits;
-use crate::listener;
-use crate::session::RouteContext;
+use crate::firewall::limits::SourceLimits;
+use crate::inbound::listener;
+use crate::route::{RouteContext, SharedContext};
 use crate::upstream::Upstream;
-
-/// A route's current context: swapped by a reload, read by each new connection.
-pub type SharedContext = Arc<ArcSwap<RouteContext>>;
 
 /// A running guard: its listeners are bound and serving.
 pub struct Guard {
@@ -83,9 +80,9 @@ pub struct ReloadSummary {
 impl Guard {
     /// Binds every route's listener, then starts serving them all.
     pub async fn start(config: Config) -> anyhow::Result<Guard> {
-        crate::metrics::install_panic_flag();
+        crate::ops::metrics::install_panic_flag();
         let admin = match &config.admin {
-            Some(admin) => Some(crate::admin::bind(admin.listen).with_context(|| {
+            Some(admin) => Some(crate::ops::admin::bind(admin.listen).with_context(|| {
                 format!(
                     "admin: cannot listen on {} (is another process using the port?)",
                     admin.listen
@@ -110,11 +107,12 @@ impl Guard {
         guard.apply(config).await?;
         if let Some(listener) = admin {
             tracing::info!(admin = ?guard.admin_addr, "admin endpoint listening (/metrics, /healthz, /readyz)");
-            guard
-                .background
-                .spawn(crate::admin::serve(listener, guard.background_stop.clone()));
+            guard.background.spawn(crate::ops::admin::serve(
+                listener,
+                guard.background_stop.clone(),
+            ));
         }
-        crate::metrics::set_serving(true);
+        crate::ops::metrics::set_serving(true);
         Ok(guard)
     }
 
@@ -123,14 +121,14 @@ impl Guard {
     /// connections finish with the settings they started with.
     pub async fn reload(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let result = self.apply(config).await;
-        crate::metrics::config_reload(result.is_ok());
+        crate::ops::metrics::config_reload(result.is_ok());
         result
     }
 
     async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
-        crate::audit::set_log_payloads(config.log_payloads);
-        crate::metrics::set_pki_dates(pki_dates(&config));
+        crate::ops::audit::set_log_payloads(config.log_payloads);
+        crate::ops::metrics::set_pki_dates(pki_dates(&config));
         if config.log_payloads {
             tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
         }
@@ -250,7 +248,7 @@ impl Guard {
                     Some(receivers) => {
                         let addr = receivers.local_addr()?;
                         if let ReceiverRole::Accept {
-                            allow: crate::policy::Allowlist::Any,
+                            allow: crate::firewall::policy::Allowlist::Any,
                             ..
                         } = &route.upstream.role
                         {
@@ -309,7 +307,7 @@ impl Guard {
             _ => Arc::new(SourceLimits::new(&route.limits)),
         };
         let ctx = Arc::new(RouteContext {
-            metrics: crate::metrics::RouteMetrics::new(name.clone()),
+            metrics: crate::ops::metrics::RouteMetrics::new(name.clone()),
             name,
             route,
             dispatch,
@@ -369,7 +367,7 @@ impl Guard {
             }
             (None, SenderRole::Dial(target)) => {
                 tracing::info!(route = %p.ctx.name, dial = %target, upstream = %p.ctx.dispatch.describe(), "route dialing its sender");
-                self.tracker.spawn(crate::dialer::dial_loop(
+                self.tracker.spawn(crate::inbound::dialer::dial_loop(
                     target.clone(),
                     ctx.clone(),
                     stop.clone(),
@@ -432,7 +430,7 @@ impl Guard {
     /// every session finished in time (the rest are abandoned when the runtime ends).
     pub async fn stop(self) -> bool {
         let deadline = tokio::time::Instant::now() + self.grace;
-        crate::metrics::set_serving(false);
+        crate::ops::metrics::set_serving(false);
         self.shutdown.cancel();
         self.tracker.close();
         let drained = tokio::time::timeout_at(deadline, self.tracker.wait())
@@ -458,8 +456,8 @@ impl Guard {
 }
 
 /// Every certificate and CRL the config loaded, with its dates, for the metrics.
-fn pki_dates(config: &Config) -> Vec<crate::metrics::PkiDate> {
-    use crate::metrics::PkiDate;
+fn pki_dates(config: &Config) -> Vec<crate::ops::metrics::PkiDate> {
+    use crate::ops::metrics::PkiDate;
     let mut materials = Vec::new();
     for route in &config.routes {
         if let Some(tls) = &route.tls {
@@ -532,7 +530,7 @@ async fn reload_from(
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
-            crate::metrics::config_reload(false);
+            crate::ops::metrics::config_reload(false);
             tracing::error!(config = %path.display(), trigger = why, errors = errors.0.len(), "reload refused: the new config is invalid; the running config stays in force");
             for error in &errors.0 {
                 tracing::error!("{error}");

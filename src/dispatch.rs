@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::ack;
-use crate::codec::Frame;
 use crate::config::OnUpstreamFailure;
 use crate::custody::{Custody, Verdict};
-use crate::hl7::{AckCode, Header};
-use crate::proxy_protocol::Origin;
+use crate::net::proxy_protocol::Origin;
 use crate::upstream::{PairedWith, Upstream, UpstreamConn};
+use crate::wire::ack;
+use crate::wire::codec::Frame;
+use crate::wire::hl7::{AckCode, Header};
 
 /// What the session must do with the sender after dispatching one message.
 #[derive(Debug)]

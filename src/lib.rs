@@ -43,38 +43,22 @@
 //! `backoff`, and `config` apart from reading the files it names.
 #![forbid(unsafe_code)]
 
-pub mod ack;
-pub mod admin;
-pub mod app;
-pub mod audit;
-pub mod backoff;
-pub mod codec;
-pub mod commit;
 pub mod config;
-pub mod custody;
-pub mod deadline_timer;
-pub mod demo;
-pub mod dialer;
-pub mod dispatch;
-pub mod effective;
-pub mod egress;
-pub mod hl7;
-pub mod jetstream;
-pub mod limits;
-pub mod link;
-pub mod listener;
-pub mod log_format;
-pub mod metrics;
-pub mod net;
-pub mod operator;
-pub mod peer;
-pub mod pki;
-pub mod policy;
-pub mod proxy_protocol;
-pub mod queue;
+
+pub mod app;
 pub mod reload;
-pub mod rules;
-pub mod session;
+pub mod route;
+
+pub mod custody;
+pub mod dispatch;
+pub mod firewall;
+pub mod inbound;
+pub mod net;
+pub mod queue;
 pub mod tls;
-pub mod two_way;
 pub mod upstream;
+pub mod wire;
+
+pub mod ops;
+pub mod timing;
+pub mod tools;

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mllp_guard::config::Config;
-use mllp_guard::hl7::AckCode;
-use mllp_guard::peer::send::{self, SendOptions};
-use mllp_guard::peer::sink::{Sink, SinkOptions};
-use mllp_guard::{app, demo, log_format, tls};
+use mllp_guard::ops::log_format;
+use mllp_guard::tools::demo;
+use mllp_guard::tools::peer::send::{self, SendOptions};
+use mllp_guard::tools::peer::sink::{Sink, SinkOptions};
+use mllp_guard::wire::hl7::AckCode;
+use mllp_guard::{app, tls};
 
 #[derive(Parser)]
 #[command(
@@ -207,7 +209,7 @@ fn main() -> ExitCode {
                         println!("{prefix}{line}");
                     }
                     if print {
-                        print!("{}", mllp_guard::effective::render(&config));
+                        print!("{}", mllp_guard::tools::effective::render(&config));
                     }
                     ExitCode::SUCCESS
                 }
@@ -257,7 +259,7 @@ fn main() -> ExitCode {
 }
 
 fn queue_command(action: QueueAction) -> ExitCode {
-    use mllp_guard::operator;
+    use mllp_guard::tools::operator;
     let (QueueAction::List(args)
     | QueueAction::Show { args, .. }
     | QueueAction::Replay(args)
@@ -521,7 +523,7 @@ fn expiry_report(config: &Config, now: std::time::SystemTime) -> Vec<String> {
                 PemRole::TrustedCa => "trusted CA",
                 _ => "certificate",
             };
-            let until = mllp_guard::pki::show_time(cert.dates.not_after);
+            let until = mllp_guard::tls::pki::show_time(cert.dates.not_after);
             let head = format!(
                 "{owner} {what} \"{}\" ({})",
                 cert.path.display(),
@@ -544,11 +546,11 @@ fn expiry_report(config: &Config, now: std::time::SystemTime) -> Vec<String> {
             match crl.next_update {
                 Some(next) if next < now => lines.push(format!(
                     "warning: {head} is stale: its next update was due at {}",
-                    mllp_guard::pki::show_time(next)
+                    mllp_guard::tls::pki::show_time(next)
                 )),
                 Some(next) => lines.push(format!(
                     "{head} next update at {}",
-                    mllp_guard::pki::show_time(next)
+                    mllp_guard::tls::pki::show_time(next)
                 )),
                 None => lines.push(format!("{head} gives no next update")),
             }

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mllp_guard::codec::{self, Decoded};
-use mllp_guard::link::Link;
+use mllp_guard::wire::codec::{self, Decoded};
+use mllp_guard::wire::link::Link;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -231,7 +231,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     link.send(wire).await.map_err(|e| format!("send: {e}"))?;
     match link.next().await {
         Ok(Some(Decoded::Frame(ack))) => {
-            let code = mllp_guard::ack::verify(ack.payload(), id.as_bytes())
+            let code = mllp_guard::wire::ack::verify(ack.payload(), id.as_bytes())
                 .map_err(|e| format!("ack does not answer {id}: {e:?}"))?;
             if code.is_positive() {
                 Ok(())

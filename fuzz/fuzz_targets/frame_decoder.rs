@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mllp_guard::codec::fuzz_decode(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mllp_guard::wire::codec::fuzz_decode(data));

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mllp_guard::hl7::fuzz_header(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mllp_guard::wire::hl7::fuzz_header(data));

@@ -3,7 +3,7 @@
 //!
 //! Same two layers as the rest of `config.rs` (this is its child module and shares its
 //! [`Validator`](super::Validator)): serde mirrors (`Raw*`) keep every scalar as text with its
-//! position, and the validator turns them into [`crate::rules::Rule`]s, a [`RateLimits`] and
+//! position, and the validator turns them into [`crate::firewall::rules::Rule`]s, a [`RateLimits`] and
 //! named [`Upstream`](super::Upstream)s, recording every error with its YAML path, line and
 //! column. A rules file named by path (`rules: rules/lists/production.rules.yaml`) is read and
 //! validated here too; errors inside it name that file and their position in it.
@@ -21,7 +21,7 @@ use super::{
     parse_count, parse_positive_duration, parse_raw, parse_size, position, ConfigError,
     RawUpstream, Text, Upstream, Validator,
 };
-use crate::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
+use crate::firewall::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
 
 /// Default for `routes[].limits.max_tracked_sources`.
 pub const DEFAULT_MAX_TRACKED_SOURCES: usize = 100_000;

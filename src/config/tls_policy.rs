@@ -3,7 +3,7 @@
 //!
 //! `password_file`, `crl`, `crl_expired`, `min_version`, `cipher_suites`, `allowed_identities`
 //! become a [`crate::tls::Policy`] (plus the password); `via` becomes an
-//! [`crate::egress::Proxy`]. Same rules as the rest of `config.rs`, whose child module this is:
+//! [`crate::net::egress::Proxy`]. Same rules as the rest of `config.rs`, whose child module this is:
 //! every error is recorded with its YAML path, line and column and a fix, and all are
 //! collected before giving up. The files themselves are loaded by [`crate::tls`] afterwards.
 
@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{parse_upstream_address, Text, Validator};
-use crate::egress::{Credentials, Proxy, ProxyKind};
-use crate::pki::{self, Password};
+use crate::net::egress::{Credentials, Proxy, ProxyKind};
+use crate::tls::pki::{self, Password};
 use crate::tls::{self, CrlExpired, MinVersion, Policy};
 
 /// The policy keys as written (a view over the fields of `RawServerTls` / `RawClientTls`).

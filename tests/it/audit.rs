@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mllp_guard::hl7::AckCode;
+use mllp_guard::wire::hl7::AckCode;
 
 use crate::harness::*;
 

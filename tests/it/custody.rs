@@ -10,10 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mllp_guard::codec::{self, Decoded, Decoder};
 use mllp_guard::config::Config;
-use mllp_guard::hl7::AckCode;
-use mllp_guard::peer::sink::{Sink, SinkOptions};
+use mllp_guard::tools::peer::sink::{Sink, SinkOptions};
+use mllp_guard::wire::codec::{self, Decoded, Decoder};
+use mllp_guard::wire::hl7::AckCode;
 
 use crate::harness::*;
 
@@ -148,14 +148,14 @@ async fn ar_replies_go_to_the_dead_letters_and_replay_delivers_them() {
 
     let config = Config::load(&dir.path("guard.yaml")).unwrap();
     let mut out = Vec::new();
-    mllp_guard::operator::list(&config, None, &mut out).unwrap();
+    mllp_guard::tools::operator::list(&config, None, &mut out).unwrap();
     let listed = String::from_utf8(out).unwrap();
     assert!(
         listed.starts_with("route lab: 0 pending (0 bytes), oldest -, 1 dead letters"),
         "{listed}"
     );
     let mut out = Vec::new();
-    mllp_guard::operator::show(&config, Some("lab"), false, 10, &mut out).unwrap();
+    mllp_guard::tools::operator::show(&config, Some("lab"), false, 10, &mut out).unwrap();
     let shown = String::from_utf8(out).unwrap();
     assert!(
         shown.contains("DEAD1\tADT^A01^ADT_A01\t300 bytes"),
@@ -171,7 +171,7 @@ async fn ar_replies_go_to_the_dead_letters_and_replay_delivers_them() {
     );
 
     let mut out = Vec::new();
-    mllp_guard::operator::replay(&config, None, &mut out).unwrap();
+    mllp_guard::tools::operator::replay(&config, None, &mut out).unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "route lab: 1 dead letters replayed into the queue\n"
@@ -183,7 +183,9 @@ async fn ar_replies_go_to_the_dead_letters_and_replay_delivers_them() {
     .await;
     let last = upstream.received().last().unwrap().clone();
     assert_eq!(
-        mllp_guard::hl7::Header::parse(&last).unwrap().control_id(),
+        mllp_guard::wire::hl7::Header::parse(&last)
+            .unwrap()
+            .control_id(),
         b"DEAD1"
     );
     guard.stop().await;
@@ -212,7 +214,7 @@ async fn enhanced_mode_messages_get_the_commit_ack_table_0155_asks_for_or_none()
         if let Some(code) = expected {
             let (got, acked, _) = ack_of(&client.read_ack().await.unwrap());
             let id = String::from_utf8_lossy(
-                mllp_guard::hl7::Header::parse(&corpus_bytes(file))
+                mllp_guard::wire::hl7::Header::parse(&corpus_bytes(file))
                     .unwrap()
                     .control_id(),
             )
@@ -232,7 +234,7 @@ async fn enhanced_mode_messages_get_the_commit_ack_table_0155_asks_for_or_none()
         "malformed/missing_encoding_chars.hl7",
     ] {
         let payload = corpus_bytes(file);
-        if mllp_guard::codec::Frame::from_payload(&payload).is_none() {
+        if mllp_guard::wire::codec::Frame::from_payload(&payload).is_none() {
             continue; // contains MLLP bytes: the decoder never delivers it as one message
         }
         let ack = client.send(&payload).await;

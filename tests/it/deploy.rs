@@ -1042,7 +1042,7 @@ fn exported_names(metrics: &str) -> BTreeSet<String> {
 /// TLS handshake, and an upstream that is down.
 #[tokio::test]
 async fn every_metric_the_dashboard_queries_is_exported_by_a_running_guard() {
-    use mllp_guard::hl7::AckCode;
+    use mllp_guard::wire::hl7::AckCode;
 
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;

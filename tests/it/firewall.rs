@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mllp_guard::hl7::AckCode;
+use mllp_guard::wire::hl7::AckCode;
 
 use crate::harness::*;
 
@@ -73,7 +73,7 @@ async fn test_messages_are_rejected_and_a_drop_rule_closes_the_connection() {
         "the connection stays open after a reject"
     );
     client
-        .send_raw(&mllp_guard::codec::encode(&with_type(
+        .send_raw(&mllp_guard::wire::codec::encode(&with_type(
             "ORDER1", "ORM^O01", "P",
         )))
         .await;
@@ -210,7 +210,7 @@ async fn max_connections_per_source_refuses_the_extra_connection_of_that_source_
         Ok(mut c) => {
             let _ = c
                 .link
-                .send(&mllp_guard::codec::encode(&message("PS3", 200)))
+                .send(&mllp_guard::wire::codec::encode(&message("PS3", 200)))
                 .await;
             c.is_closed().await
         }

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mllp_guard::app::Guard;
-use mllp_guard::codec::{self, Decoded};
 use mllp_guard::config::Config;
-use mllp_guard::hl7::{AckCode, AckView, Header};
-use mllp_guard::link::Link;
 use mllp_guard::net::Stream;
+use mllp_guard::wire::codec::{self, Decoded};
+use mllp_guard::wire::hl7::{AckCode, AckView, Header};
+use mllp_guard::wire::link::Link;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mllp_guard::codec::Decoder;
 use mllp_guard::config::Config;
-use mllp_guard::hl7::AckCode;
+use mllp_guard::wire::codec::Decoder;
+use mllp_guard::wire::hl7::AckCode;
 
 use crate::custody::{
     control_ids, custody_yaml, eventually, exchange, free_addr, sink_at, spawn_guard,
@@ -136,13 +136,20 @@ fn operator(config: &Config, op: &str) -> String {
 fn operator_blocking(config: &Config, op: &str) -> String {
     let mut out = Vec::new();
     match op {
-        "list" => mllp_guard::operator::list(config, None, &mut out).unwrap(),
-        "show" => mllp_guard::operator::show(config, Some("lab"), false, 10, &mut out).unwrap(),
-        "replay" => mllp_guard::operator::replay(config, None, &mut out).unwrap(),
-        "purge" => {
-            mllp_guard::operator::purge(config, None, false, true, &mut std::io::empty(), &mut out)
-                .unwrap()
+        "list" => mllp_guard::tools::operator::list(config, None, &mut out).unwrap(),
+        "show" => {
+            mllp_guard::tools::operator::show(config, Some("lab"), false, 10, &mut out).unwrap()
         }
+        "replay" => mllp_guard::tools::operator::replay(config, None, &mut out).unwrap(),
+        "purge" => mllp_guard::tools::operator::purge(
+            config,
+            None,
+            false,
+            true,
+            &mut std::io::empty(),
+            &mut out,
+        )
+        .unwrap(),
         _ => unreachable!(),
     }
     String::from_utf8(out).unwrap()
@@ -372,7 +379,7 @@ fn saved_ids(dir: &Path) -> Option<Vec<String>> {
         .iter()
         .map(|f| {
             let bytes = std::fs::read(f).ok()?;
-            mllp_guard::hl7::Header::parse(&bytes)
+            mllp_guard::wire::hl7::Header::parse(&bytes)
                 .ok()
                 .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
         })

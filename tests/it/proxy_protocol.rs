@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use mllp_guard::codec::{self, Decoded};
-use mllp_guard::hl7::AckCode;
-use mllp_guard::link::Link;
+use mllp_guard::net::proxy_protocol::{self, Origin, Version};
 use mllp_guard::net::Stream;
-use mllp_guard::proxy_protocol::{self, Origin, Version};
+use mllp_guard::wire::codec::{self, Decoded};
+use mllp_guard::wire::hl7::AckCode;
+use mllp_guard::wire::link::Link;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

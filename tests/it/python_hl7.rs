@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mllp_guard::hl7::AckCode;
-use mllp_guard::peer::sink::{Sink, SinkOptions};
+use mllp_guard::tools::peer::sink::{Sink, SinkOptions};
+use mllp_guard::wire::hl7::AckCode;
 
 use crate::harness::*;
 

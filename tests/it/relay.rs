@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mllp_guard::hl7::AckCode;
+use mllp_guard::wire::hl7::AckCode;
 
 use crate::harness::*;
 
@@ -40,7 +40,7 @@ async fn relay_one_message(listener_tls: &str, upstream_tls: &str) {
         let ack = client.send(&payload).await;
         let (code, acked, _) = ack_of(&ack);
         assert_eq!(code, AckCode::AA, "{file}");
-        let expected = mllp_guard::hl7::Header::parse(&payload)
+        let expected = mllp_guard::wire::hl7::Header::parse(&payload)
             .unwrap()
             .control_id()
             .to_vec();
@@ -89,7 +89,7 @@ async fn mtls_listener_refuses_a_client_without_a_certificate() {
         Ok(mut client) => {
             let _ = client
                 .link
-                .send(&mllp_guard::codec::encode(&message("NOCERT1", 200)))
+                .send(&mllp_guard::wire::codec::encode(&message("NOCERT1", 200)))
                 .await;
             assert!(
                 client.is_closed().await,
@@ -118,7 +118,7 @@ async fn mtls_listener_refuses_a_certificate_from_another_ca() {
         Ok(mut client) => {
             let _ = client
                 .link
-                .send(&mllp_guard::codec::encode(&message("STRANGER1", 200)))
+                .send(&mllp_guard::wire::codec::encode(&message("STRANGER1", 200)))
                 .await;
             assert!(
                 client.is_closed().await,
@@ -177,7 +177,7 @@ async fn connections_over_max_connections_are_refused_and_a_freed_slot_is_reused
             continue;
         };
         if d.link
-            .send(&mllp_guard::codec::encode(&message("CAP4", 200)))
+            .send(&mllp_guard::wire::codec::encode(&message("CAP4", 200)))
             .await
             .is_ok()
         {
@@ -320,7 +320,7 @@ async fn upstream_down_with_on_upstream_failure_close_closes_the_sender() {
         .await;
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
     client
-        .send_raw(&mllp_guard::codec::encode(&message("DOWN2", 300)))
+        .send_raw(&mllp_guard::wire::codec::encode(&message("DOWN2", 300)))
         .await;
     assert!(client.is_closed().await);
     guard.stop().await;
@@ -437,7 +437,7 @@ async fn a_frame_that_stalls_past_receive_timeout_closes_the_connection_unforwar
         ))
         .await;
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
-    let frame = mllp_guard::codec::encode(&message("STALL1", 300));
+    let frame = mllp_guard::wire::codec::encode(&message("STALL1", 300));
     client.send_raw(&frame[..100]).await;
     assert!(client.is_closed().await);
     assert!(upstream.received().is_empty());
@@ -501,7 +501,7 @@ async fn is_refused(client: std::io::Result<Client>) -> bool {
     let Ok(mut client) = client else { return true };
     let _ = client
         .link
-        .send(&mllp_guard::codec::encode(&message("REFUSED1", 200)))
+        .send(&mllp_guard::wire::codec::encode(&message("REFUSED1", 200)))
         .await;
     client.is_closed().await
 }
@@ -514,7 +514,7 @@ async fn shutdown_lets_the_message_in_flight_finish_then_refuses_new_connections
     let addr = guard.local_addr("test").unwrap();
     let mut client = Client::plain(addr).await;
     client
-        .send_raw(&mllp_guard::codec::encode(&message("INFLIGHT1", 300)))
+        .send_raw(&mllp_guard::wire::codec::encode(&message("INFLIGHT1", 300)))
         .await;
     // Wait until the message is with the upstream, then ask the guard to stop.
     for _ in 0..100 {
@@ -577,7 +577,7 @@ async fn an_ipv6_loopback_listener_admits_an_allowed_ipv6_sender() {
     assert!(addr.is_ipv6());
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut client = Client {
-        link: mllp_guard::link::Link::new(mllp_guard::net::Stream::Plain(tcp), 1 << 20),
+        link: mllp_guard::wire::link::Link::new(mllp_guard::net::Stream::Plain(tcp), 1 << 20),
     };
     assert_eq!(
         ack_of(&client.send(&message("V6-1", 300)).await).0,
@@ -654,7 +654,7 @@ async fn a_slowloris_sender_is_closed_at_receive_timeout_even_while_it_keeps_tri
         ))
         .await;
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
-    let frame = mllp_guard::codec::encode(&message("SLOWLORIS", 300));
+    let frame = mllp_guard::wire::codec::encode(&message("SLOWLORIS", 300));
     let mut closed = false;
     // One byte every 100 ms would take 30 s for this frame; the guard must cut it at ~0.5 s.
     for byte in frame.iter().take(60) {
@@ -680,7 +680,7 @@ async fn garbage_on_a_tls_listener_fails_the_handshake_and_closes() {
         .guard(&route_yaml(upstream.addr, "", LISTENER_TLS, ""))
         .await;
     let mut raw = Client::plain(guard.local_addr("test").unwrap()).await;
-    raw.send_raw(&mllp_guard::codec::encode(&message("NOTLS", 300)))
+    raw.send_raw(&mllp_guard::wire::codec::encode(&message("NOTLS", 300)))
         .await;
     assert!(raw.is_closed().await);
     assert!(upstream.received().is_empty());
@@ -719,13 +719,13 @@ async fn every_malformed_corpus_payload_has_its_defined_outcome() {
         let before = upstream.received().len();
         let mut client = Client::plain(addr).await;
         client
-            .send_raw(&mllp_guard::codec::encode(&corpus_bytes(&format!(
+            .send_raw(&mllp_guard::wire::codec::encode(&corpus_bytes(&format!(
                 "malformed/{file}"
             ))))
             .await;
         // A probe message after it: its ack tells whether anything else was answered first.
         client
-            .send_raw(&mllp_guard::codec::encode(&message("PROBE", 200)))
+            .send_raw(&mllp_guard::wire::codec::encode(&message("PROBE", 200)))
             .await;
         let mut acks = Vec::new();
         loop {
@@ -753,7 +753,7 @@ async fn every_malformed_corpus_payload_has_its_defined_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_with_stx_etx_framing_is_bridged_to_a_standard_mllp_receiver() {
-    use mllp_guard::codec::{Decoded, Decoder, Framing};
+    use mllp_guard::wire::codec::{Decoded, Decoder, Framing};
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
     let yaml = route_yaml(
@@ -770,7 +770,7 @@ async fn a_sender_with_stx_etx_framing_is_bridged_to_a_standard_mllp_receiver() 
     let payload = corpus_bytes("13_iso8859_1_names.hl7");
     tokio::io::AsyncWriteExt::write_all(
         &mut tcp,
-        &mllp_guard::codec::encode_with(framing, &payload),
+        &mllp_guard::wire::codec::encode_with(framing, &payload),
     )
     .await
     .unwrap();

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mllp_guard::hl7::AckCode;
+use mllp_guard::wire::hl7::AckCode;
 
 use crate::admin::{get, sample, wait_for};
 use crate::cli::start_guard;

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use mllp_guard::codec::{self, Decoded};
-use mllp_guard::hl7::{AckCode, AckView};
-use mllp_guard::link::Link;
 use mllp_guard::net::Stream;
+use mllp_guard::wire::codec::{self, Decoded};
+use mllp_guard::wire::hl7::{AckCode, AckView};
+use mllp_guard::wire::link::Link;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::*;

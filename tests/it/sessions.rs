@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mllp_guard::hl7::AckCode;
+use mllp_guard::wire::hl7::AckCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -188,7 +188,7 @@ async fn in_custody_a_message_lost_in_a_forgotten_link_is_delivered_after_reconn
         .received()
         .iter()
         .map(|p| {
-            mllp_guard::hl7::Header::parse(p)
+            mllp_guard::wire::hl7::Header::parse(p)
                 .unwrap()
                 .control_id()
                 .to_vec()

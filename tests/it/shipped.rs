@@ -54,8 +54,8 @@ fn the_four_tls_combinations_are_what_their_names_say() {
 /// file is in the session tests).
 #[test]
 fn the_rule_examples_decide_as_their_comments_say() {
-    use mllp_guard::hl7::Header;
-    use mllp_guard::rules::{evaluate, Decision, Facts};
+    use mllp_guard::firewall::rules::{evaluate, Decision, Facts};
+    use mllp_guard::wire::hl7::Header;
 
     let load = |f: &str| {
         Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").join(f)).unwrap()
@@ -200,7 +200,7 @@ mod end_to_end {
 
     use mllp_guard::app::Guard;
     use mllp_guard::config::Config;
-    use mllp_guard::hl7::AckCode;
+    use mllp_guard::wire::hl7::AckCode;
 
     use crate::harness::*;
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mllp_guard::hl7::AckCode;
+use mllp_guard::wire::hl7::AckCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,7 @@ async fn refused(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> bool {
     let Ok(mut client) = Client::tls(addr, cfg).await else {
         return true;
     };
-    let framed = mllp_guard::codec::encode(&message("REFUSED?", 200));
+    let framed = mllp_guard::wire::codec::encode(&message("REFUSED?", 200));
     if client.link.send(&framed).await.is_err() {
         return true;
     }

@@ -16,7 +16,7 @@ use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::pki::Password;
+use crate::tls::pki::Password;
 
 /// Which protocol the proxy speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use anyhow::Context as _;
 
 use crate::app::Guard;
 use crate::config::{Config, ReceiverRole, SenderRole};
-use crate::hl7::AckCode;
-use crate::peer::send::{self, SendOptions};
-use crate::peer::sink::{Sink, SinkOptions};
+use crate::tools::peer::send::{self, SendOptions};
+use crate::tools::peer::sink::{Sink, SinkOptions};
+use crate::wire::hl7::AckCode;
 
 pub const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/quickstart.yaml");
 pub const DEFAULT_MESSAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/messages");

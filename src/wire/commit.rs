@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 
-use crate::codec::{Decoded, Frame};
-use crate::link::Link;
+use crate::wire::codec::{Decoded, Frame};
+use crate::wire::link::Link;
 
 /// The commit acknowledgement payload.
 pub const ACK: u8 = 0x06;
@@ -151,7 +151,7 @@ pub fn of_frame(frame: &Frame) -> Option<Commit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::encode;
+    use crate::wire::codec::encode;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]

@@ -5,7 +5,7 @@
 //! printed only when `--payload` is asked. Must not know sockets or delivery.
 //!
 //! On a `queue.backend: jetstream` route every command talks to the route's stream (see
-//! [`crate::jetstream`]); there all four work while guards run (replay publishes each dead
+//! [`crate::custody::jetstream`]); there all four work while guards run (replay publishes each dead
 //! letter back to the queue before deleting it).
 
 use std::io::{BufRead, Write};
@@ -16,9 +16,9 @@ use anyhow::{bail, Context as _};
 
 use crate::config::{Config, Custody, Delivery, JetStreamQueue, QueueBackend};
 use crate::custody::{queue_limits, DEAD_LETTER_DIR};
-use crate::hl7::printable;
-use crate::hl7::Header;
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
+use crate::wire::hl7::printable;
+use crate::wire::hl7::Header;
 
 /// The custody routes selected by `--route` (all of them when None).
 pub fn custody_routes<'c>(
@@ -96,7 +96,7 @@ fn with_jetstream<T>(
     runtime.block_on(async {
         let client = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            crate::jetstream::connect(cfg, "mllp-guard queue", false),
+            crate::custody::jetstream::connect(cfg, "mllp-guard queue", false),
         )
         .await
         .map_err(|_| {
@@ -128,7 +128,7 @@ pub fn list(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyhow
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
             let depth = with_jetstream(js, async |ctx| {
-                crate::jetstream::depth(ctx, &js.stream).await
+                crate::custody::jetstream::depth(ctx, &js.stream).await
             })?;
             let oldest = depth
                 .oldest_enqueued_ms
@@ -209,11 +209,17 @@ pub fn show(
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
             for (title, subject) in [
-                ("pending", crate::jetstream::queue_subject(&js.stream)),
-                ("dead letters", crate::jetstream::dead_subject(&js.stream)),
+                (
+                    "pending",
+                    crate::custody::jetstream::queue_subject(&js.stream),
+                ),
+                (
+                    "dead letters",
+                    crate::custody::jetstream::dead_subject(&js.stream),
+                ),
             ] {
                 let records = with_jetstream(js, async |ctx| {
-                    crate::jetstream::records(ctx, &js.stream, &subject, limit).await
+                    crate::custody::jetstream::records(ctx, &js.stream, &subject, limit).await
                 })?;
                 writeln!(out, "route {name}: {title}: {}", records.len())?;
                 for record in &records {
@@ -246,7 +252,7 @@ pub fn replay(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyh
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
             let replayed = with_jetstream(js, async |ctx| {
-                crate::jetstream::replay(ctx, &js.stream, js.publish_timeout).await
+                crate::custody::jetstream::replay(ctx, &js.stream, js.publish_timeout).await
             })?;
             if replayed == 0 {
                 writeln!(out, "route {name}: no dead letters")?;
@@ -307,12 +313,12 @@ pub fn purge(
         };
         if let Some(js) = jetstream_of(custody) {
             let subject = if dead_letters {
-                crate::jetstream::dead_subject(&js.stream)
+                crate::custody::jetstream::dead_subject(&js.stream)
             } else {
-                crate::jetstream::queue_subject(&js.stream)
+                crate::custody::jetstream::queue_subject(&js.stream)
             };
             let depth = with_jetstream(js, async |ctx| {
-                crate::jetstream::depth(ctx, &js.stream).await
+                crate::custody::jetstream::depth(ctx, &js.stream).await
             })?;
             let count = if dead_letters {
                 depth.dead
@@ -327,7 +333,7 @@ pub fn purge(
                 continue;
             }
             let removed = with_jetstream(js, async |ctx| {
-                crate::jetstream::purge(ctx, &js.stream, &subject).await
+                crate::custody::jetstream::purge(ctx, &js.stream, &subject).await
             })?;
             writeln!(out, "route {name}: {removed} {what} purged")?;
             continue;

@@ -21,16 +21,16 @@ use tokio::sync::{Mutex, Notify, Semaphore};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::{self, AckMismatch};
-use crate::backoff::Backoff;
-use crate::codec::{Decoded, Frame};
-use crate::commit::{self, Commit, CommitError};
 use crate::config::{self, Connections, IdleReopen, MllpRelease, ReceiverRole};
-use crate::deadline_timer::DeadlineTimer;
-use crate::hl7::{AckCode, AckError};
-use crate::link::{Link, Ready, MAX_SET_ASIDE};
+use crate::firewall::policy::Allowlist;
 use crate::net::{self, Stream};
-use crate::policy::Allowlist;
+use crate::timing::backoff::Backoff;
+use crate::timing::deadline_timer::DeadlineTimer;
+use crate::wire::ack::{self, AckMismatch};
+use crate::wire::codec::{Decoded, Frame};
+use crate::wire::commit::{self, Commit, CommitError};
+use crate::wire::hl7::{AckCode, AckError};
+use crate::wire::link::{Link, Ready, MAX_SET_ASIDE};
 
 /// Why an exchange with the upstream failed. The text is PHI-free: it becomes MSA-3 of the
 /// negative ack the sender receives.
@@ -46,7 +46,7 @@ pub enum UpstreamError {
     Proxy {
         proxy: String,
         addr: String,
-        reason: crate::egress::EgressError,
+        reason: crate::net::egress::EgressError,
     },
     #[error("TLS handshake with upstream {addr} failed: {source}")]
     Handshake { addr: String, source: io::Error },
@@ -239,7 +239,7 @@ pub struct PairedWith {
     /// The caller takes messages the receiver sends on its own.
     pub two_way: bool,
     /// The sender, for the PROXY header of a new connection.
-    pub origin: Option<crate::proxy_protocol::Origin>,
+    pub origin: Option<crate::net::proxy_protocol::Origin>,
 }
 
 /// Connections receivers opened to an `accept` address, waiting to be used.
@@ -403,7 +403,7 @@ pub struct Upstream {
     gate: ConnectGate,
     /// With `accept`: the connections receivers opened to us.
     accepted: Option<Arc<Accepted>>,
-    ack_duration: crate::metrics::AckDuration,
+    ack_duration: crate::ops::metrics::AckDuration,
 }
 
 struct Pool {
@@ -434,7 +434,7 @@ impl Upstream {
             })),
         };
         Upstream {
-            ack_duration: crate::metrics::AckDuration::new(&route),
+            ack_duration: crate::ops::metrics::AckDuration::new(&route),
             route,
             cfg,
             pool,
@@ -458,7 +458,7 @@ impl Upstream {
     /// [`Upstream::accept_receivers`]. `None` when this upstream connects out.
     pub fn bind_accept(&self) -> io::Result<Option<TcpListener>> {
         match &self.accepted {
-            Some(accepted) => crate::listener::bind(accepted.listen).map(Some),
+            Some(accepted) => crate::inbound::listener::bind(accepted.listen).map(Some),
             None => Ok(None),
         }
     }
@@ -810,7 +810,7 @@ impl Upstream {
     /// (LOCAL / UNKNOWN when `None`).
     pub async fn connect_for(
         &self,
-        origin: Option<crate::proxy_protocol::Origin>,
+        origin: Option<crate::net::proxy_protocol::Origin>,
     ) -> Result<UpstreamConn, UpstreamError> {
         if let Some(accepted) = &self.accepted {
             let stream = self.wait_for_receiver(accepted).await?;
@@ -830,7 +830,7 @@ impl Upstream {
                     timeout: limit,
                 })
             });
-        crate::metrics::upstream_connect(&self.route, opened.is_ok());
+        crate::ops::metrics::upstream_connect(&self.route, opened.is_ok());
         let stream = match opened {
             Ok(stream) => stream,
             Err(err) => {
@@ -889,7 +889,7 @@ impl Upstream {
     async fn open(
         &self,
         addr: &str,
-        origin: Option<crate::proxy_protocol::Origin>,
+        origin: Option<crate::net::proxy_protocol::Origin>,
     ) -> Result<Stream, UpstreamError> {
         let original;
         let target = match &self.cfg.role {
@@ -919,7 +919,7 @@ impl Upstream {
             }
         };
         let tcp = match &self.cfg.via {
-            Some(proxy) => crate::egress::connect(proxy, &target.host, target.port)
+            Some(proxy) => crate::net::egress::connect(proxy, &target.host, target.port)
                 .await
                 .map_err(|reason| UpstreamError::Proxy {
                     proxy: proxy.to_string(),
@@ -936,7 +936,7 @@ impl Upstream {
         let mut tcp = tcp;
         if let Some(version) = self.cfg.send_proxy_protocol {
             use tokio::io::AsyncWriteExt;
-            let header = crate::proxy_protocol::header(version, origin);
+            let header = crate::net::proxy_protocol::header(version, origin);
             tcp.write_all(&header)
                 .await
                 .map_err(|source| UpstreamError::Connect {

@@ -45,13 +45,13 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::codec::Frame;
 use crate::config::{JetStreamQueue, OnReply, ReplyAction, Retry};
 use crate::custody::Counters;
-use crate::hl7::{printable, AckCode, AckView, Header};
 use crate::queue::{QueueStats, Record};
+use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
+use crate::wire::codec::Frame;
+use crate::wire::hl7::{printable, AckCode, AckView, Header};
 
 /// The durable consumer every guard of a route pulls from.
 pub const CONSUMER: &str = "mllp-guard";

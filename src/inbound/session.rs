@@ -7,10 +7,10 @@
 //! (oversize, no readable header, rate limited, rejected by a rule), the per-message log line,
 //! the framing of what it writes, MLLP release 2 commit blocks towards the sender, and stopping
 //! between messages on shutdown. On a paired forward route it also carries the other direction
-//! (see [`crate::two_way`]) and reopens an idle upstream connection at once when asked to. Must
+//! (see [`crate::inbound::two_way`]) and reopens an idle upstream connection at once when asked to. Must
 //! not know how upstreams connect or how delivery works.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,32 +19,18 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::audit;
-use crate::codec::{Decoded, Frame};
-use crate::commit::{self, Commit};
-use crate::config::{Connections, MllpRelease, OnLimit, Route};
-use crate::deadline_timer::DeadlineTimer;
+use crate::config::{Connections, MllpRelease, OnLimit};
 use crate::dispatch::{self, own_ack, Answer, Dispatch};
-use crate::hl7::{AckCode, Header};
-use crate::limits::SourceLimits;
-use crate::link::{Link, MAX_SET_ASIDE};
-use crate::proxy_protocol::Origin;
-use crate::rules::{self, Decision, Facts};
-use crate::two_way::SenderLost;
-use crate::upstream::{PairedWith, Upstream, UpstreamConn};
-
-/// Everything a session needs from its route.
-pub struct RouteContext {
-    pub name: Arc<str>,
-    /// The route's metric handles (and its name again), for the audit line and its count.
-    pub metrics: crate::metrics::RouteMetrics,
-    pub route: Route,
-    pub dispatch: Dispatch,
-    /// Per-source connection and message limits (tracks nothing when none are configured).
-    pub limits: Arc<SourceLimits>,
-    /// The named upstreams rules may route to (`upstreams:` at the top of the config).
-    pub named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
-}
+use crate::firewall::rules::{self, Decision, Facts};
+use crate::inbound::two_way::SenderLost;
+use crate::ops::audit;
+use crate::route::{Peer, RouteContext};
+use crate::timing::deadline_timer::DeadlineTimer;
+use crate::upstream::{PairedWith, UpstreamConn};
+use crate::wire::codec::{Decoded, Frame};
+use crate::wire::commit::{self, Commit};
+use crate::wire::hl7::{AckCode, Header};
+use crate::wire::link::{Link, MAX_SET_ASIDE};
 
 /// A session's own upstream connections (paired mode): the route's, and one per named upstream
 /// a rule sent a message to.
@@ -81,32 +67,6 @@ impl End {
             End::TlsOnPlaintext => "TLS on a plaintext listener",
             End::Flooded => "too many frames sent without waiting for answers",
         }
-    }
-}
-
-/// Who is on the other end of a session: address and the identities of its TLS certificate.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    /// The client: the connection's peer, or the one its PROXY protocol header names.
-    pub addr: SocketAddr,
-    /// The address the client connected to (ours, or the balancer's per its PROXY header).
-    pub local: SocketAddr,
-    /// SAN DNS/URI names then CN of the client certificate; empty without one.
-    pub identities: Vec<String>,
-}
-
-impl Peer {
-    /// The client and the address it connected to, for a PROXY header upstream.
-    pub fn origin(&self) -> Origin {
-        Origin {
-            source: self.addr,
-            destination: self.local,
-        }
-    }
-
-    /// The identity shown in logs: the first one.
-    pub fn identity(&self) -> Option<&str> {
-        self.identities.first().map(String::as_str)
     }
 }
 
@@ -192,7 +152,8 @@ where
                 heard_from_sender(&mut last_read);
                 let conn = slots.route.as_mut().expect("the slot held a connection");
                 // Boxed, like the rare paths below: they would otherwise size every session.
-                let relayed = crate::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who);
+                let relayed =
+                    crate::inbound::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who);
                 match Box::pin(relayed).await {
                     Ok(true) => {}
                     Ok(false) => slots.route = None,
@@ -413,7 +374,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
     while let Err(wait) = ctx.limits.check_message(peer.ip(), frame.len()) {
         if ctx.limits.on_limit() == OnLimit::Reject {
             let header = Header::parse(frame.payload()).ok();
-            crate::metrics::rate_limited(&ctx.name);
+            crate::ops::metrics::rate_limited(&ctx.name);
             audit(
                 header.as_ref(),
                 "rate_limited",
@@ -457,7 +418,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                 .await
         }
         Decision::Reject { rule } => {
-            crate::metrics::rule_rejected(&ctx.name, rule);
+            crate::ops::metrics::rule_rejected(&ctx.name, rule);
             audit(
                 Some(&header),
                 "rejected_by_rule",
@@ -469,7 +430,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
             return refused(own_ack(Some(&header), AckCode::AR, &text));
         }
         Decision::Drop { rule } => {
-            crate::metrics::rule_rejected(&ctx.name, rule);
+            crate::ops::metrics::rule_rejected(&ctx.name, rule);
             audit(Some(&header), "dropped_by_rule", None, Some(rule), None);
             return Reply::Close;
         }

@@ -9,12 +9,12 @@
 use std::fmt::{Display, Write as _};
 use std::time::Duration;
 
-use crate::codec::Framing;
 use crate::config::{
     AckMode, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, OnUpstreamFailure,
     ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, Upstream,
 };
-use crate::rules::{Action, Rule};
+use crate::firewall::rules::{Action, Rule};
+use crate::wire::codec::Framing;
 
 /// The whole effective config as YAML.
 pub fn render(config: &Config) -> String {
@@ -365,8 +365,8 @@ fn framing(w: &mut String, i: usize, f: Framing, release: MllpRelease) {
 }
 
 /// An allowlist as a YAML flow sequence of quoted entries (`::1/128` needs quotes).
-fn allow_list(allow: &crate::policy::Allowlist) -> String {
-    if matches!(allow, crate::policy::Allowlist::Networks(nets) if nets.is_empty()) {
+fn allow_list(allow: &crate::firewall::policy::Allowlist) -> String {
+    if matches!(allow, crate::firewall::policy::Allowlist::Networks(nets) if nets.is_empty()) {
         return "[]".to_string();
     }
     let text = allow.to_string();

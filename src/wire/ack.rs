@@ -24,7 +24,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::hl7::{AckCode, AckError, AckView, Header, HeaderKind};
+use crate::wire::hl7::{AckCode, AckError, AckView, Header, HeaderKind};
 
 /// MSH-12 written when the message states no version (batch headers, unparsable payloads):
 /// the version whose ERR layout we write.
@@ -686,7 +686,7 @@ mod tests {
         assert_eq!(
             err,
             Err(AckMismatch::NotAnAck(AckError::BadHeader(
-                crate::hl7::HeaderError::Empty
+                crate::wire::hl7::HeaderError::Empty
             )))
         );
         assert_eq!(

@@ -10,7 +10,7 @@
 //! dropping a line. Header fields are shown through [`Printable`], so control characters and
 //! anything beyond the field cannot leak; message bodies are never logged, except at trace
 //! level on target `mllp_guard::payload` when `log_payloads: true` is set explicitly. Also
-//! counts the message in [`crate::metrics`]. Must not know how messages are delivered.
+//! counts the message in [`crate::ops::metrics`]. Must not know how messages are delivered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use tracing::field::display;
 
-use crate::hl7::{AckCode, Header, Printable};
-use crate::metrics::RouteMetrics;
+use crate::ops::metrics::RouteMetrics;
+use crate::wire::hl7::{AckCode, Header, Printable};
 
 /// One message's fate.
 pub struct Entry<'a> {

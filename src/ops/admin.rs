@@ -3,7 +3,7 @@
 //! JSON body saying why.
 //!
 //! Owns the HTTP/1 server (hyper) and the mapping of paths to answers. Must not know routes,
-//! messages or how the numbers are counted: it reads [`crate::metrics`].
+//! messages or how the numbers are counted: it reads [`crate::ops::metrics`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,11 +16,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics;
+use crate::ops::metrics;
 
 /// Binds the admin address (before serving, so a port in use fails the start).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    crate::listener::bind(addr)
+    crate::inbound::listener::bind(addr)
 }
 
 /// Serves the admin endpoint on `listener` until `stop`.

@@ -13,15 +13,15 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::audit;
-use crate::codec::{Decoded, Frame};
-use crate::commit::{self, Commit, CommitError};
 use crate::config::MllpRelease;
 use crate::dispatch::own_ack;
-use crate::hl7::{AckCode, AckView, Header};
-use crate::link::{Link, MAX_SET_ASIDE};
-use crate::session::{Peer, RouteContext};
+use crate::ops::audit;
+use crate::route::{Peer, RouteContext};
 use crate::upstream::UpstreamConn;
+use crate::wire::codec::{Decoded, Frame};
+use crate::wire::commit::{self, Commit, CommitError};
+use crate::wire::hl7::{AckCode, AckView, Header};
+use crate::wire::link::{Link, MAX_SET_ASIDE};
 
 /// Why the sender's connection cannot go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

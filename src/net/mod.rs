@@ -3,6 +3,9 @@
 //!
 //! Owns socket options and the plain/TLS stream type. Must not know about MLLP, HL7 or routes.
 
+pub mod egress;
+pub mod proxy_protocol;
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -33,10 +33,10 @@ use rustls_pki_types::ServerName;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use crate::codec::Framing;
-use crate::policy::Allowlist;
-use crate::rules::Rule;
+use crate::firewall::policy::Allowlist;
+use crate::firewall::rules::Rule;
 use crate::tls::{self, PemRole, TlsError};
+use crate::wire::codec::Framing;
 
 mod firewall;
 mod tls_policy;
@@ -144,7 +144,7 @@ pub struct Route {
     /// `proxy_protocol`: `v1` or `v2`: every connection starts with a PROXY protocol header
     /// from a load balancer, and the client it names is the peer for allowlists, limits, rules
     /// and logs; a connection without a valid header is refused. `None` (default) = off.
-    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    pub proxy_protocol: Option<crate::net::proxy_protocol::Version>,
     /// `tls`: terminate TLS on this listener; `None` = plaintext.
     pub tls: Option<ServerTls>,
     /// `allow`: who may connect, checked on the peer address before any byte is read.
@@ -174,7 +174,7 @@ pub struct Route {
     /// `framing.release`: the MLLP release spoken with the sender. Default [`MllpRelease::One`].
     pub release: MllpRelease,
     /// `rules`: the firewall rules, in order (written inline, or in a YAML file named by path);
-    /// the first match decides, and no match (or no rules) allows. See [`crate::rules`].
+    /// the first match decides, and no match (or no rules) allows. See [`crate::firewall::rules`].
     pub rules: Vec<Rule>,
     /// `limits`: per-source rate limits and caps (all off by default). `limits.handshake_timeout`
     /// sets [`Route::handshake_timeout`].
@@ -267,7 +267,7 @@ pub enum MllpRelease {
     #[default]
     One,
     /// `2`: MLLP release 2, each frame answered with a commit block (ACK `0x0B 0x06 0x1C 0x0D`
-    /// or NAK `0x0B 0x15 0x1C 0x0D`); see [`crate::commit`].
+    /// or NAK `0x0B 0x15 0x1C 0x0D`); see [`crate::wire::commit`].
     Two,
 }
 
@@ -441,7 +441,7 @@ pub struct Upstream {
     /// `tls`: originate TLS towards the upstream; `None` = plaintext.
     pub tls: Option<ClientTls>,
     /// `via`: reach the upstream through this SOCKS5 or HTTP CONNECT proxy; `None` = directly.
-    pub via: Option<crate::egress::Proxy>,
+    pub via: Option<crate::net::egress::Proxy>,
     /// `connections`: `paired` (one upstream connection per sender connection, the default) or
     /// a shared pool of N.
     pub connections: Connections,
@@ -460,7 +460,7 @@ pub struct Upstream {
     pub idle_reopen: IdleReopen,
     /// `send_proxy_protocol`: `v1` or `v2`: each new upstream connection starts with a PROXY
     /// header naming the sender (paired connections) or none (LOCAL / UNKNOWN: pools, custody).
-    pub send_proxy_protocol: Option<crate::proxy_protocol::Version>,
+    pub send_proxy_protocol: Option<crate::net::proxy_protocol::Version>,
     /// `transparent_source`: connect to the receiver from the sender's own address (paired
     /// connections; IP_TRANSPARENT, CAP_NET_ADMIN, and routing that brings the replies back to
     /// this host). Default false.
@@ -2239,7 +2239,7 @@ impl Validator<'_> {
                 problem => format!("file \"{written}\" {problem}"),
             },
             (TlsError::Pki { problem, .. }, Some(written)) => match problem {
-                crate::pki::PkiProblem::Read(e) => self.io_message(written, e),
+                crate::tls::pki::PkiProblem::Read(e) => self.io_message(written, e),
                 problem => format!("file \"{written}\" {problem}"),
             },
             (TlsError::KeyMismatch { .. }, Some(written)) => {
@@ -2259,7 +2259,7 @@ impl Validator<'_> {
     fn server_tls(&mut self, p: &str, raw: &Spanned<RawServerTls>) -> Option<ServerTls> {
         let t = &raw.value;
         let cert = self.file(format!("{p}.cert"), &t.cert);
-        let pkcs12 = crate::pki::is_pkcs12(Path::new(t.cert.value.trim()));
+        let pkcs12 = crate::tls::pki::is_pkcs12(Path::new(t.cert.value.trim()));
         let key = match (&t.key, pkcs12) {
             (Some(k), false) => self.file(format!("{p}.key"), k),
             (None, true) => cert.clone(),
@@ -2365,7 +2365,7 @@ impl Validator<'_> {
         let pkcs12 = t
             .cert
             .as_ref()
-            .is_some_and(|c| crate::pki::is_pkcs12(Path::new(c.value.trim())));
+            .is_some_and(|c| crate::tls::pki::is_pkcs12(Path::new(c.value.trim())));
         let key = match (&t.key, pkcs12) {
             (Some(k), true) => {
                 self.error(
@@ -2680,10 +2680,10 @@ fn parse_byte(s: &str) -> Result<u8, String> {
 }
 
 /// `proxy_protocol` / `send_proxy_protocol`: `v1` or `v2`.
-fn parse_proxy_version(s: &str) -> Result<crate::proxy_protocol::Version, String> {
+fn parse_proxy_version(s: &str) -> Result<crate::net::proxy_protocol::Version, String> {
     match s.trim() {
-        "v1" => Ok(crate::proxy_protocol::Version::V1),
-        "v2" => Ok(crate::proxy_protocol::Version::V2),
+        "v1" => Ok(crate::net::proxy_protocol::Version::V1),
+        "v2" => Ok(crate::net::proxy_protocol::Version::V2),
         _ => Err(format!(
             "must be v1 (text header) or v2 (binary header), not \"{s}\""
         )),

@@ -4,7 +4,7 @@
 //! Owns everything between "a path in the config" and "an `Arc<rustls::ServerConfig>` /
 //! `Arc<rustls::ClientConfig>` ready for a handshake", plus reading who the peer is after one.
 //! It knows nothing of MLLP or of allowlists. PKCS#12, encrypted keys and CRL files are decoded
-//! by [`crate::pki`]; `verify` wraps the webpki verifiers to log revocations and pin identities.
+//! by [`crate::tls::pki`]; `verify` wraps the webpki verifiers to log revocations and pin identities.
 //!
 //! - One crypto provider: aws-lc-rs (`rustls::crypto::aws_lc_rs::default_provider()`), TLS 1.2
 //!   minimum (TLS 1.3 preferred), no ALPN. `min_version` can raise the minimum to 1.3 and
@@ -40,8 +40,9 @@ use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::pki::{self, CertificateDates, Crl, Password, PkiProblem};
+use self::pki::{CertificateDates, Crl, Password, PkiProblem};
 
+pub mod pki;
 mod verify;
 
 /// What a PEM file is expected to hold; decides the wording of errors and, in the config layer,

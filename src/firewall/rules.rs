@@ -45,7 +45,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::hl7::Header;
+use crate::wire::hl7::Header;
 
 // ---------------------------------------------------------------------------------------------
 // Patterns

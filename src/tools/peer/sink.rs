@@ -11,12 +11,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ack;
-use crate::codec::{self, Decoded};
-use crate::hl7::printable;
-use crate::hl7::{AckCode, Header};
-use crate::link::Link;
 use crate::net::Stream;
+use crate::wire::ack;
+use crate::wire::codec::{self, Decoded};
+use crate::wire::hl7::printable;
+use crate::wire::hl7::{AckCode, Header};
+use crate::wire::link::Link;
 
 /// How a sink behaves.
 #[derive(Clone)]
@@ -49,7 +49,7 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(opts: SinkOptions) -> io::Result<Sink> {
-        let listener = crate::listener::bind(opts.listen)?;
+        let listener = crate::inbound::listener::bind(opts.listen)?;
         let addr = listener.local_addr()?;
         if let Some(dir) = &opts.save_dir {
             tokio::fs::create_dir_all(dir).await?;

@@ -17,8 +17,10 @@
 //! know sockets, peers or how the queue lays out its bytes.
 //!
 //! With `queue.backend: jetstream` the committer and drainer above are replaced by
-//! [`crate::jetstream`] (publish with PubAck; a shared consumer drains); accepting, duplicates
+//! [`crate::custody::jetstream`] (publish with PubAck; a shared consumer drains); accepting, duplicates
 //! and acks stay here.
+
+pub mod jetstream;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,14 +31,14 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::codec::Frame;
 use crate::config::{AckMode, Custody as CustodyConfig, QueueBackend, ReplyAction};
 use crate::dispatch::own_ack;
-use crate::hl7::printable;
-use crate::hl7::{AckCode, AckView, Header};
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
+use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
+use crate::wire::codec::Frame;
+use crate::wire::hl7::printable;
+use crate::wire::hl7::{AckCode, AckView, Header};
 
 /// The directory under a route's queue directory that holds its dead letters.
 pub const DEAD_LETTER_DIR: &str = "dead-letter";
@@ -90,7 +92,7 @@ enum Keeper {
         store: Arc<Mutex<Box<dyn Store>>>,
     },
     /// A NATS JetStream stream shared with the route's other guards.
-    JetStream(Arc<crate::jetstream::Nats>),
+    JetStream(Arc<crate::custody::jetstream::Nats>),
 }
 
 /// A route's custody: its queue, committer, duplicate memory and drainer.
@@ -115,7 +117,11 @@ impl Custody {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Custody>, QueueError> {
         if let QueueBackend::JetStream(js) = &cfg.backend {
-            let nats = crate::jetstream::Nats::new(route.clone(), (**js).clone(), cfg.max_messages);
+            let nats = crate::custody::jetstream::Nats::new(
+                route.clone(),
+                (**js).clone(),
+                cfg.max_messages,
+            );
             let custody = Arc::new(Custody {
                 route,
                 close_on_failure,
@@ -125,15 +131,15 @@ impl Custody {
                 counters: Arc::new(Counters::default()),
                 cfg,
             });
-            crate::metrics::watch_queue(custody.clone());
-            let delivery = crate::jetstream::Delivery {
+            crate::ops::metrics::watch_queue(custody.clone());
+            let delivery = crate::custody::jetstream::Delivery {
                 upstream,
                 retry: custody.cfg.retry,
                 on_reply: custody.cfg.on_reply,
                 counters: custody.counters.clone(),
                 shutdown,
             };
-            tracker.spawn(crate::jetstream::run(nats, delivery));
+            tracker.spawn(crate::custody::jetstream::run(nats, delivery));
             return Ok(custody);
         }
         let (log, recovery) = SegmentLog::open(&cfg.queue_dir, queue_limits(&cfg))?;
@@ -178,7 +184,7 @@ impl Custody {
             upstream_address: upstream.address(),
             counters,
         });
-        crate::metrics::watch_queue(custody.clone());
+        crate::ops::metrics::watch_queue(custody.clone());
         if upstream.reopens_at_once() {
             let (upstream, stop) = (upstream.clone(), shutdown.clone());
             tracker.spawn(async move { upstream.keep_pool_fresh(stop).await });
@@ -242,7 +248,7 @@ impl Custody {
                 }
             }
             Keeper::JetStream(nats) => {
-                let id = crate::jetstream::message_id(header);
+                let id = crate::custody::jetstream::message_id(header);
                 match nats.publish(frame.payload_bytes(), &id, now_ms()).await {
                     Ok(duplicate) => {
                         if duplicate {
@@ -313,7 +319,7 @@ impl Custody {
     }
 }
 
-impl crate::metrics::QueueProbe for Custody {
+impl crate::ops::metrics::QueueProbe for Custody {
     fn route(&self) -> &str {
         &self.route
     }

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::UpstreamAddress;
+use crate::inbound::session;
 use crate::net::{self, Stream};
-use crate::session::{self, Peer, RouteContext};
+use crate::route::{Peer, RouteContext};
+use crate::timing::backoff::Backoff;
 
 /// A session that lasted this long, or carried a message, counts as healthy: the next
 /// reconnect starts again from `reconnect.initial`.
@@ -24,7 +25,7 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 /// it is when the connection opens.
 pub async fn dial_loop(
     target: UpstreamAddress,
-    shared: crate::app::SharedContext,
+    shared: crate::route::SharedContext,
     shutdown: CancellationToken,
 ) {
     let reconnect = shared.load().route.upstream.reconnect;

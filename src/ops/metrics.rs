@@ -6,7 +6,7 @@
 //! flags `/healthz` and `/readyz` read (a panic anywhere; upstream reachability; a queue that
 //! cannot write). Label values are route names, upstream names, rule names, ack codes and fixed
 //! reason labels: never anything taken from a message. Must not know sockets or HL7 parsing; the
-//! HTTP side is [`crate::admin`].
+//! HTTP side is [`crate::ops::admin`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

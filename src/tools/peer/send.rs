@@ -9,12 +9,12 @@ use anyhow::Context as _;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::ack;
-use crate::codec::{self, Decoded};
-use crate::hl7::printable;
-use crate::hl7::{AckCode, Header};
-use crate::link::Link;
 use crate::net::Stream;
+use crate::wire::ack;
+use crate::wire::codec::{self, Decoded};
+use crate::wire::hl7::printable;
+use crate::wire::hl7::{AckCode, Header};
+use crate::wire::link::Link;
 
 /// Where and how to send.
 #[derive(Clone)]
@@ -145,7 +145,7 @@ async fn send_one(
         Ok(ack_payload) => match ack::verify(&ack_payload, &control_id) {
             Ok(code) => sent.ack = Some(code),
             Err(err) => {
-                sent.ack = crate::hl7::AckView::parse(&ack_payload)
+                sent.ack = crate::wire::hl7::AckView::parse(&ack_payload)
                     .ok()
                     .map(|a| a.code());
                 sent.problem = Some(err.to_string());

@@ -16,10 +16,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::limits::ConnectionPermit;
+use crate::firewall::limits::ConnectionPermit;
+use crate::inbound::session;
+use crate::net::proxy_protocol::Origin;
 use crate::net::{self, Stream};
-use crate::proxy_protocol::Origin;
-use crate::session::{self, Peer, RouteContext};
+use crate::route::{Peer, RouteContext};
 
 /// Binds a listening socket with SO_REUSEADDR (restarts do not wait out TIME_WAIT) and, for an
 /// IPv6 wildcard, dual-stack off so `[::]` and `0.0.0.0` routes can coexist.
@@ -61,7 +62,7 @@ pub fn bind_with(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener>
 /// route's context as it is when the connection arrives (a reload changes it for the next).
 pub async fn accept_loop(
     listener: TcpListener,
-    shared: crate::app::SharedContext,
+    shared: crate::route::SharedContext,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -90,7 +91,7 @@ pub async fn accept_loop(
             ctx = current;
         }
         let Ok(permit) = capacity.clone().try_acquire_owned() else {
-            crate::metrics::connection_refused(&ctx.name, "max_connections");
+            crate::ops::metrics::connection_refused(&ctx.name, "max_connections");
             tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, "connection refused");
             refuse(tcp);
             continue;
@@ -140,14 +141,14 @@ pub async fn accept_loop(
 /// and counted) when refused.
 fn admit(ctx: &RouteContext, peer: SocketAddr) -> Option<ConnectionPermit> {
     if !ctx.route.allow.admits(peer.ip()) {
-        crate::metrics::connection_refused(&ctx.name, "allowlist");
+        crate::ops::metrics::connection_refused(&ctx.name, "allowlist");
         tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", "connection refused");
         return None;
     }
     match ctx.limits.admit_connection(peer.ip()) {
         Ok(source) => Some(source),
         Err(refusal) => {
-            crate::metrics::connection_refused(&ctx.name, "source_limit");
+            crate::ops::metrics::connection_refused(&ctx.name, "source_limit");
             tracing::warn!(route = %ctx.name, %peer, reason = %refusal, "connection refused");
             None
         }
@@ -155,10 +156,10 @@ fn admit(ctx: &RouteContext, peer: SocketAddr) -> Option<ConnectionPermit> {
 }
 
 /// Counts an admitted connection; it counts as open while the returned value lives.
-fn count_accepted(ctx: &RouteContext, peer: SocketAddr) -> crate::metrics::OpenConnection {
+fn count_accepted(ctx: &RouteContext, peer: SocketAddr) -> crate::ops::metrics::OpenConnection {
     tracing::debug!(route = %ctx.name, %peer, "connection accepted");
-    crate::metrics::connection_accepted(&ctx.name);
-    crate::metrics::connection_open(&ctx.name)
+    crate::ops::metrics::connection_accepted(&ctx.name);
+    crate::ops::metrics::connection_open(&ctx.name)
 }
 
 /// Reads the balancer's PROXY header within `handshake_timeout`. A header naming no client
@@ -166,13 +167,13 @@ fn count_accepted(ctx: &RouteContext, peer: SocketAddr) -> crate::metrics::OpenC
 /// connection must be refused.
 async fn read_proxy_header(
     tcp: &mut TcpStream,
-    version: crate::proxy_protocol::Version,
+    version: crate::net::proxy_protocol::Version,
     balancer: SocketAddr,
     ctx: &RouteContext,
     shutdown: &CancellationToken,
 ) -> Option<Origin> {
     let limit = ctx.route.handshake_timeout;
-    let read = tokio::time::timeout(limit, crate::proxy_protocol::read_header(tcp, version));
+    let read = tokio::time::timeout(limit, crate::net::proxy_protocol::read_header(tcp, version));
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => return None,
         outcome = read => outcome,
@@ -191,7 +192,7 @@ async fn read_proxy_header(
             humantime::format_duration(limit)
         ),
     };
-    crate::metrics::connection_refused(&ctx.name, "proxy_protocol");
+    crate::ops::metrics::connection_refused(&ctx.name, "proxy_protocol");
     tracing::warn!(route = %ctx.name, peer = %balancer, reason, "connection refused: no valid PROXY protocol header");
     let _ = socket2::SockRef::from(&*tcp).set_linger(Some(Duration::ZERO));
     None
@@ -244,12 +245,12 @@ async fn handshake(
     match handshake {
         Ok(Ok(stream)) => Some(Stream::ServerTls(Box::new(stream))),
         Ok(Err(err)) => {
-            crate::metrics::tls_handshake_failed(&ctx.name, "error");
+            crate::ops::metrics::tls_handshake_failed(&ctx.name, "error");
             tracing::warn!(route = %ctx.name, %peer, error = %err, "TLS handshake failed; connection closed");
             None
         }
         Err(_) => {
-            crate::metrics::tls_handshake_failed(&ctx.name, "timeout");
+            crate::ops::metrics::tls_handshake_failed(&ctx.name, "timeout");
             tracing::warn!(route = %ctx.name, %peer, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
             None
         }

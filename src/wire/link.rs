@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::codec::{self, DecodeStats, Decoded, Decoder, Frame, Framing};
+use crate::wire::codec::{self, DecodeStats, Decoded, Decoder, Frame, Framing};
 
 /// How much room a read into a started frame asks for at least; large frames grow the buffer as
 /// they arrive.
