@@ -217,7 +217,7 @@ impl Guard {
         });
         let listener = match (&route.sender, restart) {
             (SenderRole::Listen(addr), true) => Some(
-                listener::bind_with(*addr, route.transparent).with_context(|| {
+                crate::net::bind::bind_with(*addr, route.transparent).with_context(|| {
                     format!(
                         "route {}: cannot listen on {addr} (is another process using the port?)",
                         route.name

@@ -144,7 +144,7 @@ pub async fn forward(
             match on_upstream_failure {
                 OnUpstreamFailure::Close => Answer::Close(problem),
                 OnUpstreamFailure::Nack => Answer::Ack {
-                    ack: own_ack(
+                    ack: ack::own_ack(
                         Some(header),
                         AckCode::AE,
                         &format!("message not delivered: {err}"),
@@ -157,34 +157,4 @@ pub async fn forward(
             }
         }
     }
-}
-
-/// An ack payload built by the guard itself (sender and receiver swapped, MSA-2 = the message's
-/// control id, ERR with `text` when negative), or, when the message has no readable header, one
-/// with an empty MSA-2. The session frames it for its side.
-pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
-    let id = own_control_id();
-    let now = ack::timestamp(std::time::SystemTime::now());
-    let payload = match header {
-        Some(header) => ack::build(header, code, text, &id, &now),
-        None => ack::build_without_header(code, text, &id, &now),
-    };
-    Bytes::from(payload)
-}
-
-/// A unique control id for acks we build: "MG", the process start time, and a counter, in hex
-/// (at most 20 characters, the v2.3 limit of MSH-10).
-fn own_control_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static START: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let start = *START.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() & 0xFFFF_FFFF)
-            .unwrap_or(0)
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF;
-    format!("MG{start:08X}{n:08X}")
 }

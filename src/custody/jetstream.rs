@@ -46,7 +46,7 @@ use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{JetStreamQueue, OnReply, ReplyAction, Retry};
-use crate::custody::Counters;
+use crate::custody::counters::Counters;
 use crate::queue::{QueueStats, Record};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;

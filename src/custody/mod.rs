@@ -20,10 +20,11 @@
 //! [`crate::custody::jetstream`] (publish with PubAck; a shared consumer drains); accepting, duplicates
 //! and acks stay here.
 
+pub mod counters;
 pub mod jetstream;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,13 +33,14 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AckMode, Custody as CustodyConfig, QueueBackend, ReplyAction};
-use crate::dispatch::own_ack;
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
+use crate::wire::ack::own_ack;
 use crate::wire::codec::Frame;
 use crate::wire::hl7::printable;
 use crate::wire::hl7::{AckCode, AckView, Header};
+use counters::Counters;
 
 /// The directory under a route's queue directory that holds its dead letters.
 pub const DEAD_LETTER_DIR: &str = "dead-letter";
@@ -63,19 +65,6 @@ pub enum Verdict {
     },
     /// Close the sender's connection (queue failure with `on_upstream_failure: close`).
     Close { reason: String },
-}
-
-/// Counters a route's custody keeps (read by logs now, metrics later).
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub queued: AtomicU64,
-    pub duplicates_answered: AtomicU64,
-    pub delivered: AtomicU64,
-    pub redeliveries: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub syncs: AtomicU64,
-    /// Whether the last fsync of the queue failed (the queue cannot take writes).
-    pub sync_failing: std::sync::atomic::AtomicBool,
 }
 
 struct AppendRequest {

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -21,42 +20,6 @@ use crate::inbound::session;
 use crate::net::proxy_protocol::Origin;
 use crate::net::{self, Stream};
 use crate::route::{Peer, RouteContext};
-
-/// Binds a listening socket with SO_REUSEADDR (restarts do not wait out TIME_WAIT) and, for an
-/// IPv6 wildcard, dual-stack off so `[::]` and `0.0.0.0` routes can coexist.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    bind_with(addr, false)
-}
-
-/// Like [`bind`]; `transparent` sets IP_TRANSPARENT, so connections that nftables' TPROXY
-/// redirects here are accepted with their original destination as the local address (Linux;
-/// needs CAP_NET_ADMIN).
-pub fn bind_with(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if transparent {
-        let set = if addr.is_ipv6() {
-            socket.set_ip_transparent_v6(true)
-        } else {
-            socket.set_ip_transparent_v4(true)
-        };
-        set.map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!(
-                    "transparent: true needs CAP_NET_ADMIN (setting IP_TRANSPARENT failed: {err})"
-                ),
-            )
-        })?;
-    }
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
 
 /// Accepts until `shutdown` fires; every admitted connection runs in `tracker` with the
 /// route's context as it is when the connection arrives (a reload changes it for the next).

@@ -20,13 +20,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Connections, MllpRelease, OnLimit};
-use crate::dispatch::{self, own_ack, Answer, Dispatch};
+use crate::dispatch::{self, Answer, Dispatch};
 use crate::firewall::rules::{self, Decision, Facts};
 use crate::inbound::two_way::SenderLost;
 use crate::ops::audit;
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
 use crate::upstream::{PairedWith, UpstreamConn};
+use crate::wire::ack::own_ack;
 use crate::wire::codec::{Decoded, Frame};
 use crate::wire::commit::{self, Commit};
 use crate::wire::hl7::{AckCode, Header};

@@ -14,10 +14,10 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::MllpRelease;
-use crate::dispatch::own_ack;
 use crate::ops::audit;
 use crate::route::{Peer, RouteContext};
 use crate::upstream::UpstreamConn;
+use crate::wire::ack::own_ack;
 use crate::wire::codec::{Decoded, Frame};
 use crate::wire::commit::{self, Commit, CommitError};
 use crate::wire::hl7::{AckCode, AckView, Header};

@@ -3,6 +3,7 @@
 //!
 //! Owns socket options and the plain/TLS stream type. Must not know about MLLP, HL7 or routes.
 
+pub mod bind;
 pub mod egress;
 pub mod proxy_protocol;
 

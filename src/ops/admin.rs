@@ -20,7 +20,7 @@ use crate::ops::metrics;
 
 /// Binds the admin address (before serving, so a port in use fails the start).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    crate::inbound::listener::bind(addr)
+    crate::net::bind::bind(addr)
 }
 
 /// Serves the admin endpoint on `listener` until `stop`.

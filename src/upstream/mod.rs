@@ -458,7 +458,7 @@ impl Upstream {
     /// [`Upstream::accept_receivers`]. `None` when this upstream connects out.
     pub fn bind_accept(&self) -> io::Result<Option<TcpListener>> {
         match &self.accepted {
-            Some(accepted) => crate::inbound::listener::bind(accepted.listen).map(Some),
+            Some(accepted) => crate::net::bind::bind(accepted.listen).map(Some),
             None => Ok(None),
         }
     }

@@ -24,6 +24,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
 use crate::wire::hl7::{AckCode, AckError, AckView, Header, HeaderKind};
 
 /// MSH-12 written when the message states no version (batch headers, unparsable payloads):
@@ -391,6 +393,36 @@ pub fn fuzz_build(data: &[u8]) {
         assert_eq!(h.control_id(), b"MG1");
         assert!(!view.text().contains(&b'\r'));
     }
+}
+
+/// An ack payload built by the guard itself (sender and receiver swapped, MSA-2 = the message's
+/// control id, ERR with `text` when negative), or, when the message has no readable header, one
+/// with an empty MSA-2. The session frames it for its side.
+pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
+    let id = own_control_id();
+    let now = timestamp(std::time::SystemTime::now());
+    let payload = match header {
+        Some(header) => build(header, code, text, &id, &now),
+        None => build_without_header(code, text, &id, &now),
+    };
+    Bytes::from(payload)
+}
+
+/// A unique control id for acks we build: "MG", the process start time, and a counter, in hex
+/// (at most 20 characters, the v2.3 limit of MSH-10).
+fn own_control_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let start = *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() & 0xFFFF_FFFF)
+            .unwrap_or(0)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF;
+    format!("MG{start:08X}{n:08X}")
 }
 
 #[cfg(test)]

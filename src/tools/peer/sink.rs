@@ -49,7 +49,7 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(opts: SinkOptions) -> io::Result<Sink> {
-        let listener = crate::inbound::listener::bind(opts.listen)?;
+        let listener = crate::net::bind::bind(opts.listen)?;
         let addr = listener.local_addr()?;
         if let Some(dir) = &opts.save_dir {
             tokio::fs::create_dir_all(dir).await?;
