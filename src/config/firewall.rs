@@ -4,7 +4,7 @@
 //! Same two layers as the rest of `config.rs` (this is its child module and shares its
 //! [`Validator`](super::Validator)): serde mirrors (`Raw*`) keep every scalar as text with its
 //! position, and the validator turns them into [`crate::firewall::rules::Rule`]s, a [`RateLimits`] and
-//! named [`Upstream`](super::Upstream)s, recording every error with its YAML path, line and
+//! named [`UpstreamConfig`](super::UpstreamConfig)s, recording every error with its YAML path, line and
 //! column. A rules file named by path (`rules: rules/lists/production.rules.yaml`) is read and
 //! validated here too; errors inside it name that file and their position in it.
 
@@ -19,7 +19,7 @@ use serde_saphyr::{Location, Spanned};
 
 use super::{
     parse_count, parse_positive_duration, parse_raw, parse_size, position, ConfigError,
-    RawUpstream, Text, Upstream, Validator,
+    RawUpstream, Text, UpstreamConfig, Validator,
 };
 use crate::firewall::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
 
@@ -239,7 +239,7 @@ impl Validator<'_> {
     pub(super) fn upstreams(
         &mut self,
         raw: Option<&Spanned<RawUpstreams>>,
-    ) -> (BTreeMap<String, Upstream>, UpstreamNames) {
+    ) -> (BTreeMap<String, UpstreamConfig>, UpstreamNames) {
         let mut upstreams = BTreeMap::new();
         let mut names = Vec::new();
         for (name, block) in raw.map(|r| &r.value.0[..]).unwrap_or_default() {

@@ -110,7 +110,7 @@ pub struct Config {
     /// `upstreams`: named upstreams that rules can send messages to (`action: { route: name }`),
     /// by name (1 to 63 characters of `a-z`, `0-9`, `-`). Each takes the keys of a route's
     /// `upstream`. Empty when the key is absent.
-    pub upstreams: BTreeMap<String, Upstream>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// `admin`: the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`; `None` = off.
     pub admin: Option<Admin>,
     /// `log_payloads`: write message bodies to the log, at trace level on target
@@ -164,7 +164,7 @@ pub struct Route {
     /// `on_upstream_failure`: what the sender gets when the upstream fails. Default `nack`.
     pub on_upstream_failure: OnUpstreamFailure,
     /// `upstream`: where messages are forwarded.
-    pub upstream: Upstream,
+    pub upstream: UpstreamConfig,
     /// `delivery`: `forward` (the default: each message is relayed while the sender waits) or
     /// `store-and-forward` (custody: queued durably, acked by the guard, delivered later).
     pub delivery: Delivery,
@@ -277,12 +277,12 @@ pub enum Delivery {
     /// `forward`: relayed synchronously; the sender gets the upstream's ack.
     Forward,
     /// `store-and-forward`: the guard takes custody, acks itself and delivers later, in order.
-    StoreAndForward(Custody),
+    StoreAndForward(CustodyConfig),
 }
 
 /// The settings of a store-and-forward route (only read when `delivery: store-and-forward`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Custody {
+pub struct CustodyConfig {
     /// The route's queue directory: `<state_dir>/<route name>` (unique, since names are).
     pub queue_dir: PathBuf,
     /// `queue.max_bytes`: the queue refuses new messages beyond this many bytes. Default 1 GiB,
@@ -434,7 +434,7 @@ pub enum OnUpstreamFailure {
 
 /// The receiver a route forwards to.
 #[derive(Clone, Debug)]
-pub struct Upstream {
+pub struct UpstreamConfig {
     /// `address` (`host:port`; the host may be a DNS name, resolved at connect time) or
     /// `accept` (with `allow`).
     pub role: ReceiverRole,
@@ -1609,7 +1609,7 @@ impl Validator<'_> {
             Some(DEFAULT_DUPLICATE_WINDOW),
             |s| parse_duration(s).map(|d| (!d.is_zero()).then_some(d)),
         );
-        Delivery::StoreAndForward(Custody {
+        Delivery::StoreAndForward(CustodyConfig {
             queue_dir: queue_dir.to_path_buf(),
             max_bytes,
             max_messages,
@@ -1835,7 +1835,7 @@ impl Validator<'_> {
         }
     }
 
-    fn upstream(&mut self, p: &str, raw: &Spanned<RawUpstream>) -> Upstream {
+    fn upstream(&mut self, p: &str, raw: &Spanned<RawUpstream>) -> UpstreamConfig {
         let u = &raw.value;
         let mut address = None;
         let role = match (&u.address, &u.accept) {
@@ -2056,7 +2056,7 @@ impl Validator<'_> {
             }
         };
         let (framing, release) = self.framing(&format!("{p}.framing"), &u.framing);
-        Upstream {
+        UpstreamConfig {
             role: role.unwrap_or(ReceiverRole::Connect(UpstreamAddress {
                 host: String::new(),
                 port: 0,
@@ -3535,7 +3535,7 @@ routes:
         format!("{top}{MINIMAL}    delivery: store-and-forward\n")
     }
 
-    fn custody(route: &Route) -> &Custody {
+    fn custody(route: &Route) -> &CustodyConfig {
         match &route.delivery {
             Delivery::StoreAndForward(custody) => custody,
             Delivery::Forward => panic!("route {} is not store-and-forward", route.name),
@@ -3548,7 +3548,7 @@ routes:
         assert_eq!(config.state_dir, Some(PathBuf::from("/var/lib/mllp-guard")));
         assert_eq!(
             config.routes[0].delivery,
-            Delivery::StoreAndForward(Custody {
+            Delivery::StoreAndForward(CustodyConfig {
                 queue_dir: PathBuf::from("/var/lib/mllp-guard/lab"),
                 max_bytes: 1 << 30,
                 max_messages: 1_000_000,
@@ -3574,7 +3574,7 @@ routes:
         let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/etc")).unwrap();
         assert_eq!(
             custody(&config.routes[0]),
-            &Custody {
+            &CustodyConfig {
                 queue_dir: PathBuf::from("/srv/guard/lab"),
                 max_bytes: DEFAULT_QUEUE_MAX_BYTES,
                 max_messages: DEFAULT_QUEUE_MAX_MESSAGES,

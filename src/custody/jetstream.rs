@@ -301,7 +301,7 @@ async fn publish_confirmed(
 }
 
 /// What the drainer needs from the route besides the queue.
-pub struct Delivery {
+pub struct DrainContext {
     pub upstream: Arc<Upstream>,
     pub retry: Retry,
     pub on_reply: OnReply,
@@ -311,7 +311,7 @@ pub struct Delivery {
 
 /// Connects (retrying until shutdown), makes sure the stream and the consumer exist, then drains
 /// the route as one of its guards until shutdown.
-pub async fn run(nats: Arc<Nats>, delivery: Delivery) {
+pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
     let route = nats.route.clone();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let client = match connect(&nats.cfg, &format!("mllp-guard {route}"), true).await {
@@ -352,7 +352,7 @@ pub async fn run(nats: Arc<Nats>, delivery: Delivery) {
         let (nats, stop, js) = (nats.clone(), delivery.shutdown.clone(), js.clone());
         tokio::spawn(async move { refresh_stats(nats, js, stop).await })
     };
-    Drainer {
+    StreamDrainer {
         nats: &nats,
         consumer,
         js,
@@ -559,22 +559,22 @@ fn now_ms() -> u64 {
 }
 
 /// This guard's share of draining: pull, deliver while holding the lease, ack / NAK / dead-letter.
-struct Drainer<'a> {
+struct StreamDrainer<'a> {
     nats: &'a Nats,
     consumer: consumer::PullConsumer,
     js: jetstream::Context,
-    delivery: &'a Delivery,
+    delivery: &'a DrainContext,
     conn: Option<crate::upstream::UpstreamConn>,
 }
 
 /// How an attempt under the lease ended.
 enum Attempt {
-    Done(Result<crate::upstream::Reply, crate::upstream::UpstreamError>),
+    Done(Result<crate::upstream::VerifiedAck, crate::upstream::UpstreamError>),
     /// Progress could not be confirmed in time: another guard may take over; let go.
     LeaseLost,
 }
 
-impl Drainer<'_> {
+impl StreamDrainer<'_> {
     async fn run(mut self) {
         let route = self.nats.route.clone();
         let shutdown = self.delivery.shutdown.clone();

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AckMode, Custody as CustodyConfig, QueueBackend, ReplyAction};
+use crate::config::{AckMode, CustodyConfig, QueueBackend, ReplyAction};
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
@@ -121,7 +121,7 @@ impl Custody {
                 cfg,
             });
             crate::ops::metrics::watch_queue(custody.clone());
-            let delivery = crate::custody::jetstream::Delivery {
+            let delivery = crate::custody::jetstream::DrainContext {
                 upstream,
                 retry: custody.cfg.retry,
                 on_reply: custody.cfg.on_reply,
@@ -178,7 +178,7 @@ impl Custody {
             let (upstream, stop) = (upstream.clone(), shutdown.clone());
             tracker.spawn(async move { upstream.keep_pool_fresh(stop).await });
         }
-        let drainer = Drainer {
+        let drainer = LogDrainer {
             custody: custody.clone(),
             store,
             wake,
@@ -473,7 +473,7 @@ impl Duplicates {
 }
 
 /// Delivers a route's queue to its upstream, in order, one message in flight.
-struct Drainer {
+struct LogDrainer {
     custody: Arc<Custody>,
     store: Arc<Mutex<Box<dyn Store>>>,
     wake: Arc<Notify>,
@@ -487,7 +487,7 @@ enum Next {
     Failed(String),
 }
 
-impl Drainer {
+impl LogDrainer {
     async fn run(self) {
         let custody = &self.custody;
         let route = &custody.route;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::{
     AckMode, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, OnUpstreamFailure,
-    ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, Upstream,
+    ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, UpstreamConfig,
 };
 use crate::firewall::rules::{Action, Rule};
 use crate::wire::codec::Framing;
@@ -162,7 +162,7 @@ fn route(w: &mut String, r: &Route) {
     upstream(w, i + 1, &r.upstream);
 }
 
-fn upstream(w: &mut String, i: usize, u: &Upstream) {
+fn upstream(w: &mut String, i: usize, u: &UpstreamConfig) {
     match &u.role {
         ReceiverRole::Connect(addr) => line(w, i, "address", quoted(addr)),
         ReceiverRole::OriginalDestination => line(w, i, "address", "original-destination"),

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 
-use crate::config::{Config, Custody, Delivery, JetStreamQueue, QueueBackend};
+use crate::config::{Config, CustodyConfig, Delivery, JetStreamQueue, QueueBackend};
 use crate::custody::{queue_limits, DEAD_LETTER_DIR};
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
 use crate::wire::hl7::printable;
@@ -24,7 +24,7 @@ use crate::wire::hl7::Header;
 pub fn custody_routes<'c>(
     config: &'c Config,
     only: Option<&str>,
-) -> anyhow::Result<Vec<(&'c str, &'c Custody)>> {
+) -> anyhow::Result<Vec<(&'c str, &'c CustodyConfig)>> {
     let mut routes = Vec::new();
     for route in &config.routes {
         if only.is_some_and(|name| name != route.name) {
@@ -78,7 +78,7 @@ fn exclusive(dir: &Path, limits: Limits) -> anyhow::Result<SegmentLog> {
 }
 
 /// The JetStream settings of a route, when that is its backend.
-fn jetstream_of(custody: &Custody) -> Option<&JetStreamQueue> {
+fn jetstream_of(custody: &CustodyConfig) -> Option<&JetStreamQueue> {
     match &custody.backend {
         QueueBackend::JetStream(js) => Some(js),
         QueueBackend::Embedded => None,

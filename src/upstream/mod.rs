@@ -139,7 +139,7 @@ impl UpstreamError {
 
 /// The upstream's verified ack, ready to relay unchanged.
 #[derive(Debug)]
-pub struct Reply {
+pub struct VerifiedAck {
     pub code: AckCode,
     /// The ack's payload, byte for byte what the upstream sent (framing removed).
     pub ack: Bytes,
@@ -398,7 +398,7 @@ impl ConnectGate {
 /// A route's upstream: how to connect and, in pool mode, the shared connections.
 pub struct Upstream {
     route: Arc<str>,
-    cfg: config::Upstream,
+    cfg: config::UpstreamConfig,
     pool: Option<Pool>,
     gate: ConnectGate,
     /// With `accept`: the connections receivers opened to us.
@@ -414,7 +414,7 @@ struct Pool {
 }
 
 impl Upstream {
-    pub fn new(route: Arc<str>, cfg: config::Upstream) -> Upstream {
+    pub fn new(route: Arc<str>, cfg: config::UpstreamConfig) -> Upstream {
         let pool = match cfg.connections {
             Connections::Paired => None,
             Connections::Pool(n) => Some(Pool {
@@ -449,7 +449,7 @@ impl Upstream {
     }
 
     /// The upstream's settings.
-    pub fn config(&self) -> &config::Upstream {
+    pub fn config(&self) -> &config::UpstreamConfig {
         &self.cfg
     }
 
@@ -525,7 +525,7 @@ impl Upstream {
         frame: &Frame,
         control_id: &[u8],
         with: PairedWith,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<VerifiedAck, UpstreamError> {
         match &self.pool {
             None => self.exchange_on(paired, frame, control_id, with).await,
             // Boxed: a pooled exchange keeps its permit and connection across the exchange,
@@ -541,7 +541,7 @@ impl Upstream {
         pool: &Pool,
         frame: &Frame,
         control_id: &[u8],
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<VerifiedAck, UpstreamError> {
         let waited = self.cfg.ack_timeout;
         let _permit = match timeout(waited, pool.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -569,7 +569,7 @@ impl Upstream {
         frame: &Frame,
         control_id: &[u8],
         with: PairedWith,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<VerifiedAck, UpstreamError> {
         let two_way = with.two_way;
         if slot
             .as_ref()
@@ -715,7 +715,7 @@ impl Upstream {
         frame: &Frame,
         control_id: &[u8],
         two_way: bool,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<VerifiedAck, UpstreamError> {
         let ack_timeout = self.cfg.ack_timeout;
         let mut held: Vec<Decoded> = Vec::new();
         let sent_at = Instant::now();
@@ -794,7 +794,7 @@ impl Upstream {
         conn.last_used = acked_at;
         self.ack_duration.observe(acked_at - sent_at);
         let code = verdict.map_err(UpstreamError::AckMismatch)?;
-        Ok(Reply {
+        Ok(VerifiedAck {
             code,
             ack: ack.payload_bytes(),
         })
