@@ -1,0 +1,491 @@
+//! Getting a connection to the receiver: the connect gate (while the receiver fails, one
+//! attempt at a time after a jittered, growing backoff), name resolution, TCP (optionally from
+//! the sender's own address), an egress proxy tunnel, the PROXY header, socket options and TLS,
+//! all under `connect_timeout`; or, in accept mode, the oldest receiver connection waiting.
+//! Must not know frames, acks or the pool.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::conn::UpstreamConn;
+use super::error::UpstreamError;
+use super::receivers::Accepted;
+use crate::config::{self, ReceiverRole};
+use crate::net::proxy_protocol::Origin;
+use crate::net::{self, Stream};
+use crate::timing::backoff::Backoff;
+use crate::timing::deadline_timer::DeadlineTimer;
+use crate::wire::link::Link;
+
+/// Opens connections to one upstream: its settings, its connect gate and, in accept mode, the
+/// receivers waiting to be used.
+pub(super) struct Connector {
+    route: Arc<str>,
+    cfg: config::UpstreamConfig,
+    gate: ConnectGate,
+    /// With `accept`: the connections receivers opened to us.
+    accepted: Option<Arc<Accepted>>,
+}
+
+impl Connector {
+    pub(super) fn new(route: Arc<str>, cfg: config::UpstreamConfig) -> Connector {
+        let gate = ConnectGate::new(&cfg.reconnect);
+        let accepted = match &cfg.role {
+            ReceiverRole::Connect(_) | ReceiverRole::OriginalDestination => None,
+            ReceiverRole::Accept { listen, allow } => {
+                Some(Arc::new(Accepted::new(*listen, allow.clone())))
+            }
+        };
+        Connector {
+            route,
+            cfg,
+            gate,
+            accepted,
+        }
+    }
+
+    pub(super) fn route(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    pub(super) fn config(&self) -> &config::UpstreamConfig {
+        &self.cfg
+    }
+
+    /// With `accept`: the receivers waiting to be used.
+    pub(super) fn accepted(&self) -> Option<&Arc<Accepted>> {
+        self.accepted.as_ref()
+    }
+
+    /// An exchange succeeded: see [`ConnectGate::healthy`].
+    pub(super) fn healthy(&self) {
+        self.gate.healthy();
+    }
+
+    /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`, unless the
+    /// upstream is failing and its reconnect backoff has not elapsed; in accept mode, takes the
+    /// oldest waiting receiver. With `send_proxy_protocol`, the PROXY header names `origin`
+    /// (LOCAL / UNKNOWN when `None`).
+    pub(super) async fn connect_for(
+        &self,
+        origin: Option<Origin>,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        if let Some(accepted) = &self.accepted {
+            let stream = accepted.wait(self.cfg.connect_timeout, &self.route).await?;
+            return Ok(self.conn_over(stream));
+        }
+        let addr = self.cfg.role.to_string();
+        self.gate.admit(&addr)?;
+        let limit = self.cfg.connect_timeout;
+        // Boxed: opening (TCP, SOCKS or HTTP CONNECT, TLS) is the largest state a message's
+        // future can be in; on the heap only while it runs, it does not size every session's
+        // task for its whole life (issue 7, idle memory per connection).
+        let opened = timeout(limit, Box::pin(self.open(&addr, origin)))
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::ConnectTimeout {
+                    addr: addr.clone(),
+                    timeout: limit,
+                })
+            });
+        crate::ops::metrics::upstream_connect(&self.route, opened.is_ok());
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(err) => {
+                let wait = self.gate.failed(&err);
+                let retry_in =
+                    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64));
+                if err.is_permanent() {
+                    tracing::error!(route = %self.route, upstream = %addr, error = %err, %retry_in, "cannot connect to the upstream and retrying soon will not help (certificate or TLS settings); retrying at the maximum backoff");
+                } else {
+                    tracing::warn!(route = %self.route, upstream = %addr, error = %err, %retry_in, "cannot connect to the upstream");
+                }
+                return Err(err);
+            }
+        };
+        self.gate.connected();
+        tracing::debug!(route = %self.route, upstream = %addr, "upstream connection open");
+        Ok(self.conn_over(stream))
+    }
+
+    fn conn_over(&self, stream: Stream) -> UpstreamConn {
+        UpstreamConn {
+            link: Link::with_framing(stream, self.cfg.max_ack_bytes, self.cfg.framing),
+            fresh: true,
+            last_used: Instant::now(),
+            release: self.cfg.release,
+            ack_timer: DeadlineTimer::default(),
+        }
+    }
+
+    async fn open(&self, addr: &str, origin: Option<Origin>) -> Result<Stream, UpstreamError> {
+        let original;
+        let target = match &self.cfg.role {
+            ReceiverRole::Connect(target) => target,
+            ReceiverRole::OriginalDestination => {
+                let Some(origin) = origin else {
+                    return Err(UpstreamError::Connect {
+                        addr: addr.to_string(),
+                        source: io::Error::other(
+                            "no original destination is known for this connection",
+                        ),
+                    });
+                };
+                original = config::UpstreamAddress {
+                    host: origin.destination.ip().to_string(),
+                    port: origin.destination.port(),
+                };
+                &original
+            }
+            ReceiverRole::Accept { .. } => {
+                return Err(UpstreamError::Connect {
+                    addr: addr.to_string(),
+                    source: io::Error::other(
+                        "this upstream accepts its receiver; it does not connect",
+                    ),
+                })
+            }
+        };
+        let tcp = match &self.cfg.via {
+            Some(proxy) => crate::net::egress::connect(proxy, &target.host, target.port)
+                .await
+                .map_err(|reason| UpstreamError::Proxy {
+                    proxy: proxy.to_string(),
+                    addr: addr.to_string(),
+                    reason,
+                })?,
+            None => {
+                let source = origin
+                    .filter(|_| self.cfg.transparent_source)
+                    .map(|o| o.source.ip());
+                self.direct(target, addr, source).await?
+            }
+        };
+        let mut tcp = tcp;
+        if let Some(version) = self.cfg.send_proxy_protocol {
+            use tokio::io::AsyncWriteExt;
+            let header = crate::net::proxy_protocol::header(version, origin);
+            tcp.write_all(&header)
+                .await
+                .map_err(|source| UpstreamError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        }
+        self.secure(tcp, addr).await
+    }
+
+    /// A TCP connection straight to the upstream (the first address that answers).
+    /// `source`: connect from this (non-local) address, the sender's (`transparent_source`).
+    async fn direct(
+        &self,
+        target: &config::UpstreamAddress,
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<TcpStream, UpstreamError> {
+        let candidates = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|source| UpstreamError::Resolve {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let mut last_err =
+            io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+        let mut tcp = None;
+        for candidate in candidates {
+            let attempt = match source {
+                None => TcpStream::connect(candidate).await,
+                Some(source) => connect_from(source, candidate).await,
+            };
+            match attempt {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(err) => last_err = err,
+            }
+        }
+        tcp.ok_or_else(|| UpstreamError::Connect {
+            addr: addr.to_string(),
+            source: last_err,
+        })
+    }
+
+    /// Socket options, then TLS when configured (end to end, also through a proxy tunnel).
+    async fn secure(&self, tcp: TcpStream, addr: &str) -> Result<Stream, UpstreamError> {
+        if let Err(err) = net::tune(&tcp, &self.cfg.keepalive) {
+            tracing::warn!(route = %self.route, upstream = %addr, error = %err, "could not set TCP options on the upstream connection");
+        }
+        let Some(tls) = &self.cfg.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let stream = connector
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(Stream::ClientTls(Box::new(stream)))
+    }
+}
+
+/// Connects to `target` from `source`, an address that need not be ours (IP_TRANSPARENT; Linux,
+/// CAP_NET_ADMIN; replies must be routed back to this host).
+async fn connect_from(source: std::net::IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    if source.is_ipv4() != target.is_ipv4() {
+        return Err(io::Error::other(format!(
+            "cannot connect from {source} to {target}: the address families differ"
+        )));
+    }
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    let sock = socket2::SockRef::from(&socket);
+    if target.is_ipv4() {
+        sock.set_ip_transparent_v4(true)?;
+    } else {
+        sock.set_ip_transparent_v6(true)?;
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
+/// Paces connection attempts after failures: while the upstream is failing, at most one
+/// attempt is in flight, and the next waits out a jittered, growing backoff. A successful
+/// exchange resets it.
+struct ConnectGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+struct GateState {
+    backoff: Backoff,
+    failing: bool,
+    /// Tokio's clock, so tests can run the backoff on paused time.
+    next_attempt: Option<tokio::time::Instant>,
+    in_flight: bool,
+    last_error: String,
+    /// Since when exchanges have succeeded without a connect failure.
+    healthy_since: Option<tokio::time::Instant>,
+}
+
+/// The backoff starts again from `reconnect.initial` only after the upstream has been healthy
+/// this long: a receiver that accepts one message and falls over again is not hammered.
+const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+
+impl ConnectGate {
+    fn new(reconnect: &config::Reconnect) -> ConnectGate {
+        ConnectGate {
+            state: std::sync::Mutex::new(GateState {
+                backoff: Backoff::new(reconnect.initial, reconnect.max),
+                failing: false,
+                next_attempt: None,
+                in_flight: false,
+                last_error: String::new(),
+                healthy_since: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ok to try now, or how long until the next attempt.
+    fn admit(&self, addr: &str) -> Result<(), UpstreamError> {
+        let mut state = self.lock();
+        if !state.failing {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        let wait = state
+            .next_attempt
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        if state.in_flight || !wait.is_zero() {
+            return Err(UpstreamError::Backoff {
+                addr: addr.to_string(),
+                retry_in: wait,
+                last: state.last_error.clone(),
+            });
+        }
+        state.in_flight = true;
+        Ok(())
+    }
+
+    /// Records a failed attempt; returns the wait before the next one.
+    fn failed(&self, err: &UpstreamError) -> Duration {
+        let mut state = self.lock();
+        let now = tokio::time::Instant::now();
+        if state
+            .healthy_since
+            .take()
+            .is_some_and(|since| now.duration_since(since) >= HEALTHY_PERIOD)
+        {
+            state.backoff.reset();
+        }
+        let wait = if err.is_permanent() {
+            state.backoff.longest_wait()
+        } else {
+            state.backoff.next_wait()
+        };
+        state.failing = true;
+        state.in_flight = false;
+        state.next_attempt = Some(now + wait);
+        state.last_error = err.to_string();
+        wait
+    }
+
+    fn connected(&self) {
+        self.lock().in_flight = false;
+    }
+
+    /// An exchange succeeded: connections may be opened freely again; the backoff level is
+    /// kept until the upstream has stayed healthy for [`HEALTHY_PERIOD`].
+    fn healthy(&self) {
+        let mut state = self.lock();
+        state.failing = false;
+        state.next_attempt = None;
+        state
+            .healthy_since
+            .get_or_insert_with(tokio::time::Instant::now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(initial_ms: u64, max_ms: u64) -> ConnectGate {
+        ConnectGate::new(&config::Reconnect {
+            initial: Duration::from_millis(initial_ms),
+            max: Duration::from_millis(max_ms),
+        })
+    }
+
+    fn refused() -> UpstreamError {
+        UpstreamError::Connect {
+            addr: "ehr:2575".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        }
+    }
+
+    fn bad_certificate() -> UpstreamError {
+        UpstreamError::Handshake {
+            addr: "ehr:2575".into(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ),
+        }
+    }
+
+    fn retry_in(result: Result<(), UpstreamError>) -> Option<Duration> {
+        match result {
+            Ok(()) => None,
+            Err(UpstreamError::Backoff { retry_in, .. }) => Some(retry_in),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_attempts_wait_out_a_growing_jittered_backoff() {
+        let gate = gate(1000, 8000);
+        assert!(
+            gate.admit("ehr").is_ok(),
+            "a healthy upstream is tried at once"
+        );
+        let first = gate.failed(&refused());
+        assert!((500..=1000).contains(&first.as_millis()), "{first:?}");
+        let left = retry_in(gate.admit("ehr")).expect("refused during the backoff");
+        assert!(left <= first);
+        tokio::time::advance(first).await;
+        assert!(gate.admit("ehr").is_ok(), "admitted once the wait is over");
+        let second = gate.failed(&refused());
+        assert!(
+            (1000..=2000).contains(&second.as_millis()),
+            "doubled: {second:?}"
+        );
+        tokio::time::advance(second).await;
+        assert!(gate.admit("ehr").is_ok());
+        for _ in 0..5 {
+            let wait = gate.failed(&refused());
+            assert!(
+                wait <= Duration::from_millis(8000),
+                "capped at max: {wait:?}"
+            );
+            tokio::time::advance(wait).await;
+            assert!(gate.admit("ehr").is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_one_attempt_is_in_flight_while_failing() {
+        let gate = gate(1000, 8000);
+        let wait = gate.failed(&refused());
+        tokio::time::advance(wait).await;
+        assert!(gate.admit("ehr").is_ok(), "one attempt goes out");
+        assert_eq!(
+            retry_in(gate.admit("ehr")),
+            Some(Duration::ZERO),
+            "a second caller is told to wait, not sent to connect too"
+        );
+        gate.connected();
+        assert!(
+            gate.admit("ehr").is_ok(),
+            "the attempt finished; the next may go"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_resets_only_after_a_healthy_period() {
+        let gate = gate(1000, 60_000);
+        for _ in 0..4 {
+            let wait = gate.failed(&refused());
+            tokio::time::advance(wait).await;
+            let _ = gate.admit("ehr");
+        }
+        gate.connected();
+        gate.healthy();
+        assert!(
+            gate.admit("ehr").is_ok(),
+            "healthy: connections open freely at once"
+        );
+        // A receiver that falls over again a moment later: the backoff goes on growing.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let wait = gate.failed(&refused());
+        assert!(
+            wait >= Duration::from_millis(8000),
+            "kept its level: {wait:?}"
+        );
+        tokio::time::advance(wait).await;
+        let _ = gate.admit("ehr");
+        gate.connected();
+        // Healthy for the whole period: the next failure starts again from initial.
+        gate.healthy();
+        tokio::time::advance(HEALTHY_PERIOD).await;
+        gate.healthy();
+        let wait = gate.failed(&refused());
+        assert!(
+            wait <= Duration::from_millis(1000),
+            "back to initial: {wait:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_waits_the_maximum() {
+        let gate = gate(1000, 8000);
+        let err = bad_certificate();
+        assert!(err.is_permanent());
+        let wait = gate.failed(&err);
+        assert!((4000..=8000).contains(&wait.as_millis()), "{wait:?}");
+        assert!(!refused().is_permanent());
+    }
+}
