@@ -6,47 +6,18 @@
 //! (store-and-forward): hand the message to [`crate::custody`], which stores it durably and
 //! answers for the upstream. Must not know sockets, TLS or peers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::Bytes;
-
-use crate::config::OnUpstreamFailure;
-use crate::custody::{Custody, Verdict};
+use crate::config::{Connections, OnUpstreamFailure};
+use crate::custody::Custody;
 use crate::net::proxy_protocol::Origin;
+use crate::outcome::{Answer, Fault as _};
 use crate::upstream::{PairedWith, Upstream, UpstreamConn};
 use crate::wire::ack;
-use crate::wire::codec::Frame;
-use crate::wire::hl7::{AckCode, Header};
-
-/// What the session must do with the sender after dispatching one message.
-#[derive(Debug)]
-pub enum Answer {
-    /// Write this ack (a payload; the session frames it). `outcome` names what happened (for the log line); `problem` says
-    /// why when the ack is one we built because something failed.
-    Ack {
-        ack: Bytes,
-        code: AckCode,
-        outcome: &'static str,
-        /// The message reached the receiver or the queue (whatever the ack code says).
-        committed: bool,
-        problem: Option<Problem>,
-    },
-    /// Write nothing and keep the connection (the sender asked for no ack of this kind).
-    Silent {
-        code: AckCode,
-        outcome: &'static str,
-        committed: bool,
-    },
-    /// Close the sender's connection without an answer.
-    Close(Problem),
-}
-
-/// Why a message was not delivered, for the log line: a stable label and the details.
-#[derive(Debug)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub detail: String,
-}
+use crate::wire::codec::{Decoded, Frame};
+use crate::wire::hl7::Header;
 
 /// A route's delivery.
 pub enum Dispatch {
@@ -68,11 +39,11 @@ impl Dispatch {
         }
     }
 
-    /// Delivers one message and says what to answer. `slot` is the session's paired upstream
-    /// connection (forward mode) and `origin` the sender it is paired with.
+    /// Delivers one message and says what to answer. `lanes` holds the session's own upstream
+    /// connections (forward mode, paired) and `origin` is the sender they are paired with.
     pub async fn deliver(
         &self,
-        slot: &mut Option<UpstreamConn>,
+        lanes: &mut Lanes,
         frame: &Frame,
         header: &Header<'_>,
         origin: Origin,
@@ -80,26 +51,9 @@ impl Dispatch {
         match self {
             // Boxed for the same reason as `Upstream::open`: storing a message is a larger
             // state than forwarding it, and a durable write costs far more than the allocation.
-            Dispatch::Custody(custody) => match Box::pin(custody.accept(frame, header)).await {
-                // Custody's own acks are positive exactly when the message is (or already was)
-                // queued.
-                Verdict::Ack { ack, code, outcome } => Answer::Ack {
-                    ack,
-                    code,
-                    outcome,
-                    committed: code.is_positive(),
-                    problem: None,
-                },
-                Verdict::Silent { code, outcome } => Answer::Silent {
-                    code,
-                    outcome,
-                    committed: code.is_positive(),
-                },
-                Verdict::Close { reason } => Answer::Close(Problem {
-                    reason: "queue",
-                    detail: reason,
-                }),
-            },
+            // Custody's own acks are positive exactly when the message is (or already was)
+            // queued.
+            Dispatch::Custody(custody) => Box::pin(custody.accept(frame, header)).await,
             Dispatch::Forward {
                 upstream,
                 on_upstream_failure,
@@ -108,8 +62,113 @@ impl Dispatch {
                     two_way: true,
                     origin: Some(origin),
                 };
+                let slot = &mut lanes.route;
                 forward(upstream, *on_upstream_failure, slot, frame, header, with).await
             }
+        }
+    }
+
+    /// Delivers one message to a named upstream a rule chose (`action: route`), forward mode,
+    /// on the session's own connection to it.
+    pub async fn deliver_named(
+        upstream: &Upstream,
+        name: &str,
+        on_upstream_failure: OnUpstreamFailure,
+        lanes: &mut Lanes,
+        frame: &Frame,
+        header: &Header<'_>,
+        origin: Origin,
+    ) -> Answer {
+        let slot = lanes.named.entry(name.to_string()).or_default();
+        let with = PairedWith {
+            two_way: false,
+            origin: Some(origin),
+        };
+        forward(upstream, on_upstream_failure, slot, frame, header, with).await
+    }
+}
+
+/// One sender connection's own upstream connections (paired mode): the route's, and one per
+/// named upstream a rule sent a message to. The session owns it and reaches the receiver only
+/// through it: on a paired forward route the receiver may send on the route's connection, and
+/// the session carries that direction too ([`crate::inbound::two_way`]).
+#[derive(Default)]
+pub struct Lanes {
+    /// The upstream of a forward route with paired connections (the receiver may send on it).
+    paired: Option<Arc<Upstream>>,
+    route: Option<UpstreamConn>,
+    named: HashMap<String, Option<UpstreamConn>>,
+}
+
+impl Lanes {
+    /// A session's lanes on a route delivered by `dispatch` with `connections`.
+    pub fn new(dispatch: &Dispatch, connections: Connections) -> Lanes {
+        let paired = match dispatch {
+            Dispatch::Forward { upstream, .. } if connections == Connections::Paired => {
+                Some(upstream.clone())
+            }
+            _ => None,
+        };
+        Lanes {
+            paired,
+            ..Lanes::default()
+        }
+    }
+
+    /// Whether the receiver may send on this session's connection (paired forward route).
+    pub fn two_way(&self) -> bool {
+        self.paired.is_some()
+    }
+
+    /// Whether there is a paired receiver connection to watch for what the receiver sends.
+    pub fn watching_receiver(&self) -> bool {
+        self.paired.is_some() && self.route.is_some()
+    }
+
+    /// The paired receiver connection, to answer or relay what the receiver sent.
+    pub fn receiver(&mut self) -> Option<&mut UpstreamConn> {
+        self.route.as_mut()
+    }
+
+    /// The next message the receiver sent on its own, already read (see
+    /// [`UpstreamConn::next_inbound`]).
+    pub fn next_from_receiver(&mut self) -> Option<Decoded> {
+        self.route.as_mut().and_then(|conn| conn.next_inbound())
+    }
+
+    /// Whether a frame from the receiver has started and not ended.
+    pub fn receiver_in_frame(&self) -> bool {
+        self.route.as_ref().is_some_and(|conn| conn.in_frame())
+    }
+
+    /// Waits for more bytes from the paired receiver (cancel-safe; pending forever without a
+    /// connection); 0 means it closed.
+    pub async fn read_receiver(&mut self) -> std::io::Result<usize> {
+        match self.route.as_mut() {
+            Some(conn) => conn.read_more().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The receiver closed or broke the paired connection: the next message opens a new one.
+    pub fn receiver_lost(&mut self) {
+        self.route = None;
+    }
+
+    /// `idle_reopen: at-once`: when the paired connection will have been quiet too long.
+    pub fn idle_receiver_deadline(&self) -> Option<Instant> {
+        match (&self.paired, &self.route) {
+            (Some(upstream), Some(conn)) if upstream.reopens_at_once() => {
+                upstream.idle_deadline(conn)
+            }
+            _ => None,
+        }
+    }
+
+    /// Replaces the quiet paired connection with a new one now ([`Upstream::reopen_idle`]).
+    pub async fn reopen_idle_receiver(&mut self) {
+        if let Some(upstream) = &self.paired {
+            upstream.reopen_idle(&mut self.route).await;
         }
     }
 }
@@ -117,7 +176,7 @@ impl Dispatch {
 /// Forward mode: send the frame to `upstream` and relay its verified ack unchanged, or answer
 /// the failure as `on_upstream_failure` says. Also used for rules that route to a named upstream.
 /// `with`: what the paired `slot` is for (see [`Upstream::exchange`]).
-pub async fn forward(
+async fn forward(
     upstream: &Upstream,
     on_upstream_failure: OnUpstreamFailure,
     slot: &mut Option<UpstreamConn>,
@@ -137,19 +196,16 @@ pub async fn forward(
             problem: None,
         },
         Err(err) => {
-            let problem = Problem {
-                reason: err.reason(),
-                detail: err.to_string(),
-            };
+            let problem = err.failure();
             match on_upstream_failure {
                 OnUpstreamFailure::Close => Answer::Close(problem),
                 OnUpstreamFailure::Nack => Answer::Ack {
                     ack: ack::own_ack(
                         Some(header),
-                        AckCode::AE,
+                        err.ack(),
                         &format!("message not delivered: {err}"),
                     ),
-                    code: AckCode::AE,
+                    code: err.ack(),
                     outcome: "upstream_failed",
                     committed: false,
                     problem: Some(problem),

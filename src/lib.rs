@@ -54,6 +54,7 @@ pub mod dispatch;
 pub mod firewall;
 pub mod inbound;
 pub mod net;
+pub mod outcome;
 pub mod queue;
 pub mod tls;
 pub mod upstream;

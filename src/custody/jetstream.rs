@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{JetStreamQueue, OnReply, ReplyAction, Retry};
 use crate::custody::counters::Counters;
+use crate::outcome::{Fault, Side};
 use crate::queue::{QueueStats, Record};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
@@ -63,6 +64,84 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often the cached depth (for metrics) is refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// What a JetStream operation can fail with. The texts are the ones logs and negative acks
+/// carry (PHI-free); the causes are the NATS client's own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    #[error("reading NATS credentials {}: {source}", .path.display())]
+    Credentials {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS ({servers}): {source}")]
+    Connect { servers: String, source: Cause },
+    #[error("stream {stream}: {source}")]
+    Stream { stream: String, source: Cause },
+    #[error("consumer {CONSUMER} on stream {stream}: {source}")]
+    Consumer { stream: String, source: Cause },
+    #[error("not connected to NATS JetStream yet")]
+    NotReady,
+    #[error("the connection to NATS is down")]
+    Down,
+    #[error("JetStream publish failed: {0}")]
+    Publish(Cause),
+    #[error("JetStream did not confirm the publish: {0}")]
+    NotConfirmed(Cause),
+    #[error("JetStream did not confirm the publish within {}", humantime::format_duration(*.0))]
+    ConfirmTimeout(Duration),
+    #[error("{0}")]
+    StreamInfo(Cause),
+    #[error("reading stream {stream}: {source}")]
+    Read { stream: String, source: Cause },
+    #[error("deleting dead letter {seq}: {source}")]
+    DeleteDeadLetter { seq: u64, source: Cause },
+    #[error("purging {subject}: {source}")]
+    Purge { subject: String, source: Cause },
+    #[error("{0}")]
+    Settle(Cause),
+    #[error("timed out")]
+    SettleTimeout,
+}
+
+/// The NATS client's error behind a [`JetStreamError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Fault for JetStreamError {
+    fn side(&self) -> Side {
+        Side::Queue
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            JetStreamError::Credentials { .. } => "nats_credentials",
+            JetStreamError::Connect { .. } => "nats_connect",
+            JetStreamError::Stream { .. } => "stream",
+            JetStreamError::Consumer { .. } => "consumer",
+            JetStreamError::NotReady => "not_ready",
+            JetStreamError::Down => "nats_down",
+            JetStreamError::Publish(_) => "publish",
+            JetStreamError::NotConfirmed(_) => "publish_not_confirmed",
+            JetStreamError::ConfirmTimeout(_) => "publish_timeout",
+            JetStreamError::StreamInfo(_) => "stream_info",
+            JetStreamError::Read { .. } => "read",
+            JetStreamError::DeleteDeadLetter { .. } => "delete",
+            JetStreamError::Purge { .. } => "purge",
+            JetStreamError::Settle(_) => "settle",
+            JetStreamError::SettleTimeout => "settle_timeout",
+        }
+    }
+
+    /// Everything but an unreadable credentials file: NATS may be back, the stream elected.
+    fn retry_helps(&self) -> bool {
+        !matches!(self, JetStreamError::Credentials { .. })
+    }
+
+    /// AE: the message may be fine; the guard could not store it now.
+    fn ack(&self) -> AckCode {
+        AckCode::AE
+    }
+}
 
 /// The subject of a route's pending messages.
 pub fn queue_subject(stream: &str) -> String {
@@ -106,17 +185,19 @@ pub async fn connect(
     cfg: &JetStreamQueue,
     name: &str,
     background: bool,
-) -> Result<async_nats::Client, String> {
+) -> Result<async_nats::Client, JetStreamError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(cfg.publish_timeout))
         .max_reconnects(None);
     if let Some(creds) = &cfg.credentials {
-        options = options
-            .credentials_file(creds)
-            .await
-            .map_err(|e| format!("reading NATS credentials {}: {e}", creds.display()))?;
+        options = options.credentials_file(creds).await.map_err(|source| {
+            JetStreamError::Credentials {
+                path: creds.clone(),
+                source,
+            }
+        })?;
     }
     if let Some(tls) = &cfg.tls {
         options = options.require_tls(true);
@@ -133,7 +214,10 @@ pub async fn connect(
     options
         .connect(cfg.servers.as_slice())
         .await
-        .map_err(|e| format!("cannot connect to NATS ({}): {e}", cfg.servers.join(", ")))
+        .map_err(|e| JetStreamError::Connect {
+            servers: cfg.servers.join(", "),
+            source: e.into(),
+        })
 }
 
 /// The stream's settings as the config asks.
@@ -157,11 +241,14 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     cfg: &JetStreamQueue,
     max_messages: u64,
-) -> Result<stream::Stream, String> {
+) -> Result<stream::Stream, JetStreamError> {
     let stream = js
         .get_or_create_stream(stream_config(cfg, max_messages))
         .await
-        .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
+        .map_err(|e| JetStreamError::Stream {
+            stream: cfg.stream.clone(),
+            source: e.into(),
+        })?;
     let replicas = stream.cached_info().config.num_replicas;
     if replicas != cfg.replicas {
         tracing::warn!(stream = %cfg.stream, configured = cfg.replicas, actual = replicas, "the JetStream stream exists with another replica count; it is used as it is");
@@ -173,7 +260,7 @@ pub async fn ensure_stream(
 async fn ensure_consumer(
     stream: &stream::Stream,
     cfg: &JetStreamQueue,
-) -> Result<consumer::PullConsumer, String> {
+) -> Result<consumer::PullConsumer, JetStreamError> {
     let config = consumer::pull::Config {
         durable_name: Some(CONSUMER.to_string()),
         filter_subject: queue_subject(&cfg.stream),
@@ -187,7 +274,10 @@ async fn ensure_consumer(
     stream
         .get_or_create_consumer(CONSUMER, config)
         .await
-        .map_err(|e| format!("consumer {CONSUMER} on stream {}: {e}", cfg.stream))
+        .map_err(|e| JetStreamError::Consumer {
+            stream: cfg.stream.clone(),
+            source: e.into(),
+        })
 }
 
 struct Ready {
@@ -229,7 +319,7 @@ impl Nats {
         payload: Bytes,
         message_id: &str,
         enqueued_at_ms: u64,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, JetStreamError> {
         let ready = match self.ready.get() {
             Some(ready) => ready,
             // Starting up: wait (bounded) for the connection and the stream.
@@ -241,15 +331,13 @@ impl Nats {
                     Some(ready) => ready,
                     None => {
                         let _ = tokio::time::timeout(self.cfg.publish_timeout, woken).await;
-                        self.ready
-                            .get()
-                            .ok_or("not connected to NATS JetStream yet")?
+                        self.ready.get().ok_or(JetStreamError::NotReady)?
                     }
                 }
             }
         };
         if ready.client.connection_state() != async_nats::connection::State::Connected {
-            return Err("the connection to NATS is down".into());
+            return Err(JetStreamError::Down);
         }
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
@@ -283,20 +371,17 @@ async fn publish_confirmed(
     headers: HeaderMap,
     payload: Bytes,
     limit: Duration,
-) -> Result<jetstream::publish::PublishAck, String> {
+) -> Result<jetstream::publish::PublishAck, JetStreamError> {
     let confirmed = async {
         js.publish_with_headers(subject, headers, payload)
             .await
-            .map_err(|e| format!("JetStream publish failed: {e}"))?
+            .map_err(|e| JetStreamError::Publish(e.into()))?
             .await
-            .map_err(|e| format!("JetStream did not confirm the publish: {e}"))
+            .map_err(|e| JetStreamError::NotConfirmed(e.into()))
     };
     match tokio::time::timeout(limit, confirmed).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "JetStream did not confirm the publish within {}",
-            humantime::format_duration(limit)
-        )),
+        Err(_) => Err(JetStreamError::ConfirmTimeout(limit)),
     }
 }
 
@@ -413,26 +498,29 @@ pub struct Depth {
 }
 
 /// Reads the depth of a route's stream (messages per subject, the oldest pending one's age).
-pub async fn depth(js: &jetstream::Context, stream_name: &str) -> Result<Depth, String> {
+pub async fn depth(js: &jetstream::Context, stream_name: &str) -> Result<Depth, JetStreamError> {
     let stream = js
         .get_stream(stream_name)
         .await
-        .map_err(|e| format!("stream {stream_name}: {e}"))?;
+        .map_err(|e| stream_error(stream_name, e))?;
     let (queue, dead) = (queue_subject(stream_name), dead_subject(stream_name));
     let mut out = Depth::default();
     let mut subjects = stream
         .info_with_subjects(format!("{stream_name}.*"))
         .await
-        .map_err(|e| format!("stream {stream_name}: {e}"))?;
+        .map_err(|e| stream_error(stream_name, e))?;
     while let Some(entry) = subjects.next().await {
-        let (subject, count) = entry.map_err(|e| format!("stream {stream_name}: {e}"))?;
+        let (subject, count) = entry.map_err(|e| stream_error(stream_name, e))?;
         if subject == queue {
             out.pending = count as u64;
         } else if subject == dead {
             out.dead = count as u64;
         }
     }
-    let info = stream.get_info().await.map_err(|e| e.to_string())?;
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| JetStreamError::StreamInfo(e.into()))?;
     out.bytes = info.state.bytes;
     out.last_seq = info.state.last_sequence;
     if out.pending > 0 {
@@ -459,11 +547,11 @@ pub async fn records(
     stream_name: &str,
     subject: &str,
     limit: usize,
-) -> Result<Vec<Record>, String> {
+) -> Result<Vec<Record>, JetStreamError> {
     let stream = js
         .get_stream(stream_name)
         .await
-        .map_err(|e| format!("stream {stream_name}: {e}"))?;
+        .map_err(|e| stream_error(stream_name, e))?;
     let mut out = Vec::new();
     let mut seq = 1u64;
     while out.len() < limit {
@@ -481,7 +569,12 @@ pub async fn records(
             {
                 break
             }
-            Err(err) => return Err(format!("reading stream {stream_name}: {err}")),
+            Err(err) => {
+                return Err(JetStreamError::Read {
+                    stream: stream_name.to_string(),
+                    source: err.into(),
+                })
+            }
         };
         seq = message.sequence + 1;
         out.push(Record {
@@ -505,11 +598,11 @@ pub async fn replay(
     js: &jetstream::Context,
     stream_name: &str,
     limit: Duration,
-) -> Result<u64, String> {
+) -> Result<u64, JetStreamError> {
     let stream = js
         .get_stream(stream_name)
         .await
-        .map_err(|e| format!("stream {stream_name}: {e}"))?;
+        .map_err(|e| stream_error(stream_name, e))?;
     let letters = records(js, stream_name, &dead_subject(stream_name), usize::MAX).await?;
     let mut replayed = 0;
     for letter in letters {
@@ -527,7 +620,10 @@ pub async fn replay(
         stream
             .delete_message(letter.seq)
             .await
-            .map_err(|e| format!("deleting dead letter {}: {e}", letter.seq))?;
+            .map_err(|e| JetStreamError::DeleteDeadLetter {
+                seq: letter.seq,
+                source: e.into(),
+            })?;
         replayed += 1;
     }
     Ok(replayed)
@@ -538,17 +634,31 @@ pub async fn purge(
     js: &jetstream::Context,
     stream_name: &str,
     subject: &str,
-) -> Result<u64, String> {
+) -> Result<u64, JetStreamError> {
     let stream = js
         .get_stream(stream_name)
         .await
-        .map_err(|e| format!("stream {stream_name}: {e}"))?;
+        .map_err(|e| stream_error(stream_name, e))?;
     stream
         .purge()
         .filter(subject)
         .await
         .map(|r| r.purged)
-        .map_err(|e| format!("purging {subject}: {e}"))
+        .map_err(|e| JetStreamError::Purge {
+            subject: subject.to_string(),
+            source: e.into(),
+        })
+}
+
+/// A failure to reach or read a route's stream.
+fn stream_error(
+    stream: &str,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> JetStreamError {
+    JetStreamError::Stream {
+        stream: stream.to_string(),
+        source: Box::new(err),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -783,13 +893,17 @@ impl StreamDrainer<'_> {
     }
 
     /// Acks (or otherwise settles) a message and waits for the server's confirmation.
-    async fn settle(&self, message: &jetstream::Message, kind: AckKind) -> Result<(), String> {
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        kind: AckKind,
+    ) -> Result<(), JetStreamError> {
         match tokio::time::timeout(self.nats.cfg.publish_timeout, message.double_ack_with(kind))
             .await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
+            Ok(Err(e)) => Err(JetStreamError::Settle(e)),
+            Err(_) => Err(JetStreamError::SettleTimeout),
         }
     }
 

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AckMode, CustodyConfig, QueueBackend, ReplyAction};
+use crate::outcome::{Answer, Failure, Fault, Side};
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
@@ -41,6 +42,7 @@ use crate::wire::codec::Frame;
 use crate::wire::hl7::printable;
 use crate::wire::hl7::{AckCode, AckView, Header};
 use counters::Counters;
+use jetstream::JetStreamError;
 
 /// The directory under a route's queue directory that holds its dead letters.
 pub const DEAD_LETTER_DIR: &str = "dead-letter";
@@ -49,28 +51,65 @@ const MAX_BATCH: usize = 1024;
 /// Remembered acks for duplicate detection, at most (oldest forgotten first).
 const MAX_REMEMBERED: usize = 100_000;
 
-/// What the session does after custody has handled a message.
-#[derive(Debug)]
-pub enum Verdict {
-    /// Write this ack frame.
-    Ack {
-        ack: Bytes,
-        code: AckCode,
-        outcome: &'static str,
-    },
-    /// Send nothing (the sender asked for no ack of this kind); the connection stays open.
-    Silent {
-        code: AckCode,
-        outcome: &'static str,
-    },
-    /// Close the sender's connection (queue failure with `on_upstream_failure: close`).
-    Close { reason: String },
+/// Why a message was not taken into custody. The text follows "message not queued: " in the
+/// sender's negative ack and the log line.
+#[derive(Debug, thiserror::Error)]
+pub enum NotQueued {
+    /// The committer thread is gone (the guard is stopping, or it panicked).
+    #[error("the queue committer stopped")]
+    CommitterStopped,
+    /// The embedded log refused the append (full, too large, poisoned).
+    #[error("{0}")]
+    Refused(QueueError),
+    /// The batch's fsync failed: nothing of it is acknowledged.
+    #[error("the queue could not be made durable: {0}")]
+    NotDurable(Arc<QueueError>),
+    /// JetStream did not confirm the publish.
+    #[error("{0}")]
+    JetStream(#[from] JetStreamError),
+}
+
+impl Fault for NotQueued {
+    fn side(&self) -> Side {
+        match self {
+            NotQueued::CommitterStopped => Side::Internal,
+            NotQueued::JetStream(err) => err.side(),
+            NotQueued::Refused(_) | NotQueued::NotDurable(_) => Side::Queue,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            NotQueued::CommitterStopped => "committer_stopped",
+            NotQueued::Refused(QueueError::Full { .. }) => "queue_full",
+            NotQueued::Refused(QueueError::TooLarge { .. }) => "too_large",
+            NotQueued::Refused(_) => "queue_error",
+            NotQueued::NotDurable(_) => "not_durable",
+            NotQueued::JetStream(err) => err.reason(),
+        }
+    }
+
+    /// A full queue drains, a failed fsync may pass; a record that can never fit will not, and
+    /// a stopped committer does not come back in this process.
+    fn retry_helps(&self) -> bool {
+        match self {
+            NotQueued::CommitterStopped => false,
+            NotQueued::Refused(QueueError::TooLarge { .. }) => false,
+            NotQueued::Refused(_) | NotQueued::NotDurable(_) => true,
+            NotQueued::JetStream(err) => err.retry_helps(),
+        }
+    }
+
+    /// AE (CE in enhanced mode): the guard could not take the message now.
+    fn ack(&self) -> AckCode {
+        AckCode::AE
+    }
 }
 
 struct AppendRequest {
     payload: Bytes,
     enqueued_at_ms: u64,
-    done: oneshot::Sender<Result<u64, String>>,
+    done: oneshot::Sender<Result<u64, NotQueued>>,
 }
 
 /// Where a route's messages are kept.
@@ -195,7 +234,7 @@ impl Custody {
     }
 
     /// Takes custody of one message (or refuses it) and says what to answer.
-    pub async fn accept(&self, frame: &Frame, header: &Header<'_>) -> Verdict {
+    pub async fn accept(&self, frame: &Frame, header: &Header<'_>) -> Answer {
         let enhanced = !header.accept_ack_type().is_empty();
         if header.control_id().is_empty() {
             return self.refuse(header, enhanced, true, "message has no control id (MSH-10); custody needs it to match acks, so it is not queued");
@@ -214,10 +253,12 @@ impl Custody {
                 let code = AckView::parse(&ack)
                     .map(|a| a.code())
                     .unwrap_or(AckCode::AA);
-                return Verdict::Ack {
+                return Answer::Ack {
                     ack,
                     code,
                     outcome: "duplicate_answered",
+                    committed: code.is_positive(),
+                    problem: None,
                 };
             }
         }
@@ -230,10 +271,8 @@ impl Custody {
                     done,
                 };
                 match appends.send(request) {
-                    Ok(()) => stored
-                        .await
-                        .unwrap_or_else(|_| Err("the queue committer stopped".into())),
-                    Err(_) => Err("the queue committer stopped".into()),
+                    Ok(()) => stored.await.unwrap_or(Err(NotQueued::CommitterStopped)),
+                    Err(_) => Err(NotQueued::CommitterStopped),
                 }
             }
             Keeper::JetStream(nats) => {
@@ -247,20 +286,23 @@ impl Custody {
                         }
                         Ok(0)
                     }
-                    Err(reason) => Err(reason),
+                    Err(err) => Err(NotQueued::JetStream(err)),
                 }
             }
         };
-        if let Err(reason) = result {
-            tracing::warn!(route = %self.route, control_id = %printable(header.control_id()), error = %reason, "message not queued");
+        if let Err(err) = result {
+            tracing::warn!(route = %self.route, control_id = %printable(header.control_id()), error = %err, "message not queued");
             if self.close_on_failure {
-                return Verdict::Close { reason };
+                return Answer::Close(Failure {
+                    reason: "queue",
+                    ..err.failure()
+                });
             }
             return self.refuse(
                 header,
                 enhanced,
                 false,
-                &format!("message not queued: {reason}"),
+                &format!("message not queued: {err}"),
             );
         }
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
@@ -273,22 +315,25 @@ impl Custody {
                 .remember(key, ack.clone(), window);
         }
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), true) {
-            Verdict::Ack {
+            Answer::Ack {
                 ack,
                 code,
                 outcome: "queued",
+                committed: true,
+                problem: None,
             }
         } else {
-            Verdict::Silent {
+            Answer::Silent {
                 code,
                 outcome: "queued",
+                committed: true,
             }
         }
     }
 
     /// A negative answer built here: AR (permanent: the message itself is unacceptable) or AE
     /// (the guard could not take it now); CR/CE in enhanced mode.
-    fn refuse(&self, header: &Header<'_>, enhanced: bool, permanent: bool, text: &str) -> Verdict {
+    fn refuse(&self, header: &Header<'_>, enhanced: bool, permanent: bool, text: &str) -> Answer {
         let code = match (enhanced, permanent) {
             (false, true) => AckCode::AR,
             (false, false) => AckCode::AE,
@@ -297,13 +342,19 @@ impl Custody {
         };
         let outcome = if permanent { "rejected" } else { "not_queued" };
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), false) {
-            Verdict::Ack {
+            Answer::Ack {
                 ack: own_ack(Some(header), code, text),
                 code,
                 outcome,
+                committed: false,
+                problem: None,
             }
         } else {
-            Verdict::Silent { code, outcome }
+            Answer::Silent {
+                code,
+                outcome,
+                committed: false,
+            }
         }
     }
 }
@@ -387,7 +438,7 @@ fn commit_loop(
             for request in &batch {
                 results.push(
                     log.append(&request.payload, "", request.enqueued_at_ms)
-                        .map_err(|e| e.to_string()),
+                        .map_err(NotQueued::Refused),
                 );
             }
             if results.iter().any(Result::is_ok) {
@@ -398,10 +449,10 @@ fn commit_loop(
                     .store(synced.is_err(), Ordering::Relaxed);
                 if let Err(err) = synced {
                     tracing::error!(route, error = %err, "queue sync failed; the batch is answered negatively");
-                    let reason = format!("the queue could not be made durable: {err}");
+                    let err = Arc::new(err);
                     for result in &mut results {
                         if result.is_ok() {
-                            *result = Err(reason.clone());
+                            *result = Err(NotQueued::NotDurable(err.clone()));
                         }
                     }
                 }

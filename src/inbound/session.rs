@@ -10,7 +10,6 @@
 //! (see [`crate::inbound::two_way`]) and reopens an idle upstream connection at once when asked to. Must
 //! not know how upstreams connect or how delivery works.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,27 +18,19 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Connections, MllpRelease, OnLimit};
-use crate::dispatch::{self, Answer, Dispatch};
+use crate::config::{MllpRelease, OnLimit};
+use crate::dispatch::{Dispatch, Lanes};
 use crate::firewall::rules::{self, Decision, Facts};
 use crate::inbound::two_way::SenderLost;
 use crate::ops::audit;
+use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
-use crate::upstream::{PairedWith, UpstreamConn};
 use crate::wire::ack::own_ack;
 use crate::wire::codec::{Decoded, Frame};
 use crate::wire::commit::{self, Commit};
 use crate::wire::hl7::{AckCode, Header};
 use crate::wire::link::{Link, MAX_SET_ASIDE};
-
-/// A session's own upstream connections (paired mode): the route's, and one per named upstream
-/// a rule sent a message to.
-#[derive(Default)]
-struct Slots {
-    route: Option<UpstreamConn>,
-    named: HashMap<String, Option<UpstreamConn>>,
-}
 
 /// Why a session ended (for the close log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +87,7 @@ where
     let route = &ctx.route;
     let peer = who.addr;
     let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing);
-    let mut slots = Slots::default();
+    let mut lanes = Lanes::new(&ctx.dispatch, route.upstream.connections);
     let mut frame_started: Option<Instant> = None;
     // When the sender last sent anything; read from the clock only for an `idle_timeout`.
     let mut last_read = Instant::now();
@@ -107,13 +98,6 @@ where
     };
     let mut messages = 0u64;
     let release2 = route.release == MllpRelease::Two;
-    // The upstream of a forward route with paired connections: the receiver may send on it.
-    let paired_upstream = match &ctx.dispatch {
-        Dispatch::Forward { upstream, .. } if route.upstream.connections == Connections::Paired => {
-            Some(upstream.clone())
-        }
-        _ => None,
-    };
 
     // The idle and receive timeouts' timer, moved lazily rather than set anew for every read
     // (allocated only if one of them is ever armed).
@@ -138,7 +122,7 @@ where
                 // in flight, it does not size every idle connection's task (issue 7: one
                 // allocation per message against ~2 KiB per idle connection, BENCHMARKS.md).
                 Decoded::Frame(frame) => {
-                    Box::pin(handle_message(&ctx, &mut slots, &frame, &who)).await
+                    Box::pin(handle_message(&ctx, &mut lanes, &frame, &who)).await
                 }
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, &who),
             };
@@ -147,17 +131,17 @@ where
             }
         }
         // Then every message the receiver sent on its own.
-        if paired_upstream.is_some() {
-            while let Some(item) = slots.route.as_mut().and_then(|conn| conn.next_inbound()) {
+        if lanes.two_way() {
+            while let Some(item) = lanes.next_from_receiver() {
                 messages += 1;
                 heard_from_sender(&mut last_read);
-                let conn = slots.route.as_mut().expect("the slot held a connection");
+                let conn = lanes.receiver().expect("the lane held a connection");
                 // Boxed, like the rare paths below: they would otherwise size every session.
                 let relayed =
                     crate::inbound::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who);
                 match Box::pin(relayed).await {
                     Ok(true) => {}
-                    Ok(false) => slots.route = None,
+                    Ok(false) => lanes.receiver_lost(),
                     Err(SenderLost::Closed) => break 'session End::PeerClosed,
                     Err(SenderLost::Io) => break 'session End::WriteError,
                     Err(SenderLost::Flooded) => break 'session End::Flooded,
@@ -172,13 +156,8 @@ where
             route.idle_timeout.map(|idle| last_read + idle)
         };
         let in_frame = link.in_frame();
-        let upstream_in_frame = slots.route.as_ref().is_some_and(|c| c.in_frame());
-        let idle_upstream_at = match (&paired_upstream, &slots.route) {
-            (Some(upstream), Some(conn)) if upstream.reopens_at_once() => {
-                upstream.idle_deadline(conn)
-            }
-            _ => None,
-        };
+        let upstream_in_frame = lanes.receiver_in_frame();
+        let idle_upstream_at = lanes.idle_receiver_deadline();
         let event = {
             let read = async {
                 match deadline {
@@ -189,13 +168,8 @@ where
                     None => Some(link.read_more().await),
                 }
             };
-            let watch_receiver = paired_upstream.is_some() && slots.route.is_some();
-            let receiver = async {
-                match slots.route.as_mut() {
-                    Some(conn) => conn.read_more().await,
-                    None => std::future::pending().await,
-                }
-            };
+            let watch_receiver = lanes.watching_receiver();
+            let receiver = lanes.read_receiver();
             let idle = async {
                 match idle_upstream_at {
                     // Nothing to do but wait: this returns (`Err`) when `at` comes.
@@ -233,13 +207,11 @@ where
             }
             Event::Receiver(Ok(0)) | Event::Receiver(Err(_)) => {
                 tracing::debug!(route = %ctx.name, %peer, "the receiver closed the paired connection; the next message opens a new one");
-                slots.route = None;
+                lanes.receiver_lost();
             }
             Event::Receiver(Ok(_)) => {}
             Event::IdleUpstream => {
-                if let Some(upstream) = &paired_upstream {
-                    Box::pin(upstream.reopen_idle(&mut slots.route)).await;
-                }
+                Box::pin(lanes.reopen_idle_receiver()).await;
             }
         }
     };
@@ -272,13 +244,13 @@ where
 async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &RouteContext,
     link: &mut Link<S>,
-    reply: Reply,
+    answer: Answer,
     peer: SocketAddr,
 ) -> Result<(), End> {
-    let (ack, committed) = match reply {
-        Reply::Close => return Err(End::DeliveryFailure),
-        Reply::Send { ack, committed } => (Some(ack), committed),
-        Reply::Nothing { committed } => (None, committed),
+    let (ack, committed) = match answer {
+        Answer::Close(_) => return Err(End::DeliveryFailure),
+        Answer::Ack { ack, committed, .. } => (Some(ack), committed),
+        Answer::Silent { committed, .. } => (None, committed),
     };
     let written = if ctx.route.release == MllpRelease::One {
         match &ack {
@@ -337,16 +309,13 @@ async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// What to do after handling one frame. `committed`: the message was delivered or queued (the
-/// MLLP release 2 commit block is ACK), not refused (NAK).
-enum Reply {
-    Send { ack: Bytes, committed: bool },
-    Nothing { committed: bool },
-    Close,
-}
-
 /// Dispatches one frame and writes its audit line (never its payload).
-async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, who: &Peer) -> Reply {
+async fn handle_message(
+    ctx: &RouteContext,
+    lanes: &mut Lanes,
+    frame: &Frame,
+    who: &Peer,
+) -> Answer {
     let started = Instant::now();
     let peer = who.addr;
     let audit = |header: Option<&Header<'_>>,
@@ -383,11 +352,12 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                 None,
                 Some(("rate_limited", "too many messages from this source")),
             );
-            return refused(own_ack(
+            let ack = own_ack(
                 header.as_ref(),
                 AckCode::AE,
                 "rate limited: too many messages from this source; send more slowly",
-            ));
+            );
+            return Answer::refused(ack, AckCode::AE, "rate_limited");
         }
         tracing::debug!(route = %ctx.name, %peer, wait_ms = wait.as_millis() as u64, "rate limited: delaying");
         tokio::time::sleep(wait).await;
@@ -404,7 +374,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                 None,
                 Some(("no_header", &detail)),
             );
-            return refused(own_ack(None, AckCode::AR, &text));
+            return Answer::refused(own_ack(None, AckCode::AR, &text), AckCode::AR, "rejected");
         }
     };
     let facts = Facts {
@@ -415,7 +385,7 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
         Decision::Allow { .. } => {
             ctx.dispatch
-                .deliver(&mut slots.route, frame, &header, who.origin())
+                .deliver(lanes, frame, &header, who.origin())
                 .await
         }
         Decision::Reject { rule } => {
@@ -428,61 +398,54 @@ async fn handle_message(ctx: &RouteContext, slots: &mut Slots, frame: &Frame, wh
                 None,
             );
             let text = format!("rejected by rule {rule}");
-            return refused(own_ack(Some(&header), AckCode::AR, &text));
+            let ack = own_ack(Some(&header), AckCode::AR, &text);
+            return Answer::refused(ack, AckCode::AR, "rejected_by_rule");
         }
         Decision::Drop { rule } => {
             crate::ops::metrics::rule_rejected(&ctx.name, rule);
             audit(Some(&header), "dropped_by_rule", None, Some(rule), None);
-            return Reply::Close;
+            return Answer::Close(Failure {
+                side: Side::Sender,
+                reason: "dropped_by_rule",
+                detail: format!("dropped by rule {rule}"),
+                retry_helps: false,
+            });
         }
         Decision::Route { upstream: name, .. } => match ctx.named_upstreams.get(name) {
             Some(upstream) => {
-                let slot = slots.named.entry(name.to_string()).or_default();
-                dispatch::forward(
-                    upstream,
-                    ctx.route.on_upstream_failure,
-                    slot,
-                    frame,
-                    &header,
-                    PairedWith {
-                        two_way: false,
-                        origin: Some(who.origin()),
-                    },
-                )
-                .await
+                let on_failure = ctx.route.on_upstream_failure;
+                let origin = who.origin();
+                Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, &header, origin)
+                    .await
             }
             // The config check guarantees the name exists; refuse rather than guess if not.
-            None => return refused(own_ack(Some(&header), AckCode::AE, "no such upstream")),
+            None => {
+                let ack = own_ack(Some(&header), AckCode::AE, "no such upstream");
+                return Answer::refused(ack, AckCode::AE, "no_such_upstream");
+            }
         },
     };
-    match answer {
+    match &answer {
         Answer::Ack {
-            ack,
             code,
             outcome,
-            committed,
             problem,
+            ..
         } => {
             let problem = problem.as_ref().map(|p| (p.reason, p.detail.as_str()));
-            audit(Some(&header), outcome, Some(code), None, problem);
-            Reply::Send { ack, committed }
+            audit(Some(&header), outcome, Some(*code), None, problem);
         }
-        Answer::Silent {
-            outcome, committed, ..
-        } => {
-            audit(Some(&header), outcome, None, None, None);
-            Reply::Nothing { committed }
-        }
+        Answer::Silent { outcome, .. } => audit(Some(&header), outcome, None, None, None),
         Answer::Close(problem) => {
             let detail = (problem.reason, problem.detail.as_str());
             audit(Some(&header), "closed", None, None, Some(detail));
-            Reply::Close
         }
     }
+    answer
 }
 
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.
-fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Reply {
+fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Answer {
     let max = ctx.route.max_message_bytes;
     let text =
         format!("message of {len} bytes exceeds max_message_bytes ({max} bytes); not forwarded");
@@ -503,15 +466,11 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Rep
         },
         head,
     );
-    refused(own_ack(header.as_ref(), AckCode::AE, &text))
-}
-
-/// A negative ack for a message the guard refused (never delivered, never queued).
-fn refused(ack: Bytes) -> Reply {
-    Reply::Send {
-        ack,
-        committed: false,
-    }
+    Answer::refused(
+        own_ack(header.as_ref(), AckCode::AE, &text),
+        AckCode::AE,
+        "oversize",
+    )
 }
 
 /// A TLS record header (handshake, SSL 3.0 to TLS 1.3 record versions) at the start of what a

@@ -88,7 +88,9 @@ fn jetstream_of(custody: &CustodyConfig) -> Option<&JetStreamQueue> {
 /// Runs one operation against a route's NATS JetStream (connecting for it) to completion.
 fn with_jetstream<T>(
     cfg: &JetStreamQueue,
-    op: impl AsyncFnOnce(&async_nats::jetstream::Context) -> Result<T, String>,
+    op: impl AsyncFnOnce(
+        &async_nats::jetstream::Context,
+    ) -> Result<T, crate::custody::jetstream::JetStreamError>,
 ) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,13 +1,15 @@
 //! Why an exchange with the receiver failed: one error type for the receiver's side of the
-//! guard, saying what failed, whether retrying can help, and (through its text) what the
-//! sender's negative ack says. Must not know senders or how the failure is answered.
+//! guard; through [`Fault`] it says that the receiver failed, its stable label, whether retrying
+//! can help, and the ack that follows (its text becomes MSA-3 of the sender's AE). Must not know senders or how the failure is answered.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::outcome::{Fault, Side};
 use crate::wire::ack::AckMismatch;
 use crate::wire::commit::CommitError;
+use crate::wire::hl7::AckCode;
 
 /// Why an exchange with the upstream failed. The text is PHI-free: it becomes MSA-3 of the
 /// negative ack the sender receives.
@@ -58,9 +60,12 @@ pub enum UpstreamError {
     Flooded,
 }
 
-impl UpstreamError {
-    /// A short, stable label for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+impl Fault for UpstreamError {
+    fn side(&self) -> Side {
+        Side::Receiver
+    }
+
+    fn reason(&self) -> &'static str {
         match self {
             UpstreamError::Resolve { .. } => "resolve",
             UpstreamError::Connect { .. } => "connect",
@@ -81,6 +86,19 @@ impl UpstreamError {
         }
     }
 
+    /// Everything but a permanent handshake failure ([`UpstreamError::is_permanent`]): the
+    /// receiver may be back, answer in time or answer right on the next attempt.
+    fn retry_helps(&self) -> bool {
+        !self.is_permanent()
+    }
+
+    /// AE: the message may be fine; the receiver did not take it.
+    fn ack(&self) -> AckCode {
+        AckCode::AE
+    }
+}
+
+impl UpstreamError {
     /// A failure that retrying soon cannot fix: the peer's certificate does not verify, or it
     /// refuses our TLS version or ciphers. Reconnects then wait the maximum backoff.
     pub fn is_permanent(&self) -> bool {

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Connections, IdleReopen};
 use crate::net::proxy_protocol::Origin;
+use crate::outcome::Fault as _;
 use crate::wire::codec::Frame;
 use crate::wire::commit;
 use crate::wire::link::Ready;
