@@ -6,6 +6,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::PrivateKeyDer;
 
+use super::material::root_store_noting;
 use super::pki::Password;
 use super::test_pki::Pki;
 use super::*;
