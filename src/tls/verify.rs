@@ -18,7 +18,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
-use crate::tls::pki::Crl;
+use super::pki::Crl;
 
 /// The extra checks, shared by both sides.
 #[derive(Debug, Default)]
