@@ -1,0 +1,322 @@
+//! The embedded log's two workers: the committer (one thread per route: every waiting append is
+//! written, then one `sync` for the batch, and only then does any of them learn it is stored) and
+//! the drainer (one task per route: the oldest record goes upstream, one in flight; a positive
+//! reply advances the cursor, AE/AR follow `on_reply`, failures retry the same record after a
+//! jittered backoff; dead letters go to their own queue). Must not know senders or acks we give.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::counters::Counters;
+use super::error::NotQueued;
+use crate::config::{CustodyConfig, ReplyAction};
+use crate::outcome::Fault as _;
+use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
+use crate::timing::backoff::Backoff;
+use crate::upstream::Upstream;
+use crate::wire::codec::Frame;
+use crate::wire::hl7::{printable, AckCode, AckView, Header};
+
+/// The directory under a route's queue directory that holds its dead letters.
+pub const DEAD_LETTER_DIR: &str = "dead-letter";
+/// At most this many appends are written before one sync (bounds a batch's latency).
+const MAX_BATCH: usize = 1024;
+
+/// One message waiting for the committer, and where its outcome goes.
+pub(super) struct AppendRequest {
+    pub(super) payload: Bytes,
+    pub(super) enqueued_at_ms: u64,
+    pub(super) done: oneshot::Sender<Result<u64, NotQueued>>,
+}
+
+/// The queue limits a route's custody config sets (shared with `mllp-guard queue ...`).
+pub fn queue_limits(cfg: &CustodyConfig) -> Limits {
+    Limits {
+        max_bytes: cfg.max_bytes,
+        max_messages: cfg.max_messages,
+        segment_bytes: cfg.segment_bytes,
+    }
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Group commit: every append waiting is written, then one sync makes the whole batch durable;
+/// only then does any of them learn it is stored. A failed sync fails the whole batch.
+pub(super) fn commit_loop(
+    mut requests: mpsc::UnboundedReceiver<AppendRequest>,
+    store: &Mutex<Box<dyn Store>>,
+    wake: &Notify,
+    counters: &Counters,
+    route: &str,
+) {
+    let mut batch = Vec::with_capacity(64);
+    while let Some(first) = requests.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        {
+            let mut log = store.lock().unwrap_or_else(|e| e.into_inner());
+            for request in &batch {
+                results.push(
+                    log.append(&request.payload, "", request.enqueued_at_ms)
+                        .map_err(NotQueued::Refused),
+                );
+            }
+            if results.iter().any(Result::is_ok) {
+                counters.syncs.fetch_add(1, Ordering::Relaxed);
+                let synced = log.sync();
+                counters
+                    .sync_failing
+                    .store(synced.is_err(), Ordering::Relaxed);
+                if let Err(err) = synced {
+                    tracing::error!(route, error = %err, "queue sync failed; the batch is answered negatively");
+                    let err = Arc::new(err);
+                    for result in &mut results {
+                        if result.is_ok() {
+                            *result = Err(NotQueued::NotDurable(err.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        for (request, result) in batch.drain(..).zip(results) {
+            let _ = request.done.send(result);
+        }
+        wake.notify_one();
+    }
+}
+
+/// Delivers a route's queue to its upstream, in order, one message in flight.
+pub(super) struct LogDrainer {
+    pub(super) route: Arc<str>,
+    pub(super) cfg: CustodyConfig,
+    pub(super) counters: Arc<Counters>,
+    pub(super) store: Arc<Mutex<Box<dyn Store>>>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) upstream: Arc<Upstream>,
+    pub(super) shutdown: CancellationToken,
+}
+
+enum Next {
+    Record(Record),
+    Empty,
+    Failed(String),
+}
+
+impl LogDrainer {
+    pub(super) async fn run(self) {
+        let route = &self.route;
+        let mut backoff = Backoff::new(self.cfg.retry.initial, self.cfg.retry.max);
+        let mut conn = None;
+        let mut attempts_of_front = 0u32;
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let next = {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    match store.lock().unwrap_or_else(|e| e.into_inner()).front() {
+                        Ok(Some(record)) => Next::Record(record),
+                        Ok(None) => Next::Empty,
+                        Err(err) => Next::Failed(err.to_string()),
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Next::Failed(e.to_string()))
+            };
+            let record = match next {
+                Next::Record(record) => record,
+                Next::Empty => {
+                    // `idle_reopen: at-once`: replace a quiet connection while there is time.
+                    let reopen_at = conn
+                        .as_ref()
+                        .filter(|_| self.upstream.reopens_at_once())
+                        .and_then(|c| self.upstream.idle_deadline(c));
+                    let reopen = async {
+                        match reopen_at {
+                            Some(at) => tokio::time::sleep_until(at.into()).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break,
+                        _ = self.wake.notified() => continue,
+                        _ = reopen => {
+                            self.upstream.reopen_idle(&mut conn).await;
+                            continue;
+                        }
+                        // A bounded nap: a missed wake-up can never strand a record.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+                Next::Failed(err) => {
+                    tracing::error!(route = %route, error = %err, "cannot read the queue; retrying");
+                    if self.pause(backoff.next_wait()).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(frame) = Frame::from_payload(&record.payload) else {
+                // Never happens for payloads that came from the decoder; refuse to send garbage.
+                self.dead_letter(&record, "stored payload is not a valid MLLP payload")
+                    .await;
+                continue;
+            };
+            let header = Header::parse(&record.payload);
+            let control_id = header
+                .as_ref()
+                .map(|h| h.control_id().to_vec())
+                .unwrap_or_default();
+            let shown_id = printable(&control_id);
+            if attempts_of_front > 0 {
+                self.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
+            }
+            attempts_of_front += 1;
+            let result = self
+                .upstream
+                .exchange(&mut conn, &frame, &control_id, Default::default())
+                .await;
+            let action = match &result {
+                Ok(reply) if reply.code.is_positive() => ReplyAction::Accept,
+                Ok(reply) if matches!(reply.code, AckCode::AE | AckCode::CE) => {
+                    self.cfg.on_reply.ae
+                }
+                Ok(_) => self.cfg.on_reply.ar,
+                Err(_) => ReplyAction::Retry,
+            };
+            match (action, &result) {
+                (ReplyAction::Accept, Ok(reply)) => {
+                    if self.ack(&record).await {
+                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = attempts_of_front, outcome = "delivered", "queued message delivered");
+                        attempts_of_front = 0;
+                        backoff.reset();
+                    }
+                }
+                (ReplyAction::DeadLetter, Ok(reply)) => {
+                    let text = ack_text(&reply.ack);
+                    let reason = format!("upstream replied {}: {}", reply.code, text);
+                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, outcome = "dead_lettered", "queued message moved to the dead letters");
+                    self.dead_letter(&record, &reason).await;
+                    attempts_of_front = 0;
+                    backoff.reset();
+                }
+                (_, Ok(reply)) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying");
+                    if self.pause(wait).await {
+                        break;
+                    }
+                }
+                (_, Err(err)) => {
+                    let wait = backoff.next_wait();
+                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)");
+                    if self.pause(wait).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut log = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = log.close() {
+            tracing::error!(route = %route, error = %err, "closing the queue failed");
+        } else {
+            let c = &self.counters;
+            tracing::info!(
+                route = %route,
+                pending = log.stats().messages,
+                queued = c.queued.load(Ordering::Relaxed),
+                syncs = c.syncs.load(Ordering::Relaxed),
+                delivered = c.delivered.load(Ordering::Relaxed),
+                redeliveries = c.redeliveries.load(Ordering::Relaxed),
+                dead_lettered = c.dead_lettered.load(Ordering::Relaxed),
+                duplicates_answered = c.duplicates_answered.load(Ordering::Relaxed),
+                "custody queue closed"
+            );
+        }
+    }
+
+    /// Sleeps, or returns true at once if shutdown was requested.
+    async fn pause(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => true,
+            _ = tokio::time::sleep(wait) => false,
+        }
+    }
+
+    async fn ack(&self, record: &Record) -> bool {
+        let store = self.store.clone();
+        let seq = record.seq;
+        let done = tokio::task::spawn_blocking(move || {
+            store.lock().unwrap_or_else(|e| e.into_inner()).ack(seq)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::error!(route = %self.route, seq, error = %err, "cannot advance the queue cursor");
+                false
+            }
+            Err(err) => {
+                tracing::error!(route = %self.route, seq, error = %err, "cannot advance the queue cursor");
+                false
+            }
+        }
+    }
+
+    /// Stores the record in the dead letters (durably) and only then takes it off the queue.
+    async fn dead_letter(&self, record: &Record, reason: &str) {
+        let dir = self.cfg.queue_dir.join(DEAD_LETTER_DIR);
+        let limits = queue_limits(&self.cfg);
+        let (payload, at, reason) = (
+            record.payload.clone(),
+            record.enqueued_at_ms,
+            reason.to_string(),
+        );
+        let stored = tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
+            let (mut dead, _) = SegmentLog::open(&dir, limits)?;
+            dead.append(&payload, &reason, at)?;
+            dead.sync()?;
+            dead.close()
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.ack(record).await;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(route = %self.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
+                let _ = self.pause(Duration::from_secs(1)).await;
+            }
+            Err(err) => {
+                tracing::error!(route = %self.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
+                let _ = self.pause(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// MSA-3 of an ack payload, printable and short (for a dead letter's reason).
+fn ack_text(ack: &[u8]) -> String {
+    AckView::parse(ack)
+        .map(|a| printable(a.text()))
+        .unwrap_or_default()
+}
