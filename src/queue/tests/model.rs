@@ -384,3 +384,21 @@ proptest! {
         run_model(ops);
     }
 }
+
+/// The case proptest saved in `proptest-regressions/queue.txt` when this test lived in
+/// `src/queue.rs`. Proptest looks for a file named after the test's source file, so it stopped
+/// replaying that seed when the module became a folder; this keeps the case running.
+#[test]
+fn saved_regression_the_only_unsynced_record_torn_to_a_prefix_followed_by_zeros() {
+    run_model(vec![
+        Op::Append {
+            len: 0,
+            note: false,
+        },
+        Op::Crash {
+            pick: 0,
+            cut: 2141478168009215562,
+            mode: 1,
+        },
+    ]);
+}
