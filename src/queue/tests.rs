@@ -3,6 +3,13 @@
 //! The model-based test is in `tests/model.rs`. The hooks below reach into the log's state: the
 //! tests may know how the log is built, the shipped files never depend on them.
 
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+
 use super::*;
 
 mod model;
