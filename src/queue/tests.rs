@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::*;
+use super::{
+    Limits, QueueError, QueueStats, Record, Recovery, SegmentLog, Store, ACK_PERSIST_EVERY,
+};
 
 mod model;
 
