@@ -17,9 +17,10 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
+use super::error::{on_line, position, ConfigError};
 use super::{
-    parse_count, parse_positive_duration, parse_raw, parse_size, position, ConfigError,
-    RawUpstream, Text, UpstreamConfig, Validator,
+    parse_count, parse_positive_duration, parse_raw, parse_size, RawUpstream, Text, UpstreamConfig,
+    Validator,
 };
 use crate::firewall::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
 
@@ -393,7 +394,7 @@ impl Validator<'_> {
                     &r.name.referenced,
                     format!(
                         "rule name \"{name}\" is already used by {p}[{first}]{}; give each rule of a route a unique name",
-                        super::on_line(line)
+                        on_line(line)
                     ),
                 );
             } else {

@@ -1,6 +1,7 @@
 //! Unit tests of the config module as a whole: the contract example, defaults, every error
 //! message with its file:line:col, document order, TLS files, and the value parsers.
 
+use super::error::closest;
 use super::*;
 use crate::tls::test_pki::Pki;
 
