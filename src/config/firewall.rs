@@ -1,27 +1,24 @@
 //! The firewall keys of the config: a route's `rules:` and `limits:`, and the top-level
 //! `upstreams:` that `action: { route: <name> }` sends messages to.
 //!
-//! Same two layers as the rest of `config.rs` (this is its child module and shares its
-//! [`Validator`](super::Validator)): serde mirrors (`Raw*`) keep every scalar as text with its
-//! position, and the validator turns them into [`crate::firewall::rules::Rule`]s, a [`RateLimits`] and
-//! named [`UpstreamConfig`](super::UpstreamConfig)s, recording every error with its YAML path, line and
+//! An `impl Validator` block like the rest of the config module: it turns the serde mirrors of
+//! these keys (`RawRules`, `RawLimits`, `RawUpstreams` in `raw.rs`) into
+//! [`crate::firewall::rules::Rule`]s, a [`RateLimits`] and named
+//! [`UpstreamConfig`](super::UpstreamConfig)s, recording every error with its YAML path, line and
 //! column. A rules file named by path (`rules: rules/lists/production.rules.yaml`) is read and
 //! validated here too; errors inside it name that file and their position in it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use super::error::{on_line, position, ConfigError};
-use super::{
-    parse_count, parse_positive_duration, parse_raw, parse_size, RawUpstream, Text, UpstreamConfig,
-    Validator,
+use super::raw::{
+    parse_raw, List, RawAction, RawLimits, RawMatch, RawRule, RawRuleList, RawRules, RawUpstreams,
 };
+use super::{parse_count, parse_positive_duration, parse_size, UpstreamConfig, Validator};
 use crate::firewall::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
 
 /// Default for `routes[].limits.max_tracked_sources`.
@@ -76,156 +73,6 @@ pub enum OnLimit {
 // ---------------------------------------------------------------------------------------------
 // Raw layer
 // ---------------------------------------------------------------------------------------------
-
-/// `rules:` as written: an inline list, or the path of a YAML file holding the list.
-pub(super) enum RawRules {
-    Inline(Vec<Spanned<RawRule>>),
-    File(String),
-}
-
-impl<'de> Deserialize<'de> for RawRules {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RulesVisitor;
-        impl<'de> Visitor<'de> for RulesVisitor {
-            type Value = RawRules;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of rules or the path of a rules file")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRules, E> {
-                Ok(RawRules::File(v.to_string()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawRules, A::Error> {
-                let mut rules = Vec::new();
-                while let Some(rule) = seq.next_element()? {
-                    rules.push(rule);
-                }
-                Ok(RawRules::Inline(rules))
-            }
-        }
-        deserializer.deserialize_any(RulesVisitor)
-    }
-}
-
-/// A rules file: the list alone.
-type RawRuleList = Vec<Spanned<RawRule>>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRule {
-    name: Text,
-    #[serde(rename = "match")]
-    matcher: Option<Spanned<RawMatch>>,
-    action: Spanned<RawAction>,
-}
-
-type List = Option<Spanned<Vec<Text>>>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMatch {
-    source: List,
-    tls_identity: List,
-    sending_application: List,
-    sending_facility: List,
-    receiving_application: List,
-    receiving_facility: List,
-    message_type: List,
-    version: List,
-    processing_id: List,
-}
-
-/// The one key of an `action` map; any other is refused while the key is read, so that the
-/// error's YAML path names it.
-struct RouteKey;
-
-impl<'de> Deserialize<'de> for RouteKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = RouteKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("`route`")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RouteKey, E> {
-                match v {
-                    "route" => Ok(RouteKey),
-                    _ => Err(de::Error::unknown_field(v, &["route"])),
-                }
-            }
-        }
-        deserializer.deserialize_identifier(KeyVisitor)
-    }
-}
-
-/// `action:` as written: a word (`allow`, `reject`, `drop`) or `{ route: <upstream name> }`.
-enum RawAction {
-    Word(String),
-    Route(Text),
-}
-
-impl<'de> Deserialize<'de> for RawAction {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ActionVisitor;
-        impl<'de> Visitor<'de> for ActionVisitor {
-            type Value = RawAction;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("allow, reject, drop or a map { route: <upstream name> }")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawAction, E> {
-                Ok(RawAction::Word(v.to_string()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawAction, A::Error> {
-                let mut target = None;
-                while map.next_key::<RouteKey>()?.is_some() {
-                    if target.is_some() {
-                        return Err(de::Error::duplicate_field("route"));
-                    }
-                    target = Some(map.next_value::<Text>()?);
-                }
-                target
-                    .map(RawAction::Route)
-                    .ok_or_else(|| de::Error::missing_field("route"))
-            }
-        }
-        deserializer.deserialize_any(ActionVisitor)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawLimits {
-    messages_per_second: Option<Text>,
-    burst: Option<Text>,
-    bytes_per_second: Option<Text>,
-    connections_per_minute: Option<Text>,
-    max_connections_per_source: Option<Text>,
-    on_limit: Option<Text>,
-    pub(super) handshake_timeout: Option<Text>,
-    max_tracked_sources: Option<Text>,
-}
-
-/// `upstreams:` as written, in file order, each name with its position.
-pub(super) struct RawUpstreams(Vec<(String, Spanned<RawUpstream>)>);
-
-impl<'de> Deserialize<'de> for RawUpstreams {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct UpstreamsVisitor;
-        impl<'de> Visitor<'de> for UpstreamsVisitor {
-            type Value = RawUpstreams;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map from upstream names to upstream blocks")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawUpstreams, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    entries.push((name, map.next_value()?));
-                }
-                Ok(RawUpstreams(entries))
-            }
-        }
-        deserializer.deserialize_map(UpstreamsVisitor)
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Validation

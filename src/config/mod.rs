@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use crate::firewall::policy::Allowlist;
@@ -40,10 +39,15 @@ use crate::wire::codec::Framing;
 
 mod error;
 mod firewall;
+mod raw;
 mod tls_policy;
-use error::{on_line, position, serde_message, yaml_path_of};
+use error::{on_line, position};
 pub use error::{ConfigError, ConfigErrors};
 pub use firewall::{OnLimit, RateLimits, DEFAULT_MAX_TRACKED_SOURCES};
+use raw::{
+    parse_raw, RawClientTls, RawConfig, RawFraming, RawJetStream, RawQueue, RawRetry, RawRoute,
+    RawServerTls, RawUpstream, Text,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The validated configuration
@@ -674,207 +678,6 @@ impl Config {
             Err(ConfigErrors(unique))
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw layer: what serde sees
-// ---------------------------------------------------------------------------------------------
-
-/// A scalar as written, with its position. Numbers stay text so every value is parsed (and
-/// every error worded) by this module.
-type Text = Spanned<String>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    routes: Spanned<Vec<Spanned<RawRoute>>>,
-    shutdown_grace: Option<Text>,
-    state_dir: Option<Text>,
-    upstreams: Option<Spanned<firewall::RawUpstreams>>,
-    admin: Option<Spanned<RawAdmin>>,
-    log_payloads: Option<Text>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Text,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: Text,
-    listen: Option<Text>,
-    dial: Option<Text>,
-    transparent: Option<Text>,
-    proxy_protocol: Option<Text>,
-    tls: Option<Spanned<RawServerTls>>,
-    /// Optional here so that its absence gets a message with an example.
-    allow: Option<Spanned<Vec<Text>>>,
-    max_connections: Option<Text>,
-    max_message_bytes: Option<Text>,
-    receive_timeout: Option<Text>,
-    idle_timeout: Option<Text>,
-    handshake_timeout: Option<Text>,
-    on_upstream_failure: Option<Text>,
-    upstream: Spanned<RawUpstream>,
-    delivery: Option<Text>,
-    queue: Option<Spanned<RawQueue>>,
-    ack_mode: Option<Text>,
-    retry: Option<Spanned<RawRetry>>,
-    on_reply: Option<Spanned<RawOnReply>>,
-    duplicate_window: Option<Text>,
-    framing: Option<Spanned<RawFraming>>,
-    rules: Option<Spanned<firewall::RawRules>>,
-    limits: Option<Spanned<firewall::RawLimits>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawQueue {
-    max_bytes: Option<Text>,
-    max_messages: Option<Text>,
-    segment_bytes: Option<Text>,
-    backend: Option<Text>,
-    jetstream: Option<Spanned<RawJetStream>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJetStream {
-    servers: Option<Spanned<Vec<Text>>>,
-    stream: Option<Text>,
-    replicas: Option<Text>,
-    max_bytes: Option<Text>,
-    duplicate_window: Option<Text>,
-    tls: Option<Spanned<RawNatsTls>>,
-    credentials: Option<Text>,
-    takeover: Option<Text>,
-    publish_timeout: Option<Text>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNatsTls {
-    ca: Option<Text>,
-    cert: Option<Text>,
-    key: Option<Text>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetry {
-    initial: Option<Text>,
-    max: Option<Text>,
-}
-
-/// Keys are the HL7 reply codes, uppercase as in the contract.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOnReply {
-    #[serde(rename = "AE")]
-    ae: Option<Text>,
-    #[serde(rename = "AR")]
-    ar: Option<Text>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServerTls {
-    cert: Text,
-    key: Option<Text>,
-    password_file: Option<Text>,
-    client_ca: Option<Text>,
-    crl: Option<Spanned<Vec<Text>>>,
-    crl_expired: Option<Text>,
-    min_version: Option<Text>,
-    cipher_suites: Option<Spanned<Vec<Text>>>,
-    allowed_identities: Option<Spanned<Vec<Text>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    address: Option<Text>,
-    accept: Option<Text>,
-    allow: Option<Spanned<Vec<Text>>>,
-    tls: Option<Spanned<RawClientTls>>,
-    connections: Option<Text>,
-    connect_timeout: Option<Text>,
-    ack_timeout: Option<Text>,
-    keepalive: Option<Spanned<RawKeepalive>>,
-    max_ack_bytes: Option<Text>,
-    idle_reconnect: Option<Text>,
-    idle_reopen: Option<Text>,
-    send_proxy_protocol: Option<Text>,
-    transparent_source: Option<Text>,
-    reconnect: Option<Spanned<RawReconnect>>,
-    framing: Option<Spanned<RawFraming>>,
-    via: Option<Spanned<tls_policy::RawVia>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClientTls {
-    ca: Text,
-    server_name: Option<Text>,
-    cert: Option<Text>,
-    key: Option<Text>,
-    password_file: Option<Text>,
-    crl: Option<Spanned<Vec<Text>>>,
-    crl_expired: Option<Text>,
-    min_version: Option<Text>,
-    cipher_suites: Option<Spanned<Vec<Text>>>,
-    allowed_identities: Option<Spanned<Vec<Text>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKeepalive {
-    time: Option<Text>,
-    interval: Option<Text>,
-    retries: Option<Text>,
-    user_timeout: Option<Text>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReconnect {
-    initial: Option<Text>,
-    max: Option<Text>,
-}
-
-/// `framing:` of a route (sender side) or of its upstream (receiver side); every key optional,
-/// defaulting to standard MLLP release 1.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFraming {
-    start: Option<Text>,
-    end: Option<Spanned<Vec<Text>>>,
-    release: Option<Text>,
-}
-
-/// Deserializes the raw tree, turning the first syntax or shape error into a [`ConfigError`].
-fn parse_raw<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigErrors> {
-    let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
-            path = yaml_path_of(e.path());
-            e.into_inner()
-        })
-    });
-    result.map_err(|err| {
-        let err = err.without_snippet();
-        let (line, column) = err.location().as_ref().map_or((None, None), position);
-        ConfigErrors(vec![ConfigError {
-            file: file.to_path_buf(),
-            message: serde_message(err, &path),
-            yaml_path: path,
-            line,
-            column,
-        }])
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

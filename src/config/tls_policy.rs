@@ -9,10 +9,10 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{parse_upstream_address, Text, Validator};
+use super::raw::{RawVia, Text};
+use super::{parse_upstream_address, Validator};
 use crate::net::egress::{Credentials, Proxy, ProxyKind};
 use crate::tls::pki::{self, Password};
 use crate::tls::{self, CrlExpired, MinVersion, Policy};
@@ -24,16 +24,6 @@ pub(super) struct RawPolicy<'a> {
     pub(super) min_version: &'a Option<Text>,
     pub(super) cipher_suites: &'a Option<Spanned<Vec<Text>>>,
     pub(super) allowed_identities: &'a Option<Spanned<Vec<Text>>>,
-}
-
-/// `via:` of an upstream.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawVia {
-    socks5: Option<Text>,
-    http_connect: Option<Text>,
-    username: Option<Text>,
-    password_file: Option<Text>,
 }
 
 impl Validator<'_> {
