@@ -15,60 +15,14 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, Spanned};
 
 use super::error::{on_line, position, ConfigError};
+use super::model::{
+    OnLimit, RateLimits, ReceiverRole, UpstreamConfig, DEFAULT_MAX_TRACKED_SOURCES,
+};
 use super::raw::{
     parse_raw, List, RawAction, RawLimits, RawMatch, RawRule, RawRuleList, RawRules, RawUpstreams,
 };
-use super::{parse_count, parse_positive_duration, parse_size, UpstreamConfig, Validator};
+use super::{parse_count, parse_positive_duration, parse_size, Validator};
 use crate::firewall::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
-
-/// Default for `routes[].limits.max_tracked_sources`.
-pub const DEFAULT_MAX_TRACKED_SOURCES: usize = 100_000;
-
-/// `limits:` of a route: per-source rate limits and caps. Every limit is off unless given.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RateLimits {
-    /// `messages_per_second`: the sustained message rate allowed per source address (IPv6
-    /// sources keyed by their /64). `None` = no message rate limit.
-    pub messages_per_second: Option<NonZeroU32>,
-    /// `burst`: how many messages a source may send at once before the rate applies. Defaults
-    /// to `messages_per_second`; `None` exactly when `messages_per_second` is.
-    pub burst: Option<NonZeroU32>,
-    /// `bytes_per_second`: payload bytes per second per source (a size: `10MiB`). `None` = off.
-    pub bytes_per_second: Option<u64>,
-    /// `connections_per_minute`: new connections per minute per source. `None` = off.
-    pub connections_per_minute: Option<NonZeroU32>,
-    /// `max_connections_per_source`: concurrent connections per source. `None` = only the
-    /// route's `max_connections` applies.
-    pub max_connections_per_source: Option<usize>,
-    /// `on_limit`: what happens to a source over its rate. Default `delay`.
-    pub on_limit: OnLimit,
-    /// `max_tracked_sources`: how many source addresses the limiters track at once (their
-    /// memory bound). Default 100000, >= 1.
-    pub max_tracked_sources: usize,
-}
-
-impl Default for RateLimits {
-    fn default() -> Self {
-        RateLimits {
-            messages_per_second: None,
-            burst: None,
-            bytes_per_second: None,
-            connections_per_minute: None,
-            max_connections_per_source: None,
-            on_limit: OnLimit::Delay,
-            max_tracked_sources: DEFAULT_MAX_TRACKED_SOURCES,
-        }
-    }
-}
-
-/// `limits.on_limit`: what a source over its message or byte rate gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnLimit {
-    /// `delay`: stop reading from the connection until the rate allows (backpressure).
-    Delay,
-    /// `reject`: answer AE "rate limited"; the connection stays open.
-    Reject,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Raw layer
@@ -95,7 +49,7 @@ impl Validator<'_> {
             names.push(written.to_string());
             let p = format!("upstreams.{written}");
             let upstream = self.upstream(&p, block);
-            if upstream.role == super::ReceiverRole::OriginalDestination {
+            if upstream.role == ReceiverRole::OriginalDestination {
                 if let Some(address) = &block.value.address {
                     self.error(
                         format!("{p}.address"),
