@@ -21,7 +21,8 @@ use super::model::{
 use super::raw::{
     parse_raw, List, RawAction, RawLimits, RawMatch, RawRule, RawRuleList, RawRules, RawUpstreams,
 };
-use super::{parse_count, parse_positive_duration, parse_size, Validator};
+use super::scalars::{parse_count, parse_positive_duration, parse_size};
+use super::Validator;
 use crate::firewall::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
 
 // ---------------------------------------------------------------------------------------------

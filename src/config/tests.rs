@@ -1,7 +1,10 @@
 //! Unit tests of the config module as a whole: the contract example, defaults, every error
 //! message with its file:line:col, document order, TLS files, and the value parsers.
 
+use std::num::NonZeroUsize;
+
 use super::error::closest;
+use super::scalars::{parse_byte, parse_frame_size, parse_route_name, parse_size};
 use super::*;
 use crate::tls::test_pki::Pki;
 

@@ -12,7 +12,8 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 
 use super::raw::{RawVia, Text};
-use super::{parse_upstream_address, Validator};
+use super::scalars::parse_upstream_address;
+use super::Validator;
 use crate::net::egress::{Credentials, Proxy, ProxyKind};
 use crate::tls::pki::{self, Password};
 use crate::tls::{self, CrlExpired, MinVersion, Policy};
