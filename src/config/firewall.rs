@@ -4,9 +4,12 @@
 //! An `impl Validator` block like the rest of the config module: it turns the serde mirrors of
 //! these keys (`RawRules`, `RawLimits`, `RawUpstreams` in `raw.rs`) into
 //! [`crate::firewall::rules::Rule`]s, a [`RateLimits`] and named
-//! [`UpstreamConfig`](super::UpstreamConfig)s, recording every error with its YAML path, line and
-//! column. A rules file named by path (`rules: rules/lists/production.rules.yaml`) is read and
-//! validated here too; errors inside it name that file and their position in it.
+//! [`UpstreamConfig`]s, recording every error with its YAML path, line and column. A rules file
+//! named by path (`rules: rules/lists/production.rules.yaml`) is read and validated here too;
+//! errors inside it name that file and their position in it.
+//!
+//! Knows the route around these keys only by the YAML path it is handed; a named upstream's
+//! block is read by `upstream.rs`, like a route's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
@@ -22,7 +25,7 @@ use super::raw::{
     parse_raw, List, RawAction, RawLimits, RawMatch, RawRule, RawRuleList, RawRules, RawUpstreams,
 };
 use super::scalars::{parse_count, parse_positive_duration, parse_size};
-use super::Validator;
+use super::validator::Validator;
 use crate::firewall::rules::{parse_network, Action, MessageTypePattern, Pattern, Rule, RuleMatch};
 
 // ---------------------------------------------------------------------------------------------

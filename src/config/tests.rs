@@ -1,12 +1,20 @@
 //! Unit tests of the config module as a whole: the contract example, defaults, every error
 //! message with its file:line:col, document order, TLS files, and the value parsers.
 
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
 
 use super::error::closest;
 use super::scalars::{parse_byte, parse_frame_size, parse_route_name, parse_size};
+use super::validator::listen_clash;
 use super::*;
+use crate::firewall::policy::Allowlist;
 use crate::tls::test_pki::Pki;
+use crate::wire::codec::Framing;
 
 /// A config directory with certificates: `certs/ca.pem` issued `guard` (server) and
 /// `client` (client), and `certs/ehr-ca.pem` issued `ehr`.

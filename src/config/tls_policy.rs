@@ -3,9 +3,12 @@
 //!
 //! `password_file`, `crl`, `crl_expired`, `min_version`, `cipher_suites`, `allowed_identities`
 //! become a [`crate::tls::Policy`] (plus the password); `via` becomes an
-//! [`crate::net::egress::Proxy`]. Same rules as the rest of `config.rs`, whose child module this is:
-//! every error is recorded with its YAML path, line and column and a fix, and all are
-//! collected before giving up. The files themselves are loaded by [`crate::tls`] afterwards.
+//! [`crate::net::egress::Proxy`]. An `impl Validator` block like the rest of the config module:
+//! every error is recorded with its YAML path, line and column and a fix, and all are collected
+//! before giving up.
+//!
+//! Knows the policy keys only, not the block around them: the certificate, key and CA files are
+//! checked and loaded (through [`crate::tls`]) by `tls_block.rs`, which calls in here.
 
 use std::path::Path;
 
@@ -13,7 +16,7 @@ use serde_saphyr::Spanned;
 
 use super::raw::{RawVia, Text};
 use super::scalars::parse_upstream_address;
-use super::Validator;
+use super::validator::Validator;
 use crate::net::egress::{Credentials, Proxy, ProxyKind};
 use crate::tls::pki::{self, Password};
 use crate::tls::{self, CrlExpired, MinVersion, Policy};
