@@ -2,12 +2,12 @@
 //!
 //! Two layers, and runtime code only ever sees the second:
 //!
-//! 1. **Raw** (`raw.rs`): serde mirrors of the YAML (`Raw*`, private), every struct `deny_unknown_fields`,
+//! 1. **Raw**: serde mirrors of the YAML (`Raw*`, private), every struct `deny_unknown_fields`,
 //!    every scalar kept as text wrapped in [`serde_saphyr::Spanned`] so it remembers its line and
 //!    column. serde-saphyr reports syntax errors, unknown keys, missing keys and wrong shapes;
 //!    `serde_path_to_error` adds the YAML path (`routes[0].listne`). Such an error stops the parse,
 //!    so it is reported alone.
-//! 2. **Validated** ([`Config`], `model.rs`): [`Config::parse`] walks the raw tree, parses every value (addresses,
+//! 2. **Validated**: [`Config::parse`] walks the raw tree, parses every value (addresses,
 //!    durations, sizes, CIDRs), checks cross-route rules (unique names, non-overlapping listen
 //!    addresses) and loads the TLS material through [`crate::tls`]. It collects *every* problem
 //!    before giving up, each as a [`ConfigError`] with its YAML path, the line and column of the
