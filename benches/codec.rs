@@ -3,6 +3,7 @@
 //! socket read would be, and the decoder is called after each one).
 //!
 //! Run: `cargo bench --bench codec -- --warm-up-time 1 --measurement-time 2`
+#![allow(clippy::unwrap_used, clippy::panic)] // a harness: a failed step is a failed run
 
 use std::hint::black_box;
 

@@ -12,6 +12,7 @@
 //! `cargo bench --bench custody_backends -- [--connections 16] [--seconds 5] [--size 1024]
 //! [--runs 3]`. Without `--bench` (as `cargo test --all-targets` runs it) it is a short smoke
 //! run. Skips JetStream when `nats-server` is not on PATH. Timings are printed, never asserted.
+#![allow(clippy::unwrap_used, clippy::panic)] // a harness: a failed step is a failed run
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

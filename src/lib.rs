@@ -5,61 +5,72 @@
 //! message, and refuses whoever is not allowed. Payload bytes are relayed exactly; only the
 //! header segment is read.
 //!
-//! # Layout
-//!
-//! The path of one message, and the module that owns each step:
+//! # The path of one message
 //!
 //! ```text
-//! accept                                    listener.rs  (binds, admits, spawns; never slow)
-//!   peer address: allowlist, conn caps      policy.rs, limits.rs (refused -> reset before TLS, logged)
-//!   TLS handshake under a timeout           tls.rs       (in the connection's own task)
-//!   bytes -> frame                          link.rs + codec.rs (oversize / garbage -> defined outcome)
-//!   header view                             hl7.rs       (no header -> AR from ack.rs)
-//!   per-source rate                         limits.rs    (delay = backpressure, or AE)
-//!   rules: source, TLS identity, MSH fields rules.rs     (first match: allow/reject/drop/route)
-//!   deliver                                 dispatch.rs  (forward, or custody.rs -> queue.rs)
-//!   send frame, await ack, verify MSA-2     upstream.rs  (timeout -> connection closed; paced reconnects)
-//!     the ack timeout                       deadline_timer.rs (one timer per connection, not per message)
-//!   ack (relayed, or our own) -> sender     session.rs owns the loop end to end
+//! accept, admit before TLS               inbound/listener  (firewall/policy: allowlist; firewall/limits: caps)
+//!   TLS handshake under a timeout        tls/              (in the connection's own task)
+//!   bytes -> frame                       wire/link + wire/codec (oversize / garbage -> defined outcome)
+//!   header view                          wire/hl7          (no header -> AR built by wire/ack)
+//!   per-source rate                      firewall/limits   (delay = backpressure, or AE)
+//!   rules: source, TLS identity, MSH     firewall/rules    (first match: allow/reject/drop/route)
+//!   forward | custody                    dispatch          (custody/ -> queue/ or JetStream)
+//!   send frame, await ack, verify MSA-2  upstream/         (timeout -> connection closed; paced reconnects)
+//!   answer -> sender                     inbound/session owns the loop end to end (outcome::Answer)
+//!   one audit line                       ops/audit
 //! ```
 //!
-//! Custody (store-and-forward) splits the path: `custody.rs` appends the message to the route's
-//! `queue.rs` log through a group-commit thread and acks once it is durable; its drainer task
-//! later sends the queue upstream in order through `upstream.rs`. `operator.rs` serves
-//! `mllp-guard queue ...`; `backoff.rs` is the jittered backoff both retry loops use. With
-//! `queue.backend: jetstream`, `jetstream.rs` replaces the log and the drainer: custody publishes
-//! to a replicated NATS JetStream stream (ack after the PubAck) and every guard of the route
-//! pulls from one shared consumer with one message in flight.
+//! Custody (store-and-forward) splits the path: `custody/` appends the message to the route's
+//! `queue/` log through a group-commit thread and acks once it is durable; its drainer later
+//! sends the queue upstream in order through `upstream/`. With `queue.backend: jetstream`,
+//! `custody/jetstream.rs` replaces the log and the drainer: custody publishes to a replicated
+//! NATS JetStream stream (ack after the PubAck) and every guard of the route pulls from one
+//! shared consumer with one message in flight.
 //!
-//! Around it: `config.rs` turns YAML into a validated, typed [`config::Config`] (every error with
-//! its location); `app.rs` builds the routes, binds them and drains on shutdown; `net.rs` holds
-//! socket tuning and the plain/TLS stream; `tls.rs` (with `pki.rs` for PKCS#12, encrypted keys
-//! and CRLs) builds the rustls configurations and TLS policy; `egress.rs` opens SOCKS5 / HTTP
-//! CONNECT tunnels to upstreams; `peer/` has the `send` and `sink` tools; `demo.rs`
-//! the quick start; `log_format.rs` the log line formats (the audit line is written once per
-//! message, so its cost is on the data path); `main.rs` the command line.
+//! # Layout
 //!
-//! Pure modules (no sockets, files or clock): `codec`, `hl7`, `ack`, `policy`, `rules`,
-//! `backoff`, and `config` apart from reading the files it names.
+//! Folders in the order a message meets them; each module's own doc says what it owns and what
+//! it must not know. No file imports one that imports it back (`.ci/house.py` checks).
+//!
+//! ```text
+//! main.rs            the command line (clap) and exit codes
+//! config/            YAML -> raw serde mirror -> validator (every error, file:line:col) -> typed model
+//! app.rs             the supervisor: build routes from a Config, bind all, reload, drain on SIGTERM
+//! reload.rs          watching the config and certificate files; SIGHUP
+//! route.rs           one route as it runs: RouteContext, SharedContext, Peer
+//! net/               sockets: bind, tuning and the plain/TLS Stream (mod), PROXY protocol, egress proxies
+//! tls/               rustls configs from PEM/PKCS#12 (pem, material, server, client), policy, verify, pki, peer
+//! inbound/           the sender's side: listener, dialer, session (one connection), two_way
+//! wire/              MLLP and HL7 bytes: codec, link, hl7 (MSH/MSA views), commit (release 2), ack
+//! firewall/          pure decisions: policy (allowlists), limits (caps, rates), rules (MSH rules)
+//! outcome.rs         the Answer a sender gets; Failure and Fault: which side failed, retry or not
+//! dispatch.rs        the junction: forward to the upstream or hand to custody; a session's Lanes
+//! custody/           accept (mod), duplicates, log (committer + drainer), jetstream, error, counters
+//! queue/             the durable log: doc and invariants (mod), store, format, log, recovery
+//! upstream/          the receiver's side: Upstream + pool (mod), connect, receivers, conn, error
+//! timing/            backoff (jittered retries) and deadline_timer (one timer per connection)
+//! ops/               admin HTTP, metrics, audit trail, log line formats (read handles, never drive)
+//! tools/             demo, effective (check --print), operator (queue ...), peer/ (send, sink)
+//! ```
+//!
+//! Pure (no sockets, files or clock): `wire` (but `ack::own_ack`, which reads the clock),
+//! `firewall`, `outcome`, `timing::backoff`, and `config` apart from reading the files it names.
 #![forbid(unsafe_code)]
 
 pub mod config;
-
 pub mod app;
 pub mod reload;
 pub mod route;
-
-pub mod custody;
-pub mod dispatch;
-pub mod firewall;
-pub mod inbound;
 pub mod net;
-pub mod outcome;
-pub mod queue;
 pub mod tls;
-pub mod upstream;
+pub mod inbound;
 pub mod wire;
-
-pub mod ops;
+pub mod firewall;
+pub mod outcome;
+pub mod dispatch;
+pub mod custody;
+pub mod queue;
+pub mod upstream;
 pub mod timing;
+pub mod ops;
 pub mod tools;

@@ -1,5 +1,6 @@
 //! The `mllp-guard` command line: `run`, `check`, `send`, `sink`, `demo`. Sets up logging and
 //! maps outcomes to exit codes (0 ok, 1 failure at run time, 2 invalid configuration or usage).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -494,7 +495,7 @@ fn summary(route: &mllp_guard::config::Route) -> String {
 }
 
 /// Certificates closer than this to their end date are warned about by `check`.
-const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// For `check`: every configured certificate (listener and upstream chains, CAs) with its end
 /// date, and every CRL with its next update; a `warning:` line for each certificate that
@@ -515,7 +516,7 @@ fn expiry_report(config: &Config, now: std::time::SystemTime) -> Vec<String> {
             blocks.push((format!("upstream {name}"), &tls.material));
         }
     }
-    let days = |d: std::time::Duration| d.as_secs() / 86_400;
+    let days = |d: Duration| d.as_secs() / 86_400;
     let mut lines = Vec::new();
     for (owner, material) in blocks {
         for cert in &material.certificates {
@@ -523,7 +524,7 @@ fn expiry_report(config: &Config, now: std::time::SystemTime) -> Vec<String> {
                 PemRole::TrustedCa => "trusted CA",
                 _ => "certificate",
             };
-            let until = mllp_guard::tls::pki::show_time(cert.dates.not_after);
+            let until = tls::pki::show_time(cert.dates.not_after);
             let head = format!(
                 "{owner} {what} \"{}\" ({})",
                 cert.path.display(),
@@ -546,11 +547,11 @@ fn expiry_report(config: &Config, now: std::time::SystemTime) -> Vec<String> {
             match crl.next_update {
                 Some(next) if next < now => lines.push(format!(
                     "warning: {head} is stale: its next update was due at {}",
-                    mllp_guard::tls::pki::show_time(next)
+                    tls::pki::show_time(next)
                 )),
                 Some(next) => lines.push(format!(
                     "{head} next update at {}",
-                    mllp_guard::tls::pki::show_time(next)
+                    tls::pki::show_time(next)
                 )),
                 None => lines.push(format!("{head} gives no next update")),
             }

@@ -23,7 +23,7 @@ use super::error::{position, serde_message, yaml_path_of, ConfigError, ConfigErr
 pub(super) type Text = Spanned<String>;
 
 /// Deserializes the raw tree, turning the first syntax or shape error into a [`ConfigError`].
-pub(super) fn parse_raw<T: serde::de::DeserializeOwned>(
+pub(super) fn parse_raw<T: de::DeserializeOwned>(
     text: &str,
     file: &Path,
 ) -> Result<T, ConfigErrors> {

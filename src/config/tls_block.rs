@@ -47,7 +47,7 @@ impl Validator<'_> {
                 problem => format!("file \"{written}\" {problem}"),
             },
             (TlsError::Pki { problem, .. }, Some(written)) => match problem {
-                crate::tls::pki::PkiProblem::Read(e) => self.io_message(written, e),
+                tls::pki::PkiProblem::Read(e) => self.io_message(written, e),
                 problem => format!("file \"{written}\" {problem}"),
             },
             (TlsError::KeyMismatch { .. }, Some(written)) => {
@@ -67,7 +67,7 @@ impl Validator<'_> {
     pub(super) fn server_tls(&mut self, p: &str, raw: &Spanned<RawServerTls>) -> Option<ServerTls> {
         let t = &raw.value;
         let cert = self.file(format!("{p}.cert"), &t.cert);
-        let pkcs12 = crate::tls::pki::is_pkcs12(Path::new(t.cert.value.trim()));
+        let pkcs12 = tls::pki::is_pkcs12(Path::new(t.cert.value.trim()));
         let key = match (&t.key, pkcs12) {
             (Some(k), false) => self.file(format!("{p}.key"), k),
             (None, true) => cert.clone(),
@@ -173,7 +173,7 @@ impl Validator<'_> {
         let pkcs12 = t
             .cert
             .as_ref()
-            .is_some_and(|c| crate::tls::pki::is_pkcs12(Path::new(c.value.trim())));
+            .is_some_and(|c| tls::pki::is_pkcs12(Path::new(c.value.trim())));
         let key = match (&t.key, pkcs12) {
             (Some(k), true) => {
                 self.error(

@@ -532,7 +532,7 @@ pub async fn depth(js: &jetstream::Context, stream_name: &str) -> Result<Depth, 
 }
 
 /// When a stored message was taken: its header, else the stream's own timestamp.
-fn enqueued_at(message: &async_nats::jetstream::message::StreamMessage) -> u64 {
+fn enqueued_at(message: &jetstream::message::StreamMessage) -> u64 {
     message
         .headers
         .get(HEADER_ENQUEUED)
@@ -563,12 +563,7 @@ pub async fn records(
             .await;
         let message = match found {
             Ok(message) => message,
-            Err(err)
-                if err.kind()
-                    == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-            {
-                break
-            }
+            Err(err) if err.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
             Err(err) => {
                 return Err(JetStreamError::Read {
                     stream: stream_name.to_string(),

@@ -59,7 +59,7 @@ enum Keeper {
         store: Arc<Mutex<Box<dyn Store>>>,
     },
     /// A NATS JetStream stream shared with the route's other guards.
-    JetStream(Arc<crate::custody::jetstream::Nats>),
+    JetStream(Arc<jetstream::Nats>),
 }
 
 /// A route's custody: its queue, committer, duplicate memory and drainer.
@@ -84,11 +84,7 @@ impl Custody {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Custody>, QueueError> {
         if let QueueBackend::JetStream(js) = &cfg.backend {
-            let nats = crate::custody::jetstream::Nats::new(
-                route.clone(),
-                (**js).clone(),
-                cfg.max_messages,
-            );
+            let nats = jetstream::Nats::new(route.clone(), (**js).clone(), cfg.max_messages);
             let custody = Arc::new(Custody {
                 route,
                 close_on_failure,
@@ -99,14 +95,14 @@ impl Custody {
                 cfg,
             });
             crate::ops::metrics::watch_queue(custody.clone());
-            let delivery = crate::custody::jetstream::DrainContext {
+            let delivery = jetstream::DrainContext {
                 upstream,
                 retry: custody.cfg.retry,
                 on_reply: custody.cfg.on_reply,
                 counters: custody.counters.clone(),
                 shutdown,
             };
-            tracker.spawn(crate::custody::jetstream::run(nats, delivery));
+            tracker.spawn(jetstream::run(nats, delivery));
             return Ok(custody);
         }
         let (log, recovery) = SegmentLog::open(&cfg.queue_dir, queue_limits(&cfg))?;
@@ -217,7 +213,7 @@ impl Custody {
                 }
             }
             Keeper::JetStream(nats) => {
-                let id = crate::custody::jetstream::message_id(header);
+                let id = jetstream::message_id(header);
                 match nats.publish(frame.payload_bytes(), &id, now_ms()).await {
                     Ok(duplicate) => {
                         if duplicate {

@@ -5,6 +5,6 @@
 //! Each takes facts (a peer address, a header view) and returns a decision; the inbound side
 //! acts on it. Must not know sockets, TLS or how a message is delivered.
 
-pub mod limits;
 pub mod policy;
+pub mod limits;
 pub mod rules;

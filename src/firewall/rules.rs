@@ -513,22 +513,34 @@ pub fn evaluate<'r>(rules: &'r [Rule], facts: &Facts<'_>) -> Decision<'r> {
 
 /// A fixed rule set touching every field and wildcard flavour (the example and more).
 fn fuzz_rule_set() -> Vec<Rule> {
-    let pats = |list: &[&str]| Some(list.iter().map(|s| Pattern::parse(s).unwrap()).collect());
+    let pats = |list: &[&str]| {
+        Some(
+            list.iter()
+                .map(|s| Pattern::parse(s).expect("a fixed pattern parses"))
+                .collect(),
+        )
+    };
     let ids = |list: &[&str]| {
         Some(
             list.iter()
-                .map(|s| Pattern::parse_identity(s).unwrap())
+                .map(|s| Pattern::parse_identity(s).expect("a fixed pattern parses"))
                 .collect(),
         )
     };
     let types = |list: &[&str]| {
         Some(
             list.iter()
-                .map(|s| MessageTypePattern::parse(s).unwrap())
+                .map(|s| MessageTypePattern::parse(s).expect("a fixed pattern parses"))
                 .collect(),
         )
     };
-    let nets = |list: &[&str]| Some(list.iter().map(|s| parse_network(s).unwrap()).collect());
+    let nets = |list: &[&str]| {
+        Some(
+            list.iter()
+                .map(|s| parse_network(s).expect("a fixed network parses"))
+                .collect(),
+        )
+    };
     let rule = |name: &str, matcher: RuleMatch, action: Action| Rule {
         name: name.into(),
         matcher,

@@ -130,13 +130,13 @@ fn count_accepted(ctx: &RouteContext, peer: SocketAddr) -> crate::ops::metrics::
 /// connection must be refused.
 async fn read_proxy_header(
     tcp: &mut TcpStream,
-    version: crate::net::proxy_protocol::Version,
+    version: net::proxy_protocol::Version,
     balancer: SocketAddr,
     ctx: &RouteContext,
     shutdown: &CancellationToken,
 ) -> Option<Origin> {
     let limit = ctx.route.handshake_timeout;
-    let read = tokio::time::timeout(limit, crate::net::proxy_protocol::read_header(tcp, version));
+    let read = tokio::time::timeout(limit, net::proxy_protocol::read_header(tcp, version));
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => return None,
         outcome = read => outcome,

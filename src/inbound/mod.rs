@@ -7,7 +7,7 @@
 //! Must not know how upstreams connect or how the queue stores: it hands each admitted message
 //! to [`crate::dispatch`].
 
-pub mod dialer;
 pub mod listener;
+pub mod dialer;
 pub mod session;
 pub mod two_way;

@@ -135,7 +135,7 @@ where
             while let Some(item) = lanes.next_from_receiver() {
                 messages += 1;
                 heard_from_sender(&mut last_read);
-                let conn = lanes.receiver().expect("the lane held a connection");
+                let Some(conn) = lanes.receiver() else { break };
                 // Boxed, like the rare paths below: they would otherwise size every session.
                 let relayed =
                     crate::inbound::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who);

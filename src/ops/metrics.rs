@@ -474,7 +474,7 @@ pub fn watch_queue(probe: Arc<dyn QueueProbe>) {
 struct QueueCollector;
 
 impl prometheus_client::collector::Collector for QueueCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let all: Vec<Arc<dyn QueueProbe>> =
             probes().lock().unwrap_or_else(|e| e.into_inner()).clone();
         let now_ms = std::time::SystemTime::now()
@@ -584,7 +584,7 @@ fn unix_seconds(t: std::time::SystemTime) -> f64 {
 }
 
 impl prometheus_client::collector::Collector for PkiCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let dates = pki_dates()
             .lock()
             .unwrap_or_else(|e| e.into_inner())

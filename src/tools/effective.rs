@@ -38,7 +38,7 @@ pub fn render(config: &Config) -> String {
     }
     key(w, 0, "routes");
     for r in &config.routes {
-        self::route(w, r);
+        route(w, r);
     }
     out
 }

@@ -152,7 +152,7 @@ impl Connector {
             }
         };
         let tcp = match &self.cfg.via {
-            Some(proxy) => crate::net::egress::connect(proxy, &target.host, target.port)
+            Some(proxy) => net::egress::connect(proxy, &target.host, target.port)
                 .await
                 .map_err(|reason| UpstreamError::Proxy {
                     proxy: proxy.to_string(),
@@ -169,7 +169,7 @@ impl Connector {
         let mut tcp = tcp;
         if let Some(version) = self.cfg.send_proxy_protocol {
             use tokio::io::AsyncWriteExt;
-            let header = crate::net::proxy_protocol::header(version, origin);
+            let header = net::proxy_protocol::header(version, origin);
             tcp.write_all(&header)
                 .await
                 .map_err(|source| UpstreamError::Connect {

@@ -59,7 +59,7 @@ pub struct PairedWith {
     /// The caller takes messages the receiver sends on its own.
     pub two_way: bool,
     /// The sender, for the PROXY header of a new connection.
-    pub origin: Option<crate::net::proxy_protocol::Origin>,
+    pub origin: Option<Origin>,
 }
 
 impl Upstream {

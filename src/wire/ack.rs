@@ -400,7 +400,7 @@ pub fn fuzz_build(data: &[u8]) {
 /// with an empty MSA-2. The session frames it for its side.
 pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
     let id = own_control_id();
-    let now = timestamp(std::time::SystemTime::now());
+    let now = timestamp(SystemTime::now());
     let payload = match header {
         Some(header) => build(header, code, text, &id, &now),
         None => build_without_header(code, text, &id, &now),
@@ -416,8 +416,8 @@ fn own_control_id() -> String {
     static START: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let start = *START.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() & 0xFFFF_FFFF)
             .unwrap_or(0)
     });

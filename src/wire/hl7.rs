@@ -571,8 +571,8 @@ pub fn printable(field: &[u8]) -> String {
 #[derive(Clone, Copy)]
 pub struct Printable<'a>(pub &'a [u8]);
 
-impl std::fmt::Display for Printable<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let field = &self.0[..self.0.len().min(64)];
         // Runs of printable ASCII go out whole; each other byte becomes '?'.
         for run in field.split_inclusive(|b| !(0x20..0x7F).contains(b)) {
@@ -580,7 +580,7 @@ impl std::fmt::Display for Printable<'_> {
                 Some((&last, rest)) if !(0x20..0x7F).contains(&last) => (rest, true),
                 _ => (run, false),
             };
-            f.write_str(std::str::from_utf8(text).map_err(|_| std::fmt::Error)?)?;
+            f.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)?;
             if odd {
                 f.write_str("?")?;
             }
@@ -589,8 +589,8 @@ impl std::fmt::Display for Printable<'_> {
     }
 }
 
-impl std::fmt::Debug for Printable<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.to_string())
     }
 }

@@ -6,8 +6,8 @@
 //! release 2's commit blocks; [`ack`] builds the acks the guard sends itself and checks a
 //! receiver's ack against its message. Must not know routes, peers, sockets or delivery.
 
-pub mod ack;
 pub mod codec;
-pub mod commit;
-pub mod hl7;
 pub mod link;
+pub mod hl7;
+pub mod commit;
+pub mod ack;

@@ -847,16 +847,16 @@ async fn jetstream_over_mutual_tls() {
     )
     .unwrap();
     let _server = Proc(
-        std::process::Command::new("nats-server")
+        Command::new("nats-server")
             .arg("-c")
             .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     eventually("nats-server listening", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await;
     let upstream = FakeUpstream::start(Behaviour::Ack).await;

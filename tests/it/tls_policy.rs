@@ -215,7 +215,7 @@ async fn min_version_1_3_refuses_tls_1_2_only_clients() {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(
-        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_file_iter(
+        <rustls_pki_types::CertificateDer<'_> as rustls_pki_types::pem::PemObject>::pem_file_iter(
             dir.path("ca.pem"),
         )
         .unwrap()

@@ -44,8 +44,8 @@ fn line(plain: bool, emit: impl FnOnce()) -> String {
 
 #[derive(Debug)]
 struct Outer(std::io::Error);
-impl std::fmt::Display for Outer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Outer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("outer failed")
     }
 }
@@ -164,8 +164,8 @@ fn records_from_the_log_crate_are_written_as_tracing_subscriber_writes_them() {
 #[test]
 fn terminal_control_characters_are_escaped_in_messages_and_displayed_values() {
     struct Shown(&'static str);
-    impl std::fmt::Display for Shown {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    impl fmt::Display for Shown {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str(self.0)
         }
     }

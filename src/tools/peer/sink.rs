@@ -180,7 +180,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // A closed stdout must not stop the sink: write errors are ignored, never a panic.
             use std::io::Write as _;
             let _ = writeln!(
-                std::io::stdout().lock(),
+                io::stdout().lock(),
                 "received {} ({} bytes) -> {}",
                 control_id,
                 frame.len(),

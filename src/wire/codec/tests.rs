@@ -719,7 +719,7 @@ fn encoded_corpus_messages_decode_to_the_same_payload_in_custom_framings() {
 fn with_a_one_byte_end_the_end_byte_alone_ends_the_frame() {
     let stx = framing(STX, &[ETX]);
     type Case<'a> = (&'a [u8], &'a [&'a [u8]], DecodeStats, bool);
-    let cases: [Case; 6] = [
+    let cases: [Case<'_>; 6] = [
         // What follows the end byte is outside the frame: noise, or a new start.
         (
             b"\x02abc\x03X\x02def\x03",
