@@ -4,7 +4,11 @@
 //! and turn any upstream failure into the route's chosen answer (a negative ack built here, or
 //! closing the sender's connection); it never invents a positive ack. **Custody**
 //! (store-and-forward): hand the message to [`crate::custody`], which stores it durably and
-//! answers for the upstream. Must not know sockets, TLS or peers.
+//! answers for the upstream.
+//!
+//! Owns the choice between the two, the answer a forward failure gets, and a session's [`Lanes`]
+//! (its own upstream connections, and what the receiver sends on them). Must not know sockets
+//! or TLS; of the sender it knows only the [`Origin`] a PROXY header towards the receiver names.
 
 use std::collections::HashMap;
 use std::sync::Arc;

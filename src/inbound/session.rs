@@ -4,11 +4,12 @@
 //!
 //! Owns the per-connection timeouts (a started frame must finish within `receive_timeout`; a
 //! quiet sender is closed after `idle_timeout`), the answers to frames that cannot be delivered
-//! (oversize, no readable header, rate limited, rejected by a rule), the per-message log line,
+//! (oversize, no readable header, rate limited, rejected by a rule), the per-message audit line,
 //! the framing of what it writes, MLLP release 2 commit blocks towards the sender, and stopping
 //! between messages on shutdown. On a paired forward route it also carries the other direction
-//! (see [`crate::inbound::two_way`]) and reopens an idle upstream connection at once when asked to. Must
-//! not know how upstreams connect or how delivery works.
+//! (see [`crate::inbound::two_way`]), watching the receiver through the [`Lanes`] dispatch
+//! gives it. Must not know how upstreams connect, which connection carries a message, or how
+//! delivery works: it asks [`crate::dispatch`] and writes the [`Answer`] it gets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
