@@ -1,0 +1,51 @@
+//! Custody on NATS JetStream (`queue.backend: jetstream`): a replicated store that several guards
+//! serving one route share, so losing a machine loses no acked message.
+//!
+//! Owns the mapping of custody's operations onto JetStream; must not know senders, sockets,
+//! ack bytes or the upstream's protocol (custody answers senders, [`crate::upstream`] delivers).
+//!
+//! # Layout in NATS (one stream per route)
+//!
+//! ```text
+//! stream <S>          subjects <S>.queue (pending messages) and <S>.dead (dead letters);
+//!                     retention work-queue (a message is removed once its consumer acks it),
+//!                     discard new (full = publishes refused, never a drop), file storage,
+//!                     replicas, max_bytes, max_msgs, duplicate_window from the config
+//! consumer mllp-guard durable pull consumer on <S>.queue: explicit ack, max_ack_pending 1,
+//!                     ack_wait = `takeover`, unlimited redeliveries
+//! headers             Nats-Msg-Id (dedup: MSH-3|MSH-4|MSH-10, %-escaped), Mllp-Enqueued-Ms,
+//!                     Mllp-Reason (dead letters only)
+//! ```
+//!
+//! # The guarantees and how they hold
+//!
+//! - **Never ack what is not stored**: [`Nats::publish`] returns `Ok` only with a PubAck, which
+//!   the stream leader sends after the message is committed by a quorum of its replicas. No
+//!   connection, an error or no PubAck within `publish_timeout` is an `Err` (a negative ack).
+//! - **In order, one in flight, exactly one drainer**: every guard pulls from the same durable
+//!   consumer, whose `max_ack_pending: 1` lets the server hand out the next message only after
+//!   the previous one is acked; a redelivery comes before anything newer. Whichever guard holds
+//!   the message is the route's drainer at that moment.
+//! - **Takeover**: the holder confirms progress (`+WPI`, waited for) every `takeover / 4` while
+//!   it delivers. A guard that dies stops confirming; after `takeover` the server redelivers the
+//!   message to another guard, which resumes from it (the first unacknowledged message). A
+//!   holder that cannot confirm progress abandons its delivery attempt before `takeover` has
+//!   passed since its last confirmation, so two guards never deliver at once.
+//! - **Retries**: a failed attempt is NAKed with the backoff as delay (the message stays the
+//!   one in flight); AE/AR follow `on_reply`; a dead letter is published (PubAck) to `<S>.dead`
+//!   before the message is acked off the queue.
+
+mod drain;
+mod error;
+mod inspect;
+mod nats;
+mod stream;
+
+pub use drain::{run, DrainContext};
+pub use error::{Cause, JetStreamError};
+pub use inspect::{depth, purge, records, replay, Depth};
+pub use nats::Nats;
+pub use stream::{connect, dead_subject, ensure_stream, message_id, queue_subject, CONSUMER};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+//! A route's JetStream custody in a running guard: the connection once it is ready, publishing
+//! for custody's `accept` (waiting, bounded, while the guard starts), and the depth last read
+//! for metrics. Must not know senders or how the drainer delivers.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use super::error::JetStreamError;
+use super::stream::{publish_confirmed, queue_subject, HEADER_ENQUEUED};
+use crate::config::JetStreamQueue;
+use crate::queue::QueueStats;
+
+pub(super) struct Ready {
+    pub(super) client: async_nats::Client,
+    pub(super) js: jetstream::Context,
+}
+
+/// A route's JetStream custody in a running guard: publishes for custody's `accept`, and (in
+/// [`run`]) the connection, the stream, the shared consumer and this guard's drainer.
+pub struct Nats {
+    pub(super) route: Arc<str>,
+    pub(super) cfg: JetStreamQueue,
+    pub(super) max_messages: u64,
+    pub(super) ready: OnceLock<Ready>,
+    /// Woken when `ready` is set.
+    pub(super) became_ready: tokio::sync::Notify,
+    /// Depth and dead letters as last read (for metrics); refreshed every few seconds.
+    pub(super) stats: Mutex<(QueueStats, u64)>,
+    pub(super) connected: AtomicBool,
+}
+
+impl Nats {
+    pub fn new(route: Arc<str>, cfg: JetStreamQueue, max_messages: u64) -> Arc<Nats> {
+        Arc::new(Nats {
+            route,
+            cfg,
+            max_messages,
+            ready: OnceLock::new(),
+            became_ready: tokio::sync::Notify::new(),
+            stats: Mutex::new((QueueStats::default(), 0)),
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    /// Stores one message: `Ok(duplicate)` once JetStream confirmed it (`duplicate`: the stream
+    /// already had this message id within its window), `Err(reason)` when it is not stored.
+    pub async fn publish(
+        &self,
+        payload: Bytes,
+        message_id: &str,
+        enqueued_at_ms: u64,
+    ) -> Result<bool, JetStreamError> {
+        let ready = match self.ready.get() {
+            Some(ready) => ready,
+            // Starting up: wait (bounded) for the connection and the stream.
+            None => {
+                let woken = self.became_ready.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                match self.ready.get() {
+                    Some(ready) => ready,
+                    None => {
+                        let _ = tokio::time::timeout(self.cfg.publish_timeout, woken).await;
+                        self.ready.get().ok_or(JetStreamError::NotReady)?
+                    }
+                }
+            }
+        };
+        if ready.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(JetStreamError::Down);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+        headers.insert(HEADER_ENQUEUED, enqueued_at_ms.to_string().as_str());
+        publish_confirmed(
+            &ready.js,
+            queue_subject(&self.cfg.stream),
+            headers,
+            payload,
+            self.cfg.publish_timeout,
+        )
+        .await
+        .map(|ack| ack.duplicate)
+    }
+
+    /// The last depth read, and dead letters.
+    pub fn stats(&self) -> (QueueStats, u64) {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether publishes can currently succeed (connected to NATS).
+    pub fn writable(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
