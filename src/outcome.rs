@@ -47,8 +47,11 @@ pub trait Fault: std::error::Error {
     /// reconnect); `false` when retrying soon cannot fix it.
     fn retry_helps(&self) -> bool;
     /// The negative ack the sender gets when this stops its message: AE (application error:
-    /// the guard or the receiver could not take it now) or AR (the message itself is refused).
-    fn ack(&self) -> AckCode;
+    /// the guard or the receiver could not take it now; the default) or AR (the message itself
+    /// is refused, so resending it is pointless).
+    fn ack(&self) -> AckCode {
+        AckCode::AE
+    }
 
     /// The failure as it travels with an answer: the label, the side, and the error's text.
     fn failure(&self) -> Failure {

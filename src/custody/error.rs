@@ -7,7 +7,6 @@ use std::sync::Arc;
 use super::jetstream::JetStreamError;
 use crate::outcome::{Fault, Side};
 use crate::queue::QueueError;
-use crate::wire::hl7::AckCode;
 
 /// Why a message was not taken into custody. The text follows "message not queued: " in the
 /// sender's negative ack and the log line.
@@ -56,10 +55,5 @@ impl Fault for NotQueued {
             NotQueued::Refused(_) | NotQueued::NotDurable(_) => true,
             NotQueued::JetStream(err) => err.retry_helps(),
         }
-    }
-
-    /// AE (CE in enhanced mode): the guard could not take the message now.
-    fn ack(&self) -> AckCode {
-        AckCode::AE
     }
 }

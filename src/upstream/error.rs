@@ -9,7 +9,6 @@ use std::time::Duration;
 use crate::outcome::{Fault, Side};
 use crate::wire::ack::AckMismatch;
 use crate::wire::commit::CommitError;
-use crate::wire::hl7::AckCode;
 
 /// Why an exchange with the upstream failed. The text is PHI-free: it becomes MSA-3 of the
 /// negative ack the sender receives.
@@ -90,11 +89,6 @@ impl Fault for UpstreamError {
     /// receiver may be back, answer in time or answer right on the next attempt.
     fn retry_helps(&self) -> bool {
         !self.is_permanent()
-    }
-
-    /// AE: the message may be fine; the receiver did not take it.
-    fn ack(&self) -> AckCode {
-        AckCode::AE
     }
 }
 

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use crate::outcome::{Fault, Side};
-use crate::wire::hl7::AckCode;
 
 /// What a JetStream operation can fail with. The texts are the ones logs and negative acks
 /// carry (PHI-free); the causes are the NATS client's own errors.
@@ -80,11 +79,6 @@ impl Fault for JetStreamError {
     /// Everything but an unreadable credentials file: NATS may be back, the stream elected.
     fn retry_helps(&self) -> bool {
         !matches!(self, JetStreamError::Credentials { .. })
-    }
-
-    /// AE: the message may be fine; the guard could not store it now.
-    fn ack(&self) -> AckCode {
-        AckCode::AE
     }
 }
 
