@@ -8,16 +8,16 @@
 //! # The path of one message
 //!
 //! ```text
-//! accept, admit before TLS               inbound/listener  (firewall/policy: allowlist; firewall/limits: caps)
-//!   TLS handshake under a timeout        tls/              (in the connection's own task)
-//!   bytes -> frame                       wire/link + wire/codec (oversize / garbage -> defined outcome)
-//!   header view                          wire/hl7          (no header -> AR built by wire/ack)
-//!   per-source rate                      firewall/limits   (delay = backpressure, or AE)
-//!   rules: source, TLS identity, MSH     firewall/rules    (first match: allow/reject/drop/route)
-//!   forward | custody                    dispatch          (custody/ -> queue/ or JetStream)
-//!   send frame, await ack, verify MSA-2  upstream/         (timeout -> connection closed; paced reconnects)
-//!   answer -> sender                     inbound/session owns the loop end to end (outcome::Answer)
-//!   one audit line                       ops/audit
+//! accept, admit before TLS             inbound/listener (firewall/policy, firewall/limits: caps)
+//!   TLS handshake under a timeout      tls/             (in the connection's own task)
+//!   bytes -> frame                     wire/link, wire/codec (oversize/garbage: defined outcome)
+//!   header view                        wire/hl7         (no header -> AR built by wire/ack)
+//!   per-source rate                    firewall/limits  (delay = backpressure, or AE)
+//!   rules: source, TLS identity, MSH   firewall/rules   (first match: allow/reject/drop/route)
+//!   forward | custody                  dispatch         (custody/ -> queue/ or JetStream)
+//!   send frame, await ack, check MSA-2 upstream/        (timeout closes; paced reconnects)
+//!   answer -> sender                   inbound/session  (owns the loop; outcome::Answer)
+//!   one audit line                     ops/audit
 //! ```
 //!
 //! Custody (store-and-forward) splits the path: `custody/` appends the message to the route's
@@ -33,24 +33,24 @@
 //! it must not know. No file imports one that imports it back (`.ci/house.py` checks).
 //!
 //! ```text
-//! main.rs            the command line (clap) and exit codes
-//! config/            YAML -> raw serde mirror -> validator (every error, file:line:col) -> typed model
-//! app.rs             the supervisor: build routes from a Config, bind all, reload, drain on SIGTERM
-//! reload.rs          watching the config and certificate files; SIGHUP
-//! route.rs           one route as it runs: RouteContext, SharedContext, Peer
-//! net/               sockets: bind, tuning and the plain/TLS Stream (mod), PROXY protocol, egress proxies
-//! tls/               rustls configs from PEM/PKCS#12 (pem, material, server, client), policy, verify, pki, peer
-//! inbound/           the sender's side: listener, dialer, session (one connection), two_way
-//! wire/              MLLP and HL7 bytes: codec, link, hl7 (MSH/MSA views), commit (release 2), ack
-//! firewall/          pure decisions: policy (allowlists), limits (caps, rates), rules (MSH rules)
-//! outcome.rs         the Answer a sender gets; Failure and Fault: which side failed, retry or not
-//! dispatch.rs        the junction: forward to the upstream or hand to custody; a session's Lanes
-//! custody/           accept (mod), duplicates, log (committer + drainer), jetstream, error, counters
-//! queue/             the durable log: doc and invariants (mod), store, format, log, recovery
-//! upstream/          the receiver's side: Upstream + pool (mod), connect, receivers, conn, error
-//! timing/            backoff (jittered retries) and deadline_timer (one timer per connection)
-//! ops/               admin HTTP, metrics, audit trail, log line formats (read handles, never drive)
-//! tools/             demo, effective (check --print), operator (queue ...), peer/ (send, sink)
+//! main.rs      the command line (clap) and exit codes
+//! config/      YAML -> raw serde mirror -> validator (every error, file:line:col) -> typed model
+//! app.rs       the supervisor: build routes from a Config, bind all, reload, drain on SIGTERM
+//! reload.rs    watching the config and certificate files; SIGHUP
+//! route.rs     one route as it runs: RouteContext, SharedContext, Peer
+//! net/         sockets: bind, tuning, the plain/TLS Stream; PROXY protocol; egress proxies
+//! tls/         rustls configs from PEM/PKCS#12, policy, verifiers, CRLs, who the peer is
+//! inbound/     the sender's side: listener, dialer, session (one connection), two_way
+//! wire/        MLLP and HL7 bytes: codec, link, hl7 (MSH/MSA views), commit (release 2), ack
+//! firewall/    pure decisions: policy (allowlists), limits (caps, rates), rules (MSH rules)
+//! outcome.rs   the Answer a sender gets; Failure and Fault: which side failed, retry or not
+//! dispatch.rs  the junction: forward to the upstream or hand to custody; a session's Lanes
+//! custody/     accept (mod), duplicates, log (committer + drainer), jetstream/, error, counters
+//! queue/       the durable log: doc and invariants (mod), store, format, log, recovery
+//! upstream/    the receiver's side: Upstream and its pool (mod), connect, receivers, conn, error
+//! timing/      backoff (jittered retries), deadline_timer (one timer per connection)
+//! ops/         admin HTTP, metrics, audit trail, log line formats (read handles, never drive)
+//! tools/       demo, effective (check --print), operator (queue ...), peer/ (send, sink)
 //! ```
 //!
 //! Pure (no sockets, files or clock): `wire` (but `ack::own_ack`, which reads the clock),

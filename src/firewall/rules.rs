@@ -3,7 +3,7 @@
 //! # What this module owns
 //! - The value patterns of the `rules:` contract: [`Pattern`] (exact, or with `*` wildcards),
 //!   [`MessageTypePattern`] (`TYPE^TRIGGER` on MSH-9), peer networks for `source`.
-//! - [`RuleMatch`], [`Rule`] and [`Action`], built by `config.rs` from the YAML.
+//! - [`RuleMatch`], [`Rule`] and [`Action`], built by [`crate::config`] from the YAML.
 //! - [`evaluate`]: the first rule whose match holds decides; a list with no matching rule (or no
 //!   rules at all) allows the message. A security policy that wants "deny unless allowed" ends its
 //!   list with a catch-all rule without `match` (`- { name: default, action: reject }`).

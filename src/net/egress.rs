@@ -5,9 +5,10 @@
 //! Returns a plain `TcpStream` that is already connected through to the target, so whatever runs
 //! over it (MLLP, or TLS end to end with the upstream's SNI and verification) is unchanged.
 //!
-//! Must not know TLS, MLLP, routes or retry policy: the caller (`upstream.rs`) decides timeouts,
-//! socket options and what a failure means for the sender. The target host name is sent to
-//! the proxy as a name (not resolved here), so the proxy resolves it as its network sees it.
+//! Must not know TLS, MLLP, routes or retry policy: the caller ([`crate::upstream`]) decides
+//! timeouts, socket options and what a failure means for the sender. The target host name is
+//! sent to the proxy as a name (not resolved here), so the proxy resolves it as its network
+//! sees it.
 //! Passwords never reach `Debug` or logs.
 
 use std::fmt;

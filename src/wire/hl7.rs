@@ -11,7 +11,7 @@
 //!
 //! # What it must not know
 //! No I/O, no clock, no allocation on the parse path. It does not know MLLP framing, rules, or how
-//! acks are built (that is `ack.rs`). It parses nothing past the header except the MSA segment of an
+//! acks are built (that is [`crate::wire::ack`]). It parses nothing past the header except the MSA segment of an
 //! ack: payload bytes are relayed exactly, never decoded (legacy encodings such as ISO-8859-1 are
 //! normal, so nothing here assumes UTF-8).
 //!
