@@ -20,8 +20,8 @@
 //! [`jetstream`] (publish with PubAck; a shared consumer drains); accepting, duplicates and acks
 //! stay here.
 //!
-//! Files: this one accepts (and answers); [`duplicates`] remembers the acks given; [`log`] holds
-//! the embedded log's committer and drainer; [`jetstream`] the JetStream backend; [`error`] why a
+//! Files: this one accepts (and answers); `duplicates` remembers the acks given; `log` holds
+//! the embedded log's committer and drainer; [`jetstream`] the JetStream backend; `error` why a
 //! message was not queued; [`counters`] what both backends count.
 
 pub mod counters;

@@ -9,8 +9,8 @@
 //! awaited are set aside for the session instead of being taken for the ack. Must not know
 //! about downstream peers or admission policy.
 //!
-//! The files, in the order an exchange uses them: [`connect`] (the gate, TCP, proxy, TLS),
-//! [`receivers`] (accept mode), [`conn`] (one connection, one round trip), [`error`] (what
+//! The files, in the order an exchange uses them: `connect` (the gate, TCP, proxy, TLS),
+//! `receivers` (accept mode), `conn` (one connection, one round trip), `error` (what
 //! failed and whether retrying helps); this file holds the route's `Upstream`: the pool, the
 //! exchange with its one retry on a fresh connection, and idle handling.
 

@@ -20,7 +20,7 @@ pub(super) struct Ready {
 }
 
 /// A route's JetStream custody in a running guard: publishes for custody's `accept`, and (in
-/// [`run`]) the connection, the stream, the shared consumer and this guard's drainer.
+/// [`run`](super::run)) the connection, the stream, the shared consumer and this guard's drainer.
 pub struct Nats {
     pub(super) route: Arc<str>,
     pub(super) cfg: JetStreamQueue,
