@@ -30,7 +30,7 @@ use crate::timing::deadline_timer::DeadlineTimer;
 use crate::wire::ack::own_ack;
 use crate::wire::codec::{Decoded, Frame};
 use crate::wire::commit::{self, Commit};
-use crate::wire::hl7::{AckCode, Header};
+use crate::wire::hl7::{self, AckCode, Ambiguity, Header};
 use crate::wire::link::{Link, MAX_SET_ASIDE};
 
 /// Why a session ended (for the close log line).
@@ -378,6 +378,19 @@ async fn handle_message(
             return Answer::refused(own_ack(None, AckCode::AR, &text), AckCode::AR, "rejected");
         }
     };
+    // One reading: a header a receiver could read differently is refused before any rule sees
+    // it. With a control byte in it, neither the ack nor the audit line repeats its fields.
+    if let Some(ambiguity) = hl7::ambiguity(frame.payload()) {
+        let text = format!("message rejected: {ambiguity}");
+        let detail = ambiguity.to_string();
+        let shown = match ambiguity {
+            Ambiguity::ControlByte(_) => None,
+            Ambiguity::MixedTerminators => Some(&header),
+        };
+        let problem = Some(("ambiguous_header", detail.as_str()));
+        audit(shown, "rejected", Some(AckCode::AR), None, problem);
+        return Answer::refused(own_ack(shown, AckCode::AR, &text), AckCode::AR, "rejected");
+    }
     let facts = Facts {
         peer: peer.ip(),
         identities: &who.identities,

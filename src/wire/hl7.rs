@@ -86,6 +86,39 @@ fn is_blank(b: u8) -> bool {
     matches!(b, b'\r' | b'\n' | b' ' | b'\t')
 }
 
+/// Why a message's header could be read two ways: the guard's rules would judge one reading
+/// while a receiver acts on another, so such a message is refused, never forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Ambiguity {
+    /// A control byte (NUL, VT, FS, TAB, ...) inside the header segment: receivers disagree on
+    /// whether it ends the field, the segment, the frame or nothing.
+    #[error("ambiguous header: control byte 0x{0:02X} inside the header segment")]
+    ControlByte(u8),
+    /// The header segment ends at a line feed while the message also uses carriage returns: a
+    /// receiver that ends segments only at CR reads the fields after the LF as part of the
+    /// header.
+    #[error(
+        "ambiguous header: the header segment ends at a line feed but the message also uses \
+         carriage returns (one segment terminator throughout: CR, CR LF or LF)"
+    )]
+    MixedTerminators,
+}
+
+/// Whether the header of `payload` (its first segment, as [`Header::parse`] reads it) could be
+/// read differently by a receiver. `None` for every message that uses one segment terminator
+/// throughout (CR, CR LF or LF) and has no control byte in its header.
+pub fn ambiguity(payload: &[u8]) -> Option<Ambiguity> {
+    let segment = first_segment(payload);
+    if let Some(&b) = segment.iter().find(|&&b| b < 0x20 || b == 0x7F) {
+        return Some(Ambiguity::ControlByte(b));
+    }
+    let rest = &payload[segment.len()..];
+    if rest.first() == Some(&b'\n') && memchr::memchr(b'\r', rest).is_some() {
+        return Some(Ambiguity::MixedTerminators);
+    }
+    None
+}
+
 /// The segment starting at the beginning of `bytes`, up to (not including) its `\r` or `\n`.
 fn first_segment(bytes: &[u8]) -> &[u8] {
     let end = memchr::memchr2(b'\r', b'\n', bytes).unwrap_or(bytes.len());

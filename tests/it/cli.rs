@@ -29,7 +29,7 @@ fn guard_cmd() -> Command {
 }
 
 /// Starts `mllp-guard sink` and returns it with the address it printed.
-fn start_sink(args: &[&str]) -> (Proc, String) {
+pub fn start_sink(args: &[&str]) -> (Proc, String) {
     let mut child = guard_cmd()
         .arg("sink")
         .args(args)

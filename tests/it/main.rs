@@ -11,6 +11,7 @@ mod firewall;
 mod harness;
 mod jetstream;
 mod nats;
+mod one_reading;
 mod pki;
 mod proxy_protocol;
 mod python_hl7;

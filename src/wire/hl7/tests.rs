@@ -517,3 +517,30 @@ fn fuzz_entry_holds_on_every_prefix_of_a_header_and_an_ack() {
         }
     }
 }
+
+#[test]
+fn a_header_is_ambiguous_with_a_control_byte_or_mixed_terminators() {
+    let ok = |p: &[u8]| assert_eq!(ambiguity(p), None, "{:?}", String::from_utf8_lossy(p));
+    ok(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\rPID|1\r");
+    ok(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\r\nPID|1\r\n");
+    ok(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\nPID|1\n");
+    ok(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5");
+    // A stray LF after the last CR segment is outside the header: still one reading of it.
+    ok(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\rPID|1\r\n");
+    assert_eq!(
+        ambiguity(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1\n|T|2.5\rPID|1\r"),
+        Some(Ambiguity::MixedTerminators)
+    );
+    assert_eq!(
+        ambiguity(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1\nPID|1\rOBX|1\r"),
+        Some(Ambiguity::MixedTerminators)
+    );
+    for b in [0x00u8, 0x01, 0x09, 0x0B, 0x1C, 0x1F, 0x7F] {
+        let mut p = b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P".to_vec();
+        p.push(b);
+        p.extend_from_slice(b"|2.5\rPID|1\r");
+        assert_eq!(ambiguity(&p), Some(Ambiguity::ControlByte(b)));
+    }
+    // Control bytes after the header are the payload's business, not the header's.
+    ok(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\rOBX|1|TX|||a\x01b\r");
+}
