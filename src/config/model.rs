@@ -148,6 +148,10 @@ pub struct Route {
     /// `limits`: per-source rate limits and caps (all off by default). `limits.handshake_timeout`
     /// sets [`Route::handshake_timeout`].
     pub limits: RateLimits,
+    /// `multiple_messages`: a frame that holds more than one MSH outside an FHS/BHS batch is
+    /// refused with AR (`refuse`, the default), or each of its messages is checked by the rules
+    /// and audited and the frame is refused if any is (`inspect`).
+    pub multiple_messages: MultipleMessages,
 }
 
 /// Who opens the connection on the sender side (exactly one of `listen` and `dial`).
@@ -436,6 +440,17 @@ impl Default for OnReply {
             ar: DEFAULT_ON_REPLY_AR,
         }
     }
+}
+
+/// What a route does with a frame that holds several messages outside a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MultipleMessages {
+    /// `refuse`: AR, nothing forwarded (the rules would see only the first message).
+    #[default]
+    Refuse,
+    /// `inspect`: every message is checked by the rules and audited; the frame is forwarded
+    /// whole only when all of them are allowed.
+    Inspect,
 }
 
 /// What a sender gets when its message cannot be delivered upstream.

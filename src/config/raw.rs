@@ -95,6 +95,7 @@ pub(super) struct RawRoute {
     pub(super) framing: Option<Spanned<RawFraming>>,
     pub(super) rules: Option<Spanned<RawRules>>,
     pub(super) limits: Option<Spanned<RawLimits>>,
+    pub(super) multiple_messages: Option<Text>,
 }
 
 #[derive(Deserialize)]

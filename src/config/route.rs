@@ -13,15 +13,15 @@ use serde_saphyr::Spanned;
 
 use super::firewall::UpstreamNames;
 use super::model::{
-    Connections, Delivery, MllpRelease, OnUpstreamFailure, ReceiverRole, Route, SenderRole,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
+    Connections, Delivery, MllpRelease, MultipleMessages, OnUpstreamFailure, ReceiverRole, Route,
+    SenderRole, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RECEIVE_TIMEOUT,
 };
 use super::raw::{RawFraming, RawRoute};
 use super::scalars::{
     parse_bool, parse_byte, parse_count, parse_duration, parse_frame_size, parse_listen,
-    parse_on_upstream_failure, parse_positive_duration, parse_proxy_version, parse_release,
-    parse_route_name, parse_upstream_address,
+    parse_multiple_messages, parse_on_upstream_failure, parse_positive_duration,
+    parse_proxy_version, parse_release, parse_route_name, parse_upstream_address,
 };
 use super::validator::Validator;
 use crate::firewall::policy::Allowlist;
@@ -194,6 +194,12 @@ impl Validator<'_> {
             OnUpstreamFailure::Nack,
             parse_on_upstream_failure,
         );
+        let multiple_messages = self.value(
+            format!("{p}.multiple_messages"),
+            &r.multiple_messages,
+            MultipleMessages::Refuse,
+            parse_multiple_messages,
+        );
         let upstream = self.upstream(&format!("{p}.upstream"), &r.upstream);
         // A bad `max_message_bytes` is reported already; comparing the queue with it would
         // add a second error about the fallback value.
@@ -253,6 +259,7 @@ impl Validator<'_> {
             release,
             rules,
             limits,
+            multiple_messages,
         }
     }
 

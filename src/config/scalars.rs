@@ -13,8 +13,8 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 
 use super::model::{
-    AckMode, Connections, IdleReopen, MllpRelease, OnUpstreamFailure, ReplyAction, UpstreamAddress,
-    GIB, KIB,
+    AckMode, Connections, IdleReopen, MllpRelease, MultipleMessages, OnUpstreamFailure,
+    ReplyAction, UpstreamAddress, GIB, KIB,
 };
 
 /// Bounds of `max_message_bytes` and `max_ack_bytes`.
@@ -197,6 +197,16 @@ pub(super) fn parse_reply_action(s: &str) -> Result<ReplyAction, String> {
         "accept" => Ok(ReplyAction::Accept),
         _ => Err(format!(
             "must be `retry` (send it again after backoff), `dead-letter` (move it to the route's dead-letter store) or `accept` (count it as delivered), not \"{s}\""
+        )),
+    }
+}
+
+pub(super) fn parse_multiple_messages(s: &str) -> Result<MultipleMessages, String> {
+    match s.trim() {
+        "refuse" => Ok(MultipleMessages::Refuse),
+        "inspect" => Ok(MultipleMessages::Inspect),
+        _ => Err(format!(
+            "must be `refuse` (answer AR to a frame holding several messages outside a batch) or `inspect` (check every message of it with the rules), not \"{s}\""
         )),
     }
 }

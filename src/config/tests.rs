@@ -125,6 +125,7 @@ fn the_contract_example_parses_into_typed_values() {
     assert_eq!(route.idle_timeout, None);
     assert_eq!(route.handshake_timeout, Duration::from_secs(10));
     assert_eq!(route.on_upstream_failure, OnUpstreamFailure::Nack);
+    assert_eq!(route.multiple_messages, MultipleMessages::Refuse);
     let up = &route.upstream;
     assert_eq!(
         up.role,
@@ -221,6 +222,7 @@ routes:
     idle_timeout: 5m
     handshake_timeout: 750ms
     on_upstream_failure: close
+    multiple_messages: inspect
     upstream:
       address: "[2001:db8::7]:2575"
       connections: 1
@@ -242,6 +244,7 @@ routes:
     assert_eq!(r.idle_timeout, Some(Duration::from_secs(300)));
     assert_eq!(r.handshake_timeout, Duration::from_millis(750));
     assert_eq!(r.on_upstream_failure, OnUpstreamFailure::Close);
+    assert_eq!(r.multiple_messages, MultipleMessages::Inspect);
     let up = &r.upstream;
     assert_eq!(up.role.address().unwrap().host, "2001:db8::7");
     assert_eq!(up.role.address().unwrap().to_string(), "[2001:db8::7]:2575");
@@ -319,7 +322,7 @@ fn an_unknown_key_is_named_with_a_suggestion_and_the_valid_keys() {
     let yaml = MINIMAL.replace("listen:", "listne:");
     assert_eq!(
         errors(&yaml),
-        "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, transparent, proxy_protocol, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits"
+        "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, transparent, proxy_protocol, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits, multiple_messages"
     );
 }
 
@@ -1412,5 +1415,18 @@ fn an_unknown_framing_key_lists_the_valid_ones() {
     assert_eq!(
         errors(&yaml),
         "guard.yaml:7:29: routes[0].framing.stop: unknown key `stop`; valid keys here: start, end, release"
+    );
+}
+
+#[test]
+fn multiple_messages_is_refuse_or_inspect() {
+    let yaml = "routes:\n  - name: lab\n    listen: 127.0.0.1:0\n    allow: [any]\n    multiple_messages: split\n    upstream: { address: 127.0.0.1:1 }\n";
+    let err = Config::parse(yaml, Path::new("guard.yaml"), Path::new("/"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("guard.yaml:5:24: routes[0].multiple_messages: must be `refuse`")
+            && err.contains("not \"split\""),
+        "{err}"
     );
 }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MllpRelease, OnLimit};
+use crate::config::{MllpRelease, MultipleMessages, OnLimit};
 use crate::dispatch::{Dispatch, Lanes};
 use crate::firewall::rules::{self, Decision, Facts};
 use crate::inbound::two_way::SenderLost;
@@ -28,9 +28,9 @@ use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
 use crate::wire::ack::own_ack;
-use crate::wire::codec::{Decoded, Frame};
+use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit::{self, Commit};
-use crate::wire::hl7::{self, AckCode, Ambiguity, Header};
+use crate::wire::hl7::{self, AckCode, Ambiguity, Header, HeaderKind};
 use crate::wire::link::{Link, MAX_SET_ASIDE};
 
 /// Why a session ended (for the close log line).
@@ -391,6 +391,44 @@ async fn handle_message(
         audit(shown, "rejected", Some(AckCode::AR), None, problem);
         return Answer::refused(own_ack(shown, AckCode::AR, &text), AckCode::AR, "rejected");
     }
+    // No smuggling across framings: bytes that frame messages on one side of the route (or of
+    // a named upstream a rule may pick) would cut this payload into frames no rule saw there.
+    let sender_framing = ctx.route.framing;
+    let receiver_framings = std::iter::once(ctx.route.upstream.framing)
+        .chain(ctx.named_upstreams.values().map(|u| u.config().framing));
+    for receiver_framing in receiver_framings {
+        if let Some(b) = Framing::smuggled_byte(frame.payload(), sender_framing, receiver_framing) {
+            let detail = b.to_string();
+            let problem = Some(("framing_bytes", detail.as_str()));
+            audit(Some(&header), "rejected", Some(AckCode::AR), None, problem);
+            let ack = own_ack(
+                Some(&header),
+                AckCode::AR,
+                &format!("message rejected: {detail}"),
+            );
+            return Answer::refused(ack, AckCode::AR, "rejected");
+        }
+    }
+    // Every message in a frame is seen: outside a batch, a second MSH is refused, or (inspect)
+    // judged by the rules like the first, and the frame goes on only if all of them may.
+    let others = if header.kind() == HeaderKind::Msh {
+        match later_messages_judged(ctx, frame, &header, who, &audit) {
+            Ok(others) => others,
+            Err(refusal) => return refusal,
+        }
+    } else {
+        Vec::new()
+    };
+    // The frame's outcome, on the first message's line and on each later one's (inspect).
+    let audit_frame = |outcome: &'static str,
+                       ack: Option<AckCode>,
+                       rule: Option<&str>,
+                       problem: Option<(&'static str, &str)>| {
+        audit(Some(&header), outcome, ack, rule, problem);
+        for other in &others {
+            audit(Some(other), outcome, ack, None, problem);
+        }
+    };
     let facts = Facts {
         peer: peer.ip(),
         identities: &who.identities,
@@ -404,20 +442,14 @@ async fn handle_message(
         }
         Decision::Reject { rule } => {
             crate::ops::metrics::rule_rejected(&ctx.name, rule);
-            audit(
-                Some(&header),
-                "rejected_by_rule",
-                Some(AckCode::AR),
-                Some(rule),
-                None,
-            );
+            audit_frame("rejected_by_rule", Some(AckCode::AR), Some(rule), None);
             let text = format!("rejected by rule {rule}");
             let ack = own_ack(Some(&header), AckCode::AR, &text);
             return Answer::refused(ack, AckCode::AR, "rejected_by_rule");
         }
         Decision::Drop { rule } => {
             crate::ops::metrics::rule_rejected(&ctx.name, rule);
-            audit(Some(&header), "dropped_by_rule", None, Some(rule), None);
+            audit_frame("dropped_by_rule", None, Some(rule), None);
             return Answer::Close(Failure {
                 side: Side::Sender,
                 reason: "dropped_by_rule",
@@ -447,15 +479,136 @@ async fn handle_message(
             ..
         } => {
             let problem = problem.as_ref().map(|p| (p.reason, p.detail.as_str()));
-            audit(Some(&header), outcome, Some(*code), None, problem);
+            audit_frame(outcome, Some(*code), None, problem);
         }
-        Answer::Silent { outcome, .. } => audit(Some(&header), outcome, None, None, None),
+        Answer::Silent { outcome, .. } => audit_frame(outcome, None, None, None),
         Answer::Close(problem) => {
             let detail = (problem.reason, problem.detail.as_str());
-            audit(Some(&header), "closed", None, None, Some(detail));
+            audit_frame("closed", None, None, Some(detail));
         }
     }
     answer
+}
+
+/// The messages after the first in a frame that is not a batch, judged as the route's
+/// `multiple_messages` says. `refuse`: the frame is answered AR. `inspect`: each later message
+/// needs a readable, unambiguous header and a rule decision that sends it where the first one
+/// goes; then `Ok` with their headers (for their audit lines), else the answer that refuses the
+/// whole frame (a drop rule closes the connection, as for a single message).
+fn later_messages_judged<'p>(
+    ctx: &RouteContext,
+    frame: &'p Frame,
+    first: &Header<'_>,
+    who: &Peer,
+    audit: &impl Fn(
+        Option<&Header<'_>>,
+        &'static str,
+        Option<AckCode>,
+        Option<&str>,
+        Option<(&'static str, &str)>,
+    ),
+) -> Result<Vec<Header<'p>>, Answer> {
+    let mut later = hl7::later_messages(frame.payload()).peekable();
+    if later.peek().is_none() {
+        return Ok(Vec::new());
+    }
+    let refuse = |detail: String, rule: Option<&str>| {
+        audit(
+            Some(first),
+            "rejected",
+            Some(AckCode::AR),
+            rule,
+            Some(("multiple_messages", &detail)),
+        );
+        let ack = own_ack(
+            Some(first),
+            AckCode::AR,
+            &format!("message rejected: {detail}"),
+        );
+        Answer::refused(ack, AckCode::AR, "rejected")
+    };
+    if ctx.route.multiple_messages == MultipleMessages::Refuse {
+        let count = 1 + later.count();
+        return Err(refuse(
+            format!("the frame holds {count} messages outside a batch (FHS/BHS); send one message per frame"),
+            None,
+        ));
+    }
+    let destination = |decision: &Decision<'_>| match decision {
+        Decision::Route { upstream, .. } => Some(upstream.to_string()),
+        _ => None,
+    };
+    let judge = |header: &Header<'_>| {
+        let facts = Facts {
+            peer: who.addr.ip(),
+            identities: &who.identities,
+            header,
+        };
+        match rules::evaluate(&ctx.route.rules, &facts) {
+            Decision::Reject { rule } => Judged::Reject(rule.to_string()),
+            Decision::Drop { rule } => Judged::Drop(rule.to_string()),
+            decision => Judged::Goes(destination(&decision)),
+        }
+    };
+    let first_goes = match judge(first) {
+        Judged::Goes(to) => to,
+        // The first message's own refusal is answered by the caller, as for any message.
+        Judged::Reject(_) | Judged::Drop(_) => return Ok(Vec::new()),
+    };
+    let mut headers = Vec::new();
+    for (i, payload) in later.enumerate() {
+        let n = i + 2;
+        let header = match Header::parse(payload) {
+            Ok(header) => header,
+            Err(err) => return Err(refuse(format!("message {n} of the frame: {err}"), None)),
+        };
+        if let Some(ambiguity) = hl7::ambiguity(payload) {
+            return Err(refuse(
+                format!("message {n} of the frame: {ambiguity}"),
+                None,
+            ));
+        }
+        match judge(&header) {
+            Judged::Reject(rule) => {
+                crate::ops::metrics::rule_rejected(&ctx.name, &rule);
+                audit(
+                    Some(&header),
+                    "rejected_by_rule",
+                    Some(AckCode::AR),
+                    Some(&rule),
+                    None,
+                );
+                let detail = format!("message {n} of the frame was rejected by rule {rule}");
+                return Err(refuse(detail, Some(&rule)));
+            }
+            Judged::Drop(rule) => {
+                crate::ops::metrics::rule_rejected(&ctx.name, &rule);
+                audit(Some(&header), "dropped_by_rule", None, Some(&rule), None);
+                audit(Some(first), "dropped_by_rule", None, Some(&rule), None);
+                return Err(Answer::Close(Failure {
+                    side: Side::Sender,
+                    reason: "dropped_by_rule",
+                    detail: format!("message {n} of the frame was dropped by rule {rule}"),
+                    retry_helps: false,
+                }));
+            }
+            Judged::Goes(to) if to != first_goes => {
+                let detail =
+                    format!("message {n} of the frame would go to another upstream than the first");
+                return Err(refuse(detail, None));
+            }
+            Judged::Goes(_) => headers.push(header),
+        }
+    }
+    Ok(headers)
+}
+
+/// A rule decision on one message of a frame, owned (the rule outlives no borrow).
+enum Judged {
+    Reject(String),
+    Drop(String),
+    /// Allowed: to the route's upstream (`None`) or a named one.
+    Goes(Option<String>),
 }
 
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.

@@ -18,7 +18,7 @@ use crate::ops::audit;
 use crate::route::{Peer, RouteContext};
 use crate::upstream::UpstreamConn;
 use crate::wire::ack::own_ack;
-use crate::wire::codec::{Decoded, Frame};
+use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit::{self, Commit, CommitError};
 use crate::wire::hl7::{AckCode, AckView, Header};
 use crate::wire::link::{Link, MAX_SET_ASIDE};
@@ -105,6 +105,27 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(answer_receiver(ctx, conn, false, &ack).await);
         }
     };
+    // No smuggling across framings, this way too: the sender's side would cut the message at
+    // a byte that frames messages there.
+    let framings = (ctx.route.upstream.framing, ctx.route.framing);
+    if let Some(b) = Framing::smuggled_byte(frame.payload(), framings.0, framings.1) {
+        let detail = b.to_string();
+        let problem = Some(("framing_bytes", detail.as_str()));
+        audit(
+            Some(&header),
+            bytes,
+            frame.payload(),
+            "rejected",
+            AckCode::AR,
+            problem,
+        );
+        let ack = own_ack(
+            Some(&header),
+            AckCode::AR,
+            &format!("message rejected: {detail}"),
+        );
+        return Ok(answer_receiver(ctx, conn, false, &ack).await);
+    }
     let control_id = header.control_id();
     let (ack, committed) = match deliver(ctx, link, &frame, control_id).await {
         Ok(reply) => {

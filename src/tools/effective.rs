@@ -10,8 +10,8 @@ use std::fmt::{Display, Write as _};
 use std::time::Duration;
 
 use crate::config::{
-    AckMode, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, OnUpstreamFailure,
-    ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, UpstreamConfig,
+    AckMode, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, MultipleMessages,
+    OnUpstreamFailure, ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, UpstreamConfig,
 };
 use crate::firewall::rules::{Action, Rule};
 use crate::wire::codec::Framing;
@@ -75,6 +75,15 @@ fn route(w: &mut String, r: &Route) {
         match r.on_upstream_failure {
             OnUpstreamFailure::Nack => "nack",
             OnUpstreamFailure::Close => "close",
+        },
+    );
+    line(
+        w,
+        i,
+        "multiple_messages",
+        match r.multiple_messages {
+            MultipleMessages::Refuse => "refuse",
+            MultipleMessages::Inspect => "inspect",
         },
     );
     framing(w, i, r.framing, r.release);

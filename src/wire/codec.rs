@@ -49,7 +49,7 @@
 //! frame).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use memchr::{memchr, memchr2};
+use memchr::{memchr, memchr2, memchr3};
 
 /// MLLP start block (VT).
 pub const START_BLOCK: u8 = 0x0B;
@@ -188,11 +188,45 @@ impl Framing {
         &self.end[..usize::from(self.end_len)]
     }
 
+    /// When the two sides of a link frame differently: the first byte of `payload` that is the
+    /// start byte or the first end byte of either framing. Such a payload would be cut into
+    /// other frames by the side that reads those bytes as framing (one frame checked, two
+    /// delivered), so it must not cross. `None` when both sides frame alike: the decoder that
+    /// produced the payload already never leaves these bytes inside one.
+    pub fn smuggled_byte(
+        payload: &[u8],
+        sender: Framing,
+        receiver: Framing,
+    ) -> Option<SmuggledByte> {
+        if sender == receiver {
+            return None;
+        }
+        let (a, b) = (
+            [sender.start, sender.end[0]],
+            [receiver.start, receiver.end[0]],
+        );
+        let hit = memchr3(a[0], a[1], b[0], payload);
+        let hit = match (hit, memchr(b[1], payload)) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        hit.map(|i| SmuggledByte(payload[i]))
+    }
+
     /// Bytes a frame adds around its payload (3 for MLLP).
     fn overhead(&self) -> usize {
         1 + usize::from(self.end_len)
     }
 }
+
+/// A byte inside a payload that frames messages on one side of a link (see
+/// [`Framing::smuggled_byte`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the message holds the byte 0x{0:02X}, which frames messages on one side of this route; \
+     the other side would cut the message there"
+)]
+pub struct SmuggledByte(pub u8);
 
 impl std::fmt::Debug for Framing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -119,6 +119,47 @@ pub fn ambiguity(payload: &[u8]) -> Option<Ambiguity> {
     None
 }
 
+/// The messages after the first in `payload`: every later segment that starts a message header
+/// (`MSH` and a separator byte, right after a segment terminator) begins one, which runs up to
+/// the next. Nothing for a single message. A batch's messages are found the same way; whether a
+/// batch header (FHS/BHS) makes them legitimate is the caller's call.
+pub fn later_messages(payload: &[u8]) -> LaterMessages<'_> {
+    LaterMessages {
+        payload,
+        next: message_start_after(payload, 1),
+    }
+}
+
+/// The iterator of [`later_messages`].
+pub struct LaterMessages<'p> {
+    payload: &'p [u8],
+    next: Option<usize>,
+}
+
+impl<'p> Iterator for LaterMessages<'p> {
+    type Item = &'p [u8];
+
+    fn next(&mut self) -> Option<&'p [u8]> {
+        let start = self.next?;
+        self.next = message_start_after(self.payload, start + 3);
+        Some(&self.payload[start..self.next.unwrap_or(self.payload.len())])
+    }
+}
+
+/// Where the first message header at or after `from` starts (never at 0: that is the first).
+fn message_start_after(payload: &[u8], from: usize) -> Option<usize> {
+    let rest = payload.get(from..)?;
+    memchr::memmem::find_iter(rest, b"MSH")
+        .map(|i| from + i)
+        .find(|&at| {
+            at > 0
+                && matches!(payload[at - 1], b'\r' | b'\n')
+                && payload
+                    .get(at + 3)
+                    .is_some_and(|&b| !b.is_ascii_alphanumeric())
+        })
+}
+
 /// The segment starting at the beginning of `bytes`, up to (not including) its `\r` or `\n`.
 fn first_segment(bytes: &[u8]) -> &[u8] {
     let end = memchr::memchr2(b'\r', b'\n', bytes).unwrap_or(bytes.len());

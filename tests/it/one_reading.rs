@@ -1,7 +1,9 @@
-//! One reading of the header, through the binary (issue 25, finding 1): a header a receiver
+//! One reading, through the binary (issue 25, findings 1 and 2): a header a receiver
 //! could read differently from the guard (a line feed ending MSH in a message that uses carriage
 //! returns, a control byte inside MSH) is answered AR with the reason `ambiguous_header` and never
-//! reaches the receiver, while messages consistent in CR LF or LF are relayed byte-exact.
+//! reaches the receiver, while messages consistent in CR LF or LF are relayed byte-exact; and a
+//! second message in a frame (outside a batch) is refused, or with `multiple_messages: inspect`
+//! meets the rules and the audit trail like the first.
 
 use std::time::Duration;
 
@@ -21,21 +23,7 @@ fn msh(id: &str, rest: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_a_receiver_could_read_differently_is_refused_and_never_forwarded() {
     let dir = TestDir::new();
-    let saved = dir.path("saved");
-    let (_sink, sink_addr) = start_sink(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--save-dir",
-        saved.to_str().unwrap(),
-    ]);
-    let config = dir.path("guard.yaml");
-    let rules = "    rules:\n      - name: no-test-messages\n        match: { processing_id: [T] }\n        action: reject\n";
-    std::fs::write(
-        &config,
-        route_yaml(sink_addr.parse().unwrap(), rules, "", ""),
-    )
-    .unwrap();
-    let (_guard, listen, logs) = start_guard(&config);
+    let (_sink, _guard, listen, logs) = guard_with_sink(&dir, "");
     let mut client = Client::plain(listen.parse().unwrap()).await;
 
     // The guard would end MSH at the LF and see no MSH-11; a CR-only parser reads MSH-11 = T.
@@ -63,13 +51,7 @@ async fn a_header_a_receiver_could_read_differently_is_refused_and_never_forward
         (AckCode::AR, "rejected by rule no-test-messages")
     );
 
-    let mut got: Vec<Vec<u8>> = std::fs::read_dir(&saved)
-        .map(|entries| {
-            entries
-                .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut got = saved(&dir);
     got.sort();
     let mut expected = vec![
         corpus_bytes("14_crlf_terminators.hl7"),
@@ -81,17 +63,174 @@ async fn a_header_a_receiver_could_read_differently_is_refused_and_never_forward
         "the receiver got only the two consistent messages, byte-exact"
     );
 
-    // One audit line per refusal, with the reason; no control byte in any line.
-    let mut reasons = Vec::new();
+    // One audit line per refusal, with the reason (and no control byte in any line).
+    let lines = audit_lines(&logs);
+    let reasons: Vec<&str> = lines
+        .iter()
+        .filter(|(_, _, reason)| reason == "ambiguous_header")
+        .map(|(_, outcome, _)| outcome.as_str())
+        .collect();
+    assert_eq!(reasons, ["rejected", "rejected", "rejected"]);
+}
+
+/// A guard (through the binary) in front of a sink that saves what it gets, with a rule that
+/// rejects test messages (MSH-11 = T); `extra` adds route keys.
+fn guard_with_sink(
+    dir: &TestDir,
+    extra: &str,
+) -> (Proc, Proc, String, std::sync::mpsc::Receiver<String>) {
+    let saved = dir.path("saved");
+    let (sink, sink_addr) = start_sink(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--save-dir",
+        saved.to_str().unwrap(),
+    ]);
+    let config = dir.path("guard.yaml");
+    let rules = format!("{extra}    rules:\n      - name: no-test-messages\n        match: {{ processing_id: [T] }}\n        action: reject\n");
+    std::fs::write(
+        &config,
+        route_yaml(sink_addr.parse().unwrap(), &rules, "", ""),
+    )
+    .unwrap();
+    let (guard, listen, logs) = start_guard(&config);
+    (sink, guard, listen, logs)
+}
+
+fn saved(dir: &TestDir) -> Vec<Vec<u8>> {
+    std::fs::read_dir(dir.path("saved"))
+        .map(|entries| {
+            entries
+                .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The audit lines (`message` == "message") read so far, as (control id, outcome, reason);
+/// no log line may carry a control byte (a header's NUL or LF copied into the log).
+fn audit_lines(logs: &std::sync::mpsc::Receiver<String>) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
     while let Ok(line) = logs.recv_timeout(Duration::from_millis(500)) {
         assert!(
             !line.bytes().any(|b| b < 0x20),
             "a control byte in a log line: {line:?}"
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["message"] == "message" && v["reason"] == "ambiguous_header" {
-            reasons.push(v["outcome"].as_str().unwrap_or_default().to_string());
+        if v["message"] == "message" {
+            let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            out.push((field("control_id"), field("outcome"), field("reason")));
         }
     }
-    assert_eq!(reasons, ["rejected", "rejected", "rejected"]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_message_in_a_frame_is_refused_by_default() {
+    let dir = TestDir::new();
+    let (_sink, _guard, listen, logs) = guard_with_sink(&dir, "");
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    let mut two = msh("A1", b"P|2.5");
+    two.extend_from_slice(&msh("B1", b"T|2.5"));
+    let (code, id, text) = ack_of(&client.send(&two).await);
+    assert_eq!((code, id.as_str()), (AckCode::AR, "A1"));
+    assert!(text.contains("2 messages outside a batch"), "{text}");
+    // A batch file is one unit (its messages are the batch's), and goes on.
+    let (code, _, _) = ack_of(&client.send(&corpus_bytes("16_batch_file.hl7")).await);
+    assert_eq!(code, AckCode::AA);
+    assert!(
+        saved(&dir) == [corpus_bytes("16_batch_file.hl7")],
+        "only the batch reached the receiver"
+    );
+    let lines = audit_lines(&logs);
+    assert!(
+        lines.contains(&("A1".into(), "rejected".into(), "multiple_messages".into())),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_inspect_every_message_of_a_frame_meets_the_rules_and_is_audited() {
+    let dir = TestDir::new();
+    let (_sink, _guard, listen, logs) = guard_with_sink(&dir, "    multiple_messages: inspect\n");
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    // The second message is a test message: the whole frame is refused, nothing forwarded.
+    let mut smuggled = msh("A2", b"P|2.5");
+    smuggled.extend_from_slice(&msh("B2", b"T|2.5"));
+    let (code, id, text) = ack_of(&client.send(&smuggled).await);
+    assert_eq!((code, id.as_str()), (AckCode::AR, "A2"));
+    assert!(
+        text.contains("message 2 of the frame was rejected by rule no-test-messages"),
+        "{text}"
+    );
+    // Two allowed messages go on together, one audit line each.
+    let mut both = msh("A3", b"P|2.5");
+    both.extend_from_slice(&msh("B3", b"P|2.5"));
+    let (code, id, _) = ack_of(&client.send(&both).await);
+    assert_eq!((code, id.as_str()), (AckCode::AA, "A3"));
+    assert!(saved(&dir) == [both], "only the allowed frame, byte-exact");
+    let lines = audit_lines(&logs);
+    for expected in [
+        ("B2", "rejected_by_rule", ""),
+        ("A2", "rejected", "multiple_messages"),
+        ("A3", "forwarded", ""),
+        ("B3", "forwarded", ""),
+    ] {
+        let expected = (expected.0.into(), expected.1.into(), expected.2.into());
+        assert!(lines.contains(&expected), "{expected:?} in {lines:?}");
+    }
+}
+
+/// Sends `payload` framed as `framing` and reads one answer framed the same way.
+async fn exchange_framed(
+    tcp: &mut tokio::net::TcpStream,
+    framing: mllp_guard::wire::codec::Framing,
+    payload: &[u8],
+) -> Vec<u8> {
+    use mllp_guard::wire::codec::{encode_with, Decoded, Decoder};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(&encode_with(framing, payload)).await.unwrap();
+    let mut decoder = Decoder::with_framing(1 << 20, framing);
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some(Decoded::Frame(frame)) = decoder.decode(&mut buf) {
+            return frame.payload().to_vec();
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read_buf(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_cannot_smuggle_a_frame_past_the_rules_across_two_framings() {
+    use mllp_guard::wire::codec::Framing;
+    let dir = TestDir::new();
+    let (_sink, _guard, listen, logs) =
+        guard_with_sink(&dir, "    framing: { start: 0x02, end: [0x03] }\n");
+    let stx = Framing::new(0x02, &[0x03]).unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    // STX M(A,P) PID 1C 0D 0B M(B,T) PID ETX: an MLLP receiver would see two frames, the
+    // second never checked.
+    let mut smuggler = msh("A4", b"P|2.5");
+    smuggler.extend_from_slice(b"\x1c\r\x0b");
+    smuggler.extend_from_slice(&msh("B4", b"T|2.5"));
+    let (code, id, text) = ack_of(&exchange_framed(&mut tcp, stx, &smuggler).await);
+    assert_eq!((code, id.as_str()), (AckCode::AR, "A4"));
+    assert!(text.contains("0x1C"), "{text}");
+    // A clean message on the same connection is bridged to MLLP byte-exact.
+    let clean = msh("A5", b"P|2.5");
+    let (code, _, _) = ack_of(&exchange_framed(&mut tcp, stx, &clean).await);
+    assert_eq!(code, AckCode::AA);
+    assert!(
+        saved(&dir) == [clean],
+        "only the clean message reached the receiver"
+    );
+    let lines = audit_lines(&logs);
+    assert!(
+        lines.contains(&("A4".into(), "rejected".into(), "framing_bytes".into())),
+        "{lines:?}"
+    );
 }

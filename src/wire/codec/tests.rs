@@ -965,3 +965,29 @@ mod split_streams {
         }
     }
 }
+
+#[test]
+fn a_payload_with_either_sides_framing_bytes_is_caught_only_when_the_sides_differ() {
+    let stx = Framing::new(0x02, &[0x03]).unwrap();
+    let mllp = Framing::MLLP;
+    let clean = b"MSH|^~\\&|A\rPID|1\r";
+    assert_eq!(Framing::smuggled_byte(clean, stx, mllp), None);
+    assert_eq!(
+        Framing::smuggled_byte(b"MSH|A\x1c\r\x0bMSH|B", stx, mllp),
+        Some(SmuggledByte(0x1C))
+    );
+    assert_eq!(
+        Framing::smuggled_byte(b"MSH|A\x0bB", stx, mllp),
+        Some(SmuggledByte(0x0B))
+    );
+    assert_eq!(
+        Framing::smuggled_byte(b"MSH|A\x03B\x02", mllp, stx),
+        Some(SmuggledByte(0x03))
+    );
+    assert_eq!(
+        Framing::smuggled_byte(b"MSH|A\x02B", mllp, stx),
+        Some(SmuggledByte(0x02))
+    );
+    // Alike on both sides: nothing to smuggle past (the decoder keeps them out).
+    assert_eq!(Framing::smuggled_byte(b"MSH|A\x1cB", mllp, mllp), None);
+}

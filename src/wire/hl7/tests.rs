@@ -544,3 +544,20 @@ fn a_header_is_ambiguous_with_a_control_byte_or_mixed_terminators() {
     // Control bytes after the header are the payload's business, not the header's.
     ok(b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\rOBX|1|TX|||a\x01b\r");
 }
+
+#[test]
+fn later_messages_are_found_at_every_msh_segment_after_the_first() {
+    let one = b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\rPID|1|MSH|x\rOBX|1|TX|||MSHy\r";
+    assert_eq!(later_messages(one).count(), 0);
+    let two = b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|A|P|2.5\rPID|1\rMSH|^~\\&|A|B|C|D|2024||ADT^A01|B|T|2.5\rPID|1\r";
+    let later: Vec<&[u8]> = later_messages(two).collect();
+    assert_eq!(
+        later,
+        [&b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|B|T|2.5\rPID|1\r"[..]]
+    );
+    // LF terminators and another field separator per message; MSHX is not a header.
+    let three = b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|A|P|2.5\nMSHX|1\nMSH#^~\\&#A#B#C#D#2024##ADT^A01#B#P#2.5\nMSH|^~\\&|C\n";
+    assert_eq!(later_messages(three).count(), 2);
+    assert_eq!(later_messages(b"MSH").count(), 0);
+    assert_eq!(later_messages(b"").count(), 0);
+}
