@@ -30,7 +30,11 @@
 //!
 //! Components are split on the message's component separator (MSH-2's first character), so
 //! messages with a `#` field separator or custom encoding characters match like any other.
-//! Comparisons are byte for byte and case-sensitive, as HL7 values are.
+//! Values are compared the way the most lenient receiver reads them: after HL7 unescaping
+//! (`L\X41\B` is `LAB`), with ASCII letters in either case (`t` is `T`), and a field written
+//! with repetitions (`LAB~OTHER`) matches when any repetition does. (MSH-9, MSH-11 and MSH-12
+//! with a repetition, an escape or blanks never reach the rules: the session refuses them.)
+//! `tls_identity` patterns compare as written.
 //!
 //! # Wildcards
 //! In a value [`Pattern`], `*` stands for any run of bytes, including none: `2.5*` matches `2.5`
@@ -45,7 +49,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::wire::hl7::Header;
+use crate::wire::hl7::{unescaped, Header};
 
 // ---------------------------------------------------------------------------------------------
 // Patterns
@@ -61,6 +65,9 @@ pub struct Pattern {
     /// As written in the config (shown by `Debug` and `Display`).
     text: Box<str>,
     kind: PatternKind,
+    /// Value patterns compare ASCII letters without regard to case (a receiver that upper-cases
+    /// coded values reads `t` as `T`); identity patterns as written.
+    fold_case: bool,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -100,6 +107,7 @@ impl Pattern {
         Ok(Pattern {
             text: s.into(),
             kind,
+            fold_case: true,
         })
     }
 
@@ -118,7 +126,10 @@ impl Pattern {
             );
         }
         if s == "*" {
-            return Pattern::parse(s);
+            return Ok(Pattern {
+                fold_case: false,
+                ..Pattern::parse(s)?
+            });
         }
         let kind = match s.strip_prefix("*.") {
             Some(domain) if !domain.contains('*') && !domain.is_empty() && !domain.starts_with('.') => {
@@ -134,14 +145,20 @@ impl Pattern {
         Ok(Pattern {
             text: s.into(),
             kind,
+            fold_case: false,
         })
     }
 
     /// Whether `v` matches.
     pub fn matches(&self, v: &[u8]) -> bool {
+        let eq = if self.fold_case {
+            <[u8]>::eq_ignore_ascii_case
+        } else {
+            <[u8] as PartialEq>::eq
+        };
         match &self.kind {
-            PatternKind::Exact => v == self.text.as_bytes(),
-            PatternKind::Glob(parts) => glob_matches(parts, v),
+            PatternKind::Exact => eq(v, self.text.as_bytes()),
+            PatternKind::Glob(parts) => glob_matches(parts, v, eq),
             PatternKind::OneLabel(suffix) => v
                 .strip_suffix(&suffix[..])
                 .is_some_and(|label| !label.is_empty() && !label.contains(&b'.')),
@@ -172,16 +189,19 @@ fn check_no_controls(s: &str) -> Result<(), String> {
 /// `*`-only glob: the first part anchors at the start, the last at the end, the middle ones are
 /// found left to right in what is between (leftmost is always right when `*` is the only
 /// wildcard). No allocation, no backtracking.
-fn glob_matches(parts: &[Box<[u8]>], v: &[u8]) -> bool {
+fn glob_matches(parts: &[Box<[u8]>], v: &[u8], eq: fn(&[u8], &[u8]) -> bool) -> bool {
     let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
         return false;
     };
-    if v.len() < first.len() + last.len() || !v.starts_with(first) || !v.ends_with(last) {
+    if v.len() < first.len() + last.len()
+        || !eq(&v[..first.len()], first)
+        || !eq(&v[v.len() - last.len()..], last)
+    {
         return false;
     }
     let mut rest = &v[first.len()..v.len() - last.len()];
     for part in &parts[1..parts.len() - 1] {
-        match memchr::memmem::find(rest, part) {
+        match rest.windows(part.len()).position(|w| eq(w, part)) {
             Some(at) => rest = &rest[at + part.len()..],
             None => return false,
         }
@@ -376,8 +396,8 @@ impl RuleMatch {
     }
 }
 
-/// `None` holds; `Some(list)` holds when an entry matches the first component of the field
-/// `get` returns (called only then).
+/// `None` holds; `Some(list)` holds when an entry matches the first component of any repetition
+/// of the field `get` returns (called only then), as a parser reads it (unescaped).
 fn first_component_matches<'h>(
     list: &Option<Vec<Pattern>>,
     header: &Header<'h>,
@@ -385,10 +405,12 @@ fn first_component_matches<'h>(
 ) -> bool {
     match list {
         None => true,
-        Some(list) => {
-            let v = first_component(get(), header);
-            list.iter().any(|p| p.matches(v))
-        }
+        Some(list) => get()
+            .split(|&b| b == header.repetition_separator())
+            .any(|repetition| {
+                let v = unescaped(first_component(repetition, header), header);
+                list.iter().any(|p| p.matches(&v))
+            }),
     }
 }
 

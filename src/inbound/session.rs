@@ -27,7 +27,8 @@ use crate::ops::audit;
 use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
-use crate::wire::ack::own_ack;
+use crate::wire::ack::Condition::DataTypeError;
+use crate::wire::ack::{own_ack, own_ack_for};
 use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit::{self, Commit};
 use crate::wire::hl7::{self, AckCode, Ambiguity, Header, HeaderKind};
@@ -391,6 +392,16 @@ async fn handle_message(
         audit(shown, "rejected", Some(AckCode::AR), None, problem);
         return Answer::refused(own_ack(shown, AckCode::AR, &text), AckCode::AR, "rejected");
     }
+    // Values as the receiver reads them: a coded value (MSH-9, MSH-11, MSH-12) that lenient
+    // receivers read in different ways is malformed (AR, ERR-3 102 data type error).
+    if let Some(malformed) = header.malformed_coded_value() {
+        let detail = malformed.to_string();
+        let problem = Some(("malformed_header", detail.as_str()));
+        audit(Some(&header), "rejected", Some(AckCode::AR), None, problem);
+        let text = format!("message rejected: {malformed}");
+        let ack = own_ack_for(Some(&header), AckCode::AR, Some(DataTypeError), &text);
+        return Answer::refused(ack, AckCode::AR, "rejected");
+    }
     // No smuggling across framings: bytes that frame messages on one side of the route (or of
     // a named upstream a rule may pick) would cut this payload into frames no rule saw there.
     let sender_framing = ctx.route.framing;
@@ -565,6 +576,12 @@ fn later_messages_judged<'p>(
         if let Some(ambiguity) = hl7::ambiguity(payload) {
             return Err(refuse(
                 format!("message {n} of the frame: {ambiguity}"),
+                None,
+            ));
+        }
+        if let Some(malformed) = header.malformed_coded_value() {
+            return Err(refuse(
+                format!("message {n} of the frame: {malformed}"),
                 None,
             ));
         }

@@ -45,6 +45,22 @@ pub struct Nack<'r> {
 }
 
 /// The HL7 table 0357 error (code, text) written in ERR-3 for a negative ack code.
+/// An error condition (HL7 table 0357) for ERR-3 when the default of the ack code does not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// 102, Data type error: a value is not written as its data type allows (a repetition,
+    /// an escape or spaces in a coded header value).
+    DataTypeError,
+}
+
+impl Condition {
+    fn code(self) -> (&'static str, &'static str) {
+        match self {
+            Condition::DataTypeError => ("102", "Data type error"),
+        }
+    }
+}
+
 fn error_code(code: AckCode) -> Option<(&'static str, &'static str)> {
     match code {
         AckCode::AA | AckCode::CA => None,
@@ -147,7 +163,13 @@ impl<'e> Writer<'e> {
     }
 
     /// The MSA and (for negative codes) ERR segments.
-    fn msa_and_err(&mut self, code: AckCode, acked_control_id: &[u8], text: &str) -> &mut Self {
+    fn msa_and_err(
+        &mut self,
+        code: AckCode,
+        condition: Option<Condition>,
+        acked_control_id: &[u8],
+        text: &str,
+    ) -> &mut Self {
         self.segment(b"MSA")
             .next()
             .raw(code.as_str().as_bytes())
@@ -156,7 +178,11 @@ impl<'e> Writer<'e> {
             .next()
             .text(text)
             .end();
-        if let Some((number, name)) = error_code(code) {
+        let error = match (error_code(code), condition) {
+            (Some(_), Some(condition)) => Some(condition.code()),
+            (default, _) => default,
+        };
+        if let Some((number, name)) = error {
             self.segment(b"ERR")
                 .next()
                 .next()
@@ -203,6 +229,18 @@ pub fn build(
     ack_control_id: &str,
     timestamp: &str,
 ) -> Vec<u8> {
+    build_with(msg, code, None, text, ack_control_id, timestamp)
+}
+
+/// [`build`] with an explicit ERR-3 condition (negative codes only).
+pub fn build_with(
+    msg: &Header<'_>,
+    code: AckCode,
+    condition: Option<Condition>,
+    text: &str,
+    ack_control_id: &str,
+    timestamp: &str,
+) -> Vec<u8> {
     let mut w = Writer::new(msg.field_separator(), msg.encoding_characters(), 256);
     let trigger = match msg.kind() {
         HeaderKind::Msh => msg.trigger_event(),
@@ -236,7 +274,7 @@ pub fn build(
         .next()
         .raw(version)
         .end()
-        .msa_and_err(code, msg.control_id(), text);
+        .msa_and_err(code, condition, msg.control_id(), text);
     w.out
 }
 
@@ -266,7 +304,7 @@ pub fn build_without_header(
         .next()
         .raw(FALLBACK_VERSION.as_bytes())
         .end()
-        .msa_and_err(code, b"", text);
+        .msa_and_err(code, None, b"", text);
     w.out
 }
 
@@ -399,10 +437,20 @@ pub fn fuzz_build(data: &[u8]) {
 /// control id, ERR with `text` when negative), or, when the message has no readable header, one
 /// with an empty MSA-2. The session frames it for its side.
 pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
+    own_ack_for(header, code, None, text)
+}
+
+/// [`own_ack`] with an explicit ERR-3 condition for a message whose header was read.
+pub fn own_ack_for(
+    header: Option<&Header<'_>>,
+    code: AckCode,
+    condition: Option<Condition>,
+    text: &str,
+) -> Bytes {
     let id = own_control_id();
     let now = timestamp(SystemTime::now());
     let payload = match header {
-        Some(header) => build(header, code, text, &id, &now),
+        Some(header) => build_with(header, code, condition, text, &id, &now),
         None => build_without_header(code, text, &id, &now),
     };
     Bytes::from(payload)

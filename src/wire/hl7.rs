@@ -24,6 +24,7 @@
 //! Payloads carry patient data. The `Debug` impls here show only the header kind, MSH-9, MSH-10 and
 //! MSH-12 (and for an ack its MSA-1 and MSA-2), escaped and capped; never any other payload byte.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Which segment a payload starts with.
@@ -84,6 +85,66 @@ fn is_separator_byte(b: u8) -> bool {
 /// Blanks a payload may consist of and still count as empty.
 fn is_blank(b: u8) -> bool {
     matches!(b, b'\r' | b'\n' | b' ' | b'\t')
+}
+
+/// Why a coded header value is malformed (see [`Header::malformed_coded_value`]); the text
+/// names the field, never its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("{0} holds a repetition separator; HL7 allows one value there")]
+    Repetition(&'static str),
+    #[error("{0} holds an escape sequence; a coded value is written plainly")]
+    Escape(&'static str),
+    #[error("{0} has blanks around a value; write it without them")]
+    Blanks(&'static str),
+}
+
+/// A value as an HL7 parser reads it: the escape sequences `\F\ \S\ \T\ \R\ \E\ \P\` (written
+/// with the message's own escape character) become the separators they stand for and `\Xhh..\`
+/// the bytes it spells; any other escape (formatting, character sets) stays as written.
+/// Borrowed when the value holds no escape character.
+pub fn unescaped<'v>(value: &'v [u8], header: &Header<'_>) -> Cow<'v, [u8]> {
+    let Some(escape) = header.escape_character() else {
+        return Cow::Borrowed(value);
+    };
+    if !value.contains(&escape) {
+        return Cow::Borrowed(value);
+    }
+    let encoding = header.encoding_characters();
+    let mut out = Vec::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.iter().position(|&b| b == escape) {
+        out.extend_from_slice(&rest[..start]);
+        let after = &rest[start + 1..];
+        let Some(len) = after.iter().position(|&b| b == escape) else {
+            out.extend_from_slice(&rest[start..]);
+            return Cow::Owned(out);
+        };
+        let name = &after[..len];
+        let meant = match name {
+            b"F" => Some(vec![header.field_separator()]),
+            b"S" | b"R" | b"E" | b"T" | b"P" => {
+                let i = b"SRETP".iter().position(|c| *c == name[0]).unwrap_or(0);
+                encoding.get(i).map(|&c| vec![c])
+            }
+            [b'X', hex @ ..] if !hex.is_empty() && hex.len() % 2 == 0 => hex
+                .chunks(2)
+                .map(|pair| {
+                    std::str::from_utf8(pair)
+                        .ok()
+                        .and_then(|s| u8::from_str_radix(s, 16).ok())
+                })
+                .collect(),
+            _ => None,
+        };
+        match meant {
+            Some(bytes) => out.extend_from_slice(&bytes),
+            None => out.extend_from_slice(&rest[start..start + len + 2]),
+        }
+        rest = &after[len + 1..];
+    }
+    out.extend_from_slice(rest);
+    Cow::Owned(out)
 }
 
 /// Why a message's header could be read two ways: the guard's rules would judge one reading
@@ -247,6 +308,49 @@ impl<'a> Header<'a> {
     /// The component separator: the first encoding character, usually `^`.
     pub fn component_separator(&self) -> u8 {
         self.encoding[0]
+    }
+
+    /// The repetition separator: the second encoding character, usually `~`.
+    pub fn repetition_separator(&self) -> u8 {
+        self.encoding[1]
+    }
+
+    /// The escape character: the third encoding character (usually a backslash), if MSH-2 names
+    /// one.
+    pub fn escape_character(&self) -> Option<u8> {
+        self.encoding.get(2).copied()
+    }
+
+    /// A coded value of MSH (MSH-9 message type, MSH-11 processing id, MSH-12 version) that
+    /// lenient receivers read in different ways: one with a repetition (read as its first
+    /// repetition by some, as the whole text by others), an escape sequence (unescaped or not)
+    /// or blanks around a component (trimmed or not). `None` for a batch header.
+    pub fn malformed_coded_value(&self) -> Option<Malformed> {
+        if self.kind != HeaderKind::Msh {
+            return None;
+        }
+        let component = self.component_separator();
+        for (n, field) in [
+            (9, "MSH-9 (message type)"),
+            (11, "MSH-11 (processing id)"),
+            (12, "MSH-12 (version id)"),
+        ] {
+            let value = self.field(n);
+            if value.contains(&self.repetition_separator()) {
+                return Some(Malformed::Repetition(field));
+            }
+            if self.escape_character().is_some_and(|e| value.contains(&e)) {
+                return Some(Malformed::Escape(field));
+            }
+            let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+            if value
+                .split(|&b| b == component)
+                .any(|c| blank(c.first()) || blank(c.last()))
+            {
+                return Some(Malformed::Blanks(field));
+            }
+        }
+        None
     }
 
     /// Field `n` by its HL7 number: 1 is the field separator itself, 2 the encoding characters,

@@ -73,8 +73,8 @@ async fn a_header_a_receiver_could_read_differently_is_refused_and_never_forward
     assert_eq!(reasons, ["rejected", "rejected", "rejected"]);
 }
 
-/// A guard (through the binary) in front of a sink that saves what it gets, with a rule that
-/// rejects test messages (MSH-11 = T); `extra` adds route keys.
+/// A guard (through the binary) in front of a sink that saves what it gets, with rules that
+/// reject test messages (MSH-11 = T) and results (ORU^R01); `extra` adds route keys.
 fn guard_with_sink(
     dir: &TestDir,
     extra: &str,
@@ -87,7 +87,7 @@ fn guard_with_sink(
         saved.to_str().unwrap(),
     ]);
     let config = dir.path("guard.yaml");
-    let rules = format!("{extra}    rules:\n      - name: no-test-messages\n        match: {{ processing_id: [T] }}\n        action: reject\n");
+    let rules = format!("{extra}    rules:\n      - name: no-test-messages\n        match: {{ processing_id: [T] }}\n        action: reject\n      - name: no-results\n        match: {{ message_type: [\"ORU^R01\"] }}\n        action: reject\n");
     std::fs::write(
         &config,
         route_yaml(sink_addr.parse().unwrap(), &rules, "", ""),
@@ -233,4 +233,52 @@ async fn a_message_cannot_smuggle_a_frame_past_the_rules_across_two_framings() {
         lines.contains(&("A4".into(), "rejected".into(), "framing_bytes".into())),
         "{lines:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_tricks_do_not_get_a_forbidden_value_past_the_rules() {
+    let dir = TestDir::new();
+    let (_sink, _guard, listen, logs) = guard_with_sink(&dir, "");
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    let with = |msh9: &str, msh11: &str| {
+        format!("MSH|^~\\&|LAB|FAC|EHR|HOSP|20240101||{msh9}|X|{msh11}|2.5\rPID|1\r").into_bytes()
+    };
+    // Read as T or ORU^R01 by some receiver: malformed (ERR-3 102) or caught by the rules.
+    let malformed = [
+        with("ADT^A01", "T~P"),
+        with("ADT^A01", " T"),
+        with("ADT^A01", "T "),
+        with("ADT^A01", "\\T\\"),
+        with("ADT^A01", "\\X54\\"),
+        with("ADT^A01~ORU^R01", "P"),
+        with("O\\X52\\U^R01", "P"),
+    ];
+    for payload in &malformed {
+        let ack = client.send(payload).await;
+        let (code, _, text) = ack_of(&ack);
+        assert_eq!(code, AckCode::AR, "{text}");
+        let err = String::from_utf8_lossy(&ack);
+        assert!(
+            err.contains("102^Data type error^HL70357"),
+            "ERR-3 102 in {err:?}"
+        );
+    }
+    for (payload, rule) in [
+        (with("ADT^A01", "t"), "no-test-messages"),
+        (with("oru^r01", "P"), "no-results"),
+    ] {
+        let (code, _, text) = ack_of(&client.send(&payload).await);
+        assert_eq!(
+            (code, text),
+            (AckCode::AR, format!("rejected by rule {rule}"))
+        );
+    }
+    assert!(saved(&dir).is_empty(), "nothing reached the receiver");
+    let (code, _, _) = ack_of(&client.send(&with("ADT^A01", "P")).await);
+    assert_eq!(code, AckCode::AA, "a clean message still goes on");
+    let refused = audit_lines(&logs)
+        .into_iter()
+        .filter(|(_, _, reason)| reason == "malformed_header")
+        .count();
+    assert_eq!(refused, malformed.len());
 }

@@ -42,11 +42,11 @@ const ORU: &[u8] =
     b"MSH|^~\\&|LIS^lab.local^DNS|LAB^1.2.3^ISO|EHR|HOSP|20240102030405||ORU^R01^ORU_R01|M1|P^T|2.5.1^USA\rPID|1\r";
 
 #[test]
-fn exact_patterns_are_case_sensitive_and_whole() {
+fn exact_patterns_ignore_ascii_case_and_are_whole() {
     let lis = p("LIS");
     assert!(lis.is_exact());
     assert!(lis.matches(b"LIS"));
-    assert!(!lis.matches(b"lis"));
+    assert!(lis.matches(b"lis") && lis.matches(b"Lis"));
     assert!(!lis.matches(b"LIS2"));
     assert!(!lis.matches(b"XLIS"));
     assert!(!lis.matches(b""));
@@ -577,4 +577,43 @@ fn fuzz_entry_holds_on_every_corpus_message_and_prefix() {
     ] {
         fuzz_rules(input);
     }
+}
+
+#[test]
+fn rules_see_values_unescaped_case_folded_and_in_every_repetition() {
+    let rule = |m: RuleMatch| {
+        vec![Rule {
+            name: "deny".into(),
+            matcher: m,
+            action: Action::Reject,
+        }]
+    };
+    let lab = rule(RuleMatch {
+        sending_application: Some(vec![p("LAB")]),
+        ..RuleMatch::default()
+    });
+    for msh3 in ["LAB", "lab", "L\\X41\\B", "OTHER~LAB", "LAB^1.2.3^ISO"] {
+        let msg = format!("MSH|^~\\&|{msh3}|F|R|F|2024||ORU^R01|1|P|2.5\r");
+        let h = Header::parse(msg.as_bytes()).unwrap();
+        let facts = Facts {
+            peer: "127.0.0.1".parse().unwrap(),
+            identities: &[],
+            header: &h,
+        };
+        assert!(
+            matches!(evaluate(&lab, &facts), Decision::Reject { .. }),
+            "{msh3}"
+        );
+    }
+    let oru = rule(RuleMatch {
+        message_type: Some(vec![MessageTypePattern::parse("ORU^R01").unwrap()]),
+        ..RuleMatch::default()
+    });
+    let h = Header::parse(b"MSH|^~\\&|A|F|R|F|2024||oru^r01|1|P|2.5\r").unwrap();
+    let facts = Facts {
+        peer: "127.0.0.1".parse().unwrap(),
+        identities: &[],
+        header: &h,
+    };
+    assert!(matches!(evaluate(&oru, &facts), Decision::Reject { .. }));
 }

@@ -561,3 +561,59 @@ fn later_messages_are_found_at_every_msh_segment_after_the_first() {
     assert_eq!(later_messages(b"MSH").count(), 0);
     assert_eq!(later_messages(b"").count(), 0);
 }
+
+#[test]
+fn coded_header_values_with_repetitions_escapes_or_blanks_are_malformed() {
+    let h = |msh9: &str, msh11: &str, msh12: &str| {
+        format!("MSH|^~\\&|A|B|C|D|2024||{msh9}|1|{msh11}|{msh12}\rPID|1\r").into_bytes()
+    };
+    let check = |p: Vec<u8>| Header::parse(&p).unwrap().malformed_coded_value();
+    assert_eq!(check(h("ADT^A01", "P", "2.5")), None);
+    assert_eq!(check(h("ADT^A01^ADT_A01", "P^T", "2.5.1^USA")), None);
+    assert_eq!(
+        check(h("ADT^A01", "T~P", "2.5")),
+        Some(Malformed::Repetition("MSH-11 (processing id)"))
+    );
+    assert_eq!(
+        check(h("ADT^A01~ORU^R01", "P", "2.5")),
+        Some(Malformed::Repetition("MSH-9 (message type)"))
+    );
+    for msh11 in ["\\T\\", "\\X54\\"] {
+        assert_eq!(
+            check(h("ADT^A01", msh11, "2.5")),
+            Some(Malformed::Escape("MSH-11 (processing id)"))
+        );
+    }
+    for msh11 in [" T", "T ", "P^ T"] {
+        assert_eq!(
+            check(h("ADT^A01", msh11, "2.5")),
+            Some(Malformed::Blanks("MSH-11 (processing id)"))
+        );
+    }
+    assert_eq!(
+        check(h("ADT^A01", "P", "2.5 ")),
+        Some(Malformed::Blanks("MSH-12 (version id)"))
+    );
+    // A batch header has no such fields.
+    let fhs = b"FHS|^~\\&|A|B|C|D|2024||x~y|F1\r";
+    assert_eq!(Header::parse(fhs).unwrap().malformed_coded_value(), None);
+}
+
+#[test]
+fn values_are_unescaped_as_a_parser_reads_them() {
+    let msg = b"MSH|^~\\&|A|B|C|D|2024||ADT^A01|1|P|2.5\r";
+    let h = Header::parse(msg).unwrap();
+    let u = |v: &[u8]| unescaped(v, &h).into_owned();
+    assert_eq!(u(b"LAB"), b"LAB");
+    assert_eq!(u(b"L\\X41\\B"), b"LAB");
+    assert_eq!(u(b"A\\F\\B\\S\\C\\T\\D\\R\\E\\E\\"), b"A|B^C&D~E\\");
+    assert_eq!(u(b"\\X4C4142\\"), b"LAB");
+    // Formatting escapes, odd hex and an unclosed escape stay as written.
+    assert_eq!(u(b"a\\.br\\b"), b"a\\.br\\b");
+    assert_eq!(u(b"\\X4\\"), b"\\X4\\");
+    assert_eq!(u(b"ab\\F"), b"ab\\F");
+    // Another escape character.
+    let custom = b"MSH|:@$%|A|B|C|D|2024||ADT:A01|1|P|2.5\r";
+    let h = Header::parse(custom).unwrap();
+    assert_eq!(unescaped(b"L$X41$B$S$", &h).as_ref(), b"LAB:");
+}
