@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Connections, OnUpstreamFailure};
-use crate::custody::Custody;
+use crate::custody::{Custody, SenderId};
 use crate::net::proxy_protocol::Origin;
 use crate::outcome::{Answer, Fault as _};
 use crate::upstream::{PairedWith, Upstream, UpstreamConn};
@@ -51,13 +51,14 @@ impl Dispatch {
         frame: &Frame,
         header: &Header<'_>,
         origin: Origin,
+        sender: SenderId<'_>,
     ) -> Answer {
         match self {
             // Boxed for the same reason as `Upstream::open`: storing a message is a larger
             // state than forwarding it, and a durable write costs far more than the allocation.
             // Custody's own acks are positive exactly when the message is (or already was)
             // queued.
-            Dispatch::Custody(custody) => Box::pin(custody.accept(frame, header)).await,
+            Dispatch::Custody(custody) => Box::pin(custody.accept(frame, header, sender)).await,
             Dispatch::Forward {
                 upstream,
                 on_upstream_failure,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Route;
+use crate::custody::SenderId;
 use crate::dispatch::Dispatch;
 use crate::firewall::limits::SourceLimits;
 use crate::net::proxy_protocol::Origin;
@@ -50,6 +51,15 @@ impl Peer {
         Origin {
             source: self.addr,
             destination: self.local,
+        }
+    }
+
+    /// The sender as duplicate suppression tells senders apart: its TLS identity, else its
+    /// address.
+    pub fn sender_id(&self) -> SenderId<'_> {
+        match self.identity() {
+            Some(identity) => SenderId::Identity(identity),
+            None => SenderId::Address(self.addr.ip()),
         }
     }
 

@@ -1,8 +1,11 @@
-//! Duplicate suppression: the acks already given, by MSH-3, MSH-4 and MSH-10, for
-//! `duplicate_window`, so that a sender's resend is answered with the same ack and not queued
-//! twice. Bounded (oldest forgotten first). Must not know the queue.
+//! Duplicate suppression: the acks already given, by sender, MSH-3, MSH-4, MSH-10 and the
+//! message's digest, for `duplicate_window`, so that a sender's resend is answered with the same
+//! ack and not queued twice, and one sender can never make another's message disappear by
+//! reusing its control id. Bounded (oldest forgotten first). Must not know the queue.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,14 +15,42 @@ use crate::wire::hl7::Header;
 /// Remembered acks for duplicate detection, at most (oldest forgotten first).
 const MAX_REMEMBERED: usize = 100_000;
 
-/// Which message a resend is: MSH-3, MSH-4, MSH-10.
+/// Who sent a message, as duplicate suppression tells senders apart: the TLS identity when the
+/// sender presented a certificate, else its address (the PROXY protocol's client when the route
+/// reads one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderId<'a> {
+    Identity(&'a str),
+    Address(IpAddr),
+}
+
+impl fmt::Display for SenderId<'_> {
+    /// `tls:<identity>` or `ip:<address>`: the two can never be mistaken for each other.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SenderId::Identity(identity) => write!(f, "tls:{identity}"),
+            SenderId::Address(ip) => write!(f, "ip:{}", ip.to_canonical()),
+        }
+    }
+}
+
+/// SHA-256 of a message payload: what makes two messages with the same ids different.
+pub(super) fn digest(payload: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, payload).as_ref());
+    out
+}
+
+/// Which message a resend is: its sender, MSH-3, MSH-4, MSH-10 and its digest.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) struct DuplicateKey(Vec<u8>);
 
 impl DuplicateKey {
-    pub(super) fn of(header: &Header<'_>) -> DuplicateKey {
-        let mut key = Vec::with_capacity(64);
+    pub(super) fn of(header: &Header<'_>, sender: SenderId<'_>, payload: &[u8]) -> DuplicateKey {
+        let mut key = Vec::with_capacity(128);
+        let sender = sender.to_string();
         for part in [
+            sender.as_bytes(),
             header.sending_application(),
             header.sending_facility(),
             header.control_id(),
@@ -27,6 +58,7 @@ impl DuplicateKey {
             key.extend_from_slice(&(part.len() as u32).to_le_bytes());
             key.extend_from_slice(part);
         }
+        key.extend_from_slice(&digest(payload));
         DuplicateKey(key)
     }
 }
@@ -73,6 +105,7 @@ impl Duplicates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::hl7::Header;
 
     #[test]
     fn duplicates_are_found_within_the_window_and_forgotten_after() {
@@ -93,8 +126,32 @@ mod tests {
 
     #[test]
     fn duplicate_keys_do_not_collide_across_field_boundaries() {
-        let a = Header::parse(b"MSH|^~\\&|AB|C|R|F|2024||ADT^A01|X|P|2.5\r").unwrap();
-        let b = Header::parse(b"MSH|^~\\&|A|BC|R|F|2024||ADT^A01|X|P|2.5\r").unwrap();
-        assert!(DuplicateKey::of(&a) != DuplicateKey::of(&b));
+        let (a, b) = (
+            &b"MSH|^~\\&|AB|C|R|F|2024||ADT^A01|X|P|2.5\r"[..],
+            &b"MSH|^~\\&|A|BC|R|F|2024||ADT^A01|X|P|2.5\r"[..],
+        );
+        let lab = SenderId::Address("127.0.0.1".parse().unwrap());
+        let key = |p: &[u8], s| DuplicateKey::of(&Header::parse(p).unwrap(), s, p);
+        assert!(key(a, lab) != key(b, lab));
+        assert!(key(a, lab) == key(a, lab));
+    }
+
+    #[test]
+    fn another_sender_or_other_content_is_never_a_duplicate() {
+        let lab = SenderId::Address("10.0.0.5".parse().unwrap());
+        let other = SenderId::Address("127.0.0.9".parse().unwrap());
+        let named = SenderId::Identity("lab.example.org");
+        let k41 = b"MSH|^~\\&|LAB|F|R|F|2024||ORU^R01|C1|P|2.5\rOBX|1|NM|K||4.1\r";
+        let k69 = b"MSH|^~\\&|LAB|F|R|F|2024||ORU^R01|C1|P|2.5\rOBX|1|NM|K||6.9\r";
+        let key = |p: &[u8], s| DuplicateKey::of(&Header::parse(p).unwrap(), s, p);
+        assert!(
+            key(k41, lab) != key(k41, other),
+            "same message, another sender"
+        );
+        assert!(key(k41, lab) != key(k69, lab), "same ids, other content");
+        assert!(key(k41, lab) != key(k41, named));
+        // An IPv4-mapped IPv6 peer is the IPv4 sender.
+        let mapped = SenderId::Address("::ffff:10.0.0.5".parse().unwrap());
+        assert!(key(k41, lab) == key(k41, mapped));
     }
 }

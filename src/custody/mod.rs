@@ -30,6 +30,7 @@ mod error;
 pub mod jetstream;
 mod log;
 
+pub use duplicates::SenderId;
 pub use error::NotQueued;
 pub use log::{queue_limits, DEAD_LETTER_DIR};
 
@@ -171,12 +172,12 @@ impl Custody {
     }
 
     /// Takes custody of one message (or refuses it) and says what to answer.
-    pub async fn accept(&self, frame: &Frame, header: &Header<'_>) -> Answer {
+    pub async fn accept(&self, frame: &Frame, header: &Header<'_>, sender: SenderId<'_>) -> Answer {
         let enhanced = !header.accept_ack_type().is_empty();
         if header.control_id().is_empty() {
             return self.refuse(header, enhanced, true, "message has no control id (MSH-10); custody needs it to match acks, so it is not queued");
         }
-        let key = DuplicateKey::of(header);
+        let key = DuplicateKey::of(header, sender, frame.payload());
         if let Some(window) = self.cfg.duplicate_window {
             if let Some(ack) = self
                 .duplicates
@@ -213,7 +214,7 @@ impl Custody {
                 }
             }
             Keeper::JetStream(nats) => {
-                let id = jetstream::message_id(header);
+                let id = jetstream::message_id(header, sender, frame.payload());
                 match nats.publish(frame.payload_bytes(), &id, now_ms()).await {
                     Ok(duplicate) => {
                         if duplicate {

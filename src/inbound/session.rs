@@ -448,7 +448,7 @@ async fn handle_message(
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
         Decision::Allow { .. } => {
             ctx.dispatch
-                .deliver(lanes, frame, &header, who.origin())
+                .deliver(lanes, frame, &header, who.origin(), who.sender_id())
                 .await
         }
         Decision::Reject { rule } => {

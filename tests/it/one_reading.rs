@@ -282,3 +282,51 @@ async fn field_tricks_do_not_get_a_forbidden_value_past_the_rules() {
         .count();
     assert_eq!(refused, malformed.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_cannot_make_anothers_message_disappear_as_a_duplicate() {
+    let dir = TestDir::new();
+    let (_sink, sink_addr) = start_sink(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--save-dir",
+        dir.path("saved").to_str().unwrap(),
+    ]);
+    let config = dir.path("guard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nroutes:\n  - name: lab\n    listen: 127.0.0.1:0\n    allow: [127.0.0.0/8]\n    delivery: store-and-forward\n    duplicate_window: 10m\n    upstream:\n      address: {sink_addr}\n",
+            dir.path("state").display()
+        ),
+    )
+    .unwrap();
+    let (_guard, listen, logs) = start_guard(&config);
+    let addr = listen.parse().unwrap();
+    let result = |value: &str| {
+        format!("MSH|^~\\&|LAB|FAC|EHR|HOSP|20240101||ORU^R01|K1|P|2.5\rOBX|1|NM|K||{value}\r")
+            .into_bytes()
+    };
+    // Another source sends a potassium result under the lab's control id first...
+    let mut other = Client::plain_from(addr, "127.0.0.9".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ack_of(&other.send(&result("4.1")).await).0, AckCode::AA);
+    // ...the real lab's result is still taken, and its own resend is the duplicate.
+    let mut lab = Client::plain(addr).await;
+    assert_eq!(ack_of(&lab.send(&result("6.9")).await).0, AckCode::AA);
+    assert_eq!(ack_of(&lab.send(&result("6.9")).await).0, AckCode::AA);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while saved(&dir).len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = saved(&dir);
+    got.sort();
+    assert!(
+        got == [result("4.1"), result("6.9")],
+        "both results delivered, each once"
+    );
+    let outcomes: Vec<String> = audit_lines(&logs).into_iter().map(|l| l.1).collect();
+    assert_eq!(outcomes, ["queued", "queued", "duplicate_answered"]);
+}

@@ -13,7 +13,7 @@
 //!                     replicas, max_bytes, max_msgs, duplicate_window from the config
 //! consumer mllp-guard durable pull consumer on <S>.queue: explicit ack, max_ack_pending 1,
 //!                     ack_wait = `takeover`, unlimited redeliveries
-//! headers             Nats-Msg-Id (dedup: MSH-3|MSH-4|MSH-10, %-escaped), Mllp-Enqueued-Ms,
+//! headers             Nats-Msg-Id (dedup: sender|MSH-3|MSH-4|MSH-10|SHA-256 prefix), Mllp-Enqueued-Ms,
 //!                     Mllp-Reason (dead letters only)
 //! ```
 //!

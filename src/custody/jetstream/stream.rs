@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+use super::super::duplicates::{digest, SenderId};
 use super::error::JetStreamError;
 use crate::config::JetStreamQueue;
 use crate::wire::hl7::Header;
@@ -28,11 +29,16 @@ pub fn dead_subject(stream: &str) -> String {
     format!("{stream}.dead")
 }
 
-/// The JetStream dedup id of a message: MSH-3, MSH-4 and MSH-10, each %-escaped (every byte
-/// outside printable ASCII, `%` and `|`), joined by `|`.
-pub fn message_id(header: &Header<'_>) -> String {
-    let mut id = String::with_capacity(64);
+/// The JetStream dedup id of a message: its sender (`tls:<identity>` or `ip:<address>`),
+/// MSH-3, MSH-4 and MSH-10, each %-escaped (every byte outside printable ASCII, `%` and `|`),
+/// and the first 16 bytes of its SHA-256 in hex, joined by `|`: a resend of the same message by
+/// the same sender is one message to the stream, another sender's (or other content under the
+/// same ids) never is.
+pub fn message_id(header: &Header<'_>, sender: SenderId<'_>, payload: &[u8]) -> String {
+    let mut id = String::with_capacity(128);
+    let sender = sender.to_string();
     for (i, part) in [
+        sender.as_bytes(),
         header.sending_application(),
         header.sending_facility(),
         header.control_id(),
@@ -50,6 +56,10 @@ pub fn message_id(header: &Header<'_>) -> String {
                 id.push_str(&format!("%{b:02X}"));
             }
         }
+    }
+    id.push('|');
+    for b in &digest(payload)[..16] {
+        id.push_str(&format!("{b:02x}"));
     }
     id
 }

@@ -1,16 +1,28 @@
 use super::stream::{message_id, stream_config};
 use crate::config::JetStreamQueue;
+use crate::custody::SenderId;
 use crate::wire::hl7::Header;
 use async_nats::jetstream::stream;
 use std::time::Duration;
 
 #[test]
 fn message_ids_escape_separators_and_non_printable_bytes() {
-    let h = Header::parse(b"MSH|^~\\&|LAB%|F\xe9 X|R|F|2024||ADT^A01|C1|P|2.5\r").unwrap();
-    assert_eq!(message_id(&h), "LAB%25|F%E9%20X|C1");
-    let a = Header::parse(b"MSH|^~\\&|AB|C|R|F|2024||ADT^A01|X|P|2.5\r").unwrap();
-    let b = Header::parse(b"MSH|^~\\&|A|BC|R|F|2024||ADT^A01|X|P|2.5\r").unwrap();
-    assert_ne!(message_id(&a), message_id(&b));
+    let p = b"MSH|^~\\&|LAB%|F\xe9 X|R|F|2024||ADT^A01|C1|P|2.5\r";
+    let h = Header::parse(p).unwrap();
+    let lab = SenderId::Identity("lab|x.example.org");
+    let id = message_id(&h, lab, p);
+    let (ids, digest) = id.rsplit_once('|').unwrap();
+    assert_eq!(ids, "tls:lab%7Cx.example.org|LAB%25|F%E9%20X|C1");
+    assert_eq!(digest.len(), 32, "{digest}");
+    let (a, b) = (
+        &b"MSH|^~\\&|AB|C|R|F|2024||ADT^A01|X|P|2.5\r"[..],
+        &b"MSH|^~\\&|A|BC|R|F|2024||ADT^A01|X|P|2.5\r"[..],
+    );
+    let ip = SenderId::Address("127.0.0.1".parse().unwrap());
+    let of = |p: &[u8], s| message_id(&Header::parse(p).unwrap(), s, p);
+    assert_ne!(of(a, ip), of(b, ip));
+    assert_eq!(of(a, ip), of(a, ip), "a resend is the same message");
+    assert_ne!(of(a, ip), of(a, lab), "another sender's never is");
 }
 
 #[test]
