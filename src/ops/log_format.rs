@@ -13,7 +13,13 @@
 //! Like the default, control characters that could drive a terminal (ESC, BEL, BS, FF, DEL and
 //! C1 codes) are written escaped in a text line's message and, unlike the default, in values
 //! shown with `%` (Display) too. Text strings are quoted and escaped as `{:?}` does; JSON
-//! strings as serde_json does. A JSON line inside a span, or from the `log` crate, is handed
+//! strings as serde_json does.
+//!
+//! Unlike the default, a text line cannot be forged from what a value holds (issue 25): line
+//! breaks are written as `\n` and `\r` everywhere, and a Display or error value holding a
+//! blank, `=`, `"` or `\` (which could pose as another key or `key=value`) is quoted and
+//! escaped like a string, as logfmt does. Values without them are written bare, exactly as the
+//! default writes them (`peer=[::1]:4000`, `control_id=ADT0001`). A JSON line inside a span, or from the `log` crate, is handed
 //! to tracing-subscriber's formatter, which knows how to show those. Must not know what any
 //! field means.
 
@@ -292,7 +298,7 @@ impl Visit for PlainVisitor<'_> {
             return;
         }
         let mut out = Escaping(&mut self.writer);
-        let mut written = write!(out, "{value}");
+        let mut written = write_value(&mut out, format_args!("{value}"));
         if let Some(source) = value.source() {
             let name = field.name();
             let name = name.strip_prefix("r#").unwrap_or(name);
@@ -303,7 +309,7 @@ impl Visit for PlainVisitor<'_> {
                 if !std::mem::replace(&mut first, false) {
                     written = written.and_then(|_| out.write_str(", "));
                 }
-                written = written.and_then(|_| write!(out, "{err}"));
+                written = written.and_then(|_| write_value(&mut out, format_args!("{err}")));
                 next = err.source();
             }
             written = written.and_then(|_| out.write_char(']'));
@@ -312,10 +318,60 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.start(field).is_some() {
-            let written = write!(Escaping(&mut self.writer), "{value:?}");
-            self.finish(written);
+        let Some(is_message) = self.start(field) else {
+            return;
+        };
+        let mut out = Escaping(&mut self.writer);
+        let written = if is_message {
+            write!(out, "{value:?}")
+        } else {
+            write_value(&mut out, format_args!("{value:?}"))
+        };
+        self.finish(written);
+    }
+}
+
+/// Writes a field value bare, or, when it holds a blank, `=`, `"` or `\` (it could pose as
+/// another key, a `key=value`, or end a quoted one), quoted with `"` and `\` escaped (logfmt). Formats twice rather than
+/// buffer: most values are short and need no quotes.
+fn write_value(out: &mut Escaping<'_, '_>, value: fmt::Arguments<'_>) -> fmt::Result {
+    let mut scan = NeedsQuotes(false);
+    let _ = scan.write_fmt(value);
+    if !scan.0 {
+        return out.write_fmt(value);
+    }
+    out.0.write_char('"')?;
+    Quoting(out).write_fmt(value)?;
+    out.0.write_char('"')
+}
+
+/// Whether what is written through it holds a byte that needs quotes.
+struct NeedsQuotes(bool);
+
+impl Write for NeedsQuotes {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 = self.0
+            || s.bytes()
+                .any(|b| matches!(b, b' ' | b'\t' | b'=' | b'"' | b'\\'));
+        Ok(())
+    }
+}
+
+/// Escapes `"` and `\` inside a quoted value, then what [`Escaping`] escapes.
+struct Quoting<'a, 'b, 'writer>(&'a mut Escaping<'b, 'writer>);
+
+impl Write for Quoting<'_, '_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut start = 0;
+        for (at, b) in s.bytes().enumerate() {
+            if b == b'"' || b == b'\\' {
+                self.0.write_str(&s[start..at])?;
+                self.0 .0.write_char('\\')?;
+                self.0 .0.write_char(char::from(b))?;
+                start = at + 1;
+            }
         }
+        self.0.write_str(&s[start..])
     }
 }
 
@@ -343,7 +399,8 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[at..]).unwrap_or("?")
 }
 
-/// Writes through to the line, escaping the control characters a terminal would act on.
+/// Writes through to the line, escaping the control characters a terminal would act on, and
+/// line breaks (a value must never start a line of its own).
 struct Escaping<'a, 'writer>(&'a mut Writer<'writer>);
 
 impl Write for Escaping<'_, '_> {
@@ -351,12 +408,14 @@ impl Write for Escaping<'_, '_> {
         // 0xC2 starts the UTF-8 encoding of every C1 control (U+0080..U+009F).
         if !s
             .bytes()
-            .any(|b| matches!(b, 0x07 | 0x08 | 0x0c | 0x1b | 0x7f | 0xc2))
+            .any(|b| matches!(b, 0x07 | 0x08 | 0x0a | 0x0c | 0x0d | 0x1b | 0x7f | 0xc2))
         {
             return self.0.write_str(s);
         }
         for ch in s.chars() {
             match ch {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
                 '\x07' | '\x08' | '\x0c' | '\x1b' | '\x7f' => {
                     write!(self.0, "\\x{:02x}", ch as u32)?
                 }

@@ -330,3 +330,57 @@ async fn one_sender_cannot_make_anothers_message_disappear_as_a_duplicate() {
     let outcomes: Vec<String> = audit_lines(&logs).into_iter().map(|l| l.1).collect();
     assert_eq!(outcomes, ["queued", "queued", "duplicate_answered"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_field_cannot_forge_a_key_in_the_text_log() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = TestDir::new();
+    let (_sink, sink_addr) = start_sink(&["--listen", "127.0.0.1:0"]);
+    let config = dir.path("guard.yaml");
+    std::fs::write(&config, route_yaml(sink_addr.parse().unwrap(), "", "", "")).unwrap();
+    let mut guard = Proc(
+        Command::new(env!("CARGO_BIN_EXE_mllp-guard"))
+            .args(["--log-format", "text", "run", "--config"])
+            .arg(&config)
+            .env_remove("MLLP_GUARD_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = guard.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listen = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the guard reports its route");
+        if let Some((_, rest)) = line.split_once("route listening") {
+            let at = rest.find("listen=").unwrap() + "listen=".len();
+            break rest[at..].split(' ').next().unwrap().to_string();
+        }
+    };
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    let forged = b"MSH|^~\\&|LAB outcome=\"rejected_by_rule\" ack=\"AR\"|FAC|EHR|HOSP|20240101||ADT^A01|F1|P|2.5\rPID|1\r";
+    assert_eq!(ack_of(&client.send(forged).await).0, AckCode::AA);
+    let audit = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an audit line");
+        if line.contains("mllp_guard::audit") {
+            break line;
+        }
+    };
+    assert!(
+        audit.contains(r#"sending_application="LAB outcome=\"rejected_by_rule\" ack=\"AR\"""#),
+        "{audit}"
+    );
+    assert!(audit.contains(r#" outcome="forwarded""#), "{audit}");
+    assert!(!audit.contains(" outcome=\"rejected_by_rule\""), "{audit}");
+}

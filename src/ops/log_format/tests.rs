@@ -96,11 +96,19 @@ fn emit_every_kind_of_field(control_id: &str) {
 fn writes_what_the_default_formatter_writes_without_colours() {
     let emit = || emit_every_kind_of_field("ID \"7\" \\ é\t");
     let ours = line(true, emit);
-    assert_eq!(ours, line(false, emit));
+    // The one difference: a Display, Debug or error value holding a blank, `"`, `=` or `\` is
+    // quoted (logfmt).
+    let theirs = line(false, emit)
+        .replace(r#"debug=Some("quoted")"#, r#"debug="Some(\"quoted\")""#)
+        .replace(
+            r#"error=outer failed error.sources=[inner "cause"]"#,
+            r#"error="outer failed" error.sources=["inner \"cause\""]"#,
+        );
+    assert_eq!(ours, theirs);
     assert_eq!(ours.lines().count(), 3, "{ours}");
     assert!(ours.contains(r#"control_id="ID \"7\" \\ é\t""#), "{ours}");
     assert!(
-        ours.contains(r#"error=outer failed error.sources=[inner "cause"]"#),
+        ours.contains(r#"error="outer failed" error.sources=["inner \"cause\""]"#),
         "{ours}"
     );
 }
@@ -197,4 +205,42 @@ fn numbers_are_written_in_full() {
     assert_eq!(itoa(0, &mut [0; 20]), "0");
     assert_eq!(itoa(u64::MAX, &mut [0; 20]), "18446744073709551615");
     assert_eq!(itoa(1024, &mut [0; 20]), "1024");
+}
+
+#[test]
+fn a_value_cannot_forge_a_key_or_a_line_in_the_text_format() {
+    struct Shown(&'static str);
+    impl fmt::Display for Shown {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    let ours = line(true, || {
+        tracing::warn!(
+            sending_application = %Shown(r#"LAB outcome="rejected_by_rule" ack="AR""#),
+            identity = %Shown("lab.example.org\n2026-01-01T00:00:00Z  INFO forged"),
+            error = %Shown("a\\b=c"),
+            outcome = "forwarded",
+            "TLS handshake failed\r\nINFO forged"
+        )
+    });
+    assert_eq!(ours.lines().count(), 1, "{ours}");
+    assert!(
+        ours.contains(r#"sending_application="LAB outcome=\"rejected_by_rule\" ack=\"AR\"""#),
+        "{ours}"
+    );
+    assert!(
+        ours.contains(r#"identity="lab.example.org\n2026-01-01T00:00:00Z  INFO forged""#),
+        "{ours}"
+    );
+    assert!(ours.contains(r#"error="a\\b=c""#), "{ours}");
+    assert!(
+        ours.contains(r"TLS handshake failed\r\nINFO forged"),
+        "{ours}"
+    );
+    // The only `outcome=` outside quotes is the real one, at the end.
+    assert!(
+        ours.trim_end().ends_with(r#"" outcome="forwarded""#),
+        "{ours}"
+    );
 }
