@@ -119,6 +119,19 @@ impl Pattern {
     /// A message when the text is empty, holds a control character, or has a `*` anywhere else.
     pub fn parse_identity(s: &str) -> Result<Pattern, String> {
         check_no_controls(s)?;
+        // RFC 6125: a DNS identity compares case-insensitively and without a trailing dot; a
+        // URI (written `uri:...`) as written, and only against URI SANs.
+        let normalised;
+        let s = if s.starts_with("uri:") {
+            s
+        } else {
+            let lower = s.to_ascii_lowercase();
+            normalised = match lower.strip_suffix('.') {
+                Some(name) if !name.is_empty() && !name.ends_with(['*', '.']) => name.to_string(),
+                _ => lower,
+            };
+            normalised.as_str()
+        };
         if s.is_empty() {
             return Err(
                 "an empty identity matches no certificate; write e.g. lab.example.org or *.example.org"
@@ -159,9 +172,9 @@ impl Pattern {
         match &self.kind {
             PatternKind::Exact => eq(v, self.text.as_bytes()),
             PatternKind::Glob(parts) => glob_matches(parts, v, eq),
-            PatternKind::OneLabel(suffix) => v
-                .strip_suffix(&suffix[..])
-                .is_some_and(|label| !label.is_empty() && !label.contains(&b'.')),
+            PatternKind::OneLabel(suffix) => v.strip_suffix(&suffix[..]).is_some_and(|label| {
+                !label.is_empty() && !label.contains(&b'.') && !label.contains(&b':')
+            }),
         }
     }
 

@@ -13,8 +13,10 @@ pub fn peer_identity(conn: &CommonState) -> Option<String> {
     identity_of(leaf)
 }
 
-/// Every identity the peer's leaf certificate carries: its SAN DNS names and URIs, then its
-/// CN. Rules match `tls_identity` against any of them. Empty without a certificate.
+/// Every identity the peer's leaf certificate carries, as RFC 6125 compares them: its SAN DNS
+/// names (lower case, without a trailing dot), its SAN URIs prefixed `uri:` (as written; a DNS
+/// pattern never matches one), and its subject CN (like a DNS name) only when it has no DNS SAN.
+/// Rules match `tls_identity` against any of them. Empty without a certificate.
 pub fn peer_identities(conn: &CommonState) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
 
@@ -24,22 +26,36 @@ pub fn peer_identities(conn: &CommonState) -> Vec<String> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
         return Vec::new();
     };
-    let mut names = Vec::new();
+    let mut dns = Vec::new();
+    let mut uris = Vec::new();
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::DNSName(s) | GeneralName::URI(s) = name {
-                names.push(s.to_string());
+            match name {
+                GeneralName::DNSName(s) => dns.push(dns_identity(s)),
+                GeneralName::URI(s) => uris.push(format!("uri:{s}")),
+                _ => {}
             }
         }
     }
-    names.extend(
-        parsed
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok().map(str::to_string)),
-    );
+    let mut names = Vec::with_capacity(dns.len() + uris.len() + 1);
+    let no_dns = dns.is_empty();
+    names.extend(dns);
+    names.extend(uris);
+    if no_dns {
+        names.extend(
+            parsed
+                .subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok().map(dns_identity)),
+        );
+    }
     names.dedup();
     names
+}
+
+/// A DNS identity as RFC 6125 compares it: ASCII lower case, without a trailing dot.
+pub fn dns_identity(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {

@@ -345,3 +345,34 @@ async fn a_legitimate_sender_gets_every_ack_under_500_slowloris_connections_and_
     );
     guard.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_on_a_tls_identity_holds_whatever_the_case_of_the_certificate() {
+    let dir = TestDir::new();
+    dir.pki_leaf("BAD.Example.org", "bad");
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let rules = "    rules:\n      - name: not-bad\n        match: { tls_identity: [\"bad.example.org.\"] }\n        action: reject\n";
+    let guard = dir.guard(&route_yaml(upstream.addr, rules, MTLS, "")).await;
+    let addr = guard.local_addr("test").unwrap();
+    let mut bad = Client::tls(addr, dir.client_tls("ca.pem", Some("bad")))
+        .await
+        .unwrap();
+    let (code, _, text) = ack_of(&bad.send(&message("BAD1", 300)).await);
+    assert_eq!(
+        (code, text.as_str()),
+        (AckCode::AR, "rejected by rule not-bad")
+    );
+    let mut lab = Client::tls(addr, dir.client_tls("ca.pem", Some("lab")))
+        .await
+        .unwrap();
+    assert_eq!(
+        ack_of(&lab.send(&message("LAB1", 300)).await).0,
+        AckCode::AA
+    );
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "only the lab's message went on"
+    );
+    guard.stop().await;
+}

@@ -108,13 +108,28 @@ fn identity_wildcards_stand_for_exactly_one_label() {
     assert!(!wild.matches(b"a.lab.example.org"));
     assert!(!wild.matches(b"labexample.org"));
     assert!(!wild.matches(b"lab.example.org.evil"));
+    // Identities arrive normalised (tls::peer_identities): DNS names lower case without a
+    // trailing dot, URIs as `uri:...`. Patterns are normalised the same way.
     let exact = Pattern::parse_identity("lab.example.org").unwrap();
     assert!(exact.matches(b"lab.example.org"));
-    assert!(!exact.matches(b"LAB.example.org"));
+    for written in ["LAB.example.org", "lab.example.org."] {
+        assert!(Pattern::parse_identity(written)
+            .unwrap()
+            .matches(b"lab.example.org"));
+    }
+    assert!(
+        !exact.matches(b"uri:lab.example.org"),
+        "a DNS pattern never matches a URI SAN"
+    );
+    assert!(!wild.matches(b"uri:lab.example.org"));
     let any = Pattern::parse_identity("*").unwrap();
     assert!(any.matches(b"whatever"));
-    let uri = Pattern::parse_identity("spiffe://example.org/lab").unwrap();
-    assert!(uri.matches(b"spiffe://example.org/lab"));
+    let uri = Pattern::parse_identity("uri:spiffe://example.org/lab").unwrap();
+    assert!(uri.matches(b"uri:spiffe://example.org/lab"));
+    assert!(
+        !uri.matches(b"uri:spiffe://example.org/LAB"),
+        "URIs compare as written"
+    );
 }
 
 #[test]
@@ -126,7 +141,7 @@ fn identity_patterns_refuse_a_star_anywhere_but_the_first_label() {
         "*.",
         "*..org",
         "*.*.org",
-        "spiffe://x/*",
+        "uri:spiffe://x/*",
     ] {
         assert_eq!(
             Pattern::parse_identity(bad).unwrap_err(),
@@ -364,7 +379,7 @@ fn tls_identity_matches_any_identity_and_never_a_peer_without_certificate() {
         &lab,
         ORU,
         "10.0.0.1",
-        &["spiffe://x/y", "lab.example.org"]
+        &["uri:spiffe://x/y", "lab.example.org"]
     ));
     assert!(holds(&lab, ORU, "10.0.0.1", &["node1.lab.example.net"]));
     assert!(!holds(&lab, ORU, "10.0.0.1", &["ehr.example.org"]));
