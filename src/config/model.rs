@@ -30,6 +30,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * MIB;
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `routes[].handshake_timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `send_timeout`: a sender that does not read its acks is closed after this. Default 30s.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `routes[].upstream.connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for `routes[].upstream.ack_timeout`.
@@ -152,6 +154,9 @@ pub struct Route {
     /// refused with AR (`refuse`, the default), or each of its messages is checked by the rules
     /// and audited and the frame is refused if any is (`inspect`).
     pub multiple_messages: MultipleMessages,
+    /// `send_timeout`: writing an answer to the sender must finish within this; a sender that
+    /// does not read its acks (the kernel's buffers full) is closed. Default 30s.
+    pub send_timeout: Duration,
 }
 
 /// Who opens the connection on the sender side (exactly one of `listen` and `dial`).

@@ -15,7 +15,7 @@ use super::firewall::UpstreamNames;
 use super::model::{
     Connections, Delivery, MllpRelease, MultipleMessages, OnUpstreamFailure, ReceiverRole, Route,
     SenderRole, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_RECEIVE_TIMEOUT,
+    DEFAULT_RECEIVE_TIMEOUT, DEFAULT_SEND_TIMEOUT,
 };
 use super::raw::{RawFraming, RawRoute};
 use super::scalars::{
@@ -163,6 +163,12 @@ impl Validator<'_> {
             DEFAULT_HANDSHAKE_TIMEOUT,
             parse_positive_duration,
         );
+        let send_timeout = self.value(
+            format!("{p}.send_timeout"),
+            &r.send_timeout,
+            DEFAULT_SEND_TIMEOUT,
+            parse_positive_duration,
+        );
         let rules = self.rules(&p, r.rules.as_ref(), upstreams);
         let (limits, limits_handshake) = self.limits(&p, r.limits.as_ref());
         if let Some(limit) = limits_handshake {
@@ -260,6 +266,7 @@ impl Validator<'_> {
             rules,
             limits,
             multiple_messages,
+            send_timeout,
         }
     }
 

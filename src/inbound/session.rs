@@ -46,6 +46,7 @@ enum End {
     Shutdown,
     TlsOnPlaintext,
     Flooded,
+    SendTimeout,
 }
 
 impl End {
@@ -60,6 +61,7 @@ impl End {
             End::Shutdown => "shutting down",
             End::TlsOnPlaintext => "TLS on a plaintext listener",
             End::Flooded => "too many frames sent without waiting for answers",
+            End::SendTimeout => "send_timeout: the sender did not read its acks",
         }
     }
 }
@@ -234,7 +236,12 @@ where
         empty_frames = stats.empty_frames,
         "connection closed"
     );
-    if end != End::PeerClosed && end != End::ReadError && end != End::WriteError {
+    // Nothing more can be written to a sender that stopped reading (a TLS close_notify would
+    // wait on the full buffers like the ack did).
+    if !matches!(
+        end,
+        End::PeerClosed | End::ReadError | End::WriteError | End::SendTimeout
+    ) {
         link.shutdown().await;
     }
     messages
@@ -256,7 +263,17 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let written = if ctx.route.release == MllpRelease::One {
         match &ack {
-            Some(ack) => link.send_payload(ack).await,
+            // A sender that does not read its acks fills the kernel's buffers and then this
+            // write waits: close it after `send_timeout` rather than hold the ack forever.
+            Some(ack) => {
+                match tokio::time::timeout(ctx.route.send_timeout, link.send_payload(ack)).await {
+                    Ok(written) => written,
+                    Err(_) => {
+                        tracing::warn!(route = %ctx.name, %peer, send_timeout = %humantime::format_duration(ctx.route.send_timeout), "the sender does not read its acks; closing the connection");
+                        return Err(End::SendTimeout);
+                    }
+                }
+            }
             None => Ok(()),
         }
     } else {

@@ -77,6 +77,7 @@ fn route(w: &mut String, r: &Route) {
             OnUpstreamFailure::Close => "close",
         },
     );
+    line(w, i, "send_timeout", dur(r.send_timeout));
     line(
         w,
         i,

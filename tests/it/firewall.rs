@@ -376,3 +376,34 @@ async fn a_deny_on_a_tls_identity_holds_whatever_the_case_of_the_certificate() {
     );
     guard.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_does_not_read_its_acks_is_closed_after_send_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let guard = dir
+        .guard(&route_yaml(upstream.addr, "    send_timeout: 1s\n", "", ""))
+        .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket
+        .connect(guard.local_addr("test").unwrap())
+        .await
+        .unwrap();
+    // 60,000 frames without a header, each answered AR by the guard itself (~200 bytes): far
+    // more acks than the kernel's buffers hold while nobody reads them.
+    let frames = mllp_guard::wire::codec::encode(b"x").repeat(60_000);
+    let (mut rx, mut tx) = tcp.split();
+    let write = async {
+        let _ = tx.write_all(&frames).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Now read: what was buffered comes out, then the end of a connection the guard closed.
+    let mut sink = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(&mut sink)).await;
+    assert!(ended.is_ok(), "the guard still held the connection open");
+    assert!(upstream.received().is_empty());
+    guard.stop().await;
+}
