@@ -19,6 +19,7 @@ use crate::firewall::limits::ConnectionPermit;
 use crate::inbound::session;
 use crate::net::proxy_protocol::Origin;
 use crate::net::{self, Stream};
+use crate::ops::refusals::{self, Refusal};
 use crate::route::{Peer, RouteContext};
 
 /// Accepts until `shutdown` fires; every admitted connection runs in `tracker` with the
@@ -55,7 +56,9 @@ pub async fn accept_loop(
         }
         let Ok(permit) = capacity.clone().try_acquire_owned() else {
             crate::ops::metrics::connection_refused(&ctx.name, "max_connections");
-            tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, "connection refused");
+            if let Some(not_logged) = to_log(&ctx.name, peer) {
+                tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, not_logged, "connection refused");
+            }
             refuse(tcp);
             continue;
         };
@@ -105,16 +108,29 @@ pub async fn accept_loop(
 fn admit(ctx: &RouteContext, peer: SocketAddr) -> Option<ConnectionPermit> {
     if !ctx.route.allow.admits(peer.ip()) {
         crate::ops::metrics::connection_refused(&ctx.name, "allowlist");
-        tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", "connection refused");
+        if let Some(not_logged) = to_log(&ctx.name, peer) {
+            tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", not_logged, "connection refused");
+        }
         return None;
     }
     match ctx.limits.admit_connection(peer.ip()) {
         Ok(source) => Some(source),
         Err(refusal) => {
             crate::ops::metrics::connection_refused(&ctx.name, "source_limit");
-            tracing::warn!(route = %ctx.name, %peer, reason = %refusal, "connection refused");
+            if let Some(not_logged) = to_log(&ctx.name, peer) {
+                tracing::warn!(route = %ctx.name, %peer, reason = %refusal, not_logged, "connection refused");
+            }
             None
         }
+    }
+}
+
+/// Whether to log a refused connection of `peer` (see [`refusals`]): `Some` with the count of
+/// its refusals not logged since its last line (a field only when there were any).
+fn to_log(route: &str, peer: SocketAddr) -> Option<Option<u64>> {
+    match refusals::refused(route, peer.ip(), std::time::Instant::now()) {
+        Refusal::Log { not_logged } => Some((not_logged > 0).then_some(not_logged)),
+        Refusal::Quiet => None,
     }
 }
 
@@ -156,7 +172,9 @@ async fn read_proxy_header(
         ),
     };
     crate::ops::metrics::connection_refused(&ctx.name, "proxy_protocol");
-    tracing::warn!(route = %ctx.name, peer = %balancer, reason, "connection refused: no valid PROXY protocol header");
+    if let Some(not_logged) = to_log(&ctx.name, balancer) {
+        tracing::warn!(route = %ctx.name, peer = %balancer, reason, not_logged, "connection refused: no valid PROXY protocol header");
+    }
     let _ = socket2::SockRef::from(&*tcp).set_linger(Some(Duration::ZERO));
     None
 }

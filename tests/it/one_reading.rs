@@ -384,3 +384,29 @@ async fn a_header_field_cannot_forge_a_key_in_the_text_log() {
     assert!(audit.contains(r#" outcome="forwarded""#), "{audit}");
     assert!(!audit.contains(" outcome=\"rejected_by_rule\""), "{audit}");
 }
+
+#[test]
+fn a_flood_of_refused_connections_logs_one_line_per_source_and_interval() {
+    let dir = TestDir::new();
+    let config = dir.path("guard.yaml");
+    let yaml = route_yaml("127.0.0.1:9".parse().unwrap(), "", "", "")
+        .replace("allow: [127.0.0.1/32]", "allow: [127.0.0.2/32]");
+    std::fs::write(&config, yaml).unwrap();
+    let (_guard, listen, logs) = start_guard(&config);
+    for _ in 0..50 {
+        // Refused (reset) before any byte: the connect itself may succeed or not.
+        let _ = std::net::TcpStream::connect(&listen);
+    }
+    let mut refused = 0;
+    while let Ok(line) = logs.recv_timeout(Duration::from_millis(1500)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "connection refused" {
+            refused += 1;
+            assert_eq!(v["reason"], "address not in allow list");
+        }
+    }
+    assert_eq!(
+        refused, 1,
+        "the first refusal is logged, the rest of the interval counted"
+    );
+}

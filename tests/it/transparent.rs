@@ -221,7 +221,7 @@ async fn tproxy_redirected_connections_reach_the_original_destination_from_the_c
         id,
         b: 100 + id % 150,
     };
-    let guard_port = crate::admin::free_port().port();
+    let guard_port = port_outside_the_ephemeral_range();
     lab.build(guard_port);
 
     let dir = TestDir::new();
@@ -293,4 +293,15 @@ async fn tproxy_redirected_connections_reach_the_original_destination_from_the_c
         assert!(Instant::now() < deadline, "no audit line");
     };
     assert!(audit.contains(&lab.net(0, 2)), "{audit}");
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up by default), so no connection
+/// another test opens meanwhile can take it as its local port before the guard binds it (the
+/// namespaces take a while to build).
+fn port_outside_the_ephemeral_range() -> u16 {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (0..10_000u16)
+        .map(|i| 20_000 + (start - 20_000 + i) % 10_000)
+        .find(|&port| std::net::TcpListener::bind(("0.0.0.0", port)).is_ok())
+        .expect("a free port between 20000 and 29999")
 }
