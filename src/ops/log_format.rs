@@ -332,17 +332,74 @@ impl Visit for PlainVisitor<'_> {
 }
 
 /// Writes a field value bare, or, when it holds a blank, `=`, `"` or `\` (it could pose as
-/// another key, a `key=value`, or end a quoted one), quoted with `"` and `\` escaped (logfmt). Formats twice rather than
-/// buffer: most values are short and need no quotes.
+/// another key, a `key=value`, or end a quoted one), quoted with `"` and `\` escaped (logfmt).
+/// The value is formatted once into a stack buffer and looked at there; only a value longer
+/// than the buffer is formatted twice (once to look, once to write).
 fn write_value(out: &mut Escaping<'_, '_>, value: fmt::Arguments<'_>) -> fmt::Result {
-    let mut scan = NeedsQuotes(false);
-    let _ = scan.write_fmt(value);
-    if !scan.0 {
-        return out.write_fmt(value);
+    let mut buf = StackBuf::default();
+    let text = match buf.write_fmt(value) {
+        Ok(()) => Some(buf.as_str()),
+        Err(_) => None,
+    };
+    let quote = match text {
+        Some(text) => needs_quotes(text),
+        None => {
+            let mut scan = NeedsQuotes(false);
+            let _ = scan.write_fmt(value);
+            scan.0
+        }
+    };
+    match (text, quote) {
+        (Some(text), false) => out.write_str(text),
+        (None, false) => out.write_fmt(value),
+        (Some(text), true) => {
+            out.0.write_char('"')?;
+            Quoting(out).write_str(text)?;
+            out.0.write_char('"')
+        }
+        (None, true) => {
+            out.0.write_char('"')?;
+            Quoting(out).write_fmt(value)?;
+            out.0.write_char('"')
+        }
     }
-    out.0.write_char('"')?;
-    Quoting(out).write_fmt(value)?;
-    out.0.write_char('"')
+}
+
+fn needs_quotes(s: &str) -> bool {
+    s.bytes()
+        .any(|b| matches!(b, b' ' | b'\t' | b'=' | b'"' | b'\\'))
+}
+
+/// A value formatted on the stack; `Err` once it would not fit.
+struct StackBuf {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Default for StackBuf {
+    fn default() -> Self {
+        StackBuf {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+}
+
+impl StackBuf {
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s were copied in.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl Write for StackBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Whether what is written through it holds a byte that needs quotes.
@@ -350,9 +407,7 @@ struct NeedsQuotes(bool);
 
 impl Write for NeedsQuotes {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0 = self.0
-            || s.bytes()
-                .any(|b| matches!(b, b' ' | b'\t' | b'=' | b'"' | b'\\'));
+        self.0 = self.0 || needs_quotes(s);
         Ok(())
     }
 }

@@ -209,8 +209,10 @@ impl<'p> Iterator for LaterMessages<'p> {
 
 /// Where the first message header at or after `from` starts (never at 0: that is the first).
 fn message_start_after(payload: &[u8], from: usize) -> Option<usize> {
+    static MSH: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
     let rest = payload.get(from..)?;
-    memchr::memmem::find_iter(rest, b"MSH")
+    MSH.get_or_init(|| memchr::memmem::Finder::new(b"MSH"))
+        .find_iter(rest)
         .map(|i| from + i)
         .find(|&at| {
             at > 0
@@ -329,25 +331,41 @@ impl<'a> Header<'a> {
         if self.kind != HeaderKind::Msh {
             return None;
         }
+        let (repetition, escape) = (self.repetition_separator(), self.escape_character());
+        // Fast path: MSH-9 .. MSH-12 as one span (separators found with memchr), free of every
+        // byte that could make one of them malformed.
+        let fields = &self.segment[4..];
+        let mut separators = memchr::memchr_iter(self.field_separator, fields);
+        let start = separators.nth(6).map_or(fields.len(), |at| at + 1);
+        let end = separators.nth(3).unwrap_or(fields.len());
+        let span = &fields[start.min(end)..end];
+        if memchr::memchr3(repetition, escape.unwrap_or(repetition), b' ', span).is_none()
+            && !span.contains(&b'\t')
+        {
+            return None;
+        }
         let component = self.component_separator();
-        for (n, field) in [
-            (9, "MSH-9 (message type)"),
-            (11, "MSH-11 (processing id)"),
-            (12, "MSH-12 (version id)"),
-        ] {
-            let value = self.field(n);
-            if value.contains(&self.repetition_separator()) {
-                return Some(Malformed::Repetition(field));
+        let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+        // One pass over the fields; MSH-3 is the first after the encoding characters.
+        let fields = self.segment[4..].split(|&b| b == self.field_separator);
+        for (n, value) in (2..=12).zip(fields) {
+            let name = match n {
+                9 => "MSH-9 (message type)",
+                11 => "MSH-11 (processing id)",
+                12 => "MSH-12 (version id)",
+                _ => continue,
+            };
+            if value.contains(&repetition) {
+                return Some(Malformed::Repetition(name));
             }
-            if self.escape_character().is_some_and(|e| value.contains(&e)) {
-                return Some(Malformed::Escape(field));
+            if escape.is_some_and(|e| value.contains(&e)) {
+                return Some(Malformed::Escape(name));
             }
-            let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
             if value
                 .split(|&b| b == component)
                 .any(|c| blank(c.first()) || blank(c.last()))
             {
-                return Some(Malformed::Blanks(field));
+                return Some(Malformed::Blanks(name));
             }
         }
         None
