@@ -27,7 +27,7 @@ use crate::ops::audit;
 use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
-use crate::wire::ack::Condition::DataTypeError;
+use crate::wire::ack::Condition::{self, DataTypeError};
 use crate::wire::ack::{own_ack, own_ack_for};
 use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit::{self, Commit};
@@ -381,43 +381,46 @@ async fn handle_message(
         tracing::debug!(route = %ctx.name, %peer, wait_ms = wait.as_millis() as u64, "rate limited: delaying");
         tokio::time::sleep(wait).await;
     }
+    // A message the guard refuses for how it is written: AR (with an ERR-3 condition when
+    // one fits), the reason on its audit line, never forwarded.
+    let refuse = |shown: Option<&Header<'_>>,
+                  reason: &'static str,
+                  detail: &str,
+                  condition: Option<Condition>| {
+        audit(
+            shown,
+            "rejected",
+            Some(AckCode::AR),
+            None,
+            Some((reason, detail)),
+        );
+        let text = format!("message rejected: {detail}");
+        let ack = own_ack_for(shown, AckCode::AR, condition, &text);
+        Answer::refused(ack, AckCode::AR, "rejected")
+    };
     let header = match Header::parse(frame.payload()) {
         Ok(header) => header,
-        Err(err) => {
-            let text = format!("message rejected: {err}");
-            let detail = err.to_string();
-            audit(
-                None,
-                "rejected",
-                Some(AckCode::AR),
-                None,
-                Some(("no_header", &detail)),
-            );
-            return Answer::refused(own_ack(None, AckCode::AR, &text), AckCode::AR, "rejected");
-        }
+        Err(err) => return refuse(None, "no_header", &err.to_string(), None),
     };
     // One reading: a header a receiver could read differently is refused before any rule sees
     // it. With a control byte in it, neither the ack nor the audit line repeats its fields.
     if let Some(ambiguity) = hl7::ambiguity(frame.payload()) {
-        let text = format!("message rejected: {ambiguity}");
-        let detail = ambiguity.to_string();
         let shown = match ambiguity {
             Ambiguity::ControlByte(_) => None,
             Ambiguity::MixedTerminators => Some(&header),
         };
-        let problem = Some(("ambiguous_header", detail.as_str()));
-        audit(shown, "rejected", Some(AckCode::AR), None, problem);
-        return Answer::refused(own_ack(shown, AckCode::AR, &text), AckCode::AR, "rejected");
+        return refuse(shown, "ambiguous_header", &ambiguity.to_string(), None);
     }
     // Values as the receiver reads them: a coded value (MSH-9, MSH-11, MSH-12) that lenient
     // receivers read in different ways is malformed (AR, ERR-3 102 data type error).
     if let Some(malformed) = header.malformed_coded_value() {
         let detail = malformed.to_string();
-        let problem = Some(("malformed_header", detail.as_str()));
-        audit(Some(&header), "rejected", Some(AckCode::AR), None, problem);
-        let text = format!("message rejected: {malformed}");
-        let ack = own_ack_for(Some(&header), AckCode::AR, Some(DataTypeError), &text);
-        return Answer::refused(ack, AckCode::AR, "rejected");
+        return refuse(
+            Some(&header),
+            "malformed_header",
+            &detail,
+            Some(DataTypeError),
+        );
     }
     // No smuggling across framings: bytes that frame messages on one side of the route (or of
     // a named upstream a rule may pick) would cut this payload into frames no rule saw there.
@@ -426,15 +429,7 @@ async fn handle_message(
         .chain(ctx.named_upstreams.values().map(|u| u.config().framing));
     for receiver_framing in receiver_framings {
         if let Some(b) = Framing::smuggled_byte(frame.payload(), sender_framing, receiver_framing) {
-            let detail = b.to_string();
-            let problem = Some(("framing_bytes", detail.as_str()));
-            audit(Some(&header), "rejected", Some(AckCode::AR), None, problem);
-            let ack = own_ack(
-                Some(&header),
-                AckCode::AR,
-                &format!("message rejected: {detail}"),
-            );
-            return Answer::refused(ack, AckCode::AR, "rejected");
+            return refuse(Some(&header), "framing_bytes", &b.to_string(), None);
         }
     }
     // Every message in a frame is seen: outside a batch, a second MSH is refused, or (inspect)
