@@ -690,7 +690,8 @@ fn sanitize_code(raw: &[u8]) -> String {
 
 /// Fuzz entry (the `msh_view` target calls this): parses `data` as a [`Header`] and as an
 /// [`AckView`], touches every accessor and `Debug`, and asserts the invariants: no panic, every
-/// returned slice lies within `data`, the separators are what the bytes say.
+/// returned slice lies within `data`, the separators are what the bytes say, and a header
+/// without [`ambiguity`] is the one a CR-only reader sees.
 pub fn fuzz_header(data: &[u8]) {
     let within = |s: &[u8]| {
         let whole = data.as_ptr_range();
@@ -738,6 +739,20 @@ pub fn fuzz_header(data: &[u8]) {
     if let Ok(h) = Header::parse(data) {
         let _ = h.kind();
         check_header(&h);
+        // One reading: a header the guard accepts as unambiguous is, byte for byte, the header
+        // a receiver that ends segments only at CR reads (whenever the message uses CR at all),
+        // and holds no control byte.
+        if ambiguity(data).is_none() {
+            assert!(!h.segment().iter().any(|&b| b < 0x20 || b == 0x7F));
+            if let Some(cr) = memchr::memchr(b'\r', data) {
+                assert_eq!(h.segment(), &data[..cr], "two readings of one header");
+            }
+        }
+        let _ = h.malformed_coded_value();
+        // Unescaping only ever shortens a value (or keeps it as written).
+        for n in 3..=12 {
+            assert!(unescaped(h.field(n), &h).len() <= h.field(n).len());
+        }
     }
     match AckView::parse(data) {
         Ok(ack) => {
