@@ -398,30 +398,10 @@ async fn handle_message(
         let ack = own_ack_for(shown, AckCode::AR, condition, &text);
         Answer::refused(ack, AckCode::AR, "rejected")
     };
-    let header = match Header::parse(frame.payload()) {
+    let header = match read_header(frame.payload()) {
         Ok(header) => header,
-        Err(err) => return refuse(None, "no_header", &err.to_string(), None),
+        Err(u) => return refuse(u.header.as_ref(), u.reason, &u.detail, u.condition),
     };
-    // One reading: a header a receiver could read differently is refused before any rule sees
-    // it. With a control byte in it, neither the ack nor the audit line repeats its fields.
-    if let Some(ambiguity) = hl7::ambiguity(frame.payload()) {
-        let shown = match ambiguity {
-            Ambiguity::ControlByte(_) => None,
-            Ambiguity::MixedTerminators => Some(&header),
-        };
-        return refuse(shown, "ambiguous_header", &ambiguity.to_string(), None);
-    }
-    // Values as the receiver reads them: a coded value (MSH-9, MSH-11, MSH-12) that lenient
-    // receivers read in different ways is malformed (AR, ERR-3 102 data type error).
-    if let Some(malformed) = header.malformed_coded_value() {
-        let detail = malformed.to_string();
-        return refuse(
-            Some(&header),
-            "malformed_header",
-            &detail,
-            Some(DataTypeError),
-        );
-    }
     // No smuggling across framings: bytes that frame messages on one side of the route (or of
     // a named upstream a rule may pick) would cut this payload into frames no rule saw there.
     let sender_framing = ctx.route.framing;
@@ -557,10 +537,6 @@ fn later_messages_judged<'p>(
             None,
         ));
     }
-    let destination = |decision: &Decision<'_>| match decision {
-        Decision::Route { upstream, .. } => Some(upstream.to_string()),
-        _ => None,
-    };
     let judge = |header: &Header<'_>| {
         let facts = Facts {
             peer: who.addr.ip(),
@@ -570,7 +546,8 @@ fn later_messages_judged<'p>(
         match rules::evaluate(&ctx.route.rules, &facts) {
             Decision::Reject { rule } => Judged::Reject(rule.to_string()),
             Decision::Drop { rule } => Judged::Drop(rule.to_string()),
-            decision => Judged::Goes(destination(&decision)),
+            Decision::Route { upstream, .. } => Judged::Goes(Some(upstream.to_string())),
+            Decision::Allow { .. } => Judged::Goes(None),
         }
     };
     let first_goes = match judge(first) {
@@ -581,22 +558,15 @@ fn later_messages_judged<'p>(
     let mut headers = Vec::new();
     for (i, payload) in later.enumerate() {
         let n = i + 2;
-        let header = match Header::parse(payload) {
+        let header = match read_header(payload) {
             Ok(header) => header,
-            Err(err) => return Err(refuse(format!("message {n} of the frame: {err}"), None)),
+            Err(u) => {
+                return Err(refuse(
+                    format!("message {n} of the frame: {}", u.detail),
+                    None,
+                ))
+            }
         };
-        if let Some(ambiguity) = hl7::ambiguity(payload) {
-            return Err(refuse(
-                format!("message {n} of the frame: {ambiguity}"),
-                None,
-            ));
-        }
-        if let Some(malformed) = header.malformed_coded_value() {
-            return Err(refuse(
-                format!("message {n} of the frame: {malformed}"),
-                None,
-            ));
-        }
         match judge(&header) {
             Judged::Reject(rule) => {
                 crate::ops::metrics::rule_rejected(&ctx.name, &rule);
@@ -630,6 +600,50 @@ fn later_messages_judged<'p>(
         }
     }
     Ok(headers)
+}
+
+/// Why a message is refused for how it is written, before any rule sees it.
+struct Unreadable<'p> {
+    /// The header to answer and audit with; `None` when there is none, or when it holds a
+    /// control byte (neither the ack nor the audit line repeats such fields).
+    header: Option<Header<'p>>,
+    reason: &'static str,
+    detail: String,
+    condition: Option<Condition>,
+}
+
+/// Reads a message's header the one way every receiver will: a readable header (`no_header`),
+/// without an ambiguity (`ambiguous_header`: a line feed or a control byte inside it), whose
+/// coded values MSH-9, MSH-11 and MSH-12 lenient receivers read alike (`malformed_header`,
+/// ERR-3 102 data type error). Used for the first message of a frame and every later one.
+fn read_header(payload: &[u8]) -> Result<Header<'_>, Unreadable<'_>> {
+    let header = Header::parse(payload).map_err(|err| Unreadable {
+        header: None,
+        reason: "no_header",
+        detail: err.to_string(),
+        condition: None,
+    })?;
+    if let Some(ambiguity) = hl7::ambiguity(payload) {
+        let shown = match ambiguity {
+            Ambiguity::ControlByte(_) => None,
+            Ambiguity::MixedTerminators => Some(header),
+        };
+        return Err(Unreadable {
+            header: shown,
+            reason: "ambiguous_header",
+            detail: ambiguity.to_string(),
+            condition: None,
+        });
+    }
+    if let Some(malformed) = header.malformed_coded_value() {
+        return Err(Unreadable {
+            header: Some(header),
+            reason: "malformed_header",
+            detail: malformed.to_string(),
+            condition: Some(DataTypeError),
+        });
+    }
+    Ok(header)
 }
 
 /// A rule decision on one message of a frame, owned (the rule outlives no borrow).
