@@ -41,11 +41,18 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The address the client connected to (ours, or the balancer's per its PROXY header).
     pub local: SocketAddr,
+    /// The load balancer the connection really came from, when a PROXY header named `addr`.
+    pub proxy: Option<SocketAddr>,
     /// SAN DNS/URI names then CN of the client certificate; empty without one.
     pub identities: Vec<String>,
 }
 
 impl Peer {
+    /// The balancer, as a log field (absent for a direct connection).
+    pub fn proxy(&self) -> Option<tracing::field::DisplayValue<SocketAddr>> {
+        self.proxy.map(tracing::field::display)
+    }
+
     /// The client and the address it connected to, for a PROXY header upstream.
     pub fn origin(&self) -> Origin {
         Origin {

@@ -102,6 +102,16 @@ pub struct Admin {
 }
 
 /// One listener with its policy and its upstream.
+/// `proxy_protocol:` of a route: which headers to read, and from whom.
+#[derive(Clone, Debug)]
+pub struct TrustedProxies {
+    /// `accept`: `v1`, `v2` or `any` (either, told apart by the first byte). Default `any`.
+    pub accept: crate::net::proxy_protocol::Accept,
+    /// `from`: the balancers (CIDRs or IPs, required, never `any`). A connection from any other
+    /// peer is refused before a byte is read: anyone else could claim any address.
+    pub from: Allowlist,
+}
+
 #[derive(Clone, Debug)]
 pub struct Route {
     /// `name`: unique among routes; 1 to 63 characters of `a-z`, `0-9`, `-`.
@@ -112,10 +122,10 @@ pub struct Route {
     /// Linux, CAP_NET_ADMIN); the original destination is the connection's local address.
     /// Default false.
     pub transparent: bool,
-    /// `proxy_protocol`: `v1` or `v2`: every connection starts with a PROXY protocol header
-    /// from a load balancer, and the client it names is the peer for allowlists, limits, rules
-    /// and logs; a connection without a valid header is refused. `None` (default) = off.
-    pub proxy_protocol: Option<crate::net::proxy_protocol::Version>,
+    /// `proxy_protocol: { accept, from }`: connections come through load balancers that put a
+    /// PROXY protocol header first; the client it names is the peer for allowlists, limits,
+    /// rules and logs. `None` (default) = off.
+    pub proxy_protocol: Option<TrustedProxies>,
     /// `tls`: terminate TLS on this listener; `None` = plaintext.
     pub tls: Option<ServerTls>,
     /// `allow`: who may connect, checked on the peer address before any byte is read.
@@ -262,8 +272,10 @@ pub struct RateLimits {
     pub bytes_per_second: Option<u64>,
     /// `connections_per_minute`: new connections per minute per source. `None` = off.
     pub connections_per_minute: Option<NonZeroU32>,
-    /// `max_connections_per_source`: concurrent connections per source. `None` = only the
-    /// route's `max_connections` applies.
+    /// `max_connections_per_source`: concurrent connections per source. Not set: three quarters
+    /// of the route's `max_connections`, at least 8 (or `max_connections` when smaller); the
+    /// validator fills it in, so a route's value is always `Some`. (`None` in a `RateLimits`
+    /// built by hand: only `max_connections` applies.)
     pub max_connections_per_source: Option<usize>,
     /// `on_limit`: what happens to a source over its rate. Default `delay`.
     pub on_limit: OnLimit,

@@ -75,7 +75,7 @@ pub(super) struct RawRoute {
     pub(super) listen: Option<Text>,
     pub(super) dial: Option<Text>,
     pub(super) transparent: Option<Text>,
-    pub(super) proxy_protocol: Option<Text>,
+    pub(super) proxy_protocol: Option<Spanned<RawProxyProtocol>>,
     pub(super) tls: Option<Spanned<RawServerTls>>,
     /// Optional here so that its absence gets a message with an example.
     pub(super) allow: Option<Spanned<Vec<Text>>>,
@@ -222,6 +222,40 @@ pub(super) struct RawKeepalive {
 pub(super) struct RawReconnect {
     pub(super) initial: Option<Text>,
     pub(super) max: Option<Text>,
+}
+
+/// `proxy_protocol:` as written: the block `{ accept, from }`, or a bare word (`v1`, `v2`), which
+/// the validator refuses with a message that says what to write instead.
+pub(super) enum RawProxyProtocol {
+    Word(String),
+    Block(RawProxyBlock),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxyBlock {
+    pub(super) accept: Option<Text>,
+    pub(super) from: Option<Spanned<Vec<Text>>>,
+}
+
+impl<'de> Deserialize<'de> for RawProxyProtocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ProxyVisitor;
+        impl<'de> Visitor<'de> for ProxyVisitor {
+            type Value = RawProxyProtocol;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map { accept: v1 | v2 | any, from: [<balancer CIDRs>] }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawProxyProtocol, E> {
+                Ok(RawProxyProtocol::Word(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawProxyProtocol, A::Error> {
+                RawProxyBlock::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawProxyProtocol::Block)
+            }
+        }
+        deserializer.deserialize_any(ProxyVisitor)
+    }
 }
 
 /// `framing:` of a route (sender side) or of its upstream (receiver side); every key optional,

@@ -14,20 +14,91 @@ use serde_saphyr::Spanned;
 use super::firewall::UpstreamNames;
 use super::model::{
     Connections, Delivery, MllpRelease, MultipleMessages, OnUpstreamFailure, ReceiverRole, Route,
-    SenderRole, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_RECEIVE_TIMEOUT, DEFAULT_SEND_TIMEOUT,
+    SenderRole, TrustedProxies, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RECEIVE_TIMEOUT, DEFAULT_SEND_TIMEOUT,
 };
-use super::raw::{RawFraming, RawRoute};
+use super::raw::{RawFraming, RawProxyProtocol, RawRoute};
 use super::scalars::{
     parse_bool, parse_byte, parse_count, parse_duration, parse_frame_size, parse_listen,
     parse_multiple_messages, parse_on_upstream_failure, parse_positive_duration,
-    parse_proxy_version, parse_release, parse_route_name, parse_upstream_address,
+    parse_proxy_accept, parse_proxy_version, parse_release, parse_route_name,
+    parse_upstream_address,
 };
 use super::validator::Validator;
 use crate::firewall::policy::Allowlist;
+use crate::net::proxy_protocol::Accept;
 use crate::wire::codec::Framing;
 
+/// `limits.max_connections_per_source` when not set: three quarters of `max_connections` (192
+/// of the shipped 256), so that one address cannot take every slot and a quarter always stays
+/// for the others, but never fewer than 8 (or all of `max_connections` when it is smaller): a
+/// small route is usually fed by one interface engine with a few connections.
+pub(super) fn default_connections_per_source(max_connections: usize) -> usize {
+    (max_connections * 3 / 4).max(8).min(max_connections)
+}
+
 impl Validator<'_> {
+    /// `proxy_protocol: { accept, from }`. A bare version is refused: it would believe a header
+    /// from anyone who can reach the port, and a header can claim any address.
+    fn trusted_proxies(
+        &mut self,
+        p: &str,
+        raw: &Spanned<RawProxyProtocol>,
+    ) -> Option<TrustedProxies> {
+        let block = match &raw.value {
+            RawProxyProtocol::Word(word) => {
+                let accept = parse_proxy_version(word).map_or("any".to_string(), |v| v.to_string());
+                self.error(
+                    p.to_string(),
+                    &raw.referenced,
+                    format!(
+                        "`proxy_protocol: {}` would believe a PROXY header from anyone who can reach this port, and a header can claim any address; add `from:` with your load balancers' addresses: `proxy_protocol: {{ accept: {accept}, from: [10.0.0.5/32] }}`",
+                        word.trim()
+                    ),
+                );
+                return None;
+            }
+            RawProxyProtocol::Block(block) => block,
+        };
+        let accept = self.value(
+            format!("{p}.accept"),
+            &block.accept,
+            Accept::Any,
+            parse_proxy_accept,
+        );
+        let example = "e.g. `from: [10.0.0.5/32]`";
+        let Some(list) = &block.from else {
+            self.error(
+                p.to_string(),
+                &raw.referenced,
+                format!("missing required key `from`: the load balancers whose PROXY headers are believed, {example}"),
+            );
+            return None;
+        };
+        let entries: Vec<&str> = list.value.iter().map(|e| e.value.as_str()).collect();
+        match Allowlist::parse(&entries) {
+            Ok(Allowlist::Any) => self.error(
+                format!("{p}.from[0]"),
+                list.value.first().map_or(&list.referenced, |e| &e.referenced),
+                format!("`from` names the load balancers to believe; \"any\" would let every peer claim any address ({example})"),
+            ),
+            Ok(from) if entries.is_empty() => {
+                let _ = from;
+                self.error(
+                    format!("{p}.from"),
+                    &list.referenced,
+                    format!("`from` is empty: no PROXY header would be believed and every connection refused; name the load balancers, {example}"),
+                );
+            }
+            Ok(from) => return Some(TrustedProxies { accept, from }),
+            Err((j, message)) => {
+                let at = list.value.get(j).map_or(&list.referenced, |e| &e.referenced);
+                self.error(format!("{p}.from[{j}]"), at, message);
+            }
+        }
+        None
+    }
+
     pub(super) fn route(
         &mut self,
         i: usize,
@@ -87,12 +158,10 @@ impl Validator<'_> {
                 "transparent applies to a listener that TPROXY redirects to; a route that dials its sender has none (remove it)",
             );
         }
-        let proxy_protocol = self.value(
-            format!("{p}.proxy_protocol"),
-            &r.proxy_protocol,
-            None,
-            |s| parse_proxy_version(s).map(Some),
-        );
+        let proxy_protocol = r
+            .proxy_protocol
+            .as_ref()
+            .and_then(|raw| self.trusted_proxies(&format!("{p}.proxy_protocol"), raw));
         if let (Some(_), Some(raw)) = (&r.dial, &r.proxy_protocol) {
             self.error(
                 format!("{p}.proxy_protocol"),
@@ -170,7 +239,13 @@ impl Validator<'_> {
             parse_positive_duration,
         );
         let rules = self.rules(&p, r.rules.as_ref(), upstreams);
-        let (limits, limits_handshake) = self.limits(&p, r.limits.as_ref());
+        let (mut limits, limits_handshake) = self.limits(&p, r.limits.as_ref());
+        // Fair slots: unless set, one address may hold only a share of the route's slots.
+        limits.max_connections_per_source = Some(
+            limits
+                .max_connections_per_source
+                .unwrap_or_else(|| default_connections_per_source(max_connections)),
+        );
         if let Some(limit) = limits_handshake {
             let route_key_valid = r
                 .handshake_timeout

@@ -237,7 +237,7 @@ pub(super) fn parse_byte(s: &str) -> Result<u8, String> {
     })
 }
 
-/// `proxy_protocol` / `send_proxy_protocol`: `v1` or `v2`.
+/// `send_proxy_protocol` (and a bare `proxy_protocol`, refused with advice): `v1` or `v2`.
 pub(super) fn parse_proxy_version(s: &str) -> Result<crate::net::proxy_protocol::Version, String> {
     match s.trim() {
         "v1" => Ok(crate::net::proxy_protocol::Version::V1),
@@ -245,6 +245,16 @@ pub(super) fn parse_proxy_version(s: &str) -> Result<crate::net::proxy_protocol:
         _ => Err(format!(
             "must be v1 (text header) or v2 (binary header), not \"{s}\""
         )),
+    }
+}
+
+/// `proxy_protocol.accept`: `v1`, `v2` or `any`.
+pub(super) fn parse_proxy_accept(s: &str) -> Result<crate::net::proxy_protocol::Accept, String> {
+    match s.trim() {
+        "any" => Ok(crate::net::proxy_protocol::Accept::Any),
+        other => parse_proxy_version(other).map(Into::into).map_err(|_| {
+            format!("must be v1 (text header), v2 (binary header) or any (either), not \"{s}\"")
+        }),
     }
 }
 

@@ -701,17 +701,32 @@ pub fn fuzz_rules(data: &[u8]) {
         return;
     };
     if let Ok(p) = Pattern::parse(text) {
-        assert_eq!(p.matches(value), glob_oracle(pattern, value), "{text:?}");
+        // Header patterns compare without regard to ASCII case.
+        let expected = glob_oracle(&pattern.to_ascii_lowercase(), &value.to_ascii_lowercase());
+        assert_eq!(p.matches(value), expected, "{text:?}");
         assert_eq!(p.as_str(), text);
     }
     if let Ok(p) = Pattern::parse_identity(text) {
-        let expected = match text.strip_prefix("*.") {
-            Some(domain) => value
-                .strip_suffix(domain.as_bytes())
-                .and_then(|head| head.strip_suffix(b"."))
-                .is_some_and(|label| !label.is_empty() && !label.contains(&b'.')),
-            None if text == "*" => true,
-            None => value == pattern,
+        // RFC 6125: a DNS identity is written case-insensitively and may end in a dot; the
+        // value it meets is already normalised (lower case, no trailing dot). A `uri:` identity
+        // compares as written.
+        let normalised = if text.starts_with("uri:") {
+            text.to_string()
+        } else {
+            let lower = text.to_ascii_lowercase();
+            match lower.strip_suffix('.') {
+                Some(name) if !name.is_empty() && !name.ends_with(['*', '.']) => name.to_string(),
+                _ => lower,
+            }
+        };
+        let expected = match normalised.strip_prefix('*') {
+            Some(domain) if domain.starts_with('.') => {
+                value.strip_suffix(domain.as_bytes()).is_some_and(|label| {
+                    !label.is_empty() && !label.contains(&b'.') && !label.contains(&b':')
+                })
+            }
+            Some("") => true,
+            _ => value == normalised.as_bytes(),
         };
         assert_eq!(p.matches(value), expected, "{text:?}");
     }

@@ -38,6 +38,7 @@ pub async fn dial_loop(
                 let who = Peer {
                     addr,
                     local: tcp.local_addr().unwrap_or(addr),
+                    proxy: None,
                     identities: Vec::new(),
                 };
                 let started = Instant::now();

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::field::display;
 
 use crate::firewall::limits::ConnectionPermit;
 use crate::inbound::session;
@@ -67,27 +68,36 @@ pub async fn accept_loop(
         }
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
-        if let Some(version) = ctx.route.proxy_protocol {
+        if let Some(proxies) = &ctx.route.proxy_protocol {
+            // Only the balancers are believed: anyone else could claim any address.
+            if !proxies.from.admits(peer.ip()) {
+                crate::ops::metrics::connection_refused(&ctx.name, "untrusted_proxy");
+                if let Some(not_logged) = to_log(&ctx.name, peer) {
+                    tracing::warn!(route = %ctx.name, %peer, reason = "not a trusted PROXY protocol peer (proxy_protocol.from)", not_logged, "connection refused");
+                }
+                refuse(tcp);
+                continue;
+            }
+            let accept = proxies.accept;
             // The real client is only known once its header is read: admit it in its own task
             // so a slow balancer cannot stall the accept loop.
             tracker.spawn(async move {
                 let mut tcp = tcp;
-                let Some(origin) =
-                    read_proxy_header(&mut tcp, version, peer, &ctx, &shutdown).await
+                let Some(origin) = read_proxy_header(&mut tcp, accept, peer, &ctx, &shutdown).await
                 else {
                     return;
                 };
-                let Some(source) = admit(&ctx, origin.source) else {
+                let Some(source) = admit(&ctx, origin.source, Some(peer)) else {
                     refuse(tcp);
                     return;
                 };
                 let open = count_accepted(&ctx, origin.source);
                 let _permits = (permit, source, open);
-                serve_connection(tcp, origin, ctx, shutdown).await;
+                serve_connection(tcp, origin, Some(peer), ctx, shutdown).await;
             });
             continue;
         }
-        let Some(source) = admit(&ctx, peer) else {
+        let Some(source) = admit(&ctx, peer, None) else {
             refuse(tcp);
             continue;
         };
@@ -98,18 +108,23 @@ pub async fn accept_loop(
         let open = count_accepted(&ctx, peer);
         tracker.spawn(async move {
             let _permits = (permit, source, open);
-            serve_connection(tcp, origin, ctx, shutdown).await;
+            serve_connection(tcp, origin, None, ctx, shutdown).await;
         });
     }
 }
 
-/// The allowlist and the per-source connection limits, on the client's address. `None` (logged
-/// and counted) when refused.
-fn admit(ctx: &RouteContext, peer: SocketAddr) -> Option<ConnectionPermit> {
+/// The allowlist and the per-source connection limits, on the client's address (`proxy`: the
+/// balancer whose header named it, for the log line). `None` (logged and counted) when refused.
+fn admit(
+    ctx: &RouteContext,
+    peer: SocketAddr,
+    proxy: Option<SocketAddr>,
+) -> Option<ConnectionPermit> {
+    let proxy = proxy.map(display);
     if !ctx.route.allow.admits(peer.ip()) {
         crate::ops::metrics::connection_refused(&ctx.name, "allowlist");
         if let Some(not_logged) = to_log(&ctx.name, peer) {
-            tracing::warn!(route = %ctx.name, %peer, reason = "address not in allow list", not_logged, "connection refused");
+            tracing::warn!(route = %ctx.name, %peer, proxy, reason = "address not in allow list", not_logged, "connection refused");
         }
         return None;
     }
@@ -118,7 +133,7 @@ fn admit(ctx: &RouteContext, peer: SocketAddr) -> Option<ConnectionPermit> {
         Err(refusal) => {
             crate::ops::metrics::connection_refused(&ctx.name, "source_limit");
             if let Some(not_logged) = to_log(&ctx.name, peer) {
-                tracing::warn!(route = %ctx.name, %peer, reason = %refusal, not_logged, "connection refused");
+                tracing::warn!(route = %ctx.name, %peer, proxy, reason = %refusal, not_logged, "connection refused");
             }
             None
         }
@@ -146,13 +161,13 @@ fn count_accepted(ctx: &RouteContext, peer: SocketAddr) -> crate::ops::metrics::
 /// connection must be refused.
 async fn read_proxy_header(
     tcp: &mut TcpStream,
-    version: net::proxy_protocol::Version,
+    accept: net::proxy_protocol::Accept,
     balancer: SocketAddr,
     ctx: &RouteContext,
     shutdown: &CancellationToken,
 ) -> Option<Origin> {
     let limit = ctx.route.handshake_timeout;
-    let read = tokio::time::timeout(limit, net::proxy_protocol::read_header(tcp, version));
+    let read = tokio::time::timeout(limit, net::proxy_protocol::read_header(tcp, accept));
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => return None,
         outcome = read => outcome,
@@ -180,9 +195,11 @@ async fn read_proxy_header(
 }
 
 /// TLS handshake (if the route has TLS) under `handshake_timeout`, then the session.
+/// `proxy`: the balancer whose PROXY header named `origin`.
 async fn serve_connection(
     tcp: TcpStream,
     origin: Origin,
+    proxy: Option<SocketAddr>,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
 ) {
@@ -192,7 +209,7 @@ async fn serve_connection(
         // Boxed: a handshake in progress holds a whole rustls connection (over 1 KiB). On the
         // heap it lives only while the handshake runs, instead of sizing every connection's
         // task, plaintext ones too, for their whole life (issue 7: idle memory per connection).
-        Some(tls) => match Box::pin(handshake(tcp, tls, &ctx, peer, &shutdown)).await {
+        Some(tls) => match Box::pin(handshake(tcp, tls, &ctx, peer, proxy, &shutdown)).await {
             Some(stream) => stream,
             None => return,
         },
@@ -200,10 +217,11 @@ async fn serve_connection(
     let who = Peer {
         addr: peer,
         local: origin.destination,
+        proxy,
         identities: stream.peer_identities(),
     };
     if ctx.route.tls.is_some() {
-        tracing::debug!(route = %ctx.name, %peer, identity = who.identity(), "TLS session established");
+        tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), identity = who.identity(), "TLS session established");
     }
     session::serve(stream, who, ctx.clone(), shutdown).await;
 }
@@ -215,8 +233,10 @@ async fn handshake(
     tls: &crate::config::ServerTls,
     ctx: &RouteContext,
     peer: SocketAddr,
+    proxy: Option<SocketAddr>,
     shutdown: &CancellationToken,
 ) -> Option<Stream> {
+    let proxy = proxy.map(display);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let limit = ctx.route.handshake_timeout;
     let handshake = tokio::select! {
@@ -227,12 +247,12 @@ async fn handshake(
         Ok(Ok(stream)) => Some(Stream::ServerTls(Box::new(stream))),
         Ok(Err(err)) => {
             crate::ops::metrics::tls_handshake_failed(&ctx.name, "error");
-            tracing::warn!(route = %ctx.name, %peer, error = %err, "TLS handshake failed; connection closed");
+            tracing::warn!(route = %ctx.name, %peer, proxy, error = %err, "TLS handshake failed; connection closed");
             None
         }
         Err(_) => {
             crate::ops::metrics::tls_handshake_failed(&ctx.name, "timeout");
-            tracing::warn!(route = %ctx.name, %peer, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
+            tracing::warn!(route = %ctx.name, %peer, proxy, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
             None
         }
     }

@@ -11,7 +11,6 @@
 //! gives it. Must not know how upstreams connect, which connection carries a message, or how
 //! delivery works: it asks [`crate::dispatch`] and writes the [`Answer`] it gets.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,6 +49,22 @@ enum End {
 }
 
 impl End {
+    /// The metric label (`mllp_guard_connections_closed_total{reason}`).
+    fn label(self) -> &'static str {
+        match self {
+            End::PeerClosed => "peer_closed",
+            End::ReceiveTimeout => "receive_timeout",
+            End::IdleTimeout => "idle_timeout",
+            End::ReadError => "read_error",
+            End::WriteError => "write_error",
+            End::DeliveryFailure => "delivery_failure",
+            End::Shutdown => "shutdown",
+            End::TlsOnPlaintext => "tls_on_plaintext",
+            End::Flooded => "flooded",
+            End::SendTimeout => "send_timeout",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             End::PeerClosed => "peer closed",
@@ -130,7 +145,7 @@ where
                 }
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, &who),
             };
-            if let Err(end) = write_answer(&ctx, &mut link, answer, peer).await {
+            if let Err(end) = write_answer(&ctx, &mut link, answer, &who).await {
                 break 'session end;
             }
         }
@@ -201,16 +216,16 @@ where
             Event::Sender(Some(Ok(_))) => {
                 heard_from_sender(&mut last_read);
                 if messages == 0 && route.tls.is_none() && looks_like_tls(link.buffered()) {
-                    tracing::warn!(route = %ctx.name, %peer, "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
+                    tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
                     break End::TlsOnPlaintext;
                 }
             }
             Event::Sender(Some(Err(err))) => {
-                tracing::debug!(route = %ctx.name, %peer, error = %err, "read from sender failed");
+                tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "read from sender failed");
                 break End::ReadError;
             }
             Event::Receiver(Ok(0)) | Event::Receiver(Err(_)) => {
-                tracing::debug!(route = %ctx.name, %peer, "the receiver closed the paired connection; the next message opens a new one");
+                tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), "the receiver closed the paired connection; the next message opens a new one");
                 lanes.receiver_lost();
             }
             Event::Receiver(Ok(_)) => {}
@@ -223,11 +238,13 @@ where
     let stats = link.stats();
     let partial = link.in_frame();
     if partial {
-        tracing::warn!(route = %ctx.name, %peer, reason = end.as_str(), "connection ended inside a frame; the partial message was dropped and never forwarded");
+        tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), reason = end.as_str(), "connection ended inside a frame; the partial message was dropped and never forwarded");
     }
+    crate::ops::metrics::connection_closed(&ctx.name, end.label());
     tracing::info!(
         route = %ctx.name,
         %peer,
+        proxy = who.proxy(),
         reason = end.as_str(),
         messages,
         noise_bytes = stats.noise_bytes,
@@ -254,8 +271,9 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &RouteContext,
     link: &mut Link<S>,
     answer: Answer,
-    peer: SocketAddr,
+    who: &Peer,
 ) -> Result<(), End> {
+    let peer = who.addr;
     let (ack, committed) = match answer {
         Answer::Close(_) => return Err(End::DeliveryFailure),
         Answer::Ack { ack, committed, .. } => (Some(ack), committed),
@@ -269,7 +287,7 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
                 match tokio::time::timeout(ctx.route.send_timeout, link.send_payload(ack)).await {
                     Ok(written) => written,
                     Err(_) => {
-                        tracing::warn!(route = %ctx.name, %peer, send_timeout = %humantime::format_duration(ctx.route.send_timeout), "the sender does not read its acks; closing the connection");
+                        tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), send_timeout = %humantime::format_duration(ctx.route.send_timeout), "the sender does not read its acks; closing the connection");
                         return Err(End::SendTimeout);
                     }
                 }
@@ -279,10 +297,10 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         // Boxed: MLLP release 2 waits for commit blocks, a larger state than release 1's single
         // write, and most routes never use it.
-        Box::pin(answer_release2(ctx, link, ack, committed, peer)).await?
+        Box::pin(answer_release2(ctx, link, ack, committed, who)).await?
     };
     written.map_err(|err| {
-        tracing::debug!(route = %ctx.name, %peer, error = %err, "could not write the answer to the sender");
+        tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "could not write the answer to the sender");
         End::WriteError
     })
 }
@@ -294,8 +312,9 @@ async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
     link: &mut Link<S>,
     ack: Option<Bytes>,
     committed: bool,
-    peer: SocketAddr,
+    who: &Peer,
 ) -> Result<std::io::Result<()>, End> {
+    let peer = who.addr;
     let commit = if committed { Commit::Ack } else { Commit::Nak };
     let sent = commit::answer(link, commit).await;
     let (Ok(()), Some(ack), true) = (&sent, ack, committed) else {
@@ -322,7 +341,7 @@ async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
         Err(err) => {
             // The message was delivered; only the ack's commit is missing. Keep the
             // connection: the sender can still resend and be answered.
-            tracing::warn!(route = %ctx.name, %peer, error = %err, "the sender did not commit its ack (MLLP release 2)");
+            tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "the sender did not commit its ack (MLLP release 2)");
             Ok(Ok(()))
         }
     }
@@ -347,6 +366,7 @@ async fn handle_message(
                 route: &ctx.metrics,
                 direction: "from_sender",
                 peer,
+                proxy: who.proxy,
                 identity: who.identity(),
                 header,
                 bytes: frame.len() as u64,
@@ -378,7 +398,7 @@ async fn handle_message(
             );
             return Answer::refused(ack, AckCode::AE, "rate_limited");
         }
-        tracing::debug!(route = %ctx.name, %peer, wait_ms = wait.as_millis() as u64, "rate limited: delaying");
+        tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), wait_ms = wait.as_millis() as u64, "rate limited: delaying");
         tokio::time::sleep(wait).await;
     }
     // A message the guard refuses for how it is written: AR (with an ERR-3 condition when
@@ -665,6 +685,7 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Ans
             route: &ctx.metrics,
             direction: "from_sender",
             peer: who.addr,
+            proxy: who.proxy,
             identity: who.identity(),
             header: header.as_ref(),
             bytes: len,

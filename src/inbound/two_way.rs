@@ -56,6 +56,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 route: &ctx.metrics,
                 direction: "to_sender",
                 peer: who.addr,
+                proxy: who.proxy,
                 identity: who.identity(),
                 header,
                 bytes,

@@ -3,7 +3,8 @@
 //! writing one to a receiver that wants it.
 //!
 //! Owns reading exactly the header and not one byte more (what follows belongs to the MLLP or
-//! TLS stream), the version check, and building v1/v2 headers. Parsing is the `ppp` crate's.
+//! TLS stream), the version check (one version, or either), and building v1/v2 headers. Whom to
+//! believe is the listener's decision (`proxy_protocol.from`), made before this reads a byte. Parsing is the `ppp` crate's.
 //! Must not know what the addresses are used for.
 
 use std::io;
@@ -28,6 +29,45 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// Which headers a listener reads (`proxy_protocol.accept`): one version, or either (told
+/// apart by the first byte: `P` starts v1, CR starts v2's signature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    V1,
+    V2,
+    Any,
+}
+
+impl From<Version> for Accept {
+    fn from(version: Version) -> Accept {
+        match version {
+            Version::V1 => Accept::V1,
+            Version::V2 => Accept::V2,
+        }
+    }
+}
+
+impl Accept {
+    /// The versions it reads, for a message: `v1`, `v2`, `v1 or v2`.
+    fn versions(self) -> &'static str {
+        match self {
+            Accept::V1 => "v1",
+            Accept::V2 => "v2",
+            Accept::Any => "v1 or v2",
+        }
+    }
+}
+
+impl std::fmt::Display for Accept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accept::V1 => "v1",
+            Accept::V2 => "v2",
+            Accept::Any => "any",
+        })
+    }
+}
+
 /// Where a proxied connection really comes from and goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -40,8 +80,8 @@ pub struct Origin {
 pub enum ProxyError {
     #[error("reading the PROXY header failed: {0}")]
     Io(#[from] io::Error),
-    #[error("no PROXY protocol {0} header at the start of the connection")]
-    Missing(Version),
+    #[error("no PROXY protocol {} header at the start of the connection", .0.versions())]
+    Missing(Accept),
     #[error("malformed PROXY protocol {version} header: {reason}")]
     Malformed { version: Version, reason: String },
 }
@@ -53,16 +93,25 @@ const V2_SIGNATURE: [u8; 12] = [
     0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
 ];
 
-/// Reads the `version` header from the start of `tcp`, consuming exactly its bytes. `Ok(None)`
-/// for a header that names no client (v1 `UNKNOWN`, v2 `LOCAL`, e.g. a balancer's health check):
-/// the connection's own addresses then apply.
+/// Reads a header of an accepted version from the start of `tcp`, consuming exactly its bytes.
+/// `Ok(None)` for a header that names no client (v1 `UNKNOWN`, v2 `LOCAL`, e.g. a balancer's
+/// health check): the connection's own addresses then apply.
 pub async fn read_header(
     tcp: &mut TcpStream,
-    version: Version,
+    accept: impl Into<Accept>,
 ) -> Result<Option<Origin>, ProxyError> {
-    match version {
-        Version::V1 => read_v1(tcp).await,
-        Version::V2 => read_v2(tcp).await,
+    match accept.into() {
+        Accept::V1 => read_v1(tcp).await,
+        Accept::V2 => read_v2(tcp).await,
+        Accept::Any => {
+            let mut first = [0u8; 1];
+            match tcp.peek(&mut first).await? {
+                0 => Err(ProxyError::Missing(Accept::Any)),
+                _ if first[0] == b'P' => read_v1(tcp).await,
+                _ if first[0] == V2_SIGNATURE[0] => read_v2(tcp).await,
+                _ => Err(ProxyError::Missing(Accept::Any)),
+            }
+        }
     }
 }
 
@@ -73,7 +122,7 @@ async fn read_v1(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
         let room = V1_MAX - header.len();
         let n = tcp.peek(&mut peeked[..room]).await?;
         if n == 0 {
-            return Err(ProxyError::Missing(Version::V1));
+            return Err(ProxyError::Missing(Accept::V1));
         }
         let seen = &peeked[..n];
         // Everything up to CRLF is header; without CRLF yet, all of it is.
@@ -86,7 +135,7 @@ async fn read_v1(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
         header.resize(start + take, 0);
         tcp.read_exact(&mut header[start..]).await?;
         if !b"PROXY ".starts_with(&header[..header.len().min(6)]) {
-            return Err(ProxyError::Missing(Version::V1));
+            return Err(ProxyError::Missing(Accept::V1));
         }
         if header.ends_with(b"\r\n") {
             break;
@@ -120,11 +169,11 @@ async fn read_v2(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
     while got < 16 {
         let n = tcp.read(&mut fixed[got..got + 1]).await?;
         if n == 0 {
-            return Err(ProxyError::Missing(Version::V2));
+            return Err(ProxyError::Missing(Accept::V2));
         }
         got += 1;
         if got <= V2_SIGNATURE.len() && fixed[got - 1] != V2_SIGNATURE[got - 1] {
-            return Err(ProxyError::Missing(Version::V2));
+            return Err(ProxyError::Missing(Accept::V2));
         }
     }
     let len = u16::from_be_bytes([fixed[14], fixed[15]]) as usize;
@@ -227,6 +276,28 @@ mod tests {
             server.read_exact(&mut rest).await.unwrap();
             assert_eq!(&rest, b"\x0bMSH|rest", "{version}: not one byte more");
         }
+    }
+
+    #[tokio::test]
+    async fn accept_any_reads_either_version_and_refuses_neither() {
+        for version in [Version::V1, Version::V2] {
+            let (mut client, mut server) = pair().await;
+            let mut wire = header(version, Some(origin()));
+            wire.extend_from_slice(b"\x0bMSH|");
+            client.write_all(&wire).await.unwrap();
+            let got = read_header(&mut server, Accept::Any).await.unwrap();
+            assert_eq!(got, Some(origin()), "{version}");
+            let mut rest = [0u8; 5];
+            server.read_exact(&mut rest).await.unwrap();
+            assert_eq!(&rest, b"\x0bMSH|", "{version}: not one byte more");
+        }
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"\x0bMSH|^~\\&|A\x1c\x0d").await.unwrap();
+        let err = read_header(&mut server, Accept::Any).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no PROXY protocol v1 or v2 header at the start of the connection"
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! sent what to whom and what became of it, never what it said.
 //!
 //! Each line (target `mllp_guard::audit`, message "message") carries: route, direction
-//! (`from_sender` or `to_sender`), peer address, TLS identity, MSH-3 and MSH-4 (sending
+//! (`from_sender` or `to_sender`), peer address (and the balancer's, `proxy`, when a PROXY
+//! header named the peer), TLS identity, MSH-3 and MSH-4 (sending
 //! application and facility), MSH-9 (message type), MSH-10 (control id), size in bytes,
 //! outcome, ack code (absent when no ack went out), latency, and for refusals the rule or the
 //! reason. The timestamp comes from the log formatter. Lines go to the process's log writer,
@@ -28,8 +29,10 @@ pub struct Entry<'a> {
     /// `from_sender` (the usual direction) or `to_sender` (a receiver's own message on a
     /// paired connection).
     pub direction: &'static str,
-    /// The peer the message came from.
+    /// The peer the message came from (the client a PROXY header named, when proxied).
     pub peer: SocketAddr,
+    /// The load balancer a proxied connection really came from.
+    pub proxy: Option<SocketAddr>,
     pub identity: Option<&'a str>,
     /// `None` when the message has no readable header.
     pub header: Option<&'a Header<'a>>,
@@ -75,6 +78,7 @@ pub fn record<'a>(entry: &Entry<'a>, payload: &[u8]) {
                 route = entry.route.name(),
                 direction = entry.direction,
                 peer = %entry.peer,
+                proxy = entry.proxy.map(display),
                 identity = entry.identity,
                 sending_application,
                 sending_facility,

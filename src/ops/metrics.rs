@@ -80,6 +80,7 @@ struct Metrics {
     registry: Registry,
     connections_accepted: Family<RouteLabel, Counter>,
     connections_refused: Family<ReasonLabels, Counter>,
+    connections_closed: Family<ReasonLabels, Counter>,
     connections_open: Family<RouteLabel, Gauge>,
     tls_handshake_failures: Family<ReasonLabels, Counter>,
     messages: Family<MessageLabels, Counter>,
@@ -106,6 +107,7 @@ fn metrics() -> &'static Metrics {
         let m = Metrics {
             connections_accepted: Family::default(),
             connections_refused: Family::default(),
+            connections_closed: Family::default(),
             connections_open: Family::default(),
             tls_handshake_failures: Family::default(),
             messages: Family::default(),
@@ -129,6 +131,11 @@ fn metrics() -> &'static Metrics {
             "mllp_guard_connections_refused",
             "Sender connections refused, by route and reason",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "mllp_guard_connections_closed",
+            "Sender connections closed, by route and why (send_timeout: the sender did not read its acks)",
+            m.connections_closed.clone(),
         );
         registry.register(
             "mllp_guard_connections_open",
@@ -281,6 +288,18 @@ impl Drop for OpenConnection {
 pub fn connection_refused(route: &str, reason: &'static str) {
     metrics()
         .connections_refused
+        .get_or_create(&ReasonLabels {
+            route: route.to_string(),
+            reason,
+        })
+        .inc();
+}
+
+/// A sender connection ended; `reason` is a short label (`peer_closed`, `idle_timeout`,
+/// `send_timeout`, ...).
+pub fn connection_closed(route: &str, reason: &'static str) {
+    metrics()
+        .connections_closed
         .get_or_create(&ReasonLabels {
             route: route.to_string(),
             reason,

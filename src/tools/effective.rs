@@ -51,8 +51,17 @@ fn route(w: &mut String, r: &Route) {
         SenderRole::Dial(addr) => line(w, i, "dial", quoted(addr)),
     }
     line(w, i, "transparent", r.transparent);
-    if let Some(version) = r.proxy_protocol {
-        line(w, i, "proxy_protocol", version);
+    if let Some(proxies) = &r.proxy_protocol {
+        line(
+            w,
+            i,
+            "proxy_protocol",
+            format_args!(
+                "{{ accept: {}, from: {} }}",
+                proxies.accept,
+                allow_list(&proxies.from)
+            ),
+        );
     }
     if let Some(tls) = &r.tls {
         server_tls(w, i, tls);

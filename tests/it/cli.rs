@@ -48,6 +48,16 @@ pub fn start_sink(args: &[&str]) -> (Proc, String) {
     (Proc(child), addr)
 }
 
+/// Starts `mllp-guard sink` on a free loopback port, saving each message it gets under `saved`.
+pub fn start_saving_sink(saved: &Path) -> (Proc, String) {
+    start_sink(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--save-dir",
+        saved.to_str().unwrap(),
+    ])
+}
+
 /// Starts `mllp-guard run` with JSON logs and returns it with the address its route listens on.
 pub fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Proc(
@@ -144,12 +154,7 @@ fn check_reports_every_error_with_its_location_and_exits_2() {
 fn run_send_and_sink_relay_the_corpus_and_sigterm_exits_0() {
     let dir = TestDir::new();
     let saved = dir.path("saved");
-    let (_sink, sink_addr) = start_sink(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--save-dir",
-        saved.to_str().unwrap(),
-    ]);
+    let (_sink, sink_addr) = start_saving_sink(&saved);
     let config = dir.path("guard.yaml");
     std::fs::write(
         &config,

@@ -407,3 +407,88 @@ async fn a_sender_that_does_not_read_its_acks_is_closed_after_send_timeout() {
     assert!(upstream.received().is_empty());
     guard.stop().await;
 }
+
+/// Through the binary, at the shipped defaults (`max_connections: 256`, no limits block): one
+/// address that opens idle connections gets three quarters of the slots (192), the next is refused and
+/// counted, and a sender from another address is still served. A sender that never reads its
+/// acks is closed after `send_timeout` and counted.
+#[tokio::test]
+async fn one_address_cannot_take_every_slot_at_the_shipped_defaults() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TestDir::new();
+    let (_sink, sink_addr) = crate::cli::start_sink(&["--listen", "127.0.0.1:0"]);
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.path("guard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: {admin}\n{}",
+            route_yaml(sink_addr.parse().unwrap(), "    send_timeout: 1s\n", "", "")
+                .replace("allow: [127.0.0.1/32]", "allow: [127.0.0.0/8]")
+        ),
+    )
+    .unwrap();
+    let (_guard, listen, _logs) = crate::cli::start_guard(&config);
+    let listen: SocketAddr = listen.parse().unwrap();
+
+    let mut hog = Vec::new();
+    for _ in 0..192 {
+        hog.push(Client::plain(listen).await);
+    }
+    let mut one_more = Client::plain(listen).await;
+    assert!(
+        one_more.is_closed().await,
+        "the 193rd connection of one address is refused"
+    );
+    let mut other = Client::plain_from(listen, "127.0.0.2".parse().unwrap())
+        .await
+        .unwrap();
+    other
+        .send_raw(&mllp_guard::wire::codec::encode(&message("FAIR-1", 200)))
+        .await;
+    let ack = other.read_ack().await.expect("the other sender is served");
+    assert_eq!(ack_of(&ack).0, AckCode::AA);
+    // The hog's connections are still open (it was capped, not cut off).
+    hog[0]
+        .send_raw(&mllp_guard::wire::codec::encode(&message("HOG-1", 200)))
+        .await;
+    assert_eq!(ack_of(&hog[0].read_ack().await.unwrap()).0, AckCode::AA);
+
+    // A sender from a third address that never reads its acks.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(listen).await.unwrap();
+    let frames = mllp_guard::wire::codec::encode(b"x").repeat(60_000);
+    let (mut rx, mut tx) = tcp.split();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tx.write_all(&frames)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut drained = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(&mut drained)).await;
+    assert!(ended.is_ok(), "the guard still held the connection open");
+
+    let (status, metrics) = crate::admin::get(admin, "/metrics")
+        .await
+        .expect("/metrics");
+    assert_eq!(status, 200);
+    let count = |reason: &str, family: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(family) && l.contains(&format!("reason=\"{reason}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(
+        count("source_limit", "mllp_guard_connections_refused_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        count("send_timeout", "mllp_guard_connections_closed_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mllp_guard::wire::hl7::AckCode;
 
-use crate::cli::{start_guard, start_sink};
+use crate::cli::{start_guard, start_saving_sink, start_sink};
 use crate::harness::*;
 
 /// `MSH|^~\&|LAB|FAC|EHR|HOSP|20240101||ADT^A01|<id>|<rest>` then `PID|1`, CR-terminated.
@@ -80,12 +80,7 @@ fn guard_with_sink(
     extra: &str,
 ) -> (Proc, Proc, String, std::sync::mpsc::Receiver<String>) {
     let saved = dir.path("saved");
-    let (sink, sink_addr) = start_sink(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--save-dir",
-        saved.to_str().unwrap(),
-    ]);
+    let (sink, sink_addr) = start_saving_sink(&saved);
     let config = dir.path("guard.yaml");
     let rules = format!("{extra}    rules:\n      - name: no-test-messages\n        match: {{ processing_id: [T] }}\n        action: reject\n      - name: no-results\n        match: {{ message_type: [\"ORU^R01\"] }}\n        action: reject\n");
     std::fs::write(
@@ -286,12 +281,7 @@ async fn field_tricks_do_not_get_a_forbidden_value_past_the_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sender_cannot_make_anothers_message_disappear_as_a_duplicate() {
     let dir = TestDir::new();
-    let (_sink, sink_addr) = start_sink(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--save-dir",
-        dir.path("saved").to_str().unwrap(),
-    ]);
+    let (_sink, sink_addr) = start_saving_sink(&dir.path("saved"));
     let config = dir.path("guard.yaml");
     std::fs::write(
         &config,

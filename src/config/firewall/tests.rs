@@ -121,9 +121,14 @@ fn the_rules_example_of_the_issue_parses_into_typed_rules() {
 
 #[test]
 fn a_route_without_rules_or_limits_has_none_and_no_upstreams_is_an_empty_map() {
+    // No limits but the default per-source cap: three quarters of the 256 slots.
+    let shipped = RateLimits {
+        max_connections_per_source: Some(192),
+        ..RateLimits::default()
+    };
     let config = parse(BASE);
     assert_eq!(config.routes[0].rules, vec![]);
-    assert_eq!(config.routes[0].limits, RateLimits::default());
+    assert_eq!(config.routes[0].limits, shipped);
     assert!(config.upstreams.is_empty());
     assert_eq!(
         RateLimits::default(),
@@ -139,7 +144,35 @@ fn a_route_without_rules_or_limits_has_none_and_no_upstreams_is_an_empty_map() {
     );
     let config = parse(&format!("{BASE}    rules: []\n    limits: {{}}\n"));
     assert_eq!(config.routes[0].rules, vec![]);
-    assert_eq!(config.routes[0].limits, RateLimits::default());
+    assert_eq!(config.routes[0].limits, shipped);
+}
+
+#[test]
+fn the_default_per_source_cap_is_three_quarters_of_the_slots_but_at_least_eight() {
+    for (max_connections, per_source) in [
+        (256, 192),
+        (1000, 750),
+        (40, 30),
+        (10, 8),
+        (9, 8),
+        (3, 3),
+        (1, 1),
+    ] {
+        let config = parse(&format!("{BASE}    max_connections: {max_connections}\n"));
+        assert_eq!(
+            config.routes[0].limits.max_connections_per_source,
+            Some(per_source),
+            "max_connections {max_connections}"
+        );
+    }
+    let config = parse(&format!(
+        "{BASE}    max_connections: 256\n    limits: {{ max_connections_per_source: 256 }}\n"
+    ));
+    assert_eq!(
+        config.routes[0].limits.max_connections_per_source,
+        Some(256),
+        "as written"
+    );
 }
 
 /// The limits example of issue 5, verbatim.
