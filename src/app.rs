@@ -148,7 +148,22 @@ impl Guard {
             let running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
             for route in config.routes {
                 let old = running.get(&route.name);
-                prepared.push(self.prepare(route, old, &named_upstreams, &mut summary)?);
+                let name = route.name.clone();
+                match self.prepare(route, old, &named_upstreams, &mut summary) {
+                    Ok(p) => prepared.push(p),
+                    // One route's broken queue must not take the others down: it stays down
+                    // (not listening, named by /readyz), the others serve.
+                    Err(err) => match err.downcast::<QueueUnavailable>() {
+                        Ok(down) => {
+                            tracing::error!(route = %name, error = %down.error, "route is down: its custody queue cannot be opened; the other routes serve (fix the queue, e.g. `mllp-guard queue salvage`, then reload or restart)");
+                            crate::ops::metrics::set_route_down(&name, Some(down.to_string()));
+                            summary
+                                .not_applied
+                                .push(format!("route {name}: down ({down})"));
+                        }
+                        Err(err) => return Err(err),
+                    },
+                }
             }
         }
         // 2. Swap.
@@ -294,8 +309,9 @@ impl Guard {
                         self.background_stop.clone(),
                         &self.background,
                     )
-                    .with_context(|| {
-                        format!("route {}: cannot open its custody queue", route.name)
+                    .map_err(|err| QueueUnavailable {
+                        route: route.name.clone(),
+                        error: err.to_string(),
                     })?,
                 };
                 (Dispatch::Custody(custody.clone()), Some(custody))
@@ -329,6 +345,7 @@ impl Guard {
         p: Prepared,
         generation: CancellationToken,
     ) -> anyhow::Result<RunningRoute> {
+        crate::ops::metrics::set_route_down(&p.ctx.name, None);
         let stop = self.shutdown.child_token();
         let ctx: SharedContext = Arc::new(ArcSwap::new(p.ctx.clone()));
         {
@@ -552,4 +569,12 @@ async fn reload_from(
             None
         }
     }
+}
+
+/// A route's custody queue could not be opened: that route is down, the others serve.
+#[derive(Debug, thiserror::Error)]
+#[error("its custody queue cannot be opened: {error}")]
+struct QueueUnavailable {
+    route: String,
+    error: String,
 }

@@ -16,7 +16,7 @@ use super::counters::Counters;
 use super::error::NotQueued;
 use crate::config::{CustodyConfig, ReplyAction};
 use crate::outcome::Fault as _;
-use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
+use crate::queue::{Damage, Limits, QueueError, Record, SegmentLog, Store};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
 use crate::wire::codec::Frame;
@@ -115,7 +115,25 @@ pub(super) struct LogDrainer {
 enum Next {
     Record(Record),
     Empty,
+    /// The front record was damaged on disk and has been set aside.
+    SetAside(Damage),
     Failed(String),
+}
+
+/// Tells people about damaged queue bytes set aside (at open or while delivering): one ERROR
+/// line each, and the acknowledged messages lost in `mllp_guard_queue_damaged_records_total`.
+pub(super) fn report_damage(route: &str, damage: &Damage) {
+    crate::ops::metrics::queue_damaged_records(route, damage.lost);
+    let control_ids = damage.control_ids.join(",");
+    tracing::error!(
+        route,
+        lost = damage.lost,
+        first_seq = damage.first_seq,
+        last_seq = damage.last_seq,
+        control_ids,
+        moved_to = %damage.file.display(),
+        "damaged queue bytes were set aside; acknowledged messages in them are lost (every intact message is kept and delivered in order)"
+    );
 }
 
 impl LogDrainer {
@@ -131,9 +149,16 @@ impl LogDrainer {
             let next = {
                 let store = self.store.clone();
                 tokio::task::spawn_blocking(move || {
-                    match store.lock().unwrap_or_else(|e| e.into_inner()).front() {
+                    let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+                    match store.front() {
                         Ok(Some(record)) => Next::Record(record),
                         Ok(None) => Next::Empty,
+                        // Damaged on disk: set it aside, and deliver the next.
+                        Err(QueueError::Corrupt { .. }) => match store.set_aside_front() {
+                            Ok(Some(damage)) => Next::SetAside(damage),
+                            Ok(None) => Next::Failed("the front record changed while read".into()),
+                            Err(err) => Next::Failed(err.to_string()),
+                        },
                         Err(err) => Next::Failed(err.to_string()),
                     }
                 })
@@ -164,6 +189,10 @@ impl LogDrainer {
                         // A bounded nap: a missed wake-up can never strand a record.
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
+                }
+                Next::SetAside(damage) => {
+                    report_damage(route, &damage);
+                    continue;
                 }
                 Next::Failed(err) => {
                     tracing::error!(route = %route, error = %err, "cannot read the queue; retrying");

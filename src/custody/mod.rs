@@ -118,7 +118,10 @@ impl Custody {
             "custody queue open"
         );
         if recovery.torn_tail_bytes > 0 {
-            tracing::warn!(route = %route, torn_tail_bytes = recovery.torn_tail_bytes, "an unfinished write at the end of the queue was discarded (it was never acked)");
+            tracing::warn!(route = %route, torn_tail_bytes = recovery.torn_tail_bytes, "an unfinished write at the end of the queue was discarded (past the last write known durable: never acknowledged, as far as the queue can tell)");
+        }
+        for damage in &recovery.damaged {
+            log::report_damage(&route, damage);
         }
         let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(log)));
         let wake = Arc::new(Notify::new());

@@ -81,6 +81,8 @@ struct Metrics {
     connections_accepted: Family<RouteLabel, Counter>,
     connections_refused: Family<ReasonLabels, Counter>,
     connections_closed: Family<ReasonLabels, Counter>,
+    queue_damaged_records: Family<RouteLabel, Counter>,
+    route_up: Family<RouteLabel, Gauge>,
     connections_open: Family<RouteLabel, Gauge>,
     tls_handshake_failures: Family<ReasonLabels, Counter>,
     messages: Family<MessageLabels, Counter>,
@@ -108,6 +110,8 @@ fn metrics() -> &'static Metrics {
             connections_accepted: Family::default(),
             connections_refused: Family::default(),
             connections_closed: Family::default(),
+            queue_damaged_records: Family::default(),
+            route_up: Family::default(),
             connections_open: Family::default(),
             tls_handshake_failures: Family::default(),
             messages: Family::default(),
@@ -136,6 +140,16 @@ fn metrics() -> &'static Metrics {
             "mllp_guard_connections_closed",
             "Sender connections closed, by route and why (send_timeout: the sender did not read its acks)",
             m.connections_closed.clone(),
+        );
+        registry.register(
+            "mllp_guard_queue_damaged_records",
+            "Acknowledged messages lost to damaged queue bytes (set aside under <queue>/damaged/), by route",
+            m.queue_damaged_records.clone(),
+        );
+        registry.register(
+            "mllp_guard_route_up",
+            "1 while a route serves, 0 when it could not start (its queue cannot be opened)",
+            m.route_up.clone(),
         );
         registry.register(
             "mllp_guard_connections_open",
@@ -305,6 +319,16 @@ pub fn connection_closed(route: &str, reason: &'static str) {
             reason,
         })
         .inc();
+}
+
+/// `lost` acknowledged messages were in damaged queue bytes set aside.
+pub fn queue_damaged_records(route: &str, lost: u64) {
+    metrics()
+        .queue_damaged_records
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .inc_by(lost);
 }
 
 pub fn tls_handshake_failed(route: &str, reason: &'static str) {
@@ -682,6 +706,8 @@ struct Health {
     /// Guards started and not stopped (one per process, except in tests).
     serving: AtomicUsize,
     upstreams: Mutex<BTreeMap<String, bool>>,
+    /// Routes that could not start, and why.
+    down_routes: Mutex<BTreeMap<String, String>>,
 }
 
 fn health() -> &'static Health {
@@ -717,8 +743,28 @@ pub fn live() -> bool {
     !health().panicked.load(Ordering::SeqCst)
 }
 
+/// A route serves (`None`), or could not start and why (`Some`): `mllp_guard_route_up`, and
+/// `/readyz` names a route that is down.
+pub fn set_route_down(route: &str, why: Option<String>) {
+    metrics()
+        .route_up
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .set(i64::from(why.is_none()));
+    let mut down = health()
+        .down_routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match why {
+        Some(why) => down.insert(route.to_string(), why),
+        None => down.remove(route),
+    };
+}
+
 /// Readiness and the reasons it is not: serving, each upstream's last connection attempt
-/// succeeded (an upstream not tried yet counts as reachable), each queue writable.
+/// succeeded (an upstream not tried yet counts as reachable), every route started, each queue
+/// writable.
 pub fn readiness() -> (bool, Vec<String>) {
     let h = health();
     let mut problems = Vec::new();
@@ -731,6 +777,14 @@ pub fn readiness() -> (bool, Vec<String>) {
                 "upstream {upstream}: the last connection attempt failed"
             ));
         }
+    }
+    for (route, why) in h
+        .down_routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        problems.push(format!("route {route} is down: {why}"));
     }
     for probe in probes().lock().unwrap_or_else(|e| e.into_inner()).iter() {
         if !probe.writable() {

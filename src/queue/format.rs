@@ -16,6 +16,13 @@ pub(super) const CURSOR_SLOT_OFFSET: [u64; 2] = [0, 4096];
 pub(super) const CURSOR_FILE_BYTES: u64 = 8192;
 pub(super) const CURSOR_NAME: &str = "cursor";
 pub(super) const LOCK_NAME: &str = "LOCK";
+/// The committed-through mark: rewritten in place (never fsync'd) after each successful sync.
+pub(super) const MARK_NAME: &str = "synced";
+pub(super) const MARK_MAGIC: [u8; 4] = *b"MGQM";
+pub(super) const MARK_BYTES: usize = 24;
+/// Where salvage puts damaged bytes, and builds a clean queue before swapping it in.
+pub(super) const DAMAGED_DIR: &str = "damaged";
+pub(super) const REBUILD_DIR: &str = "rebuild";
 
 /// One cursor slot's content: its generation, how far the log was acknowledged and known
 /// durable, and the queue id.
@@ -182,4 +189,24 @@ pub(super) fn decode_cursor(s: &[u8]) -> Option<Cursor> {
         synced_through: u64_at(s, 20),
         queue_id: u64_at(s, 28),
     })
+}
+
+/// The committed-through mark: every record up to `synced_through` of queue `queue_id` was
+/// fsync'd (and acknowledged to its sender).
+pub(super) fn encode_mark(queue_id: u64, synced_through: u64) -> [u8; MARK_BYTES] {
+    let mut m = [0u8; MARK_BYTES];
+    m[..4].copy_from_slice(&MARK_MAGIC);
+    m[4..12].copy_from_slice(&synced_through.to_le_bytes());
+    m[12..20].copy_from_slice(&queue_id.to_le_bytes());
+    let crc = crc32fast::hash(&m[..20]);
+    m[20..].copy_from_slice(&crc.to_le_bytes());
+    m
+}
+
+/// `(queue_id, synced_through)` of a valid mark.
+pub(super) fn decode_mark(m: &[u8]) -> Option<(u64, u64)> {
+    if m.len() < MARK_BYTES || m[..4] != MARK_MAGIC || crc32fast::hash(&m[..20]) != u32_at(m, 20) {
+        return None;
+    }
+    Some((u64_at(m, 12), u64_at(m, 4)))
 }

@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::format::{
-    align8, check_record_crc, encode_cursor, encode_record, parse_record_header, segment_header,
-    segment_name, u16_at, Cursor, CURSOR_NAME, CURSOR_SLOT_OFFSET, RECORD_HEADER_BYTES, REC_HEADER,
-    SEG_HEADER,
+    align8, check_record_crc, encode_cursor, encode_mark, encode_record, parse_record_header,
+    segment_header, segment_name, u16_at, Cursor, CURSOR_NAME, CURSOR_SLOT_OFFSET,
+    RECORD_HEADER_BYTES, REC_HEADER, SEG_HEADER,
 };
-use super::store::{QueueError, QueueStats, Record, Store};
+use super::salvage;
+use super::store::{Damage, QueueError, QueueStats, Record, Store};
 
 /// The cursor is fsync'd at least once every this many acks.
 pub const ACK_PERSIST_EVERY: u64 = 64;
@@ -116,6 +117,8 @@ pub(super) struct Writer {
     pub(super) persist_every: u64,
     pub(super) persist_interval: Duration,
     buf: Vec<u8>,
+    /// The committed-through mark file (`synced`), rewritten after each successful sync.
+    pub(super) mark: Option<File>,
     #[cfg(test)]
     pub(super) faults: Faults,
 }
@@ -150,6 +153,7 @@ impl Writer {
             persist_every: ACK_PERSIST_EVERY,
             persist_interval: ACK_PERSIST_INTERVAL,
             buf: Vec::new(),
+            mark: None,
             #[cfg(test)]
             faults: Faults::default(),
         }
@@ -302,6 +306,16 @@ impl SegmentLog {
         w.dir_dirty = false;
         w.active_new = false;
         w.durable_pos = w.write_pos;
+        if let Some(mark) = w
+            .mark
+            .as_ref()
+            .filter(|_| w.last_appended > self.synced_seq)
+        {
+            // No fsync: a crash of the process leaves it in the page cache, which is when it
+            // tells damage in the last group commit from a torn write. Best effort: recovery
+            // without it falls back to the records' own marks.
+            let _ = mark.write_all_at(&encode_mark(self.queue_id, w.last_appended), 0);
+        }
         self.synced_seq = w.last_appended;
         Ok(())
     }
@@ -374,6 +388,14 @@ impl SegmentLog {
         w.meta_dirty = true;
         w.dir_dirty = true;
         Ok(())
+    }
+
+    /// The oldest pending entry that a sync has covered.
+    fn durable_front(&self) -> Option<Entry> {
+        self.entries
+            .front()
+            .copied()
+            .filter(|e| e.seq <= self.visible_seq)
     }
 
     fn read_entry(&self, e: &Entry, with_payload: bool) -> Result<Record, QueueError> {
@@ -566,12 +588,7 @@ impl Store for SegmentLog {
         if self.closed {
             return Err(QueueError::Closed);
         }
-        let Some(e) = self
-            .entries
-            .front()
-            .copied()
-            .filter(|e| e.seq <= self.visible_seq)
-        else {
+        let Some(e) = self.durable_front() else {
             return Ok(None);
         };
         if let Some(r) = self.front_cache.as_ref().filter(|r| r.seq == e.seq) {
@@ -622,6 +639,30 @@ impl Store for SegmentLog {
             let _ = self.delete_acked_segments();
         }
         Ok(())
+    }
+
+    fn set_aside_front(&mut self) -> Result<Option<Damage>, QueueError> {
+        self.check_writable("set_aside_front")?;
+        let Some(e) = self.durable_front() else {
+            return Ok(None);
+        };
+        if self.read_entry(&e, true).is_ok() {
+            return Ok(None);
+        }
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.first_seq == e.seg)
+            .expect("the segment of a pending entry exists");
+        // Whatever can be read of it: the evidence, and any MSH-10 still in it.
+        let mut bytes = vec![0u8; e.len as usize];
+        let read = seg.file.read_at(&mut bytes, e.offset).unwrap_or(0);
+        bytes.truncate(read);
+        let place = format!("{} offset {}", seg.path.display(), e.offset);
+        let damage = salvage::set_aside(&self.dir, e.seq, &bytes, &place)?;
+        self.front_cache = None;
+        self.ack(e.seq)?;
+        Ok(Some(damage))
     }
 
     fn pending(&mut self, with_payload: bool, limit: usize) -> Result<Vec<Record>, QueueError> {

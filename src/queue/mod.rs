@@ -10,6 +10,9 @@
 //!                                 (`File::try_lock`) until close/drop or its process dies; a
 //!                                 second open gets `Locked`; `open_read_only` takes no lock
 //! <dir>/cursor                    8 KiB: two cursor slots, at offsets 0 and 4096
+//! <dir>/synced                    24 bytes: the committed-through mark (below)
+//! <dir>/damaged/                  bytes set aside by salvage, each `.bin` with a `.txt`
+//! <dir>/rebuild/                  only during a salvage swap (below)
 //! <dir>/00000000000000000001.seg  segments, named by the seq of their first record (20 digits,
 //! <dir>/00000000000000004711.seg  so the lexical order is the log order)
 //! ```
@@ -31,7 +34,14 @@
 //!                 32 note_len u16 | 34 flags u16 (0) | 36 note (UTF-8) | payload
 //! cursor slot      0 magic "MGQC" | 4 gen u64 | 12 acked_through u64 | 20 synced_through u64
 //!                 28 queue_id u64 | 36 crc u32 (CRC-32 of bytes 0..36)
+//! mark             0 magic "MGQM" | 4 synced_through u64 | 12 queue_id u64 | 20 crc u32
 //! ```
+//!
+//! The mark is rewritten in place after every successful sync and never fsync'd: it costs one
+//! `pwrite` per group commit and no extra fsync. A crash of the process (kill -9, OOM, panic)
+//! leaves it in the page cache, so at the next open it says how far the last group commits were
+//! durable, and acknowledged; only a power loss can make it stale (then recovery falls back to
+//! the records' own `synced_through`, as before).
 //!
 //! CRC-32 is crc32fast's (IEEE polynomial, hardware accelerated). `queue_id` is a random number
 //! chosen when the queue is created and written in every segment header and in the cursor;
@@ -64,22 +74,31 @@
 //!
 //! Takes the lock, reads the cursor (the valid slot with the higher generation), then reads every
 //! segment and validates every record's checksum, order and bounds:
-//! - a sealed segment with an unreadable record or header, non-zero bytes after its last record,
-//!   or missing a record up to `D`: [`QueueError::Corrupt`] (open fails, nothing is skipped);
-//! - in the last segment, the first unreadable record ends the log. If a record up to `D` is
-//!   missing there (the last good seq is below `D`), that is [`QueueError::Corrupt`]; otherwise
-//!   everything from there on is a torn tail: it is zeroed (truncate + re-extend), fsync'd, and
-//!   its extent up to the last non-zero byte is reported in [`Recovery::torn_tail_bytes`]. A last
-//!   segment whose header never reached the disk is recreated;
+//! - in the last segment, the first unreadable record ends the log; everything from there on
+//!   that is past `D` (the cursor's, the mark's and every valid record's `synced_through`) is a
+//!   torn tail: it is zeroed (truncate + re-extend), fsync'd, and its extent up to the last
+//!   non-zero byte is reported in [`Recovery::torn_tail_bytes`]. A last segment whose header
+//!   never reached the disk is recreated;
+//! - media damage: a record up to `D` unreadable or missing, or anything unreadable in a sealed
+//!   segment. Nothing is skipped silently and the open does not fail: salvage (`salvage.rs`)
+//!   keeps every record whose checksum holds, before and after the damage, moves the damaged
+//!   bytes to `damaged/` (with the seq range they stood for and any MSH-10 still readable) and
+//!   swaps in a clean queue of the intact pending records under a new queue id, crash-safely;
+//!   [`Recovery::damaged`] says what was lost (the caller logs it and counts it);
 //! - segments whose records are all acknowledged are deleted; the last segment is fsync'd, so
 //!   what recovery found is durable before anything is appended after it.
+//!
+//! A record found unreadable while running is set aside the same way when it reaches the front
+//! ([`Store::set_aside_front`]), and delivery goes on with the next.
 //!
 //! After a crash at any byte, the recovered pending records are: every record whose sync
 //! returned `Ok`, minus those acknowledged before the last cursor fsync, in order; plus possibly
 //! a prefix of the appends that were not yet synced (complete on disk, so they are delivered:
-//! their sender, never told `Ok`, may send again - a duplicate, never a loss). Limit: a record
-//! damaged on disk in the last synced batch, with nothing later on disk and no cursor proving
-//! it was synced, cannot be told from a torn write; it is cut and counted as a torn tail.
+//! their sender, never told `Ok`, may send again - a duplicate, never a loss). Limit: after a
+//! power loss the mark may be stale, and a record damaged on disk in the last synced batch, with
+//! nothing later on disk, cannot be told from a torn write; it is cut and counted as a torn
+//! tail. The count of messages lost to damage between two intact records is the seqs between
+//! them: an append discarded by a failed sync also leaves a gap, so it is an upper bound.
 //!
 //! # Policies
 //!
@@ -112,6 +131,8 @@
 //! - `format.rs`: the bytes described above (pure: no I/O).
 //! - `recovery.rs`: [`SegmentLog::open`] and [`SegmentLog::open_read_only`], the rules under
 //!   "Recovery".
+//! - `salvage.rs`: media damage: keep the intact records, set the damaged bytes aside, swap in a
+//!   clean queue.
 //! - `log.rs`: the open log's operations and the policies above.
 //!
 //! This file holds only the documentation, the module declarations and the re-exports, so that
@@ -120,6 +141,7 @@
 mod format;
 mod log;
 mod recovery;
+mod salvage;
 mod store;
 
 // `self::`: `log` alone reads like the log crate (a dev-dependency).
@@ -128,7 +150,7 @@ pub use self::log::{
 };
 pub use format::RECORD_HEADER_BYTES;
 pub use recovery::Recovery;
-pub use store::{QueueError, QueueStats, Record, Store};
+pub use store::{Damage, QueueError, QueueStats, Record, Store};
 
 #[cfg(test)]
 mod tests;

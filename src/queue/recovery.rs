@@ -12,15 +12,17 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    align8, check_record_crc, decode_cursor, parse_record_header, parse_segment_header,
-    parse_segment_name, segment_name, u64_at, Cursor, RecHeader, CURSOR_FILE_BYTES, CURSOR_NAME,
-    CURSOR_SLOT_OFFSET, LOCK_NAME, REC_HEADER, SEG_HEADER,
+    align8, check_record_crc, decode_cursor, decode_mark, parse_record_header,
+    parse_segment_header, parse_segment_name, segment_name, u64_at, Cursor, RecHeader,
+    CURSOR_FILE_BYTES, CURSOR_NAME, CURSOR_SLOT_OFFSET, LOCK_NAME, MARK_NAME, REC_HEADER,
+    SEG_HEADER,
 };
 use super::log::{
     fsync_dir, io_err, persist_cursor, Entry, Limits, Segment, SegmentLog, Writer,
     MIN_SEGMENT_BYTES,
 };
-use super::store::QueueError;
+use super::salvage;
+use super::store::{Damage, QueueError};
 
 const SCAN_CHUNK: usize = 1 << 20;
 
@@ -36,6 +38,8 @@ pub struct Recovery {
     /// The cursor file had no valid slot, or was missing while segments existed: every record
     /// still on disk is delivered again.
     pub cursor_lost: bool,
+    /// Media damage found and set aside (salvage): every intact record was kept.
+    pub damaged: Vec<Damage>,
 }
 
 fn new_queue_id() -> u64 {
@@ -257,7 +261,24 @@ impl SegmentLog {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
-        Self::load(dir, Some((lock, limits)))
+        salvage::finish_swap(dir)?;
+        let first_try = lock.try_clone().map_err(io_err(&lock_path))?;
+        match Self::load(dir, Some((first_try, limits))) {
+            // Records known durable are unreadable or missing: media damage. Keep every intact
+            // record, set the damaged bytes aside, and open the clean queue salvage built.
+            Err(QueueError::Corrupt { .. }) => {
+                let damaged = salvage::salvage(dir, limits.segment_bytes)?;
+                let (log, recovery) = Self::load(dir, Some((lock, limits)))?;
+                Ok((
+                    log,
+                    Recovery {
+                        damaged,
+                        ..recovery
+                    },
+                ))
+            }
+            opened => opened,
+        }
     }
 
     /// Read-only view for operators while a guard may be running: no lock, no repair; a torn
@@ -406,6 +427,15 @@ impl SegmentLog {
             });
         }
 
+        // The committed-through mark (rewritten after each sync, never fsync'd): after a crash
+        // of the process it says how far the last group commits reached the disk.
+        let mark = fs::read(dir.join(MARK_NAME))
+            .ok()
+            .and_then(|bytes| decode_mark(&bytes))
+            .filter(|&(id, _)| queue_id.or(cursor_read.flatten().map(|c| c.queue_id)) == Some(id));
+        if let Some((_, synced)) = mark {
+            durable_mark = durable_mark.max(synced);
+        }
         if let (Some(ls), Some(seg)) = (&last, segments.back()) {
             // With a damaged header the whole file is tail, and its records still count for D.
             let tail = if repair && ls.end < ls.file_len {
@@ -551,6 +581,15 @@ impl SegmentLog {
         if !cursor_exists || recovery.cursor_lost {
             persist_cursor(&mut writer, &cursor_path, log.acked_through, last_real)?;
         }
+        let mark_path = dir.join(MARK_NAME);
+        writer.mark = Some(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&mark_path)
+                .map_err(io_err(&mark_path))?,
+        );
         if dir_dirty {
             fsync_dir(dir)?;
         }

@@ -1,5 +1,5 @@
 //! The contract between custody and a queue backend: the [`Store`] trait and what crosses it,
-//! [`Record`], [`QueueStats`] and [`QueueError`]. The segment log implements it.
+//! [`Record`], [`QueueStats`], [`Damage`] and [`QueueError`]. The segment log implements it.
 //! Must not know how or where a backend keeps its records.
 
 use std::path::PathBuf;
@@ -42,6 +42,21 @@ pub enum QueueError {
     Closed,
     #[error("invalid queue limits: {reason}")]
     InvalidLimits { reason: String },
+}
+
+/// One stretch of damaged bytes, set aside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The sequence numbers the bytes stood for, `first_seq..=last_seq` (empty when
+    /// `last_seq < first_seq`: damage between records, no message in it).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Messages among them that were acknowledged to their sender and not yet delivered: lost.
+    pub lost: u64,
+    /// MSH-10 control ids still readable in the bytes (at most 100).
+    pub control_ids: Vec<String>,
+    /// The file the bytes were moved to (a `.txt` beside it describes them).
+    pub file: PathBuf,
 }
 
 /// One queued message.
@@ -94,6 +109,10 @@ pub trait Store: Send {
     /// [`ACK_PERSIST_EVERY`]: super::ACK_PERSIST_EVERY
     /// [`ACK_PERSIST_INTERVAL`]: super::ACK_PERSIST_INTERVAL
     fn ack(&mut self, seq: u64) -> Result<(), QueueError>;
+    /// The front record is damaged on disk (`front` returned `Corrupt`): move its bytes aside
+    /// (`damaged/`) and acknowledge it, so that delivery goes on with the next. `Ok(None)` when
+    /// the front reads fine (nothing is done).
+    fn set_aside_front(&mut self) -> Result<Option<Damage>, QueueError>;
     /// Pending (unacknowledged, durable) records in order, at most `limit`, with empty payloads
     /// unless `with_payload` (for `queue list/show`).
     fn pending(&mut self, with_payload: bool, limit: usize) -> Result<Vec<Record>, QueueError>;

@@ -55,6 +55,24 @@ fn append_n(log: &mut SegmentLog, from: u64, n: u64, len: usize) -> Vec<u64> {
         .collect()
 }
 
+/// `(first_seq, last_seq, lost)` of each damage a recovery set aside.
+fn lost(rec: &Recovery) -> Vec<(u64, u64, u64)> {
+    rec.damaged
+        .iter()
+        .map(|d| (d.first_seq, d.last_seq, d.lost))
+        .collect()
+}
+
+/// A log of `n` records of 50 bytes, each synced on its own (its own group commit).
+fn synced_one_by_one(dir: &Path, n: u64) -> SegmentLog {
+    let (mut log, _) = open(dir, Limits::default());
+    for i in 1..=n {
+        append_n(&mut log, i, 1, 50);
+        log.sync().unwrap();
+    }
+    log
+}
+
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     let f = OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
@@ -183,7 +201,8 @@ fn a_fresh_directory_gets_a_lock_a_cursor_and_one_preallocated_segment() {
             records: 0,
             torn_tail_bytes: 0,
             segments: 1,
-            cursor_lost: false
+            cursor_lost: false,
+            damaged: Vec::new(),
         }
     );
     let mut names: Vec<(String, u64)> = fs::read_dir(&dir)
@@ -203,6 +222,7 @@ fn a_fresh_directory_gets_a_lock_a_cursor_and_one_preallocated_segment() {
             ("00000000000000000001.seg".to_string(), SMALL_SEGMENT),
             ("LOCK".to_string(), 0),
             ("cursor".to_string(), 8192),
+            ("synced".to_string(), 0),
         ]
     );
     assert_eq!(
@@ -245,7 +265,8 @@ fn records_roll_over_into_new_segment_files_and_acking_them_all_deletes_the_old_
             records: 0,
             torn_tail_bytes: 0,
             segments: 1,
-            cursor_lost: false
+            cursor_lost: false,
+            damaged: Vec::new(),
         }
     );
     assert_eq!(log.stats().next_seq, 21);
@@ -303,52 +324,81 @@ fn an_empty_segment_grows_for_a_large_first_record_instead_of_leaving_an_empty_f
 // ---------------------------------------------------------------- corruption and tails
 
 #[test]
-fn a_corrupt_record_in_the_middle_of_the_log_is_reported_with_its_seq_and_path() {
+fn a_corrupt_record_in_the_middle_of_the_log_is_set_aside_and_every_other_record_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut log, _) = open(tmp.path(), Limits::default());
-    for i in 1..=6 {
-        append_n(&mut log, i, 1, 50);
-        log.sync().unwrap();
-    }
-    let (_, path, off, _) = log.extents()[3].clone();
+    let log = synced_one_by_one(tmp.path(), 6);
+    let (_, path, off, len) = log.extents()[3].clone();
     log.crash();
     // One flipped payload byte in record 4; records 5 and 6 prove it had been synced.
     let byte = read_at(&path, off + 40, 1)[0];
     write_at(&path, off + 40, &[byte ^ 0x10]);
-    match SegmentLog::open(tmp.path(), Limits::default()).unwrap_err() {
-        QueueError::Corrupt {
-            seq,
-            path: p,
-            reason,
-        } => {
-            assert_eq!((seq, &p), (4, &path));
-            assert!(reason.contains("checksum mismatch"), "{reason}");
-            assert!(
-                reason.contains("records up to seq 5 were durable"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected Corrupt, got {other}"),
-    }
+    let (mut log, rec) = open(tmp.path(), Limits::default());
+    assert_eq!(rec.damaged.len(), 1, "{rec:?}");
+    let d = &rec.damaged[0];
+    assert_eq!((d.first_seq, d.last_seq, d.lost), (4, 4, 1));
+    assert!(d.file.starts_with(tmp.path().join("damaged")));
+    assert_eq!(fs::read(&d.file).unwrap().len() as u64, len.div_ceil(8) * 8);
+    assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2, 3, 5, 6]);
+    assert_eq!(log.pending(true, 10).unwrap()[3].payload, payload(5, 50));
+    // The clean queue goes on: appends after the salvaged records, and a reopen finds no damage.
+    assert_eq!(log.append(b"after", "", 9).unwrap(), 7);
+    log.sync().unwrap();
+    log.close().unwrap();
+    let (mut log, rec) = open(tmp.path(), Limits::default());
+    assert!(rec.damaged.is_empty(), "{rec:?}");
+    assert_eq!(
+        seqs(&log.pending(false, 10).unwrap()),
+        vec![1, 2, 3, 5, 6, 7]
+    );
 }
 
 #[test]
-fn corruption_of_the_last_synced_batch_is_reported_when_the_cursor_proves_it_durable() {
+fn damage_in_the_last_synced_batch_is_set_aside_when_the_cursor_proves_it_durable() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut log, _) = open(tmp.path(), Limits::default());
     append_n(&mut log, 1, 5, 50);
     let (_, path, off, _) = log.extents()[4].clone();
     log.close().unwrap(); // syncs, and the cursor records that seq 5 is durable
     write_at(&path, off + 45, b"XX");
-    let err = SegmentLog::open(tmp.path(), Limits::default()).unwrap_err();
-    assert!(
-        matches!(&err, QueueError::Corrupt { seq: 5, path: p, .. } if p == &path),
-        "{err}"
+    let (mut log, rec) = open(tmp.path(), Limits::default());
+    assert_eq!(lost(&rec), vec![(5, 5, 1)]);
+    assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn damage_in_the_last_group_commit_is_told_from_a_torn_write_by_the_committed_mark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = synced_one_by_one(tmp.path(), 20);
+    let (_, path, off, _) = log.extents()[19].clone();
+    let (_, _, off11, _) = log.extents()[10].clone();
+    log.crash(); // no cursor write: only the mark says that seq 20 was durable
+    write_at(&path, off + 45, b"XX");
+    let (log2, rec) = open(tmp.path(), Limits::default());
+    assert_eq!(lost(&rec), vec![(20, 20, 1)], "{rec:?}");
+    assert_eq!(rec.torn_tail_bytes, 0);
+    assert_eq!(rec.records, 19);
+    drop(log2);
+    // A segment cut in the middle of record 11: 1-10 kept, 11-19 reported lost, not "torn".
+    let tmp = tempfile::tempdir().unwrap();
+    let log = synced_one_by_one(tmp.path(), 20);
+    let path = log.extents()[0].1.clone();
+    log.crash();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(off11 + 20)
+        .unwrap();
+    let (mut log, rec) = open(tmp.path(), Limits::default());
+    assert_eq!(lost(&rec), vec![(11, 20, 10)], "{rec:?}");
+    assert_eq!(
+        seqs(&log.pending(false, 30).unwrap()),
+        (1..=10).collect::<Vec<_>>()
     );
 }
 
 #[test]
-fn corruption_in_a_sealed_segment_is_reported_with_its_seq_and_path() {
+fn damage_in_a_sealed_segment_is_set_aside_and_the_records_after_it_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut log, _) = open(tmp.path(), small());
     append_n(&mut log, 1, 5, 100); // segments 1 (seqs 1-3) and 4 (seqs 4-5)
@@ -356,15 +406,9 @@ fn corruption_in_a_sealed_segment_is_reported_with_its_seq_and_path() {
     let (_, path, off, _) = log.extents()[2].clone();
     log.close().unwrap();
     write_at(&path, off + 8, &[0xFF]); // the seq field of record 3
-    let err = SegmentLog::open(tmp.path(), small()).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "queue record 3 in {} is corrupt: unreadable record at offset {off} in a sealed \
-             segment (checksum mismatch)",
-            path.display()
-        )
-    );
+    let (mut log, rec) = open(tmp.path(), small());
+    assert_eq!(lost(&rec), vec![(3, 3, 1)]);
+    assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2, 4, 5]);
 }
 
 #[test]
@@ -386,7 +430,8 @@ fn a_torn_tail_is_cut_counted_and_appending_continues_after_it() {
             records: 4,
             torn_tail_bytes: len5,
             segments: 1,
-            cursor_lost: false
+            cursor_lost: false,
+            damaged: Vec::new(),
         }
     );
     assert_eq!(
@@ -426,7 +471,7 @@ fn records_that_reached_the_disk_after_a_missing_unsynced_one_are_cut_as_a_torn_
 }
 
 #[test]
-fn a_missing_record_followed_by_records_written_after_its_sync_is_corruption() {
+fn a_missing_record_followed_by_records_written_after_its_sync_is_reported_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut log, _) = open(tmp.path(), Limits::default());
     append_n(&mut log, 1, 3, 20);
@@ -436,15 +481,13 @@ fn a_missing_record_followed_by_records_written_after_its_sync_is_corruption() {
     log.crash();
     let (_, path, off3, len3) = ext[2].clone();
     write_at(&path, off3, &vec![0u8; len3 as usize]);
-    let err = SegmentLog::open(tmp.path(), Limits::default()).unwrap_err();
-    assert!(
-        matches!(&err, QueueError::Corrupt { seq: 3, reason, .. } if reason.contains("records up to seq 3 were durable")),
-        "{err}"
-    );
+    let (mut log, rec) = open(tmp.path(), Limits::default());
+    assert_eq!(lost(&rec), vec![(3, 3, 1)]);
+    assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2, 4]);
 }
 
 #[test]
-fn a_damaged_header_of_the_last_segment_is_corruption_when_its_records_were_synced() {
+fn a_damaged_header_of_the_last_segment_loses_none_of_its_synced_records() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut log, _) = open(tmp.path(), Limits::default());
     append_n(&mut log, 1, 1, 20);
@@ -454,11 +497,13 @@ fn a_damaged_header_of_the_last_segment_is_corruption_when_its_records_were_sync
     log.crash();
     let path = tmp.path().join("00000000000000000001.seg");
     write_at(&path, 0, &[0u8; 32]);
-    let err = SegmentLog::open(tmp.path(), Limits::default()).unwrap_err();
-    assert!(
-        matches!(&err, QueueError::Corrupt { seq: 1, path: p, reason } if p == &path && reason.contains("invalid segment header")),
-        "{err}"
+    let (mut log, rec) = open(tmp.path(), Limits::default());
+    assert_eq!(
+        rec.damaged.iter().map(|d| d.lost).sum::<u64>(),
+        0,
+        "{rec:?}"
     );
+    assert_eq!(seqs(&log.pending(false, 10).unwrap()), vec![1, 2]);
 }
 
 #[test]
@@ -755,7 +800,8 @@ fn a_cursor_without_a_valid_slot_redelivers_every_record_still_on_disk() {
             records: 3,
             torn_tail_bytes: 0,
             segments: 1,
-            cursor_lost: true
+            cursor_lost: true,
+            damaged: Vec::new(),
         }
     );
     assert_eq!(log.front().unwrap().unwrap().seq, 1);

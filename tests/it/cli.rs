@@ -60,6 +60,14 @@ pub fn start_saving_sink(saved: &Path) -> (Proc, String) {
 
 /// Starts `mllp-guard run` with JSON logs and returns it with the address its route listens on.
 pub fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<String>) {
+    let (guard, listen, logs, _) = start_guard_logged(config);
+    (guard, listen, logs)
+}
+
+/// Like [`start_guard`], also returning the log lines written before the route listened.
+pub fn start_guard_logged(
+    config: &Path,
+) -> (Proc, String, std::sync::mpsc::Receiver<String>, Vec<String>) {
     let mut child = Proc(
         guard_cmd()
             .args(["--log-format", "json", "run", "--config"])
@@ -77,6 +85,7 @@ pub fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<St
             let _ = tx.send(line);
         }
     });
+    let mut early = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
@@ -85,8 +94,9 @@ pub fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<St
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         if v["message"] == "route listening" {
-            return (child, v["listen"].as_str().unwrap().to_string(), rx);
+            return (child, v["listen"].as_str().unwrap().to_string(), rx, early);
         }
+        early.push(line);
     }
     panic!("the guard did not report a listening route within 20 s");
 }

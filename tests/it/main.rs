@@ -6,6 +6,7 @@ mod admin;
 mod audit;
 mod cli;
 mod custody;
+mod damage;
 mod deploy;
 mod firewall;
 mod harness;

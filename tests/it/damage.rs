@@ -1,0 +1,258 @@
+//! Custody when the disk lies, through the binary: bytes flipped inside an acknowledged record
+//! (found by its content) after a SIGKILL lose that record only, and say so; a route whose queue
+//! cannot be opened is down while the other routes serve.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mllp_guard::wire::codec::Decoder;
+
+use crate::admin::get;
+use crate::cli::{start_guard_logged, start_saving_sink};
+use crate::custody::{control_ids, custody_yaml, exchange, free_addr, spawn_guard};
+use crate::harness::*;
+
+/// Connects (bounded wait for the guard to listen).
+fn connect(addr: std::net::SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guard never listened on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The segment file holding `needle`, and where.
+fn find_in_segments(queue: &Path, needle: &[u8]) -> (std::path::PathBuf, usize) {
+    for entry in std::fs::read_dir(queue).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            let bytes = std::fs::read(&path).unwrap();
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                return (path, at);
+            }
+        }
+    }
+    panic!("{} not found in the queue", String::from_utf8_lossy(needle));
+}
+
+/// Starts a saving receiver on `receiver` and waits (bounded) until it holds as many messages
+/// as `expected`; returns it and what it holds, in order of arrival.
+fn receive(
+    receiver: std::net::SocketAddr,
+    saved: &Path,
+    expected: &[String],
+) -> (Proc, Vec<String>) {
+    let (sink, _) = crate::cli::start_sink(&[
+        "--listen",
+        &receiver.to_string(),
+        "--save-dir",
+        saved.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control_ids(saved).len() < expected.len() {
+        assert!(
+            Instant::now() < deadline,
+            "delivered: {:?}",
+            control_ids(saved)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    (sink, control_ids(saved))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_flipped_in_an_acked_record_lose_that_record_only_and_say_so() {
+    let dir = TestDir::new();
+    let receiver = free_addr(); // nothing listens there yet: the receiver is down
+    let listen = free_addr();
+    let admin = free_addr();
+    let config = dir.path("custody.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: {admin}\n{}",
+            custody_yaml(&dir, receiver, &listen.to_string(), "")
+        ),
+    )
+    .unwrap();
+    let ids: Vec<String> = (1..=20).map(|i| format!("DMG-{i:02}")).collect();
+    {
+        let mut guard = spawn_guard(&config);
+        let mut stream = connect(listen);
+        let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
+        for id in &ids {
+            let (code, got) =
+                exchange(&mut stream, &mut decoder, &mut buf, &message(id, 400)).unwrap();
+            assert!(code.is_positive() && &got == id, "{id}: {code:?} {got}");
+        }
+        guard.0.kill().unwrap(); // SIGKILL: no clean close, no cursor write
+        guard.0.wait().unwrap();
+    }
+    // A few bytes flipped inside record 7, past its MSH segment (so its MSH-10 stays readable).
+    let queue = dir.path("state").join("lab");
+    let (segment, at) = find_in_segments(&queue, b"|DMG-07|");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    for b in &mut bytes[at + 150..at + 154] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&segment, bytes).unwrap();
+
+    let (_guard, _, logs, early) = start_guard_logged(&config);
+    let expected: Vec<String> = ids.iter().filter(|id| *id != "DMG-07").cloned().collect();
+    let (_sink, delivered) = receive(receiver, &dir.path("saved"), &expected);
+    assert_eq!(delivered, expected, "every intact record, in order, once");
+
+    let mut reported = Vec::new();
+    let later = std::iter::from_fn(|| logs.recv_timeout(Duration::from_millis(500)).ok());
+    for line in early.into_iter().chain(later) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(
+            !v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("never acknowledged")
+                && !v["message"].as_str().unwrap_or("").contains("never acked"),
+            "a damaged acked record called a torn write: {line}"
+        );
+        if v["level"] == "ERROR"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("damaged queue bytes were set aside"))
+        {
+            reported.push(v);
+        }
+    }
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0]["lost"], 1);
+    assert_eq!(reported[0]["control_ids"], "DMG-07");
+    let moved = reported[0]["moved_to"].as_str().unwrap();
+    assert!(
+        moved.starts_with(queue.join("damaged").to_str().unwrap()),
+        "{moved}"
+    );
+    let note = std::fs::read_to_string(Path::new(moved).with_extension("txt")).unwrap();
+    assert!(
+        note.contains("DMG-07") && note.contains("acknowledged messages lost: 1"),
+        "{note}"
+    );
+
+    let (_, metrics) = get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("mllp_guard_queue_damaged_records_total{route=\"lab\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Damage found while running: the record is set aside when it comes to the front, and
+/// delivery goes on with the next (no endless "cannot read the queue").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_damaged_while_the_guard_runs_is_set_aside_and_delivery_goes_on() {
+    use std::os::unix::fs::FileExt;
+    let dir = TestDir::new();
+    let receiver = free_addr();
+    let listen = free_addr();
+    let config = dir.path("custody.yaml");
+    std::fs::write(
+        &config,
+        custody_yaml(&dir, receiver, &listen.to_string(), ""),
+    )
+    .unwrap();
+    let (_guard, _, logs) = crate::cli::start_guard(&config);
+    let ids: Vec<String> = (1..=10).map(|i| format!("RUN-{i:02}")).collect();
+    let mut stream = connect(listen);
+    let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
+    for id in &ids {
+        let (code, got) = exchange(&mut stream, &mut decoder, &mut buf, &message(id, 400)).unwrap();
+        assert!(code.is_positive() && &got == id, "{id}: {code:?} {got}");
+    }
+    let (segment, at) = find_in_segments(&dir.path("state").join("lab"), b"|RUN-05|");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    file.write_all_at(b"\xFF\xFF\xFF\xFF", (at + 150) as u64)
+        .unwrap();
+    drop(file);
+    let expected: Vec<String> = ids.iter().filter(|id| *id != "RUN-05").cloned().collect();
+    let (_sink, delivered) = receive(receiver, &dir.path("saved"), &expected);
+    assert_eq!(delivered, expected);
+    let mut reported = 0;
+    while let Ok(line) = logs.recv_timeout(Duration::from_millis(500)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("damaged queue bytes were set aside"))
+        {
+            assert_eq!(
+                (v["lost"].as_u64(), v["control_ids"].as_str()),
+                (Some(1), Some("RUN-05"))
+            );
+            reported += 1;
+        }
+    }
+    assert_eq!(reported, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_queue_cannot_be_opened_is_down_while_the_others_serve() {
+    let dir = TestDir::new();
+    let saved = dir.path("saved");
+    let (_sink, sink_addr) = start_saving_sink(&saved);
+    let (broken_listen, admin) = (free_addr(), free_addr());
+    let state = dir.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // Where the route's queue directory should be, a file: it cannot be opened.
+    std::fs::write(state.join("broken"), b"not a directory").unwrap();
+    let config = dir.path("guard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: {}\nadmin:\n  listen: {admin}\nroutes:\n  - name: broken\n    listen: {broken_listen}\n    allow: [127.0.0.1/32]\n    delivery: store-and-forward\n    upstream:\n      address: {sink_addr}\n  - name: fine\n    listen: 127.0.0.1:0\n    allow: [127.0.0.1/32]\n    upstream:\n      address: {sink_addr}\n      ack_timeout: 2s\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let (_guard, listen, logs, early) = start_guard_logged(&config);
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    client
+        .send_raw(&mllp_guard::wire::codec::encode(&message("FINE-1", 200)))
+        .await;
+    let ack = client.read_ack().await.expect("the healthy route serves");
+    assert_eq!(ack_of(&ack).0, mllp_guard::wire::hl7::AckCode::AA);
+    assert!(
+        TcpStream::connect(broken_listen).is_err(),
+        "the broken route does not listen"
+    );
+    let (status, body) = get(admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("route broken is down"), "{body}");
+    let (_, metrics) = get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("mllp_guard_route_up{route=\"broken\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mllp_guard_route_up{route=\"fine\"} 1"),
+        "{metrics}"
+    );
+    let mut said = false;
+    let later = std::iter::from_fn(|| logs.recv_timeout(Duration::from_millis(300)).ok());
+    for line in early.into_iter().chain(later) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        said |= v["level"] == "ERROR"
+            && v["route"] == "broken"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("route is down"));
+    }
+    assert!(said, "an ERROR line names the route that is down");
+}
