@@ -314,11 +314,7 @@ mod tests {
     fn duplicates_are_found_within_the_window_and_forgotten_after() {
         let mut d = Duplicates::default();
         let key = DuplicateKey([7; 32]);
-        d.remember(
-            key,
-            Bytes::from_static(b"ack"),
-            Duration::from_secs(60),
-        );
+        d.remember(key, Bytes::from_static(b"ack"), Duration::from_secs(60));
         assert_eq!(
             d.find(&key, Duration::from_secs(60)),
             Some(Bytes::from_static(b"ack"))

@@ -26,19 +26,27 @@ use crate::harness::*;
 use crate::nats::{self, Nats};
 
 /// Where a contract test keeps custody.
-enum Backend {
+pub(crate) enum Backend {
     Embedded,
     JetStream(Nats),
 }
 
 impl Backend {
     /// None (and a skip message) when JetStream is asked for but nats-server is missing.
-    fn jetstream(test: &str) -> Option<Backend> {
+    pub(crate) fn jetstream(test: &str) -> Option<Backend> {
         nats::available(test).then(|| Backend::JetStream(Nats::single()))
     }
 
+    /// `backend` as `queue list --json` names it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::JetStream(_) => "jetstream",
+        }
+    }
+
     /// Route keys selecting this backend (`extra_queue` adds keys to the `queue:` block).
-    fn yaml(&self, extra_queue: &str) -> String {
+    pub(crate) fn yaml(&self, extra_queue: &str) -> String {
         match self {
             Backend::Embedded if extra_queue.is_empty() => String::new(),
             Backend::Embedded => format!("    queue:\n{extra_queue}"),
@@ -538,10 +546,7 @@ fn every_positively_acked_message_survives_sigkill(backend: Backend, kills: usiz
         all_acked_arrive_in_order(&saved, &acked, Duration::from_secs(120));
     eprintln!(
         "custody under SIGKILL ({}): {} acked, {} delivered, {duplicates} duplicates",
-        match backend {
-            Backend::Embedded => "embedded",
-            Backend::JetStream(_) => "jetstream",
-        },
+        backend.name(),
         acked.len(),
         delivered
     );
