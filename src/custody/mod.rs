@@ -7,10 +7,12 @@
 //!   (empty control id), answer a resent duplicate with the ack it already got, otherwise hand
 //!   the payload to the committer and answer only after it is durable;
 //! - **committer** (one thread per route): drains every pending append, writes them all, then
-//!   one `sync` for the batch (group commit), and only then releases their acks;
+//!   one `sync` for the batch (group commit), journals their duplicate keys, and only then
+//!   releases their acks;
 //! - **drainer** (one task per route): sends the oldest record upstream, one in flight, with
 //!   the relay's upstream (TLS, ack timeout, MSA-2 check); a positive reply advances the cursor,
-//!   AE/AR follow `on_reply`, failures retry the same record after a jittered backoff.
+//!   AE/AR follow `on_reply`, failures retry the same record after a jittered backoff until
+//!   `retry.max_attempts` or `retry.max_age` gives it up to the dead letters.
 //!
 //! The ack code and whether an ack is sent at all follow HL7 (original mode AA/AE/AR; enhanced
 //! mode, when MSH-15 is present, CA/CE/CR per table 0155) and the route's `ack_mode`. Must not
@@ -20,9 +22,11 @@
 //! [`jetstream`] (publish with PubAck; a shared consumer drains); accepting, duplicates and acks
 //! stay here.
 //!
-//! Files: this one accepts (and answers); `duplicates` remembers the acks given; `log` holds
-//! the embedded log's committer and drainer; [`jetstream`] the JetStream backend; `error` why a
-//! message was not queued; [`counters`] what both backends count.
+//! Files: this one accepts (and answers); `duplicates` remembers the acks given (and, on the
+//! embedded queue, journals them so they survive restarts); `log` holds the embedded log's
+//! committer and drainer; [`jetstream`] the JetStream backend; `give_up` when both drainers stop
+//! retrying a message (`retry.max_attempts`, `retry.max_age`); `error` why a message was not
+//! queued; [`counters`] what both backends count.
 
 pub mod counters;
 mod duplicates;

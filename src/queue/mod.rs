@@ -90,8 +90,8 @@
 //!   ([`Store::persist_acks`], which custody does about [`ACK_SETTLE`] after a delivery, once for
 //!   every ack since). A crash therefore re-delivers at most `ACK_PERSIST_EVERY - 1` acknowledged
 //!   records, and a reader of the directory sees a delivery as gone within about `ACK_SETTLE`.
-//!   With no valid slot at all, every record
-//!   still on disk is delivered again ([`Recovery::cursor_lost`]).
+//!   With no valid slot at all, every record still on disk is delivered again
+//!   ([`Recovery::cursor_lost`]).
 //! - Sync errors: any I/O error in `append` or `sync` discards every append since the last
 //!   successful fsync: the active segment is truncated back to the last synced offset (then
 //!   re-extended, so the tail is zeros, and fsync'd) and a segment created since then is removed.
