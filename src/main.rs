@@ -183,8 +183,10 @@ fn runtime_builder() -> Option<tokio::runtime::Builder> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own table; its guard logs only warnings unless MLLP_GUARD_LOG says otherwise.
-    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+    // The demo prints its own table; its guard logs only warnings unless MLLP_GUARD_LOG says
+    // otherwise. The queue commands print their answer; the NATS client's connection notes
+    // would only be noise around it.
+    let default_level = if matches!(cli.command, Command::Demo { .. } | Command::Queue { .. }) {
         "warn"
     } else {
         "info"

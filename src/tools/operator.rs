@@ -95,7 +95,10 @@ struct JetStreamSession {
 }
 
 impl JetStreamSession {
-    async fn open(cfg: &JetStreamQueue) -> anyhow::Result<JetStreamSession> {
+    /// Connects to the route's NATS; `None` (connection closed) when its stream does not exist
+    /// yet (no guard has started the route): like an embedded queue never created, it reads as
+    /// empty.
+    async fn open(cfg: &JetStreamQueue) -> anyhow::Result<Option<JetStreamSession>> {
         let client = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             crate::custody::jetstream::connect(cfg, "mllp-guard queue", false),
@@ -110,7 +113,24 @@ impl JetStreamSession {
         .map_err(anyhow::Error::msg)?;
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(cfg.publish_timeout);
-        Ok(JetStreamSession { client, js })
+        let session = JetStreamSession { client, js };
+        match session.js.get_stream(&cfg.stream).await {
+            Ok(_) => Ok(Some(session)),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(e)
+                        if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                session.close().await;
+                Ok(None)
+            }
+            Err(err) => {
+                session.close().await;
+                bail!("stream {}: {err}", cfg.stream)
+            }
+        }
     }
 
     /// Waits until what this command published or deleted has reached the server.
@@ -145,12 +165,16 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
     let mut rows = Vec::new();
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
-            let session = JetStreamSession::open(js).await?;
-            let depth = crate::custody::jetstream::depth(&session.js, &js.stream)
-                .await
-                .map_err(anyhow::Error::msg);
-            session.close().await;
-            let depth = depth?;
+            let depth = match JetStreamSession::open(js).await? {
+                Some(session) => {
+                    let depth = crate::custody::jetstream::depth(&session.js, &js.stream)
+                        .await
+                        .map_err(anyhow::Error::msg);
+                    session.close().await;
+                    depth?
+                }
+                None => Default::default(),
+            };
             rows.push(RouteDepth {
                 route: name.to_string(),
                 backend: "jetstream",
@@ -296,16 +320,22 @@ pub async fn show(
                     crate::custody::jetstream::dead_subject(&js.stream),
                 ),
             ] {
-                let records =
-                    crate::custody::jetstream::records(&session.js, &js.stream, &subject, limit)
-                        .await
-                        .map_err(anyhow::Error::msg)?;
+                let records = match &session {
+                    Some(session) => {
+                        crate::custody::jetstream::records(&session.js, &js.stream, &subject, limit)
+                            .await
+                            .map_err(anyhow::Error::msg)?
+                    }
+                    None => Vec::new(),
+                };
                 writeln!(out, "route {name}: {title}: {}", records.len())?;
                 for record in &records {
                     describe(record, out, payload)?;
                 }
             }
-            session.close().await;
+            if let Some(session) = session {
+                session.close().await;
+            }
             continue;
         }
         for (title, dir) in [
@@ -335,13 +365,20 @@ pub async fn replay(
 ) -> anyhow::Result<()> {
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
-            let session = JetStreamSession::open(js).await?;
-            let replayed =
-                crate::custody::jetstream::replay(&session.js, &js.stream, js.publish_timeout)
+            let replayed = match JetStreamSession::open(js).await? {
+                Some(session) => {
+                    let replayed = crate::custody::jetstream::replay(
+                        &session.js,
+                        &js.stream,
+                        js.publish_timeout,
+                    )
                     .await
                     .map_err(anyhow::Error::msg);
-            session.close().await;
-            let replayed = replayed?;
+                    session.close().await;
+                    replayed?
+                }
+                None => 0,
+            };
             if replayed == 0 {
                 writeln!(out, "route {name}: no dead letters")?;
             } else {
@@ -405,7 +442,10 @@ pub async fn purge(
             } else {
                 crate::custody::jetstream::queue_subject(&js.stream)
             };
-            let session = JetStreamSession::open(js).await?;
+            let Some(session) = JetStreamSession::open(js).await? else {
+                writeln!(out, "route {name}: no {what}")?;
+                continue;
+            };
             let depth = crate::custody::jetstream::depth(&session.js, &js.stream)
                 .await
                 .map_err(anyhow::Error::msg)?;

@@ -207,6 +207,11 @@ fn queue_commands_tell_the_truth(backend: Backend) {
             backend.yaml("")
         ),
     );
+    // Before any guard ran the route, its queue (directory or stream) reads as empty.
+    assert_eq!(counts(&listed(&config)), (0, 0));
+    let (ok, out, err) = queue(&config, &["purge", "--yes"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "route lab: no pending messages\n");
     let (mut guard, addr, _logs) = start_guard(&config);
 
     // Running, receiver down: four messages wait.
@@ -511,4 +516,39 @@ fn ae_only_sends_only_the_acks_that_say_not_queued_now() {
 #[test]
 fn ar_only_sends_only_the_acks_that_refuse_for_good() {
     assert_eq!(answers_under("ar-only"), [None, None, Some(AckCode::AR)]);
+}
+
+// ---- operator errors --------------------------------------------------------------------------
+
+#[test]
+fn a_queue_command_without_its_nats_fails_with_a_clear_error_and_no_panic() {
+    let dir = TestDir::new();
+    let nowhere = free_addr();
+    let queue_yaml = format!(
+        "    queue:\n      backend: jetstream\n      jetstream:\n        servers: [\"nats://{nowhere}\"]\n        stream: MLLP_LAB\n"
+    );
+    let config = config(
+        &dir,
+        free_addr(),
+        &format!("    retry: {{ initial: 50ms, max: 200ms }}\n{queue_yaml}"),
+    );
+    for args in [
+        &["list", "--json"][..],
+        &["show"],
+        &["replay"],
+        &["purge", "--yes"],
+    ] {
+        let started = Instant::now();
+        let (ok, out, err) = queue(&config, args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(
+            err.starts_with("error: ") && err.contains("NATS") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+    }
 }
