@@ -213,6 +213,14 @@ impl Custody {
                 let code = AckView::parse(&ack)
                     .map(|a| a.code())
                     .unwrap_or(AckCode::AA);
+                // The same kind of answer as the first time: none where `ack_mode` sent none.
+                if !sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
+                    return Answer::Silent {
+                        code,
+                        outcome: "duplicate_answered",
+                        committed: code.is_positive(),
+                    };
+                }
                 return Answer::Ack {
                     ack,
                     code,

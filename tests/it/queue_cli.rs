@@ -486,8 +486,8 @@ fn jetstream_a_message_older_than_max_age_is_given_up_and_the_next_one_delivered
 // ---- ack_mode: ae-only and ar-only ------------------------------------------------------------
 
 /// With the receiver down and room for one message: what a queued message, a message the queue
-/// has no room for, and a message without MSH-10 get under `mode`.
-fn answers_under(mode: &str) -> [Option<AckCode>; 3] {
+/// has no room for, a message without MSH-10 and a resend of the queued one get under `mode`.
+fn answers_under(mode: &str) -> [Option<AckCode>; 4] {
     let dir = TestDir::new();
     let config = config(
         &dir,
@@ -503,19 +503,30 @@ fn answers_under(mode: &str) -> [Option<AckCode>; 3] {
         code(send(&addr, &message("MODE1", 300), wait)),
         code(send(&addr, &message("MODE2", 300), wait)),
         code(send(&addr, &message("", 300), wait)),
+        code(send(&addr, &message("MODE1", 300), wait)),
     ];
-    assert_eq!(counts(&listed(&config)), (1, 0), "MODE1 alone was queued");
+    assert_eq!(
+        counts(&listed(&config)),
+        (1, 0),
+        "MODE1 alone was queued, once"
+    );
     answers
 }
 
 #[test]
 fn ae_only_sends_only_the_acks_that_say_not_queued_now() {
-    assert_eq!(answers_under("ae-only"), [None, Some(AckCode::AE), None]);
+    assert_eq!(
+        answers_under("ae-only"),
+        [None, Some(AckCode::AE), None, None]
+    );
 }
 
 #[test]
 fn ar_only_sends_only_the_acks_that_refuse_for_good() {
-    assert_eq!(answers_under("ar-only"), [None, None, Some(AckCode::AR)]);
+    assert_eq!(
+        answers_under("ar-only"),
+        [None, None, Some(AckCode::AR), None]
+    );
 }
 
 // ---- operator errors --------------------------------------------------------------------------
