@@ -6,10 +6,11 @@
 //!
 //! On the embedded queue the memory survives restarts and crashes through a journal, the file
 //! `duplicates` in the route's queue directory (guarded by the queue's lock): the committer
-//! appends the keys of a batch once the batch is durable and fdatasyncs the journal before any
-//! of its acks leaves, so a resend after a restart or a SIGKILL is recognised. A crash between
-//! the two syncs forgets that batch (a resend is then queued again: a visible duplicate, never
-//! a loss). Keys are only journalled for messages that were stored.
+//! writes the keys of a batch once the batch is durable and before any of its acks leaves, so a
+//! resend after a restart or a SIGKILL is recognised (the kernel has the write). The journal is
+//! fdatasync'd at most every [`SYNC_EVERY`] (with a batch, never an fsync per message): a power
+//! loss may forget the keys of the last moments, and a resend of those is queued again (a
+//! visible duplicate, never a loss). Keys are only journalled for messages that were stored.
 //!
 //! ```text
 //! journal    0 magic "MGDUP\0\0\x01", then entries back to back
@@ -36,6 +37,8 @@ use crate::wire::hl7::Header;
 
 /// Remembered acks for duplicate detection, at most (oldest forgotten first).
 pub const MAX_REMEMBERED: usize = 100_000;
+/// The journal is fdatasync'd with the first batch after this long since its last sync.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// The journal's file name in the route's queue directory.
 pub const JOURNAL_NAME: &str = "duplicates";
 const MAGIC: &[u8; 8] = b"MGDUP\0\0\x01";
@@ -165,6 +168,7 @@ pub(super) struct Journal {
     /// Entries in the file (live or not).
     entries: usize,
     window: Duration,
+    last_sync: Instant,
     buf: Vec<u8>,
 }
 
@@ -234,6 +238,7 @@ impl Journal {
             file,
             entries: entries.len(),
             window,
+            last_sync: Instant::now(),
             buf: Vec::new(),
         };
         if end != bytes.len() || end == 0 || journal.entries > 2 * into.acks.len() + COMPACT_SLACK {
@@ -242,8 +247,9 @@ impl Journal {
         Ok(journal)
     }
 
-    /// Appends the keys of a durable batch and fdatasyncs them; rewrites the journal when it
-    /// has grown to more than twice what `memory` holds. Call before the batch's acks leave.
+    /// Appends the keys of a durable batch (fdatasync'd when [`SYNC_EVERY`] has passed since
+    /// the last sync) and remembers them in `memory`; rewrites the journal when it has grown to
+    /// more than twice what `memory` holds. Call before the batch's acks leave.
     pub(super) fn append(
         &mut self,
         batch: &[(DuplicateKey, Bytes)],
@@ -258,7 +264,10 @@ impl Journal {
             encode(&mut self.buf, at_ms, key, ack);
         }
         self.file.write_all(&self.buf)?;
-        self.file.sync_data()?;
+        if self.last_sync.elapsed() >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.last_sync = Instant::now();
+        }
         self.entries += batch.len();
         let live = {
             let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,6 +311,13 @@ impl Journal {
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.entries = live.len();
         Ok(())
+    }
+}
+
+impl Drop for Journal {
+    /// A clean stop leaves the journal durable.
+    fn drop(&mut self) {
+        let _ = self.file.sync_data();
     }
 }
 

@@ -120,8 +120,8 @@ pub(super) fn commit_loop(
     }
 }
 
-/// Remembers the keys of the stored messages of a batch (journal first, fdatasync'd), before
-/// their acks leave. A journal that fails is given up (memory only, until the next start).
+/// Remembers the keys of the stored messages of a batch (journal first), before their acks
+/// leave. A journal that fails is given up (memory only, until the next start).
 fn remember(
     r: &mut Remembering,
     batch: &mut [AppendRequest],

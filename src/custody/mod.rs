@@ -7,8 +7,8 @@
 //!   (empty control id), answer a resent duplicate with the ack it already got, otherwise hand
 //!   the payload to the committer and answer only after it is durable;
 //! - **committer** (one thread per route): drains every pending append, writes them all, then
-//!   one `sync` for the batch (group commit), journals their duplicate keys, and only then
-//!   releases their acks;
+//!   one `sync` for the batch (group commit), writes their duplicate keys to the journal, and
+//!   only then releases their acks;
 //! - **drainer** (one task per route): sends the oldest record upstream, one in flight, with
 //!   the relay's upstream (TLS, ack timeout, MSA-2 check); a positive reply advances the cursor,
 //!   AE/AR follow `on_reply`, failures retry the same record after a jittered backoff until
