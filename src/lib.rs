@@ -45,7 +45,8 @@
 //! firewall/    pure decisions: policy (allowlists), limits (caps, rates), rules (MSH rules)
 //! outcome.rs   the Answer a sender gets; Failure and Fault: which side failed, retry or not
 //! dispatch.rs  the junction: forward to the upstream or hand to custody; a session's Lanes
-//! custody/     accept (mod), duplicates, log (committer + drainer), jetstream/, error, counters
+//! custody/     accept (mod), duplicates, log (committer + drainer), give_up, jetstream/, error,
+//!              counters
 //! queue/       the durable log: doc and invariants (mod), store, format, log, recovery
 //! upstream/    the receiver's side: Upstream and its pool (mod), connect, receivers, conn, error
 //! timing/      backoff (jittered retries), deadline_timer (one timer per connection)

@@ -116,7 +116,14 @@ enum Command {
 #[derive(Subcommand)]
 enum QueueAction {
     /// Depth, bytes, oldest age and dead letters per store-and-forward route.
-    List(QueueArgs),
+    List {
+        #[command(flatten)]
+        args: QueueArgs,
+        /// One JSON array, an object per route: route, backend, pending, bytes, oldest_age_s,
+        /// dead_letters.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pending messages and dead letters by MSH-10, type, size, age and reason.
     Show {
         #[command(flatten)]
@@ -176,8 +183,10 @@ fn runtime_builder() -> Option<tokio::runtime::Builder> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own table; its guard logs only warnings unless MLLP_GUARD_LOG says otherwise.
-    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+    // The demo prints its own table; its guard logs only warnings unless MLLP_GUARD_LOG says
+    // otherwise. The queue commands print their answer; the NATS client's connection notes
+    // would only be noise around it.
+    let default_level = if matches!(cli.command, Command::Demo { .. } | Command::Queue { .. }) {
         "warn"
     } else {
         "info"
@@ -249,7 +258,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Queue { action } => queue_command(action),
+            Command::Queue { action } => queue_command(action).await,
             Command::Demo { config, messages } => match demo::run(&config, &messages).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -259,9 +268,9 @@ fn main() -> ExitCode {
     })
 }
 
-fn queue_command(action: QueueAction) -> ExitCode {
+async fn queue_command(action: QueueAction) -> ExitCode {
     use mllp_guard::tools::operator;
-    let (QueueAction::List(args)
+    let (QueueAction::List { args, .. }
     | QueueAction::Show { args, .. }
     | QueueAction::Replay(args)
     | QueueAction::Purge { args, .. }) = &action;
@@ -272,21 +281,24 @@ fn queue_command(action: QueueAction) -> ExitCode {
     let route = args.route.as_deref();
     let mut out = std::io::stdout().lock();
     let result = match &action {
-        QueueAction::List(_) => operator::list(&config, route, &mut out),
+        QueueAction::List { json, .. } => operator::list(&config, route, *json, &mut out).await,
         QueueAction::Show { payload, limit, .. } => {
-            operator::show(&config, route, *payload, *limit, &mut out)
+            operator::show(&config, route, *payload, *limit, &mut out).await
         }
-        QueueAction::Replay(_) => operator::replay(&config, route, &mut out),
+        QueueAction::Replay(_) => operator::replay(&config, route, &mut out).await,
         QueueAction::Purge {
             dead_letters, yes, ..
-        } => operator::purge(
-            &config,
-            route,
-            *dead_letters,
-            *yes,
-            &mut std::io::stdin().lock(),
-            &mut out,
-        ),
+        } => {
+            operator::purge(
+                &config,
+                route,
+                *dead_letters,
+                *yes,
+                &mut std::io::stdin().lock(),
+                &mut out,
+            )
+            .await
+        }
     };
     report(result)
 }
@@ -460,12 +472,7 @@ fn summary(route: &mllp_guard::config::Route) -> String {
                     js.servers.join(",")
                 ),
             },
-            match custody.ack_mode {
-                mllp_guard::config::AckMode::Always => "always",
-                mllp_guard::config::AckMode::ErrorsOnly => "errors-only",
-                mllp_guard::config::AckMode::Never => "never",
-                mllp_guard::config::AckMode::Msh15 => "msh15",
-            }
+            custody.ack_mode.as_str()
         ),
     };
     format!(

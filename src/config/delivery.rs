@@ -319,6 +319,30 @@ impl Validator<'_> {
     }
 
     fn retry(&mut self, p: &str, raw: &RawRetry) -> Retry {
+        let max_attempts = self.value(
+            format!("{p}.max_attempts"),
+            &raw.max_attempts,
+            0,
+            |s| match s.trim().parse::<u32>() {
+                Ok(n) => Ok(n),
+                Err(_) => Err(format!(
+                    "must be a whole number of delivery attempts (0 = unlimited, the default), not \"{s}\""
+                )),
+            },
+        );
+        let max_age = self.value(format!("{p}.max_age"), &raw.max_age, None, |s| {
+            parse_duration(s).map(|d| (!d.is_zero()).then_some(d))
+        });
+        let backoff = self.retry_backoff(p, raw);
+        Retry {
+            max_attempts,
+            max_age,
+            ..backoff
+        }
+    }
+
+    /// `retry.initial` and `retry.max` (the rest at their defaults).
+    fn retry_backoff(&mut self, p: &str, raw: &RawRetry) -> Retry {
         let initial = self.value(format!("{p}.initial"), &raw.initial, None, |s| {
             parse_positive_duration(s).map(Some)
         });
@@ -361,6 +385,7 @@ impl Validator<'_> {
         Retry {
             initial: initial_or_default,
             max: max_or_default,
+            ..Retry::default()
         }
     }
 }

@@ -410,15 +410,43 @@ pub enum AckMode {
     /// `msh15`: as the message's MSH-15 (accept acknowledgment type) asks; original mode when
     /// it is empty.
     Msh15,
+    /// `ae-only`: only AE (CE in enhanced mode) acks are sent: the message could not be queued
+    /// now (HL7Connect's "Errors").
+    AeOnly,
+    /// `ar-only`: only AR (CR) acks are sent: the message is refused for good (HL7Connect's
+    /// "Rejections").
+    ArOnly,
 }
 
-/// `retry`: exponential backoff (with jitter) between delivery attempts to the upstream.
+impl AckMode {
+    /// The name the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Always => "always",
+            AckMode::ErrorsOnly => "errors-only",
+            AckMode::Never => "never",
+            AckMode::Msh15 => "msh15",
+            AckMode::AeOnly => "ae-only",
+            AckMode::ArOnly => "ar-only",
+        }
+    }
+}
+
+/// `retry`: exponential backoff (with jitter) between delivery attempts to the upstream, and
+/// when to give a message up (to the dead letters) instead of retrying it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retry {
     /// `initial`: the first wait; > 0. Default 1s.
     pub initial: Duration,
     /// `max`: the longest wait; >= `initial`. Default 180s.
     pub max: Duration,
+    /// `max_attempts`: a message whose delivery failed (an error, or a reply `on_reply` retries)
+    /// this many times goes to the dead letters. 0 (the default): unlimited.
+    pub max_attempts: u32,
+    /// `max_age`: a message still undelivered this long after it was queued goes to the dead
+    /// letters (checked before each attempt and after each failed one). `None` (`0s`, the
+    /// default): unlimited.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for Retry {
@@ -426,6 +454,8 @@ impl Default for Retry {
         Retry {
             initial: DEFAULT_RETRY_INITIAL,
             max: DEFAULT_RETRY_MAX,
+            max_attempts: 0,
+            max_age: None,
         }
     }
 }

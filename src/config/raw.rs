@@ -136,6 +136,8 @@ pub(super) struct RawNatsTls {
 pub(super) struct RawRetry {
     pub(super) initial: Option<Text>,
     pub(super) max: Option<Text>,
+    pub(super) max_attempts: Option<Text>,
+    pub(super) max_age: Option<Text>,
 }
 
 /// Keys are the HL7 reply codes, uppercase as in the contract.

@@ -184,8 +184,10 @@ pub(super) fn parse_ack_mode(s: &str) -> Result<AckMode, String> {
         "errors-only" => Ok(AckMode::ErrorsOnly),
         "never" => Ok(AckMode::Never),
         "msh15" => Ok(AckMode::Msh15),
+        "ae-only" => Ok(AckMode::AeOnly),
+        "ar-only" => Ok(AckMode::ArOnly),
         _ => Err(format!(
-            "must be `always` (every message gets an ack), `errors-only` (only negative acks), `never` (no acks) or `msh15` (as each message's MSH-15 asks), not \"{s}\""
+            "must be `always` (every message gets an ack), `errors-only` (only negative acks), `ae-only` (only AE/CE: not queued now), `ar-only` (only AR/CR: refused for good), `never` (no acks) or `msh15` (as each message's MSH-15 asks), not \"{s}\""
         )),
     }
 }

@@ -735,6 +735,8 @@ fn the_custody_example_of_the_issue_parses_into_typed_values() {
             retry: Retry {
                 initial: Duration::from_secs(1),
                 max: Duration::from_secs(180),
+                max_attempts: 0,
+                max_age: None,
             },
             on_reply: OnReply {
                 ae: ReplyAction::Retry,
@@ -769,7 +771,9 @@ fn store_and_forward_with_only_a_state_dir_takes_every_custody_default() {
         Retry::default(),
         Retry {
             initial: Duration::from_secs(1),
-            max: Duration::from_secs(180)
+            max: Duration::from_secs(180),
+            max_attempts: 0,
+            max_age: None,
         }
     );
     assert_eq!(
@@ -814,7 +818,7 @@ fn every_custody_key_is_read_when_given() {
         store_and_forward("state_dir: /q\n"),
         "    queue: { max_bytes: 2MiB, max_messages: 5, segment_bytes: 1MiB }
     ack_mode: errors-only
-    retry: { initial: 250ms, max: 250ms }
+    retry: { initial: 250ms, max: 250ms, max_attempts: 3, max_age: 10m }
     on_reply: { AE: accept, AR: retry }
     duplicate_window: 0s
     max_message_bytes: 2MiB
@@ -830,7 +834,9 @@ fn every_custody_key_is_read_when_given() {
         c.retry,
         Retry {
             initial: Duration::from_millis(250),
-            max: Duration::from_millis(250)
+            max: Duration::from_millis(250),
+            max_attempts: 3,
+            max_age: Some(Duration::from_secs(600)),
         }
     );
     assert_eq!(
@@ -841,7 +847,12 @@ fn every_custody_key_is_read_when_given() {
         }
     );
     assert_eq!(c.duplicate_window, None);
-    for (written, mode) in [("never", AckMode::Never), ("msh15", AckMode::Msh15)] {
+    for (written, mode) in [
+        ("never", AckMode::Never),
+        ("msh15", AckMode::Msh15),
+        ("ae-only", AckMode::AeOnly),
+        ("ar-only", AckMode::ArOnly),
+    ] {
         let yaml = format!(
             "{}    ack_mode: {written}\n",
             store_and_forward("state_dir: /q\n")
@@ -936,7 +947,7 @@ fn bad_custody_values_are_all_reported_with_their_positions() {
         "guard.yaml:10:18: routes[0].queue.max_bytes: must be at least this route's max_message_bytes (16777216 bytes) so that the largest message fits; raise it or lower max_message_bytes, not \"8MiB\" (8388608 bytes)",
         "guard.yaml:11:21: routes[0].queue.max_messages: must be a whole number of at least 1, not \"0\"",
         "guard.yaml:12:22: routes[0].queue.segment_bytes: must be at least 1MiB, not \"512KiB\" (524288 bytes)",
-        "guard.yaml:13:15: routes[0].ack_mode: must be `always` (every message gets an ack), `errors-only` (only negative acks), `never` (no acks) or `msh15` (as each message's MSH-15 asks), not \"sometimes\"",
+        "guard.yaml:13:15: routes[0].ack_mode: must be `always` (every message gets an ack), `errors-only` (only negative acks), `ae-only` (only AE/CE: not queued now), `ar-only` (only AR/CR: refused for good), `never` (no acks) or `msh15` (as each message's MSH-15 asks), not \"sometimes\"",
         "guard.yaml:14:33: routes[0].retry.max: must be at least retry.initial (10s), not \"5s\"",
         "guard.yaml:16:11: routes[0].on_reply.AE: must be `retry` (send it again after backoff), `dead-letter` (move it to the route's dead-letter store) or `accept` (count it as delivered), not \"ignore\"",
         "guard.yaml:18:23: routes[0].duplicate_window: \"forever\" is not a duration; write e.g. 30s, 500ms or 5m",
@@ -1118,6 +1129,10 @@ fn retry_bounds_are_checked_against_the_defaults_too() {
         (
             "{ initial: 0s }",
             "guard.yaml:9:23: routes[0].retry.initial: must be greater than zero, not \"0s\"",
+        ),
+        (
+            "{ max_attempts: -1 }",
+            "guard.yaml:9:28: routes[0].retry.max_attempts: must be a whole number of delivery attempts (0 = unlimited, the default), not \"-1\"",
         ),
     ];
     for (retry, expected) in cases {

@@ -1,19 +1,51 @@
 //! Duplicate suppression: the acks already given, by sender, MSH-3, MSH-4, MSH-10 and the
 //! message's digest, for `duplicate_window`, so that a sender's resend is answered with the same
 //! ack and not queued twice, and one sender can never make another's message disappear by
-//! reusing its control id. Bounded (oldest forgotten first). Must not know the queue.
+//! reusing its control id. Bounded (at most [`MAX_REMEMBERED`] keys, oldest forgotten first,
+//! each forgotten when the window has passed).
+//!
+//! On the embedded queue the memory survives restarts and crashes through a journal, the file
+//! `duplicates` in the route's queue directory (guarded by the queue's lock): the committer
+//! writes the keys of a batch once the batch is durable and before any of its acks leaves, so a
+//! resend after a restart or a SIGKILL is recognised (the kernel has the write). The journal is
+//! fdatasync'd at most every [`SYNC_EVERY`] (with a batch, never an fsync per message): a power
+//! loss may forget the keys of the last moments, and a resend of those is queued again (a
+//! visible duplicate, never a loss). Keys are only journalled for messages that were stored.
+//!
+//! ```text
+//! journal    0 magic "MGDUP\0\0\x01", then entries back to back
+//! entry      0 len u32 (= 48 + ack_len) | 4 crc u32 (CRC-32 of bytes 8..len)
+//!            8 at_ms u64 (wall clock when remembered) | 16 key [32] (SHA-256 of the key parts)
+//!           48 ack bytes (the ack the sender got)
+//! ```
+//!
+//! Opening reads the journal up to its first unreadable entry (a torn tail is cut), keeps what
+//! is younger than the window (the newest [`MAX_REMEMBERED`]), and rewrites the file when it holds
+//! more than twice what is live. Must not know the queue's records.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
 use crate::wire::hl7::Header;
 
 /// Remembered acks for duplicate detection, at most (oldest forgotten first).
-const MAX_REMEMBERED: usize = 100_000;
+pub const MAX_REMEMBERED: usize = 100_000;
+/// The journal is fdatasync'd with the first batch after this long since its last sync.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// The journal's file name in the route's queue directory.
+pub const JOURNAL_NAME: &str = "duplicates";
+const MAGIC: &[u8; 8] = b"MGDUP\0\0\x01";
+const ENTRY_HEADER: usize = 48;
+/// The journal is rewritten with only the live keys once it holds more entries than twice
+/// those, plus this many.
+const COMPACT_SLACK: usize = 4096;
 
 /// Who sent a message, as duplicate suppression tells senders apart: the TLS identity when the
 /// sender presented a certificate, else its address (the PROXY protocol's client when the route
@@ -41,9 +73,10 @@ pub(super) fn digest(payload: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Which message a resend is: its sender, MSH-3, MSH-4, MSH-10 and its digest.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub(super) struct DuplicateKey(Vec<u8>);
+/// Which message a resend is: the SHA-256 of its sender, MSH-3, MSH-4, MSH-10 (each
+/// length-prefixed) and its payload's digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct DuplicateKey([u8; 32]);
 
 impl DuplicateKey {
     pub(super) fn of(header: &Header<'_>, sender: SenderId<'_>, payload: &[u8]) -> DuplicateKey {
@@ -59,29 +92,47 @@ impl DuplicateKey {
             key.extend_from_slice(part);
         }
         key.extend_from_slice(&digest(payload));
-        DuplicateKey(key)
+        DuplicateKey(digest(&key))
     }
+}
+
+/// One remembered ack.
+#[derive(Clone)]
+struct Remembered {
+    /// Wall clock (ms since the epoch), for the journal.
+    at_ms: u64,
+    ack: Bytes,
 }
 
 /// Positive acks recently sent, by message, so a resend gets the same ack and is not queued
 /// twice. Bounded in time (the window) and size.
 #[derive(Default)]
 pub(super) struct Duplicates {
-    acks: HashMap<DuplicateKey, (Instant, Bytes)>,
+    acks: HashMap<DuplicateKey, Remembered>,
     order: VecDeque<(Instant, DuplicateKey)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Duplicates {
     pub(super) fn find(&mut self, key: &DuplicateKey, window: Duration) -> Option<Bytes> {
         self.expire(window);
-        self.acks.get(key).map(|(_, ack)| ack.clone())
+        self.acks.get(key).map(|r| r.ack.clone())
     }
 
     pub(super) fn remember(&mut self, key: DuplicateKey, ack: Bytes, window: Duration) {
+        self.insert(key, Instant::now(), now_ms(), ack, window);
+    }
+
+    fn insert(&mut self, key: DuplicateKey, at: Instant, at_ms: u64, ack: Bytes, window: Duration) {
         self.expire(window);
-        let now = Instant::now();
-        if self.acks.insert(key.clone(), (now, ack)).is_none() {
-            self.order.push_back((now, key));
+        if self.acks.insert(key, Remembered { at_ms, ack }).is_none() {
+            self.order.push_back((at, key));
         }
         while self.order.len() > MAX_REMEMBERED {
             if let Some((_, old)) = self.order.pop_front() {
@@ -100,6 +151,174 @@ impl Duplicates {
             }
         }
     }
+
+    /// What is remembered, oldest first (for rewriting the journal).
+    fn live(&self) -> Vec<(u64, DuplicateKey, Bytes)> {
+        self.order
+            .iter()
+            .filter_map(|(_, key)| self.acks.get(key).map(|r| (r.at_ms, *key, r.ack.clone())))
+            .collect()
+    }
+}
+
+/// The duplicate memory's journal on disk (embedded queue only). Owned by the committer thread.
+pub(super) struct Journal {
+    path: PathBuf,
+    file: File,
+    /// Entries in the file (live or not).
+    entries: usize,
+    window: Duration,
+    last_sync: Instant,
+    buf: Vec<u8>,
+}
+
+fn encode(buf: &mut Vec<u8>, at_ms: u64, key: &DuplicateKey, ack: &[u8]) {
+    let len = (ENTRY_HEADER + ack.len()) as u32;
+    let start = buf.len();
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&at_ms.to_le_bytes());
+    buf.extend_from_slice(&key.0);
+    buf.extend_from_slice(ack);
+    let crc = crc32fast::hash(&buf[start + 8..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The readable entries of a journal's bytes and where they end (a torn tail starts there).
+fn decode(bytes: &[u8]) -> (Vec<(u64, DuplicateKey, Bytes)>, usize) {
+    let mut out = Vec::new();
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return (out, 0);
+    }
+    let mut pos = MAGIC.len();
+    while bytes.len() - pos >= ENTRY_HEADER {
+        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let len = u32_at(pos) as usize;
+        if len < ENTRY_HEADER || len > bytes.len() - pos {
+            break;
+        }
+        let entry = &bytes[pos..pos + len];
+        if crc32fast::hash(&entry[8..]) != u32_at(pos + 4) {
+            break;
+        }
+        let at_ms = u64::from_le_bytes(entry[8..16].try_into().expect("8 bytes"));
+        let key = DuplicateKey(entry[16..48].try_into().expect("32 bytes"));
+        out.push((at_ms, key, Bytes::copy_from_slice(&entry[ENTRY_HEADER..])));
+        pos += len;
+    }
+    (out, pos)
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir` and loads what it remembers within `window`
+    /// into `into`. Rewrites the file when it was torn or mostly expired.
+    pub(super) fn open(dir: &Path, window: Duration, into: &mut Duplicates) -> io::Result<Journal> {
+        let path = dir.join(JOURNAL_NAME);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (entries, end) = decode(&bytes);
+        let (now, now_ms) = (Instant::now(), now_ms());
+        for (at_ms, key, ack) in &entries {
+            let age = Duration::from_millis(now_ms.saturating_sub(*at_ms));
+            if age >= window {
+                continue;
+            }
+            let at = now.checked_sub(age).unwrap_or(now);
+            into.insert(*key, at, *at_ms, ack.clone(), window);
+        }
+        let file = OpenOptions::new().append(true).create(true).open(&path)?;
+        let mut journal = Journal {
+            path,
+            file,
+            entries: entries.len(),
+            window,
+            last_sync: Instant::now(),
+            buf: Vec::new(),
+        };
+        if end != bytes.len() || end == 0 || journal.entries > 2 * into.acks.len() + COMPACT_SLACK {
+            journal.rewrite(into)?;
+        }
+        Ok(journal)
+    }
+
+    /// Appends the keys of a durable batch (fdatasync'd when [`SYNC_EVERY`] has passed since
+    /// the last sync) and remembers them in `memory`; rewrites the journal when it has grown to
+    /// more than twice what `memory` holds. Call before the batch's acks leave.
+    pub(super) fn append(
+        &mut self,
+        batch: &[(DuplicateKey, Bytes)],
+        memory: &std::sync::Mutex<Duplicates>,
+    ) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let at_ms = now_ms();
+        self.buf.clear();
+        for (key, ack) in batch {
+            encode(&mut self.buf, at_ms, key, ack);
+        }
+        self.file.write_all(&self.buf)?;
+        if self.last_sync.elapsed() >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.last_sync = Instant::now();
+        }
+        self.entries += batch.len();
+        let live = {
+            let mut memory = memory.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for (key, ack) in batch {
+                memory.insert(*key, now, at_ms, ack.clone(), self.window);
+            }
+            memory.acks.len()
+        };
+        if self.entries > 2 * live + COMPACT_SLACK {
+            let memory = memory.lock().unwrap_or_else(|e| e.into_inner());
+            let live = memory.live();
+            drop(memory);
+            self.rewrite_from(&live)?;
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self, memory: &Duplicates) -> io::Result<()> {
+        self.rewrite_from(&memory.live())
+    }
+
+    /// Replaces the journal with exactly `live` (write a new file, fsync, rename, fsync the
+    /// directory: a crash leaves either the old journal or the new one).
+    fn rewrite_from(&mut self, live: &[(u64, DuplicateKey, Bytes)]) -> io::Result<()> {
+        let tmp = self.path.with_extension("new");
+        self.buf.clear();
+        self.buf.extend_from_slice(MAGIC);
+        for (at_ms, key, ack) in live {
+            encode(&mut self.buf, *at_ms, key, ack);
+        }
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&self.buf)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.entries = live.len();
+        Ok(())
+    }
+}
+
+impl Drop for Journal {
+    /// A clean stop leaves the journal durable.
+    fn drop(&mut self) {
+        let _ = self.file.sync_data();
+    }
 }
 
 #[cfg(test)]
@@ -110,18 +329,77 @@ mod tests {
     #[test]
     fn duplicates_are_found_within_the_window_and_forgotten_after() {
         let mut d = Duplicates::default();
-        let key = DuplicateKey(b"k".to_vec());
-        d.remember(
-            key.clone(),
-            Bytes::from_static(b"ack"),
-            Duration::from_secs(60),
-        );
+        let key = DuplicateKey([7; 32]);
+        d.remember(key, Bytes::from_static(b"ack"), Duration::from_secs(60));
         assert_eq!(
             d.find(&key, Duration::from_secs(60)),
             Some(Bytes::from_static(b"ack"))
         );
         assert_eq!(d.find(&key, Duration::ZERO), None);
         assert!(d.acks.is_empty() && d.order.is_empty());
+    }
+
+    #[test]
+    fn the_journal_brings_back_what_was_remembered_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(600);
+        let memory = std::sync::Mutex::new(Duplicates::default());
+        let mut journal = Journal::open(dir.path(), window, &mut Duplicates::default()).unwrap();
+        let (a, b) = (DuplicateKey([1; 32]), DuplicateKey([2; 32]));
+        journal
+            .append(&[(a, Bytes::from_static(b"ack-a"))], &memory)
+            .unwrap();
+        journal
+            .append(&[(b, Bytes::from_static(b"ack-b"))], &memory)
+            .unwrap();
+        assert_eq!(
+            memory.lock().unwrap().find(&a, window).as_deref(),
+            Some(&b"ack-a"[..])
+        );
+        drop(journal);
+        // A torn entry at the end (a crash mid-write) is cut; the rest comes back.
+        let path = dir.path().join(JOURNAL_NAME);
+        let mut torn = fs::read(&path).unwrap();
+        torn.extend_from_slice(&[60, 0, 0, 0, 1, 2, 3]);
+        fs::write(&path, &torn).unwrap();
+        let mut restored = Duplicates::default();
+        let _journal = Journal::open(dir.path(), window, &mut restored).unwrap();
+        assert_eq!(restored.find(&a, window).as_deref(), Some(&b"ack-a"[..]));
+        assert_eq!(restored.find(&b, window).as_deref(), Some(&b"ack-b"[..]));
+        assert_eq!(
+            fs::read(&path).unwrap().len(),
+            torn.len() - 7,
+            "torn tail cut"
+        );
+        // Past the window, nothing is remembered.
+        std::thread::sleep(Duration::from_millis(5));
+        let mut expired = Duplicates::default();
+        let _journal = Journal::open(dir.path(), Duration::from_millis(1), &mut expired).unwrap();
+        assert!(expired.acks.is_empty());
+    }
+
+    #[test]
+    fn the_journal_is_rewritten_once_it_holds_mostly_forgotten_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let window = Duration::from_secs(600);
+        let memory = std::sync::Mutex::new(Duplicates::default());
+        let mut journal = Journal::open(dir.path(), window, &mut Duplicates::default()).unwrap();
+        for i in 0..(COMPACT_SLACK + 10) as u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            journal
+                .append(&[(DuplicateKey(k), Bytes::from_static(b"ack"))], &memory)
+                .unwrap();
+            // Everything but the last key is forgotten (as if expired or capped).
+            let mut m = memory.lock().unwrap();
+            m.acks.retain(|key, _| key.0 == k);
+            m.order.retain(|(_, key)| key.0 == k);
+        }
+        assert!(
+            journal.entries < COMPACT_SLACK,
+            "{} entries",
+            journal.entries
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The embedded log's two workers: the committer (one thread per route: every waiting append is
 //! written, then one `sync` for the batch, and only then does any of them learn it is stored) and
 //! the drainer (one task per route: the oldest record goes upstream, one in flight; a positive
-//! reply advances the cursor, AE/AR follow `on_reply`, failures retry the same record after a
-//! jittered backoff; dead letters go to their own queue). Must not know senders or acks we give.
+//! reply advances the cursor, which reaches the disk within `ACK_SETTLE`; AE/AR follow
+//! `on_reply`, failures retry the same record after a jittered backoff until `retry.max_attempts`
+//! or `retry.max_age` gives it up; dead letters go to their own queue). Must not know senders or
+//! acks we give.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -13,10 +15,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::counters::Counters;
+use super::duplicates::{DuplicateKey, Duplicates, Journal};
 use super::error::NotQueued;
+use super::give_up::{give_up, next_wait};
 use crate::config::{CustodyConfig, ReplyAction};
 use crate::outcome::Fault as _;
-use crate::queue::{Damage, Limits, QueueError, Record, SegmentLog, Store};
+use crate::queue::{Damage, Limits, QueueError, Record, SegmentLog, Store, ACK_SETTLE};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
 use crate::wire::codec::Frame;
@@ -31,7 +35,18 @@ const MAX_BATCH: usize = 1024;
 pub(super) struct AppendRequest {
     pub(super) payload: Bytes,
     pub(super) enqueued_at_ms: u64,
+    /// With `duplicate_window`: the message's key and the ack it gets once stored, remembered
+    /// (and journalled) before that ack leaves.
+    pub(super) remember: Option<(DuplicateKey, Bytes)>,
     pub(super) done: oneshot::Sender<Result<u64, NotQueued>>,
+}
+
+/// The committer's duplicate memory: the route's (shared with `accept`), its window and the
+/// journal that keeps it across restarts (`None` when it could not be opened: memory only).
+pub(super) struct Remembering {
+    pub(super) memory: Arc<Mutex<Duplicates>>,
+    pub(super) window: Duration,
+    pub(super) journal: Option<Journal>,
 }
 
 /// The queue limits a route's custody config sets (shared with `mllp-guard queue ...`).
@@ -58,6 +73,7 @@ pub(super) fn commit_loop(
     wake: &Notify,
     counters: &Counters,
     route: &str,
+    mut remembering: Option<Remembering>,
 ) {
     let mut batch = Vec::with_capacity(64);
     while let Some(first) = requests.blocking_recv() {
@@ -94,10 +110,45 @@ pub(super) fn commit_loop(
                 }
             }
         }
+        if let Some(r) = &mut remembering {
+            remember(r, &mut batch, &results, route);
+        }
         for (request, result) in batch.drain(..).zip(results) {
             let _ = request.done.send(result);
         }
         wake.notify_one();
+    }
+}
+
+/// Remembers the keys of the stored messages of a batch (journal first), before their acks
+/// leave. A journal that fails is given up (memory only, until the next start).
+fn remember(
+    r: &mut Remembering,
+    batch: &mut [AppendRequest],
+    results: &[Result<u64, NotQueued>],
+    route: &str,
+) {
+    let stored: Vec<(DuplicateKey, Bytes)> = batch
+        .iter_mut()
+        .zip(results)
+        .filter(|(_, result)| result.is_ok())
+        .filter_map(|(request, _)| request.remember.take())
+        .collect();
+    if stored.is_empty() {
+        return;
+    }
+    if let Some(journal) = &mut r.journal {
+        match journal.append(&stored, &r.memory) {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(route, error = %err, "cannot write the duplicate journal; duplicates are remembered in memory only until the next start");
+                r.journal = None;
+            }
+        }
+    }
+    let mut memory = r.memory.lock().unwrap_or_else(|e| e.into_inner());
+    for (key, ack) in stored {
+        memory.remember(key, ack, r.window);
     }
 }
 
@@ -136,15 +187,34 @@ pub(super) fn report_damage(route: &str, damage: &Damage) {
     );
 }
 
+/// What the drainer knows about the front record's delivery so far (since this guard started).
+#[derive(Default)]
+struct Front {
+    seq: u64,
+    /// Failed attempts.
+    failures: u32,
+    /// Attempts, failed or not (for the redelivery count).
+    attempts: u32,
+    /// What the last failed attempt got, for a dead letter's reason.
+    last: String,
+}
+
 impl LogDrainer {
     pub(super) async fn run(self) {
         let route = &self.route;
-        let mut backoff = Backoff::new(self.cfg.retry.initial, self.cfg.retry.max);
+        let retry = self.cfg.retry;
+        let mut backoff = Backoff::new(retry.initial, retry.max);
         let mut conn = None;
-        let mut attempts_of_front = 0u32;
+        let mut front = Front::default();
+        // When acks not yet in the cursor on disk are due to be persisted (`ACK_SETTLE`).
+        let mut settle_at: Option<tokio::time::Instant> = None;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
+            }
+            if settle_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                settle_at = None;
+                self.persist_acks().await;
             }
             let next = {
                 let store = self.store.clone();
@@ -179,9 +249,16 @@ impl LogDrainer {
                             None => std::future::pending().await,
                         }
                     };
+                    let settle = async {
+                        match settle_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break,
                         _ = self.wake.notified() => continue,
+                        _ = settle => continue,
                         _ = reopen => {
                             self.upstream.reopen_idle(&mut conn).await;
                             continue;
@@ -202,10 +279,29 @@ impl LogDrainer {
                     continue;
                 }
             };
+            if front.seq != record.seq {
+                front = Front {
+                    seq: record.seq,
+                    ..Front::default()
+                };
+            }
+            let age = Duration::from_millis(now_ms().saturating_sub(record.enqueued_at_ms));
+            if let Some(reason) = give_up(&retry, front.failures, age, &front.last) {
+                tracing::warn!(route = %route, seq = record.seq, attempts = front.failures, outcome = "dead_lettered", "queued message given up and moved to the dead letters");
+                if self.dead_letter(&record, &reason).await {
+                    settle_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
+                }
+                backoff.reset();
+                continue;
+            }
             let Some(frame) = Frame::from_payload(&record.payload) else {
                 // Never happens for payloads that came from the decoder; refuse to send garbage.
-                self.dead_letter(&record, "stored payload is not a valid MLLP payload")
-                    .await;
+                if self
+                    .dead_letter(&record, "stored payload is not a valid MLLP payload")
+                    .await
+                {
+                    settle_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
+                }
                 continue;
             };
             let header = Header::parse(&record.payload);
@@ -214,10 +310,10 @@ impl LogDrainer {
                 .map(|h| h.control_id().to_vec())
                 .unwrap_or_default();
             let shown_id = printable(&control_id);
-            if attempts_of_front > 0 {
+            if front.attempts > 0 {
                 self.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
             }
-            attempts_of_front += 1;
+            front.attempts += 1;
             let result = self
                 .upstream
                 .exchange(&mut conn, &frame, &control_id, Default::default())
@@ -234,8 +330,8 @@ impl LogDrainer {
                 (ReplyAction::Accept, Ok(reply)) => {
                     if self.ack(&record).await {
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = attempts_of_front, outcome = "delivered", "queued message delivered");
-                        attempts_of_front = 0;
+                        tracing::debug!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = front.attempts, outcome = "delivered", "queued message delivered");
+                        settle_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
                         backoff.reset();
                     }
                 }
@@ -243,20 +339,42 @@ impl LogDrainer {
                     let text = ack_text(&reply.ack);
                     let reason = format!("upstream replied {}: {}", reply.code, text);
                     tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, outcome = "dead_lettered", "queued message moved to the dead letters");
-                    self.dead_letter(&record, &reason).await;
-                    attempts_of_front = 0;
+                    if self.dead_letter(&record, &reason).await {
+                        settle_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
+                    }
                     backoff.reset();
                 }
-                (_, Ok(reply)) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying");
-                    if self.pause(wait).await {
-                        break;
+                (_, result) => {
+                    front.failures += 1;
+                    front.last = match result {
+                        Ok(reply) => {
+                            format!("upstream replied {}: {}", reply.code, ack_text(&reply.ack))
+                        }
+                        Err(err) => format!("{}: {err}", err.reason()),
+                    };
+                    let age = Duration::from_millis(now_ms().saturating_sub(record.enqueued_at_ms));
+                    if let Some(reason) = give_up(&retry, front.failures, age, &front.last) {
+                        tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, attempts = front.failures, outcome = "dead_lettered", "queued message given up (retry.max_attempts or retry.max_age) and moved to the dead letters");
+                        if self.dead_letter(&record, &reason).await {
+                            settle_at
+                                .get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
+                        }
+                        backoff.reset();
+                        continue;
                     }
-                }
-                (_, Err(err)) => {
-                    let wait = backoff.next_wait();
-                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)");
+                    let wait = next_wait(&retry, backoff.next_wait(), age);
+                    match result {
+                        Ok(reply) => {
+                            tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying")
+                        }
+                        Err(err) => {
+                            tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)")
+                        }
+                    }
+                    // Acks of earlier deliveries reach the disk before a pause, not after it.
+                    if settle_at.take().is_some() {
+                        self.persist_acks().await;
+                    }
                     if self.pause(wait).await {
                         break;
                     }
@@ -290,6 +408,28 @@ impl LogDrainer {
         }
     }
 
+    /// Writes every ack not yet in the cursor on disk (one fsync), so that `queue list` and a
+    /// restart see the deliveries; a failure is logged and retried at the next settle or close.
+    async fn persist_acks(&self) {
+        let store = self.store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .persist_acks()
+        })
+        .await;
+        match done {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(route = %self.route, error = %err, "cannot write the queue cursor; delivered messages may be delivered again after a crash");
+            }
+            Err(err) => {
+                tracing::warn!(route = %self.route, error = %err, "cannot write the queue cursor; delivered messages may be delivered again after a crash");
+            }
+        }
+    }
+
     async fn ack(&self, record: &Record) -> bool {
         let store = self.store.clone();
         let seq = record.seq;
@@ -310,8 +450,9 @@ impl LogDrainer {
         }
     }
 
-    /// Stores the record in the dead letters (durably) and only then takes it off the queue.
-    async fn dead_letter(&self, record: &Record, reason: &str) {
+    /// Stores the record in the dead letters (durably) and only then takes it off the queue;
+    /// whether it was taken off.
+    async fn dead_letter(&self, record: &Record, reason: &str) -> bool {
         let dir = self.cfg.queue_dir.join(DEAD_LETTER_DIR);
         let limits = queue_limits(&self.cfg);
         let (payload, at, reason) = (
@@ -329,15 +470,17 @@ impl LogDrainer {
         match stored {
             Ok(Ok(())) => {
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                self.ack(record).await;
+                self.ack(record).await
             }
             Ok(Err(err)) => {
                 tracing::error!(route = %self.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
                 let _ = self.pause(Duration::from_secs(1)).await;
+                false
             }
             Err(err) => {
                 tracing::error!(route = %self.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
                 let _ = self.pause(Duration::from_secs(1)).await;
+                false
             }
         }
     }

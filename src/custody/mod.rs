@@ -7,10 +7,12 @@
 //!   (empty control id), answer a resent duplicate with the ack it already got, otherwise hand
 //!   the payload to the committer and answer only after it is durable;
 //! - **committer** (one thread per route): drains every pending append, writes them all, then
-//!   one `sync` for the batch (group commit), and only then releases their acks;
+//!   one `sync` for the batch (group commit), writes their duplicate keys to the journal, and
+//!   only then releases their acks;
 //! - **drainer** (one task per route): sends the oldest record upstream, one in flight, with
 //!   the relay's upstream (TLS, ack timeout, MSA-2 check); a positive reply advances the cursor,
-//!   AE/AR follow `on_reply`, failures retry the same record after a jittered backoff.
+//!   AE/AR follow `on_reply`, failures retry the same record after a jittered backoff until
+//!   `retry.max_attempts` or `retry.max_age` gives it up to the dead letters.
 //!
 //! The ack code and whether an ack is sent at all follow HL7 (original mode AA/AE/AR; enhanced
 //! mode, when MSH-15 is present, CA/CE/CR per table 0155) and the route's `ack_mode`. Must not
@@ -20,13 +22,16 @@
 //! [`jetstream`] (publish with PubAck; a shared consumer drains); accepting, duplicates and acks
 //! stay here.
 //!
-//! Files: this one accepts (and answers); `duplicates` remembers the acks given; `log` holds
-//! the embedded log's committer and drainer; [`jetstream`] the JetStream backend; `error` why a
-//! message was not queued; [`counters`] what both backends count.
+//! Files: this one accepts (and answers); `duplicates` remembers the acks given (and, on the
+//! embedded queue, journals them so they survive restarts); `log` holds the embedded log's
+//! committer and drainer; [`jetstream`] the JetStream backend; `give_up` when both drainers stop
+//! retrying a message (`retry.max_attempts`, `retry.max_age`); `error` why a message was not
+//! queued; [`counters`] what both backends count.
 
 pub mod counters;
 mod duplicates;
 mod error;
+pub(crate) mod give_up;
 pub mod jetstream;
 mod log;
 
@@ -49,8 +54,8 @@ use crate::wire::codec::Frame;
 use crate::wire::hl7::printable;
 use crate::wire::hl7::{AckCode, AckView, Header};
 use counters::Counters;
-use duplicates::{DuplicateKey, Duplicates};
-use log::{commit_loop, now_ms, AppendRequest, LogDrainer};
+use duplicates::{DuplicateKey, Duplicates, Journal};
+use log::{commit_loop, now_ms, AppendRequest, LogDrainer, Remembering};
 
 /// Where a route's messages are kept.
 enum Keeper {
@@ -69,7 +74,7 @@ pub struct Custody {
     cfg: CustodyConfig,
     close_on_failure: bool,
     keeper: Keeper,
-    duplicates: Mutex<Duplicates>,
+    duplicates: Arc<Mutex<Duplicates>>,
     upstream_address: String,
     pub counters: Arc<Counters>,
 }
@@ -90,7 +95,7 @@ impl Custody {
                 route,
                 close_on_failure,
                 keeper: Keeper::JetStream(nats.clone()),
-                duplicates: Mutex::new(Duplicates::default()),
+                duplicates: Arc::new(Mutex::new(Duplicates::default())),
                 upstream_address: upstream.address(),
                 counters: Arc::new(Counters::default()),
                 cfg,
@@ -124,6 +129,23 @@ impl Custody {
             log::report_damage(&route, damage);
         }
         let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(log)));
+        let duplicates = Arc::new(Mutex::new(Duplicates::default()));
+        let remembering = cfg.duplicate_window.map(|window| {
+            let mut memory = Duplicates::default();
+            let journal = match Journal::open(&cfg.queue_dir, window, &mut memory) {
+                Ok(journal) => Some(journal),
+                Err(err) => {
+                    tracing::warn!(route = %route, error = %err, "cannot open the duplicate journal; duplicates are remembered in memory only (a resend after a restart is queued again)");
+                    None
+                }
+            };
+            *duplicates.lock().unwrap_or_else(|e| e.into_inner()) = memory;
+            Remembering {
+                memory: duplicates.clone(),
+                window,
+                journal,
+            }
+        });
         let wake = Arc::new(Notify::new());
         let counters = Arc::new(Counters::default());
         let (appends, requests) = mpsc::unbounded_channel();
@@ -133,7 +155,7 @@ impl Custody {
             let thread_name = format!("commit-{}", &*route);
             std::thread::Builder::new()
                 .name(thread_name)
-                .spawn(move || commit_loop(requests, &store, &wake, &counters, &route))
+                .spawn(move || commit_loop(requests, &store, &wake, &counters, &route, remembering))
                 .map_err(|source| QueueError::Io {
                     path: cfg.queue_dir.clone(),
                     source,
@@ -147,7 +169,7 @@ impl Custody {
                 appends,
                 store: store.clone(),
             },
-            duplicates: Mutex::new(Duplicates::default()),
+            duplicates,
             upstream_address: upstream.address(),
             counters,
         });
@@ -194,6 +216,14 @@ impl Custody {
                 let code = AckView::parse(&ack)
                     .map(|a| a.code())
                     .unwrap_or(AckCode::AA);
+                // The same kind of answer as the first time: none where `ack_mode` sent none.
+                if !sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
+                    return Answer::Silent {
+                        code,
+                        outcome: "duplicate_answered",
+                        committed: code.is_positive(),
+                    };
+                }
                 return Answer::Ack {
                     ack,
                     code,
@@ -203,12 +233,16 @@ impl Custody {
                 };
             }
         }
+        let code = if enhanced { AckCode::CA } else { AckCode::AA };
+        let ack = own_ack(Some(header), code, "");
         let result = match &self.keeper {
             Keeper::Log { appends, .. } => {
                 let (done, stored) = oneshot::channel();
                 let request = AppendRequest {
                     payload: frame.payload_bytes(),
                     enqueued_at_ms: now_ms(),
+                    // The committer remembers (and journals) it before this ack may leave.
+                    remember: self.cfg.duplicate_window.map(|_| (key, ack.clone())),
                     done,
                 };
                 match appends.send(request) {
@@ -247,15 +281,13 @@ impl Custody {
             );
         }
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        let code = if enhanced { AckCode::CA } else { AckCode::AA };
-        let ack = own_ack(Some(header), code, "");
-        if let Some(window) = self.cfg.duplicate_window {
+        if let (Some(window), Keeper::JetStream(_)) = (self.cfg.duplicate_window, &self.keeper) {
             self.duplicates
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remember(key, ack.clone(), window);
         }
-        if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), true) {
+        if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
             Answer::Ack {
                 ack,
                 code,
@@ -282,7 +314,7 @@ impl Custody {
             (true, false) => AckCode::CE,
         };
         let outcome = if permanent { "rejected" } else { "not_queued" };
-        if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), false) {
+        if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
             Answer::Ack {
                 ack: own_ack(Some(header), code, text),
                 code,
@@ -323,13 +355,17 @@ impl crate::ops::metrics::QueueProbe for Custody {
     }
 }
 
-/// Whether an ack goes out: `ack_mode`, and in `msh15` mode HL7 table 0155 (AL always, NE never,
-/// ER only errors, SU only successes; an empty MSH-15 is original mode: always).
-pub fn sends_ack(mode: AckMode, msh15: &[u8], positive: bool) -> bool {
+/// Whether an ack with `code` goes out: `ack_mode` (`ae-only`: AE/CE only, `ar-only`: AR/CR
+/// only), and in `msh15` mode HL7 table 0155 (AL always, NE never, ER only errors, SU only
+/// successes; an empty MSH-15 is original mode: always).
+pub fn sends_ack(mode: AckMode, msh15: &[u8], code: AckCode) -> bool {
+    let positive = code.is_positive();
     match mode {
         AckMode::Always => true,
         AckMode::Never => false,
         AckMode::ErrorsOnly => !positive,
+        AckMode::AeOnly => matches!(code, AckCode::AE | AckCode::CE),
+        AckMode::ArOnly => matches!(code, AckCode::AR | AckCode::CR),
         AckMode::Msh15 => match msh15 {
             b"NE" => false,
             b"ER" => !positive,
@@ -343,28 +379,35 @@ pub fn sends_ack(mode: AckMode, msh15: &[u8], positive: bool) -> bool {
 mod tests {
     use super::*;
 
+    use AckCode::{AA, AE, AR, CA, CE, CR};
+
     #[test]
     fn msh15_mode_follows_hl7_table_0155() {
         let m = AckMode::Msh15;
-        assert!(sends_ack(m, b"AL", true) && sends_ack(m, b"AL", false));
-        assert!(!sends_ack(m, b"NE", true) && !sends_ack(m, b"NE", false));
-        assert!(!sends_ack(m, b"ER", true) && sends_ack(m, b"ER", false));
-        assert!(sends_ack(m, b"SU", true) && !sends_ack(m, b"SU", false));
-        assert!(sends_ack(m, b"", true) && sends_ack(m, b"", false));
+        assert!(sends_ack(m, b"AL", CA) && sends_ack(m, b"AL", CE));
+        assert!(!sends_ack(m, b"NE", CA) && !sends_ack(m, b"NE", CR));
+        assert!(!sends_ack(m, b"ER", CA) && sends_ack(m, b"ER", CE));
+        assert!(sends_ack(m, b"SU", CA) && !sends_ack(m, b"SU", CR));
+        assert!(sends_ack(m, b"", AA) && sends_ack(m, b"", AE));
     }
 
     #[test]
     fn other_ack_modes_ignore_msh15() {
         for msh15 in [&b"AL"[..], b"NE", b"ER", b"SU", b""] {
-            assert!(
-                sends_ack(AckMode::Always, msh15, true) && sends_ack(AckMode::Always, msh15, false)
+            let sent = |mode| [AA, AE, AR, CA, CE, CR].map(|code| sends_ack(mode, msh15, code));
+            assert_eq!(sent(AckMode::Always), [true; 6]);
+            assert_eq!(sent(AckMode::Never), [false; 6]);
+            assert_eq!(
+                sent(AckMode::ErrorsOnly),
+                [false, true, true, false, true, true]
             );
-            assert!(
-                !sends_ack(AckMode::Never, msh15, true) && !sends_ack(AckMode::Never, msh15, false)
+            assert_eq!(
+                sent(AckMode::AeOnly),
+                [false, true, false, false, true, false]
             );
-            assert!(
-                !sends_ack(AckMode::ErrorsOnly, msh15, true)
-                    && sends_ack(AckMode::ErrorsOnly, msh15, false)
+            assert_eq!(
+                sent(AckMode::ArOnly),
+                [false, false, true, false, false, true]
             );
         }
     }

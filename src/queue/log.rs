@@ -26,6 +26,10 @@ use super::store::{Damage, QueueError, QueueStats, Record, Store};
 pub const ACK_PERSIST_EVERY: u64 = 64;
 /// The cursor is fsync'd at the first ack after this long since its last write.
 pub const ACK_PERSIST_INTERVAL: Duration = Duration::from_millis(250);
+/// How soon after a delivery its ack should be in the cursor on disk: the drainer calls
+/// [`Store::persist_acks`] this long after the first ack not yet persisted (one fsync for all
+/// acks in between), so `queue list` on a running guard is accurate within about this long.
+pub const ACK_SETTLE: Duration = Duration::from_millis(200);
 /// The smallest accepted [`Limits::segment_bytes`].
 pub const MIN_SEGMENT_BYTES: u64 = 256;
 
@@ -663,6 +667,18 @@ impl Store for SegmentLog {
         self.front_cache = None;
         self.ack(e.seq)?;
         Ok(Some(damage))
+    }
+
+    fn persist_acks(&mut self) -> Result<bool, QueueError> {
+        self.check_writable("persist_acks")?;
+        let (cursor_path, acked, synced) =
+            (self.cursor_path(), self.acked_through, self.synced_seq);
+        let w = self.w();
+        if w.unpersisted_acks == 0 {
+            return Ok(false);
+        }
+        persist_cursor(w, &cursor_path, acked, synced)?;
+        Ok(true)
     }
 
     fn pending(&mut self, with_payload: bool, limit: usize) -> Result<Vec<Record>, QueueError> {

@@ -105,9 +105,12 @@
 //! - Cursor: `ack` keeps the ack in memory and fsyncs the cursor (in place, alternating slots,
 //!   so a torn slot write leaves the other, older slot) when [`ACK_PERSIST_EVERY`] acks would be
 //!   unpersisted, when [`ACK_PERSIST_INTERVAL`] has passed since the last write (checked at each
-//!   ack), before deleting a segment, on `purge` and on `close`. A crash therefore re-delivers at
-//!   most `ACK_PERSIST_EVERY - 1` acknowledged records. With no valid slot at all, every record
-//!   still on disk is delivered again ([`Recovery::cursor_lost`]).
+//!   ack), before deleting a segment, on `purge`, on `close` and when the drainer asks
+//!   ([`Store::persist_acks`], which custody does about [`ACK_SETTLE`] after a delivery, once for
+//!   every ack since). A crash therefore re-delivers at most `ACK_PERSIST_EVERY - 1` acknowledged
+//!   records, and a reader of the directory sees a delivery as gone within about `ACK_SETTLE`.
+//!   With no valid slot at all, every record still on disk is delivered again
+//!   ([`Recovery::cursor_lost`]).
 //! - Sync errors: any I/O error in `append` or `sync` discards every append since the last
 //!   successful fsync: the active segment is truncated back to the last synced offset (then
 //!   re-extended, so the tail is zeros, and fsync'd) and a segment created since then is removed.
@@ -146,7 +149,7 @@ mod store;
 
 // `self::`: `log` alone reads like the log crate (a dev-dependency).
 pub use self::log::{
-    Limits, SegmentLog, ACK_PERSIST_EVERY, ACK_PERSIST_INTERVAL, MIN_SEGMENT_BYTES,
+    Limits, SegmentLog, ACK_PERSIST_EVERY, ACK_PERSIST_INTERVAL, ACK_SETTLE, MIN_SEGMENT_BYTES,
 };
 pub use format::RECORD_HEADER_BYTES;
 pub use recovery::Recovery;

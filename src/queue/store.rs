@@ -113,6 +113,11 @@ pub trait Store: Send {
     /// (`damaged/`) and acknowledge it, so that delivery goes on with the next. `Ok(None)` when
     /// the front reads fine (nothing is done).
     fn set_aside_front(&mut self) -> Result<Option<Damage>, QueueError>;
+    /// Fsyncs the cursor now if an ack is not yet in it (one write for every ack since the last);
+    /// returns whether it wrote. The drainer calls it shortly after a delivery, so that readers
+    /// of the directory (`queue list` while the guard runs) and a restart after a crash see the
+    /// delivered messages as gone without an fsync per ack.
+    fn persist_acks(&mut self) -> Result<bool, QueueError>;
     /// Pending (unacknowledged, durable) records in order, at most `limit`, with empty payloads
     /// unless `with_payload` (for `queue list/show`).
     fn pending(&mut self, with_payload: bool, limit: usize) -> Result<Vec<Record>, QueueError>;

@@ -556,6 +556,30 @@ fn a_second_open_is_locked_and_a_read_only_view_shows_the_pending_records() {
 }
 
 #[test]
+fn persist_acks_makes_every_unpersisted_ack_visible_to_a_reader_in_one_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One segment: no deletion forces the cursor out.
+    let one_segment = limits(1 << 20, 1000, 1 << 30);
+    let (mut log, _) = open(tmp.path(), one_segment);
+    log.set_ack_persist_policy(1000, Duration::from_secs(3600));
+    append_n(&mut log, 1, 5, 100);
+    log.sync().unwrap();
+    assert!(!log.persist_acks().unwrap(), "nothing to write yet");
+    for seq in 1..=3 {
+        log.ack(seq).unwrap();
+    }
+    let pending = |dir: &Path| SegmentLog::open_read_only(dir).unwrap().stats().messages;
+    assert_eq!(pending(tmp.path()), 5, "the acks are in memory only");
+    assert!(log.persist_acks().unwrap());
+    assert_eq!(pending(tmp.path()), 2, "a reader sees the deliveries");
+    assert!(!log.persist_acks().unwrap(), "written once");
+    // A crash now re-delivers nothing that was acked before persist_acks.
+    log.crash();
+    let (mut log, _) = open(tmp.path(), one_segment);
+    assert_eq!(log.front().unwrap().unwrap().seq, 4);
+}
+
+#[test]
 fn a_read_only_view_does_not_show_or_repair_a_torn_tail() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut log, _) = open(tmp.path(), Limits::default());

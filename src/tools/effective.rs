@@ -10,7 +10,7 @@ use std::fmt::{Display, Write as _};
 use std::time::Duration;
 
 use crate::config::{
-    AckMode, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, MultipleMessages,
+    ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, MultipleMessages,
     OnUpstreamFailure, ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, UpstreamConfig,
 };
 use crate::firewall::rules::{Action, Rule};
@@ -111,25 +111,17 @@ fn route(w: &mut String, r: &Route) {
             line(w, i + 1, "max_bytes", c.max_bytes);
             line(w, i + 1, "max_messages", c.max_messages);
             line(w, i + 1, "segment_bytes", c.segment_bytes);
-            line(
-                w,
-                i,
-                "ack_mode",
-                match c.ack_mode {
-                    AckMode::Always => "always",
-                    AckMode::ErrorsOnly => "errors-only",
-                    AckMode::Never => "never",
-                    AckMode::Msh15 => "msh15",
-                },
-            );
+            line(w, i, "ack_mode", c.ack_mode.as_str());
             line(
                 w,
                 i,
                 "retry",
                 format!(
-                    "{{ initial: {}, max: {} }}",
+                    "{{ initial: {}, max: {}, max_attempts: {}, max_age: {} }}",
                     dur(c.retry.initial),
-                    dur(c.retry.max)
+                    dur(c.retry.max),
+                    c.retry.max_attempts,
+                    c.retry.max_age.map_or_else(|| "0s".to_string(), dur)
                 ),
             );
             line(

@@ -7,6 +7,9 @@
 //! On a `queue.backend: jetstream` route every command talks to the route's stream (see
 //! [`crate::custody::jetstream`]); there all four work while guards run (replay publishes each dead
 //! letter back to the queue before deleting it).
+//!
+//! The commands are `async` and run on the caller's runtime (the CLI's one runtime): a NATS
+//! connection is opened once per route and command, never on a runtime of its own.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -85,17 +88,17 @@ fn jetstream_of(custody: &CustodyConfig) -> Option<&JetStreamQueue> {
     }
 }
 
-/// Runs one operation against a route's NATS JetStream (connecting for it) to completion.
-fn with_jetstream<T>(
-    cfg: &JetStreamQueue,
-    op: impl AsyncFnOnce(
-        &async_nats::jetstream::Context,
-    ) -> Result<T, crate::custody::jetstream::JetStreamError>,
-) -> anyhow::Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+/// A connection to a route's NATS JetStream for one operator command.
+struct JetStreamSession {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl JetStreamSession {
+    /// Connects to the route's NATS; `None` (connection closed) when its stream does not exist
+    /// yet (no guard has started the route): like an embedded queue never created, it reads as
+    /// empty.
+    async fn open(cfg: &JetStreamQueue) -> anyhow::Result<Option<JetStreamSession>> {
         let client = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             crate::custody::jetstream::connect(cfg, "mllp-guard queue", false),
@@ -110,37 +113,78 @@ fn with_jetstream<T>(
         .map_err(anyhow::Error::msg)?;
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(cfg.publish_timeout);
-        let result = op(&js).await.map_err(anyhow::Error::msg);
-        let _ = client.flush().await;
-        result
-    })
+        let session = JetStreamSession { client, js };
+        match session.js.get_stream(&cfg.stream).await {
+            Ok(_) => Ok(Some(session)),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(e)
+                        if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                session.close().await;
+                Ok(None)
+            }
+            Err(err) => {
+                session.close().await;
+                bail!("stream {}: {err}", cfg.stream)
+            }
+        }
+    }
+
+    /// Waits until what this command published or deleted has reached the server.
+    async fn close(self) {
+        let _ = self.client.flush().await;
+    }
 }
 
-fn age(enqueued_at_ms: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let secs = now.saturating_sub(enqueued_at_ms) / 1000;
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+/// One route's queue as `queue list` reports it (also its `--json` object).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RouteDepth {
+    pub route: String,
+    /// `embedded` or `jetstream`.
+    pub backend: &'static str,
+    pub pending: u64,
+    /// Embedded: encoded bytes of the pending records. JetStream: the route's stream (pending
+    /// messages and dead letters: acked messages leave a work-queue stream).
+    pub bytes: u64,
+    /// Age of the oldest pending message in whole seconds; `null` when none is pending.
+    pub oldest_age_s: Option<u64>,
+    pub dead_letters: u64,
+    /// Embedded: encoded bytes of the dead letters (not in `--json`: JetStream cannot tell).
+    #[serde(skip)]
+    pub dead_bytes: Option<u64>,
+    /// JetStream: the stream's name (not in `--json`).
+    #[serde(skip)]
+    pub stream: Option<String>,
 }
 
-/// `queue list`: one line per route with depth, bytes, oldest age and dead letters.
-pub fn list(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyhow::Result<()> {
+/// The depth of each selected route's queue, read while guards run or not.
+pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<RouteDepth>> {
+    let mut rows = Vec::new();
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
-            let depth = with_jetstream(js, async |ctx| {
-                crate::custody::jetstream::depth(ctx, &js.stream).await
-            })?;
-            let oldest = depth
-                .oldest_enqueued_ms
-                .map(age)
-                .unwrap_or_else(|| "-".into());
-            writeln!(
-                out,
-                "route {name}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {})",
-                depth.pending, depth.dead, depth.bytes, js.stream
-            )?;
+            let depth = match JetStreamSession::open(js).await? {
+                Some(session) => {
+                    let depth = crate::custody::jetstream::depth(&session.js, &js.stream)
+                        .await
+                        .map_err(anyhow::Error::msg);
+                    session.close().await;
+                    depth?
+                }
+                None => Default::default(),
+            };
+            rows.push(RouteDepth {
+                route: name.to_string(),
+                backend: "jetstream",
+                pending: depth.pending,
+                bytes: depth.bytes,
+                oldest_age_s: depth.oldest_enqueued_ms.map(age_secs),
+                dead_letters: depth.dead,
+                dead_bytes: None,
+                stream: Some(js.stream.clone()),
+            });
             continue;
         }
         let pending = read_only(&custody.queue_dir)?
@@ -149,15 +193,70 @@ pub fn list(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyhow
         let dead = read_only(&custody.queue_dir.join(DEAD_LETTER_DIR))?
             .map(|q| q.stats())
             .unwrap_or_default();
-        let oldest = pending
-            .oldest_enqueued_ms
-            .map(age)
+        rows.push(RouteDepth {
+            route: name.to_string(),
+            backend: "embedded",
+            pending: pending.messages,
+            bytes: pending.bytes,
+            oldest_age_s: pending.oldest_enqueued_ms.map(age_secs),
+            dead_letters: dead.messages,
+            dead_bytes: Some(dead.bytes),
+            stream: None,
+        });
+    }
+    Ok(rows)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn age_secs(enqueued_at_ms: u64) -> u64 {
+    now_ms().saturating_sub(enqueued_at_ms) / 1000
+}
+
+fn age(enqueued_at_ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(age_secs(enqueued_at_ms))).to_string()
+}
+
+/// `queue list`: one line per route with depth, bytes, oldest age and dead letters; with `json`
+/// one JSON array of [`RouteDepth`] objects.
+pub async fn list(
+    config: &Config,
+    only: Option<&str>,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let rows = depths(config, only).await?;
+    if json {
+        serde_json::to_writer(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for row in &rows {
+        let oldest = row
+            .oldest_age_s
+            .map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string())
             .unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "route {name}: {} pending ({} bytes), oldest {oldest}, {} dead letters ({} bytes)",
-            pending.messages, pending.bytes, dead.messages, dead.bytes
-        )?;
+        match &row.stream {
+            Some(stream) => writeln!(
+                out,
+                "route {}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {stream})",
+                row.route, row.pending, row.dead_letters, row.bytes
+            )?,
+            None => writeln!(
+                out,
+                "route {}: {} pending ({} bytes), oldest {oldest}, {} dead letters ({} bytes)",
+                row.route,
+                row.pending,
+                row.bytes,
+                row.dead_letters,
+                row.dead_bytes.unwrap_or(0)
+            )?,
+        }
     }
     Ok(())
 }
@@ -201,7 +300,7 @@ fn describe(record: &Record, out: &mut impl Write, payload: bool) -> anyhow::Res
 
 /// `queue show`: the pending messages and dead letters of each route, by MSH-10, type, size,
 /// age and (dead letters) reason; payloads only with `payload`.
-pub fn show(
+pub async fn show(
     config: &Config,
     only: Option<&str>,
     payload: bool,
@@ -210,6 +309,7 @@ pub fn show(
 ) -> anyhow::Result<()> {
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
+            let session = JetStreamSession::open(js).await?;
             for (title, subject) in [
                 (
                     "pending",
@@ -220,13 +320,21 @@ pub fn show(
                     crate::custody::jetstream::dead_subject(&js.stream),
                 ),
             ] {
-                let records = with_jetstream(js, async |ctx| {
-                    crate::custody::jetstream::records(ctx, &js.stream, &subject, limit).await
-                })?;
+                let records = match &session {
+                    Some(session) => {
+                        crate::custody::jetstream::records(&session.js, &js.stream, &subject, limit)
+                            .await
+                            .map_err(anyhow::Error::msg)?
+                    }
+                    None => Vec::new(),
+                };
                 writeln!(out, "route {name}: {title}: {}", records.len())?;
                 for record in &records {
                     describe(record, out, payload)?;
                 }
+            }
+            if let Some(session) = session {
+                session.close().await;
             }
             continue;
         }
@@ -250,12 +358,27 @@ pub fn show(
 
 /// `queue replay`: moves every dead letter back to the end of its route's queue (in order), to
 /// be delivered again. Needs the guard stopped.
-pub fn replay(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn replay(
+    config: &Config,
+    only: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
-            let replayed = with_jetstream(js, async |ctx| {
-                crate::custody::jetstream::replay(ctx, &js.stream, js.publish_timeout).await
-            })?;
+            let replayed = match JetStreamSession::open(js).await? {
+                Some(session) => {
+                    let replayed = crate::custody::jetstream::replay(
+                        &session.js,
+                        &js.stream,
+                        js.publish_timeout,
+                    )
+                    .await
+                    .map_err(anyhow::Error::msg);
+                    session.close().await;
+                    replayed?
+                }
+                None => 0,
+            };
             if replayed == 0 {
                 writeln!(out, "route {name}: no dead letters")?;
             } else {
@@ -294,7 +417,7 @@ pub fn replay(config: &Config, only: Option<&str>, out: &mut impl Write) -> anyh
 
 /// `queue purge`: drops every pending message (or, with `dead_letters`, every dead letter) of
 /// the selected routes, after confirmation unless `yes`. Needs the guard stopped.
-pub fn purge(
+pub async fn purge(
     config: &Config,
     only: Option<&str>,
     dead_letters: bool,
@@ -319,9 +442,13 @@ pub fn purge(
             } else {
                 crate::custody::jetstream::queue_subject(&js.stream)
             };
-            let depth = with_jetstream(js, async |ctx| {
-                crate::custody::jetstream::depth(ctx, &js.stream).await
-            })?;
+            let Some(session) = JetStreamSession::open(js).await? else {
+                writeln!(out, "route {name}: no {what}")?;
+                continue;
+            };
+            let depth = crate::custody::jetstream::depth(&session.js, &js.stream)
+                .await
+                .map_err(anyhow::Error::msg)?;
             let count = if dead_letters {
                 depth.dead
             } else {
@@ -329,14 +456,18 @@ pub fn purge(
             };
             if count == 0 {
                 writeln!(out, "route {name}: no {what}")?;
+                session.close().await;
                 continue;
             }
             if !yes && !confirmed(name, count, what, input, out)? {
+                session.close().await;
                 continue;
             }
-            let removed = with_jetstream(js, async |ctx| {
-                crate::custody::jetstream::purge(ctx, &js.stream, &subject).await
-            })?;
+            let removed = crate::custody::jetstream::purge(&session.js, &js.stream, &subject)
+                .await
+                .map_err(anyhow::Error::msg);
+            session.close().await;
+            let removed = removed?;
             writeln!(out, "route {name}: {removed} {what} purged")?;
             continue;
         }

@@ -148,14 +148,18 @@ async fn ar_replies_go_to_the_dead_letters_and_replay_delivers_them() {
 
     let config = Config::load(&dir.path("guard.yaml")).unwrap();
     let mut out = Vec::new();
-    mllp_guard::tools::operator::list(&config, None, &mut out).unwrap();
+    mllp_guard::tools::operator::list(&config, None, false, &mut out)
+        .await
+        .unwrap();
     let listed = String::from_utf8(out).unwrap();
     assert!(
         listed.starts_with("route lab: 0 pending (0 bytes), oldest -, 1 dead letters"),
         "{listed}"
     );
     let mut out = Vec::new();
-    mllp_guard::tools::operator::show(&config, Some("lab"), false, 10, &mut out).unwrap();
+    mllp_guard::tools::operator::show(&config, Some("lab"), false, 10, &mut out)
+        .await
+        .unwrap();
     let shown = String::from_utf8(out).unwrap();
     assert!(
         shown.contains("DEAD1\tADT^A01^ADT_A01\t300 bytes"),
@@ -171,7 +175,9 @@ async fn ar_replies_go_to_the_dead_letters_and_replay_delivers_them() {
     );
 
     let mut out = Vec::new();
-    mllp_guard::tools::operator::replay(&config, None, &mut out).unwrap();
+    mllp_guard::tools::operator::replay(&config, None, &mut out)
+        .await
+        .unwrap();
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "route lab: 1 dead letters replayed into the queue\n"

@@ -162,6 +162,8 @@ pub enum Behaviour {
     Silent,
     /// Answers with this code (MSA-2 correct) the first `n` messages, then AA.
     CodeFirst(AckCode, usize),
+    /// Answers with this code every message whose MSH-10 starts with the prefix, AA the others.
+    CodeFor(AckCode, &'static str),
 }
 
 /// A receiver that records what it got and misbehaves on request.
@@ -299,6 +301,20 @@ async fn answer(stream: Stream, behaviour: Behaviour, received: &Mutex<Vec<Vec<u
                 return;
             }
             Behaviour::Silent => {}
+            Behaviour::CodeFor(code, prefix) => {
+                let code = if header.control_id().starts_with(prefix.as_bytes()) {
+                    code
+                } else {
+                    AckCode::AA
+                };
+                if link
+                    .send(&ack_with(code, header.control_id()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             Behaviour::CodeFirst(code, n) => {
                 let seen = received.lock().unwrap().len();
                 let code = if seen <= n { code } else { AckCode::AA };

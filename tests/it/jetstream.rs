@@ -26,19 +26,27 @@ use crate::harness::*;
 use crate::nats::{self, Nats};
 
 /// Where a contract test keeps custody.
-enum Backend {
+pub(crate) enum Backend {
     Embedded,
     JetStream(Nats),
 }
 
 impl Backend {
     /// None (and a skip message) when JetStream is asked for but nats-server is missing.
-    fn jetstream(test: &str) -> Option<Backend> {
+    pub(crate) fn jetstream(test: &str) -> Option<Backend> {
         nats::available(test).then(|| Backend::JetStream(Nats::single()))
     }
 
+    /// `backend` as `queue list --json` names it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::JetStream(_) => "jetstream",
+        }
+    }
+
     /// Route keys selecting this backend (`extra_queue` adds keys to the `queue:` block).
-    fn yaml(&self, extra_queue: &str) -> String {
+    pub(crate) fn yaml(&self, extra_queue: &str) -> String {
         match self {
             Backend::Embedded if extra_queue.is_empty() => String::new(),
             Backend::Embedded => format!("    queue:\n{extra_queue}"),
@@ -128,19 +136,19 @@ async fn jetstream_ae_replies_are_retried_in_order() {
     ae_replies_are_retried_in_order(backend).await;
 }
 
-/// Runs a `queue` command as the CLI does (blocking; it may start its own runtime).
-fn operator(config: &Config, op: &str) -> String {
-    tokio::task::block_in_place(|| operator_blocking(config, op))
-}
-
-fn operator_blocking(config: &Config, op: &str) -> String {
+/// Runs a `queue` command's library function on the test's runtime, as the CLI does on its own.
+async fn operator(config: &Config, op: &str) -> String {
     let mut out = Vec::new();
     match op {
-        "list" => mllp_guard::tools::operator::list(config, None, &mut out).unwrap(),
-        "show" => {
-            mllp_guard::tools::operator::show(config, Some("lab"), false, 10, &mut out).unwrap()
-        }
-        "replay" => mllp_guard::tools::operator::replay(config, None, &mut out).unwrap(),
+        "list" => mllp_guard::tools::operator::list(config, None, false, &mut out)
+            .await
+            .unwrap(),
+        "show" => mllp_guard::tools::operator::show(config, Some("lab"), false, 10, &mut out)
+            .await
+            .unwrap(),
+        "replay" => mllp_guard::tools::operator::replay(config, None, &mut out)
+            .await
+            .unwrap(),
         "purge" => mllp_guard::tools::operator::purge(
             config,
             None,
@@ -149,6 +157,7 @@ fn operator_blocking(config: &Config, op: &str) -> String {
             &mut std::io::empty(),
             &mut out,
         )
+        .await
         .unwrap(),
         _ => unreachable!(),
     }
@@ -172,12 +181,12 @@ async fn ar_replies_are_dead_lettered_listed_shown_and_replayed(backend: Backend
     assert!(guard.stop().await);
 
     let config = Config::load(&dir.path("guard.yaml")).unwrap();
-    let listed = operator(&config, "list");
+    let listed = operator(&config, "list").await;
     assert!(
         listed.starts_with("route lab: 0 pending") && listed.contains(" 1 dead letters"),
         "{listed}"
     );
-    let shown = operator(&config, "show");
+    let shown = operator(&config, "show").await;
     assert!(shown.contains("route lab: pending: 0\n"), "{shown}");
     assert!(shown.contains("route lab: dead letters: 1\n"), "{shown}");
     assert!(
@@ -190,7 +199,7 @@ async fn ar_replies_are_dead_lettered_listed_shown_and_replayed(backend: Backend
     );
     assert!(!shown.contains("TEST^PATIENT"), "no payload: {shown}");
     assert_eq!(
-        operator(&config, "replay"),
+        operator(&config, "replay").await,
         "route lab: 1 dead letters replayed into the queue\n"
     );
     let guard = dir.guard(&yaml).await;
@@ -201,7 +210,7 @@ async fn ar_replies_are_dead_lettered_listed_shown_and_replayed(backend: Backend
     let last = upstream.received().last().unwrap().clone();
     assert_eq!(id_of(&last), "DEAD1");
     assert!(guard.stop().await);
-    let listed = operator(&config, "list");
+    let listed = operator(&config, "list").await;
     assert!(
         listed.starts_with("route lab: 0 pending") && listed.contains(" 0 dead letters"),
         "{listed}"
@@ -234,12 +243,14 @@ async fn purge_removes_pending_messages_which_are_never_delivered(backend: Backe
     assert!(guard.stop().await);
     let config = Config::load(&dir.path("guard.yaml")).unwrap();
     assert!(
-        operator(&config, "list").starts_with("route lab: 3 pending"),
-        "{}",
         operator(&config, "list")
+            .await
+            .starts_with("route lab: 3 pending"),
+        "{}",
+        operator(&config, "list").await
     );
     assert_eq!(
-        operator(&config, "purge"),
+        operator(&config, "purge").await,
         "route lab: 3 pending messages purged\n"
     );
     let saved = dir.path("saved");
@@ -535,10 +546,7 @@ fn every_positively_acked_message_survives_sigkill(backend: Backend, kills: usiz
         all_acked_arrive_in_order(&saved, &acked, Duration::from_secs(120));
     eprintln!(
         "custody under SIGKILL ({}): {} acked, {} delivered, {duplicates} duplicates",
-        match backend {
-            Backend::Embedded => "embedded",
-            Backend::JetStream(_) => "jetstream",
-        },
+        backend.name(),
         acked.len(),
         delivered
     );

@@ -16,6 +16,7 @@ mod one_reading;
 mod pki;
 mod proxy_protocol;
 mod python_hl7;
+mod queue_cli;
 mod relay;
 mod reload;
 mod roles;

@@ -21,6 +21,7 @@ use super::stream::{
 };
 use crate::config::{OnReply, ReplyAction, Retry};
 use crate::custody::counters::Counters;
+use crate::custody::give_up::{give_up, next_wait};
 use crate::outcome::Fault as _;
 use crate::queue::QueueStats;
 use crate::timing::backoff::Backoff;
@@ -93,6 +94,7 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
         js,
         delivery: &delivery,
         conn: None,
+        last_failure: None,
     }
     .run()
     .await;
@@ -143,6 +145,8 @@ struct StreamDrainer<'a> {
     js: jetstream::Context,
     delivery: &'a DrainContext,
     conn: Option<crate::upstream::UpstreamConn>,
+    /// What the last failed attempt at a stream sequence got (for a dead letter's reason).
+    last_failure: Option<(u64, String)>,
 }
 
 /// How an attempt under the lease ended.
@@ -240,6 +244,25 @@ impl StreamDrainer<'_> {
         if delivered > 1 {
             counters.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
+        let retry = self.delivery.retry;
+        let enqueued_ms = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(HEADER_ENQUEUED))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .unwrap_or_else(now_ms);
+        let age = || Duration::from_millis(now_ms().saturating_sub(enqueued_ms));
+        let last = match &self.last_failure {
+            Some((at, last)) if *at == seq => last.clone(),
+            _ => String::new(),
+        };
+        // `delivered` counts this delivery: the failures so far are one fewer (a delivery whose
+        // hold was lost counts too).
+        if let Some(reason) = give_up(&retry, delivered - 1, age(), &last) {
+            tracing::warn!(route = %route, seq, attempts = delivered - 1, outcome = "dead_lettered", "queued message given up and moved to the dead letters");
+            self.dead_letter(&message, seq, &reason).await;
+            return;
+        }
         let Some(frame) = Frame::from_payload(&message.payload) else {
             self.dead_letter(&message, seq, "stored payload is not a valid MLLP payload")
                 .await;
@@ -287,12 +310,27 @@ impl StreamDrainer<'_> {
                 self.dead_letter(&message, seq, &reason).await;
             }
             (_, result) => {
-                let mut backoff =
-                    Backoff::new(self.delivery.retry.initial, self.delivery.retry.max);
+                let last = match result {
+                    Ok(reply) => {
+                        let text = AckView::parse(&reply.ack)
+                            .map(|a| printable(a.text()))
+                            .unwrap_or_default();
+                        format!("upstream replied {}: {text}", reply.code)
+                    }
+                    Err(err) => format!("{}: {err}", err.reason()),
+                };
+                if let Some(reason) = give_up(&retry, delivered, age(), &last) {
+                    tracing::warn!(route = %route, seq, control_id = %shown_id, attempts = delivered, outcome = "dead_lettered", "queued message given up (retry.max_attempts or retry.max_age) and moved to the dead letters");
+                    self.last_failure = None;
+                    self.dead_letter(&message, seq, &reason).await;
+                    return;
+                }
+                self.last_failure = Some((seq, last));
+                let mut backoff = Backoff::new(retry.initial, retry.max);
                 for _ in 1..delivered.min(64) {
                     backoff.next_wait();
                 }
-                let wait = backoff.next_wait();
+                let wait = next_wait(&retry, backoff.next_wait(), age());
                 match result {
                     Ok(reply) => {
                         tracing::warn!(route = %route, seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying")
