@@ -204,17 +204,21 @@ async fn forward(
             let problem = err.failure();
             match on_upstream_failure {
                 OnUpstreamFailure::Close => Answer::Close(problem),
-                OnUpstreamFailure::Nack => Answer::Ack {
-                    ack: ack::own_ack(
-                        Some(header),
+                OnUpstreamFailure::Nack => {
+                    let says = ack::Says::negative(
                         err.ack(),
-                        &format!("message not delivered: {err}"),
-                    ),
-                    code: err.ack(),
-                    outcome: "upstream_failed",
-                    committed: false,
-                    problem: Some(problem),
-                },
+                        ack::ErrorCode::ApplicationInternal,
+                        err.ack_text(),
+                    );
+                    let (ack, code) = ack::own_ack(Some(header), says);
+                    Answer::Ack {
+                        ack,
+                        code,
+                        outcome: "upstream_failed",
+                        committed: false,
+                        problem: Some(problem),
+                    }
+                }
             }
         }
     }

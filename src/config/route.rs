@@ -13,14 +13,14 @@ use serde_saphyr::Spanned;
 
 use super::firewall::UpstreamNames;
 use super::model::{
-    Connections, Delivery, MllpRelease, MultipleMessages, OnUpstreamFailure, ReceiverRole, Route,
-    SenderRole, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_RECEIVE_TIMEOUT, DEFAULT_SEND_TIMEOUT,
+    Batches, Connections, Delivery, MllpRelease, MultipleMessages, OnUpstreamFailure, ReceiverRole,
+    Route, SenderRole, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RECEIVE_TIMEOUT, DEFAULT_SEND_TIMEOUT,
 };
 use super::raw::{RawFraming, RawRoute};
 use super::scalars::{
-    parse_bool, parse_byte, parse_count, parse_duration, parse_frame_size, parse_listen,
-    parse_multiple_messages, parse_on_upstream_failure, parse_positive_duration,
+    parse_batches, parse_bool, parse_byte, parse_count, parse_duration, parse_frame_size,
+    parse_listen, parse_multiple_messages, parse_on_upstream_failure, parse_positive_duration,
     parse_proxy_version, parse_release, parse_route_name, parse_upstream_address,
 };
 use super::validator::Validator;
@@ -206,6 +206,12 @@ impl Validator<'_> {
             MultipleMessages::Refuse,
             parse_multiple_messages,
         );
+        let batches = self.value(
+            format!("{p}.batches"),
+            &r.batches,
+            Batches::Inspect,
+            parse_batches,
+        );
         let upstream = self.upstream(&format!("{p}.upstream"), &r.upstream);
         // A bad `max_message_bytes` is reported already; comparing the queue with it would
         // add a second error about the fallback value.
@@ -266,6 +272,7 @@ impl Validator<'_> {
             rules,
             limits,
             multiple_messages,
+            batches,
             send_timeout,
         }
     }

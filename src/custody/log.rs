@@ -20,7 +20,7 @@ use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
 use crate::wire::codec::Frame;
-use crate::wire::hl7::{printable, AckCode, AckView, Header};
+use crate::wire::hl7::{printable, AckCode, AckView};
 
 /// The directory under a route's queue directory that holds its dead letters.
 pub const DEAD_LETTER_DIR: &str = "dead-letter";
@@ -179,7 +179,7 @@ impl LogDrainer {
                     .await;
                 continue;
             };
-            let header = Header::parse(&record.payload);
+            let header = crate::wire::hl7::find_header(&record.payload);
             let control_id = header
                 .as_ref()
                 .map(|h| h.control_id().to_vec())

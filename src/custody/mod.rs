@@ -44,7 +44,7 @@ use crate::config::{AckMode, CustodyConfig, QueueBackend};
 use crate::outcome::{Answer, Failure, Fault};
 use crate::queue::{QueueError, SegmentLog, Store};
 use crate::upstream::Upstream;
-use crate::wire::ack::own_ack;
+use crate::wire::ack::{own_ack, ErrorCode, Says};
 use crate::wire::codec::Frame;
 use crate::wire::hl7::printable;
 use crate::wire::hl7::{AckCode, AckView, Header};
@@ -173,9 +173,10 @@ impl Custody {
 
     /// Takes custody of one message (or refuses it) and says what to answer.
     pub async fn accept(&self, frame: &Frame, header: &Header<'_>, sender: SenderId<'_>) -> Answer {
-        let enhanced = !header.accept_ack_type().is_empty();
         if header.control_id().is_empty() {
-            return self.refuse(header, enhanced, true, "message has no control id (MSH-10); custody needs it to match acks, so it is not queued");
+            tracing::warn!(route = %self.route, "message not queued: it has no control id (MSH-10), which custody needs to match acks");
+            let says = Says::refused(ErrorCode::RequiredFieldMissing, "control id missing");
+            return self.refuse(header, true, says.at(1, Some(10)));
         }
         let key = DuplicateKey::of(header, sender, frame.payload());
         if let Some(window) = self.cfg.duplicate_window {
@@ -236,16 +237,10 @@ impl Custody {
                     ..err.failure()
                 });
             }
-            return self.refuse(
-                header,
-                enhanced,
-                false,
-                &format!("message not queued: {err}"),
-            );
+            return self.refuse(header, false, Says::not_now(err.ack_text()));
         }
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        let code = if enhanced { AckCode::CA } else { AckCode::AA };
-        let ack = own_ack(Some(header), code, "");
+        let (ack, code) = own_ack(Some(header), Says::ACCEPTED);
         if let Some(window) = self.cfg.duplicate_window {
             self.duplicates
                 .lock()
@@ -270,18 +265,13 @@ impl Custody {
     }
 
     /// A negative answer built here: AR (permanent: the message itself is unacceptable) or AE
-    /// (the guard could not take it now); CR/CE in enhanced mode.
-    fn refuse(&self, header: &Header<'_>, enhanced: bool, permanent: bool, text: &str) -> Answer {
-        let code = match (enhanced, permanent) {
-            (false, true) => AckCode::AR,
-            (false, false) => AckCode::AE,
-            (true, true) => AckCode::CR,
-            (true, false) => AckCode::CE,
-        };
+    /// (the guard could not take it now); CR/CE in enhanced mode ([`own_ack`] picks them).
+    fn refuse(&self, header: &Header<'_>, permanent: bool, says: Says<'_>) -> Answer {
         let outcome = if permanent { "rejected" } else { "not_queued" };
+        let (ack, code) = own_ack(Some(header), says);
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), false) {
             Answer::Ack {
-                ack: own_ack(Some(header), code, text),
+                ack,
                 code,
                 outcome,
                 committed: false,

@@ -17,7 +17,7 @@ use crate::config::MllpRelease;
 use crate::ops::audit;
 use crate::route::{Peer, RouteContext};
 use crate::upstream::UpstreamConn;
-use crate::wire::ack::own_ack;
+use crate::wire::ack::{own_ack, ErrorCode, Says};
 use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit::{self, Commit, CommitError};
 use crate::wire::hl7::{AckCode, AckView, Header};
@@ -73,9 +73,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
         Decoded::Oversize { head, len } => {
             let header = Header::parse(&head).ok();
             let limit = ctx.route.upstream.max_ack_bytes;
-            let text = format!(
-                "message of {len} bytes exceeds max_ack_bytes ({limit} bytes); not relayed"
-            );
+            tracing::warn!(route = %ctx.name, len, limit, "a message from the receiver exceeds max_ack_bytes; not relayed");
             audit(
                 header.as_ref(),
                 len,
@@ -84,7 +82,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 AckCode::AE,
                 Some(("oversize", "exceeds max_ack_bytes")),
             );
-            let ack = own_ack(header.as_ref(), AckCode::AE, &text);
+            let (ack, _) = own_ack(header.as_ref(), Says::not_now("message too large"));
             return Ok(answer_receiver(ctx, conn, false, &ack).await);
         }
     };
@@ -101,7 +99,10 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 AckCode::AR,
                 Some(("no_header", &detail)),
             );
-            let ack = own_ack(None, AckCode::AR, &format!("message rejected: {err}"));
+            let (ack, _) = own_ack(
+                None,
+                Says::refused(ErrorCode::SegmentSequence, "no message header"),
+            );
             return Ok(answer_receiver(ctx, conn, false, &ack).await);
         }
     };
@@ -119,11 +120,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             AckCode::AR,
             problem,
         );
-        let ack = own_ack(
-            Some(&header),
-            AckCode::AR,
-            &format!("message rejected: {detail}"),
-        );
+        let (ack, _) = own_ack(Some(&header), Says::refused(ErrorCode::DataType, &detail));
         return Ok(answer_receiver(ctx, conn, false, &ack).await);
     }
     let control_id = header.control_id();
@@ -143,8 +140,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             (reply, true)
         }
         Err(Failure::Sender(lost)) => {
-            let text = "message not delivered: the sender's connection closed";
-            let ack = own_ack(Some(&header), AckCode::AE, text);
+            let (ack, _) = own_ack(Some(&header), Says::not_now("sender unavailable"));
             audit(
                 Some(&header),
                 bytes,
@@ -157,7 +153,6 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(lost);
         }
         Err(Failure::NoAck(why)) => {
-            let text = format!("message not delivered: {why}");
             audit(
                 Some(&header),
                 bytes,
@@ -166,7 +161,8 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 AckCode::AE,
                 Some(("sender_failed", &why)),
             );
-            let ack = own_ack(Some(&header), AckCode::AE, &text).to_vec();
+            let (ack, _) = own_ack(Some(&header), Says::not_now("no reply from sender"));
+            let ack = ack.to_vec();
             (ack, false)
         }
     };

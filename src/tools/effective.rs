@@ -10,8 +10,9 @@ use std::fmt::{Display, Write as _};
 use std::time::Duration;
 
 use crate::config::{
-    AckMode, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, MultipleMessages,
-    OnUpstreamFailure, ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, UpstreamConfig,
+    AckMode, Batches, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease,
+    MultipleMessages, OnUpstreamFailure, ReceiverRole, ReplyAction, Route, SenderRole, ServerTls,
+    UpstreamConfig,
 };
 use crate::firewall::rules::{Action, Rule};
 use crate::wire::codec::Framing;
@@ -85,6 +86,15 @@ fn route(w: &mut String, r: &Route) {
         match r.multiple_messages {
             MultipleMessages::Refuse => "refuse",
             MultipleMessages::Inspect => "inspect",
+        },
+    );
+    line(
+        w,
+        i,
+        "batches",
+        match r.batches {
+            Batches::Inspect => "inspect",
+            Batches::Refuse => "refuse",
         },
     );
     framing(w, i, r.framing, r.release);

@@ -4,7 +4,9 @@
 
 mod admin;
 mod audit;
+mod batches;
 mod cli;
+mod conformance;
 mod custody;
 mod deploy;
 mod firewall;
