@@ -45,6 +45,9 @@ pub(super) fn digest(payload: &[u8]) -> [u8; 32] {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) struct DuplicateKey(Vec<u8>);
 
+/// Bytes of the digest at the end of a [`DuplicateKey`].
+const DIGEST_BYTES: usize = 32;
+
 impl DuplicateKey {
     pub(super) fn of(header: &Header<'_>, sender: SenderId<'_>, payload: &[u8]) -> DuplicateKey {
         let mut key = Vec::with_capacity(128);
@@ -61,6 +64,21 @@ impl DuplicateKey {
         key.extend_from_slice(&digest(payload));
         DuplicateKey(key)
     }
+
+    /// The sender and ids part (without the digest).
+    fn ids(&self) -> &[u8] {
+        &self.0[..self.0.len().saturating_sub(DIGEST_BYTES)]
+    }
+
+    /// The message's digest.
+    pub(super) fn digest(&self) -> &[u8] {
+        &self.0[self.0.len().saturating_sub(DIGEST_BYTES)..]
+    }
+}
+
+/// A digest in lower-case hex, for a log line.
+pub(super) fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Positive acks recently sent, by message, so a resend gets the same ack and is not queued
@@ -69,6 +87,9 @@ impl DuplicateKey {
 pub(super) struct Duplicates {
     acks: HashMap<DuplicateKey, (Instant, Bytes)>,
     order: VecDeque<(Instant, DuplicateKey)>,
+    /// The digest last remembered for each sender and ids: a message that reuses them with
+    /// another body is a new message, and worth a warning.
+    digests: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Duplicates {
@@ -77,15 +98,27 @@ impl Duplicates {
         self.acks.get(key).map(|(_, ack)| ack.clone())
     }
 
+    /// The digest of an earlier message within the window with the same sender and ids as
+    /// `key` but another body (a recycled control id), if there is one.
+    pub(super) fn reused(&mut self, key: &DuplicateKey, window: Duration) -> Option<Vec<u8>> {
+        self.expire(window);
+        self.digests
+            .get(key.ids())
+            .filter(|d| d.as_slice() != key.digest())
+            .cloned()
+    }
+
     pub(super) fn remember(&mut self, key: DuplicateKey, ack: Bytes, window: Duration) {
         self.expire(window);
+        self.digests
+            .insert(key.ids().to_vec(), key.digest().to_vec());
         let now = Instant::now();
         if self.acks.insert(key.clone(), (now, ack)).is_none() {
             self.order.push_back((now, key));
         }
         while self.order.len() > MAX_REMEMBERED {
             if let Some((_, old)) = self.order.pop_front() {
-                self.acks.remove(&old);
+                self.forget(&old);
             }
         }
     }
@@ -96,8 +129,15 @@ impl Duplicates {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
-                self.acks.remove(&key);
+                self.forget(&key);
             }
+        }
+    }
+
+    fn forget(&mut self, key: &DuplicateKey) {
+        self.acks.remove(key);
+        if self.digests.get(key.ids()).map(Vec::as_slice) == Some(key.digest()) {
+            self.digests.remove(key.ids());
         }
     }
 }
@@ -122,6 +162,22 @@ mod tests {
         );
         assert_eq!(d.find(&key, Duration::ZERO), None);
         assert!(d.acks.is_empty() && d.order.is_empty());
+    }
+
+    #[test]
+    fn a_reused_control_id_with_another_body_is_told_apart_with_both_digests() {
+        let h = Header::parse(b"MSH|^~\\&|LAB|FAC|R|F|2024||ORU^R01|K1|P|2.5\r").unwrap();
+        let sender = SenderId::Address("127.0.0.1".parse().unwrap());
+        let first = DuplicateKey::of(&h, sender, b"potassium 4.1");
+        let other = DuplicateKey::of(&h, sender, b"potassium 6.9");
+        let window = Duration::from_secs(60);
+        let mut d = Duplicates::default();
+        assert_eq!(d.reused(&first, window), None);
+        d.remember(first.clone(), Bytes::from_static(b"ack"), window);
+        assert_eq!(d.reused(&first, window), None, "a resend is not a reuse");
+        assert_eq!(d.reused(&other, window), Some(first.digest().to_vec()));
+        assert_eq!(d.find(&other, window), None, "and not a duplicate");
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
     }
 
     #[test]

@@ -180,12 +180,22 @@ impl Custody {
         }
         let key = DuplicateKey::of(header, sender, frame.payload());
         if let Some(window) = self.cfg.duplicate_window {
-            if let Some(ack) = self
-                .duplicates
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .find(&key, window)
-            {
+            let mut duplicates = self.duplicates.lock().unwrap_or_else(|e| e.into_inner());
+            // The same ids with another body: a new message (a sender whose counter wrapped or
+            // restarted), taken like any other; worth a warning, never a silent loss.
+            if let Some(earlier) = duplicates.reused(&key, window) {
+                crate::ops::metrics::control_id_reused(&self.route);
+                tracing::warn!(
+                    route = %self.route,
+                    control_id = %printable(header.control_id()),
+                    earlier_sha256 = %duplicates::hex(&earlier),
+                    sha256 = %duplicates::hex(key.digest()),
+                    "control id reused with another body within duplicate_window: taken as a new message"
+                );
+            }
+            let found = duplicates.find(&key, window);
+            drop(duplicates);
+            if let Some(ack) = found {
                 self.counters
                     .duplicates_answered
                     .fetch_add(1, Ordering::Relaxed);

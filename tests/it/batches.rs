@@ -6,7 +6,6 @@
 //! bytes (a BOM, CR LF, spaces) before MSH: the header is found for rules and acks, the message
 //! relayed as it came.
 
-
 use mllp_guard::wire::hl7::AckCode;
 
 use crate::cli::{start_guard, start_sink};
