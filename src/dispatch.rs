@@ -21,7 +21,7 @@ use crate::outcome::{Answer, Fault as _};
 use crate::upstream::{PairedWith, Upstream, UpstreamConn};
 use crate::wire::ack;
 use crate::wire::codec::{Decoded, Frame};
-use crate::wire::hl7::Header;
+use crate::wire::hl7::{AckCode, Header};
 
 /// A route's delivery.
 pub enum Dispatch {
@@ -189,6 +189,19 @@ async fn forward(
     header: &Header<'_>,
     with: PairedWith,
 ) -> Answer {
+    // Enhanced mode: a message that asks for no accept ack (MSH-15 NE, or ER: only on an error
+    // the receiver may send later) is sent, and the sender answered nothing, at once; whatever
+    // the receiver sends later on a paired connection is relayed by the session.
+    if matches!(header.accept_ack_type(), b"NE" | b"ER") {
+        return match upstream.send_only(slot, frame, with).await {
+            Ok(()) => Answer::Silent {
+                code: AckCode::CA,
+                outcome: "forwarded",
+                committed: true,
+            },
+            Err(err) => failed(on_upstream_failure, header, &err),
+        };
+    }
     match upstream
         .exchange(slot, frame, header.control_id(), with)
         .await
@@ -200,25 +213,33 @@ async fn forward(
             committed: true,
             problem: None,
         },
-        Err(err) => {
-            let problem = err.failure();
-            match on_upstream_failure {
-                OnUpstreamFailure::Close => Answer::Close(problem),
-                OnUpstreamFailure::Nack => {
-                    let says = ack::Says::negative(
-                        err.ack(),
-                        ack::ErrorCode::ApplicationInternal,
-                        err.ack_text(),
-                    );
-                    let (ack, code) = ack::own_ack(Some(header), says);
-                    Answer::Ack {
-                        ack,
-                        code,
-                        outcome: "upstream_failed",
-                        committed: false,
-                        problem: Some(problem),
-                    }
-                }
+        Err(err) => failed(on_upstream_failure, header, &err),
+    }
+}
+
+/// The answer when the receiver could not take the message: a negative ack with a fixed text
+/// (the detail travels as the answer's problem, to the audit line), or a closed connection.
+fn failed(
+    on_upstream_failure: OnUpstreamFailure,
+    header: &Header<'_>,
+    err: &crate::upstream::UpstreamError,
+) -> Answer {
+    let problem = err.failure();
+    match on_upstream_failure {
+        OnUpstreamFailure::Close => Answer::Close(problem),
+        OnUpstreamFailure::Nack => {
+            let says = ack::Says::negative(
+                err.ack(),
+                ack::ErrorCode::ApplicationInternal,
+                err.ack_text(),
+            );
+            let (ack, code) = ack::own_ack(Some(header), says);
+            Answer::Ack {
+                ack,
+                code,
+                outcome: "upstream_failed",
+                committed: false,
+                problem: Some(problem),
             }
         }
     }

@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod custody;
 mod deploy;
+mod enhanced;
 mod firewall;
 mod harness;
 mod jetstream;
