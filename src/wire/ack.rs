@@ -1,19 +1,27 @@
 //! The acks mllp-guard sends itself, and the check of an upstream's ack against its message.
 //!
 //! # What this module owns
-//! - [`build`]: the ack answering a message whose header parsed (AA/AE/AR, CA/CE/CR), written in
-//!   the message's own field separator and encoding characters, sender and receiver swapped, with
-//!   an ERR segment (HL7 table 0357 code) for the negative codes.
+//! - [`build_for`] (and [`build`]): the ack answering a message whose header parsed (AA/AE/AR,
+//!   CA/CE/CR), written in the message's own field separator and encoding characters, sender
+//!   and receiver swapped, valid HL7 in the message's version (MSH-12; unknown or missing: the
+//!   rules of [`FALLBACK_VERSION`]): MSH-9 with two components up to 2.3 and three from 2.3.1,
+//!   ERR-1 (ELD) before 2.5 and ERR-2/3/4/8 from 2.5, MSA-3 (at most 80 characters) up to 2.6
+//!   and none from 2.7, MSH-7 with its UTC offset, MSH-11/12/18 copied, the error from HL7 table
+//!   0357 by cause ([`ErrorCode`]). A batch's ack names its BHS (or FHS) and takes the version
+//!   of its first message.
+//! - [`Says`]: what an ack says, with short fixed texts that name nothing of the inside.
+//! - [`code_for`]: commit codes when the message asks for enhanced mode (MSH-15 valued).
 //! - [`build_without_header`]: the negative ack for a payload whose header did not parse.
 //! - [`verify`]: an upstream's ack answers a message only if its MSA-2 equals the message's
 //!   control id byte for byte (MSH-10; FHS-11/BHS-11 for batches). The ack's own MSH-10 is ignored
 //!   (many receivers send a constant).
-//! - [`timestamp`]: HL7 `YYYYMMDDHHMMSS` (UTC) from a `SystemTime`, so callers own the clock.
+//! - [`timestamp`]: HL7 `YYYYMMDDHHMMSS+0000` (UTC) from a `SystemTime`, so callers own the
+//!   clock.
 //!
 //! # What it must not know
 //! No I/O, no clock of its own, no queue, no framing: callers pass the timestamp and our ack
 //! control id, and frame the returned payload. Reason texts are our own PHI-free words; nothing
-//! from the message goes into an ack except its header fields (MSH-3..6, 10, 11, 12).
+//! from the message goes into an ack except its header fields (MSH-3..6, 9.2, 10, 11, 12, 18).
 //!
 //! # Output guarantees
 //! Every payload built here parses back with [`AckView::parse`] to the code given and to MSA-2 =

@@ -803,6 +803,21 @@ pub fn fuzz_header(data: &[u8]) {
             assert!(unescaped(h.field(n), &h).len() <= h.field(n).len());
         }
     }
+    // Leading bytes are only skipped before a header id; a batch's name points into the payload.
+    let skip = leading_bytes(data);
+    assert!(
+        skip == 0
+            || data[skip..].starts_with(b"MSH")
+            || data[skip..].starts_with(b"FHS")
+            || data[skip..].starts_with(b"BHS")
+    );
+    if let Ok(h) = find_header(data) {
+        within(h.control_id());
+    }
+    if let Some(batch) = batch_header(data) {
+        assert!(batch.kind() != HeaderKind::Msh);
+        within(batch.control_id());
+    }
     match AckView::parse(data) {
         Ok(ack) => {
             check_header(&ack.header());

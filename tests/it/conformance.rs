@@ -247,7 +247,89 @@ fn kinds() -> Vec<Kind> {
             Some("207"),
             "rate limit",
         ),
+        k(
+            "invalid reply",
+            "wrong",
+            "P",
+            "",
+            AckCode::AE,
+            Some("207"),
+            "invalid reply from receiver",
+        ),
+        k(
+            "ambiguous header",
+            "rules",
+            "P",
+            "",
+            AckCode::AR,
+            Some("102"),
+            "",
+        ),
+        k(
+            "second message",
+            "rules",
+            "P",
+            "",
+            AckCode::AR,
+            Some("100"),
+            "2 messages outside a batch; send one per frame",
+        ),
+        k(
+            "batch refused",
+            "batches",
+            "P",
+            "",
+            AckCode::AR,
+            Some("200"),
+            "batches not accepted",
+        ),
+        k(
+            "batch, rule",
+            "rules",
+            "T",
+            "",
+            AckCode::AR,
+            Some("202"),
+            "",
+        ),
     ]
+}
+
+/// A receiver that answers every frame with an ack of another control id (bounded: 120 s).
+pub fn wrong_receiver() -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(120);
+        listener.set_nonblocking(true).unwrap();
+        while Instant::now() < until {
+            let Ok((mut tcp, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = tcp.read(&mut buf) {
+                    if n == 0 || !buf[..n].contains(&0x1C) {
+                        if n == 0 {
+                            return;
+                        }
+                        continue;
+                    }
+                    let ack = b"MSH|^~\\&|EHR|HOSP|LAB|FAC|20240101||ACK|X|P|2.5\rMSA|AA|OTHER\r";
+                    if tcp
+                        .write_all(&mllp_guard::wire::codec::encode(ack))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 fn config(dir: &TestDir, sink: &str, silent: SocketAddr, dead: SocketAddr) -> String {
@@ -275,6 +357,8 @@ fn config(dir: &TestDir, sink: &str, silent: SocketAddr, dead: SocketAddr) -> St
         sink,
         "    limits:\n      messages_per_second: 1\n      burst: 1\n      on_limit: reject\n",
     );
+    yaml += &route("wrong", &wrong_receiver().to_string(), "");
+    yaml += &route("batches", sink, "    batches: refuse\n");
     yaml
 }
 
@@ -297,7 +381,7 @@ async fn every_kind_of_own_ack_is_valid_hl7_in_the_senders_version() {
     let yaml = config(&dir, &sink_addr, silent, dead);
     let path = dir.path("guard.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let (_guard, routes, logs) = start_guard_routes(&path, 6);
+    let (_guard, routes, logs) = start_guard_routes(&path, 8);
 
     let mut cases = Vec::new(); // (kind index, version, ack)
     let kinds = kinds();
@@ -309,8 +393,27 @@ async fn every_kind_of_own_ack_is_valid_hl7_in_the_senders_version() {
                 format!("K{i}V{v}")
             };
             let mut payload = message(&id, version, kind.processing, kind.msh15);
-            if kind.name == "oversize" {
-                payload.extend_from_slice(format!("NTE|1||{}\r", "x".repeat(3000)).as_bytes());
+            let mut acked = id.clone();
+            match kind.name {
+                "oversize" => {
+                    payload.extend_from_slice(format!("NTE|1||{}\r", "x".repeat(3000)).as_bytes())
+                }
+                // MSH ends at a line feed, the rest of the message uses CR: two readings.
+                "ambiguous header" => {
+                    let at = payload.iter().position(|&b| b == b'\r').unwrap();
+                    payload[at] = b'\n';
+                }
+                "second message" => {
+                    payload.extend_from_slice(&message(&format!("{id}b"), version, "P", ""))
+                }
+                "batch refused" | "batch, rule" => {
+                    acked = format!("B{id}");
+                    let mut batch = format!("FHS|^~\\&|LAB|FAC|EHR|HOSP|20240101||||F{id}\rBHS|^~\\&|LAB|FAC|EHR|HOSP|20240101||||{acked}\r").into_bytes();
+                    batch.extend_from_slice(&payload);
+                    batch.extend_from_slice(b"BTS|1\rFTS|1\r");
+                    payload = batch;
+                }
+                _ => {}
             }
             let mut client = Client::plain(routes[kind.route]).await;
             if kind.name == "rate limit" {
@@ -319,7 +422,7 @@ async fn every_kind_of_own_ack_is_valid_hl7_in_the_senders_version() {
                 client.send(&first).await;
             }
             let ack = client.send(&payload).await;
-            cases.push((i, *version, ack));
+            cases.push((i, *version, ack, acked));
         }
     }
     // The headerless ack (no version to follow): the 2.5.1 layout.
@@ -327,10 +430,11 @@ async fn every_kind_of_own_ack_is_valid_hl7_in_the_senders_version() {
     let headerless = client.send(b"PID|1||12345\r").await;
 
     let mut all: Vec<Vec<u8>> = cases.iter().map(|c| c.2.clone()).collect();
+    assert_eq!(cases.len(), kinds.len() * VERSIONS.len());
     all.push(headerless.clone());
     let verdicts = hl7apy(&all);
     let mut failures = Vec::new();
-    for ((i, version, ack), verdict) in cases.iter().zip(&verdicts) {
+    for ((i, version, ack, acked), verdict) in cases.iter().zip(&verdicts) {
         let kind = &kinds[*i];
         let text = String::from_utf8_lossy(ack).into_owned();
         let mut fail =
@@ -343,6 +447,9 @@ async fn every_kind_of_own_ack_is_valid_hl7_in_the_senders_version() {
         let view = AckView::parse(ack).unwrap();
         if view.code() != kind.code {
             fail(format!("code {} not {}", view.code(), kind.code));
+        }
+        if view.acked_control_id() != acked.as_bytes() {
+            fail(format!("MSA-2 is not {acked:?}"));
         }
         let msh = segment(&text, "MSH").unwrap();
         let msa = segment(&text, "MSA").unwrap();
@@ -437,9 +544,8 @@ async fn every_kind_of_own_ack_is_valid_hl7_in_the_senders_version() {
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(cases.len(), kinds.len() * VERSIONS.len());
     // One ack of each kind for 2.3, 2.5.1 and 2.8, for the record (`--nocapture` shows them).
-    for (i, version, ack) in &cases {
+    for (i, version, ack, _) in &cases {
         if ["2.3", "2.5.1", "2.8"].contains(version) {
             eprintln!("{:<26} {version:<6} {}", kinds[*i].name, ack.escape_ascii());
         }
