@@ -45,11 +45,15 @@ impl Dispatch {
 
     /// Delivers one message and says what to answer. `lanes` holds the session's own upstream
     /// connections (forward mode, paired) and `origin` is the sender they are paired with.
+    ///
+    /// `message` is a batch's first message, whose version, processing id and trigger shape
+    /// the acks the guard builds for the batch (`None` for a single message).
     pub async fn deliver(
         &self,
         lanes: &mut Lanes,
         frame: &Frame,
         header: &Header<'_>,
+        message: Option<&Header<'_>>,
         origin: Origin,
         sender: SenderId<'_>,
     ) -> Answer {
@@ -58,7 +62,9 @@ impl Dispatch {
             // state than forwarding it, and a durable write costs far more than the allocation.
             // Custody's own acks are positive exactly when the message is (or already was)
             // queued.
-            Dispatch::Custody(custody) => Box::pin(custody.accept(frame, header, sender)).await,
+            Dispatch::Custody(custody) => {
+                Box::pin(custody.accept(frame, header, message, sender)).await
+            }
             Dispatch::Forward {
                 upstream,
                 on_upstream_failure,
@@ -68,7 +74,8 @@ impl Dispatch {
                     origin: Some(origin),
                 };
                 let slot = &mut lanes.route;
-                forward(upstream, *on_upstream_failure, slot, frame, header, with).await
+                let to = (header, message);
+                forward(upstream, *on_upstream_failure, slot, frame, to, with).await
             }
         }
     }
@@ -81,7 +88,7 @@ impl Dispatch {
         on_upstream_failure: OnUpstreamFailure,
         lanes: &mut Lanes,
         frame: &Frame,
-        header: &Header<'_>,
+        to: (&Header<'_>, Option<&Header<'_>>),
         origin: Origin,
     ) -> Answer {
         let slot = lanes.named.entry(name.to_string()).or_default();
@@ -89,7 +96,7 @@ impl Dispatch {
             two_way: false,
             origin: Some(origin),
         };
-        forward(upstream, on_upstream_failure, slot, frame, header, with).await
+        forward(upstream, on_upstream_failure, slot, frame, to, with).await
     }
 }
 
@@ -180,15 +187,17 @@ impl Lanes {
 
 /// Forward mode: send the frame to `upstream` and relay its verified ack unchanged, or answer
 /// the failure as `on_upstream_failure` says. Also used for rules that route to a named upstream.
-/// `with`: what the paired `slot` is for (see [`Upstream::exchange`]).
+/// `with`: what the paired `slot` is for (see [`Upstream::exchange`]). `to`: the frame's header
+/// and, for a batch, its first message (see [`Dispatch::deliver`]).
 async fn forward(
     upstream: &Upstream,
     on_upstream_failure: OnUpstreamFailure,
     slot: &mut Option<UpstreamConn>,
     frame: &Frame,
-    header: &Header<'_>,
+    to: (&Header<'_>, Option<&Header<'_>>),
     with: PairedWith,
 ) -> Answer {
+    let header = to.0;
     // Enhanced mode: a message that asks for no accept ack (MSH-15 NE, or ER: only on an error
     // the receiver may send later) is sent, and the sender answered nothing, at once; whatever
     // the receiver sends later on a paired connection is relayed by the session.
@@ -199,7 +208,7 @@ async fn forward(
                 outcome: "forwarded",
                 committed: true,
             },
-            Err(err) => failed(on_upstream_failure, header, &err),
+            Err(err) => failed(on_upstream_failure, to, &err),
         };
     }
     match upstream
@@ -213,7 +222,7 @@ async fn forward(
             committed: true,
             problem: None,
         },
-        Err(err) => failed(on_upstream_failure, header, &err),
+        Err(err) => failed(on_upstream_failure, to, &err),
     }
 }
 
@@ -221,7 +230,7 @@ async fn forward(
 /// (the detail travels as the answer's problem, to the audit line), or a closed connection.
 fn failed(
     on_upstream_failure: OnUpstreamFailure,
-    header: &Header<'_>,
+    (header, message): (&Header<'_>, Option<&Header<'_>>),
     err: &crate::upstream::UpstreamError,
 ) -> Answer {
     let problem = err.failure();
@@ -233,7 +242,7 @@ fn failed(
                 ack::ErrorCode::ApplicationInternal,
                 err.ack_text(),
             );
-            let (ack, code) = ack::own_ack(Some(header), says);
+            let (ack, code) = ack::own_ack_for(Some(header), message, says);
             Answer::Ack {
                 ack,
                 code,

@@ -44,7 +44,7 @@ use crate::config::{AckMode, CustodyConfig, QueueBackend};
 use crate::outcome::{Answer, Failure, Fault};
 use crate::queue::{QueueError, SegmentLog, Store};
 use crate::upstream::Upstream;
-use crate::wire::ack::{own_ack, ErrorCode, Says};
+use crate::wire::ack::{own_ack_for, ErrorCode, Says};
 use crate::wire::codec::Frame;
 use crate::wire::hl7::printable;
 use crate::wire::hl7::{AckCode, AckView, Header};
@@ -172,11 +172,19 @@ impl Custody {
     }
 
     /// Takes custody of one message (or refuses it) and says what to answer.
-    pub async fn accept(&self, frame: &Frame, header: &Header<'_>, sender: SenderId<'_>) -> Answer {
+    /// `message` is a batch's first message (its version and trigger shape our acks); `None`
+    /// for a single message.
+    pub async fn accept(
+        &self,
+        frame: &Frame,
+        header: &Header<'_>,
+        message: Option<&Header<'_>>,
+        sender: SenderId<'_>,
+    ) -> Answer {
         if header.control_id().is_empty() {
             tracing::warn!(route = %self.route, "message not queued: it has no control id (MSH-10), which custody needs to match acks");
             let says = Says::refused(ErrorCode::RequiredFieldMissing, "control id missing");
-            return self.refuse(header, true, says.at(1, Some(10)));
+            return self.refuse(header, message, true, says.at(1, Some(10)));
         }
         let key = DuplicateKey::of(header, sender, frame.payload());
         if let Some(window) = self.cfg.duplicate_window {
@@ -247,10 +255,10 @@ impl Custody {
                     ..err.failure()
                 });
             }
-            return self.refuse(header, false, Says::not_now(err.ack_text()));
+            return self.refuse(header, message, false, Says::not_now(err.ack_text()));
         }
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        let (ack, code) = own_ack(Some(header), Says::ACCEPTED);
+        let (ack, code) = own_ack_for(Some(header), message, Says::ACCEPTED);
         if let Some(window) = self.cfg.duplicate_window {
             self.duplicates
                 .lock()
@@ -276,9 +284,15 @@ impl Custody {
 
     /// A negative answer built here: AR (permanent: the message itself is unacceptable) or AE
     /// (the guard could not take it now); CR/CE in enhanced mode ([`own_ack`] picks them).
-    fn refuse(&self, header: &Header<'_>, permanent: bool, says: Says<'_>) -> Answer {
+    fn refuse(
+        &self,
+        header: &Header<'_>,
+        message: Option<&Header<'_>>,
+        permanent: bool,
+        says: Says<'_>,
+    ) -> Answer {
         let outcome = if permanent { "rejected" } else { "not_queued" };
-        let (ack, code) = own_ack(Some(header), says);
+        let (ack, code) = own_ack_for(Some(header), message, says);
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), false) {
             Answer::Ack {
                 ack,

@@ -428,10 +428,11 @@ async fn handle_message(
     };
     // A batch's rules are its messages' (all of them agree, or it was refused above); a batch
     // without messages meets the rules with its header.
-    let judged = match (header.kind(), others.first()) {
-        (HeaderKind::Fhs | HeaderKind::Bhs, Some(first)) => first,
-        _ => &header,
+    let first_message = match header.kind() {
+        HeaderKind::Fhs | HeaderKind::Bhs => others.first(),
+        HeaderKind::Msh => None,
     };
+    let judged = first_message.unwrap_or(&header);
     let facts = Facts {
         peer: peer.ip(),
         identities: &who.identities,
@@ -441,7 +442,14 @@ async fn handle_message(
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
         Decision::Allow { .. } => {
             ctx.dispatch
-                .deliver(lanes, frame, &header, who.origin(), who.sender_id())
+                .deliver(
+                    lanes,
+                    frame,
+                    &header,
+                    first_message,
+                    who.origin(),
+                    who.sender_id(),
+                )
                 .await
         }
         Decision::Reject { rule } => {
@@ -466,8 +474,8 @@ async fn handle_message(
             Some(upstream) => {
                 let on_failure = ctx.route.on_upstream_failure;
                 let origin = who.origin();
-                Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, &header, origin)
-                    .await
+                let to = (&header, first_message);
+                Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, to, origin).await
             }
             // The config check guarantees the name exists; refuse rather than guess if not.
             None => {

@@ -194,3 +194,29 @@ async fn leading_bytes_before_msh_are_skipped_for_rules_and_acks_and_relayed_unc
         "the two allowed messages, byte-exact with their leading bytes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_receiver_cannot_take_gets_an_ack_in_its_messages_version() {
+    let dir = TestDir::new();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.path("guard.yaml");
+    std::fs::write(&config, route_yaml(dead, "", "", "")).unwrap();
+    let (_guard, listen, _logs) = start_guard(&config);
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    let old = batch(false, &[msh("M10", "P", "2.3"), msh("M11", "P", "2.3")]);
+    let ack = String::from_utf8(client.send(&old).await).unwrap();
+    let fields: Vec<&str> = ack.split('\r').next().unwrap().split('|').collect();
+    assert_eq!(
+        (fields[8], fields[10], fields[11]),
+        ("ACK^A01", "P", "2.3"),
+        "MSH-9, 11 and 12 from the batch's messages: {ack:?}"
+    );
+    assert!(
+        ack.contains("\rMSA|AE|FH1|receiver unavailable\rERR|^^^207&"),
+        "{ack:?}"
+    );
+    assert_eq!(crate::conformance::hl7apy(&[ack.into_bytes()]), [Ok(())]);
+}
