@@ -21,7 +21,7 @@ use crate::outcome::{Answer, Fault as _};
 use crate::upstream::{PairedWith, Upstream, UpstreamConn};
 use crate::wire::ack;
 use crate::wire::codec::{Decoded, Frame};
-use crate::wire::hl7::Header;
+use crate::wire::hl7::{AckCode, Header};
 
 /// A route's delivery.
 pub enum Dispatch {
@@ -45,11 +45,15 @@ impl Dispatch {
 
     /// Delivers one message and says what to answer. `lanes` holds the session's own upstream
     /// connections (forward mode, paired) and `origin` is the sender they are paired with.
+    ///
+    /// `message` is a batch's first message, whose version, processing id and trigger shape
+    /// the acks the guard builds for the batch (`None` for a single message).
     pub async fn deliver(
         &self,
         lanes: &mut Lanes,
         frame: &Frame,
         header: &Header<'_>,
+        message: Option<&Header<'_>>,
         origin: Origin,
         sender: SenderId<'_>,
     ) -> Answer {
@@ -58,7 +62,9 @@ impl Dispatch {
             // state than forwarding it, and a durable write costs far more than the allocation.
             // Custody's own acks are positive exactly when the message is (or already was)
             // queued.
-            Dispatch::Custody(custody) => Box::pin(custody.accept(frame, header, sender)).await,
+            Dispatch::Custody(custody) => {
+                Box::pin(custody.accept(frame, header, message, sender)).await
+            }
             Dispatch::Forward {
                 upstream,
                 on_upstream_failure,
@@ -68,7 +74,8 @@ impl Dispatch {
                     origin: Some(origin),
                 };
                 let slot = &mut lanes.route;
-                forward(upstream, *on_upstream_failure, slot, frame, header, with).await
+                let to = (header, message);
+                forward(upstream, *on_upstream_failure, slot, frame, to, with).await
             }
         }
     }
@@ -81,7 +88,7 @@ impl Dispatch {
         on_upstream_failure: OnUpstreamFailure,
         lanes: &mut Lanes,
         frame: &Frame,
-        header: &Header<'_>,
+        to: (&Header<'_>, Option<&Header<'_>>),
         origin: Origin,
     ) -> Answer {
         let slot = lanes.named.entry(name.to_string()).or_default();
@@ -89,7 +96,7 @@ impl Dispatch {
             two_way: false,
             origin: Some(origin),
         };
-        forward(upstream, on_upstream_failure, slot, frame, header, with).await
+        forward(upstream, on_upstream_failure, slot, frame, to, with).await
     }
 }
 
@@ -180,15 +187,30 @@ impl Lanes {
 
 /// Forward mode: send the frame to `upstream` and relay its verified ack unchanged, or answer
 /// the failure as `on_upstream_failure` says. Also used for rules that route to a named upstream.
-/// `with`: what the paired `slot` is for (see [`Upstream::exchange`]).
+/// `with`: what the paired `slot` is for (see [`Upstream::exchange`]). `to`: the frame's header
+/// and, for a batch, its first message (see [`Dispatch::deliver`]).
 async fn forward(
     upstream: &Upstream,
     on_upstream_failure: OnUpstreamFailure,
     slot: &mut Option<UpstreamConn>,
     frame: &Frame,
-    header: &Header<'_>,
+    to: (&Header<'_>, Option<&Header<'_>>),
     with: PairedWith,
 ) -> Answer {
+    let header = to.0;
+    // Enhanced mode: a message that asks for no accept ack (MSH-15 NE, or ER: only on an error
+    // the receiver may send later) is sent, and the sender answered nothing, at once; whatever
+    // the receiver sends later on a paired connection is relayed by the session.
+    if matches!(header.accept_ack_type(), b"NE" | b"ER") {
+        return match upstream.send_only(slot, frame, with).await {
+            Ok(()) => Answer::Silent {
+                code: AckCode::CA,
+                outcome: "forwarded",
+                committed: true,
+            },
+            Err(err) => failed(on_upstream_failure, to, &err),
+        };
+    }
     match upstream
         .exchange(slot, frame, header.control_id(), with)
         .await
@@ -200,21 +222,33 @@ async fn forward(
             committed: true,
             problem: None,
         },
-        Err(err) => {
-            let problem = err.failure();
-            match on_upstream_failure {
-                OnUpstreamFailure::Close => Answer::Close(problem),
-                OnUpstreamFailure::Nack => Answer::Ack {
-                    ack: ack::own_ack(
-                        Some(header),
-                        err.ack(),
-                        &format!("message not delivered: {err}"),
-                    ),
-                    code: err.ack(),
-                    outcome: "upstream_failed",
-                    committed: false,
-                    problem: Some(problem),
-                },
+        Err(err) => failed(on_upstream_failure, to, &err),
+    }
+}
+
+/// The answer when the receiver could not take the message: a negative ack with a fixed text
+/// (the detail travels as the answer's problem, to the audit line), or a closed connection.
+fn failed(
+    on_upstream_failure: OnUpstreamFailure,
+    (header, message): (&Header<'_>, Option<&Header<'_>>),
+    err: &crate::upstream::UpstreamError,
+) -> Answer {
+    let problem = err.failure();
+    match on_upstream_failure {
+        OnUpstreamFailure::Close => Answer::Close(problem),
+        OnUpstreamFailure::Nack => {
+            let says = ack::Says::negative(
+                err.ack(),
+                ack::ErrorCode::ApplicationInternal,
+                err.ack_text(),
+            );
+            let (ack, code) = ack::own_ack_for(Some(header), message, says);
+            Answer::Ack {
+                ack,
+                code,
+                outcome: "upstream_failed",
+                committed: false,
+                problem: Some(problem),
             }
         }
     }

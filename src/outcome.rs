@@ -53,6 +53,18 @@ pub trait Fault: std::error::Error {
         AckCode::AE
     }
 
+    /// The short fixed text the sender's ack carries (`receiver unavailable`, `queue full`, ...):
+    /// never an address, a name or an OS error of the inside; the detail ([`Fault::failure`])
+    /// goes to the log line with the message's control id.
+    fn ack_text(&self) -> &'static str {
+        match self.side() {
+            Side::Receiver => "receiver unavailable",
+            Side::Queue => "message not queued",
+            Side::Internal => "internal error",
+            Side::Sender => "message refused",
+        }
+    }
+
     /// The failure as it travels with an answer: the label, the side, and the error's text.
     fn failure(&self) -> Failure {
         Failure {

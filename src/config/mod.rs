@@ -56,7 +56,7 @@ mod validator;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::fuzz_config;
 pub use model::{
-    AckMode, Admin, ClientTls, Config, Connections, CustodyConfig, Delivery, IdleReopen,
+    AckMode, Admin, Batches, ClientTls, Config, Connections, CustodyConfig, Delivery, IdleReopen,
     JetStreamQueue, Keepalive, MllpRelease, MultipleMessages, NatsTls, OnLimit, OnReply,
     OnUpstreamFailure, QueueBackend, RateLimits, ReceiverRole, Reconnect, ReplyAction, Retry,
     Route, SenderRole, ServerTls, UpstreamAddress, UpstreamConfig, DEFAULT_ACK_MODE,

@@ -164,6 +164,10 @@ pub struct Route {
     /// refused with AR (`refuse`, the default), or each of its messages is checked by the rules
     /// and audited and the frame is refused if any is (`inspect`).
     pub multiple_messages: MultipleMessages,
+    /// `batches`: a frame that is a batch (FHS/BHS) has each of its messages checked by the
+    /// rules, counted by the limits and audited, and is refused whole if any is (`inspect`, the
+    /// default); or is refused with AR (`refuse`).
+    pub batches: Batches,
     /// `send_timeout`: writing an answer to the sender must finish within this; a sender that
     /// does not read its acks (the kernel's buffers full) is closed. Default 30s.
     pub send_timeout: Duration,
@@ -498,6 +502,17 @@ pub enum MultipleMessages {
     /// `inspect`: every message is checked by the rules and audited; the frame is forwarded
     /// whole only when all of them are allowed.
     Inspect,
+}
+
+/// What a route does with a batch (a frame starting with FHS or BHS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Batches {
+    /// `inspect`: every message of the batch meets the rules and the limits and gets its audit
+    /// line; the batch goes on whole only when all of them may, else AR naming the batch.
+    #[default]
+    Inspect,
+    /// `refuse`: AR, nothing forwarded.
+    Refuse,
 }
 
 /// What a sender gets when its message cannot be delivered upstream.

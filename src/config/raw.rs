@@ -96,6 +96,7 @@ pub(super) struct RawRoute {
     pub(super) rules: Option<Spanned<RawRules>>,
     pub(super) limits: Option<Spanned<RawLimits>>,
     pub(super) multiple_messages: Option<Text>,
+    pub(super) batches: Option<Text>,
     pub(super) send_timeout: Option<Text>,
 }
 

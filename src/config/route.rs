@@ -13,14 +13,14 @@ use serde_saphyr::Spanned;
 
 use super::firewall::UpstreamNames;
 use super::model::{
-    Connections, Delivery, MllpRelease, MultipleMessages, OnUpstreamFailure, ReceiverRole, Route,
-    SenderRole, TrustedProxies, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    Batches, Connections, Delivery, MllpRelease, MultipleMessages, OnUpstreamFailure, ReceiverRole,
+    Route, SenderRole, TrustedProxies, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_RECEIVE_TIMEOUT, DEFAULT_SEND_TIMEOUT,
 };
 use super::raw::{RawFraming, RawProxyProtocol, RawRoute};
 use super::scalars::{
-    parse_bool, parse_byte, parse_count, parse_duration, parse_frame_size, parse_listen,
-    parse_multiple_messages, parse_on_upstream_failure, parse_positive_duration,
+    parse_batches, parse_bool, parse_byte, parse_count, parse_duration, parse_frame_size,
+    parse_listen, parse_multiple_messages, parse_on_upstream_failure, parse_positive_duration,
     parse_proxy_accept, parse_proxy_version, parse_release, parse_route_name,
     parse_upstream_address,
 };
@@ -281,6 +281,12 @@ impl Validator<'_> {
             MultipleMessages::Refuse,
             parse_multiple_messages,
         );
+        let batches = self.value(
+            format!("{p}.batches"),
+            &r.batches,
+            Batches::Inspect,
+            parse_batches,
+        );
         let upstream = self.upstream(&format!("{p}.upstream"), &r.upstream);
         // A bad `max_message_bytes` is reported already; comparing the queue with it would
         // add a second error about the fallback value.
@@ -341,6 +347,7 @@ impl Validator<'_> {
             rules,
             limits,
             multiple_messages,
+            batches,
             send_timeout,
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 
 use super::model::{
-    AckMode, Connections, IdleReopen, MllpRelease, MultipleMessages, OnUpstreamFailure,
+    AckMode, Batches, Connections, IdleReopen, MllpRelease, MultipleMessages, OnUpstreamFailure,
     ReplyAction, UpstreamAddress, GIB, KIB,
 };
 
@@ -209,6 +209,16 @@ pub(super) fn parse_multiple_messages(s: &str) -> Result<MultipleMessages, Strin
         "inspect" => Ok(MultipleMessages::Inspect),
         _ => Err(format!(
             "must be `refuse` (answer AR to a frame holding several messages outside a batch) or `inspect` (check every message of it with the rules), not \"{s}\""
+        )),
+    }
+}
+
+pub(super) fn parse_batches(s: &str) -> Result<Batches, String> {
+    match s.trim() {
+        "inspect" => Ok(Batches::Inspect),
+        "refuse" => Ok(Batches::Refuse),
+        _ => Err(format!(
+            "must be `inspect` (check every message of a batch with the rules; refuse the batch if any is refused) or `refuse` (answer AR to every batch), not \"{s}\""
         )),
     }
 }

@@ -73,14 +73,29 @@ pub(super) fn digest(payload: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Which message a resend is: the SHA-256 of its sender, MSH-3, MSH-4, MSH-10 (each
-/// length-prefixed) and its payload's digest.
+/// Which message a resend is: the SHA-256 of [`MessageIdentity`]'s two digests.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct DuplicateKey([u8; 32]);
 
+#[cfg(test)]
 impl DuplicateKey {
-    pub(super) fn of(header: &Header<'_>, sender: SenderId<'_>, payload: &[u8]) -> DuplicateKey {
-        let mut key = Vec::with_capacity(128);
+    fn of(header: &Header<'_>, sender: SenderId<'_>, payload: &[u8]) -> DuplicateKey {
+        MessageIdentity::of(header, sender, payload).key()
+    }
+}
+
+/// A message as duplicate suppression sees it: the SHA-256 of its sender, MSH-3, MSH-4 and
+/// MSH-10 (each length-prefixed, so fields cannot shift into each other), and the SHA-256 of its
+/// payload. The same ids with another payload are another message (a recycled control id).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct MessageIdentity {
+    ids: [u8; 32],
+    digest: [u8; 32],
+}
+
+impl MessageIdentity {
+    pub(super) fn of(header: &Header<'_>, sender: SenderId<'_>, payload: &[u8]) -> MessageIdentity {
+        let mut ids = Vec::with_capacity(128);
         let sender = sender.to_string();
         for part in [
             sender.as_bytes(),
@@ -88,12 +103,31 @@ impl DuplicateKey {
             header.sending_facility(),
             header.control_id(),
         ] {
-            key.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            key.extend_from_slice(part);
+            ids.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            ids.extend_from_slice(part);
         }
-        key.extend_from_slice(&digest(payload));
-        DuplicateKey(digest(&key))
+        MessageIdentity {
+            ids: digest(&ids),
+            digest: digest(payload),
+        }
     }
+
+    pub(super) fn key(&self) -> DuplicateKey {
+        let mut both = [0u8; 64];
+        both[..32].copy_from_slice(&self.ids);
+        both[32..].copy_from_slice(&self.digest);
+        DuplicateKey(digest(&both))
+    }
+
+    /// The payload's SHA-256.
+    pub(super) fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+/// A digest in lower-case hex, for a log line.
+pub(super) fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One remembered ack.
@@ -110,6 +144,9 @@ struct Remembered {
 pub(super) struct Duplicates {
     acks: HashMap<DuplicateKey, Remembered>,
     order: VecDeque<(Instant, DuplicateKey)>,
+    /// Per sender and ids, the payload digest of the last message taken and when: the same ids
+    /// with another body within the window are worth a warning (this process only).
+    taken: HashMap<[u8; 32], (Instant, [u8; 32])>,
 }
 
 fn now_ms() -> u64 {
@@ -123,6 +160,27 @@ impl Duplicates {
     pub(super) fn find(&mut self, key: &DuplicateKey, window: Duration) -> Option<Bytes> {
         self.expire(window);
         self.acks.get(key).map(|r| r.ack.clone())
+    }
+
+    /// The payload digest of an earlier message within the window with the same sender and ids
+    /// as `id` but another body (a recycled control id), if there is one.
+    pub(super) fn reused(&self, id: &MessageIdentity, window: Duration) -> Option<[u8; 32]> {
+        match self.taken.get(&id.ids) {
+            Some((at, earlier)) if at.elapsed() < window && *earlier != id.digest => Some(*earlier),
+            _ => None,
+        }
+    }
+
+    /// `id` was taken (queued): a later message with its ids and another body is a reuse.
+    /// Bounded like the acks: expired entries go first, and past the cap everything.
+    pub(super) fn taken(&mut self, id: &MessageIdentity, window: Duration) {
+        if self.taken.len() >= MAX_REMEMBERED {
+            self.taken.retain(|_, (at, _)| at.elapsed() < window);
+            if self.taken.len() >= MAX_REMEMBERED {
+                self.taken.clear();
+            }
+        }
+        self.taken.insert(id.ids, (Instant::now(), id.digest));
     }
 
     pub(super) fn remember(&mut self, key: DuplicateKey, ack: Bytes, window: Duration) {
@@ -337,6 +395,24 @@ mod tests {
         );
         assert_eq!(d.find(&key, Duration::ZERO), None);
         assert!(d.acks.is_empty() && d.order.is_empty());
+    }
+
+    #[test]
+    fn a_reused_control_id_with_another_body_is_told_apart_with_both_digests() {
+        let h = Header::parse(b"MSH|^~\\&|LAB|FAC|R|F|2024||ORU^R01|K1|P|2.5\r").unwrap();
+        let sender = SenderId::Address("127.0.0.1".parse().unwrap());
+        let first = MessageIdentity::of(&h, sender, b"potassium 4.1");
+        let other = MessageIdentity::of(&h, sender, b"potassium 6.9");
+        let window = Duration::from_secs(60);
+        let mut d = Duplicates::default();
+        assert_eq!(d.reused(&first, window), None);
+        d.taken(&first, window);
+        d.remember(first.key(), Bytes::from_static(b"ack"), window);
+        assert_eq!(d.reused(&first, window), None, "a resend is not a reuse");
+        assert_eq!(d.reused(&other, window), Some(*first.digest()));
+        assert_eq!(d.find(&other.key(), window), None, "and not a duplicate");
+        assert_eq!(d.reused(&other, Duration::ZERO), None, "past the window");
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
     }
 
     #[test]

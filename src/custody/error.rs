@@ -56,4 +56,13 @@ impl Fault for NotQueued {
             NotQueued::JetStream(err) => err.retry_helps(),
         }
     }
+
+    fn ack_text(&self) -> &'static str {
+        match (self.reason(), self.side()) {
+            ("queue_full", _) => "queue full",
+            ("too_large", _) => "message too large",
+            (_, Side::Internal) => "internal error",
+            _ => "message not queued",
+        }
+    }
 }

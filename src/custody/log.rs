@@ -24,7 +24,7 @@ use crate::queue::{Damage, Limits, QueueError, Record, SegmentLog, Store, ACK_SE
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
 use crate::wire::codec::Frame;
-use crate::wire::hl7::{printable, AckCode, AckView, Header};
+use crate::wire::hl7::{printable, AckCode, AckView};
 
 /// The directory under a route's queue directory that holds its dead letters.
 pub const DEAD_LETTER_DIR: &str = "dead-letter";
@@ -304,7 +304,7 @@ impl LogDrainer {
                 }
                 continue;
             };
-            let header = Header::parse(&record.payload);
+            let header = crate::wire::hl7::find_header(&record.payload);
             let control_id = header
                 .as_ref()
                 .map(|h| h.control_id().to_vec())

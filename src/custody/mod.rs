@@ -49,12 +49,12 @@ use crate::config::{AckMode, CustodyConfig, QueueBackend};
 use crate::outcome::{Answer, Failure, Fault};
 use crate::queue::{QueueError, SegmentLog, Store};
 use crate::upstream::Upstream;
-use crate::wire::ack::own_ack;
+use crate::wire::ack::{own_ack_for, ErrorCode, Says};
 use crate::wire::codec::Frame;
 use crate::wire::hl7::printable;
 use crate::wire::hl7::{AckCode, AckView, Header};
 use counters::Counters;
-use duplicates::{DuplicateKey, Duplicates, Journal};
+use duplicates::{Duplicates, Journal, MessageIdentity};
 use log::{commit_loop, now_ms, AppendRequest, LogDrainer, Remembering};
 
 /// Where a route's messages are kept.
@@ -197,19 +197,39 @@ impl Custody {
     }
 
     /// Takes custody of one message (or refuses it) and says what to answer.
-    pub async fn accept(&self, frame: &Frame, header: &Header<'_>, sender: SenderId<'_>) -> Answer {
-        let enhanced = !header.accept_ack_type().is_empty();
+    /// `message` is a batch's first message (its version and trigger shape our acks); `None`
+    /// for a single message.
+    pub async fn accept(
+        &self,
+        frame: &Frame,
+        header: &Header<'_>,
+        message: Option<&Header<'_>>,
+        sender: SenderId<'_>,
+    ) -> Answer {
         if header.control_id().is_empty() {
-            return self.refuse(header, enhanced, true, "message has no control id (MSH-10); custody needs it to match acks, so it is not queued");
+            tracing::warn!(route = %self.route, "message not queued: it has no control id (MSH-10), which custody needs to match acks");
+            let says = Says::refused(ErrorCode::RequiredFieldMissing, "control id missing");
+            return self.refuse(header, message, true, says.at(1, Some(10)));
         }
-        let key = DuplicateKey::of(header, sender, frame.payload());
+        let identity = MessageIdentity::of(header, sender, frame.payload());
+        let key = identity.key();
         if let Some(window) = self.cfg.duplicate_window {
-            if let Some(ack) = self
-                .duplicates
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .find(&key, window)
-            {
+            let mut duplicates = self.duplicates.lock().unwrap_or_else(|e| e.into_inner());
+            // The same ids with another body: a new message (a sender whose counter wrapped or
+            // restarted), taken like any other; worth a warning, never a silent loss.
+            if let Some(earlier) = duplicates.reused(&identity, window) {
+                crate::ops::metrics::control_id_reused(&self.route);
+                tracing::warn!(
+                    route = %self.route,
+                    control_id = %printable(header.control_id()),
+                    earlier_sha256 = %duplicates::hex(&earlier),
+                    sha256 = %duplicates::hex(identity.digest()),
+                    "control id reused with another body within duplicate_window: taken as a new message"
+                );
+            }
+            let found = duplicates.find(&key, window);
+            drop(duplicates);
+            if let Some(ack) = found {
                 self.counters
                     .duplicates_answered
                     .fetch_add(1, Ordering::Relaxed);
@@ -233,8 +253,7 @@ impl Custody {
                 };
             }
         }
-        let code = if enhanced { AckCode::CA } else { AckCode::AA };
-        let ack = own_ack(Some(header), code, "");
+        let (ack, code) = own_ack_for(Some(header), message, Says::ACCEPTED);
         let result = match &self.keeper {
             Keeper::Log { appends, .. } => {
                 let (done, stored) = oneshot::channel();
@@ -273,19 +292,16 @@ impl Custody {
                     ..err.failure()
                 });
             }
-            return self.refuse(
-                header,
-                enhanced,
-                false,
-                &format!("message not queued: {err}"),
-            );
+            return self.refuse(header, message, false, Says::not_now(err.ack_text()));
         }
         self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        if let (Some(window), Keeper::JetStream(_)) = (self.cfg.duplicate_window, &self.keeper) {
-            self.duplicates
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remember(key, ack.clone(), window);
+        if let Some(window) = self.cfg.duplicate_window {
+            let mut duplicates = self.duplicates.lock().unwrap_or_else(|e| e.into_inner());
+            duplicates.taken(&identity, window);
+            // The embedded queue's committer remembered (and journalled) it before this ack.
+            if let Keeper::JetStream(_) = &self.keeper {
+                duplicates.remember(key, ack.clone(), window);
+            }
         }
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
             Answer::Ack {
@@ -305,18 +321,19 @@ impl Custody {
     }
 
     /// A negative answer built here: AR (permanent: the message itself is unacceptable) or AE
-    /// (the guard could not take it now); CR/CE in enhanced mode.
-    fn refuse(&self, header: &Header<'_>, enhanced: bool, permanent: bool, text: &str) -> Answer {
-        let code = match (enhanced, permanent) {
-            (false, true) => AckCode::AR,
-            (false, false) => AckCode::AE,
-            (true, true) => AckCode::CR,
-            (true, false) => AckCode::CE,
-        };
+    /// (the guard could not take it now); CR/CE in enhanced mode ([`own_ack`] picks them).
+    fn refuse(
+        &self,
+        header: &Header<'_>,
+        message: Option<&Header<'_>>,
+        permanent: bool,
+        says: Says<'_>,
+    ) -> Answer {
         let outcome = if permanent { "rejected" } else { "not_queued" };
+        let (ack, code) = own_ack_for(Some(header), message, says);
         if sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
             Answer::Ack {
-                ack: own_ack(Some(header), code, text),
+                ack,
                 code,
                 outcome,
                 committed: false,

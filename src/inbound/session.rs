@@ -18,19 +18,19 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{MllpRelease, MultipleMessages, OnLimit};
+use crate::config::{MllpRelease, OnLimit};
 use crate::dispatch::{Dispatch, Lanes};
 use crate::firewall::rules::{self, Decision, Facts};
+use crate::inbound::messages::{self, read_header, Acking};
 use crate::inbound::two_way::SenderLost;
 use crate::ops::audit;
 use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
-use crate::wire::ack::Condition::{self, DataTypeError};
-use crate::wire::ack::{own_ack, own_ack_for};
+use crate::wire::ack::{ErrorCode, Says};
 use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit::{self, Commit};
-use crate::wire::hl7::{self, AckCode, Ambiguity, Header, HeaderKind};
+use crate::wire::hl7::{self, AckCode, Header, HeaderKind, Printable};
 use crate::wire::link::{Link, MAX_SET_ASIDE};
 
 /// Why a session ended (for the close log line).
@@ -379,48 +379,43 @@ async fn handle_message(
             frame.payload(),
         )
     };
+    // A byte order mark, line breaks or spaces before the header are skipped to read it; the
+    // frame goes on as it came.
+    let payload = &frame.payload()[hl7::leading_bytes(frame.payload())..];
     // Per-source rate: wait (backpressure: nothing more is read meanwhile) or refuse.
     while let Err(wait) = ctx.limits.check_message(peer.ip(), frame.len()) {
         if ctx.limits.on_limit() == OnLimit::Reject {
-            let header = Header::parse(frame.payload()).ok();
+            let header = Header::parse(payload).ok();
             crate::ops::metrics::rate_limited(&ctx.name);
+            let (ack, code) = Acking::of(payload, header).ack(Says::not_now("rate limit"));
             audit(
                 header.as_ref(),
                 "rate_limited",
-                Some(AckCode::AE),
+                Some(code),
                 None,
                 Some(("rate_limited", "too many messages from this source")),
             );
-            let ack = own_ack(
-                header.as_ref(),
-                AckCode::AE,
-                "rate limited: too many messages from this source; send more slowly",
-            );
-            return Answer::refused(ack, AckCode::AE, "rate_limited");
+            return Answer::refused(ack, code, "rate_limited");
         }
         tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), wait_ms = wait.as_millis() as u64, "rate limited: delaying");
         tokio::time::sleep(wait).await;
     }
-    // A message the guard refuses for how it is written: AR (with an ERR-3 condition when
-    // one fits), the reason on its audit line, never forwarded.
-    let refuse = |shown: Option<&Header<'_>>,
-                  reason: &'static str,
-                  detail: &str,
-                  condition: Option<Condition>| {
+    // A message the guard refuses for how it is written: AR with its ERR-3 condition, the
+    // reason on its audit line, never forwarded.
+    let refuse = |shown: Option<Header<'_>>, reason: &'static str, detail: &str, says: Says<'_>| {
+        let (ack, code) = Acking::of(payload, shown).ack(says);
         audit(
-            shown,
+            shown.as_ref(),
             "rejected",
-            Some(AckCode::AR),
+            Some(code),
             None,
             Some((reason, detail)),
         );
-        let text = format!("message rejected: {detail}");
-        let ack = own_ack_for(shown, AckCode::AR, condition, &text);
-        Answer::refused(ack, AckCode::AR, "rejected")
+        Answer::refused(ack, code, "rejected")
     };
-    let header = match read_header(frame.payload()) {
+    let header = match read_header(payload) {
         Ok(header) => header,
-        Err(u) => return refuse(u.header.as_ref(), u.reason, &u.detail, u.condition),
+        Err(u) => return refuse(u.header, u.reason, &u.detail, u.says()),
     };
     // No smuggling across framings: bytes that frame messages on one side of the route (or of
     // a named upstream a rule may pick) would cut this payload into frames no rule saw there.
@@ -429,20 +424,19 @@ async fn handle_message(
         .chain(ctx.named_upstreams.values().map(|u| u.config().framing));
     for receiver_framing in receiver_framings {
         if let Some(b) = Framing::smuggled_byte(frame.payload(), sender_framing, receiver_framing) {
-            return refuse(Some(&header), "framing_bytes", &b.to_string(), None);
+            let detail = b.to_string();
+            let says = Says::refused(ErrorCode::DataType, &detail);
+            return refuse(Some(header), "framing_bytes", &detail, says);
         }
     }
     // Every message in a frame is seen: outside a batch, a second MSH is refused, or (inspect)
-    // judged by the rules like the first, and the frame goes on only if all of them may.
-    let others = if header.kind() == HeaderKind::Msh {
-        match later_messages_judged(ctx, frame, &header, who, &audit) {
-            Ok(others) => others,
-            Err(refusal) => return refusal,
-        }
-    } else {
-        Vec::new()
+    // judged by the rules like the first; in a batch every message is (or the batch refused);
+    // the frame goes on only if all of them may.
+    let others = match messages::judged(ctx, payload, &header, who, &audit).await {
+        Ok(others) => others,
+        Err(refusal) => return refusal,
     };
-    // The frame's outcome, on the first message's line and on each later one's (inspect).
+    // The frame's outcome, on the first header's line and on each later message's.
     let audit_frame = |outcome: &'static str,
                        ack: Option<AckCode>,
                        rule: Option<&str>,
@@ -452,23 +446,39 @@ async fn handle_message(
             audit(Some(other), outcome, ack, None, problem);
         }
     };
+    // A batch's rules are its messages' (all of them agree, or it was refused above); a batch
+    // without messages meets the rules with its header.
+    let first_message = match header.kind() {
+        HeaderKind::Fhs | HeaderKind::Bhs => others.first(),
+        HeaderKind::Msh => None,
+    };
+    let judged = first_message.unwrap_or(&header);
     let facts = Facts {
         peer: peer.ip(),
         identities: &who.identities,
-        header: &header,
+        header: judged,
     };
+    let acking = Acking::of(payload, Some(header));
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
         Decision::Allow { .. } => {
             ctx.dispatch
-                .deliver(lanes, frame, &header, who.origin(), who.sender_id())
+                .deliver(
+                    lanes,
+                    frame,
+                    &header,
+                    first_message,
+                    who.origin(),
+                    who.sender_id(),
+                )
                 .await
         }
         Decision::Reject { rule } => {
             crate::ops::metrics::rule_rejected(&ctx.name, rule);
-            audit_frame("rejected_by_rule", Some(AckCode::AR), Some(rule), None);
             let text = format!("rejected by rule {rule}");
-            let ack = own_ack(Some(&header), AckCode::AR, &text);
-            return Answer::refused(ack, AckCode::AR, "rejected_by_rule");
+            let error = messages::rule_error(&ctx.route.rules, rule);
+            let (ack, code) = acking.ack(Says::refused(error, &text));
+            audit_frame("rejected_by_rule", Some(code), Some(rule), None);
+            return Answer::refused(ack, code, "rejected_by_rule");
         }
         Decision::Drop { rule } => {
             crate::ops::metrics::rule_rejected(&ctx.name, rule);
@@ -484,13 +494,13 @@ async fn handle_message(
             Some(upstream) => {
                 let on_failure = ctx.route.on_upstream_failure;
                 let origin = who.origin();
-                Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, &header, origin)
-                    .await
+                let to = (&header, first_message);
+                Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, to, origin).await
             }
             // The config check guarantees the name exists; refuse rather than guess if not.
             None => {
-                let ack = own_ack(Some(&header), AckCode::AE, "no such upstream");
-                return Answer::refused(ack, AckCode::AE, "no_such_upstream");
+                tracing::error!(route = %ctx.name, upstream = name, control_id = %Printable(header.control_id()), "a rule names an upstream that does not exist");
+                return acking.refused(Says::not_now("receiver unavailable"), "no_such_upstream");
             }
         },
     };
@@ -513,173 +523,13 @@ async fn handle_message(
     answer
 }
 
-/// The messages after the first in a frame that is not a batch, judged as the route's
-/// `multiple_messages` says. `refuse`: the frame is answered AR. `inspect`: each later message
-/// needs a readable, unambiguous header and a rule decision that sends it where the first one
-/// goes; then `Ok` with their headers (for their audit lines), else the answer that refuses the
-/// whole frame (a drop rule closes the connection, as for a single message).
-fn later_messages_judged<'p>(
-    ctx: &RouteContext,
-    frame: &'p Frame,
-    first: &Header<'_>,
-    who: &Peer,
-    audit: &impl Fn(
-        Option<&Header<'_>>,
-        &'static str,
-        Option<AckCode>,
-        Option<&str>,
-        Option<(&'static str, &str)>,
-    ),
-) -> Result<Vec<Header<'p>>, Answer> {
-    let mut later = hl7::later_messages(frame.payload()).peekable();
-    if later.peek().is_none() {
-        return Ok(Vec::new());
-    }
-    let refuse = |detail: String, rule: Option<&str>| {
-        audit(
-            Some(first),
-            "rejected",
-            Some(AckCode::AR),
-            rule,
-            Some(("multiple_messages", &detail)),
-        );
-        let ack = own_ack(
-            Some(first),
-            AckCode::AR,
-            &format!("message rejected: {detail}"),
-        );
-        Answer::refused(ack, AckCode::AR, "rejected")
-    };
-    if ctx.route.multiple_messages == MultipleMessages::Refuse {
-        let count = 1 + later.count();
-        return Err(refuse(
-            format!("the frame holds {count} messages outside a batch (FHS/BHS); send one message per frame"),
-            None,
-        ));
-    }
-    let judge = |header: &Header<'_>| {
-        let facts = Facts {
-            peer: who.addr.ip(),
-            identities: &who.identities,
-            header,
-        };
-        match rules::evaluate(&ctx.route.rules, &facts) {
-            Decision::Reject { rule } => Judged::Reject(rule.to_string()),
-            Decision::Drop { rule } => Judged::Drop(rule.to_string()),
-            Decision::Route { upstream, .. } => Judged::Goes(Some(upstream.to_string())),
-            Decision::Allow { .. } => Judged::Goes(None),
-        }
-    };
-    let first_goes = match judge(first) {
-        Judged::Goes(to) => to,
-        // The first message's own refusal is answered by the caller, as for any message.
-        Judged::Reject(_) | Judged::Drop(_) => return Ok(Vec::new()),
-    };
-    let mut headers = Vec::new();
-    for (i, payload) in later.enumerate() {
-        let n = i + 2;
-        let header = match read_header(payload) {
-            Ok(header) => header,
-            Err(u) => {
-                return Err(refuse(
-                    format!("message {n} of the frame: {}", u.detail),
-                    None,
-                ))
-            }
-        };
-        match judge(&header) {
-            Judged::Reject(rule) => {
-                crate::ops::metrics::rule_rejected(&ctx.name, &rule);
-                audit(
-                    Some(&header),
-                    "rejected_by_rule",
-                    Some(AckCode::AR),
-                    Some(&rule),
-                    None,
-                );
-                let detail = format!("message {n} of the frame was rejected by rule {rule}");
-                return Err(refuse(detail, Some(&rule)));
-            }
-            Judged::Drop(rule) => {
-                crate::ops::metrics::rule_rejected(&ctx.name, &rule);
-                audit(Some(&header), "dropped_by_rule", None, Some(&rule), None);
-                audit(Some(first), "dropped_by_rule", None, Some(&rule), None);
-                return Err(Answer::Close(Failure {
-                    side: Side::Sender,
-                    reason: "dropped_by_rule",
-                    detail: format!("message {n} of the frame was dropped by rule {rule}"),
-                    retry_helps: false,
-                }));
-            }
-            Judged::Goes(to) if to != first_goes => {
-                let detail =
-                    format!("message {n} of the frame would go to another upstream than the first");
-                return Err(refuse(detail, None));
-            }
-            Judged::Goes(_) => headers.push(header),
-        }
-    }
-    Ok(headers)
-}
-
-/// Why a message is refused for how it is written, before any rule sees it.
-struct Unreadable<'p> {
-    /// The header to answer and audit with; `None` when there is none, or when it holds a
-    /// control byte (neither the ack nor the audit line repeats such fields).
-    header: Option<Header<'p>>,
-    reason: &'static str,
-    detail: String,
-    condition: Option<Condition>,
-}
-
-/// Reads a message's header the one way every receiver will: a readable header (`no_header`),
-/// without an ambiguity (`ambiguous_header`: a line feed or a control byte inside it), whose
-/// coded values MSH-9, MSH-11 and MSH-12 lenient receivers read alike (`malformed_header`,
-/// ERR-3 102 data type error). Used for the first message of a frame and every later one.
-fn read_header(payload: &[u8]) -> Result<Header<'_>, Unreadable<'_>> {
-    let header = Header::parse(payload).map_err(|err| Unreadable {
-        header: None,
-        reason: "no_header",
-        detail: err.to_string(),
-        condition: None,
-    })?;
-    if let Some(ambiguity) = hl7::ambiguity(payload) {
-        let shown = match ambiguity {
-            Ambiguity::ControlByte(_) => None,
-            Ambiguity::MixedTerminators => Some(header),
-        };
-        return Err(Unreadable {
-            header: shown,
-            reason: "ambiguous_header",
-            detail: ambiguity.to_string(),
-            condition: None,
-        });
-    }
-    if let Some(malformed) = header.malformed_coded_value() {
-        return Err(Unreadable {
-            header: Some(header),
-            reason: "malformed_header",
-            detail: malformed.to_string(),
-            condition: Some(DataTypeError),
-        });
-    }
-    Ok(header)
-}
-
-/// A rule decision on one message of a frame, owned (the rule outlives no borrow).
-enum Judged {
-    Reject(String),
-    Drop(String),
-    /// Allowed: to the route's upstream (`None`) or a named one.
-    Goes(Option<String>),
-}
-
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.
 fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Answer {
     let max = ctx.route.max_message_bytes;
-    let text =
-        format!("message of {len} bytes exceeds max_message_bytes ({max} bytes); not forwarded");
+    let detail = format!("message of {len} bytes exceeds max_message_bytes ({max} bytes)");
+    let head = &head[hl7::leading_bytes(head)..];
     let header = Header::parse(head).ok();
+    let (ack, code) = Acking::of(head, header).ack(Says::not_now("message too large"));
     audit::record(
         &audit::Entry {
             route: &ctx.metrics,
@@ -690,18 +540,14 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Ans
             header: header.as_ref(),
             bytes: len,
             outcome: "oversize",
-            ack: Some(AckCode::AE),
+            ack: Some(code),
             started: Instant::now(),
             rule: None,
-            problem: Some(("oversize", "exceeds max_message_bytes")),
+            problem: Some(("oversize", &detail)),
         },
         head,
     );
-    Answer::refused(
-        own_ack(header.as_ref(), AckCode::AE, &text),
-        AckCode::AE,
-        "oversize",
-    )
+    Answer::refused(ack, code, "oversize")
 }
 
 /// A TLS record header (handshake, SSL 3.0 to TLS 1.3 record versions) at the start of what a

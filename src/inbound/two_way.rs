@@ -1,7 +1,9 @@
 //! The other direction on a paired connection: a message the receiver sends on its own is
 //! relayed to the sender, and the sender's ack back to the receiver, with the same checks as
 //! the forward direction (a readable header, the size limit, MSA-2 equal to the message's
-//! control id, an answer within `ack_timeout`).
+//! control id, an answer within `ack_timeout`). A frame of the receiver that is itself an
+//! acknowledgement (an application ack, enhanced mode) is relayed at once and answered only if
+//! its own MSH-15 asks for it; the guard never acknowledges an acknowledgement.
 //!
 //! Owns telling the sender's reply to that message from the sender's own messages that cross
 //! it (those are set aside on the sender's link, in order, and handled next), and the answer
@@ -17,7 +19,7 @@ use crate::config::MllpRelease;
 use crate::ops::audit;
 use crate::route::{Peer, RouteContext};
 use crate::upstream::UpstreamConn;
-use crate::wire::ack::own_ack;
+use crate::wire::ack::{own_ack, ErrorCode, Says};
 use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit::{self, Commit, CommitError};
 use crate::wire::hl7::{AckCode, AckView, Header};
@@ -74,9 +76,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
         Decoded::Oversize { head, len } => {
             let header = Header::parse(&head).ok();
             let limit = ctx.route.upstream.max_ack_bytes;
-            let text = format!(
-                "message of {len} bytes exceeds max_ack_bytes ({limit} bytes); not relayed"
-            );
+            tracing::warn!(route = %ctx.name, len, limit, "a message from the receiver exceeds max_ack_bytes; not relayed");
             audit(
                 header.as_ref(),
                 len,
@@ -85,7 +85,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 AckCode::AE,
                 Some(("oversize", "exceeds max_ack_bytes")),
             );
-            let ack = own_ack(header.as_ref(), AckCode::AE, &text);
+            let (ack, _) = own_ack(header.as_ref(), Says::not_now("message too large"));
             return Ok(answer_receiver(ctx, conn, false, &ack).await);
         }
     };
@@ -102,7 +102,10 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 AckCode::AR,
                 Some(("no_header", &detail)),
             );
-            let ack = own_ack(None, AckCode::AR, &format!("message rejected: {err}"));
+            let (ack, _) = own_ack(
+                None,
+                Says::refused(ErrorCode::SegmentSequence, "no message header"),
+            );
             return Ok(answer_receiver(ctx, conn, false, &ack).await);
         }
     };
@@ -120,14 +123,39 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             AckCode::AR,
             problem,
         );
-        let ack = own_ack(
-            Some(&header),
-            AckCode::AR,
-            &format!("message rejected: {detail}"),
-        );
+        let (ack, _) = own_ack(Some(&header), Says::refused(ErrorCode::DataType, &detail));
         return Ok(answer_receiver(ctx, conn, false, &ack).await);
     }
     let control_id = header.control_id();
+    // An acknowledgement (an application ack in enhanced mode) goes to the sender at once; it
+    // is answered only if its own MSH-15 asks for an answer, and never by the guard itself.
+    if let Ok(receivers_ack) = AckView::parse(frame.payload()) {
+        let code = receivers_ack.code();
+        let asks = matches!(header.accept_ack_type(), b"AL" | b"SU" | b"ER");
+        let relayed = if asks {
+            deliver(ctx, link, &frame, control_id).await
+        } else {
+            send_to_sender(ctx, link, &frame).await.map(|()| Vec::new())
+        };
+        let answered = match relayed {
+            Ok(reply) if asks => answer_receiver(ctx, conn, true, &reply).await,
+            Ok(_) => true,
+            Err(Failure::Sender(lost)) => return Err(lost),
+            Err(Failure::NoAck(why)) => {
+                tracing::warn!(route = %ctx.name, control_id = %crate::wire::hl7::Printable(control_id), reason = %why, "the sender did not answer the receiver's ack; an ack is never acked by the guard");
+                true
+            }
+        };
+        audit(
+            Some(&header),
+            bytes,
+            frame.payload(),
+            "relayed_to_sender",
+            code,
+            None,
+        );
+        return Ok(answered);
+    }
     let (ack, committed) = match deliver(ctx, link, &frame, control_id).await {
         Ok(reply) => {
             let code = AckView::parse(&reply)
@@ -144,8 +172,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             (reply, true)
         }
         Err(Failure::Sender(lost)) => {
-            let text = "message not delivered: the sender's connection closed";
-            let ack = own_ack(Some(&header), AckCode::AE, text);
+            let (ack, _) = own_ack(Some(&header), Says::not_now("sender unavailable"));
             audit(
                 Some(&header),
                 bytes,
@@ -158,7 +185,6 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(lost);
         }
         Err(Failure::NoAck(why)) => {
-            let text = format!("message not delivered: {why}");
             audit(
                 Some(&header),
                 bytes,
@@ -167,7 +193,8 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 AckCode::AE,
                 Some(("sender_failed", &why)),
             );
-            let ack = own_ack(Some(&header), AckCode::AE, &text).to_vec();
+            let (ack, _) = own_ack(Some(&header), Says::not_now("no reply from sender"));
+            let ack = ack.to_vec();
             (ack, false)
         }
     };
@@ -195,14 +222,7 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
         if release2 {
             commit::send_committed(link, frame.payload(), ack_timeout, &mut held, MAX_SET_ASIDE)
                 .await
-                .map_err(|err| match err {
-                    CommitError::Send(_) | CommitError::Receive(_) => {
-                        Failure::Sender(SenderLost::Io)
-                    }
-                    CommitError::Closed => Failure::Sender(SenderLost::Closed),
-                    CommitError::Flooded => Failure::Sender(SenderLost::Flooded),
-                    other => Failure::NoAck(format!("the sender did not commit it: {other}")),
-                })?;
+                .map_err(uncommitted)?;
         } else {
             link.send_frame(frame)
                 .await
@@ -251,6 +271,38 @@ async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
             humantime::format_duration(ack_timeout)
         )))
     })
+}
+
+/// Sends `frame` to the sender and waits for no answer (MLLP release 2: only its commit block).
+async fn send_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &RouteContext,
+    link: &mut Link<S>,
+    frame: &Frame,
+) -> Result<(), Failure> {
+    if ctx.route.release == MllpRelease::One {
+        return link
+            .send_frame(frame)
+            .await
+            .map_err(|_| Failure::Sender(SenderLost::Io));
+    }
+    let mut held = Vec::new();
+    let ack_timeout = ctx.route.upstream.ack_timeout;
+    let sent =
+        commit::send_committed(link, frame.payload(), ack_timeout, &mut held, MAX_SET_ASIDE).await;
+    if !link.set_aside(held) {
+        return Err(Failure::Sender(SenderLost::Flooded));
+    }
+    sent.map_err(uncommitted)
+}
+
+/// What a failed release 2 send to the sender means for the relay.
+fn uncommitted(err: CommitError) -> Failure {
+    match err {
+        CommitError::Send(_) | CommitError::Receive(_) => Failure::Sender(SenderLost::Io),
+        CommitError::Closed => Failure::Sender(SenderLost::Closed),
+        CommitError::Flooded => Failure::Sender(SenderLost::Flooded),
+        other => Failure::NoAck(format!("the sender did not commit it: {other}")),
+    }
 }
 
 /// Sends the receiver its answer; false when its connection failed.

@@ -91,6 +91,7 @@ struct Metrics {
     ack_duration: Family<UpstreamLabel, Histogram>,
     rule_rejections: Family<RuleLabels, Counter>,
     rate_limited: Family<RouteLabel, Counter>,
+    control_id_reused: Family<RouteLabel, Counter>,
     upstream_up: Family<UpstreamLabel, Gauge>,
     upstream_connects: Family<UpstreamLabel, Counter>,
     upstream_connect_failures: Family<UpstreamLabel, Counter>,
@@ -120,6 +121,7 @@ fn metrics() -> &'static Metrics {
             ack_duration: Family::new_with_constructor(latency_histogram),
             rule_rejections: Family::default(),
             rate_limited: Family::default(),
+            control_id_reused: Family::default(),
             upstream_up: Family::default(),
             upstream_connects: Family::default(),
             upstream_connect_failures: Family::default(),
@@ -193,6 +195,11 @@ fn metrics() -> &'static Metrics {
             "mllp_guard_rate_limited",
             "Messages refused by a rate limit, by route",
             m.rate_limited.clone(),
+        );
+        registry.register(
+            "mllp_guard_control_id_reused",
+            "Messages taken into custody whose sender, MSH-3, MSH-4 and MSH-10 match an earlier message of the duplicate window with another body, by route",
+            m.control_id_reused.clone(),
         );
         registry.register(
             "mllp_guard_upstream_up",
@@ -446,6 +453,15 @@ pub fn rule_rejected(route: &str, rule: &str) {
 pub fn rate_limited(route: &str) {
     metrics()
         .rate_limited
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .inc();
+}
+
+pub fn control_id_reused(route: &str) {
+    metrics()
+        .control_id_reused
         .get_or_create(&RouteLabel {
             route: route.to_string(),
         })

@@ -10,7 +10,7 @@ use std::fmt::{Display, Write as _};
 use std::time::Duration;
 
 use crate::config::{
-    ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, MultipleMessages,
+    Batches, ClientTls, Config, Connections, Delivery, IdleReopen, MllpRelease, MultipleMessages,
     OnUpstreamFailure, ReceiverRole, ReplyAction, Route, SenderRole, ServerTls, UpstreamConfig,
 };
 use crate::firewall::rules::{Action, Rule};
@@ -94,6 +94,15 @@ fn route(w: &mut String, r: &Route) {
         match r.multiple_messages {
             MultipleMessages::Refuse => "refuse",
             MultipleMessages::Inspect => "inspect",
+        },
+    );
+    line(
+        w,
+        i,
+        "batches",
+        match r.batches {
+            Batches::Inspect => "inspect",
+            Batches::Refuse => "refuse",
         },
     );
     framing(w, i, r.framing, r.release);

@@ -21,7 +21,6 @@ use crate::config::{Config, CustodyConfig, Delivery, JetStreamQueue, QueueBacken
 use crate::custody::{queue_limits, DEAD_LETTER_DIR};
 use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
 use crate::wire::hl7::printable;
-use crate::wire::hl7::Header;
 
 /// The custody routes selected by `--route` (all of them when None).
 pub fn custody_routes<'c>(
@@ -262,7 +261,7 @@ pub async fn list(
 }
 
 fn describe(record: &Record, out: &mut impl Write, payload: bool) -> anyhow::Result<()> {
-    let (msg_type, control_id) = match Header::parse(&record.payload) {
+    let (msg_type, control_id) = match crate::wire::hl7::find_header(&record.payload) {
         Ok(h) => (printable(h.message_type()), printable(h.control_id())),
         Err(_) => ("-".into(), "-".into()),
     };

@@ -17,7 +17,7 @@ use crate::timing::deadline_timer::DeadlineTimer;
 use crate::wire::ack::{self, AckMismatch};
 use crate::wire::codec::{Decoded, Frame};
 use crate::wire::commit::{self, Commit};
-use crate::wire::hl7::{AckCode, AckError};
+use crate::wire::hl7::{AckCode, AckError, AckView};
 use crate::wire::link::{Link, MAX_SET_ASIDE};
 
 /// The upstream's verified ack, ready to relay unchanged.
@@ -115,6 +115,38 @@ impl UpstreamConn {
         let _ = timeout(Duration::from_secs(1), self.link.shutdown()).await;
     }
 
+    /// Sends `frame` and waits for no ack (MLLP release 2: only for the commit block, under
+    /// `per_attempt`). What the receiver sends later is read as any other inbound frame.
+    pub(super) async fn send_only(
+        &mut self,
+        frame: &Frame,
+        per_attempt: Duration,
+    ) -> Result<(), UpstreamError> {
+        if self.release == MllpRelease::Two {
+            let mut held = Vec::new();
+            let result = commit::send_committed(
+                &mut self.link,
+                frame.payload(),
+                per_attempt,
+                &mut held,
+                MAX_SET_ASIDE,
+            )
+            .await
+            .map_err(UpstreamError::NotCommitted);
+            if !self.link.set_aside(held) {
+                return Err(UpstreamError::Flooded);
+            }
+            result?;
+        } else {
+            self.link
+                .send_frame(frame)
+                .await
+                .map_err(UpstreamError::Send)?;
+        }
+        self.last_used = Instant::now();
+        Ok(())
+    }
+
     /// Sends `frame` and waits up to `ack_timeout` for the ack that answers `control_id`
     /// (MLLP release 2: the commit block first). On a two-way connection, messages the receiver
     /// sends meanwhile are set aside for the session. The time to the ack goes to
@@ -179,8 +211,17 @@ impl UpstreamConn {
                 // Parsed once: whether it answers our message, or (two-way) is not an ack.
                 let verdict = ack::verify(ack.payload(), control_id);
                 // On a two-way connection a frame with a header but no MSA is the receiver's
-                // own message, not our ack.
-                if two_way && matches!(verdict, Err(AckMismatch::NotAnAck(AckError::NoMsa))) {
+                // own message, and so is an enhanced-mode ack of another control id (an
+                // application ack of an earlier message, itself a message with MSH-15 valued):
+                // neither is our ack, both are set aside for the session to relay. An
+                // original-mode ack of another control id is a wrong ack, as before.
+                let theirs = match &verdict {
+                    Err(AckMismatch::NotAnAck(AckError::NoMsa)) => true,
+                    Err(AckMismatch::WrongControlId { .. }) => AckView::parse(ack.payload())
+                        .is_ok_and(|a| !a.header().accept_ack_type().is_empty()),
+                    _ => false,
+                };
+                if two_way && theirs {
                     if held.len() >= MAX_SET_ASIDE {
                         return Err(UpstreamError::Flooded);
                     }

@@ -90,6 +90,20 @@ impl Fault for UpstreamError {
     fn retry_helps(&self) -> bool {
         !self.is_permanent()
     }
+
+    fn ack_text(&self) -> &'static str {
+        match self {
+            UpstreamError::AckTimeout(_)
+            | UpstreamError::ClosedBeforeAck
+            | UpstreamError::Receive(_)
+            | UpstreamError::NotCommitted(_) => "no reply from receiver",
+            UpstreamError::AckMismatch(_)
+            | UpstreamError::AckOversize(_)
+            | UpstreamError::Flooded => "invalid reply from receiver",
+            UpstreamError::PoolBusy { .. } => "receiver busy",
+            _ => "receiver unavailable",
+        }
+    }
 }
 
 impl UpstreamError {

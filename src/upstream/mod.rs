@@ -53,6 +53,15 @@ struct Pool {
     idle: Mutex<Vec<UpstreamConn>>,
 }
 
+/// What an exchange waits for after sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awaits {
+    /// The accept ack answering the message (MSA-2 = its control id).
+    Ack,
+    /// Nothing: the message asked for no accept ack.
+    Nothing,
+}
+
 /// What a paired connection is for (pooled connections ignore it).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PairedWith {
@@ -135,12 +144,42 @@ impl Upstream {
         control_id: &[u8],
         with: PairedWith,
     ) -> Result<VerifiedAck, UpstreamError> {
+        self.exchange_or_send(paired, frame, control_id, with, Awaits::Ack)
+            .await?
+            .ok_or(UpstreamError::ClosedBeforeAck)
+    }
+
+    /// Sends `frame` and waits for no accept ack: the message asked for none (enhanced mode,
+    /// MSH-15 `NE` or `ER`). Connects as [`Upstream::exchange`] does; on a two-way connection
+    /// whatever the receiver sends later is the session's to relay.
+    pub async fn send_only(
+        &self,
+        paired: &mut Option<UpstreamConn>,
+        frame: &Frame,
+        with: PairedWith,
+    ) -> Result<(), UpstreamError> {
+        self.exchange_or_send(paired, frame, b"", with, Awaits::Nothing)
+            .await
+            .map(|_| ())
+    }
+
+    async fn exchange_or_send(
+        &self,
+        paired: &mut Option<UpstreamConn>,
+        frame: &Frame,
+        control_id: &[u8],
+        with: PairedWith,
+        awaits: Awaits,
+    ) -> Result<Option<VerifiedAck>, UpstreamError> {
         match &self.pool {
-            None => self.exchange_on(paired, frame, control_id, with).await,
+            None => {
+                self.exchange_on(paired, frame, control_id, with, awaits)
+                    .await
+            }
             // Boxed: a pooled exchange keeps its permit and connection across the exchange,
             // which would otherwise grow every paired session's in-flight state by ~500 bytes
             // (moved, not just held, at each await level; issue 7).
-            Some(pool) => Box::pin(self.exchange_pooled(pool, frame, control_id)).await,
+            Some(pool) => Box::pin(self.exchange_pooled(pool, frame, control_id, awaits)).await,
         }
     }
 
@@ -150,7 +189,8 @@ impl Upstream {
         pool: &Pool,
         frame: &Frame,
         control_id: &[u8],
-    ) -> Result<VerifiedAck, UpstreamError> {
+        awaits: Awaits,
+    ) -> Result<Option<VerifiedAck>, UpstreamError> {
         let waited = self.cfg().ack_timeout;
         let _permit = match timeout(waited, pool.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -164,7 +204,7 @@ impl Upstream {
         };
         let mut slot = pool.idle.lock().await.pop();
         let result = self
-            .exchange_on(&mut slot, frame, control_id, PairedWith::default())
+            .exchange_on(&mut slot, frame, control_id, PairedWith::default(), awaits)
             .await;
         if let Some(conn) = slot {
             pool.idle.lock().await.push(conn);
@@ -178,7 +218,8 @@ impl Upstream {
         frame: &Frame,
         control_id: &[u8],
         with: PairedWith,
-    ) -> Result<VerifiedAck, UpstreamError> {
+        awaits: Awaits,
+    ) -> Result<Option<VerifiedAck>, UpstreamError> {
         let two_way = with.two_way;
         if slot
             .as_ref()
@@ -203,15 +244,22 @@ impl Upstream {
             };
             let was_fresh = std::mem::replace(&mut conn.fresh, false);
             // Sets `last_used` on success; on failure the connection is dropped below.
-            let result = conn
-                .round_trip(
-                    frame,
-                    control_id,
-                    two_way,
-                    self.cfg().ack_timeout,
-                    &self.ack_duration,
-                )
-                .await;
+            let result = match awaits {
+                Awaits::Ack => conn
+                    .round_trip(
+                        frame,
+                        control_id,
+                        two_way,
+                        self.cfg().ack_timeout,
+                        &self.ack_duration,
+                    )
+                    .await
+                    .map(Some),
+                Awaits::Nothing => conn
+                    .send_only(frame, self.cfg().ack_timeout)
+                    .await
+                    .map(|()| None),
+            };
             match result {
                 Ok(reply) => {
                     self.connector.healthy();

@@ -1,19 +1,27 @@
 //! The acks mllp-guard sends itself, and the check of an upstream's ack against its message.
 //!
 //! # What this module owns
-//! - [`build`]: the ack answering a message whose header parsed (AA/AE/AR, CA/CE/CR), written in
-//!   the message's own field separator and encoding characters, sender and receiver swapped, with
-//!   an ERR segment (HL7 table 0357 code) for the negative codes.
+//! - [`build_for`] (and [`build`]): the ack answering a message whose header parsed (AA/AE/AR,
+//!   CA/CE/CR), written in the message's own field separator and encoding characters, sender
+//!   and receiver swapped, valid HL7 in the message's version (MSH-12; unknown or missing: the
+//!   rules of [`FALLBACK_VERSION`]): MSH-9 with two components up to 2.3 and three from 2.3.1,
+//!   ERR-1 (ELD) before 2.5 and ERR-2/3/4/8 from 2.5, MSA-3 (at most 80 characters) up to 2.6
+//!   and none from 2.7, MSH-7 with its UTC offset, MSH-11/12/18 copied, the error from HL7 table
+//!   0357 by cause ([`ErrorCode`]). A batch's ack names its BHS (or FHS) and takes the version
+//!   of its first message.
+//! - [`Says`]: what an ack says, with short fixed texts that name nothing of the inside.
+//! - [`code_for`]: commit codes when the message asks for enhanced mode (MSH-15 valued).
 //! - [`build_without_header`]: the negative ack for a payload whose header did not parse.
 //! - [`verify`]: an upstream's ack answers a message only if its MSA-2 equals the message's
 //!   control id byte for byte (MSH-10; FHS-11/BHS-11 for batches). The ack's own MSH-10 is ignored
 //!   (many receivers send a constant).
-//! - [`timestamp`]: HL7 `YYYYMMDDHHMMSS` (UTC) from a `SystemTime`, so callers own the clock.
+//! - [`timestamp`]: HL7 `YYYYMMDDHHMMSS+0000` (UTC) from a `SystemTime`, so callers own the
+//!   clock.
 //!
 //! # What it must not know
 //! No I/O, no clock of its own, no queue, no framing: callers pass the timestamp and our ack
 //! control id, and frame the returned payload. Reason texts are our own PHI-free words; nothing
-//! from the message goes into an ack except its header fields (MSH-3..6, 10, 11, 12).
+//! from the message goes into an ack except its header fields (MSH-3..6, 9.2, 10, 11, 12, 18).
 //!
 //! # Output guarantees
 //! Every payload built here parses back with [`AckView::parse`] to the code given and to MSA-2 =
@@ -28,44 +36,166 @@ use bytes::Bytes;
 
 use crate::wire::hl7::{AckCode, AckError, AckView, Header, HeaderKind};
 
-/// MSH-12 written when the message states no version (batch headers, unparsable payloads):
-/// the version whose ERR layout we write.
+/// The version whose rules an ack follows when the message states none (or one we do not
+/// know): MSH-12 of headerless acks, and the layout of MSH-9, MSA and ERR.
 pub const FALLBACK_VERSION: &str = "2.5.1";
 
-/// Why we answer negatively: the ack code, and the reason that becomes MSA-3 and ERR-7.
-///
-/// The text must be PHI-free: our own words (e.g. "message type not allowed on this route"),
-/// never bytes from the payload. Pass both to [`build`].
+/// MSH-11 written when the message states none (a payload without a readable header).
+const FALLBACK_PROCESSING_ID: &[u8] = b"P";
+
+/// MSA-3 (ST, up to 2.6) and ERR-8 (TX) hold at most this many characters.
+pub const MAX_TEXT_CHARS: usize = 80;
+
+/// An error condition of HL7 table 0357, written in ERR-3 (from 2.5) or ERR-1.4 (before).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Nack<'r> {
-    /// The negative code to send (AE/AR, or CE/CR in enhanced mode).
-    pub code: AckCode,
-    /// The reason, in our own words.
-    pub text: &'r str,
+pub enum ErrorCode {
+    /// 100: no header where one must be, a second message outside a batch.
+    SegmentSequence,
+    /// 101: a required field is empty (MSH-10).
+    RequiredFieldMissing,
+    /// 102: a value not written as its data type allows (a repetition, an escape or blanks in a
+    /// coded header value, a control byte or line feed inside the header, framing bytes).
+    DataType,
+    /// 200: a message type (or a batch) this route does not take.
+    UnsupportedMessageType,
+    /// 202: a processing id (MSH-11) this route does not take.
+    UnsupportedProcessingId,
+    /// 203: a version (MSH-12) this route does not take.
+    UnsupportedVersionId,
+    /// 207: the message could not be taken now (receiver, queue, limits, internal).
+    ApplicationInternal,
 }
 
-/// The HL7 table 0357 error (code, text) written in ERR-3 for a negative ack code.
-/// An error condition (HL7 table 0357) for ERR-3 when the default of the ack code does not fit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Condition {
-    /// 102, Data type error: a value is not written as its data type allows (a repetition,
-    /// an escape or spaces in a coded header value).
-    DataTypeError,
-}
-
-impl Condition {
-    fn code(self) -> (&'static str, &'static str) {
+impl ErrorCode {
+    /// The code and its name as table 0357 writes them.
+    pub fn code(self) -> (&'static str, &'static str) {
         match self {
-            Condition::DataTypeError => ("102", "Data type error"),
+            ErrorCode::SegmentSequence => ("100", "Segment sequence error"),
+            ErrorCode::RequiredFieldMissing => ("101", "Required field missing"),
+            ErrorCode::DataType => ("102", "Data type error"),
+            ErrorCode::UnsupportedMessageType => ("200", "Unsupported message type"),
+            ErrorCode::UnsupportedProcessingId => ("202", "Unsupported processing id"),
+            ErrorCode::UnsupportedVersionId => ("203", "Unsupported version id"),
+            ErrorCode::ApplicationInternal => ("207", "Application internal error"),
         }
     }
 }
 
-fn error_code(code: AckCode) -> Option<(&'static str, &'static str)> {
-    match code {
-        AckCode::AA | AckCode::CA => None,
-        AckCode::AE | AckCode::CE => Some(("207", "Application internal error")),
-        AckCode::AR | AckCode::CR => Some(("200", "Unsupported message type")),
+/// What one of the guard's own acks says: the code (original mode; [`own_ack`] turns it into
+/// the commit code when the message asks for enhanced mode), a short fixed text in our own
+/// words (never an address, an OS error or payload bytes: those go to the log line with the
+/// same MSH-10), the table 0357 error for a negative code, and where in the frame it lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Says<'t> {
+    pub code: AckCode,
+    pub text: &'t str,
+    pub error: Option<ErrorCode>,
+    /// (MSH segment's position in the frame, 1 for a single message; field number), for
+    /// ERR-2 (ERR-1 before 2.5): the first refused message of a batch, a missing MSH-10.
+    pub location: Option<(usize, Option<u8>)>,
+}
+
+impl<'t> Says<'t> {
+    /// AA (CA in enhanced mode), no text.
+    pub const ACCEPTED: Says<'static> = Says {
+        code: AckCode::AA,
+        text: "",
+        error: None,
+        location: None,
+    };
+
+    /// A negative ack: AE (the message could not be taken now) or AR (the message is refused),
+    /// with its text and table 0357 error.
+    pub fn negative(code: AckCode, error: ErrorCode, text: &'t str) -> Says<'t> {
+        Says {
+            code,
+            text,
+            error: Some(error),
+            location: None,
+        }
+    }
+
+    /// AE, 207: the message could not be taken now (`receiver unavailable`, `queue full`, ...).
+    pub fn not_now(text: &'t str) -> Says<'t> {
+        Says::negative(AckCode::AE, ErrorCode::ApplicationInternal, text)
+    }
+
+    /// AR with the given error: the guard refuses the message itself.
+    pub fn refused(error: ErrorCode, text: &'t str) -> Says<'t> {
+        Says::negative(AckCode::AR, error, text)
+    }
+
+    /// The same, pointing ERR at message `n` of the frame (1 = the first) and a field of it.
+    pub fn at(self, n: usize, field: Option<u8>) -> Says<'t> {
+        Says {
+            location: Some((n, field)),
+            ..self
+        }
+    }
+
+    /// A code as [`build`] takes it, with the error its kind implies (207 for AE/CE, 200 for
+    /// AR/CR); used by the `sink` test peer.
+    pub fn code(code: AckCode, text: &'t str) -> Says<'t> {
+        let error = match code {
+            AckCode::AA | AckCode::CA => None,
+            AckCode::AE | AckCode::CE => Some(ErrorCode::ApplicationInternal),
+            AckCode::AR | AckCode::CR => Some(ErrorCode::UnsupportedMessageType),
+        };
+        Says {
+            code,
+            text,
+            error,
+            location: None,
+        }
+    }
+}
+
+/// An HL7 version as the ack rules need it: (minor, patch) of `2.minor[.patch]`; anything else
+/// (missing, `3.0`, `2.x`) reads as [`FALLBACK_VERSION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Version(u8, u8);
+
+impl Version {
+    const FALLBACK: Version = Version(5, 1);
+
+    /// The first component of MSH-12.
+    fn of(msh12: &[u8], component: u8) -> Version {
+        let first = msh12.split(|&b| b == component).next().unwrap_or_default();
+        let digit = |s: &[u8]| match s {
+            [d @ b'0'..=b'9'] => Some(d - b'0'),
+            _ => None,
+        };
+        let mut parts = first.split(|&b| b == b'.');
+        let (Some(b"2"), Some(minor), patch, None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Version::FALLBACK;
+        };
+        match (digit(minor), patch.map(digit)) {
+            (Some(minor @ 1..=9), None) => Version(minor, 0),
+            (Some(minor @ 1..=9), Some(Some(patch))) => Version(minor, patch),
+            _ => Version::FALLBACK,
+        }
+    }
+
+    /// MSH-9 has a third component (the message structure) from 2.3.1.
+    fn has_structure(self) -> bool {
+        self >= Version(3, 1)
+    }
+
+    /// ERR-3/ERR-4 (and ERR-2, ERR-8) replace ERR-1 from 2.5.
+    fn err3(self) -> bool {
+        self >= Version(5, 0)
+    }
+
+    /// MSA-3 is withdrawn from 2.7.
+    fn msa3(self) -> bool {
+        self < Version(7, 0)
+    }
+
+    /// ERR-1 is a plain code (ID) in 2.1; from 2.2 a location with a coded element.
+    fn err1_is_code(self) -> bool {
+        self < Version(2, 0)
     }
 }
 
@@ -111,6 +241,13 @@ impl<'e> Writer<'e> {
         self
     }
 
+    /// Starts the next subcomponent (a blank when the message declares no subcomponent
+    /// separator: never reached for the standard `^~\&`).
+    fn subcomponent(&mut self) -> &mut Self {
+        self.out.push(self.encoding.get(3).copied().unwrap_or(b' '));
+        self
+    }
+
     /// Bytes copied from the message header: already in its encoding, never holding a separator
     /// or terminator; control bytes (e.g. a stray `0x0B`/`0x1C`) are dropped so the ack frames.
     fn raw(&mut self, bytes: &[u8]) -> &mut Self {
@@ -119,20 +256,20 @@ impl<'e> Writer<'e> {
         self
     }
 
-    /// Our own text: ASCII only (others become `?`), control characters removed, separator and
-    /// encoding characters escaped with the escape character (or replaced by a blank when the
-    /// message declares none).
-    fn text(&mut self, text: &str) -> &mut Self {
+    /// Our own text, at most `max` characters: ASCII only (others become `?`), control
+    /// characters removed, separator and encoding characters escaped with the escape character
+    /// (or replaced by a blank when the message declares none).
+    fn text(&mut self, text: &str, max: usize) -> &mut Self {
         let escape = self.encoding.get(2).copied();
-        for c in text.chars() {
+        for c in text
+            .chars()
+            .filter(|&c| !(c.is_ascii() && is_control(c as u8)))
+            .take(max)
+        {
             let Some(b) = c.is_ascii().then_some(c as u8) else {
                 self.out.push(b'?');
                 continue;
             };
-            if is_control(b) {
-                // Removed: a CR/LF would end the segment, 0x0B/0x1C would break the frame.
-                continue;
-            }
             match (self.escape_name(b), escape) {
                 (Some(name), Some(e)) => self.out.extend_from_slice(&[e, name, e]),
                 (Some(_), None) => self.out.push(b' '),
@@ -162,30 +299,63 @@ impl<'e> Writer<'e> {
         self
     }
 
-    /// The MSA and (for negative codes) ERR segments.
+    /// A location (`MSH^<n>^<field>`) as ERR-2 (ERL) or the first components of ERR-1 (ELD).
+    fn location(&mut self, location: Option<(usize, Option<u8>)>) -> &mut Self {
+        if let Some((n, field)) = location {
+            self.raw(b"MSH").component().raw(n.to_string().as_bytes());
+            if let Some(field) = field {
+                self.component().raw(field.to_string().as_bytes());
+            }
+        }
+        self
+    }
+
+    /// The MSA and (for negative codes) ERR segments, shaped by `version`.
     fn msa_and_err(
         &mut self,
         code: AckCode,
-        condition: Option<Condition>,
+        says: &Says<'_>,
         acked_control_id: &[u8],
-        text: &str,
+        version: Version,
     ) -> &mut Self {
         self.segment(b"MSA")
             .next()
             .raw(code.as_str().as_bytes())
             .next()
-            .raw(acked_control_id)
-            .next()
-            .text(text)
-            .end();
-        let error = match (error_code(code), condition) {
-            (Some(_), Some(condition)) => Some(condition.code()),
-            (default, _) => default,
+            .raw(acked_control_id);
+        if version.msa3() {
+            self.next().text(says.text, MAX_TEXT_CHARS);
+        }
+        self.end();
+        let Some(error) = says.error.filter(|_| !code.is_positive()) else {
+            return self;
         };
-        if let Some((number, name)) = error {
-            self.segment(b"ERR")
-                .next()
-                .next()
+        let (number, name) = error.code();
+        self.segment(b"ERR").next();
+        if version.err1_is_code() {
+            self.raw(number.as_bytes());
+        } else if !version.err3() {
+            // ERR-1 (ELD): segment ^ sequence ^ field ^ code&text&HL70357.
+            let (n, field) = says.location.unwrap_or((0, None));
+            if n > 0 {
+                self.raw(b"MSH").component().raw(n.to_string().as_bytes());
+            } else {
+                self.component();
+            }
+            self.component();
+            if let Some(field) = field {
+                self.raw(field.to_string().as_bytes());
+            }
+            self.component()
+                .raw(number.as_bytes())
+                .subcomponent()
+                .raw(name.as_bytes())
+                .subcomponent()
+                .raw(b"HL70357");
+        } else {
+            // ERR-2 location, ERR-3 code, ERR-4 severity, ERR-8 user message.
+            self.next()
+                .location(says.location)
                 .next()
                 .raw(number.as_bytes())
                 .component()
@@ -197,10 +367,10 @@ impl<'e> Writer<'e> {
                 .next()
                 .next()
                 .next()
-                .text(text)
-                .end();
+                .next()
+                .text(says.text, MAX_TEXT_CHARS);
         }
-        self
+        self.end()
     }
 }
 
@@ -209,19 +379,20 @@ fn is_control(b: u8) -> bool {
     b < 0x20 || b == 0x7F
 }
 
-/// Builds the ack payload (no MLLP framing) answering the message whose header is `msg`.
-///
-/// Written with the message's own field separator and encoding characters:
-/// ```text
-/// MSH|^~\&|<MSH-5>|<MSH-6>|<MSH-3>|<MSH-4>|<timestamp>||ACK^<MSH-9.2>^ACK|<ack_control_id>|<MSH-11>|<MSH-12>\r
-/// MSA|<code>|<control id>|<text>\r
-/// ERR|||<table 0357 code>^<name>^HL70357|E|||<text>\r        (AE/CE: 207, AR/CR: 200; none for AA/CA)
-/// ```
-/// Sender and receiver are swapped. The control id echoed in MSA-2 is [`Header::control_id`]
-/// (FHS-11/BHS-11 for a batch, whose ack has MSH-9 = plain `ACK`; so does a message without a
-/// trigger event). MSH-12 falls back to [`FALLBACK_VERSION`] when the message has none.
-/// `text` (our PHI-free words; may be empty), `ack_control_id` and `timestamp` are escaped as
-/// described in the module doc. Trailing empty fields are omitted.
+/// The code a message asking for enhanced mode (MSH-15 valued) gets: the commit code
+/// (CA/CE/CR) for AA/AE/AR; otherwise `code` as given.
+pub fn code_for(message: Option<&Header<'_>>, code: AckCode) -> AckCode {
+    let enhanced = message.is_some_and(|m| !m.accept_ack_type().is_empty());
+    match (enhanced, code) {
+        (true, AckCode::AA) => AckCode::CA,
+        (true, AckCode::AE) => AckCode::CE,
+        (true, AckCode::AR) => AckCode::CR,
+        (_, code) => code,
+    }
+}
+
+/// Builds the ack payload (no MLLP framing) answering the message whose header is `msg`, with
+/// `code` as given. See [`build_for`].
 pub fn build(
     msg: &Header<'_>,
     code: AckCode,
@@ -229,82 +400,146 @@ pub fn build(
     ack_control_id: &str,
     timestamp: &str,
 ) -> Vec<u8> {
-    build_with(msg, code, None, text, ack_control_id, timestamp)
+    build_for(
+        msg,
+        None,
+        &Says::code(code, text),
+        ack_control_id,
+        timestamp,
+    )
 }
 
-/// [`build`] with an explicit ERR-3 condition (negative codes only).
-pub fn build_with(
-    msg: &Header<'_>,
-    code: AckCode,
-    condition: Option<Condition>,
-    text: &str,
+/// Builds the ack payload (no MLLP framing) answering `answered`: a message's MSH, or a batch's
+/// BHS (FHS without one), whose sender and receiver are swapped and whose control id MSA-2
+/// echoes. `message` is the MSH whose MSH-9 trigger, MSH-11, MSH-12 and MSH-18 the ack takes:
+/// `answered` itself for a message (pass `None`), the batch's first message for a batch.
+///
+/// Written with the message's own field separator and encoding characters, in the layout of its
+/// version (MSH-12; unknown or missing: [`FALLBACK_VERSION`]):
+/// ```text
+/// MSH|^~\&|<5>|<6>|<3>|<4>|<timestamp>||ACK^<trigger>[^ACK]|<ack id>|<11>|<12>|||||<18>
+/// MSA|<code>|<control id>[|<text>]                    (MSA-3 up to 2.6, at most 80 characters)
+/// ERR|^^^<0357 code>&<name>&HL70357                   (negative, up to 2.4: ERR-1)
+/// ERR||<location>|<0357 code>^<name>^HL70357|E||||<text>   (negative, from 2.5)
+/// ```
+/// MSH-9 has two components up to 2.3 and the structure `ACK` from 2.3.1 (`ACK` alone when no
+/// trigger is known). `code` is written as given (see [`code_for`]).
+pub fn build_for(
+    answered: &Header<'_>,
+    message: Option<&Header<'_>>,
+    says: &Says<'_>,
     ack_control_id: &str,
     timestamp: &str,
 ) -> Vec<u8> {
-    let mut w = Writer::new(msg.field_separator(), msg.encoding_characters(), 256);
-    let trigger = match msg.kind() {
-        HeaderKind::Msh => msg.trigger_event(),
-        HeaderKind::Fhs | HeaderKind::Bhs => b"",
+    let message = match (answered.kind(), message) {
+        (HeaderKind::Msh, _) => Some(answered),
+        (_, message) => message,
     };
-    let version = match msg.version() {
+    // Coded values are copied up to a repetition separator: a message refused for a repeated
+    // MSH-9/11/12 still gets an ack whose own fields are valid.
+    let first = |m: &Header<'_>, v: &'_ [u8]| -> usize {
+        let r = m.repetition_separator();
+        v.iter().position(|&b| b == r).unwrap_or(v.len())
+    };
+    let (trigger, processing_id, version, character_set) = match message {
+        Some(m) => (
+            &m.trigger_event()[..first(m, m.trigger_event())],
+            &m.processing_id()[..first(m, m.processing_id())],
+            &m.version()[..first(m, m.version())],
+            m.character_set(),
+        ),
+        None => (&b""[..], &b""[..], &b""[..], &b""[..]),
+    };
+    let mut w = Writer::new(
+        answered.field_separator(),
+        answered.encoding_characters(),
+        256,
+    );
+    let version = match version {
         b"" => FALLBACK_VERSION.as_bytes(),
         v => v,
     };
+    let rules = Version::of(version, answered.component_separator());
     w.segment(b"MSH")
         .next()
-        .raw(msg.receiving_application())
+        .raw(answered.receiving_application())
         .next()
-        .raw(msg.receiving_facility())
+        .raw(answered.receiving_facility())
         .next()
-        .raw(msg.sending_application())
+        .raw(answered.sending_application())
         .next()
-        .raw(msg.sending_facility())
-        .next()
-        .text(timestamp)
-        .next()
-        .next()
-        .raw(b"ACK");
-    if !trigger.is_empty() {
-        w.component().raw(trigger).component().raw(b"ACK");
-    }
-    w.next()
-        .text(ack_control_id)
-        .next()
-        .raw(msg.processing_id())
-        .next()
-        .raw(version)
-        .end()
-        .msa_and_err(code, condition, msg.control_id(), text);
+        .raw(answered.sending_facility());
+    header_tail(
+        &mut w,
+        timestamp,
+        trigger,
+        ack_control_id,
+        match processing_id {
+            b"" => FALLBACK_PROCESSING_ID,
+            p => p,
+        },
+        version,
+        character_set,
+        rules,
+    );
+    w.msa_and_err(says.code, says, answered.control_id(), rules);
     w.out
 }
 
-/// Builds the ack for a payload whose header could not be parsed: standard separators `|^~\&`,
-/// empty sender and receiver fields, MSH-9 = `ACK`, empty MSH-11, MSH-12 = [`FALLBACK_VERSION`],
-/// and an empty MSA-2 (there is no control id to echo). Otherwise as [`build`].
-pub fn build_without_header(
-    code: AckCode,
-    text: &str,
-    ack_control_id: &str,
+/// MSH-7 to MSH-18 of an ack.
+#[allow(clippy::too_many_arguments)]
+fn header_tail(
+    w: &mut Writer<'_>,
     timestamp: &str,
-) -> Vec<u8> {
+    trigger: &[u8],
+    ack_control_id: &str,
+    processing_id: &[u8],
+    version: &[u8],
+    character_set: &[u8],
+    rules: Version,
+) {
+    w.next().text(timestamp, 32).next().next().raw(b"ACK");
+    if !trigger.is_empty() {
+        w.component().raw(trigger);
+        if rules.has_structure() {
+            w.component().raw(b"ACK");
+        }
+    }
+    w.next()
+        .text(ack_control_id, 20)
+        .next()
+        .raw(processing_id)
+        .next()
+        .raw(version);
+    if !character_set.is_empty() {
+        w.next()
+            .next()
+            .next()
+            .next()
+            .next()
+            .next()
+            .raw(character_set);
+    }
+    w.end();
+}
+
+/// Builds the ack for a payload whose header could not be parsed: standard separators `|^~\&`,
+/// empty sender and receiver fields, MSH-9 = `ACK`, MSH-11 = `P`, MSH-12 = [`FALLBACK_VERSION`],
+/// and an empty MSA-2 (there is no control id to echo). Otherwise as [`build_for`].
+pub fn build_without_header(says: &Says<'_>, ack_control_id: &str, timestamp: &str) -> Vec<u8> {
     let mut w = Writer::new(b'|', b"^~\\&", 192);
-    w.segment(b"MSH")
-        .next()
-        .next()
-        .next()
-        .next()
-        .next()
-        .text(timestamp)
-        .next()
-        .next()
-        .raw(b"ACK")
-        .next()
-        .text(ack_control_id)
-        .next()
-        .next()
-        .raw(FALLBACK_VERSION.as_bytes())
-        .end()
-        .msa_and_err(code, None, b"", text);
+    w.segment(b"MSH").next().next().next().next();
+    header_tail(
+        &mut w,
+        timestamp,
+        b"",
+        ack_control_id,
+        FALLBACK_PROCESSING_ID,
+        FALLBACK_VERSION.as_bytes(),
+        b"",
+        Version::FALLBACK,
+    );
+    w.msa_and_err(says.code, says, b"", Version::FALLBACK);
     w.out
 }
 
@@ -362,7 +597,8 @@ pub fn verify(ack_payload: &[u8], expected_control_id: &[u8]) -> Result<AckCode,
     }
 }
 
-/// `t` as an HL7 timestamp `YYYYMMDDHHMMSS` in UTC (sub-second part truncated toward the past).
+/// `t` as an HL7 timestamp `YYYYMMDDHHMMSS+0000` in UTC (sub-second part truncated toward the
+/// past). The offset is written: HL7 reads a time without one as the sender's local time.
 pub fn timestamp(t: SystemTime) -> String {
     let secs: i64 = match t.duration_since(UNIX_EPOCH) {
         Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
@@ -375,7 +611,7 @@ pub fn timestamp(t: SystemTime) -> String {
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let of_day = secs.rem_euclid(86_400);
     format!(
-        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}+0000",
         of_day / 3600,
         of_day % 3600 / 60,
         of_day % 60
@@ -403,7 +639,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// swapped sender/receiver, and holds no MLLP framing byte.
 pub fn fuzz_build(data: &[u8]) {
     let Ok(msg) = Header::parse(data) else {
-        let ack = build_without_header(AckCode::AR, "not HL7 | \r\n", "MG1", "20240101000000");
+        let says = Says::refused(ErrorCode::SegmentSequence, "not HL7 | \r\n");
+        let ack = build_without_header(&says, "MG1", "20240101000000+0000");
         assert_eq!(verify(&ack, b""), Ok(AckCode::AR));
         return;
     };
@@ -414,7 +651,7 @@ pub fn fuzz_build(data: &[u8]) {
             code,
             "reason |^~\\&# \r\n\u{b}\u{1c}é",
             "MG1",
-            "20240101000000",
+            "20240101000000+0000",
         );
         assert!(!ack.contains(&0x0B) && !ack.contains(&0x1C));
         let view = AckView::parse(&ack).expect("a built ack parses back");
@@ -433,27 +670,34 @@ pub fn fuzz_build(data: &[u8]) {
     }
 }
 
-/// An ack payload built by the guard itself (sender and receiver swapped, MSA-2 = the message's
-/// control id, ERR with `text` when negative), or, when the message has no readable header, one
-/// with an empty MSA-2. The session frames it for its side.
-pub fn own_ack(header: Option<&Header<'_>>, code: AckCode, text: &str) -> Bytes {
-    own_ack_for(header, code, None, text)
+/// An ack payload built by the guard itself and the code it carries: sender and receiver
+/// swapped, MSA-2 = the message's control id, in the message's version, the commit code when the
+/// message asks for enhanced mode ([`code_for`]); or, when the message has no readable header,
+/// one with an empty MSA-2. The session frames it for its side.
+pub fn own_ack(header: Option<&Header<'_>>, says: Says<'_>) -> (Bytes, AckCode) {
+    own_ack_for(header, None, says)
 }
 
-/// [`own_ack`] with an explicit ERR-3 condition for a message whose header was read.
+/// [`own_ack`] answering `answered` (a batch's BHS or FHS, or a message's MSH) whose version,
+/// processing id, trigger and character set come from `message` (a batch's first message).
 pub fn own_ack_for(
-    header: Option<&Header<'_>>,
-    code: AckCode,
-    condition: Option<Condition>,
-    text: &str,
-) -> Bytes {
+    answered: Option<&Header<'_>>,
+    message: Option<&Header<'_>>,
+    says: Says<'_>,
+) -> (Bytes, AckCode) {
     let id = own_control_id();
     let now = timestamp(SystemTime::now());
-    let payload = match header {
-        Some(header) => build_with(header, code, condition, text, &id, &now),
-        None => build_without_header(code, text, &id, &now),
+    let model = match answered {
+        Some(h) if h.kind() == HeaderKind::Msh => Some(h),
+        _ => message,
     };
-    Bytes::from(payload)
+    let code = code_for(model, says.code);
+    let says = Says { code, ..says };
+    let payload = match answered {
+        Some(header) => build_for(header, message, &says, &id, &now),
+        None => build_without_header(&says, &id, &now),
+    };
+    (Bytes::from(payload), code)
 }
 
 /// A unique control id for acks we build: "MG", the process start time, and a counter, in hex

@@ -180,6 +180,55 @@ pub fn ambiguity(payload: &[u8]) -> Option<Ambiguity> {
     None
 }
 
+/// How many bytes come before the header of `payload`: a UTF-8 byte order mark at the start,
+/// then any carriage returns, line feeds and spaces, when a header segment id (`MSH`, `FHS`,
+/// `BHS`) follows them; else 0. The header is read after them; the payload is relayed as is.
+pub fn leading_bytes(payload: &[u8]) -> usize {
+    let bom = if payload.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
+    let blanks = payload[bom..]
+        .iter()
+        .take_while(|&&b| matches!(b, b'\r' | b'\n' | b' '))
+        .count();
+    let at = bom + blanks;
+    let id = payload.get(at..at + 3);
+    if at > 0 && matches!(id, Some(b"MSH" | b"FHS" | b"BHS")) {
+        at
+    } else {
+        0
+    }
+}
+
+/// The header of `payload` read after its [`leading_bytes`] (how a stored message's control id
+/// is found again).
+pub fn find_header(payload: &[u8]) -> Result<Header<'_>, HeaderError> {
+    Header::parse(&payload[leading_bytes(payload)..])
+}
+
+/// The header that names a batch: its `BHS` (the first segment, or the one right after the
+/// `FHS`), else the `FHS`. `None` when `payload` does not start with a batch header.
+pub fn batch_header(payload: &[u8]) -> Option<Header<'_>> {
+    let first = Header::parse(payload).ok()?;
+    match first.kind() {
+        HeaderKind::Msh => None,
+        HeaderKind::Bhs => Some(first),
+        HeaderKind::Fhs => {
+            let rest = &payload[first.segment().len()..];
+            let rest = rest
+                .strip_prefix(b"\r\n")
+                .or_else(|| rest.get(1..))
+                .unwrap_or(rest);
+            match Header::parse(rest) {
+                Ok(bhs) if bhs.kind() == HeaderKind::Bhs => Some(bhs),
+                _ => Some(first),
+            }
+        }
+    }
+}
+
 /// The messages after the first in `payload`: every later segment that starts a message header
 /// (`MSH` and a separator byte, right after a segment terminator) begins one, which runs up to
 /// the next. Nothing for a single message. A batch's messages are found the same way; whether a
@@ -753,6 +802,21 @@ pub fn fuzz_header(data: &[u8]) {
         for n in 3..=12 {
             assert!(unescaped(h.field(n), &h).len() <= h.field(n).len());
         }
+    }
+    // Leading bytes are only skipped before a header id; a batch's name points into the payload.
+    let skip = leading_bytes(data);
+    assert!(
+        skip == 0
+            || data[skip..].starts_with(b"MSH")
+            || data[skip..].starts_with(b"FHS")
+            || data[skip..].starts_with(b"BHS")
+    );
+    if let Ok(h) = find_header(data) {
+        within(h.control_id());
+    }
+    if let Some(batch) = batch_header(data) {
+        assert!(batch.kind() != HeaderKind::Msh);
+        within(batch.control_id());
     }
     match AckView::parse(data) {
         Ok(ack) => {

@@ -68,6 +68,25 @@ pub fn start_guard(config: &Path) -> (Proc, String, std::sync::mpsc::Receiver<St
 pub fn start_guard_logged(
     config: &Path,
 ) -> (Proc, String, std::sync::mpsc::Receiver<String>, Vec<String>) {
+    let (child, rx) = spawn_guard(config);
+    let mut early = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"] == "route listening" {
+            return (child, v["listen"].as_str().unwrap().to_string(), rx, early);
+        }
+        early.push(line);
+    }
+    panic!("the guard did not report a listening route within 20 s");
+}
+
+/// Spawns `mllp-guard run` with JSON logs at debug level; its log lines arrive on the receiver.
+pub fn spawn_guard(config: &Path) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let mut child = Proc(
         guard_cmd()
             .args(["--log-format", "json", "run", "--config"])
@@ -85,20 +104,7 @@ pub fn start_guard_logged(
             let _ = tx.send(line);
         }
     });
-    let mut early = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if v["message"] == "route listening" {
-            return (child, v["listen"].as_str().unwrap().to_string(), rx, early);
-        }
-        early.push(line);
-    }
-    panic!("the guard did not report a listening route within 20 s");
+    (child, rx)
 }
 
 #[test]
@@ -238,7 +244,9 @@ fn run_send_and_sink_relay_the_corpus_and_sigterm_exits_0() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["message"] == "message")
         .collect();
-    assert_eq!(messages.len(), 4, "one log line per message");
+    // Three messages, and the batch file: one line for the batch and one for each of its three
+    // messages (each is judged and audited by its own control id).
+    assert_eq!(messages.len(), 7, "one log line per message");
     assert_eq!(messages[0]["control_id"], "ADT0001");
     assert_eq!(messages[0]["message_type"], "ADT^A01^ADT_A01");
     assert_eq!(messages[0]["ack"], "AA");

@@ -4,10 +4,13 @@
 
 mod admin;
 mod audit;
+mod batches;
 mod cli;
+mod conformance;
 mod custody;
 mod damage;
 mod deploy;
+mod enhanced;
 mod firewall;
 mod harness;
 mod jetstream;

@@ -92,7 +92,7 @@ fn guard_with_sink(
     (sink, guard, listen, logs)
 }
 
-fn saved(dir: &TestDir) -> Vec<Vec<u8>> {
+pub fn saved(dir: &TestDir) -> Vec<Vec<u8>> {
     std::fs::read_dir(dir.path("saved"))
         .map(|entries| {
             entries
@@ -104,7 +104,7 @@ fn saved(dir: &TestDir) -> Vec<Vec<u8>> {
 
 /// The audit lines (`message` == "message") read so far, as (control id, outcome, reason);
 /// no log line may carry a control byte (a header's NUL or LF copied into the log).
-fn audit_lines(logs: &std::sync::mpsc::Receiver<String>) -> Vec<(String, String, String)> {
+pub fn audit_lines(logs: &std::sync::mpsc::Receiver<String>) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     while let Ok(line) = logs.recv_timeout(Duration::from_millis(500)) {
         assert!(

@@ -228,10 +228,7 @@ async fn oversize_message_is_answered_ae_never_forwarded_and_the_connection_stay
     let mut client = Client::plain(addr).await;
     let (code, acked, text) = ack_of(&client.send(&message("HUGE1", 100_000)).await);
     assert_eq!((code, acked.as_str()), (AckCode::AE, "HUGE1"));
-    assert_eq!(
-        text,
-        "message of 100000 bytes exceeds max_message_bytes (65536 bytes); not forwarded"
-    );
+    assert_eq!(text, "message too large");
     assert_eq!(
         ack_of(&client.send(&message("SMALL1", 500)).await).0,
         AckCode::AA
@@ -248,7 +245,7 @@ async fn mismatched_ack_gives_the_sender_ae_not_the_upstreams_ack() {
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
     let (code, acked, text) = ack_of(&client.send(&message("MISMATCH1", 300)).await);
     assert_eq!((code, acked.as_str()), (AckCode::AE, "MISMATCH1"));
-    assert!(text.contains("does not match"), "{text}");
+    assert_eq!(text, "invalid reply from receiver");
     guard.stop().await;
 }
 
@@ -263,11 +260,7 @@ async fn ack_timeout_gives_ae_and_the_late_ack_never_answers_the_next_message() 
     let (code, acked, text) = ack_of(&client.send(&message("SLOW1", 300)).await);
     assert_eq!(
         (code, acked.as_str(), text.as_str()),
-        (
-            AckCode::AE,
-            "SLOW1",
-            "message not delivered: no ack from the upstream within 500ms"
-        )
+        (AckCode::AE, "SLOW1", "no reply from receiver")
     );
     // The late ack for SLOW1 arrives after ~1.5 s on the old (closed) connection: it must never
     // be taken as the answer to SLOW2.
@@ -286,7 +279,7 @@ async fn ack_timeout_gives_ae_and_the_late_ack_never_answers_the_next_message() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_down_gives_ae_with_the_reason() {
+async fn upstream_down_gives_ae_with_a_fixed_text_that_names_nothing_inside() {
     let dir = TestDir::new();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = closed.local_addr().unwrap();
@@ -295,11 +288,11 @@ async fn upstream_down_gives_ae_with_the_reason() {
     let mut client = Client::plain(guard.local_addr("test").unwrap()).await;
     let (code, acked, text) = ack_of(&client.send(&message("DOWN1", 300)).await);
     assert_eq!((code, acked.as_str()), (AckCode::AE, "DOWN1"));
+    assert_eq!(text, "receiver unavailable");
+    let whole = String::from_utf8_lossy(&client.send(&message("DOWN2", 300)).await).into_owned();
     assert!(
-        text.starts_with(&format!(
-            "message not delivered: upstream {dead} is unreachable"
-        )),
-        "{text}"
+        !whole.contains(&dead.port().to_string()) && !whole.contains("os error"),
+        "no address or OS error in the ack: {whole:?}"
     );
     guard.stop().await;
 }

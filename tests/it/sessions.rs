@@ -141,11 +141,7 @@ async fn without_idle_reconnect_the_ack_timeout_detects_the_dead_link_and_the_ne
     let (code, acked, text) = ack_of(&client.send(&message("HALF2", 300)).await);
     assert_eq!(
         (code, acked.as_str(), text.as_str()),
-        (
-            AckCode::AE,
-            "HALF2",
-            "message not delivered: no ack from the upstream within 500ms"
-        )
+        (AckCode::AE, "HALF2", "no reply from receiver")
     );
     // The sender's connection stayed up; the next message goes out on a fresh upstream connection.
     let (code, acked, _) = ack_of(&client.send(&message("HALF3", 300)).await);

@@ -112,7 +112,10 @@ async fn a_revoked_upstream_certificate_is_refused_logged_and_the_sender_gets_an
     let mut client = Client::plain(addr.parse().unwrap()).await;
     let (code, id, text) = ack_of(&client.send(&message("EHR-1", 200)).await);
     assert_eq!((code, id.as_str()), (AckCode::AE, "EHR-1"));
-    assert!(text.contains("Revoked"), "{text}");
+    assert_eq!(
+        text, "receiver unavailable",
+        "the detail is in the log, not the ack"
+    );
     let line = log_line(&logs, "it is revoked");
     assert_eq!(line["serial"], "0e:42", "{line}");
     assert_eq!(line["issuer"], "CN=test CA", "{line}");
@@ -438,10 +441,7 @@ async fn allowed_identities_pin_the_upstream_beyond_the_hostname_check() {
     };
     let (code, _, text) = send("lab.example.org").await;
     assert_eq!(code, AckCode::AE);
-    assert!(
-        text.contains("none of which is in allowed_identities"),
-        "{text}"
-    );
+    assert_eq!(text, "receiver unavailable");
     let (code, _, _) = send("ehr.example.org").await;
     assert_eq!(code, AckCode::AA);
     assert_eq!(upstream.received().len(), 1);
@@ -683,11 +683,7 @@ async fn socks5_egress_carries_plain_and_end_to_end_tls_upstreams() {
     );
     let (code, text) = through_guard(&dir, &address, &via).await;
     assert_eq!(code, AckCode::AE);
-    assert!(
-        text.contains("egress proxy (socks5 ")
-            && text.contains("accepts none of our authentication methods"),
-        "{text}"
-    );
+    assert_eq!(text, "receiver unavailable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -720,36 +716,25 @@ async fn http_connect_egress_carries_plain_and_end_to_end_tls_upstreams() {
     );
     let (code, text) = through_guard(&dir, &address, &via).await;
     assert_eq!(code, AckCode::AE);
-    assert!(
-        text.contains("HTTP 407 proxy authentication required"),
-        "{text}"
-    );
+    assert_eq!(text, "receiver unavailable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusing_proxy_gives_the_sender_an_ae_that_names_the_proxy() {
+async fn a_refusing_proxy_gives_the_sender_an_ae_that_names_nothing_inside() {
     let dir = TestDir::new();
     let plain = FakeUpstream::start(Behaviour::Ack).await;
     let socks = TestProxy::socks5(ProxyMode::Refuse).await;
     let via = format!("      via:\n        socks5: {}\n", socks.addr);
     let (code, text) = through_guard(&dir, &plain.addr.to_string(), &via).await;
     assert_eq!(code, AckCode::AE);
-    assert!(
-        text.starts_with(&format!(
-            "message not delivered: egress proxy (socks5 {}) gave no tunnel to upstream {}: the proxy refused the tunnel: SOCKS5 reply 2 (connection not allowed by ruleset)",
-            socks.addr, plain.addr
-        )),
-        "{text}"
-    );
+    // The proxy and the receiver stay inside: the detail goes to the log, not the ack.
+    assert_eq!(text, "receiver unavailable");
 
     let http = TestProxy::http(ProxyMode::Refuse).await;
     let via = format!("      via:\n        http_connect: {}\n", http.addr);
     let (code, text) = through_guard(&dir, &plain.addr.to_string(), &via).await;
     assert_eq!(code, AckCode::AE);
-    assert!(
-        text.contains("egress proxy (http_connect ") && text.contains("HTTP 403 Forbidden"),
-        "{text}"
-    );
+    assert_eq!(text, "receiver unavailable");
 
     // A proxy that is not there at all.
     let gone = TcpListener::bind("127.0.0.1:0")
@@ -760,7 +745,7 @@ async fn a_refusing_proxy_gives_the_sender_an_ae_that_names_the_proxy() {
     let via = format!("      via:\n        socks5: {gone}\n");
     let (code, text) = through_guard(&dir, &plain.addr.to_string(), &via).await;
     assert_eq!(code, AckCode::AE);
-    assert!(text.contains("the proxy is unreachable"), "{text}");
+    assert_eq!(text, "receiver unavailable");
     assert!(plain.received().is_empty());
 }
 

@@ -27,7 +27,7 @@ use crate::queue::QueueStats;
 use crate::timing::backoff::Backoff;
 use crate::upstream::Upstream;
 use crate::wire::codec::Frame;
-use crate::wire::hl7::{printable, AckCode, AckView, Header};
+use crate::wire::hl7::{printable, AckCode, AckView};
 
 /// How long one pull request stays open on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
@@ -268,7 +268,7 @@ impl StreamDrainer<'_> {
                 .await;
             return;
         };
-        let control_id = Header::parse(&message.payload)
+        let control_id = crate::wire::hl7::find_header(&message.payload)
             .map(|h| h.control_id().to_vec())
             .unwrap_or_default();
         let shown_id = printable(&control_id);

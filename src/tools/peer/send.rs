@@ -13,7 +13,7 @@ use crate::net::Stream;
 use crate::wire::ack;
 use crate::wire::codec::{self, Decoded};
 use crate::wire::hl7::printable;
-use crate::wire::hl7::{AckCode, Header};
+use crate::wire::hl7::AckCode;
 use crate::wire::link::Link;
 
 /// Where and how to send.
@@ -128,7 +128,7 @@ async fn send_one(
     file: &Path,
     payload: &[u8],
 ) -> Sent {
-    let control_id = Header::parse(payload)
+    let control_id = crate::wire::hl7::find_header(payload)
         .map(|h| h.control_id().to_vec())
         .unwrap_or_default();
     let mut sent = Sent {

@@ -15,7 +15,7 @@ use crate::net::Stream;
 use crate::wire::ack;
 use crate::wire::codec::{self, Decoded};
 use crate::wire::hl7::printable;
-use crate::wire::hl7::{AckCode, Header};
+use crate::wire::hl7::AckCode;
 use crate::wire::link::Link;
 
 /// How a sink behaves.
@@ -138,7 +138,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let seq = count.taken.fetch_add(1, Ordering::Relaxed) + 1;
         let id = format!("SINK{seq}");
         let now = ack::timestamp(std::time::SystemTime::now());
-        let (reply, control_id) = match Header::parse(frame.payload()) {
+        let (reply, control_id) = match crate::wire::hl7::find_header(frame.payload()) {
             Ok(header) => {
                 let text = if opts.ack.is_positive() {
                     ""
@@ -152,8 +152,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(err) => (
                 ack::build_without_header(
-                    AckCode::AR,
-                    &format!("no readable header: {err}"),
+                    &ack::Says::refused(
+                        ack::ErrorCode::SegmentSequence,
+                        &format!("no readable header: {err}"),
+                    ),
                     &id,
                     &now,
                 ),

@@ -617,3 +617,28 @@ fn values_are_unescaped_as_a_parser_reads_them() {
     let h = Header::parse(custom).unwrap();
     assert_eq!(unescaped(b"L$X41$B$S$", &h).as_ref(), b"LAB:");
 }
+
+#[test]
+fn leading_bytes_before_a_header_are_counted_only_when_a_header_follows() {
+    assert_eq!(leading_bytes(b"\xEF\xBB\xBFMSH|^~\\&|A"), 3);
+    assert_eq!(leading_bytes(b"\r\n \rMSH|^~\\&|A"), 4);
+    assert_eq!(leading_bytes(b"\xEF\xBB\xBF\r\nFHS|^~\\&|A"), 5);
+    assert_eq!(leading_bytes(b"MSH|^~\\&|A"), 0);
+    assert_eq!(leading_bytes(b"\r\nPID|1"), 0);
+    assert_eq!(leading_bytes(b"X\rMSH|^~\\&|A"), 0);
+    assert_eq!(leading_bytes(b"\r\n"), 0);
+    let h = find_header(b"\xEF\xBB\xBF\rMSH|^~\\&|A|B|C|D|T||ADT^A01|ID7|P|2.5\r").unwrap();
+    assert_eq!(h.control_id(), b"ID7");
+}
+
+#[test]
+fn a_batch_is_named_by_its_bhs_or_else_its_fhs() {
+    let fhs_bhs = b"FHS|^~\\&|A|B|C|D|T||||F1\r\nBHS|^~\\&|A|B|C|D|T||||B1\r\nMSH|^~\\&|A\r\n";
+    assert_eq!(batch_header(fhs_bhs).unwrap().control_id(), b"B1");
+    let fhs_only = b"FHS|^~\\&|A|B|C|D|T||||F1\rMSH|^~\\&|A\r";
+    assert_eq!(batch_header(fhs_only).unwrap().control_id(), b"F1");
+    let bhs_only = b"BHS|^~\\&|A|B|C|D|T||||B2\rMSH|^~\\&|A\r";
+    assert_eq!(batch_header(bhs_only).unwrap().control_id(), b"B2");
+    assert!(batch_header(b"MSH|^~\\&|A\r").is_none());
+    assert!(batch_header(b"FHS|^~\\&|A").is_some());
+}
