@@ -32,9 +32,11 @@ enum Backend {
 }
 
 impl Backend {
-    /// None (and a skip message) when JetStream is asked for but nats-server is missing.
-    fn jetstream(test: &str) -> Option<Backend> {
-        nats::available(test).then(|| Backend::JetStream(Nats::single()))
+    /// A fresh single-node JetStream (the test fails, saying how to install it, without
+    /// nats-server).
+    fn jetstream() -> Backend {
+        nats::require();
+        Backend::JetStream(Nats::single())
     }
 
     /// Route keys selecting this backend (`extra_queue` adds keys to the `queue:` block).
@@ -84,10 +86,9 @@ async fn embedded_acks_while_the_upstream_is_down_then_delivery_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_acks_while_the_upstream_is_down_then_delivery_in_order() {
-    let Some(backend) = Backend::jetstream("jetstream_acks_while_the_upstream_is_down") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     acks_while_the_upstream_is_down_then_delivery_in_order(backend).await;
 }
 
@@ -121,10 +122,9 @@ async fn embedded_ae_replies_are_retried_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_ae_replies_are_retried_in_order() {
-    let Some(backend) = Backend::jetstream("jetstream_ae_replies_are_retried_in_order") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     ae_replies_are_retried_in_order(backend).await;
 }
 
@@ -214,10 +214,9 @@ async fn embedded_ar_replies_are_dead_lettered_listed_shown_and_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_ar_replies_are_dead_lettered_listed_shown_and_replayed() {
-    let Some(backend) = Backend::jetstream("jetstream_ar_replies_are_dead_lettered") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     ar_replies_are_dead_lettered_listed_shown_and_replayed(backend).await;
 }
 
@@ -266,10 +265,9 @@ async fn embedded_purge_removes_pending_messages_which_are_never_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_purge_removes_pending_messages_which_are_never_delivered() {
-    let Some(backend) = Backend::jetstream("jetstream_purge_removes_pending_messages") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     purge_removes_pending_messages_which_are_never_delivered(backend).await;
 }
 
@@ -309,10 +307,9 @@ async fn embedded_a_resent_message_gets_the_same_ack_and_is_queued_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_a_resent_message_gets_the_same_ack_and_is_queued_once() {
-    let Some(backend) = Backend::jetstream("jetstream_a_resent_message_gets_the_same_ack") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     a_resent_message_gets_the_same_ack_and_is_queued_once(backend).await;
 }
 
@@ -551,11 +548,9 @@ fn embedded_every_positively_acked_message_survives_sigkill() {
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_every_positively_acked_message_survives_sigkill() {
-    let Some(backend) = Backend::jetstream("jetstream_every_positively_acked_message_survives")
-    else {
-        return;
-    };
+    let backend = Backend::jetstream();
     // Paced: JetStream delivers one message per round trip to NATS, far slower than it acks.
     every_positively_acked_message_survives_sigkill(backend, 4, Duration::from_millis(5));
 }
@@ -563,10 +558,9 @@ fn jetstream_every_positively_acked_message_survives_sigkill() {
 // ---- What only JetStream does ----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_down_gives_negative_acks_and_nothing_unstored_is_acked() {
-    if !nats::available("jetstream_down_gives_negative_acks") {
-        return;
-    }
+    nats::require();
     let mut nats = Nats::single();
     let dir = TestDir::new();
     let upstream = free_addr();
@@ -622,10 +616,9 @@ async fn jetstream_down_gives_negative_acks_and_nothing_unstored_is_acked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_a_resend_to_another_guard_is_deduplicated_by_the_stream() {
-    if !nats::available("jetstream_a_resend_to_another_guard_is_deduplicated") {
-        return;
-    }
+    nats::require();
     let nats = Nats::single();
     let dir = TestDir::new();
     let upstream = free_addr();
@@ -664,10 +657,9 @@ async fn jetstream_a_resend_to_another_guard_is_deduplicated_by_the_stream() {
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_another_guard_takes_over_within_the_takeover_time_when_the_holder_dies() {
-    if !nats::available("jetstream_another_guard_takes_over") {
-        return;
-    }
+    nats::require();
     let nats = Nats::single();
     let dir = TestDir::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -752,10 +744,9 @@ fn jetstream_another_guard_takes_over_within_the_takeover_time_when_the_holder_d
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_two_guards_on_a_three_node_cluster_lose_nothing_when_a_guard_then_a_node_dies() {
-    if !nats::available("jetstream_two_guards_on_a_three_node_cluster") {
-        return;
-    }
+    nats::require();
     let mut nats = Nats::cluster();
     let dir = TestDir::new();
     let saved = dir.path("saved");
@@ -827,10 +818,9 @@ fn jetstream_two_guards_on_a_three_node_cluster_lose_nothing_when_a_guard_then_a
 /// certificates: with the guard's client certificate messages are stored and delivered; without
 /// one the server refuses the guard and senders get negative acks, never a positive one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_over_mutual_tls() {
-    if !nats::available("jetstream_over_mutual_tls") {
-        return;
-    }
+    nats::require();
     let dir = TestDir::new();
     let port = free_addr().port();
     let store = dir.path("nats-store");

@@ -9,6 +9,7 @@ mod custody;
 mod deploy;
 mod firewall;
 mod harness;
+mod host;
 mod jetstream;
 mod nats;
 mod one_reading;

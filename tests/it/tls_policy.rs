@@ -182,7 +182,7 @@ try:
 except (ssl.SSLError, ConnectionError) as e:
     print("refused", e)
 "#;
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(crate::host::python3())
         .arg("-c")
         .arg(script)
         .arg("127.0.0.1")
