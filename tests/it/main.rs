@@ -9,6 +9,7 @@ mod custody;
 mod deploy;
 mod firewall;
 mod harness;
+mod help;
 mod host;
 mod jetstream;
 mod nats;
