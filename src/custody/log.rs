@@ -124,6 +124,7 @@ impl LogDrainer {
         let mut backoff = Backoff::new(self.cfg.retry.initial, self.cfg.retry.max);
         let mut conn = None;
         let mut attempts_of_front = 0u32;
+        let mut front_reached_the_receiver = false;
         loop {
             if self.shutdown.is_cancelled() {
                 break;
@@ -185,7 +186,10 @@ impl LogDrainer {
                 .map(|h| h.control_id().to_vec())
                 .unwrap_or_default();
             let shown_id = printable(&control_id);
-            if attempts_of_front > 0 {
+            // A redelivery is a send after an attempt that reached the receiver (it answered, or
+            // the exchange broke after the message went out): not a retry after a refused
+            // connection, which delivered nothing.
+            if front_reached_the_receiver {
                 self.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
             }
             attempts_of_front += 1;
@@ -205,8 +209,9 @@ impl LogDrainer {
                 (ReplyAction::Accept, Ok(reply)) => {
                     if self.ack(&record).await {
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = attempts_of_front, outcome = "delivered", "queued message delivered");
+                        tracing::info!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = attempts_of_front, outcome = "delivered", "queued message delivered");
                         attempts_of_front = 0;
+                        front_reached_the_receiver = false;
                         backoff.reset();
                     }
                 }
@@ -216,9 +221,11 @@ impl LogDrainer {
                     tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, outcome = "dead_lettered", "queued message moved to the dead letters");
                     self.dead_letter(&record, &reason).await;
                     attempts_of_front = 0;
+                    front_reached_the_receiver = false;
                     backoff.reset();
                 }
                 (_, Ok(reply)) => {
+                    front_reached_the_receiver = true;
                     let wait = backoff.next_wait();
                     tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying");
                     if self.pause(wait).await {
@@ -227,7 +234,12 @@ impl LogDrainer {
                 }
                 (_, Err(err)) => {
                     let wait = backoff.next_wait();
-                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)");
+                    if err.may_have_reached_the_receiver() {
+                        front_reached_the_receiver = true;
+                        tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed after it was sent; retrying (the upstream may see it twice)");
+                    } else {
+                        tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed before it was sent; retrying");
+                    }
                     if self.pause(wait).await {
                         break;
                     }

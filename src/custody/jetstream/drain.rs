@@ -272,7 +272,7 @@ impl StreamDrainer<'_> {
             (ReplyAction::Accept, Ok(reply)) => match self.settle(&message, AckKind::Ack).await {
                 Ok(()) => {
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(route = %route, seq, control_id = %shown_id, ack = %reply.code, attempts = delivered, outcome = "delivered", "queued message delivered");
+                    tracing::info!(route = %route, seq, control_id = %shown_id, ack = %reply.code, attempts = delivered, outcome = "delivered", "queued message delivered");
                 }
                 Err(err) => {
                     tracing::warn!(route = %route, seq, control_id = %shown_id, error = %err, "delivered, but JetStream did not confirm the ack; it will be delivered again (a duplicate)");
@@ -297,8 +297,11 @@ impl StreamDrainer<'_> {
                     Ok(reply) => {
                         tracing::warn!(route = %route, seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying")
                     }
+                    Err(err) if err.may_have_reached_the_receiver() => {
+                        tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed after it was sent; retrying (the upstream may see it twice)")
+                    }
                     Err(err) => {
-                        tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)")
+                        tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed before it was sent; retrying")
                     }
                 }
                 // The message stays the one in flight; the server offers it again after `wait`
