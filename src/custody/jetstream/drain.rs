@@ -93,6 +93,7 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
         js,
         delivery: &delivery,
         conn: None,
+        not_sent: None,
     }
     .run()
     .await;
@@ -143,6 +144,9 @@ struct StreamDrainer<'a> {
     js: jetstream::Context,
     delivery: &'a DrainContext,
     conn: Option<crate::upstream::UpstreamConn>,
+    /// The stream sequence of the last message this guard failed to send at all (refused
+    /// connection): offered again, it is not a redelivery to the receiver.
+    not_sent: Option<u64>,
 }
 
 /// How an attempt under the lease ended.
@@ -237,9 +241,12 @@ impl StreamDrainer<'_> {
             Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
             Err(_) => (0, 1),
         };
-        if delivered > 1 {
+        // Counted when an earlier attempt may have reached the receiver: not after this guard's
+        // own attempt failed before sending (another guard's attempts cannot be told apart).
+        if delivered > 1 && self.not_sent != Some(seq) {
             counters.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
+        self.not_sent = None;
         let Some(frame) = Frame::from_payload(&message.payload) else {
             self.dead_letter(&message, seq, "stored payload is not a valid MLLP payload")
                 .await;
@@ -301,6 +308,7 @@ impl StreamDrainer<'_> {
                         tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed after it was sent; retrying (the upstream may see it twice)")
                     }
                     Err(err) => {
+                        self.not_sent = Some(seq);
                         tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed before it was sent; retrying")
                     }
                 }
