@@ -67,6 +67,22 @@ struct Prepared {
     restart: bool,
 }
 
+/// What a reload compares to tell an updated route from an unchanged one: its settings, and the
+/// certificates and CRLs it loaded (a certificate rotated under the same path counts).
+fn fingerprint(route: &Route) -> String {
+    let mut text = format!("{route:?}");
+    for material in [
+        route.tls.as_ref().map(|t| &t.material),
+        route.upstream.tls.as_ref().map(|t| &t.material),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        text.push_str(&format!("{material:?}"));
+    }
+    text
+}
+
 /// What a reload changed, for its log line.
 #[derive(Debug, Default)]
 pub struct ReloadSummary {
@@ -106,7 +122,9 @@ impl Guard {
         };
         guard.apply(config).await?;
         if let Some(listener) = admin {
-            tracing::info!(admin = ?guard.admin_addr, "admin endpoint listening (/metrics, /healthz, /readyz)");
+            if let Some(addr) = guard.admin_addr {
+                tracing::info!(admin = %addr, "admin endpoint listening (/metrics, /healthz, /readyz)");
+            }
             guard.background.spawn(crate::ops::admin::serve(
                 listener,
                 guard.background_stop.clone(),
@@ -195,12 +213,14 @@ impl Guard {
             }
             match running.get_mut(&name) {
                 Some(current) if !p.restart => {
+                    if fingerprint(&current.ctx.load().route) != fingerprint(&p.ctx.route) {
+                        summary.updated.push(name);
+                    }
                     current.ctx.store(p.ctx.clone());
                     current.generation.cancel();
                     current.generation = generation;
                     current.custody = p.custody;
                     current.accepting = p.accepting;
-                    summary.updated.push(name);
                 }
                 current => {
                     if let Some(old) = current {
@@ -558,7 +578,14 @@ async fn reload_from(
     let inputs = config.inputs.clone();
     match guard.reload(config).await {
         Ok(summary) => {
-            tracing::info!(config = %path.display(), trigger = why, added = ?summary.added, removed = ?summary.removed, updated = ?summary.updated, "config reloaded");
+            let names = |routes: &[String]| {
+                if routes.is_empty() {
+                    "none".to_string()
+                } else {
+                    routes.join(", ")
+                }
+            };
+            tracing::info!(config = %path.display(), trigger = why, added = %names(&summary.added), removed = %names(&summary.removed), updated = %names(&summary.updated), "config reloaded");
             for note in &summary.not_applied {
                 tracing::warn!("{note}");
             }

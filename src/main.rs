@@ -23,7 +23,8 @@ use mllp_guard::{app, tls};
     about = "A transparent MLLP proxy and HL7-aware firewall"
 )]
 struct Cli {
-    /// Log line format on stderr.
+    /// Format of the log lines on stderr: text (`LEVEL target: message key=value`) or json (one
+    /// object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -40,12 +41,14 @@ enum LogFormat {
 enum Command {
     /// Run the guard in the foreground until SIGTERM/SIGINT.
     Run {
-        #[arg(long, short)]
+        /// The configuration file (YAML); relative paths inside it resolve from its directory.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Validate a configuration: a summary line per route, or every error (exit 2).
     Check {
-        #[arg(long, short)]
+        /// The configuration file (YAML) to validate, with every file it names.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// Also print the effective configuration, every default filled in.
         #[arg(long)]
@@ -53,23 +56,24 @@ enum Command {
     },
     /// Send files as MLLP messages and check every ack (exit 0 only if all are positive and match).
     Send {
-        /// Receiver address, host:port.
-        #[arg(long)]
+        /// Receiver address, HOST:PORT (a name, an IPv4 address, or [IPv6]:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
         to: String,
-        /// Use TLS, trusting this CA (PEM).
-        #[arg(long)]
+        /// Connect with TLS, trusting only this CA (PEM file). Without it: plaintext.
+        #[arg(long, value_name = "FILE")]
         tls_ca: Option<PathBuf>,
-        /// TLS server name to verify (default: the host part of --to).
-        #[arg(long)]
+        /// The TLS server name to verify. Default: the host part of --to.
+        #[arg(long, value_name = "NAME")]
         server_name: Option<String>,
-        /// Client certificate chain (PEM) for mutual TLS.
-        #[arg(long, requires = "key")]
+        /// Client certificate chain (PEM file, leaf first) for mutual TLS; needs --key. Default:
+        /// no client certificate.
+        #[arg(long, requires = "key", value_name = "FILE")]
         cert: Option<PathBuf>,
-        /// Client private key (PEM).
-        #[arg(long, requires = "cert")]
+        /// The private key (PEM file) of --cert.
+        #[arg(long, requires = "cert", value_name = "FILE")]
         key: Option<PathBuf>,
-        /// Limit for connecting and for each ack.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        /// Limit for connecting and for each ack, a duration (500ms, 30s, 2m).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
         timeout: Duration,
         /// One JSON object per message on stdout instead of a tab-separated line.
         #[arg(long)]
@@ -80,22 +84,30 @@ enum Command {
     },
     /// A test receiver: acks every message (MSA-2 = its MSH-10) and can save payloads.
     Sink {
-        #[arg(long)]
+        /// Address to listen on, IP:PORT (127.0.0.1:2576, [::1]:2576; port 0 picks a free one).
+        #[arg(long, value_name = "IP:PORT")]
         listen: SocketAddr,
-        #[arg(long, requires = "tls_key")]
+        /// Serve TLS with this certificate chain (PEM file, leaf first); needs --tls-key.
+        /// Without it: plaintext.
+        #[arg(long, requires = "tls_key", value_name = "FILE")]
         tls_cert: Option<PathBuf>,
-        #[arg(long, requires = "tls_cert")]
+        /// The private key (PEM file) of --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
         tls_key: Option<PathBuf>,
-        /// Require client certificates signed by this CA.
-        #[arg(long, requires = "tls_cert")]
+        /// Require client certificates signed by this CA (PEM file); needs --tls-cert. Default:
+        /// no client certificate asked for.
+        #[arg(long, requires = "tls_cert", value_name = "FILE")]
         client_ca: Option<PathBuf>,
-        /// The ack code to answer with.
-        #[arg(long, default_value = "AA", value_parser = parse_ack_code)]
+        /// The ack code every message is answered with: AA, AE, AR (or CA, CE, CR).
+        #[arg(long, default_value = "AA", value_parser = parse_ack_code, value_name = "CODE")]
         ack: AckCode,
-        /// Save each payload byte-exact into this directory.
-        #[arg(long)]
+        /// Save each payload byte-exact into this directory as NNNNNN_<MSH-10>.hl7, numbered on
+        /// from the files already there. Default: nothing saved.
+        #[arg(long, value_name = "DIR")]
         save_dir: Option<PathBuf>,
-        #[arg(long, default_value_t = 64 * 1024 * 1024)]
+        /// Largest message taken, in bytes or with a unit (512KiB, 64MiB, 1GB); a larger one is
+        /// discarded unanswered.
+        #[arg(long, default_value = "64MiB", value_parser = parse_message_size, value_name = "SIZE")]
         max_message_bytes: usize,
     },
     /// Custody queues: list, show, replay dead letters, purge.
@@ -106,9 +118,13 @@ enum Command {
     /// Quick start: run the shipped config with a sink behind it and send the sample messages
     /// through it over TLS, printing each ack.
     Demo {
-        #[arg(long, default_value = demo::DEFAULT_CONFIG)]
+        /// The configuration to run (its first route listens; its upstream is where the sink
+        /// starts); a relative path is taken from the current directory, the repository's root
+        /// under `cargo run`.
+        #[arg(long, default_value = demo::DEFAULT_CONFIG, value_name = "FILE")]
         config: PathBuf,
-        #[arg(long, default_value = demo::DEFAULT_MESSAGES)]
+        /// A message file, or a directory whose files are sent in name order.
+        #[arg(long, default_value = demo::DEFAULT_MESSAGES, value_name = "PATH")]
         messages: PathBuf,
     },
 }
@@ -131,8 +147,8 @@ enum QueueAction {
         /// Also print each message's payload (patient data!).
         #[arg(long)]
         payload: bool,
-        /// At most this many records per list.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many records per list (pending, dead letters).
+        #[arg(long, default_value_t = 100, value_name = "N")]
         limit: usize,
     },
     /// Move dead letters back into the queue for delivery (the guard must be stopped).
@@ -152,11 +168,21 @@ enum QueueAction {
 
 #[derive(clap::Args)]
 struct QueueArgs {
-    #[arg(long, short)]
+    /// The guard's configuration file (YAML): its store-and-forward routes name the queues.
+    #[arg(long, short, value_name = "FILE")]
     config: PathBuf,
-    /// Only this route.
-    #[arg(long)]
+    /// Only this route. Default: every store-and-forward route.
+    #[arg(long, value_name = "NAME")]
     route: Option<String>,
+}
+
+/// `sink --max-message-bytes`: a size as the config writes it, at least 1 KiB.
+fn parse_message_size(s: &str) -> Result<usize, String> {
+    let bytes = mllp_guard::config::parse_size(s)?;
+    match usize::try_from(bytes) {
+        Ok(n) if n >= 1024 => Ok(n),
+        _ => Err(format!("must be at least 1KiB, not \"{s}\"")),
+    }
 }
 
 fn parse_ack_code(s: &str) -> Result<AckCode, String> {
@@ -454,9 +480,12 @@ fn summary(route: &mllp_guard::config::Route) -> String {
         Some(_) => "TLS".to_string(),
     };
     let upstream = &route.upstream;
-    let connections = match upstream.connections {
-        mllp_guard::config::Connections::Paired => "paired".to_string(),
-        mllp_guard::config::Connections::Pool(n) => format!("pool of {n}"),
+    // Store-and-forward delivers from the queue over the drainer's own connection: the route's
+    // `connections` setting does not apply there, so it is not shown.
+    let connections = match (&route.delivery, upstream.connections) {
+        (mllp_guard::config::Delivery::StoreAndForward(_), _) => String::new(),
+        (_, mllp_guard::config::Connections::Paired) => ", connections paired".to_string(),
+        (_, mllp_guard::config::Connections::Pool(n)) => format!(", connections pool of {n}"),
     };
     let delivery = match &route.delivery {
         mllp_guard::config::Delivery::Forward => "forward".to_string(),
@@ -476,7 +505,7 @@ fn summary(route: &mllp_guard::config::Route) -> String {
         ),
     };
     format!(
-        "route {}: {} ({}) allow [{}] -> {} ({}, connections {}); delivery {delivery}; max {} connections, max message {} bytes, on upstream failure: {}",
+        "route {}: {} ({}) allow [{}] -> {} ({}{}); delivery {delivery}; max {} connections, max message {} bytes, on upstream failure: {}",
         route.name,
         match &route.sender {
             mllp_guard::config::SenderRole::Listen(addr) => addr.to_string(),

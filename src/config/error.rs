@@ -175,6 +175,31 @@ pub(super) fn serde_message(err: &serde_saphyr::Error, yaml_path: &str) -> Strin
     }
 }
 
+/// `errors` without those that only follow from an unknown key: a block left empty (`expected
+/// a map`) or missing a required key, at the very place holding the unknown key. A mistyped
+/// `listne:` is one error (with its did-you-mean), not also "missing `listen`".
+pub(super) fn without_consequences_of_unknown_keys(errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    let holders: Vec<(PathBuf, String)> = errors
+        .iter()
+        .filter(|e| e.message.starts_with("unknown key `"))
+        .filter_map(|e| {
+            let cut = e.yaml_path.rfind(['.', '['])?;
+            Some((e.file.clone(), e.yaml_path[..cut].to_string()))
+        })
+        .collect();
+    errors
+        .into_iter()
+        .filter(|e| {
+            let consequence = e.message.starts_with("missing required key")
+                || e.message.starts_with("expected a map of keys");
+            !(consequence
+                && holders
+                    .iter()
+                    .any(|(file, path)| *file == e.file && *path == e.yaml_path))
+        })
+        .collect()
+}
+
 /// The candidate closest to `word` by edit distance, when close enough to be a typo.
 pub(super) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates

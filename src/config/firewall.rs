@@ -160,8 +160,12 @@ impl Validator<'_> {
                 .to_string(),
         };
         match parse_raw::<Option<RawRuleList>>(&text, &shown) {
-            Ok(Some(list)) => Some((shown, list)),
-            Ok(None) => {
+            Ok((Some(list), unknown_keys)) => {
+                self.errors.extend(unknown_keys);
+                Some((shown, list))
+            }
+            Ok((None, unknown_keys)) => {
+                self.errors.extend(unknown_keys);
                 self.errors.push(empty());
                 None
             }

@@ -9,7 +9,7 @@
 use std::io;
 use std::path::Path;
 
-use super::error::{ConfigError, ConfigErrors};
+use super::error::{without_consequences_of_unknown_keys, ConfigError, ConfigErrors};
 use super::model::Config;
 use super::raw::parse_raw;
 use super::validator::Validator;
@@ -47,11 +47,12 @@ impl Config {
     /// Same as [`Config::load`] from text: `base_dir` resolves relative paths, `file` is used in
     /// messages.
     pub fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<Config, ConfigErrors> {
-        let raw = parse_raw(text, file)?;
+        let (raw, unknown_keys) = parse_raw(text, file)
+            .map_err(|errors| ConfigErrors(without_consequences_of_unknown_keys(errors.0)))?;
         let mut v = Validator {
             file,
             base_dir,
-            errors: Vec::new(),
+            errors: unknown_keys,
             inputs: vec![base_dir.join(file.file_name().unwrap_or(file.as_os_str()))],
         };
         let mut config = v.config(raw);
@@ -69,7 +70,7 @@ impl Config {
                 (other_file, e.line.is_none(), e.line, e.column)
             });
             let mut unique: Vec<ConfigError> = Vec::with_capacity(v.errors.len());
-            for e in v.errors {
+            for e in without_consequences_of_unknown_keys(v.errors) {
                 if !unique.contains(&e) {
                     unique.push(e);
                 }

@@ -1,5 +1,7 @@
-//! The raw layer: serde mirrors (`Raw*`) of the YAML file, and [`parse_raw`], which turns the
-//! first syntax or shape error into a [`ConfigError`].
+//! The raw layer: serde mirrors (`Raw*`) of the YAML file, and [`parse_raw`], which turns syntax
+//! and shape errors into [`ConfigError`]s. An unknown key does not hide the rest of the file: it
+//! is reported, its entry is blanked out of the text (positions kept) and the file read again,
+//! so one `check` lists every unknown key and every other error.
 //!
 //! Every struct is `deny_unknown_fields` and every scalar stays text ([`Text`]) with its line
 //! and column, so that serde-saphyr reports only syntax, unknown and missing keys and wrong
@@ -16,35 +18,279 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::error::{position, serde_message, yaml_path_of, ConfigError, ConfigErrors};
+use super::error::{closest, position, serde_message, yaml_path_of, ConfigError, ConfigErrors};
 
 /// A scalar as written, with its position. Numbers stay text so every value is parsed (and
 /// every error worded) by this module.
 pub(super) type Text = Spanned<String>;
 
-/// Deserializes the raw tree, turning the first syntax or shape error into a [`ConfigError`].
+/// Unknown keys reported from one file before the rest is given up on (each costs a re-read).
+const MAX_UNKNOWN_KEYS: usize = 64;
+
+/// Deserializes the raw tree. `Ok` holds the tree read without the unknown keys, and an error
+/// for each of them; `Err` every unknown key found, then the syntax or shape error that stopped
+/// the reading.
 pub(super) fn parse_raw<T: de::DeserializeOwned>(
-    text: &str,
+    source: &str,
     file: &Path,
-) -> Result<T, ConfigErrors> {
+) -> Result<(T, Vec<ConfigError>), ConfigErrors> {
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut errors = Vec::new();
+    // Bounded: each round adds an edit (at most MAX_UNKNOWN_KEYS) or turns one into a rename.
+    for _ in 0..3 * MAX_UNKNOWN_KEYS {
+        let Some(text) = apply(source, &edits) else {
+            break;
+        };
+        let (err, path) = match read::<T>(&text) {
+            Ok(tree) => return Ok((tree, errors)),
+            Err(failed) => failed,
+        };
+        let err = err.without_snippet();
+        let (line, column) = err.location().as_ref().map_or((None, None), position);
+        let holder = path.rfind(['.', '[']).map_or("", |cut| &path[..cut]);
+        match (err, line, column) {
+            (serde_saphyr::Error::SerdeUnknownField { field, .. }, Some(line), Some(column))
+                if edits.len() < MAX_UNKNOWN_KEYS =>
+            {
+                let mut edit = Edit {
+                    line,
+                    column,
+                    field: field.to_string(),
+                    holder: holder.to_string(),
+                    fix: Fix::Blank,
+                };
+                // The unknown key was its block's only one, and a blank block is null (an
+                // error right at the block): an empty map (`{}`) in its place keeps it a map.
+                let blank = edit.apply(&text);
+                let next = blank.as_deref().and_then(|b| read::<T>(b).err());
+                if next.is_some_and(|(e, at)| {
+                    at == holder
+                        && !matches!(
+                            e.without_snippet(),
+                            serde_saphyr::Error::SerdeMissingField { .. }
+                        )
+                }) {
+                    edit.fix = Fix::EmptyMap;
+                }
+                errors.push(error(file, err, path.clone(), Some(line), Some(column)));
+                edits.push(edit);
+                continue;
+            }
+            // A required key is missing where an unknown key was blanked out, and the unknown
+            // key is its did-you-mean: read that key as the one meant.
+            (serde_saphyr::Error::SerdeMissingField { field: meant, .. }, _, _) => {
+                let typo = edits.iter_mut().find(|e| {
+                    e.holder == path
+                        && !matches!(e.fix, Fix::Rename(_))
+                        && closest(&e.field, &[meant]).is_some()
+                });
+                if let Some(typo) = typo {
+                    typo.fix = Fix::Rename(meant);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        errors.push(error(file, err, path, line, column));
+        return Err(ConfigErrors(errors));
+    }
+    Err(ConfigErrors(errors))
+}
+
+fn error(
+    file: &Path,
+    err: &serde_saphyr::Error,
+    path: String,
+    line: Option<usize>,
+    column: Option<usize>,
+) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        message: serde_message(err, &path),
+        yaml_path: path,
+        line,
+        column,
+    }
+}
+
+/// What is done to an unknown key's entry before the file is read again.
+enum Fix {
+    /// Spaces instead of the entry.
+    Blank,
+    /// `{}` instead of the entry (its block's only one).
+    EmptyMap,
+    /// The key spelt as the required key it misses.
+    Rename(&'static str),
+}
+
+/// One unknown key's entry and what is done to it.
+struct Edit {
+    line: usize,
+    column: usize,
+    field: String,
+    /// The YAML path of the map holding it.
+    holder: String,
+    fix: Fix,
+}
+
+impl Edit {
+    fn apply(&self, text: &str) -> Option<String> {
+        let (line, column, field) = (self.line, self.column, self.field.as_str());
+        match self.fix {
+            Fix::Blank => blank_entry(text, line, column, field, false),
+            Fix::EmptyMap => blank_entry(text, line, column, field, true),
+            Fix::Rename(meant) => rename_key(text, line, column, field, meant),
+        }
+    }
+}
+
+/// `source` with every edit applied in order (`None` when one no longer finds its key).
+fn apply(source: &str, edits: &[Edit]) -> Option<String> {
+    let mut text = source.to_string();
+    for edit in edits {
+        text = edit.apply(&text)?;
+    }
+    Some(text)
+}
+
+/// `text` with the key `field` at `line`:`column` (1-based, characters) spelt `meant`, padded
+/// with spaces before its `:` when shorter, so the line keeps its positions; a longer name takes
+/// spaces after the `:` when there are enough, and otherwise moves the rest of its line (an error
+/// about that value then points that many columns to the right). `None` when the key is not
+/// found there as a plain key.
+fn rename_key(text: &str, line: usize, column: usize, field: &str, meant: &str) -> Option<String> {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.checked_sub(1)?)
+        .map(str::len)
+        .sum();
+    let key = line_start
+        + text
+            .get(line_start..)?
+            .char_indices()
+            .nth(column.checked_sub(1)?)
+            .map(|(i, _)| i)?;
+    let after = key + field.len();
+    if !text.get(key..)?.starts_with(field) || !text.get(after..)?.starts_with(':') {
+        return None;
+    }
+    // A longer name takes spaces after the `:` where there are enough (`crt:  x`).
+    let rest = &text[after + 1..];
+    let spaces = rest.len() - rest.trim_start_matches(' ').len();
+    let longer = meant.len().saturating_sub(field.len());
+    let taken = if spaces > longer { longer } else { 0 };
+    let padding = field.len().saturating_sub(meant.len());
+    Some(format!(
+        "{}{meant}{}:{}",
+        &text[..key],
+        " ".repeat(padding),
+        &rest[taken..]
+    ))
+}
+
+/// The raw tree of `text`, or the first error with the YAML path where it occurred.
+fn read<T: de::DeserializeOwned>(text: &str) -> Result<T, (Box<serde_saphyr::Error>, String)> {
     let mut path = String::new();
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+    serde_saphyr::with_deserializer_from_str(text, |de| {
         serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
             path = yaml_path_of(e.path());
             e.into_inner()
         })
-    });
-    result.map_err(|err| {
-        let err = err.without_snippet();
-        let (line, column) = err.location().as_ref().map_or((None, None), position);
-        ConfigErrors(vec![ConfigError {
-            file: file.to_path_buf(),
-            message: serde_message(err, &path),
-            yaml_path: path,
-            line,
-            column,
-        }])
     })
+    .map_err(|err| (Box::new(err), path))
+}
+
+/// `text` with the map entry whose key `field` starts at `line`:`column` (1-based, characters)
+/// turned into spaces, line breaks kept, so every other position stays where it was: the rest of
+/// the line and the lines indented under it for a block entry, up to the next `,` (which goes
+/// too) or the closing bracket for an entry of a flow map (`{ a: 1, typo: 2 }`). `None` when the
+/// key is not found there. With `empty_map`, `{}` takes the key's place (for an entry that was
+/// its block's only one).
+fn blank_entry(
+    text: &str,
+    line: usize,
+    column: usize,
+    field: &str,
+    empty_map: bool,
+) -> Option<String> {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.checked_sub(1)?)
+        .map(str::len)
+        .sum();
+    let this_line = text.get(line_start..)?.split('\n').next()?;
+    let key_in_line = this_line
+        .char_indices()
+        .nth(column.checked_sub(1)?)
+        .map(|(i, _)| i)?;
+    let key = line_start + key_in_line;
+    let rest = text.get(key..)?;
+    let unquoted = rest.trim_start_matches(['"', '\'']);
+    if !unquoted.starts_with(field) {
+        return None;
+    }
+    let prefix = &this_line[..key_in_line];
+    let end = if prefix.chars().all(|c| c == ' ' || c == '-') {
+        // A block entry: this line from the key on, then every line indented deeper than the
+        // key (its nested value), or as deep for a `- item` list under it; blank and comment
+        // lines in between go with it.
+        let key_indent = prefix.chars().count();
+        let mut end = line_start + this_line.len();
+        let mut pending = (end + 1).min(text.len());
+        for next in text[pending..].split_inclusive('\n') {
+            let body = next.trim_end_matches(['\n', '\r']);
+            let indent = body.len() - body.trim_start_matches(' ').len();
+            let trimmed = body.trim_start_matches(' ');
+            pending += next.len();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let under = indent > key_indent
+                || (indent == key_indent && (trimmed == "-" || trimmed.starts_with("- ")));
+            if !under {
+                break;
+            }
+            end = pending;
+        }
+        end
+    } else {
+        // An entry of a flow map: up to the `,` ending it (included) or the bracket closing
+        // the map (kept), outside quotes and nested brackets.
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        let mut end = text.len();
+        for (i, c) in rest.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => depth += 1,
+                (None, ']' | '}') if depth == 0 => {
+                    end = key + i;
+                    break;
+                }
+                (None, ']' | '}') => depth -= 1,
+                (None, ',') if depth == 0 => {
+                    end = key + i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        end
+    };
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..key]);
+    let mut blank: String = text[key..end]
+        .chars()
+        .map(|c| if c == '\n' || c == '\r' { c } else { ' ' })
+        .collect();
+    if empty_map && blank.starts_with("  ") {
+        blank.replace_range(..2, "{}");
+    }
+    out.push_str(&blank);
+    out.push_str(&text[end..]);
+    Some(out)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ pub(super) fn parse_release(s: &str) -> Result<MllpRelease, String> {
 
 /// A byte size: a plain number of bytes, or a whole number with a unit: `KB`, `MB`, `GB`
 /// (1000-based) or `KiB`, `MiB`, `GiB` (1024-based), case-insensitive, optionally spaced.
-pub(super) fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(digits);

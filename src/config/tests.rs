@@ -1446,3 +1446,76 @@ fn multiple_messages_is_refuse_or_inspect() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unknown_key_does_not_hide_the_other_errors_of_the_file() {
+    let yaml = "\
+routes:
+  - name: lab
+    listen: 127.0.0.1:2575
+    allow: [127.0.0.0/8]
+    receive_timeout: 5x
+    upstream:
+      adress: 127.0.0.1:2576
+      keepalive: { time: 60s, retry: 3 }
+      connect_timeout: soon
+extra:
+  nested: 1
+shutdown_grace: 10s
+";
+    let all = errors(yaml);
+    let lines: Vec<&str> = all.lines().collect();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no error with {needle:?} in:\n{all}"))
+    };
+    let receive = at("guard.yaml:5:22: routes[0].receive_timeout: ");
+    let adress = at(
+        "guard.yaml:7:7: routes[0].upstream.adress: unknown key `adress` (did you mean `address`?)",
+    );
+    let retry = at("guard.yaml:8:31: routes[0].upstream.keepalive.retry: unknown key `retry` (did you mean `retries`?)");
+    let connect = at("guard.yaml:9:24: routes[0].upstream.connect_timeout: ");
+    let extra = at("guard.yaml:10:1: extra: unknown key `extra`");
+    assert!(
+        receive < adress && adress < retry && retry < connect && connect < extra,
+        "document order:\n{all}"
+    );
+    assert_eq!(all.matches("unknown key").count(), 3, "{all}");
+}
+
+#[test]
+fn a_mistyped_required_key_is_read_as_the_one_meant_and_a_lone_unknown_key_leaves_a_map() {
+    let yaml = "\
+routes:
+  - nme: lab
+    listen: 127.0.0.1:2575
+    allow: [127.0.0.1]
+    idle_timeout: 5x
+    upstream:
+      adress: 127.0.0.1:2576
+    framing:
+      stop: [0x1C]
+";
+    let all = errors(yaml);
+    let lines: Vec<&str> = all.lines().collect();
+    assert!(
+        lines[0]
+            .starts_with("guard.yaml:2:5: routes[0].nme: unknown key `nme` (did you mean `name`?)"),
+        "{all}"
+    );
+    assert!(
+        lines[1].starts_with("guard.yaml:5:19: routes[0].idle_timeout: "),
+        "{all}"
+    );
+    assert!(
+        lines[2].starts_with("guard.yaml:7:7: routes[0].upstream.adress: unknown key `adress` (did you mean `address`?)"),
+        "{all}"
+    );
+    assert!(
+        lines[3].starts_with("guard.yaml:9:7: routes[0].framing.stop: unknown key `stop`"),
+        "{all}"
+    );
+    assert_eq!(lines.len(), 4, "{all}");
+}

@@ -197,6 +197,9 @@ struct Front {
     attempts: u32,
     /// What the last failed attempt got, for a dead letter's reason.
     last: String,
+    /// An attempt reached the receiver (it answered, or the exchange broke after the message
+    /// went out): the next send is a redelivery.
+    reached_the_receiver: bool,
 }
 
 impl LogDrainer {
@@ -310,7 +313,10 @@ impl LogDrainer {
                 .map(|h| h.control_id().to_vec())
                 .unwrap_or_default();
             let shown_id = printable(&control_id);
-            if front.attempts > 0 {
+            // A redelivery is a send after an attempt that reached the receiver (it answered, or
+            // the exchange broke after the message went out): not a retry after a refused
+            // connection, which delivered nothing.
+            if front.reached_the_receiver {
                 self.counters.redeliveries.fetch_add(1, Ordering::Relaxed);
             }
             front.attempts += 1;
@@ -330,7 +336,7 @@ impl LogDrainer {
                 (ReplyAction::Accept, Ok(reply)) => {
                     if self.ack(&record).await {
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = front.attempts, outcome = "delivered", "queued message delivered");
+                        tracing::info!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, attempts = front.attempts, outcome = "delivered", "queued message delivered");
                         settle_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
                         backoff.reset();
                     }
@@ -346,6 +352,10 @@ impl LogDrainer {
                 }
                 (_, result) => {
                     front.failures += 1;
+                    front.reached_the_receiver |= match &result {
+                        Ok(_) => true,
+                        Err(err) => err.may_have_reached_the_receiver(),
+                    };
                     front.last = match result {
                         Ok(reply) => {
                             format!("upstream replied {}: {}", reply.code, ack_text(&reply.ack))
@@ -367,8 +377,11 @@ impl LogDrainer {
                         Ok(reply) => {
                             tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying")
                         }
+                        Err(err) if err.may_have_reached_the_receiver() => {
+                            tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed after it was sent; retrying (the upstream may see it twice)")
+                        }
                         Err(err) => {
-                            tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)")
+                            tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed before it was sent; retrying")
                         }
                     }
                     // Acks of earlier deliveries reach the disk before a pause, not after it.

@@ -51,7 +51,7 @@ pub async fn dial_loop(
             }
             Err(err) => {
                 let wait = backoff.next_wait();
-                tracing::warn!(route = %ctx.name, sender = %target, error = %err, retry_in = %humantime::format_duration(Duration::from_millis(wait.as_millis() as u64)), "cannot connect to the sender");
+                tracing::warn!(route = %ctx.name, sender = %target, error = %err, retry_in_ms = wait.as_millis() as u64, "cannot connect to the sender");
                 wait
             }
         };

@@ -239,9 +239,24 @@ async fn handshake(
     let proxy = proxy.map(display);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let limit = ctx.route.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    // The opposite mistake of a TLS client on a plaintext listener: a sender speaking plain
+    // MLLP here would otherwise read as rustls' "corrupt message of type InvalidContentType".
+    let mut first = [0u8; 1];
+    let peeked = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => peeked,
+    };
+    if matches!(peeked, Ok(Ok(1)))
+        && session::looks_like_plaintext_mllp(first[0], ctx.route.framing.start())
+    {
+        crate::ops::metrics::tls_handshake_failed(&ctx.name, "error");
+        tracing::warn!(route = %ctx.name, %peer, "a plaintext MLLP client connected to a TLS listener: connect with TLS, or remove tls: from this route");
+        return None;
+    }
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        result = tokio::time::timeout(limit, acceptor.accept(tcp)) => result,
+        result = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => result,
     };
     match handshake {
         Ok(Ok(stream)) => Some(Stream::ServerTls(Box::new(stream))),

@@ -31,7 +31,10 @@ pub enum QueueError {
     #[error("queue record too large: {reason}")]
     TooLarge { reason: String },
     /// `ack` named a record that is not the front.
-    #[error("cannot acknowledge seq {seq}: the front of the queue is {front:?}")]
+    #[error("cannot acknowledge seq {seq}: {}", match front {
+        Some(front) => format!("the front of the queue is seq {front}"),
+        None => "the queue is empty".to_string(),
+    })]
     NotFront { seq: u64, front: Option<u64> },
     #[error("queue opened read-only: {op} is not allowed")]
     ReadOnly { op: &'static str },

@@ -746,7 +746,7 @@ fn ack_of_a_seq_that_is_not_the_front_is_refused_and_changes_nothing() {
     let err = log.ack(2).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "cannot acknowledge seq 2: the front of the queue is Some(1)"
+        "cannot acknowledge seq 2: the front of the queue is seq 1"
     );
     assert_eq!(log.stats().messages, 3);
     assert_eq!(log.front().unwrap().unwrap().seq, 1);

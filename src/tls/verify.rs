@@ -122,7 +122,7 @@ impl Checks {
         if names.iter().any(|n| self.allowed.contains(&normalise(n))) {
             return Ok(());
         }
-        tracing::warn!(side, names = ?names, allowed = ?self.allowed, "certificate refused: it names none of allowed_identities");
+        tracing::warn!(side, names = %names.join(", "), allowed = %self.allowed.join(", "), "certificate refused: it names none of allowed_identities");
         Err(Error::InvalidCertificate(CertificateError::Other(
             rustls::OtherError(Arc::new(NotAllowed(names))),
         )))

@@ -13,13 +13,31 @@ use crate::tools::peer::send::{self, SendOptions};
 use crate::tools::peer::sink::{Sink, SinkOptions};
 use crate::wire::hl7::AckCode;
 
-pub const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/quickstart.yaml");
-pub const DEFAULT_MESSAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/messages");
-/// The CA that signed the demo certificates in `rules/certs/` (demo only, never for production).
-const DEMO_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/certs/ca.pem");
+/// The shipped quick-start config, from the repository's root (where `cargo run` starts). No
+/// path of the build machine is compiled in: the binary runs from any checkout.
+pub const DEFAULT_CONFIG: &str = "rules/quickstart.yaml";
+/// The sample messages, from the repository's root.
+pub const DEFAULT_MESSAGES: &str = "rules/messages";
+/// The file beside the listener's certificate holding the CA that signed it: the demo's sender
+/// trusts it (`rules/certs/ca.pem`, demo only, never for production).
+const DEMO_CA: &str = "ca.pem";
+
+/// What to say when a default path is missing: where the demo expects to run.
+fn from_the_root(path: &Path, option: &str) -> String {
+    format!(
+        "{} not found: run the demo from the repository's root (`cargo run --release -- demo`), or name it with {option}",
+        path.display()
+    )
+}
 
 /// Runs the demo; returns whether every message got a matching positive ack.
 pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
+    if !config_path.exists() {
+        anyhow::bail!(from_the_root(config_path, "--config"));
+    }
+    if !messages.exists() {
+        anyhow::bail!(from_the_root(messages, "--messages"));
+    }
     let config = Config::load(config_path).map_err(|errors| anyhow::anyhow!("{errors}"))?;
     let route = config
         .routes
@@ -32,6 +50,10 @@ pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
     };
     let route_name = route.name.clone();
     let tls_listener = route.tls.is_some();
+    let demo_ca = route
+        .tls
+        .as_ref()
+        .map(|tls| tls.cert.parent().unwrap_or(Path::new(".")).join(DEMO_CA));
     let ReceiverRole::Connect(upstream) = route.upstream.role.clone() else {
         anyhow::bail!("the demo needs an upstream that it connects to (`address:`), not `accept:`");
     };
@@ -58,8 +80,13 @@ pub async fn run(config_path: &Path, messages: &Path) -> anyhow::Result<bool> {
         sink.local_addr()
     );
 
-    let tls = if tls_listener {
-        let cfg = crate::tls::client_config(Path::new(DEMO_CA), None, None)?;
+    let tls = if let Some(ca) = &demo_ca {
+        let cfg = crate::tls::client_config(ca, None, None).with_context(|| {
+            format!(
+                "the demo's sender trusts {}, beside the listener's certificate",
+                ca.display()
+            )
+        })?;
         let name = rustls_pki_types::ServerName::try_from("localhost")?;
         Some((cfg, name))
     } else {

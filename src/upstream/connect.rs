@@ -98,12 +98,11 @@ impl Connector {
             Ok(stream) => stream,
             Err(err) => {
                 let wait = self.gate.failed(&err);
-                let retry_in =
-                    humantime::format_duration(Duration::from_millis(wait.as_millis() as u64));
+                let retry_in_ms = wait.as_millis() as u64;
                 if err.is_permanent() {
-                    tracing::error!(route = %self.route, upstream = %addr, error = %err, %retry_in, "cannot connect to the upstream and retrying soon will not help (certificate or TLS settings); retrying at the maximum backoff");
+                    tracing::error!(route = %self.route, upstream = %addr, error = %err, retry_in_ms, "cannot connect to the upstream and retrying soon will not help (certificate or TLS settings); retrying at the maximum backoff");
                 } else {
-                    tracing::warn!(route = %self.route, upstream = %addr, error = %err, %retry_in, "cannot connect to the upstream");
+                    tracing::warn!(route = %self.route, upstream = %addr, error = %err, retry_in_ms, "cannot connect to the upstream");
                 }
                 return Err(err);
             }

@@ -42,7 +42,7 @@ pub enum UpstreamError {
     AckMismatch(AckMismatch),
     #[error("all {size} upstream connections stayed busy for {}", humantime::format_duration(*.waited))]
     PoolBusy { size: usize, waited: Duration },
-    #[error("upstream {addr} is unreachable (last attempt: {last}); next attempt in {}", humantime::format_duration(*.retry_in))]
+    #[error("upstream {addr} is unreachable (last attempt: {last}); next attempt in {} ms", .retry_in.as_millis())]
     Backoff {
         addr: String,
         retry_in: Duration,
@@ -57,6 +57,32 @@ pub enum UpstreamError {
     NotCommitted(CommitError),
     #[error("the upstream sent too many messages while an ack was awaited")]
     Flooded,
+}
+
+impl UpstreamError {
+    /// Whether the failed attempt may have reached the receiver: bytes of the message were
+    /// (or may have been) sent before it failed, so sending it again may give the receiver a
+    /// second copy. False when no connection to the receiver was made.
+    pub fn may_have_reached_the_receiver(&self) -> bool {
+        match self {
+            UpstreamError::Resolve { .. }
+            | UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Proxy { .. }
+            | UpstreamError::Handshake { .. }
+            | UpstreamError::PoolBusy { .. }
+            | UpstreamError::Backoff { .. }
+            | UpstreamError::NoReceiver { .. } => false,
+            UpstreamError::Send(_)
+            | UpstreamError::Receive(_)
+            | UpstreamError::ClosedBeforeAck
+            | UpstreamError::AckTimeout(_)
+            | UpstreamError::AckOversize(_)
+            | UpstreamError::AckMismatch(_)
+            | UpstreamError::NotCommitted(_)
+            | UpstreamError::Flooded => true,
+        }
+    }
 }
 
 impl Fault for UpstreamError {

@@ -28,6 +28,27 @@ fn guard_cmd() -> Command {
     cmd
 }
 
+/// `mllp-guard check --config file`, run to its end.
+fn check(file: &Path) -> std::process::Output {
+    guard_cmd()
+        .args(["check", "--config"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// `check` of a file holding `yaml`, which must fail with exit code 2: the file's name as shown,
+/// and what `check` printed on stderr.
+fn check_fails(yaml: &str) -> (String, String) {
+    let dir = TestDir::new();
+    let file = dir.path("guard.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    (file.display().to_string(), stderr)
+}
+
 /// Starts `mllp-guard sink` and returns it with the address it printed.
 pub fn start_sink(args: &[&str]) -> (Proc, String) {
     let mut child = guard_cmd()
@@ -116,12 +137,7 @@ fn check_accepts_a_valid_config_with_one_line_per_route() {
         route_yaml("127.0.0.1:2576".parse().unwrap(), "", "", ""),
     )
     .unwrap();
-    let out = guard_cmd()
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check(&file);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -135,22 +151,9 @@ fn check_accepts_a_valid_config_with_one_line_per_route() {
 
 #[test]
 fn check_reports_every_error_with_its_location_and_exits_2() {
-    let dir = TestDir::new();
-    let file = dir.path("bad.yaml");
-    std::fs::write(
-        &file,
+    let (shown, stderr) = check_fails(
         "routes:\n  - name: Lab\n    listen: 127.0.0.1:2575\n    allow: [10.0.0.0/33]\n    upstream:\n      address: 127.0.0.1:2576\n  - name: Lab\n    listen: 127.0.0.1:2575\n    allow: []\n    upstream:\n      address: 127.0.0.1:2576\n",
-    )
-    .unwrap();
-    let out = guard_cmd()
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let shown = file.display().to_string();
+    );
     assert!(
         stderr.contains(&format!("{shown}:2:11: routes[0].name")),
         "{stderr}"
@@ -420,11 +423,7 @@ fn check_print_is_the_effective_config_and_loads_back() {
     }
     let again = dir.path("printed.yaml");
     std::fs::write(&again, &printed).unwrap();
-    let out = guard_cmd()
-        .args(["check", "--config"])
-        .arg(&again)
-        .output()
-        .unwrap();
+    let out = check(&again);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -439,4 +438,80 @@ fn version_says_the_build() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("mllp-guard 0.1.0 (git "), "{text}");
     assert!(text.contains("rustc "), "{text}");
+}
+
+#[test]
+fn check_reports_an_unknown_key_and_the_errors_after_it_in_one_run() {
+    let (shown, stderr) = check_fails(
+        "routes:\n  - name: lab\n    listen: 127.0.0.1:2575\n    allow: [127.0.0.1]\n    receive_timeout: 5x\n    upstream:\n      adress: 127.0.0.1:2576\n",
+    );
+    assert!(
+        stderr.contains(&format!("{shown}:5:22: routes[0].receive_timeout: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{shown}:7:7: routes[0].upstream.adress: unknown key `adress` (did you mean `address`?)"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+}
+
+#[test]
+fn check_does_not_describe_a_store_and_forward_route_by_connections_it_does_not_use() {
+    let dir = TestDir::new();
+    let file = dir.path("custody.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "state_dir: {}\nroutes:\n  - name: lab\n    listen: 127.0.0.1:0\n    allow: [127.0.0.1]\n    delivery: store-and-forward\n    upstream:\n      address: 127.0.0.1:2576\n",
+            dir.path("state").display()
+        ),
+    )
+    .unwrap();
+    let out = check(&file);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("-> 127.0.0.1:2576 (plain); delivery store-and-forward"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("connections paired"), "{stdout}");
+}
+
+/// Two runs of `sink --save-dir` into one directory: the second numbers on after the first, so
+/// the files never read as one run's sequence with gaps or overwrite each other.
+#[test]
+fn sink_save_dir_numbers_on_after_an_earlier_run() {
+    let dir = TestDir::new();
+    let saved = dir.path("saved");
+    for (run, id) in ["RUN1", "RUN2"].iter().enumerate() {
+        let (sink, addr) = start_sink(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--save-dir",
+            saved.to_str().unwrap(),
+        ]);
+        let file = dir.path(&format!("{id}.hl7"));
+        std::fs::write(&file, message(id, 200)).unwrap();
+        let out = guard_cmd()
+            .args(["send", "--to", &addr])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "run {run}");
+        drop(sink);
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["000001_RUN1.hl7", "000002_RUN2.hl7"]);
 }

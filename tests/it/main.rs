@@ -13,6 +13,8 @@ mod deploy;
 mod enhanced;
 mod firewall;
 mod harness;
+mod help;
+mod host;
 mod jetstream;
 mod nats;
 mod one_reading;

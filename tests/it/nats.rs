@@ -1,6 +1,6 @@
 //! Real `nats-server` processes for the JetStream tests: one node or a three-node cluster on
 //! loopback ports, JetStream stores in temp directories, killed (SIGKILL) and reaped when the
-//! test ends. Tests skip, saying so, when `nats-server` is not on PATH.
+//! test ends. The tests that need it are ignored in a normal run (`needs nats-server`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,18 +19,19 @@ impl Drop for Proc {
     }
 }
 
-/// Whether `nats-server` can be run; prints why a test is skipped when not.
-pub fn available(test: &str) -> bool {
+/// Fails the test, saying how to install it, when `nats-server` cannot be run (the JetStream
+/// tests are ignored in a normal run for that reason; `.ci/run` installs it and runs them).
+pub fn require() {
     let ok = Command::new("nats-server")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED {test}: nats-server is not on PATH (apt-get install -y nats-server)");
-    }
-    ok
+    assert!(
+        ok,
+        "this test needs nats-server, which is not on PATH: apt-get install nats-server"
+    );
 }
 
 fn free_port() -> u16 {

@@ -1,6 +1,7 @@
 //! A third-party HL7 client no one here wrote, python-hl7's asyncio MLLP client, sends the whole
 //! corpus through the guard, plain and TLS; every ack must be positive and answer its message, and
-//! every payload must reach the receiver byte-exact. `pip install -r tests/python/requirements.txt`.
+//! every payload must reach the receiver byte-exact. The Python is the test virtualenv
+//! (`bash tests/python/venv.sh` makes it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use mllp_guard::tools::peer::sink::{Sink, SinkOptions};
 use mllp_guard::wire::hl7::AckCode;
 
 use crate::harness::*;
+use crate::host;
 
 fn corpus_messages() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(corpus(""))
@@ -23,7 +25,7 @@ fn corpus_messages() -> Vec<PathBuf> {
 
 async fn python_client(args: &[String]) -> (bool, Vec<serde_json::Value>) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hl7_client.py");
-    let mut cmd = tokio::process::Command::new("python3");
+    let mut cmd = tokio::process::Command::new(host::python3());
     cmd.arg(script).args(args).kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
@@ -32,7 +34,7 @@ async fn python_client(args: &[String]) -> (bool, Vec<serde_json::Value>) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("ModuleNotFoundError"),
-        "python-hl7 is missing: run `python3 -m pip install -r tests/python/requirements.txt`\n{stderr}"
+        "python-hl7 is missing: run `bash tests/python/venv.sh` (a virtualenv in target/pyenv)\n{stderr}"
     );
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -125,7 +127,7 @@ async fn the_guard_dials_a_python_hl7_server_that_sends_the_corpus() {
     let files: Vec<PathBuf> = corpus_messages().into_iter().take(8).collect();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/hl7_sender_server.py");
     let mut server = Proc(
-        std::process::Command::new("python3")
+        std::process::Command::new(host::python3())
             .arg(script)
             .arg("127.0.0.1")
             .args(&files)

@@ -328,10 +328,9 @@ fn embedded_queue_commands_tell_the_truth_with_the_guard_running_and_stopped() {
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_queue_commands_tell_the_truth_with_the_guard_running_and_stopped() {
-    let Some(backend) = Backend::jetstream("jetstream_queue_commands_tell_the_truth") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     queue_commands_tell_the_truth(backend);
 }
 
@@ -432,10 +431,9 @@ fn embedded_a_message_always_answered_ae_is_given_up_after_max_attempts() {
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_a_message_always_answered_ae_is_given_up_after_max_attempts() {
-    let Some(backend) = Backend::jetstream("jetstream_max_attempts") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     a_message_always_answered_ae_is_given_up_after_max_attempts(backend);
 }
 
@@ -479,10 +477,9 @@ fn embedded_a_message_older_than_max_age_is_given_up_and_the_next_one_delivered(
 }
 
 #[test]
+#[ignore = "needs nats-server: apt-get install nats-server"]
 fn jetstream_a_message_older_than_max_age_is_given_up_and_the_next_one_delivered() {
-    let Some(backend) = Backend::jetstream("jetstream_max_age") else {
-        return;
-    };
+    let backend = Backend::jetstream();
     a_message_older_than_max_age_is_given_up_and_the_next_one_delivered(backend);
 }
 

@@ -139,3 +139,45 @@ async fn a_rotated_certificate_is_used_by_the_next_handshake() {
         AckCode::AA
     );
 }
+
+/// The reload line names only the route whose settings changed, as a plain list, and the
+/// admin line gives a plain address (no `Some(...)` of Rust's Debug formatting).
+#[tokio::test]
+async fn a_reload_lists_only_the_route_that_changed_in_plain_words() {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let admin = crate::admin::free_port();
+    let file = dir.path("guard.yaml");
+    let two_routes = |b_max: &str| {
+        format!(
+            "admin:\n  listen: {admin}\nroutes:\n  - name: a\n    listen: 127.0.0.1:0\n    allow: [127.0.0.1]\n    upstream:\n      address: {up}\n  - name: b\n    listen: 127.0.0.1:0\n    allow: [127.0.0.1]\n    max_message_bytes: {b_max}\n    upstream:\n      address: {up}\n",
+            up = upstream.addr
+        )
+    };
+    std::fs::write(&file, two_routes("1MiB")).unwrap();
+    let (guard, _, logs) = start_guard(&file);
+    wait_for(admin, "/readyz", 200).await;
+    std::fs::write(&file, two_routes("2MiB")).unwrap();
+    hup(&guard);
+    wait_reloads(admin, "success", 1.0).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut admin_line, mut reload_line) = (None, None);
+    while Instant::now() < deadline && (admin_line.is_none() || reload_line.is_none()) {
+        let Ok(line) = logs.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match v["message"].as_str() {
+            Some(m) if m.starts_with("admin endpoint listening") => admin_line = Some(v),
+            Some("config reloaded") => reload_line = Some(v),
+            _ => {}
+        }
+    }
+    let admin_line = admin_line.expect("an admin endpoint line");
+    assert_eq!(admin_line["admin"], admin.to_string(), "{admin_line}");
+    let reload_line = reload_line.expect("a reload line");
+    assert_eq!(reload_line["updated"], "b", "{reload_line}");
+    assert_eq!(reload_line["added"], "none", "{reload_line}");
+    assert_eq!(reload_line["removed"], "none", "{reload_line}");
+}

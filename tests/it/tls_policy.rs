@@ -185,7 +185,7 @@ try:
 except (ssl.SSLError, ConnectionError) as e:
     print("refused", e)
 "#;
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(crate::host::python3())
         .arg("-c")
         .arg(script)
         .arg("127.0.0.1")
@@ -784,4 +784,52 @@ fn check_reports_certificate_expiry_and_warns_within_30_days() {
         "{stdout}"
     );
     assert_eq!(stdout.matches("warning:").count(), 1, "{stdout}");
+}
+
+/// A sender that speaks plain MLLP to a TLS listener is told so in the log (not rustls'
+/// "corrupt message of type InvalidContentType"), is never answered, and nothing is relayed; a
+/// TLS client on the same listener still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_on_a_tls_listener_is_named_in_the_log_and_closed() {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let file = dir.path("guard.yaml");
+    let listener = "      cert: guard.pem\n      key: guard.key\n";
+    std::fs::write(&file, config(listener, &upstream.addr.to_string(), "")).unwrap();
+    let (_guard, addr, logs) = start_guard(&file);
+    let addr: SocketAddr = addr.parse().unwrap();
+
+    for first in [
+        mllp_guard::wire::codec::encode(&message("PLAIN-1", 200)).to_vec(),
+        message("PLAIN-2", 200),
+    ] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&first).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+            .await
+            .expect("the guard closes the connection");
+        assert!(
+            read.is_err() || answer.is_empty(),
+            "a plaintext client got an answer: {answer:?}"
+        );
+        let line = log_line(&logs, "plaintext MLLP client");
+        assert_eq!(
+            line["message"],
+            "a plaintext MLLP client connected to a TLS listener: connect with TLS, or remove tls: from this route",
+            "{line}"
+        );
+        assert_eq!(line["route"], "test", "{line}");
+    }
+
+    let mut client = Client::tls(addr, dir.client_tls("ca.pem", None))
+        .await
+        .unwrap();
+    let (code, _, _) = ack_of(&client.send(&message("TLS-1", 200)).await);
+    assert_eq!(code, AckCode::AA);
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "only the TLS client's message"
+    );
 }

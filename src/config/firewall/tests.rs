@@ -331,7 +331,8 @@ fn bad_actions_say_what_is_accepted() {
         ),
         (
             "{ route: x, to: y }",
-            "guard.yaml:9:29: routes[0].rules[0].action.to: unknown key `to`; valid keys here: route",
+            "guard.yaml:9:26: routes[0].rules[0].action.route: unknown upstream \"x\"; no `upstreams:` are defined; add a top-level `upstreams:` map with this name (its block takes the same keys as a route's `upstream`)\n\
+             guard.yaml:9:29: routes[0].rules[0].action.to: unknown key `to`; valid keys here: route",
         ),
         (
             "{}",

@@ -95,6 +95,7 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
         delivery: &delivery,
         conn: None,
         last_failure: None,
+        not_sent: None,
     }
     .run()
     .await;
@@ -147,6 +148,9 @@ struct StreamDrainer<'a> {
     conn: Option<crate::upstream::UpstreamConn>,
     /// What the last failed attempt at a stream sequence got (for a dead letter's reason).
     last_failure: Option<(u64, String)>,
+    /// The stream sequence of the last message this guard failed to send at all (refused
+    /// connection): offered again, it is not a redelivery to the receiver.
+    not_sent: Option<u64>,
 }
 
 /// How an attempt under the lease ended.
@@ -241,9 +245,12 @@ impl StreamDrainer<'_> {
             Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
             Err(_) => (0, 1),
         };
-        if delivered > 1 {
+        // Counted when an earlier attempt may have reached the receiver: not after this guard's
+        // own attempt failed before sending (another guard's attempts cannot be told apart).
+        if delivered > 1 && self.not_sent != Some(seq) {
             counters.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
+        self.not_sent = None;
         let retry = self.delivery.retry;
         let enqueued_ms = message
             .headers
@@ -295,7 +302,7 @@ impl StreamDrainer<'_> {
             (ReplyAction::Accept, Ok(reply)) => match self.settle(&message, AckKind::Ack).await {
                 Ok(()) => {
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(route = %route, seq, control_id = %shown_id, ack = %reply.code, attempts = delivered, outcome = "delivered", "queued message delivered");
+                    tracing::info!(route = %route, seq, control_id = %shown_id, ack = %reply.code, attempts = delivered, outcome = "delivered", "queued message delivered");
                 }
                 Err(err) => {
                     tracing::warn!(route = %route, seq, control_id = %shown_id, error = %err, "delivered, but JetStream did not confirm the ack; it will be delivered again (a duplicate)");
@@ -335,8 +342,12 @@ impl StreamDrainer<'_> {
                     Ok(reply) => {
                         tracing::warn!(route = %route, seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying")
                     }
+                    Err(err) if err.may_have_reached_the_receiver() => {
+                        tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed after it was sent; retrying (the upstream may see it twice)")
+                    }
                     Err(err) => {
-                        tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed; retrying (the upstream may see it twice)")
+                        self.not_sent = Some(seq);
+                        tracing::warn!(route = %route, seq, control_id = %shown_id, reason = err.reason(), error = %err, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "delivery of a queued message failed before it was sent; retrying")
                     }
                 }
                 // The message stays the one in flight; the server offers it again after `wait`

@@ -170,7 +170,13 @@ async fn exchange(
     if link.is_none() {
         let stream = tokio::time::timeout(opts.timeout, connect(opts))
             .await
-            .map_err(|_| format!("no connection to {} within {:?}", opts.to, opts.timeout))??;
+            .map_err(|_| {
+                format!(
+                    "no connection to {} within {}",
+                    opts.to,
+                    humantime::format_duration(opts.timeout)
+                )
+            })??;
         *link = Some(Link::new(stream, 64 * 1024 * 1024));
     }
     let Some(conn) = link.as_mut() else {

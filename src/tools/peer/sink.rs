@@ -1,5 +1,6 @@
 //! `mllp-guard sink`: a receiver that answers every message with a proper ack (MSA-2 = its
-//! control id) and can save each payload byte-exact, numbered in arrival order.
+//! control id) and can save each payload byte-exact, numbered in arrival order; numbering goes on
+//! after the files a previous run left in the directory, so two runs never read as one sequence.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +26,8 @@ pub struct SinkOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The code every ack carries (AA by default).
     pub ack: AckCode,
-    /// Where to save payloads (`000001_<control id>.hl7`, ...), if anywhere.
+    /// Where to save payloads (`000001_<control id>.hl7`, ...), if anywhere; numbering starts
+    /// after the highest number already there.
     pub save_dir: Option<PathBuf>,
     pub max_message_bytes: usize,
     /// Print one line per message on stdout.
@@ -51,10 +53,15 @@ impl Sink {
     pub async fn start(opts: SinkOptions) -> io::Result<Sink> {
         let listener = crate::net::bind::bind(opts.listen)?;
         let addr = listener.local_addr()?;
+        let mut saved_before = 0;
         if let Some(dir) = &opts.save_dir {
             tokio::fs::create_dir_all(dir).await?;
+            saved_before = highest_number(dir).await?;
         }
-        let received = Arc::new(Counters::default());
+        let received = Arc::new(Counters {
+            taken: AtomicU64::new(saved_before),
+            handled: AtomicU64::new(0),
+        });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let opts = Arc::new(opts);
@@ -113,6 +120,22 @@ impl Sink {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+/// The highest `NNNNNN` of the `NNNNNN_*.hl7` files in `dir` (0 when there are none).
+async fn highest_number(dir: &std::path::Path) -> io::Result<u64> {
+    let mut highest = 0;
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let number = name
+            .strip_suffix(".hl7")
+            .and_then(|stem| stem.split_once('_'))
+            .and_then(|(digits, _)| digits.parse::<u64>().ok());
+        highest = highest.max(number.unwrap_or(0));
+    }
+    Ok(highest)
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
