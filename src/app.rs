@@ -63,6 +63,8 @@ struct Prepared {
     listener: Option<TcpListener>,
     custody: Option<Arc<Custody>>,
     accepting: Option<(SocketAddr, Arc<Upstream>)>,
+    /// The route's upstream, when it has `health_check` (probed while this config runs).
+    probed: Option<Arc<Upstream>>,
     /// The route's listener and dialer are new (not kept from the running route).
     restart: bool,
 }
@@ -204,6 +206,13 @@ impl Guard {
         for p in prepared {
             let name = p.ctx.route.name.clone();
             let generation = CancellationToken::new();
+            if let (Some(upstream), Some(check)) =
+                (p.probed.clone(), p.ctx.route.upstream.health_check)
+            {
+                let stop = generation.clone();
+                self.tracker
+                    .spawn(async move { upstream.health_checks(check, stop).await });
+            }
             if let Dispatch::Forward { upstream, .. } = &p.ctx.dispatch {
                 if upstream.reopens_at_once() {
                     let (upstream, stop) = (upstream.clone(), generation.clone());
@@ -304,6 +313,11 @@ impl Guard {
             Some((_, upstream)) => upstream.clone(),
             None => Arc::new(Upstream::new(name.clone(), route.upstream.clone())),
         };
+        let probed = route
+            .upstream
+            .health_check
+            .is_some()
+            .then(|| upstream.clone());
         let (dispatch, custody) = match &route.delivery {
             Delivery::Forward => (
                 Dispatch::Forward {
@@ -355,6 +369,7 @@ impl Guard {
             listener,
             custody,
             accepting,
+            probed,
             restart,
         })
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::model::{
-    CustodyConfig, Delivery, JetStreamQueue, NatsTls, OnReply, QueueBackend, Retry,
+    CustodyConfig, Delivery, JetStreamQueue, NatsTls, OnReply, QueueBackend, Retry, UnreadyWhen,
     DEFAULT_ACK_MODE, DEFAULT_DUPLICATE_WINDOW, DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
     DEFAULT_JETSTREAM_PUBLISH_TIMEOUT, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER,
     DEFAULT_ON_REPLY_AE, DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES,
@@ -71,8 +71,32 @@ impl Validator<'_> {
             DEFAULT_QUEUE_SEGMENT_BYTES,
         );
         let mut backend = QueueBackend::Embedded;
+        let mut unready_when = None;
         if let Some(q) = &r.queue {
             let q = &q.value;
+            unready_when = q.unready_when.as_ref().map(|raw| {
+                let u = &raw.value;
+                let pending = self.value(
+                    format!("{p}.queue.unready_when.pending"),
+                    &u.pending,
+                    None,
+                    |s| parse_count(s, 1).map(|n| Some(n as u64)),
+                );
+                let oldest = self.value(
+                    format!("{p}.queue.unready_when.oldest"),
+                    &u.oldest,
+                    None,
+                    |s| parse_positive_duration(s).map(Some),
+                );
+                if u.pending.is_none() && u.oldest.is_none() {
+                    self.error(
+                        format!("{p}.queue.unready_when"),
+                        &raw.referenced,
+                        "give `pending` (messages waiting), `oldest` (how long the oldest waits) or both, e.g. `unready_when: { pending: 1000, oldest: 10m }`",
+                    );
+                }
+                UnreadyWhen { pending, oldest }
+            });
             max_bytes = self.value(
                 format!("{p}.queue.max_bytes"),
                 &q.max_bytes,
@@ -148,6 +172,7 @@ impl Validator<'_> {
             on_reply,
             duplicate_window,
             backend,
+            unready_when,
         })
     }
 

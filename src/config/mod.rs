@@ -56,11 +56,11 @@ mod validator;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::fuzz_config;
 pub use model::{
-    AckMode, Admin, Batches, ClientTls, Config, Connections, CustodyConfig, Delivery, IdleReopen,
-    JetStreamQueue, Keepalive, MllpRelease, MultipleMessages, NatsTls, OnLimit, OnReply,
-    OnUpstreamFailure, QueueBackend, RateLimits, ReceiverRole, Reconnect, ReplyAction, Retry,
-    Route, SenderRole, ServerTls, UpstreamAddress, UpstreamConfig, DEFAULT_ACK_MODE,
-    DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW,
+    AckMode, Admin, Batches, ClientTls, Config, Connections, CustodyConfig, Delivery, HealthCheck,
+    IdleReopen, JetStreamQueue, Keepalive, MllpRelease, MultipleMessages, NatsTls, OnLimit,
+    OnReply, OnUpstreamFailure, QueueBackend, RateLimits, ReceiverRole, Reconnect, ReplyAction,
+    Retry, Route, SenderRole, ServerTls, UnreadyWhen, UpstreamAddress, UpstreamConfig,
+    DEFAULT_ACK_MODE, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
     DEFAULT_JETSTREAM_PUBLISH_TIMEOUT, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER,
     DEFAULT_MAX_ACK_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,

@@ -345,6 +345,35 @@ pub struct CustodyConfig {
     pub duplicate_window: Option<Duration>,
     /// `queue.backend`: where custody is kept. Default `embedded`.
     pub backend: QueueBackend,
+    /// `queue.unready_when`: `/readyz` is unready while the queue is this backed up. `None`
+    /// (default): the queue's depth never makes the guard unready.
+    pub unready_when: Option<UnreadyWhen>,
+}
+
+/// `queue.unready_when: { pending, oldest }`: either threshold, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnreadyWhen {
+    /// `pending`: this many messages or more waiting.
+    pub pending: Option<u64>,
+    /// `oldest`: the oldest waiting this long or more.
+    pub oldest: Option<Duration>,
+}
+
+/// Defaults of `upstream.health_check`.
+pub const DEFAULT_HEALTH_CHECK: HealthCheck = HealthCheck {
+    interval: Duration::from_secs(10),
+    timeout: Duration::from_secs(2),
+};
+
+/// `upstream.health_check: { interval, timeout }`: a TCP connect (and the TLS handshake when the
+/// upstream is TLS) every `interval`, never an HL7 message, so that `/readyz` and
+/// `mllp_guard_upstream_up` follow the receiver without waiting for a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Default 10s.
+    pub interval: Duration,
+    /// Default 2s.
+    pub timeout: Duration,
 }
 
 /// `queue.backend`: the store behind a store-and-forward route.
@@ -565,6 +594,9 @@ pub struct UpstreamConfig {
     /// `framing.release`: the MLLP release spoken with the receiver. Default
     /// [`MllpRelease::One`].
     pub release: MllpRelease,
+    /// `health_check`: probe the receiver without a message. `None` (default): its health is
+    /// known from real connections only.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// An upstream `host:port`. The host is a DNS name, an IPv4 address, or an IPv6 address

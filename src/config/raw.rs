@@ -354,6 +354,23 @@ pub(super) struct RawQueue {
     pub(super) segment_bytes: Option<Text>,
     pub(super) backend: Option<Text>,
     pub(super) jetstream: Option<Spanned<RawJetStream>>,
+    pub(super) unready_when: Option<Spanned<RawUnreadyWhen>>,
+}
+
+/// `queue.unready_when:` (either key or both).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUnreadyWhen {
+    pub(super) pending: Option<Text>,
+    pub(super) oldest: Option<Text>,
+}
+
+/// `upstream.health_check:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    pub(super) interval: Option<Text>,
+    pub(super) timeout: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -427,6 +444,7 @@ pub(super) struct RawUpstream {
     pub(super) idle_reopen: Option<Text>,
     pub(super) send_proxy_protocol: Option<Text>,
     pub(super) transparent_source: Option<Text>,
+    pub(super) health_check: Option<Spanned<RawHealthCheck>>,
     pub(super) reconnect: Option<Spanned<RawReconnect>>,
     pub(super) framing: Option<Spanned<RawFraming>>,
     pub(super) via: Option<Spanned<RawVia>>,

@@ -744,6 +744,7 @@ fn the_custody_example_of_the_issue_parses_into_typed_values() {
             },
             duplicate_window: Some(Duration::from_secs(600)),
             backend: QueueBackend::Embedded,
+            unready_when: None,
         })
     );
 }
@@ -764,6 +765,7 @@ fn store_and_forward_with_only_a_state_dir_takes_every_custody_default() {
             on_reply: OnReply::default(),
             duplicate_window: Some(DEFAULT_DUPLICATE_WINDOW),
             backend: QueueBackend::Embedded,
+            unready_when: None,
         }
     );
     assert_eq!(DEFAULT_ACK_MODE, AckMode::Msh15);

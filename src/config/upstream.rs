@@ -12,8 +12,9 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::model::{
-    Connections, IdleReopen, Keepalive, ReceiverRole, Reconnect, UpstreamAddress, UpstreamConfig,
-    DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ACK_BYTES,
+    Connections, HealthCheck, IdleReopen, Keepalive, ReceiverRole, Reconnect, UpstreamAddress,
+    UpstreamConfig, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_CHECK,
+    DEFAULT_MAX_ACK_BYTES,
 };
 use super::raw::{RawUpstream, Text};
 use super::scalars::{
@@ -246,6 +247,35 @@ impl Validator<'_> {
             }
         };
         let (framing, release) = self.framing(&format!("{p}.framing"), &u.framing);
+        let health_check = u.health_check.as_ref().map(|raw| {
+            let h = &raw.value;
+            let interval = self.value(
+                format!("{p}.health_check.interval"),
+                &h.interval,
+                DEFAULT_HEALTH_CHECK.interval,
+                parse_positive_duration,
+            );
+            let timeout = self.value(
+                format!("{p}.health_check.timeout"),
+                &h.timeout,
+                DEFAULT_HEALTH_CHECK.timeout,
+                parse_positive_duration,
+            );
+            if u.accept.is_some() {
+                self.error(
+                    format!("{p}.health_check"),
+                    &raw.referenced,
+                    "health_check connects to the receiver; with `accept` the receiver connects in (remove it)",
+                );
+            } else if matches!(role, Some(ReceiverRole::OriginalDestination)) {
+                self.error(
+                    format!("{p}.health_check"),
+                    &raw.referenced,
+                    "health_check needs a fixed address; with original-destination each connection goes elsewhere (remove it)",
+                );
+            }
+            HealthCheck { interval, timeout }
+        });
         UpstreamConfig {
             role: role.unwrap_or(ReceiverRole::Connect(UpstreamAddress {
                 host: String::new(),
@@ -265,6 +295,7 @@ impl Validator<'_> {
             reconnect,
             framing,
             release,
+            health_check,
         }
     }
 

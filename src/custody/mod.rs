@@ -370,6 +370,26 @@ impl crate::ops::metrics::QueueProbe for Custody {
             Keeper::JetStream(nats) => nats.writable(),
         }
     }
+
+    fn backed_up(&self) -> Option<String> {
+        let when = self.cfg.unready_when?;
+        let (stats, _) = self.probe();
+        if let Some(limit) = when.pending.filter(|&n| stats.messages >= n) {
+            return Some(format!(
+                "{} messages pending (queue.unready_when.pending {limit})",
+                stats.messages
+            ));
+        }
+        let oldest = stats
+            .oldest_enqueued_ms
+            .map(|at| std::time::Duration::from_millis(now_ms().saturating_sub(at)))?;
+        let limit = when.oldest.filter(|&d| oldest >= d)?;
+        Some(format!(
+            "the oldest message has waited {}s (queue.unready_when.oldest {})",
+            oldest.as_secs(),
+            humantime::format_duration(limit)
+        ))
+    }
 }
 
 /// Whether an ack with `code` goes out: `ack_mode` (`ae-only`: AE/CE only, `ar-only`: AR/CR

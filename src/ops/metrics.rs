@@ -486,6 +486,22 @@ impl AckDuration {
 }
 
 /// Records a connection attempt's result; also what `/readyz` reports for the upstream.
+/// A health check of `upstream` (no message, no connection kept): up or down, for
+/// `mllp_guard_upstream_up` and `/readyz`; not counted as a connection.
+pub fn upstream_probe(upstream: &str, ok: bool) {
+    metrics()
+        .upstream_up
+        .get_or_create(&UpstreamLabel {
+            upstream: upstream.to_string(),
+        })
+        .set(i64::from(ok));
+    health()
+        .upstreams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(upstream.to_string(), ok);
+}
+
 pub fn upstream_connect(upstream: &str, ok: bool) {
     let m = metrics();
     let label = UpstreamLabel {
@@ -515,6 +531,10 @@ pub trait QueueProbe: Send + Sync {
     fn probe(&self) -> (QueueStats, u64);
     /// False when the queue cannot take writes (a failed sync poisons it until reopened).
     fn writable(&self) -> bool;
+    /// Why the queue is backed up past `queue.unready_when`, when it is.
+    fn backed_up(&self) -> Option<String> {
+        None
+    }
 }
 
 fn probes() -> &'static Mutex<Vec<Arc<dyn QueueProbe>>> {
@@ -779,8 +799,9 @@ pub fn set_route_down(route: &str, why: Option<String>) {
 }
 
 /// Readiness and the reasons it is not: serving, each upstream's last connection attempt
-/// succeeded (an upstream not tried yet counts as reachable), every route started, each queue
-/// writable.
+/// succeeded (an upstream not tried yet counts as reachable; with `health_check`, its last
+/// probe), every route started, each queue writable and not backed up past
+/// `queue.unready_when`.
 pub fn readiness() -> (bool, Vec<String>) {
     let h = health();
     let mut problems = Vec::new();
@@ -806,6 +827,12 @@ pub fn readiness() -> (bool, Vec<String>) {
         if !probe.writable() {
             problems.push(format!(
                 "route {}: its queue cannot take writes",
+                probe.route()
+            ));
+        }
+        if let Some(why) = probe.backed_up() {
+            problems.push(format!(
+                "route {}: its queue is backed up: {why}",
                 probe.route()
             ));
         }

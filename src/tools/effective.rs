@@ -120,6 +120,21 @@ fn route(w: &mut String, r: &Route) {
             line(w, i + 1, "max_bytes", c.max_bytes);
             line(w, i + 1, "max_messages", c.max_messages);
             line(w, i + 1, "segment_bytes", c.segment_bytes);
+            if let Some(u) = c.unready_when {
+                let mut parts = Vec::new();
+                if let Some(n) = u.pending {
+                    parts.push(format!("pending: {n}"));
+                }
+                if let Some(d) = u.oldest {
+                    parts.push(format!("oldest: {}", dur(d)));
+                }
+                line(
+                    w,
+                    i + 1,
+                    "unready_when",
+                    format!("{{ {} }}", parts.join(", ")),
+                );
+            }
             line(w, i, "ack_mode", c.ack_mode.as_str());
             line(
                 w,
@@ -238,6 +253,18 @@ fn upstream(w: &mut String, i: usize, u: &UpstreamConfig) {
         },
     );
     line(w, i, "transparent_source", u.transparent_source);
+    if let Some(h) = u.health_check {
+        line(
+            w,
+            i,
+            "health_check",
+            format!(
+                "{{ interval: {}, timeout: {} }}",
+                dur(h.interval),
+                dur(h.timeout)
+            ),
+        );
+    }
     if let Some(version) = u.send_proxy_protocol {
         line(w, i, "send_proxy_protocol", version);
     }

@@ -112,6 +112,20 @@ impl Connector {
         Ok(self.conn_over(stream))
     }
 
+    /// `health_check`: opens a connection as for a message (TCP, and the TLS handshake when the
+    /// upstream is TLS; a LOCAL/UNKNOWN PROXY header when it wants one) within `limit`, and
+    /// closes it at once: never a message, and outside the reconnect backoff.
+    pub(super) async fn probe(&self, limit: Duration) -> Result<(), UpstreamError> {
+        let addr = self.cfg.role.to_string();
+        match timeout(limit, Box::pin(self.open(&addr, None))).await {
+            Ok(opened) => opened.map(drop),
+            Err(_) => Err(UpstreamError::ConnectTimeout {
+                addr,
+                timeout: limit,
+            }),
+        }
+    }
+
     fn conn_over(&self, stream: Stream) -> UpstreamConn {
         UpstreamConn {
             link: Link::with_framing(stream, self.cfg.max_ack_bytes, self.cfg.framing),

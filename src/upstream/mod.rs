@@ -374,6 +374,35 @@ impl Upstream {
         }
     }
 
+    /// `health_check`: probes the receiver every `check.interval` until `stop` (a connection
+    /// opened and closed, never a message), so that `/readyz` and `mllp_guard_upstream_up`
+    /// follow it without waiting for a message. Logs when it goes down and when it is back.
+    pub async fn health_checks(&self, check: config::HealthCheck, stop: CancellationToken) {
+        let route = self.connector.route().clone();
+        let mut up = true;
+        loop {
+            let probed = tokio::select! {
+                _ = stop.cancelled() => return,
+                probed = self.connector.probe(check.timeout) => probed,
+            };
+            crate::ops::metrics::upstream_probe(&route, probed.is_ok());
+            match (&probed, up) {
+                (Err(err), true) => {
+                    tracing::warn!(route = %route, upstream = %self.address(), error = %err, "health check: the receiver does not answer; unready until it does")
+                }
+                (Ok(()), false) => {
+                    tracing::info!(route = %route, upstream = %self.address(), "health check: the receiver answers again")
+                }
+                _ => {}
+            }
+            up = probed.is_ok();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(check.interval) => {}
+            }
+        }
+    }
+
     /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`, unless the
     /// upstream is failing and its reconnect backoff has not elapsed.
     pub async fn connect(&self) -> Result<UpstreamConn, UpstreamError> {

@@ -21,6 +21,7 @@ mod one_reading;
 mod pki;
 mod proxy_protocol;
 mod python_hl7;
+mod readiness;
 mod queue_cli;
 mod relay;
 mod reload;
