@@ -6,7 +6,7 @@
 //! # On-disk layout
 //!
 //! ```text
-//! <dir>/LOCK                      empty; the writable SegmentLog holds an exclusive flock on it
+//! <dir>/LOCK                      the holder's pid; the writable SegmentLog holds an exclusive flock on it
 //!                                 (`File::try_lock`) until close/drop or its process dies; a
 //!                                 second open gets `Locked`; `open_read_only` takes no lock
 //! <dir>/cursor                    8 KiB: two cursor slots, at offsets 0 and 4096

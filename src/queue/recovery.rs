@@ -261,6 +261,10 @@ impl SegmentLog {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
+        // Who holds it, for an operator's command that finds it locked ([`Self::held_by`]).
+        let _ = lock
+            .set_len(0)
+            .and_then(|()| lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0));
         salvage::finish_swap(dir)?;
         let first_try = lock.try_clone().map_err(io_err(&lock_path))?;
         match Self::load(dir, Some((first_try, limits))) {
@@ -278,6 +282,23 @@ impl SegmentLog {
                 ))
             }
             opened => opened,
+        }
+    }
+
+    /// The process holding the queue in `dir` (its pid, 0 when it did not say), or `None` when
+    /// no process holds it (or there is no queue). Takes and releases the lock to find out.
+    pub fn held_by(dir: &Path) -> Option<u32> {
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(LOCK_NAME))
+            .ok()?;
+        match lock.try_lock() {
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(dir.join(LOCK_NAME)).unwrap_or_default();
+                Some(pid.trim().parse().unwrap_or(0))
+            }
+            _ => None,
         }
     }
 

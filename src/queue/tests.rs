@@ -220,7 +220,10 @@ fn a_fresh_directory_gets_a_lock_a_cursor_and_one_preallocated_segment() {
         names,
         vec![
             ("00000000000000000001.seg".to_string(), SMALL_SEGMENT),
-            ("LOCK".to_string(), 0),
+            (
+                "LOCK".to_string(),
+                format!("{}\n", std::process::id()).len() as u64
+            ),
             ("cursor".to_string(), 8192),
             ("synced".to_string(), 0),
         ]

@@ -71,12 +71,28 @@ fn read_only(dir: &Path) -> anyhow::Result<Option<SegmentLog>> {
 fn exclusive(dir: &Path, limits: Limits) -> anyhow::Result<SegmentLog> {
     match SegmentLog::open(dir, limits) {
         Ok((log, _)) => Ok(log),
-        Err(QueueError::Locked { dir }) => bail!(
-            "the queue in {} is in use by a running mllp-guard: stop it first (this command needs the queue to itself)",
-            dir.display()
-        ),
+        Err(QueueError::Locked { dir }) => Err(guard_running(&dir, SegmentLog::held_by(&dir))),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Refuses (before any prompt, holding no lock) when a guard holds the route's queue: replay
+/// and purge need the guard stopped, also for the dead letters, which it may write any moment.
+fn refuse_if_running(queue_dir: &Path) -> anyhow::Result<()> {
+    match SegmentLog::held_by(queue_dir) {
+        Some(pid) => Err(guard_running(queue_dir, Some(pid))),
+        None => Ok(()),
+    }
+}
+
+fn guard_running(dir: &Path, pid: Option<u32>) -> anyhow::Error {
+    let pid = pid
+        .filter(|&p| p != 0)
+        .map_or(String::new(), |p| format!(" (pid {p})"));
+    anyhow::anyhow!(
+        "the guard is running{pid}; stop it first (it holds the queue in {})",
+        dir.display()
+    )
 }
 
 /// The JetStream settings of a route, when that is its backend.
@@ -388,6 +404,7 @@ pub async fn replay(
             }
             continue;
         }
+        refuse_if_running(&custody.queue_dir)?;
         let dead_dir = custody.queue_dir.join(DEAD_LETTER_DIR);
         if !dead_dir.exists() {
             writeln!(out, "route {name}: no dead letters")?;
@@ -470,12 +487,13 @@ pub async fn purge(
             writeln!(out, "route {name}: {removed} {what} purged")?;
             continue;
         }
+        refuse_if_running(&custody.queue_dir)?;
         if !dir.exists() {
             writeln!(out, "route {name}: no {what}")?;
             continue;
         }
-        let mut queue = exclusive(&dir, queue_limits(custody))?;
-        let count = queue.stats().messages;
+        // Counted read-only: no lock is held while the operator reads the prompt.
+        let count = read_only(&dir)?.map_or(0, |q| q.stats().messages);
         if count == 0 {
             writeln!(out, "route {name}: no {what}")?;
             continue;
@@ -483,6 +501,7 @@ pub async fn purge(
         if !yes && !confirmed(name, count, what, input, out)? {
             continue;
         }
+        let mut queue = exclusive(&dir, queue_limits(custody))?;
         let removed = queue.purge()?;
         queue.close()?;
         writeln!(out, "route {name}: {removed} {what} purged")?;

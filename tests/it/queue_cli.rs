@@ -260,12 +260,23 @@ fn queue_commands_tell_the_truth(backend: Backend) {
 
     match backend {
         Backend::Embedded => {
-            // Replay and purge need the queue to themselves.
-            for args in [&["replay"][..], &["purge", "--yes"]] {
-                let (ok, _, err) = queue(&config, args);
+            // Replay and purge need the guard stopped, the dead letters too (which the guard
+            // may write any moment), and say so before any prompt.
+            for args in [
+                &["replay"][..],
+                &["purge", "--yes"],
+                &["purge"],
+                &["purge", "--dead-letters"],
+            ] {
+                let (ok, out, err) = queue(&config, args);
                 assert!(
-                    !ok && err.contains("in use by a running mllp-guard: stop it first"),
+                    !ok && err.contains("the guard is running (pid ")
+                        && err.contains("stop it first"),
                     "{args:?}: {err}"
+                );
+                assert!(
+                    !out.contains("Type the route name"),
+                    "{args:?}: prompted: {out}"
                 );
             }
         }
