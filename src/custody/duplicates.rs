@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 use crate::wire::hl7::Header;
 
@@ -147,6 +149,66 @@ pub(super) struct Duplicates {
     /// Per sender and ids, the payload digest of the last message taken and when: the same ids
     /// with another body within the window are worth a warning (this process only).
     taken: HashMap<[u8; 32], (Instant, [u8; 32])>,
+    /// Messages being committed now: a resend that arrives meanwhile (on another connection)
+    /// waits for the first one's outcome instead of being committed a second time.
+    in_flight: HashMap<DuplicateKey, Arc<Notify>>,
+}
+
+/// What to do with a message, by its duplicate key.
+pub(super) enum Seen {
+    /// Answered before, within the window: this ack again.
+    Answered(Bytes),
+    /// Being committed now: wait for this, then look again.
+    InFlight(Arc<Notify>),
+    /// New: reserved until the returned value is dropped (after the commit, whatever its outcome).
+    New,
+}
+
+/// A key reserved while its message is committed; dropping it releases the key and wakes the
+/// resends that wait on it (also when the commit's future is dropped half-way).
+pub(super) struct Reserved<'a> {
+    duplicates: &'a Mutex<Duplicates>,
+    key: DuplicateKey,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut d = self.duplicates.lock().unwrap_or_else(|e| e.into_inner());
+        if d.in_flight
+            .get(&self.key)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
+        {
+            d.in_flight.remove(&self.key);
+        }
+        drop(d);
+        self.notify.notify_waiters();
+    }
+}
+
+/// Looks `key` up and, when it is new, reserves it (see [`Seen`]).
+pub(super) fn check_and_reserve<'a>(
+    duplicates: &'a Mutex<Duplicates>,
+    key: DuplicateKey,
+    window: Duration,
+) -> (Seen, Option<Reserved<'a>>) {
+    let mut d = duplicates.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(ack) = d.find(&key, window) {
+        return (Seen::Answered(ack), None);
+    }
+    if let Some(notify) = d.in_flight.get(&key) {
+        return (Seen::InFlight(notify.clone()), None);
+    }
+    let notify = Arc::new(Notify::new());
+    d.in_flight.insert(key, notify.clone());
+    (
+        Seen::New,
+        Some(Reserved {
+            duplicates,
+            key,
+            notify,
+        }),
+    )
 }
 
 fn now_ms() -> u64 {
@@ -311,7 +373,7 @@ impl Journal {
     pub(super) fn append(
         &mut self,
         batch: &[(DuplicateKey, Bytes)],
-        memory: &std::sync::Mutex<Duplicates>,
+        memory: &Mutex<Duplicates>,
     ) -> io::Result<()> {
         if batch.is_empty() {
             return Ok(());

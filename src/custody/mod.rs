@@ -54,7 +54,7 @@ use crate::wire::codec::Frame;
 use crate::wire::hl7::printable;
 use crate::wire::hl7::{AckCode, AckView, Header};
 use counters::Counters;
-use duplicates::{Duplicates, Journal, MessageIdentity};
+use duplicates::{Duplicates, Journal, MessageIdentity, Seen};
 use log::{commit_loop, now_ms, AppendRequest, LogDrainer, Remembering};
 
 /// Where a route's messages are kept.
@@ -214,7 +214,7 @@ impl Custody {
         let identity = MessageIdentity::of(header, sender, frame.payload());
         let key = identity.key();
         if let Some(window) = self.cfg.duplicate_window {
-            let mut duplicates = self.duplicates.lock().unwrap_or_else(|e| e.into_inner());
+            let duplicates = self.duplicates.lock().unwrap_or_else(|e| e.into_inner());
             // The same ids with another body: a new message (a sender whose counter wrapped or
             // restarted), taken like any other; worth a warning, never a silent loss.
             if let Some(earlier) = duplicates.reused(&identity, window) {
@@ -227,30 +227,34 @@ impl Custody {
                     "control id reused with another body within duplicate_window: taken as a new message"
                 );
             }
-            let found = duplicates.find(&key, window);
             drop(duplicates);
-            if let Some(ack) = found {
-                self.counters
-                    .duplicates_answered
-                    .fetch_add(1, Ordering::Relaxed);
-                let code = AckView::parse(&ack)
-                    .map(|a| a.code())
-                    .unwrap_or(AckCode::AA);
-                // The same kind of answer as the first time: none where `ack_mode` sent none.
-                if !sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
-                    return Answer::Silent {
-                        code,
-                        outcome: "duplicate_answered",
-                        committed: code.is_positive(),
-                    };
+        }
+        // A resend answered before gets the same answer; one being committed right now (sent
+        // again on another connection) waits for that commit, and is then answered like it.
+        let mut _reserved = None;
+        if let Some(window) = self.cfg.duplicate_window {
+            loop {
+                let (seen, reserved) = duplicates::check_and_reserve(&self.duplicates, key, window);
+                match seen {
+                    Seen::Answered(ack) => return self.answer_duplicate(header, ack),
+                    Seen::InFlight(notify) => {
+                        let notified = notify.notified();
+                        tokio::pin!(notified);
+                        // Registered before looking again: a wake-up in between is not lost.
+                        notified.as_mut().enable();
+                        if !matches!(
+                            duplicates::check_and_reserve(&self.duplicates, key, window).0,
+                            Seen::InFlight(_)
+                        ) {
+                            continue;
+                        }
+                        notified.await;
+                    }
+                    Seen::New => {
+                        _reserved = reserved;
+                        break;
+                    }
                 }
-                return Answer::Ack {
-                    ack,
-                    code,
-                    outcome: "duplicate_answered",
-                    committed: code.is_positive(),
-                    problem: None,
-                };
             }
         }
         let (ack, code) = own_ack_for(Some(header), message, Says::ACCEPTED);
@@ -317,6 +321,31 @@ impl Custody {
                 outcome: "queued",
                 committed: true,
             }
+        }
+    }
+
+    /// The answer to a resend within `duplicate_window`: the ack the first one got, or none
+    /// where `ack_mode` sent none.
+    fn answer_duplicate(&self, header: &Header<'_>, ack: bytes::Bytes) -> Answer {
+        self.counters
+            .duplicates_answered
+            .fetch_add(1, Ordering::Relaxed);
+        let code = AckView::parse(&ack)
+            .map(|a| a.code())
+            .unwrap_or(AckCode::AA);
+        if !sends_ack(self.cfg.ack_mode, header.accept_ack_type(), code) {
+            return Answer::Silent {
+                code,
+                outcome: "duplicate_answered",
+                committed: code.is_positive(),
+            };
+        }
+        Answer::Ack {
+            ack,
+            code,
+            outcome: "duplicate_answered",
+            committed: code.is_positive(),
+            problem: None,
         }
     }
 

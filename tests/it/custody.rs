@@ -475,3 +475,65 @@ fn every_positively_acked_message_survives_sigkill_and_arrives_in_order() {
         duplicates
     );
 }
+
+/// Issue 27, finding 5: the same message sent at the same moment on two connections (a sender
+/// that timed out on a slow fsync and resent) is committed once: the second waits for the
+/// first's outcome and gets the same ack. 20 pairs, through the binary.
+#[test]
+fn concurrent_resends_are_queued_once_and_get_the_same_ack() {
+    let dir = TestDir::new();
+    let saved = dir.path("saved");
+    let (_sink, sink_addr) = crate::cli::start_saving_sink(&saved);
+    let listen = free_addr();
+    let config = dir.path("custody.yaml");
+    std::fs::write(
+        &config,
+        custody_yaml(&dir, sink_addr.parse().unwrap(), &listen.to_string(), ""),
+    )
+    .unwrap();
+    let _guard = spawn_guard(&config);
+    let connect = || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = TcpStream::connect(listen) {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the guard never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let ids: Vec<String> = (0..20).map(|i| format!("PAIR-{i:02}")).collect();
+    for id in &ids {
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let sends: Vec<_> = (0..2)
+            .map(|_| {
+                let (mut stream, barrier, id) = (connect(), barrier.clone(), id.clone());
+                std::thread::spawn(move || {
+                    let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
+                    barrier.wait();
+                    exchange(&mut stream, &mut decoder, &mut buf, &message(&id, 500)).unwrap()
+                })
+            })
+            .collect();
+        let acks: Vec<(AckCode, String)> = sends.into_iter().map(|t| t.join().unwrap()).collect();
+        for (code, got) in &acks {
+            assert!(code.is_positive() && got == id, "{id}: {acks:?}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while control_ids(&saved).len() < ids.len() {
+        assert!(
+            Instant::now() < deadline,
+            "delivered: {:?}",
+            control_ids(&saved)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        control_ids(&saved),
+        ids,
+        "each message delivered once, in order"
+    );
+}
