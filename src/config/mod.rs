@@ -32,7 +32,7 @@
 //! - `validator.rs`: the validator's core (recording errors, reading values and files) and the
 //!   walk over the top-level keys and the routes, with the checks across routes.
 //! - `impl Validator` blocks, one concern each: `route.rs` (a route's own keys and `framing`),
-//!   `upstream.rs`, `delivery.rs` (custody and its queue), `tls_block.rs` (the TLS files),
+//!   `upstream.rs`, `socket.rs` (`socket` blocks, `local_address`), `delivery.rs` (custody and its queue), `tls_block.rs` (the TLS files),
 //!   `tls_policy.rs` (the TLS policy keys and `via`), `firewall.rs` (`rules`, `limits`,
 //!   `upstreams`).
 //!
@@ -48,6 +48,7 @@ mod model;
 mod raw;
 mod route;
 mod scalars;
+mod socket;
 mod tls_block;
 mod tls_policy;
 mod upstream;
@@ -59,9 +60,9 @@ pub use model::{
     AckMode, Admin, Batches, ClientTls, Config, Connections, CustodyConfig, Delivery, HealthCheck,
     IdleReopen, JetStreamQueue, Keepalive, MllpRelease, MultipleMessages, NatsTls, OnLimit,
     OnReply, OnUpstreamFailure, QueueBackend, RateLimits, ReceiverRole, Reconnect, ReplyAction,
-    Retry, Route, SenderRole, ServerTls, UnreadyWhen, UpstreamAddress, UpstreamConfig,
-    DEFAULT_ACK_MODE, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
+    Retry, Route, SenderRole, ServerTls, SocketOptions, UnreadyWhen, UpstreamAddress,
+    UpstreamConfig, DEFAULT_ACK_MODE, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DUPLICATE_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
     DEFAULT_JETSTREAM_PUBLISH_TIMEOUT, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER,
     DEFAULT_MAX_ACK_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_TRACKED_SOURCES, DEFAULT_ON_REPLY_AE, DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES,

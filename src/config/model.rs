@@ -171,6 +171,9 @@ pub struct Route {
     /// `send_timeout`: writing an answer to the sender must finish within this; a sender that
     /// does not read its acks (the kernel's buffers full) is closed. Default 30s.
     pub send_timeout: Duration,
+    /// `socket`: options of every sender-side socket (accepted or dialed). Defaults: the
+    /// kernel's buffer sizes and linger, TCP_NODELAY on.
+    pub socket: SocketOptions,
 }
 
 /// Who opens the connection on the sender side (exactly one of `listen` and `dial`).
@@ -586,6 +589,11 @@ pub struct UpstreamConfig {
     /// connections; IP_TRANSPARENT, CAP_NET_ADMIN, and routing that brings the replies back to
     /// this host). Default false.
     pub transparent_source: bool,
+    /// `local_address`: the source address of connections to the receiver (bound before
+    /// connecting; also to the `via` proxy). `None` (default) = the kernel chooses.
+    pub local_address: Option<std::net::IpAddr>,
+    /// `socket`: options of every receiver-side socket (dialed or accepted).
+    pub socket: SocketOptions,
     /// `reconnect`: backoff between failed connection attempts (also when dialing a sender).
     pub reconnect: Reconnect,
     /// `framing.start` and `framing.end`: the bytes that frame messages on the receiver side.
@@ -651,6 +659,33 @@ impl Default for Keepalive {
             interval: Duration::from_secs(10),
             retries: 6,
             user_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A `socket:` block: options set on every socket of one side of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `send_buffer`: SO_SNDBUF in bytes (the kernel doubles it for its bookkeeping and caps
+    /// it at `net.core.wmem_max`). `None` (default) = the kernel's autotuning.
+    pub send_buffer: Option<usize>,
+    /// `receive_buffer`: SO_RCVBUF in bytes (doubled and capped at `net.core.rmem_max` like
+    /// the send buffer). `None` (default) = the kernel's autotuning.
+    pub receive_buffer: Option<usize>,
+    /// `linger`: SO_LINGER, how long a close waits for unsent data; `0s` resets the connection
+    /// on close (RST instead of FIN). Whole seconds. `None` (default) = a normal close.
+    pub linger: Option<Duration>,
+    /// `nodelay`: TCP_NODELAY (a frame goes out at once). Default true.
+    pub nodelay: bool,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            send_buffer: None,
+            receive_buffer: None,
+            linger: None,
+            nodelay: true,
         }
     }
 }

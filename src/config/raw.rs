@@ -344,6 +344,7 @@ pub(super) struct RawRoute {
     pub(super) multiple_messages: Option<Text>,
     pub(super) batches: Option<Text>,
     pub(super) send_timeout: Option<Text>,
+    pub(super) socket: Option<Spanned<RawSocket>>,
 }
 
 #[derive(Deserialize)]
@@ -448,6 +449,18 @@ pub(super) struct RawUpstream {
     pub(super) reconnect: Option<Spanned<RawReconnect>>,
     pub(super) framing: Option<Spanned<RawFraming>>,
     pub(super) via: Option<Spanned<RawVia>>,
+    pub(super) local_address: Option<Text>,
+    pub(super) socket: Option<Spanned<RawSocket>>,
+}
+
+/// `socket:` of a route (sender side) or of its upstream (receiver side).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSocket {
+    pub(super) send_buffer: Option<Text>,
+    pub(super) receive_buffer: Option<Text>,
+    pub(super) linger: Option<Text>,
+    pub(super) nodelay: Option<Text>,
 }
 
 /// `via:` of an upstream.

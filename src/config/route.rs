@@ -232,6 +232,7 @@ impl Validator<'_> {
             DEFAULT_HANDSHAKE_TIMEOUT,
             parse_positive_duration,
         );
+        let socket = self.socket(&p, &r.socket);
         let send_timeout = self.value(
             format!("{p}.send_timeout"),
             &r.send_timeout,
@@ -349,6 +350,7 @@ impl Validator<'_> {
             multiple_messages,
             batches,
             send_timeout,
+            socket,
         }
     }
 

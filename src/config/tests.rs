@@ -323,7 +323,7 @@ fn an_unknown_key_is_named_with_a_suggestion_and_the_valid_keys() {
     let yaml = MINIMAL.replace("listen:", "listne:");
     assert_eq!(
         errors(&yaml),
-        "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, transparent, proxy_protocol, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits, multiple_messages, batches, send_timeout"
+        "guard.yaml:3:5: routes[0].listne: unknown key `listne` (did you mean `listen`?); valid keys here: name, listen, dial, transparent, proxy_protocol, tls, allow, max_connections, max_message_bytes, receive_timeout, idle_timeout, handshake_timeout, on_upstream_failure, upstream, delivery, queue, ack_mode, retry, on_reply, duplicate_window, framing, rules, limits, multiple_messages, batches, send_timeout, socket"
     );
 }
 

@@ -1,6 +1,6 @@
 //! A route's `upstream:` block, and each named upstream's: who opens the connection (`address`,
 //! `original-destination`, or `accept` with its `allow`), TLS towards the receiver, `via`,
-//! `connections`, the timeouts, `keepalive`, `idle_reconnect`, PROXY headers, the `reconnect`
+//! `connections`, the timeouts, `keepalive`, `idle_reconnect`, PROXY headers, `local_address`, the `reconnect`
 //! backoff and the receiver side's framing.
 //!
 //! An `impl Validator` block. Knows nothing of the route around the block: the checks that
@@ -22,6 +22,7 @@ use super::scalars::{
     parse_keepalive_duration, parse_keepalive_retries, parse_listen, parse_positive_duration,
     parse_proxy_version, parse_upstream_address,
 };
+use super::socket::parse_local_address;
 use super::validator::Validator;
 use crate::firewall::policy::Allowlist;
 
@@ -216,6 +217,22 @@ impl Validator<'_> {
                 self.error(format!("{p}.transparent_source"), &raw.referenced, message);
             }
         }
+        let local_address = self.value(format!("{p}.local_address"), &u.local_address, None, |s| {
+            parse_local_address(s).map(Some)
+        });
+        if let (Some(_), Some(raw)) = (local_address, &u.local_address) {
+            let problem = if transparent_source {
+                Some("local_address and transparent_source both choose the source address of the connection to the receiver (a fixed one, or each sender's own); remove one")
+            } else if u.accept.is_some() {
+                Some("local_address needs `address`: with `accept` the receiver opens the connection")
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                self.error(format!("{p}.local_address"), &raw.referenced, message);
+            }
+        }
+        let socket = self.socket(p, &u.socket);
         let reconnect = match &u.reconnect {
             None => Reconnect::default(),
             Some(r) => {
@@ -292,6 +309,8 @@ impl Validator<'_> {
             idle_reopen,
             send_proxy_protocol,
             transparent_source,
+            local_address,
+            socket,
             reconnect,
             framing,
             release,

@@ -481,7 +481,7 @@ mod tests {
     fn the_journal_brings_back_what_was_remembered_within_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let window = Duration::from_secs(600);
-        let memory = std::sync::Mutex::new(Duplicates::default());
+        let memory = Mutex::new(Duplicates::default());
         let mut journal = Journal::open(dir.path(), window, &mut Duplicates::default()).unwrap();
         let (a, b) = (DuplicateKey([1; 32]), DuplicateKey([2; 32]));
         journal
@@ -520,7 +520,7 @@ mod tests {
     fn the_journal_is_rewritten_once_it_holds_mostly_forgotten_keys() {
         let dir = tempfile::tempdir().unwrap();
         let window = Duration::from_secs(600);
-        let memory = std::sync::Mutex::new(Duplicates::default());
+        let memory = Mutex::new(Duplicates::default());
         let mut journal = Journal::open(dir.path(), window, &mut Duplicates::default()).unwrap();
         for i in 0..(COMPACT_SLACK + 10) as u32 {
             let mut k = [0u8; 32];

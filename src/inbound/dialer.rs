@@ -90,7 +90,7 @@ async fn connect(
             format!("no connection within {}", humantime::format_duration(limit)),
         )
     })??;
-    if let Err(err) = net::tune(&tcp, &ctx.route.upstream.keepalive) {
+    if let Err(err) = net::tune(&tcp, &ctx.route.upstream.keepalive, &ctx.route.socket) {
         tracing::debug!(route = %ctx.name, error = %err, "could not set TCP options on the sender connection");
     }
     Ok((tcp, addr))

@@ -63,7 +63,7 @@ pub async fn accept_loop(
             refuse(tcp);
             continue;
         };
-        if let Err(err) = net::tune(&tcp, &ctx.route.upstream.keepalive) {
+        if let Err(err) = net::tune(&tcp, &ctx.route.upstream.keepalive, &ctx.route.socket) {
             tracing::debug!(route = %ctx.name, %peer, error = %err, "could not set TCP options on the sender's connection");
         }
         let ctx = ctx.clone();

@@ -80,13 +80,15 @@ pub enum EgressError {
     BadReply,
 }
 
-/// Connects to `target_host:target_port` through `proxy`.
+/// Connects to `target_host:target_port` through `proxy`; the connection to the proxy comes from
+/// `local` when given (`upstream.local_address`).
 pub async fn connect(
     proxy: &Proxy,
     target_host: &str,
     target_port: u16,
+    local: Option<std::net::IpAddr>,
 ) -> Result<TcpStream, EgressError> {
-    let mut stream = connect_proxy(proxy).await?;
+    let mut stream = connect_proxy(proxy, local).await?;
     let _ = stream.set_nodelay(true);
     match proxy.kind {
         ProxyKind::Socks5 => socks5(&mut stream, proxy, target_host, target_port).await?,
@@ -97,13 +99,20 @@ pub async fn connect(
     Ok(stream)
 }
 
-async fn connect_proxy(proxy: &Proxy) -> Result<TcpStream, EgressError> {
+async fn connect_proxy(
+    proxy: &Proxy,
+    local: Option<std::net::IpAddr>,
+) -> Result<TcpStream, EgressError> {
     let candidates = tokio::net::lookup_host((proxy.host.as_str(), proxy.port))
         .await
         .map_err(EgressError::Resolve)?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
     for candidate in candidates {
-        match TcpStream::connect(candidate).await {
+        let attempt = match local {
+            None => TcpStream::connect(candidate).await,
+            Some(source) => super::bind::connect_from(source, candidate, false).await,
+        };
+        match attempt {
             Ok(stream) => return Ok(stream),
             Err(err) => last = err,
         }

@@ -1,5 +1,5 @@
-//! Socket plumbing shared by both legs: TCP tuning (TCP_NODELAY, keepalive) and a stream that is
-//! either plain TCP or TLS over TCP.
+//! Socket plumbing shared by both legs: TCP tuning (TCP_NODELAY, keepalive, the `socket:` block's
+//! buffer sizes and linger) and a stream that is either plain TCP or TLS over TCP.
 //!
 //! Owns socket options and the plain/TLS stream type. Must not know about MLLP, HL7 or routes.
 
@@ -15,20 +15,59 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::Keepalive;
+use crate::config::{Keepalive, SocketOptions};
 
-/// Turns on TCP_NODELAY (a frame goes out at once, in one segment where it fits), TCP keepalive
-/// with the configured time, interval and probe count, and TCP_USER_TIMEOUT so a peer that
-/// vanished is noticed even while data is waiting to be sent.
-pub fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+/// Sets TCP_NODELAY as configured (on by default: a frame goes out at once, in one segment where
+/// it fits), the configured buffer sizes and linger, TCP keepalive with the configured time,
+/// interval and probe count, and TCP_USER_TIMEOUT so a peer that vanished is noticed even while
+/// data is waiting to be sent.
+pub fn tune(stream: &TcpStream, keepalive: &Keepalive, options: &SocketOptions) -> io::Result<()> {
+    stream.set_nodelay(options.nodelay)?;
+    let sock = SockRef::from(stream);
+    buffers(&sock, options)?;
+    if let Some(linger) = options.linger {
+        sock.set_linger(Some(linger))?;
+    }
     let probes = TcpKeepalive::new()
         .with_time(keepalive.time)
         .with_interval(keepalive.interval)
         .with_retries(keepalive.retries);
-    let sock = SockRef::from(stream);
     sock.set_tcp_keepalive(&probes)?;
     sock.set_tcp_user_timeout(Some(keepalive.user_timeout))
+}
+
+/// SO_SNDBUF and SO_RCVBUF when configured. The kernel caps them at `net.core.wmem_max` and
+/// `rmem_max` without an error, so a cap is reported, once per process (Linux reads back
+/// twice the value set, for its bookkeeping).
+fn buffers(sock: &SockRef<'_>, options: &SocketOptions) -> io::Result<()> {
+    static CAPPED: std::sync::Once = std::sync::Once::new();
+    if let Some(size) = options.send_buffer {
+        sock.set_send_buffer_size(size)?;
+        let got = sock.send_buffer_size()?;
+        if got < size.saturating_mul(2) {
+            CAPPED.call_once(|| {
+                tracing::warn!(
+                    requested = size,
+                    got = got / 2,
+                    "socket.send_buffer was capped by the kernel (raise net.core.wmem_max)"
+                )
+            });
+        }
+    }
+    if let Some(size) = options.receive_buffer {
+        sock.set_recv_buffer_size(size)?;
+        let got = sock.recv_buffer_size()?;
+        if got < size.saturating_mul(2) {
+            CAPPED.call_once(|| {
+                tracing::warn!(
+                    requested = size,
+                    got = got / 2,
+                    "socket.receive_buffer was capped by the kernel (raise net.core.rmem_max)"
+                )
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A connection to a peer, plain or TLS; reads and writes pass straight through.
@@ -131,7 +170,7 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn tune_sets_nodelay_and_the_configured_keepalive() {
+    async fn tune_sets_the_configured_socket_options_and_keepalive() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await
@@ -142,9 +181,19 @@ mod tests {
             retries: 7,
             user_timeout: Duration::from_secs(200),
         };
-        tune(&stream, &keepalive).unwrap();
+        let options = SocketOptions {
+            send_buffer: Some(64 << 10),
+            receive_buffer: Some(32 << 10),
+            linger: Some(Duration::ZERO),
+            nodelay: false,
+        };
+        tune(&stream, &keepalive, &options).unwrap();
         let sock = SockRef::from(&stream);
-        assert!(stream.nodelay().unwrap());
+        assert!(!stream.nodelay().unwrap());
+        // Linux doubles the sizes for its bookkeeping.
+        assert_eq!(sock.send_buffer_size().unwrap(), 128 << 10);
+        assert_eq!(sock.recv_buffer_size().unwrap(), 64 << 10);
+        assert_eq!(sock.linger().unwrap(), Some(Duration::ZERO));
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(61));
         assert_eq!(

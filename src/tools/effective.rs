@@ -87,6 +87,7 @@ fn route(w: &mut String, r: &Route) {
         },
     );
     line(w, i, "send_timeout", dur(r.send_timeout));
+    socket(w, i, &r.socket);
     line(
         w,
         i,
@@ -265,6 +266,10 @@ fn upstream(w: &mut String, i: usize, u: &UpstreamConfig) {
             ),
         );
     }
+    if let Some(ip) = u.local_address {
+        line(w, i, "local_address", ip);
+    }
+    socket(w, i, &u.socket);
     if let Some(version) = u.send_proxy_protocol {
         line(w, i, "send_proxy_protocol", version);
     }
@@ -279,6 +284,22 @@ fn upstream(w: &mut String, i: usize, u: &UpstreamConfig) {
         ),
     );
     framing(w, i, u.framing, u.release);
+}
+
+/// A `socket:` block: the sizes in bytes, unset keys left out (the kernel's defaults).
+fn socket(w: &mut String, i: usize, s: &crate::config::SocketOptions) {
+    let mut keys = Vec::new();
+    if let Some(n) = s.send_buffer {
+        keys.push(format!("send_buffer: {n}"));
+    }
+    if let Some(n) = s.receive_buffer {
+        keys.push(format!("receive_buffer: {n}"));
+    }
+    if let Some(d) = s.linger {
+        keys.push(format!("linger: {}", dur(d)));
+    }
+    keys.push(format!("nodelay: {}", s.nodelay));
+    line(w, i, "socket", format!("{{ {} }}", keys.join(", ")));
 }
 
 fn server_tls(w: &mut String, i: usize, t: &ServerTls) {

@@ -5,7 +5,6 @@
 //! Must not know frames, acks or the pool.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,17 +164,20 @@ impl Connector {
             }
         };
         let tcp = match &self.cfg.via {
-            Some(proxy) => net::egress::connect(proxy, &target.host, target.port)
-                .await
-                .map_err(|reason| UpstreamError::Proxy {
-                    proxy: proxy.to_string(),
-                    addr: addr.to_string(),
-                    reason,
-                })?,
+            Some(proxy) => {
+                net::egress::connect(proxy, &target.host, target.port, self.cfg.local_address)
+                    .await
+                    .map_err(|reason| UpstreamError::Proxy {
+                        proxy: proxy.to_string(),
+                        addr: addr.to_string(),
+                        reason,
+                    })?
+            }
             None => {
-                let source = origin
+                let transparent = origin
                     .filter(|_| self.cfg.transparent_source)
-                    .map(|o| o.source.ip());
+                    .map(|o| (o.source.ip(), true));
+                let source = transparent.or(self.cfg.local_address.map(|ip| (ip, false)));
                 self.direct(target, addr, source).await?
             }
         };
@@ -194,12 +196,13 @@ impl Connector {
     }
 
     /// A TCP connection straight to the upstream (the first address that answers).
-    /// `source`: connect from this (non-local) address, the sender's (`transparent_source`).
+    /// `source`: connect from this address: the sender's, not ours (`transparent_source`, with
+    /// `true`), or one of ours (`local_address`, with `false`).
     async fn direct(
         &self,
         target: &config::UpstreamAddress,
         addr: &str,
-        source: Option<std::net::IpAddr>,
+        source: Option<(std::net::IpAddr, bool)>,
     ) -> Result<TcpStream, UpstreamError> {
         let candidates = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -213,7 +216,9 @@ impl Connector {
         for candidate in candidates {
             let attempt = match source {
                 None => TcpStream::connect(candidate).await,
-                Some(source) => connect_from(source, candidate).await,
+                Some((source, transparent)) => {
+                    net::bind::connect_from(source, candidate, transparent).await
+                }
             };
             match attempt {
                 Ok(stream) => {
@@ -231,7 +236,7 @@ impl Connector {
 
     /// Socket options, then TLS when configured (end to end, also through a proxy tunnel).
     async fn secure(&self, tcp: TcpStream, addr: &str) -> Result<Stream, UpstreamError> {
-        if let Err(err) = net::tune(&tcp, &self.cfg.keepalive) {
+        if let Err(err) = net::tune(&tcp, &self.cfg.keepalive, &self.cfg.socket) {
             tracing::warn!(route = %self.route, upstream = %addr, error = %err, "could not set TCP options on the upstream connection");
         }
         let Some(tls) = &self.cfg.tls else {
@@ -247,29 +252,6 @@ impl Connector {
             })?;
         Ok(Stream::ClientTls(Box::new(stream)))
     }
-}
-
-/// Connects to `target` from `source`, an address that need not be ours (IP_TRANSPARENT; Linux,
-/// CAP_NET_ADMIN; replies must be routed back to this host).
-async fn connect_from(source: std::net::IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
-    if source.is_ipv4() != target.is_ipv4() {
-        return Err(io::Error::other(format!(
-            "cannot connect from {source} to {target}: the address families differ"
-        )));
-    }
-    let socket = if target.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    let sock = socket2::SockRef::from(&socket);
-    if target.is_ipv4() {
-        sock.set_ip_transparent_v4(true)?;
-    } else {
-        sock.set_ip_transparent_v6(true)?;
-    }
-    socket.bind(SocketAddr::new(source, 0))?;
-    socket.connect(target).await
 }
 
 /// Paces connection attempts after failures: while the upstream is failing, at most one

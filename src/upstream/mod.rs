@@ -122,9 +122,12 @@ impl Upstream {
         let accepted = self.connector.accepted().cloned();
         let route = self.connector.route().clone();
         let keepalive = self.cfg().keepalive;
+        let socket = self.cfg().socket;
         async move {
             if let Some(accepted) = accepted {
-                accepted.serve(listener, stop, route, keepalive).await;
+                accepted
+                    .serve(listener, stop, route, keepalive, socket)
+                    .await;
             }
         }
     }

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::error::UpstreamError;
-use crate::config::Keepalive;
+use crate::config::{Keepalive, SocketOptions};
 use crate::firewall::policy::Allowlist;
 use crate::net::{self, Stream};
 
@@ -50,6 +50,7 @@ impl Accepted {
         stop: CancellationToken,
         route: Arc<str>,
         keepalive: Keepalive,
+        socket: SocketOptions,
     ) {
         let accepted = self;
         loop {
@@ -77,7 +78,7 @@ impl Accepted {
                 tracing::warn!(route = %route, %peer, waiting = MAX_WAITING_RECEIVERS, "receiver connection refused: too many unused receiver connections waiting");
                 continue;
             }
-            if let Err(err) = net::tune(&tcp, &keepalive) {
+            if let Err(err) = net::tune(&tcp, &keepalive, &socket) {
                 tracing::debug!(route = %route, %peer, error = %err, "could not set TCP options on the receiver's connection");
             }
             tracing::info!(route = %route, %peer, "receiver connected in");

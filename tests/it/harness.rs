@@ -172,6 +172,8 @@ pub struct FakeUpstream {
     pub received: Arc<Mutex<Vec<Vec<u8>>>>,
     pub connections: Arc<AtomicUsize>,
     pub max_concurrent: Arc<AtomicUsize>,
+    /// The address each connection came from, in order.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
     stop: CancellationToken,
 }
 
@@ -209,6 +211,8 @@ impl FakeUpstream {
         let max_concurrent = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let peers2 = peers.clone();
         let (rx, conns, maxc, stop2) = (
             received.clone(),
             connections.clone(),
@@ -217,10 +221,11 @@ impl FakeUpstream {
         );
         tokio::spawn(async move {
             loop {
-                let (tcp, _) = tokio::select! {
+                let (tcp, peer) = tokio::select! {
                     _ = stop2.cancelled() => return,
                     r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
                 };
+                peers2.lock().unwrap().push(peer);
                 conns.fetch_add(1, Ordering::SeqCst);
                 let now = open.fetch_add(1, Ordering::SeqCst) + 1;
                 maxc.fetch_max(now, Ordering::SeqCst);
@@ -249,6 +254,7 @@ impl FakeUpstream {
             received,
             connections,
             max_concurrent,
+            peers,
             stop,
         }
     }

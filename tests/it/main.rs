@@ -28,5 +28,6 @@ mod reload;
 mod roles;
 mod sessions;
 mod shipped;
+mod sockets;
 mod tls_policy;
 mod transparent;

@@ -1,7 +1,8 @@
 //! Hot reload of a real `mllp-guard run` process: SIGHUP with a broken config keeps traffic
 //! flowing and counts a failure; a good config applies to new connections while open ones keep
 //! theirs; a certificate rotated on disk is picked up by the next handshake (no signal: the
-//! file watch) while a connection made with the old certificate keeps working.
+//! file watch) while a connection made with the old certificate keeps working; a CRL swapped
+//! on disk refuses the next handshake of a certificate it revokes after a SIGHUP.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -180,4 +181,74 @@ async fn a_reload_lists_only_the_route_that_changed_in_plain_words() {
     assert_eq!(reload_line["updated"], "b", "{reload_line}");
     assert_eq!(reload_line["added"], "none", "{reload_line}");
     assert_eq!(reload_line["removed"], "none", "{reload_line}");
+}
+
+/// A CRL swapped on disk and a SIGHUP: the next handshake of a client whose certificate the new
+/// CRL revokes is refused, while its connection made before the reload keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_crl_refuses_the_next_handshake_of_a_revoked_client_after_sighup() {
+    let dir = TestDir::new();
+    dir.leaf_with(
+        "revoked.example.org",
+        crate::pki::Usage::Client,
+        0x0bad,
+        365,
+        "revoked",
+    );
+    dir.crl("ca.crl", &[], -1, 7);
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let admin = crate::admin::free_port();
+    let listen = crate::admin::free_port();
+    let file = dir.path("guard.yaml");
+    let tls = "    tls:\n      cert: guard.pem\n      key: guard.key\n      client_ca: ca.pem\n      crl: [ca.crl]\n";
+    std::fs::write(&file, config(admin, listen, upstream.addr, tls)).unwrap();
+    let (guard, _, _logs) = start_guard(&file);
+    wait_for(admin, "/readyz", 200).await;
+    let revoked = dir.client_tls("ca.pem", Some("revoked"));
+    let mut held = Client::tls(listen, revoked.clone())
+        .await
+        .expect("not revoked yet");
+    assert_eq!(
+        ack_of(&held.send(&message("R-1", 200)).await).0,
+        AckCode::AA
+    );
+
+    // Swap the CRL in one step (a rename, as a CRL distribution job would), then SIGHUP.
+    let before = reloads(admin, "success").await;
+    dir.crl("ca.crl.new", &[0x0bad], -1, 7);
+    std::fs::rename(dir.path("ca.crl.new"), dir.path("ca.crl")).unwrap();
+    hup(&guard);
+    wait_reloads(admin, "success", before + 1.0).await;
+
+    // The next handshake with the revoked certificate is refused (TLS 1.3 clients learn it on
+    // their first read), bounded in case the file watch's reload comes after the signal's.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let refused = match Client::tls(listen, revoked.clone()).await {
+            Err(_) => true,
+            Ok(mut client) => {
+                let framed = mllp_guard::wire::codec::encode(&message("R-2", 200));
+                client.link.send(&framed).await.is_err() || client.read_ack().await.is_none()
+            }
+        };
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked certificate was still accepted 15 s after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A certificate the CRL does not list still connects; the held connection keeps working.
+    let mut lab = Client::tls(listen, dir.client_tls("ca.pem", Some("lab")))
+        .await
+        .unwrap();
+    assert_eq!(ack_of(&lab.send(&message("L-1", 200)).await).0, AckCode::AA);
+    assert_eq!(
+        ack_of(&held.send(&message("R-3", 200)).await).0,
+        AckCode::AA
+    );
+    assert_eq!(reloads(admin, "failure").await, 0.0);
+    drop(guard);
 }

@@ -386,7 +386,7 @@ fn upstream_blocks_are_validated_like_a_routes_upstream_and_names_are_checked() 
     let unknown_key = "upstreams:\n  lab-b:\n    adress: b:1\n";
     assert_eq!(
         errors(&format!("{unknown_key}{BASE}")),
-        "guard.yaml:3:5: upstreams.lab-b.adress: unknown key `adress` (did you mean `address`?); valid keys here: address, accept, allow, tls, connections, connect_timeout, ack_timeout, keepalive, max_ack_bytes, idle_reconnect, idle_reopen, send_proxy_protocol, transparent_source, reconnect, framing, via"
+        "guard.yaml:3:5: upstreams.lab-b.adress: unknown key `adress` (did you mean `address`?); valid keys here: address, accept, allow, tls, connections, connect_timeout, ack_timeout, keepalive, max_ack_bytes, idle_reconnect, idle_reopen, send_proxy_protocol, transparent_source, health_check, reconnect, framing, via, local_address, socket"
     );
     let twice = "upstreams:\n  lab-b: { address: \"b:1\" }\n  lab-b: { address: \"c:1\" }\n";
     assert_eq!(
