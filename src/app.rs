@@ -205,7 +205,9 @@ impl Guard {
         }
         for p in prepared {
             let name = p.ctx.route.name.clone();
-            let generation = CancellationToken::new();
+            // Ends with this config (a reload) or with the guard (shutdown): what runs under it
+            // (pool refresh, health checks) must not hold the shutdown up to the grace period.
+            let generation = self.shutdown.child_token();
             if let (Some(upstream), Some(check)) =
                 (p.probed.clone(), p.ctx.route.upstream.health_check)
             {

@@ -46,7 +46,7 @@ async fn a_receiver_that_dies_without_traffic_makes_the_guard_unready() {
         ),
     )
     .unwrap();
-    let (_guard, _, _logs) = start_guard(&config);
+    let (guard, _, logs) = start_guard(&config);
     readyz_becomes(admin, 200, "the receiver is up").await;
     drop(sink); // killed: no message was ever sent
     let body = readyz_becomes(admin, 503, "the receiver died").await;
@@ -67,6 +67,27 @@ async fn a_receiver_that_dies_without_traffic_makes_the_guard_unready() {
         !metrics.contains("mllp_guard_upstream_connects_total{upstream=\"test\"}"),
         "a health check is not a connection for messages: {metrics}"
     );
+    // SIGTERM: the health checks end with the guard, they do not hold it up to the grace period.
+    std::process::Command::new("kill")
+        .args(["-TERM", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        let Ok(line) = logs.recv_timeout(Duration::from_millis(200)) else {
+            assert!(Instant::now() < deadline, "the guard did not stop");
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "all connections drained; stopped"
+            || v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("grace period over"))
+        {
+            break v["message"].clone();
+        }
+    };
+    assert_eq!(stopped, "all connections drained; stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
