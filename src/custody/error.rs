@@ -60,9 +60,35 @@ impl Fault for NotQueued {
     fn ack_text(&self) -> &'static str {
         match (self.reason(), self.side()) {
             ("queue_full", _) => "queue full",
+            // The publish went out and its confirmation did not come back: the stream may hold
+            // it. Resent unchanged it has the same Nats-Msg-Id, and the stream's duplicate
+            // window drops the second copy; re-keyed, it would be a duplicate.
+            ("publish_timeout" | "publish_not_confirmed", _) => {
+                "not confirmed, may be stored: resend it unchanged"
+            }
             ("too_large", _) => "message too large",
             (_, Side::Internal) => "internal error",
             _ => "message not queued",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custody::jetstream::JetStreamError;
+
+    #[test]
+    fn an_unconfirmed_publish_says_the_message_may_be_stored() {
+        let timeout = NotQueued::JetStream(JetStreamError::ConfirmTimeout(
+            std::time::Duration::from_secs(5),
+        ));
+        assert_eq!(
+            timeout.ack_text(),
+            "not confirmed, may be stored: resend it unchanged"
+        );
+        assert!(timeout.ack_text().len() <= 80);
+        let down = NotQueued::JetStream(JetStreamError::Down);
+        assert_eq!(down.ack_text(), "message not queued");
     }
 }
