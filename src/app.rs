@@ -99,6 +99,9 @@ impl Guard {
     /// Binds every route's listener, then starts serving them all.
     pub async fn start(config: Config) -> anyhow::Result<Guard> {
         crate::ops::metrics::install_panic_flag();
+        for q in crate::custody::stranded::stranded_queues(&config) {
+            tracing::warn!(queue = %q.dir.display(), pending = q.pending, "{}", crate::custody::stranded::warning(&q));
+        }
         let admin = match &config.admin {
             Some(admin) => Some(crate::ops::admin::bind(admin.listen).with_context(|| {
                 format!(

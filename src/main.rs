@@ -153,6 +153,19 @@ enum QueueAction {
     },
     /// Move dead letters back into the queue for delivery (the guard must be stopped).
     Replay(QueueArgs),
+    /// Hand a stranded queue (of a route renamed or removed) to a configured store-and-forward
+    /// route whose own queue is empty (the guard must be stopped).
+    Move {
+        /// The guard's configuration file (YAML).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The stranded queue: its directory's name under state_dir (the old route name).
+        #[arg(long, value_name = "OLD")]
+        from: String,
+        /// The configured route that takes it over.
+        #[arg(long, value_name = "NEW")]
+        to: String,
+    },
     /// Drop pending messages (or dead letters) for good, after confirmation (guard stopped).
     Purge {
         #[command(flatten)]
@@ -244,6 +257,9 @@ fn main() -> ExitCode {
                     for line in expiry_report(&config, std::time::SystemTime::now()) {
                         println!("{prefix}{line}");
                     }
+                    for q in mllp_guard::custody::stranded::stranded_queues(&config) {
+                        eprintln!("warning: {}", mllp_guard::custody::stranded::warning(&q));
+                    }
                     if print {
                         print!("{}", mllp_guard::tools::effective::render(&config));
                     }
@@ -296,10 +312,21 @@ fn main() -> ExitCode {
 
 async fn queue_command(action: QueueAction) -> ExitCode {
     use mllp_guard::tools::operator;
+    if let QueueAction::Move { config, from, to } = &action {
+        let config = match load(config) {
+            Ok(config) => config,
+            Err(code) => return code,
+        };
+        let mut out = std::io::stdout().lock();
+        return report(operator::move_queue(&config, from, to, &mut out));
+    }
     let (QueueAction::List { args, .. }
     | QueueAction::Show { args, .. }
     | QueueAction::Replay(args)
-    | QueueAction::Purge { args, .. }) = &action;
+    | QueueAction::Purge { args, .. }) = &action
+    else {
+        return ExitCode::FAILURE;
+    };
     let config = match load(&args.config) {
         Ok(config) => config,
         Err(code) => return code,
@@ -312,6 +339,7 @@ async fn queue_command(action: QueueAction) -> ExitCode {
             operator::show(&config, route, *payload, *limit, &mut out).await
         }
         QueueAction::Replay(_) => operator::replay(&config, route, &mut out).await,
+        QueueAction::Move { .. } => return ExitCode::FAILURE,
         QueueAction::Purge {
             dead_letters, yes, ..
         } => {

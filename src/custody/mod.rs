@@ -34,6 +34,7 @@ mod error;
 pub(crate) mod give_up;
 pub mod jetstream;
 mod log;
+pub mod stranded;
 
 pub use duplicates::SenderId;
 pub use error::NotQueued;

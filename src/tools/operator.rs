@@ -173,6 +173,10 @@ pub struct RouteDepth {
     /// JetStream: the stream's name (not in `--json`).
     #[serde(skip)]
     pub stream: Option<String>,
+    /// A queue under `state_dir` that no configured route owns (`"stranded": true` in
+    /// `--json`, absent otherwise): `route` is its directory's name.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stranded: bool,
 }
 
 /// The depth of each selected route's queue, read while guards run or not.
@@ -199,6 +203,7 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
                 dead_letters: depth.dead,
                 dead_bytes: None,
                 stream: Some(js.stream.clone()),
+                stranded: false,
             });
             continue;
         }
@@ -217,9 +222,86 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
             dead_letters: dead.messages,
             dead_bytes: Some(dead.bytes),
             stream: None,
+            stranded: false,
         });
     }
+    if only.is_none() {
+        for q in crate::custody::stranded::stranded_queues(config) {
+            let pending = read_only(&q.dir)?.map(|q| q.stats()).unwrap_or_default();
+            let dead = read_only(&q.dir.join(DEAD_LETTER_DIR))?
+                .map(|q| q.stats())
+                .unwrap_or_default();
+            rows.push(RouteDepth {
+                route: q.name,
+                backend: "embedded",
+                pending: pending.messages,
+                bytes: pending.bytes,
+                oldest_age_s: pending.oldest_enqueued_ms.map(age_secs),
+                dead_letters: dead.messages,
+                dead_bytes: Some(dead.bytes),
+                stream: None,
+                stranded: true,
+            });
+        }
+    }
     Ok(rows)
+}
+
+/// `queue move`: hands the stranded queue `from` (a route renamed or removed) to the configured
+/// store-and-forward route `to`, whose own queue must be empty. Needs the guard stopped.
+pub fn move_queue(
+    config: &Config,
+    from: &str,
+    to: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let Some(state_dir) = &config.state_dir else {
+        bail!("the configuration has no state_dir: there are no queues to move");
+    };
+    let Some(custody) = config.routes.iter().find_map(|r| match &r.delivery {
+        Delivery::StoreAndForward(c) if r.name == to => Some(c),
+        _ => None,
+    }) else {
+        bail!("route {to} is not a store-and-forward route of this configuration");
+    };
+    if jetstream_of(custody).is_some() {
+        bail!("route {to} keeps its queue on JetStream; `queue move` moves embedded queues");
+    }
+    let from_dir = state_dir.join(from);
+    let Some(stranded) = crate::custody::stranded::stranded_queues(config)
+        .into_iter()
+        .find(|q| q.name == from)
+    else {
+        bail!(
+            "{} is not a queue that no route owns (queue list shows the stranded ones)",
+            from_dir.display()
+        );
+    };
+    refuse_if_running(&from_dir)?;
+    let to_dir = &custody.queue_dir;
+    if to_dir.exists() {
+        refuse_if_running(to_dir)?;
+        let pending = read_only(to_dir)?.map_or(0, |q| q.stats().messages);
+        let dead = read_only(&to_dir.join(DEAD_LETTER_DIR))?.map_or(0, |q| q.stats().messages);
+        if pending + dead > 0 {
+            bail!(
+                "route {to} has a queue of its own ({pending} pending, {dead} dead letters): deliver or purge them first, then move"
+            );
+        }
+        std::fs::remove_dir_all(to_dir)
+            .with_context(|| format!("removing the empty queue {}", to_dir.display()))?;
+    }
+    std::fs::rename(&from_dir, to_dir)
+        .with_context(|| format!("moving {} to {}", from_dir.display(), to_dir.display()))?;
+    std::fs::File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", state_dir.display()))?;
+    writeln!(
+        out,
+        "queue {from} ({} pending) now belongs to route {to}; start the guard to deliver it",
+        stranded.pending
+    )?;
+    Ok(())
 }
 
 fn now_ms() -> u64 {
@@ -261,6 +343,11 @@ pub async fn list(
                 out,
                 "route {}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {stream})",
                 row.route, row.pending, row.dead_letters, row.bytes
+            )?,
+            None if row.stranded => writeln!(
+                out,
+                "queue {} (no configured route owns it): {} pending ({} bytes), oldest {oldest}, {} dead letters; `mllp-guard queue move --config FILE --from {} --to NEW` hands it to a route",
+                row.route, row.pending, row.bytes, row.dead_letters, row.route
             )?,
             None => writeln!(
                 out,

@@ -59,6 +59,12 @@ pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// How many files the sink has saved in `dir` so far (each may still be being written: read them
+/// with [`control_ids`] once the count is reached and the sink had a moment).
+pub(crate) fn saved_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
 pub(crate) fn control_ids(dir: &Path) -> Vec<String> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
@@ -522,7 +528,7 @@ fn concurrent_resends_are_queued_once_and_get_the_same_ack() {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while control_ids(&saved).len() < ids.len() {
+    while saved_count(&saved) < ids.len() {
         assert!(
             Instant::now() < deadline,
             "delivered: {:?}",

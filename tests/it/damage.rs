@@ -1,6 +1,7 @@
 //! Custody when the disk lies, through the binary: bytes flipped inside an acknowledged record
 //! (found by its content) after a SIGKILL lose that record only, and say so; a route whose queue
-//! cannot be opened is down while the other routes serve.
+//! cannot be opened is down while the other routes serve; a renamed route's queue is named and
+//! can be moved to the new name.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -10,7 +11,7 @@ use mllp_guard::wire::codec::Decoder;
 
 use crate::admin::get;
 use crate::cli::{start_guard_logged, start_saving_sink};
-use crate::custody::{control_ids, custody_yaml, exchange, free_addr, spawn_guard};
+use crate::custody::{control_ids, custody_yaml, exchange, free_addr, saved_count, spawn_guard};
 use crate::harness::*;
 
 /// Connects (bounded wait for the guard to listen).
@@ -57,7 +58,7 @@ fn receive(
         saved.to_str().unwrap(),
     ]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while control_ids(saved).len() < expected.len() {
+    while saved_count(saved) < expected.len() {
         assert!(
             Instant::now() < deadline,
             "delivered: {:?}",
@@ -255,4 +256,100 @@ async fn a_route_whose_queue_cannot_be_opened_is_down_while_the_others_serve() {
                 .is_some_and(|m| m.contains("route is down"));
     }
     assert!(said, "an ERROR line names the route that is down");
+}
+
+/// `mllp-guard queue ...` through the binary: (success, stdout, stderr).
+fn queue_cmd(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("queue")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 27, finding 7: a renamed route strands its queue; `check`, `run` and `queue list` say
+/// so, and `queue move` (guard stopped) hands it to the new name, whose guard delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_routes_queue_is_named_and_can_be_moved_to_the_new_name() {
+    let dir = TestDir::new();
+    let (receiver, listen) = (free_addr(), free_addr());
+    let config = dir.path("custody.yaml");
+    let yaml = custody_yaml(&dir, receiver, &listen.to_string(), "");
+    std::fs::write(&config, &yaml).unwrap();
+    let ids: Vec<String> = (1..=5).map(|i| format!("OLD-{i}")).collect();
+    {
+        let mut guard = spawn_guard(&config);
+        let mut stream = connect(listen);
+        let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
+        for id in &ids {
+            let (code, got) =
+                exchange(&mut stream, &mut decoder, &mut buf, &message(id, 300)).unwrap();
+            assert!(code.is_positive() && &got == id);
+        }
+        guard.0.kill().unwrap();
+        guard.0.wait().unwrap();
+    }
+    // The route is renamed: its queue now belongs to no route.
+    std::fs::write(&config, yaml.replace("name: lab\n", "name: lab2\n")).unwrap();
+    let cfg = config.to_str().unwrap();
+    let check = std::process::Command::new(BIN)
+        .args(["check", "--config", cfg])
+        .output()
+        .unwrap();
+    let warned = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{warned}");
+    assert!(
+        warned.contains("state_dir holds the queue of no configured route")
+            && warned.contains("(5 pending)"),
+        "{warned}"
+    );
+    let (ok, out, err) = queue_cmd(&["list", "--config", cfg]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue lab (no configured route owns it): 5 pending"),
+        "{out}"
+    );
+    let (ok, out, err) = queue_cmd(&["list", "--json", "--config", cfg]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stranded: Vec<&serde_json::Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["stranded"] == true)
+        .collect();
+    assert_eq!(stranded.len(), 1, "{out}");
+    assert_eq!(
+        (&stranded[0]["route"], &stranded[0]["pending"]),
+        (&"lab".into(), &5.into())
+    );
+
+    // `run` warns too; with it running, the move is refused (it holds lab2's queue).
+    let (mut guard, _, _logs, early) = start_guard_logged(&config);
+    assert!(
+        early
+            .iter()
+            .any(|l| l.contains("state_dir holds the queue of no configured route")),
+        "{early:?}"
+    );
+    let (ok, _, err) = queue_cmd(&["move", "--config", cfg, "--from", "lab", "--to", "lab2"]);
+    assert!(!ok && err.contains("the guard is running"), "{err}");
+    guard.0.kill().unwrap();
+    guard.0.wait().unwrap();
+    let (ok, out, err) = queue_cmd(&["move", "--config", cfg, "--from", "lab", "--to", "lab2"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue lab (5 pending) now belongs to route lab2"),
+        "{out}"
+    );
+    // The new route's guard delivers the five, in order.
+    let (_guard, _, _logs) = crate::cli::start_guard(&config);
+    let (_sink, delivered) = receive(receiver, &dir.path("saved"), &ids);
+    assert_eq!(delivered, ids);
 }
