@@ -207,44 +207,33 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
             });
             continue;
         }
-        let pending = read_only(&custody.queue_dir)?
-            .map(|q| q.stats())
-            .unwrap_or_default();
-        let dead = read_only(&custody.queue_dir.join(DEAD_LETTER_DIR))?
-            .map(|q| q.stats())
-            .unwrap_or_default();
-        rows.push(RouteDepth {
-            route: name.to_string(),
-            backend: "embedded",
-            pending: pending.messages,
-            bytes: pending.bytes,
-            oldest_age_s: pending.oldest_enqueued_ms.map(age_secs),
-            dead_letters: dead.messages,
-            dead_bytes: Some(dead.bytes),
-            stream: None,
-            stranded: false,
-        });
+        rows.push(embedded_depth(name, &custody.queue_dir, false)?);
     }
     if only.is_none() {
         for q in crate::custody::stranded::stranded_queues(config) {
-            let pending = read_only(&q.dir)?.map(|q| q.stats()).unwrap_or_default();
-            let dead = read_only(&q.dir.join(DEAD_LETTER_DIR))?
-                .map(|q| q.stats())
-                .unwrap_or_default();
-            rows.push(RouteDepth {
-                route: q.name,
-                backend: "embedded",
-                pending: pending.messages,
-                bytes: pending.bytes,
-                oldest_age_s: pending.oldest_enqueued_ms.map(age_secs),
-                dead_letters: dead.messages,
-                dead_bytes: Some(dead.bytes),
-                stream: None,
-                stranded: true,
-            });
+            rows.push(embedded_depth(&q.name, &q.dir, true)?);
         }
     }
     Ok(rows)
+}
+
+/// The depth of the embedded queue in `dir` (and its dead letters), read-only.
+fn embedded_depth(route: &str, dir: &Path, stranded: bool) -> anyhow::Result<RouteDepth> {
+    let pending = read_only(dir)?.map(|q| q.stats()).unwrap_or_default();
+    let dead = read_only(&dir.join(DEAD_LETTER_DIR))?
+        .map(|q| q.stats())
+        .unwrap_or_default();
+    Ok(RouteDepth {
+        route: route.to_string(),
+        backend: "embedded",
+        pending: pending.messages,
+        bytes: pending.bytes,
+        oldest_age_s: pending.oldest_enqueued_ms.map(age_secs),
+        dead_letters: dead.messages,
+        dead_bytes: Some(dead.bytes),
+        stream: None,
+        stranded,
+    })
 }
 
 /// `queue move`: hands the stranded queue `from` (a route renamed or removed) to the configured
