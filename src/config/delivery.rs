@@ -11,9 +11,10 @@ use serde_saphyr::Spanned;
 
 use super::model::{
     CustodyConfig, Delivery, JetStreamQueue, NatsTls, OnReply, QueueBackend, Retry, UnreadyWhen,
-    DEFAULT_ACK_MODE, DEFAULT_DUPLICATE_WINDOW, DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
-    DEFAULT_JETSTREAM_PUBLISH_TIMEOUT, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER,
-    DEFAULT_ON_REPLY_AE, DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES,
+    DEFAULT_ACK_MODE, DEFAULT_DEAD_LETTERS, DEFAULT_DUPLICATE_WINDOW,
+    DEFAULT_JETSTREAM_DUPLICATE_WINDOW, DEFAULT_JETSTREAM_PUBLISH_TIMEOUT,
+    DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER, DEFAULT_ON_REPLY_AE,
+    DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES,
     DEFAULT_QUEUE_SEGMENT_BYTES, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX,
 };
 use super::raw::{RawJetStream, RawQueue, RawRetry, RawRoute, Text};
@@ -72,8 +73,35 @@ impl Validator<'_> {
         );
         let mut backend = QueueBackend::Embedded;
         let mut unready_when = None;
+        let mut dead_letters = DEFAULT_DEAD_LETTERS;
         if let Some(q) = &r.queue {
             let q = &q.value;
+            if let Some(raw) = &q.dead_letters {
+                let d = &raw.value;
+                dead_letters.max_messages = self.value(
+                    format!("{p}.queue.dead_letters.max_messages"),
+                    &d.max_messages,
+                    DEFAULT_DEAD_LETTERS.max_messages,
+                    |s| parse_count(s, 1).map(|n| n as u64),
+                );
+                dead_letters.max_bytes = self.value(
+                    format!("{p}.queue.dead_letters.max_bytes"),
+                    &d.max_bytes,
+                    DEFAULT_DEAD_LETTERS.max_bytes,
+                    parse_queue_size,
+                );
+                if let (Some(raw), Some(largest)) = (&d.max_bytes, max_message_bytes) {
+                    if parse_queue_size(&raw.value).is_ok()
+                        && dead_letters.max_bytes < largest as u64
+                    {
+                        self.error(
+                            format!("{p}.queue.dead_letters.max_bytes"),
+                            &raw.referenced,
+                            format!("must be at least this route's max_message_bytes ({largest} bytes) so that any message can be dead-lettered"),
+                        );
+                    }
+                }
+            }
             unready_when = q.unready_when.as_ref().map(|raw| {
                 let u = &raw.value;
                 let pending = self.value(
@@ -173,6 +201,7 @@ impl Validator<'_> {
             duplicate_window,
             backend,
             unready_when,
+            dead_letters,
         })
     }
 

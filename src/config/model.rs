@@ -351,7 +351,25 @@ pub struct CustodyConfig {
     /// `queue.unready_when`: `/readyz` is unready while the queue is this backed up. `None`
     /// (default): the queue's depth never makes the guard unready.
     pub unready_when: Option<UnreadyWhen>,
+    /// `queue.dead_letters`: the dead-letter store's own limits (embedded backend), apart from
+    /// the queue's, so that a receiver rejecting everything cannot fill the queue with them.
+    pub dead_letters: DeadLetterLimits,
 }
+
+/// `queue.dead_letters: { max_messages, max_bytes }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadLetterLimits {
+    /// Default 100000, >= 1.
+    pub max_messages: u64,
+    /// Default 256 MiB, at least 1 MiB and at least the route's `max_message_bytes`.
+    pub max_bytes: u64,
+}
+
+/// Defaults of `queue.dead_letters`.
+pub const DEFAULT_DEAD_LETTERS: DeadLetterLimits = DeadLetterLimits {
+    max_messages: 100_000,
+    max_bytes: 256 << 20,
+};
 
 /// `queue.unready_when: { pending, oldest }`: either threshold, or both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

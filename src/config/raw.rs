@@ -356,6 +356,15 @@ pub(super) struct RawQueue {
     pub(super) backend: Option<Text>,
     pub(super) jetstream: Option<Spanned<RawJetStream>>,
     pub(super) unready_when: Option<Spanned<RawUnreadyWhen>>,
+    pub(super) dead_letters: Option<Spanned<RawDeadLetters>>,
+}
+
+/// `queue.dead_letters:` (embedded backend).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDeadLetters {
+    pub(super) max_messages: Option<Text>,
+    pub(super) max_bytes: Option<Text>,
 }
 
 /// `queue.unready_when:` (either key or both).

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rustls_pki_types::ServerName;
 
 use super::error::closest;
+use super::model::DEFAULT_DEAD_LETTERS;
 use super::scalars::{parse_byte, parse_frame_size, parse_route_name, parse_size};
 use super::validator::listen_clash;
 use super::*;
@@ -745,6 +746,7 @@ fn the_custody_example_of_the_issue_parses_into_typed_values() {
             duplicate_window: Some(Duration::from_secs(600)),
             backend: QueueBackend::Embedded,
             unready_when: None,
+            dead_letters: DEFAULT_DEAD_LETTERS,
         })
     );
 }
@@ -766,6 +768,7 @@ fn store_and_forward_with_only_a_state_dir_takes_every_custody_default() {
             duplicate_window: Some(DEFAULT_DUPLICATE_WINDOW),
             backend: QueueBackend::Embedded,
             unready_when: None,
+            dead_letters: DEFAULT_DEAD_LETTERS,
         }
     );
     assert_eq!(DEFAULT_ACK_MODE, AckMode::Msh15);

@@ -15,4 +15,6 @@ pub struct Counters {
     pub syncs: AtomicU64,
     /// Whether the last fsync of the queue failed (the queue cannot take writes).
     pub sync_failing: std::sync::atomic::AtomicBool,
+    /// Whether the dead letters are full (`queue.dead_letters`): new messages are refused.
+    pub dead_letters_full: std::sync::atomic::AtomicBool,
 }

@@ -50,6 +50,19 @@ pub(super) struct Remembering {
 }
 
 /// The queue limits a route's custody config sets (shared with `mllp-guard queue ...`).
+/// The dead-letter store's limits: `queue.dead_letters`, apart from the queue's.
+pub fn dead_letter_limits(cfg: &CustodyConfig) -> Limits {
+    Limits {
+        max_bytes: cfg.dead_letters.max_bytes,
+        max_messages: cfg.dead_letters.max_messages,
+        segment_bytes: cfg.segment_bytes.min(
+            cfg.dead_letters
+                .max_bytes
+                .max(crate::queue::MIN_SEGMENT_BYTES),
+        ),
+    }
+}
+
 pub fn queue_limits(cfg: &CustodyConfig) -> Limits {
     Limits {
         max_bytes: cfg.max_bytes,
@@ -200,6 +213,9 @@ struct Front {
     /// An attempt reached the receiver (it answered, or the exchange broke after the message
     /// went out): the next send is a redelivery.
     reached_the_receiver: bool,
+    /// Due for the dead letters with this reason: the write is retried (with the backoff, never
+    /// a tight loop) and the message is not sent again meanwhile.
+    dead_letter: Option<String>,
 }
 
 impl LogDrainer {
@@ -288,13 +304,18 @@ impl LogDrainer {
                     ..Front::default()
                 };
             }
-            let age = Duration::from_millis(now_ms().saturating_sub(record.enqueued_at_ms));
-            if let Some(reason) = give_up(&retry, front.failures, age, &front.last) {
-                tracing::warn!(route = %route, seq = record.seq, attempts = front.failures, outcome = "dead_lettered", "queued message given up and moved to the dead letters");
+            if let Some(reason) = front.dead_letter.clone() {
                 if self.dead_letter(&record, &reason).await {
                     settle_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
+                    backoff.reset();
+                } else if self.pause(backoff.next_wait()).await {
+                    break;
                 }
-                backoff.reset();
+                continue;
+            }
+            let age = Duration::from_millis(now_ms().saturating_sub(record.enqueued_at_ms));
+            if let Some(reason) = give_up(&retry, front.failures, age, &front.last) {
+                front.dead_letter = Some(reason);
                 continue;
             }
             let Some(frame) = Frame::from_payload(&record.payload) else {
@@ -344,11 +365,7 @@ impl LogDrainer {
                 (ReplyAction::DeadLetter, Ok(reply)) => {
                     let text = ack_text(&reply.ack);
                     let reason = format!("upstream replied {}: {}", reply.code, text);
-                    tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, ack = %reply.code, outcome = "dead_lettered", "queued message moved to the dead letters");
-                    if self.dead_letter(&record, &reason).await {
-                        settle_at.get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
-                    }
-                    backoff.reset();
+                    front.dead_letter = Some(reason);
                 }
                 (_, result) => {
                     front.failures += 1;
@@ -364,12 +381,7 @@ impl LogDrainer {
                     };
                     let age = Duration::from_millis(now_ms().saturating_sub(record.enqueued_at_ms));
                     if let Some(reason) = give_up(&retry, front.failures, age, &front.last) {
-                        tracing::warn!(route = %route, seq = record.seq, control_id = %shown_id, attempts = front.failures, outcome = "dead_lettered", "queued message given up (retry.max_attempts or retry.max_age) and moved to the dead letters");
-                        if self.dead_letter(&record, &reason).await {
-                            settle_at
-                                .get_or_insert_with(|| tokio::time::Instant::now() + ACK_SETTLE);
-                        }
-                        backoff.reset();
+                        front.dead_letter = Some(reason);
                         continue;
                     }
                     let wait = next_wait(&retry, backoff.next_wait(), age);
@@ -465,34 +477,59 @@ impl LogDrainer {
 
     /// Stores the record in the dead letters (durably) and only then takes it off the queue;
     /// whether it was taken off.
+    /// Moves `record` to the dead letters (their own store and limits, `queue.dead_letters`)
+    /// and acknowledges it; `false` (logged) when the dead letters cannot take it: it stays
+    /// first, and while they are full new messages are refused (AE) and the route is unready.
     async fn dead_letter(&self, record: &Record, reason: &str) -> bool {
         let dir = self.cfg.queue_dir.join(DEAD_LETTER_DIR);
-        let limits = queue_limits(&self.cfg);
-        let (payload, at, reason) = (
+        let limits = dead_letter_limits(&self.cfg);
+        let (payload, at, note) = (
             record.payload.clone(),
             record.enqueued_at_ms,
             reason.to_string(),
         );
         let stored = tokio::task::spawn_blocking(move || -> Result<(), QueueError> {
             let (mut dead, _) = SegmentLog::open(&dir, limits)?;
-            dead.append(&payload, &reason, at)?;
-            dead.sync()?;
-            dead.close()
+            let appended = dead.append(&payload, &note, at).and_then(|_| dead.sync());
+            let closed = dead.close();
+            appended.and(closed)
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| {
+            Err(QueueError::Poisoned {
+                reason: e.to_string(),
+            })
+        });
+        let control_id = crate::wire::hl7::find_header(&record.payload)
+            .map(|h| printable(h.control_id()))
+            .unwrap_or_default();
         match stored {
-            Ok(Ok(())) => {
+            Ok(()) => {
+                if self
+                    .counters
+                    .dead_letters_full
+                    .swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!(route = %self.route, "the dead letters take messages again; new messages are queued again");
+                    crate::ops::metrics::dead_letters_full(&self.route, false);
+                }
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(route = %self.route, seq = record.seq, control_id = %control_id, reason, outcome = "dead_lettered", "queued message moved to the dead letters");
                 self.ack(record).await
             }
-            Ok(Err(err)) => {
-                tracing::error!(route = %self.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
-                let _ = self.pause(Duration::from_secs(1)).await;
+            Err(err @ QueueError::Full { .. }) => {
+                if !self
+                    .counters
+                    .dead_letters_full
+                    .swap(true, Ordering::Relaxed)
+                {
+                    crate::ops::metrics::dead_letters_full(&self.route, true);
+                }
+                tracing::error!(route = %self.route, seq = record.seq, control_id = %control_id, error = %err, "the dead letters are full (queue.dead_letters): the message stays first and is not sent again; new messages are refused (AE) until dead letters are replayed or purged");
                 false
             }
             Err(err) => {
-                tracing::error!(route = %self.route, seq = record.seq, error = %err, "cannot store a dead letter; the message stays queued");
-                let _ = self.pause(Duration::from_secs(1)).await;
+                tracing::error!(route = %self.route, seq = record.seq, control_id = %control_id, error = %err, "cannot store a dead letter; the message stays first and is not sent again");
                 false
             }
         }

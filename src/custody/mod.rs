@@ -258,6 +258,10 @@ impl Custody {
                 }
             }
         }
+        if self.counters.dead_letters_full.load(Ordering::Relaxed) {
+            tracing::warn!(route = %self.route, control_id = %printable(header.control_id()), "message not queued: the dead letters are full (queue.dead_letters); replay or purge them");
+            return self.refuse(header, message, false, Says::not_now("dead letters full"));
+        }
         let (ack, code) = own_ack_for(Some(header), message, Says::ACCEPTED);
         let result = match &self.keeper {
             Keeper::Log { appends, .. } => {
@@ -402,6 +406,12 @@ impl crate::ops::metrics::QueueProbe for Custody {
     }
 
     fn backed_up(&self) -> Option<String> {
+        if self.counters.dead_letters_full.load(Ordering::Relaxed) {
+            return Some(format!(
+                "its dead letters are full (queue.dead_letters: {} messages, {} bytes); new messages are refused until they are replayed or purged",
+                self.cfg.dead_letters.max_messages, self.cfg.dead_letters.max_bytes
+            ));
+        }
         let when = self.cfg.unready_when?;
         let (stats, _) = self.probe();
         if let Some(limit) = when.pending.filter(|&n| stats.messages >= n) {

@@ -83,6 +83,7 @@ struct Metrics {
     connections_closed: Family<ReasonLabels, Counter>,
     queue_damaged_records: Family<RouteLabel, Counter>,
     route_up: Family<RouteLabel, Gauge>,
+    dead_letters_full: Family<RouteLabel, Gauge>,
     connections_open: Family<RouteLabel, Gauge>,
     tls_handshake_failures: Family<ReasonLabels, Counter>,
     messages: Family<MessageLabels, Counter>,
@@ -113,6 +114,7 @@ fn metrics() -> &'static Metrics {
             connections_closed: Family::default(),
             queue_damaged_records: Family::default(),
             route_up: Family::default(),
+            dead_letters_full: Family::default(),
             connections_open: Family::default(),
             tls_handshake_failures: Family::default(),
             messages: Family::default(),
@@ -147,6 +149,11 @@ fn metrics() -> &'static Metrics {
             "mllp_guard_queue_damaged_records",
             "Acknowledged messages lost to damaged queue bytes (set aside under <queue>/damaged/), by route",
             m.queue_damaged_records.clone(),
+        );
+        registry.register(
+            "mllp_guard_queue_dead_letters_full",
+            "1 while a route's dead letters are full (queue.dead_letters) and it refuses new messages",
+            m.dead_letters_full.clone(),
         );
         registry.register(
             "mllp_guard_route_up",
@@ -777,6 +784,16 @@ pub fn set_serving(serving: bool) {
 /// Liveness: no panic happened.
 pub fn live() -> bool {
     !health().panicked.load(Ordering::SeqCst)
+}
+
+/// A route's dead letters are full (`true`) or take messages again.
+pub fn dead_letters_full(route: &str, full: bool) {
+    metrics()
+        .dead_letters_full
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .set(i64::from(full));
 }
 
 /// A route serves (`None`), or could not start and why (`Some`): `mllp_guard_route_up`, and

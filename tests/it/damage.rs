@@ -353,3 +353,83 @@ async fn a_renamed_routes_queue_is_named_and_can_be_moved_to_the_new_name() {
     let (_sink, delivered) = receive(receiver, &dir.path("saved"), &ids);
     assert_eq!(delivered, ids);
 }
+
+/// Issue 27, finding 6: dead letters have their own limits. A receiver that rejects everything
+/// fills them; then the rejected message stays first and is not sent again, new messages get
+/// AE, and `/readyz` and the metric say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_dead_letters_hold_the_rejected_message_without_resending_it() {
+    let dir = TestDir::new();
+    let saved = dir.path("saved");
+    let (_sink, receiver) = crate::cli::start_sink(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--ack",
+        "AR",
+        "--save-dir",
+        saved.to_str().unwrap(),
+    ]);
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = dir.path("custody.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: {admin}\n{}",
+            custody_yaml(
+                &dir,
+                receiver.parse().unwrap(),
+                &listen.to_string(),
+                "    queue: { dead_letters: { max_messages: 2 } }\n"
+            )
+        ),
+    )
+    .unwrap();
+    let (_guard, _, logs) = crate::cli::start_guard(&config);
+    let mut stream = connect(listen);
+    let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
+    for id in ["REJ-1", "REJ-2", "REJ-3"] {
+        let (code, got) = exchange(&mut stream, &mut decoder, &mut buf, &message(id, 300)).unwrap();
+        assert!(code.is_positive() && got == id, "{id}: {code:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while saved_count(&saved) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver got {}",
+            saved_count(&saved)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Two dead letters fill the store; REJ-3 stays first and is not sent again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        control_ids(&saved),
+        ["REJ-1", "REJ-2", "REJ-3"],
+        "no resend while it waits"
+    );
+    let (code, got) =
+        exchange(&mut stream, &mut decoder, &mut buf, &message("NEW-1", 300)).unwrap();
+    assert_eq!(
+        (code, got.as_str()),
+        (mllp_guard::wire::hl7::AckCode::AE, "NEW-1")
+    );
+    let (status, body) = get(admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("dead letters are full"), "{body}");
+    let (_, metrics) = get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("mllp_guard_queue_dead_letters_full{route=\"lab\"} 1"),
+        "{metrics}"
+    );
+    let mut moved = 0;
+    while let Ok(line) = logs.recv_timeout(Duration::from_millis(300)) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["message"] == "queued message moved to the dead letters" {
+            moved += 1;
+        }
+    }
+    assert_eq!(
+        moved, 2,
+        "the line is written only for a dead letter that was stored"
+    );
+}
