@@ -127,6 +127,17 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(answer_receiver(ctx, conn, false, &ack).await);
     }
     let control_id = header.control_id();
+    // What reached the sender (the receiver's ack or message), with the ack code it carried.
+    let audit_relayed = |code| {
+        audit(
+            Some(&header),
+            bytes,
+            frame.payload(),
+            "relayed_to_sender",
+            code,
+            None,
+        )
+    };
     // An acknowledgement (an application ack in enhanced mode) goes to the sender at once; it
     // is answered only if its own MSH-15 asks for an answer, and never by the guard itself.
     if let Ok(receivers_ack) = AckView::parse(frame.payload()) {
@@ -146,14 +157,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
                 true
             }
         };
-        audit(
-            Some(&header),
-            bytes,
-            frame.payload(),
-            "relayed_to_sender",
-            code,
-            None,
-        );
+        audit_relayed(code);
         return Ok(answered);
     }
     let (ack, committed) = match deliver(ctx, link, &frame, control_id).await {
@@ -161,14 +165,7 @@ pub async fn relay_to_sender<S: AsyncRead + AsyncWrite + Unpin>(
             let code = AckView::parse(&reply)
                 .map(|a| a.code())
                 .unwrap_or(AckCode::AE);
-            audit(
-                Some(&header),
-                bytes,
-                frame.payload(),
-                "relayed_to_sender",
-                code,
-                None,
-            );
+            audit_relayed(code);
             (reply, true)
         }
         Err(Failure::Sender(lost)) => {

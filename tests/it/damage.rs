@@ -3,32 +3,14 @@
 //! cannot be opened is down while the other routes serve; a renamed route's queue is named and
 //! can be moved to the new name.
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mllp_guard::wire::codec::Decoder;
-
 use crate::admin::get;
 use crate::cli::{start_guard_logged, start_saving_sink};
-use crate::custody::{control_ids, custody_yaml, exchange, free_addr, saved_count, spawn_guard};
+use crate::custody::{control_ids, custody_yaml, free_addr, saved_count};
 use crate::harness::*;
-
-/// Connects (bounded wait for the guard to listen).
-fn connect(addr: std::net::SocketAddr) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(s) = TcpStream::connect(addr) {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guard never listened on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::queue_cli::{queued, send};
 
 /// The segment file holding `needle`, and where.
 fn find_in_segments(queue: &Path, needle: &[u8]) -> (std::path::PathBuf, usize) {
@@ -87,13 +69,9 @@ async fn bytes_flipped_in_an_acked_record_lose_that_record_only_and_say_so() {
     .unwrap();
     let ids: Vec<String> = (1..=20).map(|i| format!("DMG-{i:02}")).collect();
     {
-        let mut guard = spawn_guard(&config);
-        let mut stream = connect(listen);
-        let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
+        let (mut guard, _, _logs) = crate::cli::start_guard(&config);
         for id in &ids {
-            let (code, got) =
-                exchange(&mut stream, &mut decoder, &mut buf, &message(id, 400)).unwrap();
-            assert!(code.is_positive() && &got == id, "{id}: {code:?} {got}");
+            queued(&listen.to_string(), id);
         }
         guard.0.kill().unwrap(); // SIGKILL: no clean close, no cursor write
         guard.0.wait().unwrap();
@@ -169,11 +147,8 @@ async fn a_record_damaged_while_the_guard_runs_is_set_aside_and_delivery_goes_on
     .unwrap();
     let (_guard, _, logs) = crate::cli::start_guard(&config);
     let ids: Vec<String> = (1..=10).map(|i| format!("RUN-{i:02}")).collect();
-    let mut stream = connect(listen);
-    let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
     for id in &ids {
-        let (code, got) = exchange(&mut stream, &mut decoder, &mut buf, &message(id, 400)).unwrap();
-        assert!(code.is_positive() && &got == id, "{id}: {code:?} {got}");
+        queued(&listen.to_string(), id);
     }
     let (segment, at) = find_in_segments(&dir.path("state").join("lab"), b"|RUN-05|");
     let file = std::fs::OpenOptions::new()
@@ -230,7 +205,7 @@ async fn a_route_whose_queue_cannot_be_opened_is_down_while_the_others_serve() {
     let ack = client.read_ack().await.expect("the healthy route serves");
     assert_eq!(ack_of(&ack).0, mllp_guard::wire::hl7::AckCode::AA);
     assert!(
-        TcpStream::connect(broken_listen).is_err(),
+        std::net::TcpStream::connect(broken_listen).is_err(),
         "the broken route does not listen"
     );
     let (status, body) = get(admin, "/readyz").await.unwrap();
@@ -284,13 +259,9 @@ async fn a_renamed_routes_queue_is_named_and_can_be_moved_to_the_new_name() {
     std::fs::write(&config, &yaml).unwrap();
     let ids: Vec<String> = (1..=5).map(|i| format!("OLD-{i}")).collect();
     {
-        let mut guard = spawn_guard(&config);
-        let mut stream = connect(listen);
-        let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
+        let (mut guard, _, _logs) = crate::cli::start_guard(&config);
         for id in &ids {
-            let (code, got) =
-                exchange(&mut stream, &mut decoder, &mut buf, &message(id, 300)).unwrap();
-            assert!(code.is_positive() && &got == id);
+            queued(&listen.to_string(), id);
         }
         guard.0.kill().unwrap();
         guard.0.wait().unwrap();
@@ -385,11 +356,8 @@ async fn full_dead_letters_hold_the_rejected_message_without_resending_it() {
     )
     .unwrap();
     let (_guard, _, logs) = crate::cli::start_guard(&config);
-    let mut stream = connect(listen);
-    let (mut decoder, mut buf) = (Decoder::new(1 << 20), bytes::BytesMut::new());
     for id in ["REJ-1", "REJ-2", "REJ-3"] {
-        let (code, got) = exchange(&mut stream, &mut decoder, &mut buf, &message(id, 300)).unwrap();
-        assert!(code.is_positive() && got == id, "{id}: {code:?}");
+        queued(&listen.to_string(), id);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     while saved_count(&saved) < 3 {
@@ -407,8 +375,13 @@ async fn full_dead_letters_hold_the_rejected_message_without_resending_it() {
         ["REJ-1", "REJ-2", "REJ-3"],
         "no resend while it waits"
     );
-    let (code, got) =
-        exchange(&mut stream, &mut decoder, &mut buf, &message("NEW-1", 300)).unwrap();
+    let ack = send(
+        &listen.to_string(),
+        &message("NEW-1", 300),
+        Duration::from_secs(10),
+    )
+    .expect("an ack");
+    let (code, got, _) = ack_of(&ack);
     assert_eq!(
         (code, got.as_str()),
         (mllp_guard::wire::hl7::AckCode::AE, "NEW-1")

@@ -89,7 +89,7 @@ fn counts(row: &serde_json::Value) -> (u64, u64) {
 
 /// Sends one message on a new connection: the ack's payload, or None when no ack came within
 /// `wait` (the guard stayed silent).
-fn send(addr: &str, payload: &[u8], wait: Duration) -> Option<Vec<u8>> {
+pub(crate) fn send(addr: &str, payload: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(wait)).unwrap();
     stream.write_all(&codec::encode(payload)).unwrap();
@@ -118,7 +118,7 @@ fn send(addr: &str, payload: &[u8], wait: Duration) -> Option<Vec<u8>> {
 
 /// Sends until the guard acks positively (a JetStream guard may still be connecting to NATS);
 /// returns that ack's payload.
-fn queued(addr: &str, id: &str) -> Vec<u8> {
+pub(crate) fn queued(addr: &str, id: &str) -> Vec<u8> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ack = send(addr, &message(id, 300), Duration::from_secs(5));

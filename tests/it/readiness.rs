@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::admin::get;
 use crate::cli::{start_guard, start_sink};
-use crate::custody::{custody_yaml, exchange, free_addr};
+use crate::custody::{custody_yaml, free_addr};
 use crate::harness::*;
+use crate::queue_cli::queued;
 
 /// Polls `/readyz` (bounded) until its status is `want`; returns the body.
 async fn readyz_becomes(admin: SocketAddr, want: u16, what: &str) -> String {
@@ -109,17 +110,8 @@ async fn a_backed_up_queue_makes_the_guard_unready_and_says_why() {
     )
     .unwrap();
     let (_guard, _, _logs) = start_guard(&config);
-    let mut stream = std::net::TcpStream::connect(listen).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let (mut decoder, mut buf) = (
-        mllp_guard::wire::codec::Decoder::new(1 << 20),
-        bytes::BytesMut::new(),
-    );
     for id in ["BACK-1", "BACK-2"] {
-        let (code, got) = exchange(&mut stream, &mut decoder, &mut buf, &message(id, 300)).unwrap();
-        assert!(code.is_positive() && got == id);
+        queued(&listen.to_string(), id);
     }
     let body = readyz_becomes(admin, 503, "two messages wait").await;
     assert!(
