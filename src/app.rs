@@ -249,6 +249,8 @@ impl Guard {
                 }
             }
         }
+        // Process-wide, like the log settings: once the routes are in place.
+        crate::wire::budget::Budget::shared().set_limit(config.max_buffered_bytes);
         Ok(summary)
     }
 

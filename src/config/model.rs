@@ -87,6 +87,12 @@ pub struct Config {
     /// `log_payloads`: write message bodies to the log, at trace level on target
     /// `mllp_guard::payload` only. Default false; meant for a lab, never for production.
     pub log_payloads: bool,
+    /// `max_buffered_bytes`: the memory budget for message bytes of all connections together
+    /// (frames being read and the last frame of each connection until it is answered), beyond
+    /// a 64 KiB allowance per connection that small messages never wait on. When it is spent,
+    /// the guard stops reading large frames until bytes come back (TCP holds the senders back);
+    /// nothing is dropped. Default 256 MiB; at least every route's `max_message_bytes`.
+    pub max_buffered_bytes: usize,
     /// Every file this config was read from: the config file itself, rules files, certificates
     /// and keys (absolute where the config file's directory is). A change to any of them
     /// reloads the config.

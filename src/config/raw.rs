@@ -306,6 +306,7 @@ pub(super) struct RawConfig {
     pub(super) upstreams: Option<Spanned<RawUpstreams>>,
     pub(super) admin: Option<Spanned<RawAdmin>>,
     pub(super) log_payloads: Option<Text>,
+    pub(super) max_buffered_bytes: Option<Text>,
 }
 
 #[derive(Deserialize)]

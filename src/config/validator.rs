@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::Location;
 
 use super::error::{on_line, position, ConfigError};
-use super::model::{Admin, Config, Delivery, QueueBackend, DEFAULT_SHUTDOWN_GRACE};
+use super::model::{Admin, Config, Delivery, QueueBackend, Route, DEFAULT_SHUTDOWN_GRACE};
 use super::raw::{RawConfig, Text};
-use super::scalars::{parse_bool, parse_duration, parse_listen};
+use super::scalars::{parse_bool, parse_duration, parse_listen, parse_size};
+use crate::wire::budget::DEFAULT_MAX_BUFFERED_BYTES;
 
 /// One validation run over one config file: where the file is, the problems found so far, and
 /// every file read along the way.
@@ -210,6 +211,7 @@ impl Validator<'_> {
             }
         }
         let log_payloads = self.value("log_payloads".into(), &raw.log_payloads, false, parse_bool);
+        let max_buffered_bytes = self.max_buffered_bytes(&raw, &routes);
         Config {
             file: self.file.to_path_buf(),
             routes,
@@ -218,8 +220,46 @@ impl Validator<'_> {
             upstreams,
             admin,
             log_payloads,
+            max_buffered_bytes,
             inputs: Vec::new(),
         }
+    }
+
+    /// `max_buffered_bytes`, which must hold the largest message any route takes (a frame that
+    /// could never fit would wait for ever).
+    fn max_buffered_bytes(&mut self, raw: &RawConfig, routes: &[Route]) -> usize {
+        let budget = self.value(
+            "max_buffered_bytes".into(),
+            &raw.max_buffered_bytes,
+            DEFAULT_MAX_BUFFERED_BYTES as u64,
+            parse_size,
+        );
+        let budget = usize::try_from(budget).unwrap_or(usize::MAX);
+        let largest = routes
+            .iter()
+            .max_by_key(|r| r.max_message_bytes)
+            .filter(|r| r.max_message_bytes > budget);
+        if let (Some(route), Some(raw_budget)) = (largest, &raw.max_buffered_bytes) {
+            self.error(
+                "max_buffered_bytes",
+                &raw_budget.referenced,
+                format!(
+                    "must be at least the largest max_message_bytes ({} bytes, route \"{}\") so that any message can be read; raise it, or lower that route's max_message_bytes, not \"{}\" ({budget} bytes)",
+                    route.max_message_bytes, route.name, raw_budget.value
+                ),
+            );
+        } else if let Some(route) = largest {
+            let at = raw.routes.referenced;
+            self.error(
+                "max_buffered_bytes",
+                &at,
+                format!(
+                    "the default budget ({budget} bytes) is smaller than route \"{}\"'s max_message_bytes ({} bytes); set max_buffered_bytes to at least that",
+                    route.name, route.max_message_bytes
+                ),
+            );
+        }
+        budget
     }
 
     /// Resolves a file path from the config and checks the file can be opened, reporting it

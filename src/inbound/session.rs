@@ -105,7 +105,8 @@ where
 {
     let route = &ctx.route;
     let peer = who.addr;
-    let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing);
+    let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing)
+        .with_budget(crate::wire::budget::Budget::shared().clone());
     let mut lanes = Lanes::new(&ctx.dispatch, route.upstream.connections);
     let mut frame_started: Option<Instant> = None;
     // When the sender last sent anything; read from the clock only for an `idle_timeout`.

@@ -233,6 +233,7 @@ fn metrics() -> &'static Metrics {
         }
         registry.register_collector(Box::new(QueueCollector));
         registry.register_collector(Box::new(PkiCollector));
+        registry.register_collector(Box::new(BudgetCollector));
         Metrics { registry, ..m }
     })
 }
@@ -614,6 +615,51 @@ impl prometheus_client::collector::Collector for QueueCollector {
                 gauge.encode(family.encode_family(label)?)?;
             }
         }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The memory budget (`max_buffered_bytes`): read at scrape time
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct BudgetCollector;
+
+impl prometheus_client::collector::Collector for BudgetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        let figures = crate::wire::budget::Budget::shared().figures();
+        let gauges = [
+            (
+                "mllp_guard_buffered_bytes",
+                "Message bytes lent from the memory budget (max_buffered_bytes) now, beyond each connection's 64 KiB allowance",
+                figures.in_use,
+            ),
+            (
+                "mllp_guard_buffered_bytes_limit",
+                "The memory budget for message bytes (max_buffered_bytes)",
+                figures.limit,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as f64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let waits = ConstCounter::new(figures.waits);
+        waits.encode(encoder.encode_descriptor(
+            "mllp_guard_buffer_waits",
+            "Reads that waited for the memory budget (a large frame held back while it was spent)",
+            None,
+            waits.metric_type(),
+        )?)?;
+        let waited = ConstCounter::new(figures.waited.as_secs_f64());
+        waited.encode(encoder.encode_descriptor(
+            "mllp_guard_buffer_wait_seconds",
+            "Time reads spent waiting for the memory budget",
+            None,
+            waited.metric_type(),
+        )?)?;
         Ok(())
     }
 }

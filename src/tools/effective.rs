@@ -25,6 +25,7 @@ pub fn render(config: &Config) -> String {
         line(w, 0, "state_dir", quoted(dir.display()));
     }
     line(w, 0, "log_payloads", config.log_payloads);
+    line(w, 0, "max_buffered_bytes", config.max_buffered_bytes);
     if let Some(admin) = &config.admin {
         key(w, 0, "admin");
         line(w, 1, "listen", admin.listen);

@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::wire::budget::{Budget, Share};
 use crate::wire::codec::{self, DecodeStats, Decoded, Decoder, Frame, Framing};
 
 /// How much room a read into a started frame asks for at least; large frames grow the buffer as
@@ -43,6 +44,11 @@ pub struct Link<S> {
     last_frame_len: usize,
     /// Frames read while waiting for something else, to be handled before new ones.
     set_aside: VecDeque<Decoded>,
+    /// The process's memory budget; `None`: unbudgeted (acks from a receiver, the tools).
+    budget: Option<Budget>,
+    /// What this link holds of it, made when a frame first outgrows the allowance (boxed: an
+    /// idle link, the common case, carries a pointer, not the semaphore's waiting state).
+    share: Option<Box<Share>>,
 }
 
 /// What a look at the stream without waiting found (see [`Link::read_ready`]).
@@ -75,7 +81,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             buf: BytesMut::new(),
             last_frame_len: 0,
             set_aside: VecDeque::new(),
+            budget: None,
+            share: None,
         }
+    }
+
+    /// Makes this link take the bytes of a frame beyond [`crate::wire::budget::ALLOWANCE`] from `budget`
+    /// before reading them: while the budget is spent, the link does not read.
+    pub fn with_budget(mut self, budget: Budget) -> Link<S> {
+        self.budget = Some(budget);
+        self
     }
 
     /// The next frame (or oversize report), reading as needed. `Ok(None)` means the peer closed
@@ -116,6 +131,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
+            // The frames handed out are answered by now: their bytes go back to the budget.
+            if let Some(share) = &mut self.share {
+                share.release();
+            }
             return poll_read_between_frames(Pin::new(&mut self.stream), cx, &mut self.buf);
         }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK {
@@ -125,9 +144,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             } else {
                 0
             };
-            self.buf.reserve(room.max(READ_CHUNK));
+            match &self.budget {
+                None => self.buf.reserve(room.max(READ_CHUNK)),
+                Some(budget) => {
+                    let share = self
+                        .share
+                        .get_or_insert_with(|| Box::new(Share::new(budget.clone())));
+                    // Grown to an exact, budgeted size (doubling, or to the last frame's
+                    // size), so what the budget lends is what is allocated.
+                    let len = self.buf.len();
+                    // Never beyond the largest frame (and one read) the decoder keeps: an
+                    // oversize one is dropped as it arrives, not buffered.
+                    let ceiling = self.decoder.max_payload_bytes() + READ_CHUNK + 8;
+                    let capacity = (len + room.max(READ_CHUNK))
+                        .max(self.buf.capacity() * 2)
+                        .min(ceiling)
+                        .max(len + READ_CHUNK);
+                    std::task::ready!(share.poll_cover(cx, capacity));
+                    let mut grown = BytesMut::with_capacity(capacity);
+                    grown.extend_from_slice(&self.buf);
+                    self.buf = grown;
+                }
+            }
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+
+    /// Bytes this link holds of the memory budget (0 when unbudgeted).
+    pub fn budget_held(&self) -> usize {
+        self.share.as_ref().map_or(0, |share| share.held())
     }
 
     /// Keeps `items` (in order) to be returned by [`Link::take_set_aside`] before anything else.

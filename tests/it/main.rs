@@ -16,6 +16,7 @@ mod harness;
 mod help;
 mod host;
 mod jetstream;
+mod memory;
 mod nats;
 mod one_reading;
 mod pki;
