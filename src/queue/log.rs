@@ -460,10 +460,39 @@ impl SegmentLog {
         }
         Ok(())
     }
-}
 
-impl Store for SegmentLog {
-    fn append(
+    /// A full disk with nothing pending: the active segment holds only delivered records, yet
+    /// keeps their space until a roll-over, which itself needs space. Once the cursor says
+    /// durably that every record is acknowledged, a fresh segment (its header is all it takes)
+    /// replaces every old one. Crash-safe at each step: recovery deletes segments whose records
+    /// are all acknowledged, and starts after the cursor when none is left. On error nothing
+    /// was given up (the old segments stay until the new one exists).
+    fn reclaim_delivered(&mut self) -> Result<(), QueueError> {
+        debug_assert!(self.entries.is_empty());
+        let (cursor_path, acked, synced) =
+            (self.cursor_path(), self.acked_through, self.synced_seq);
+        persist_cursor(self.w(), &cursor_path, acked, synced)?;
+        let size = self.w().limits.segment_bytes;
+        let fresh = self.create_segment(self.next_seq, size)?;
+        fresh.file.sync_all().map_err(io_err(&fresh.path))?;
+        let old = std::mem::replace(&mut self.segments, VecDeque::from([fresh]));
+        for seg in old {
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        }
+        fsync_dir(&self.dir)?;
+        self.front_cache = None;
+        let w = self.w();
+        w.write_pos = SEG_HEADER;
+        w.durable_pos = SEG_HEADER;
+        w.dirty = false;
+        w.meta_dirty = false;
+        w.dir_dirty = false;
+        w.active_new = false;
+        w.failed = None;
+        Ok(())
+    }
+
+    fn append_once(
         &mut self,
         payload: &[u8],
         note: &str,
@@ -560,6 +589,31 @@ impl Store for SegmentLog {
         self.bytes += padded;
         self.next_seq += 1;
         Ok(seq)
+    }
+}
+
+impl Store for SegmentLog {
+    /// Policy on a full disk: when nothing is pending (every record delivered, nothing of this
+    /// batch written yet), the space of delivered records is reclaimed and the append tried
+    /// once more; otherwise the error stands (the batch is discarded, see "Sync errors").
+    fn append(
+        &mut self,
+        payload: &[u8],
+        note: &str,
+        enqueued_at_ms: u64,
+    ) -> Result<u64, QueueError> {
+        let nothing_pending = self.entries.is_empty();
+        match self.append_once(payload, note, enqueued_at_ms) {
+            Err(QueueError::Io { source, .. })
+                if nothing_pending
+                    && source.kind() == io::ErrorKind::StorageFull
+                    && self.w().poisoned.is_none() =>
+            {
+                self.reclaim_delivered()?;
+                self.append_once(payload, note, enqueued_at_ms)
+            }
+            other => other,
+        }
     }
 
     /// Policy on error: see "Sync errors" in the module documentation (rewind to the last

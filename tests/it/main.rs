@@ -11,6 +11,7 @@ mod custody;
 mod damage;
 mod deploy;
 mod enhanced;
+mod faults;
 mod firewall;
 mod harness;
 mod help;
