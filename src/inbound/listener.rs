@@ -248,7 +248,7 @@ async fn handshake(
         peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => peeked,
     };
     if matches!(peeked, Ok(Ok(1)))
-        && session::looks_like_plaintext_mllp(first[0], ctx.route.framing.start())
+        && crate::inbound::sniff::looks_like_plaintext_mllp(first[0], ctx.route.framing.start())
     {
         crate::ops::metrics::tls_handshake_failed(&ctx.name, "error");
         tracing::warn!(route = %ctx.name, %peer, "a plaintext MLLP client connected to a TLS listener: connect with TLS, or remove tls: from this route");

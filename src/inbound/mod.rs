@@ -1,12 +1,14 @@
 //! The sender's side: getting a sender's connection and serving it, one message in flight.
 //!
 //! [`listener`] binds a route, admits or refuses each connection before any byte is read, and
-//! runs the TLS handshake in the connection's own task; [`dialer`] is the `dial` role (the
+//! runs the TLS handshake in the connection's own task ([`sniff`] tells a client that speaks the
+//! wrong one of TLS and plain MLLP by its first bytes); [`dialer`] is the `dial` role (the
 //! sender is itself an MLLP server we connect to); [`session`] serves one sender connection end
 //! to end, reading and judging every message of a frame (a batch's too) with `messages`; [`two_way`] carries what a paired receiver sends on its own back to the sender.
 //! Must not know how upstreams connect or how the queue stores: it hands each admitted message
 //! to [`crate::dispatch`].
 
+pub mod sniff;
 pub mod listener;
 pub mod dialer;
 pub mod session;

@@ -216,7 +216,10 @@ where
             Event::Sender(Some(Ok(0))) => break End::PeerClosed,
             Event::Sender(Some(Ok(_))) => {
                 heard_from_sender(&mut last_read);
-                if messages == 0 && route.tls.is_none() && looks_like_tls(link.buffered()) {
+                if messages == 0
+                    && route.tls.is_none()
+                    && crate::inbound::sniff::looks_like_tls(link.buffered())
+                {
                     tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
                     break End::TlsOnPlaintext;
                 }
@@ -549,17 +552,4 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Ans
         head,
     );
     Answer::refused(ack, code, "oversize")
-}
-
-/// A TLS record header (handshake, SSL 3.0 to TLS 1.3 record versions) at the start of what a
-/// plaintext sender sent: a client configured for TLS against a plaintext port.
-/// Whether the first byte a client sent on a TLS listener starts plain MLLP rather than a TLS
-/// record (0x16): the route's start byte (0x0B by default), or an ASCII letter (an unframed
-/// `MSH|...`, or a text protocol).
-pub(crate) fn looks_like_plaintext_mllp(first: u8, start: u8) -> bool {
-    first != 0x16 && (first == start || first == 0x0B || first.is_ascii_alphabetic())
-}
-
-fn looks_like_tls(bytes: &[u8]) -> bool {
-    matches!(bytes, [0x16, 0x03, 0x00..=0x04, ..])
 }

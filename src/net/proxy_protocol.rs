@@ -10,8 +10,26 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
+
+/// The start of a connection as the header reader needs it: reads, and a look at what has
+/// arrived without taking it (a v1 header's end is found before any byte after it is read).
+/// A `TcpStream` in the guard; a replay of bytes in the fuzz target.
+pub trait Arriving: AsyncRead + Unpin {
+    /// Copies what has arrived (at least one byte, waiting for it; 0 at end of stream) into
+    /// `buf` without consuming it.
+    fn peek_arrived(
+        &mut self,
+        buf: &mut [u8],
+    ) -> impl std::future::Future<Output = io::Result<usize>>;
+}
+
+impl Arriving for TcpStream {
+    async fn peek_arrived(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.peek(buf).await
+    }
+}
 
 /// A PROXY protocol version (`v1` text, `v2` binary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,8 +114,8 @@ const V2_SIGNATURE: [u8; 12] = [
 /// Reads a header of an accepted version from the start of `tcp`, consuming exactly its bytes.
 /// `Ok(None)` for a header that names no client (v1 `UNKNOWN`, v2 `LOCAL`, e.g. a balancer's
 /// health check): the connection's own addresses then apply.
-pub async fn read_header(
-    tcp: &mut TcpStream,
+pub async fn read_header<S: Arriving>(
+    tcp: &mut S,
     accept: impl Into<Accept>,
 ) -> Result<Option<Origin>, ProxyError> {
     match accept.into() {
@@ -105,7 +123,7 @@ pub async fn read_header(
         Accept::V2 => read_v2(tcp).await,
         Accept::Any => {
             let mut first = [0u8; 1];
-            match tcp.peek(&mut first).await? {
+            match tcp.peek_arrived(&mut first).await? {
                 0 => Err(ProxyError::Missing(Accept::Any)),
                 _ if first[0] == b'P' => read_v1(tcp).await,
                 _ if first[0] == V2_SIGNATURE[0] => read_v2(tcp).await,
@@ -115,12 +133,12 @@ pub async fn read_header(
     }
 }
 
-async fn read_v1(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
+async fn read_v1<S: Arriving>(tcp: &mut S) -> Result<Option<Origin>, ProxyError> {
     let mut header = Vec::with_capacity(V1_MAX);
     let mut peeked = [0u8; V1_MAX];
     loop {
         let room = V1_MAX - header.len();
-        let n = tcp.peek(&mut peeked[..room]).await?;
+        let n = tcp.peek_arrived(&mut peeked[..room]).await?;
         if n == 0 {
             return Err(ProxyError::Missing(Accept::V1));
         }
@@ -161,7 +179,7 @@ async fn read_v1(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
     })
 }
 
-async fn read_v2(tcp: &mut TcpStream) -> Result<Option<Origin>, ProxyError> {
+async fn read_v2<S: Arriving>(tcp: &mut S) -> Result<Option<Origin>, ProxyError> {
     let mut fixed = [0u8; 16];
     let mut got = 0;
     // Check the signature on what has arrived before committing to read 16 bytes, so a
@@ -234,6 +252,113 @@ pub fn header(version: Version, origin: Option<Origin>) -> Vec<u8> {
             };
             // Building into a Vec cannot fail for these fixed-size address blocks.
             built.unwrap_or_default()
+        }
+    }
+}
+
+/// Bytes that arrive in pieces, for the fuzz target: never waits (what has not arrived yet
+/// arrives when everything before it was taken), ends when all is taken.
+struct Replay<'a> {
+    data: &'a [u8],
+    step: usize,
+    arrived: usize,
+    taken: usize,
+}
+
+impl Replay<'_> {
+    fn arrive(&mut self) {
+        if self.taken == self.arrived {
+            self.arrived = (self.arrived + self.step).min(self.data.len());
+        }
+    }
+}
+
+impl AsyncRead for Replay<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.arrive();
+        let ready = &self.data[self.taken..self.arrived];
+        let n = ready.len().min(buf.remaining());
+        buf.put_slice(&ready[..n]);
+        self.taken += n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Arriving for Replay<'_> {
+    async fn peek_arrived(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arrive();
+        let ready = &self.data[self.taken..self.arrived];
+        let n = ready.len().min(buf.len());
+        buf[..n].copy_from_slice(&ready[..n]);
+        Ok(n)
+    }
+}
+
+/// Runs a future that never waits (over a [`Replay`]) to its end.
+fn run_now<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut cx) {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => unreachable!("a replay never waits"),
+    }
+}
+
+/// Fuzz entry (the `proxy_header` target): the header reader as the listener calls it, on any
+/// bytes arriving in pieces of any size (byte 0), for each accepted version (byte 1): no panic;
+/// it never takes a byte past the header; nothing at all when the first byte starts neither
+/// version; a v1 header it accepts is `PROXY ...` up to its CRLF, a v2 one its 16 bytes plus
+/// the length they give; and an origin it returns, written again by [`header`], reads back the
+/// same.
+pub fn fuzz_header(data: &[u8]) {
+    let [step, mode, stream @ ..] = data else {
+        return;
+    };
+    let accept = [Accept::V1, Accept::V2, Accept::Any][usize::from(*mode % 3)];
+    let mut replay = Replay {
+        data: stream,
+        step: 1 + usize::from(*step % 64),
+        arrived: 0,
+        taken: 0,
+    };
+    let result = run_now(read_header(&mut replay, accept));
+    let taken = &stream[..replay.taken];
+    let starts = |first: u8| first == b'P' || first == V2_SIGNATURE[0];
+    if accept == Accept::Any && stream.first().is_none_or(|&b| !starts(b)) {
+        assert!(
+            taken.is_empty(),
+            "bytes taken from a connection without a header"
+        );
+        assert!(matches!(result, Err(ProxyError::Missing(Accept::Any))));
+    }
+    let Ok(found) = result else { return };
+    let version = if taken.starts_with(b"PROXY ") {
+        assert!(taken.ends_with(b"\r\n") && taken.len() <= V1_MAX);
+        assert_eq!(memchr::memmem::find(taken, b"\r\n"), Some(taken.len() - 2));
+        Version::V1
+    } else {
+        assert!(taken.starts_with(&V2_SIGNATURE));
+        assert_eq!(
+            taken.len(),
+            16 + usize::from(u16::from_be_bytes([taken[14], taken[15]]))
+        );
+        Version::V2
+    };
+    if let Some(origin) = found {
+        if origin.source.is_ipv4() == origin.destination.is_ipv4() {
+            let written = header(version, Some(origin));
+            let mut again = Replay {
+                data: &written,
+                step: written.len(),
+                arrived: 0,
+                taken: 0,
+            };
+            let read = run_now(read_header(&mut again, version)).expect("our own header reads");
+            assert_eq!(read, Some(origin));
+            assert_eq!(again.taken, written.len());
         }
     }
 }
@@ -321,5 +446,20 @@ mod tests {
         client.write_all(b"PROXY TCP4 nonsense\r\n").await.unwrap();
         let err = read_header(&mut server, Version::V1).await.unwrap_err();
         assert!(matches!(err, ProxyError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_fuzz_entry_holds_on_headers_in_pieces_and_on_what_is_not_one() {
+        let v1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 2575\r\n\x0bMSH|";
+        let v2 = header(Version::V2, Some(origin()));
+        for step in [0u8, 1, 5, 63] {
+            for mode in 0u8..3 {
+                for stream in [&v1[..], &v2, b"\x0bMSH|^~\\&|", b"PROXY TCP4 junk\r\n", b""] {
+                    let mut data = vec![step, mode];
+                    data.extend_from_slice(stream);
+                    fuzz_header(&data);
+                }
+            }
+        }
     }
 }

@@ -670,6 +670,34 @@ pub fn fuzz_build(data: &[u8]) {
     }
 }
 
+/// Fuzz entry (the `ack` target): the ack parser as the upstream side uses it, on any bytes: no
+/// panic; an ack that parses verifies against its own MSA-2 with its own code and against any
+/// other control id as a mismatch; MSA-2 and MSA-3 lie within the payload and hold no segment
+/// break; and the guard's own acks for the same bytes read as a message ([`fuzz_build`]) hold.
+pub fn fuzz_ack(data: &[u8]) {
+    if let Ok(view) = AckView::parse(data) {
+        let within = |s: &[u8]| {
+            let (whole, part) = (data.as_ptr_range(), s.as_ptr_range());
+            assert!(whole.start <= part.start && part.end <= whole.end);
+            assert!(!s.contains(&b'\r') && !s.contains(&b'\n'));
+        };
+        within(view.acked_control_id());
+        within(view.text());
+        assert_eq!(verify(data, view.acked_control_id()), Ok(view.code()));
+        let mut other = view.acked_control_id().to_vec();
+        other.push(b'X');
+        assert!(matches!(
+            verify(data, &other),
+            Err(AckMismatch::WrongControlId { .. })
+        ));
+        let shown = format!("{view:?}");
+        assert!(shown.len() < 2048, "Debug output must stay bounded");
+    } else {
+        assert!(matches!(verify(data, b""), Err(AckMismatch::NotAnAck(_))));
+    }
+    fuzz_build(data);
+}
+
 /// An ack payload built by the guard itself and the code it carries: sender and receiver
 /// swapped, MSA-2 = the message's control id, in the message's version, the commit code when the
 /// message asks for enhanced mode ([`code_for`]); or, when the message has no readable header,

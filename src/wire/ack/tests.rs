@@ -442,3 +442,13 @@ fn fuzz_build_holds_on_the_corpus_and_edge_inputs() {
     fuzz_build(b"MSH|^~|\x0b|\x1c");
     fuzz_build(b"BHS|^~\\&#|A|B|C|D|E||||||ID");
 }
+
+#[test]
+fn fuzz_ack_holds_on_real_acks_and_on_what_is_not_one() {
+    fuzz_ack(b"MSH|^~\\&|RCV|F|SND|F|20240101||ACK^A01|A1|P|2.5\rMSA|AA|MSG1|fine\r");
+    fuzz_ack(b"MSH|^~\\&|RCV|F|SND|F|20240101||ACK|A1|P|2.3\nERR|x\nMSA|AE|MSG1");
+    fuzz_ack(b"MSH|^~\\&|RCV|F|SND|F|20240101||ACK|A1|P|2.3\rMSA|ZZ|MSG1");
+    fuzz_ack(b"MSH|^~\\&|RCV\rMSA");
+    fuzz_ack(b"MSA|AA|1");
+    fuzz_ack(&corpus("01_adt_a01.hl7"));
+}
