@@ -620,7 +620,7 @@ impl prometheus_client::collector::Collector for QueueCollector {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The memory budget (`max_buffered_bytes`): read at scrape time
+// The memory budget (`max_buffered_bytes`) and the runtime's tasks: read at scrape time
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug)]
@@ -660,6 +660,17 @@ impl prometheus_client::collector::Collector for BudgetCollector {
             None,
             waited.metric_type(),
         )?)?;
+        // The runtime's live tasks (one per connection, plus a fixed few): what a soak watches
+        // for leaks beside memory and file descriptors.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = ConstGauge::new(runtime.metrics().num_alive_tasks() as f64);
+            tasks.encode(encoder.encode_descriptor(
+                "mllp_guard_runtime_tasks",
+                "Tasks alive in the guard's runtime now",
+                None,
+                tasks.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }
