@@ -89,9 +89,7 @@ async fn receiver(addr: SocketAddr, received: Arc<Mutex<Received>>, stop: Cancel
                     return;
                 };
                 let id = String::from_utf8_lossy(header.control_id()).into_owned();
-                let ack = format!(
-                    "MSH|^~\\&|RCV|F|SND|F|20240101||ACK|A{id}|P|2.5\rMSA|AA|{id}\r"
-                );
+                let ack = format!("MSH|^~\\&|RCV|F|SND|F|20240101||ACK|A{id}|P|2.5\rMSA|AA|{id}\r");
                 if link.send(&codec::encode(ack.as_bytes())).await.is_err() {
                     return;
                 }
@@ -278,7 +276,11 @@ async fn main() {
     let mut load = Vec::new();
     for i in 0..senders + churn_n {
         let churn = i >= senders;
-        let tag = if churn { format!("C{i}") } else { format!("S{i}") };
+        let tag = if churn {
+            format!("C{i}")
+        } else {
+            format!("S{i}")
+        };
         load.push((
             tag.clone(),
             tokio::spawn(sender(
@@ -318,7 +320,9 @@ async fn main() {
             at: started.elapsed(),
             rss_kib: rss_kib(pid),
             fds: open_fds(pid),
-            tasks: metric(admin, "mllp_guard_runtime_tasks").await.unwrap_or(f64::NAN),
+            tasks: metric(admin, "mllp_guard_runtime_tasks")
+                .await
+                .unwrap_or(f64::NAN),
             acked: counts.acked.load(Ordering::Relaxed),
         };
         println!(
@@ -411,7 +415,10 @@ fn git_head() -> String {
 fn write_reliability(summary: &str) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/RELIABILITY.md");
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let (start, end) = ("<!-- soak: written by benches/soak.rs -->", "<!-- end soak -->");
+    let (start, end) = (
+        "<!-- soak: written by benches/soak.rs -->",
+        "<!-- end soak -->",
+    );
     let block = format!("{start}\n{summary}{end}");
     let text = match (text.find(start), text.find(end)) {
         (Some(a), Some(b)) => format!("{}{block}{}", &text[..a], &text[b + end.len()..]),

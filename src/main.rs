@@ -230,7 +230,10 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_logging(cli.log_format, default_level);
+    // A running guard's lines (the audit trail above all) are written in batches; the other
+    // commands write theirs at once, in order with what they print.
+    let batched = matches!(cli.command, Command::Run { .. });
+    init_logging(cli.log_format, default_level, batched);
     let Some(mut builder) = runtime_builder() else {
         return ExitCode::from(2);
     };
@@ -241,7 +244,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Run { config } => match load(&config) {
                 Ok(config) => report(app::run(config).await),
@@ -307,7 +310,11 @@ fn main() -> ExitCode {
                 Err(err) => report(Err(err)),
             },
         }
-    })
+    });
+    // Every line of a clean exit is written before it.
+    drop(runtime);
+    mllp_guard::ops::log_writer::flush();
+    code
 }
 
 async fn queue_command(action: QueueAction) -> ExitCode {
@@ -630,17 +637,30 @@ fn host_part(addr: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
-fn init_logging(format: LogFormat, default_level: &str) {
+/// Logs to stderr; `batched`: through the [`log_writer`](mllp_guard::ops::log_writer) (a write
+/// per many lines, flushed within 100 ms, at exit and on a panic).
+fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
+    use mllp_guard::ops::log_writer::{self, LogWriter};
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("MLLP_GUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let writer = if batched {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            log_writer::flush();
+            previous(info);
+        }));
+        LogWriter::batched()
+    } else {
+        LogWriter::direct()
+    };
     // Colours only on a terminal: escape codes in journald, files or `docker logs` are noise,
     // and writing them was a fifth of an audit line's cost (callgrind, issue 7).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_timer(log_format::UtcMicros)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.fmt_fields(log_format::PlainFields).init(),
         LogFormat::Json => builder

@@ -1,6 +1,7 @@
 //! What operators see of a running guard: the admin HTTP endpoint ([`admin`]), the Prometheus
 //! [`metrics`], the per-message [`audit`] trail, how often refused connections are logged
-//! ([`refusals`]) and the [`log_format`] of every log line.
+//! ([`refusals`]), the [`log_format`] of every log line and the [`log_writer`] that writes them
+//! in batches.
 //!
 //! The data path calls the small recording functions here; nothing here calls the data path
 //! (it reads handles only).
@@ -9,4 +10,5 @@ pub mod admin;
 pub mod audit;
 pub mod refusals;
 pub mod log_format;
+pub mod log_writer;
 pub mod metrics;

@@ -145,3 +145,89 @@ async fn log_payloads_true_logs_bodies_only_on_the_payload_target() {
     assert_eq!(with_marker[0]["target"], "mllp_guard::payload");
     assert_eq!(with_marker[0]["level"], "TRACE");
 }
+
+/// The audit trail written in batches, at the shipped log level: every message's line arrives
+/// within about a second while the guard runs (in the order the messages were sent on the
+/// connection), and a burst sent right before SIGTERM is complete in the log when the process
+/// has exited.
+#[tokio::test]
+async fn batched_audit_lines_arrive_promptly_in_order_and_all_before_a_clean_exit() {
+    let dir = TestDir::new();
+    let (_sink, sink_addr) = crate::cli::start_sink(&["--listen", "127.0.0.1:0"]);
+    let listen = crate::admin::free_port();
+    let file = dir.path("guard.yaml");
+    std::fs::write(
+        &file,
+        route_yaml(sink_addr.parse().unwrap(), "", "", "")
+            .replace("127.0.0.1:0", &listen.to_string()),
+    )
+    .unwrap();
+    let mut child = Proc(
+        Command::new(BIN)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&file)
+            .env_remove("MLLP_GUARD_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let audited = |rx: &std::sync::mpsc::Receiver<String>, want: usize, within: Duration| {
+        let deadline = Instant::now() + within;
+        let mut ids = Vec::new();
+        while ids.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                break;
+            };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["target"] == "mllp_guard::audit" {
+                ids.push(v["control_id"].as_str().unwrap().to_string());
+            }
+        }
+        ids
+    };
+    wait_listening(listen);
+
+    let mut client = Client::plain(listen).await;
+    let first: Vec<String> = (0..200).map(|i| format!("B{i:04}")).collect();
+    for id in &first {
+        assert_eq!(ack_of(&client.send(&message(id, 300)).await).0, AckCode::AA);
+    }
+    let sent_at = Instant::now();
+    assert_eq!(audited(&rx, 200, Duration::from_secs(5)), first);
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent_at.elapsed()
+    );
+
+    // A burst, then SIGTERM at once: every line is in the log when the process has exited.
+    let burst: Vec<String> = (0..50).map(|i| format!("T{i:04}")).collect();
+    for id in &burst {
+        assert_eq!(ack_of(&client.send(&message(id, 300)).await).0, AckCode::AA);
+    }
+    drop(client);
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the guard ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(audited(&rx, 50, Duration::from_secs(5)), burst);
+}

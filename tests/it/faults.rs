@@ -13,15 +13,6 @@ use crate::admin::{free_port, get, sample};
 use crate::custody::{control_ids, exchange, free_addr, saved_count};
 use crate::harness::*;
 
-/// Waits (bounded) until something accepts connections on `addr`.
-fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A receiver that accepts connections and never reads from them (its receive window fills),
 /// with a small receive buffer; keeps them open until dropped.
 struct DeafReceiver {

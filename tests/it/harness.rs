@@ -423,3 +423,15 @@ pub fn route_yaml(
         "routes:\n  - name: test\n    listen: 127.0.0.1:0\n{listener_tls}    allow: [127.0.0.1/32]\n{extra}    upstream:\n      address: {upstream}\n      ack_timeout: 2s\n      connect_timeout: 2s\n{upstream_extra}"
     )
 }
+
+/// Waits (bounded) until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
