@@ -150,14 +150,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     let share = self
                         .share
                         .get_or_insert_with(|| Box::new(Share::new(budget.clone())));
-                    // Grown to an exact, budgeted size (doubling, or to the last frame's
-                    // size), so what the budget lends is what is allocated.
+                    // Grown to an exact, budgeted size (by half again, or to the last frame's
+                    // size), so what the budget lends is what is allocated; not doubled, which
+                    // would lend up to twice the bytes a stalled frame holds (a third more
+                    // copying on a frame's first growth is the price).
                     let len = self.buf.len();
                     // Never beyond the largest frame (and one read) the decoder keeps: an
                     // oversize one is dropped as it arrives, not buffered.
                     let ceiling = self.decoder.max_payload_bytes() + READ_CHUNK + 8;
                     let capacity = (len + room.max(READ_CHUNK))
-                        .max(self.buf.capacity() * 2)
+                        .max(self.buf.capacity() + self.buf.capacity() / 2)
                         .min(ceiling)
                         .max(len + READ_CHUNK);
                     std::task::ready!(share.poll_cover(cx, capacity));
