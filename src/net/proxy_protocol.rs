@@ -144,10 +144,15 @@ async fn read_v1<S: Arriving>(tcp: &mut S) -> Result<Option<Origin>, ProxyError>
         }
         let seen = &peeked[..n];
         // Everything up to CRLF is header; without CRLF yet, all of it is.
-        let take = match seen.windows(2).position(|w| w == b"\r\n") {
-            Some(at) => at + 2,
-            None if header.last() == Some(&b'\r') && seen[0] == b'\n' => 1,
-            None => n,
+        // A CRLF split between two arrivals ends the header before any CRLF further on (found
+        // by the fuzz target: checked second, a later CRLF took bytes past the header).
+        let take = if header.last() == Some(&b'\r') && seen[0] == b'\n' {
+            1
+        } else {
+            match seen.windows(2).position(|w| w == b"\r\n") {
+                Some(at) => at + 2,
+                None => n,
+            }
         };
         let start = header.len();
         header.resize(start + take, 0);
@@ -446,6 +451,22 @@ mod tests {
         client.write_all(b"PROXY TCP4 nonsense\r\n").await.unwrap();
         let err = read_header(&mut server, Version::V1).await.unwrap_err();
         assert!(matches!(err, ProxyError::Malformed { .. }), "{err}");
+    }
+
+    /// The fuzz target's find: a v1 header whose CRLF is split between two arrivals, with
+    /// another CRLF in the second one, ends at the split CRLF.
+    #[test]
+    fn a_crlf_split_between_arrivals_ends_the_header_there() {
+        let stream = b"PROXY UNKNOWN\r\nMSH|x\r\n";
+        let mut replay = Replay {
+            data: stream,
+            step: 14,
+            arrived: 0,
+            taken: 0,
+        };
+        let read = run_now(read_header(&mut replay, Version::V1)).unwrap();
+        assert_eq!(read, None);
+        assert_eq!(replay.taken, 15);
     }
 
     #[test]
