@@ -556,6 +556,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let path = config.file.clone();
     let mut watched = crate::reload::Watch::new(&config.inputs);
     let guard = Guard::start(config).await?;
+    // systemd (Type=notify): every listener is bound and the config applied.
+    crate::ops::systemd::ready(guard.routes.lock().map_or(0, |r| r.len()));
+    if let Some(every) = crate::ops::systemd::watchdog_interval() {
+        guard.background.spawn(crate::ops::systemd::watchdog(
+            every,
+            guard.background_stop.clone(),
+        ));
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -568,10 +576,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = hup.recv() => "SIGHUP",
             _ = watched.changed() => "a watched file changed",
         };
-        if let Some(inputs) = reload_from(&guard, &path, why).await {
+        crate::ops::systemd::reloading();
+        let applied = reload_from(&guard, &path, why).await;
+        crate::ops::systemd::reloaded(applied.is_some());
+        if let Some(inputs) = applied {
             watched = crate::reload::Watch::new(&inputs);
         }
     }
+    crate::ops::systemd::stopping();
     tracing::info!("shutdown requested; no longer accepting, finishing in-flight messages");
     guard.stop().await;
     Ok(())

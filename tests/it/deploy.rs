@@ -1168,6 +1168,10 @@ fn the_systemd_unit_is_hardened_reloads_with_sighup_and_outwaits_the_drain() {
     let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
     assert_eq!(exec[..3], ["/usr/local/bin/mllp-guard", "run", "--config"]);
     assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // Readiness and the watchdog are the guard's own (src/ops/systemd.rs).
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(one("NotifyAccess"), "main");
+    assert!(humantime::parse_duration(one("WatchdogSec")).unwrap() >= Duration::from_secs(2));
     let stop = humantime::parse_duration(one("TimeoutStopSec")).unwrap();
     assert!(
         stop > mllp_guard::config::DEFAULT_SHUTDOWN_GRACE,

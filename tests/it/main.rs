@@ -29,5 +29,6 @@ mod roles;
 mod sessions;
 mod shipped;
 mod sockets;
+mod systemd_notify;
 mod tls_policy;
 mod transparent;
