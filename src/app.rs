@@ -150,6 +150,7 @@ impl Guard {
 
     async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
+        let notify = config.notify.clone();
         crate::ops::audit::set_log_payloads(config.log_payloads);
         crate::ops::metrics::set_pki_dates(pki_dates(&config));
         if config.log_payloads {
@@ -249,6 +250,7 @@ impl Guard {
                 }
             }
         }
+        crate::ops::notify::configure(&notify);
         Ok(summary)
     }
 
@@ -604,6 +606,8 @@ async fn reload_from(
             for error in &errors.0 {
                 tracing::error!("{error}");
             }
+            let reasons: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            crate::ops::notify::config_rejected(&path.display().to_string(), &reasons);
             return None;
         }
     };
@@ -621,10 +625,17 @@ async fn reload_from(
             for note in &summary.not_applied {
                 tracing::warn!("{note}");
             }
+            crate::ops::notify::config_reloaded(
+                &path.display().to_string(),
+                &summary.added,
+                &summary.removed,
+                &summary.updated,
+            );
             Some(inputs)
         }
         Err(err) => {
             tracing::error!(config = %path.display(), trigger = why, error = format!("{err:#}"), "reload failed; the running config stays in force");
+            crate::ops::notify::config_rejected(&path.display().to_string(), &[format!("{err:#}")]);
             None
         }
     }

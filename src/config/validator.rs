@@ -210,6 +210,7 @@ impl Validator<'_> {
             }
         }
         let log_payloads = self.value("log_payloads".into(), &raw.log_payloads, false, parse_bool);
+        let notify = self.notify(raw.notify.as_ref());
         Config {
             file: self.file.to_path_buf(),
             routes,
@@ -218,6 +219,7 @@ impl Validator<'_> {
             upstreams,
             admin,
             log_payloads,
+            notify,
             inputs: Vec::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! What operators see of a running guard: the admin HTTP endpoint ([`admin`]), the Prometheus
 //! [`metrics`], the per-message [`audit`] trail, how often refused connections are logged
-//! ([`refusals`]), the [`log_format`] of every log line, and what systemd hears ([`systemd`]).
+//! ([`refusals`]), the [`log_format`] of every log line, what systemd hears ([`systemd`]) and what
+//! webhooks are told ([`notify`]).
 //!
 //! The data path calls the small recording functions here; nothing here calls the data path
 //! (it reads handles only).
@@ -10,4 +11,5 @@ pub mod audit;
 pub mod refusals;
 pub mod log_format;
 pub mod metrics;
+pub mod notify;
 pub mod systemd;
