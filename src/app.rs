@@ -190,6 +190,9 @@ impl Guard {
                 }
             }
         }
+        // Webhooks of the new config before any route serves with it, so that its first
+        // connection is told too.
+        crate::ops::notify::configure(&notify);
         // 2. Swap.
         let mut running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let first_load = running.is_empty();
@@ -250,7 +253,6 @@ impl Guard {
                 }
             }
         }
-        crate::ops::notify::configure(&notify);
         Ok(summary)
     }
 

@@ -32,3 +32,4 @@ mod sockets;
 mod systemd_notify;
 mod tls_policy;
 mod transparent;
+mod webhooks;

@@ -216,15 +216,20 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        response = sender.send_request(request) => response
-            .map(|r| r.status().as_u16())
-            .map_err(|e| e.to_string()),
-        ended = &mut connection => Err(match ended {
-            Ok(()) => "the connection closed before a response".to_string(),
-            Err(e) => e.to_string(),
-        }),
-    }
+    let mut response = std::pin::pin!(sender.send_request(request));
+    let response = tokio::select! {
+        biased;
+        response = &mut response => response,
+        // The connection may end (the server closed it after answering) before the response
+        // future is polled again: the response, if there was one, is ready then.
+        ended = &mut connection => match ended {
+            Ok(()) => response.await,
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    response
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
 }
 
 fn hex(bytes: &[u8]) -> String {

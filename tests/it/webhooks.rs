@@ -1,0 +1,446 @@
+//! Webhooks (`notify:`) through the real binary: a small HTTP receiver in the test collects what
+//! the guard POSTs. `upstream_down` then `upstream_up` arrive exactly once each around a
+//! receiver restart (however many messages fail meanwhile), signed with the shared secret;
+//! a denied source is told as `connection_refused`; a webhook that never answers slows no
+//! message and what it cannot take is counted; `check` refuses bad webhook settings with their
+//! line and column.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mllp_guard::wire::hl7::AckCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::cli::start_guard;
+use crate::harness::*;
+
+/// One POST the receiver got: its headers (names in lower case) and body.
+#[derive(Clone, Debug)]
+struct Posted {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Posted {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// An HTTP/1.1 receiver answering every request `204 No Content`.
+struct Receiver {
+    url: String,
+    posted: Arc<Mutex<Vec<Posted>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/hooks/mllp?token=abc",
+            listener.local_addr().unwrap()
+        );
+        let posted = Arc::new(Mutex::new(Vec::new()));
+        let into = posted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let into = into.clone();
+                tokio::spawn(async move {
+                    if let Some(request) = read_request(&mut tcp).await {
+                        into.lock().unwrap().push(request);
+                    }
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        Receiver { url, posted }
+    }
+
+    fn posted(&self) -> Vec<Posted> {
+        self.posted.lock().unwrap().clone()
+    }
+
+    /// The events received so far, in order.
+    fn events(&self) -> Vec<String> {
+        self.posted()
+            .iter()
+            .map(|p| p.json()["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Waits (bounded) until an event named `event` has arrived; returns its POST.
+    async fn wait_for(&self, event: &str) -> Posted {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(p) = self
+                .posted()
+                .into_iter()
+                .find(|p| p.json()["event"] == event)
+            {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {event} within 20 s; got {:?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Reads one request (head, then `Content-Length` bytes of body), bounded in size and time.
+async fn read_request(tcp: &mut tokio::net::TcpStream) -> Option<Posted> {
+    let read = async {
+        let mut data = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = loop {
+            if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let n = tcp.read(&mut buf).await.ok()?;
+            if n == 0 || data.len() > 1 << 16 {
+                return None;
+            }
+            data.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+        let headers: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+            .min(1 << 20);
+        let body_start = head_end + 4;
+        while data.len() < body_start + length {
+            let n = tcp.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            data.extend_from_slice(&buf[..n]);
+        }
+        Some(Posted {
+            headers,
+            body: data[body_start..body_start + length].to_vec(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Starts `mllp-guard run` on `yaml` (written to `guard.yaml` in `dir`): the guard and the
+/// address its route listens on.
+fn guard_on(dir: &TestDir, yaml: &str) -> (Proc, SocketAddr) {
+    let config = dir.path("guard.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let (guard, listen, _logs) = start_guard(&config);
+    (guard, listen.parse().unwrap())
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `GET path` on the admin endpoint: the body.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: guard\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Sends one message on `client` until it is answered AA (bounded): the receiver is back.
+async fn send_until_aa(client: &mut Client, control_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if ack_of(&client.send(&message(control_id, 200)).await).0 == AckCode::AA {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the receiver never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_down_then_up_arrive_once_each_around_a_receiver_restart_and_are_signed() {
+    let hooks = Receiver::start().await;
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let upstream_addr = free_port();
+    let upstream = FakeUpstream::start_at(upstream_addr, Behaviour::Ack, received.clone()).await;
+    let dir = TestDir::new();
+    std::fs::write(dir.path("hook.secret"), "s3cret-for-tests\n").unwrap();
+    let (_guard, listen) = guard_on(
+        &dir,
+        &format!(
+            "routes:
+  - name: lab
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    upstream: {{ address: {upstream_addr}, connect_timeout: 1s }}
+notify:
+  webhooks:
+    - url: {url}
+      events: [upstream_down, upstream_up]
+      secret_file: hook.secret
+      timeout: 2s
+      headers: {{ Authorization: Bearer test-token }}
+",
+            url = hooks.url
+        ),
+    );
+    let mut client = Client::plain(listen).await;
+    assert_eq!(
+        ack_of(&client.send(&message("UP-0", 200)).await).0,
+        AckCode::AA
+    );
+
+    // The receiver goes away: every message fails, one upstream_down is told.
+    drop(upstream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..4 {
+        let id = format!("DOWN-{i}");
+        assert_eq!(
+            ack_of(&client.send(&message(&id, 200)).await).0,
+            AckCode::AE
+        );
+    }
+    let down = hooks.wait_for("upstream_down").await;
+
+    // It comes back: the next message that goes through makes one upstream_up.
+    let _back = FakeUpstream::start_at(upstream_addr, Behaviour::Ack, received).await;
+    send_until_aa(&mut client, "BACK-1").await;
+    let up = hooks.wait_for("upstream_up").await;
+    for i in 0..3 {
+        let id = format!("AFTER-{i}");
+        assert_eq!(
+            ack_of(&client.send(&message(&id, 200)).await).0,
+            AckCode::AA
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hooks.events(), ["upstream_down", "upstream_up"]);
+
+    // The bodies: event, route, time (RFC 3339), details; never payload bytes.
+    let body = down.json();
+    assert_eq!(body["route"], "lab", "{body}");
+    assert_eq!(body["details"]["upstream"], "lab", "{body}");
+    assert_eq!(body["details"]["reason"], "connect_failed", "{body}");
+    assert_eq!(body["address"], upstream_addr.to_string(), "{body}");
+    let time = body["time"].as_str().unwrap();
+    let at = humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("{time}: {e}"));
+    assert!(at.elapsed().unwrap() < Duration::from_secs(60));
+    assert_eq!(up.json()["details"]["was"], "connect_failed");
+    for posted in [&down, &up] {
+        let text = String::from_utf8_lossy(&posted.body);
+        assert!(!text.contains("MSH|"), "a payload in {text}");
+        assert_eq!(posted.header("content-type"), Some("application/json"));
+        assert_eq!(posted.header("authorization"), Some("Bearer test-token"));
+        // The signature is the HMAC-SHA256 of the exact body with the file's secret.
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"s3cret-for-tests");
+        let expected = format!(
+            "sha256={}",
+            hex(aws_lc_rs::hmac::sign(&key, &posted.body).as_ref())
+        );
+        assert_eq!(
+            posted.header("x-mllp-guard-signature"),
+            Some(expected.as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_source_is_told_as_connection_refused() {
+    let hooks = Receiver::start().await;
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let dir = TestDir::new();
+    let (_guard, listen) = guard_on(
+        &dir,
+        &format!(
+            "routes:
+  - name: guarded
+    listen: 127.0.0.1:0
+    allow: [127.0.0.2]
+    upstream: {{ address: {up} }}
+notify:
+  webhooks:
+    - url: {url}
+      events: [connection_refused, connection_opened]
+",
+            up = upstream.addr,
+            url = hooks.url
+        ),
+    );
+    // From outside the allowlist (the reset may come before connect() returns).
+    if let Ok(mut refused) = Client::plain_from(listen, "127.0.0.1".parse().unwrap()).await {
+        assert!(refused.is_closed().await);
+    }
+    let refused = hooks.wait_for("connection_refused").await.json();
+    assert_eq!(refused["route"], "guarded", "{refused}");
+    assert_eq!(refused["details"]["reason"], "allowlist", "{refused}");
+    let peer = refused["details"]["peer"].as_str().unwrap();
+    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+    // The allowed source is told as opened, with its address.
+    let mut allowed = Client::plain_from(listen, "127.0.0.2".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        ack_of(&allowed.send(&message("OK-1", 200)).await).0,
+        AckCode::AA
+    );
+    let opened = hooks.wait_for("connection_opened").await.json();
+    assert!(opened["peer"].as_str().unwrap().starts_with("127.0.0.2:"));
+    assert_eq!(hooks.events(), ["connection_refused", "connection_opened"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_that_never_answers_slows_no_message_and_its_drops_are_counted() {
+    // Accepts connections (into the backlog) and never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let dir = TestDir::new();
+    let admin = free_port();
+    let (_guard, listen) = guard_on(
+        &dir,
+        &format!(
+            "admin: {{ listen: {admin} }}
+routes:
+  - name: busy
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    upstream: {{ address: {up} }}
+notify:
+  webhooks:
+    - url: http://{silent}/never
+      events: [connection_opened, connection_closed]
+      timeout: 30s
+      max_pending: 5
+",
+            up = upstream.addr,
+            silent = silent.local_addr().unwrap()
+        ),
+    );
+    // 100 connections of one message each: 200 events for a webhook that takes none.
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..100 {
+        let sent = Instant::now();
+        let mut client = Client::plain(listen).await;
+        let id = format!("FAST-{i}");
+        assert_eq!(
+            ack_of(&client.send(&message(&id, 200)).await).0,
+            AckCode::AA
+        );
+        drop(client);
+        slowest = slowest.max(sent.elapsed());
+    }
+    let took = started.elapsed();
+    // The webhook's timeout (30 s) is never waited for by a message.
+    assert!(
+        slowest < Duration::from_secs(2) && took < Duration::from_secs(20),
+        "slowest message {slowest:?}, all {took:?}"
+    );
+    // At most max_pending wait (plus the one being tried); the rest were dropped and counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(admin, "/metrics").await;
+        let dropped = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("mllp_guard_webhook_dropped_total{")
+                    && l.contains("reason=\"queue_full\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if dropped >= 190.0 {
+            assert!(dropped <= 194.0, "{dropped} dropped");
+            assert!(metrics.contains("webhook=\"http://127.0.0.1:"), "{metrics}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{dropped} dropped of 200:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `check` of a file holding `yaml`: exit code 2 and stderr.
+fn check_fails(dir: &TestDir, yaml: &str) -> String {
+    let file = dir.path("bad.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[test]
+fn check_refuses_bad_webhook_urls_events_and_settings_with_their_position() {
+    let dir = TestDir::new();
+    let stderr = check_fails(
+        &dir,
+        "routes:
+  - name: r
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    upstream: { address: 127.0.0.1:2575 }
+notify:
+  webhooks:
+    - url: ftp://alerts.example.org/x
+      events: [upstream_down, upstream_sideways]
+    - url: http://alerts.example.org/x
+      ca: missing-ca.pem
+      secret_file: missing.secret
+      headers: { Content-Length: \"3\" }
+  queue_backlog: {}
+",
+    );
+    for expected in [
+        "bad.yaml:8:12: notify.webhooks[0].url: \"ftp://alerts.example.org/x\" is not http:// or https://",
+        "bad.yaml:9:31: notify.webhooks[0].events[1]: unknown event \"upstream_sideways\"",
+        "bad.yaml:11:11: notify.webhooks[1].ca: `ca` applies to an https:// URL only",
+        "bad.yaml:12:20: notify.webhooks[1].secret_file: file \"missing.secret\" not found",
+        "notify.webhooks[1].headers.Content-Length: Content-Length is set by the guard itself",
+        "notify.queue_backlog: give `pending`",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+}
