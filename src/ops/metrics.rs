@@ -603,6 +603,11 @@ fn probes() -> &'static Mutex<Vec<Arc<dyn QueueProbe>>> {
 
 /// Reports this queue from now on (replacing an earlier one of the same route).
 pub fn watch_queue(probe: Arc<dyn QueueProbe>) {
+    // Exported (at 0) from the start, so that a rule on it has a series before the first time
+    // the dead letters fill.
+    let _ = metrics().dead_letters_full.get_or_create(&RouteLabel {
+        route: probe.route().to_string(),
+    });
     let mut all = probes().lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|p| p.route() != probe.route());
     all.push(probe);
