@@ -444,3 +444,109 @@ notify:
         assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custody_certificate_connection_and_reload_events_are_told() {
+    use crate::pki::Usage;
+    let hooks = Receiver::start().await;
+    let refusing = FakeUpstream::start(Behaviour::CodeFor(AckCode::AR, "BAD")).await;
+    let dir = TestDir::new();
+    dir.leaf_with("localhost", Usage::Server, 77, 5, "soon");
+    let yaml = format!(
+        "state_dir: {state}
+routes:
+  - name: kept
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    delivery: store-and-forward
+    upstream: {{ address: {refusing} }}
+  - name: stuck
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    delivery: store-and-forward
+    upstream: {{ address: {nowhere}, connect_timeout: 1s }}
+  - name: tls
+    listen: 127.0.0.1:0
+    tls: {{ cert: soon.pem, key: soon.key }}
+    allow: [127.0.0.1]
+    upstream: {{ address: {refusing} }}
+notify:
+  webhooks:
+    - url: {url}
+  queue_backlog: {{ pending: 1 }}
+",
+        state = dir.path("state").display(),
+        refusing = refusing.addr,
+        nowhere = free_port(),
+        url = hooks.url
+    );
+    let config = dir.path("guard.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let (_guard, logs) = crate::cli::spawn_guard(&config);
+    // Each route's address, from its `route listening` log line.
+    let mut listens = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listens.len() < 3 {
+        assert!(Instant::now() < deadline, "routes did not listen");
+        if let Ok(line) = logs.recv_timeout(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["message"] == "route listening" {
+                let addr: SocketAddr = v["listen"].as_str().unwrap().parse().unwrap();
+                listens.insert(v["route"].as_str().unwrap().to_string(), addr);
+            }
+        }
+    }
+
+    // A certificate that expires in 5 days (within the default 30).
+    let cert = hooks.wait_for("certificate_expiring").await.json();
+    assert_eq!(cert["route"], Value::Null, "{cert}");
+    assert!(
+        cert["file"].as_str().unwrap().ends_with("soon.pem"),
+        "{cert}"
+    );
+    assert_eq!(cert["expired"], false);
+    let left = cert["expires_in_seconds"].as_u64().unwrap();
+    assert!((4 * 86400..=5 * 86400).contains(&left), "{cert}");
+
+    // The receiver refuses BAD-1 with AR: it goes to the dead letters.
+    let mut client = Client::plain(listens["kept"]).await;
+    assert_eq!(
+        ack_of(&client.send(&message("BAD-1", 200)).await).0,
+        AckCode::AA
+    );
+    drop(client);
+    let dead = hooks.wait_for("dead_letter").await.json();
+    assert_eq!(dead["route"], "kept", "{dead}");
+    assert_eq!(dead["control_id"], "BAD-1", "{dead}");
+    let closed = hooks.wait_for("connection_closed").await.json();
+    assert_eq!(closed["route"], "kept", "{closed}");
+    assert_eq!(closed["messages"], 1, "{closed}");
+
+    // A message that cannot be delivered: the queue is backed up (pending: 1).
+    let mut client = Client::plain(listens["stuck"]).await;
+    assert_eq!(
+        ack_of(&client.send(&message("STUCK-1", 200)).await).0,
+        AckCode::AA
+    );
+    let backlog = hooks.wait_for("queue_backlog").await.json();
+    assert_eq!(backlog["route"], "stuck", "{backlog}");
+    assert_eq!(backlog["pending"], 1, "{backlog}");
+    assert_eq!(backlog["threshold_pending"], 1, "{backlog}");
+
+    // A broken config is refused; the good one again is applied (the file is watched).
+    std::fs::write(&config, format!("{yaml}bogus: 1\n")).unwrap();
+    let rejected = hooks.wait_for("config_rejected").await.json();
+    assert_eq!(rejected["route"], Value::Null);
+    assert!(rejected["errors"].as_u64().unwrap() >= 1, "{rejected}");
+    assert!(
+        rejected["reasons"][0].as_str().unwrap().contains("bogus"),
+        "{rejected}"
+    );
+    std::fs::write(&config, &yaml).unwrap();
+    let reloaded = hooks.wait_for("config_reloaded").await.json();
+    assert!(reloaded["file"].as_str().unwrap().ends_with("guard.yaml"));
+    for posted in hooks.posted() {
+        let text = String::from_utf8_lossy(&posted.body);
+        assert!(!text.contains("MSH|"), "a payload in {text}");
+    }
+}
