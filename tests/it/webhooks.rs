@@ -1,7 +1,9 @@
 //! Webhooks (`notify:`) through the real binary: a small HTTP receiver in the test collects what
 //! the guard POSTs. `upstream_down` then `upstream_up` arrive exactly once each around a
-//! receiver restart (however many messages fail meanwhile), signed with the shared secret;
-//! a denied source is told as `connection_refused`; a webhook that never answers slows no
+//! receiver restart (however many messages fail meanwhile), signed with the shared secret; an
+//! ack timeout is `upstream_down` too, and only an ack (not a connection) is `upstream_up` after
+//! it; a denied source is told as `connection_refused`; custody, certificate and reload events
+//! arrive with their details; a webhook that never answers slows no
 //! message and what it cannot take is counted; `check` refuses bad webhook settings with their
 //! line and column.
 
@@ -549,4 +551,48 @@ notify:
         let text = String::from_utf8_lossy(&posted.body);
         assert!(!text.contains("MSH|"), "a payload in {text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ack_timeout_is_upstream_down_and_only_an_ack_is_upstream_up() {
+    let hooks = Receiver::start().await;
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let upstream_addr = free_port();
+    let silent = FakeUpstream::start_at(upstream_addr, Behaviour::Silent, received.clone()).await;
+    let dir = TestDir::new();
+    let (_guard, listen) = guard_on(
+        &dir,
+        &format!(
+            "routes:
+  - name: hung
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    upstream: {{ address: {upstream_addr}, ack_timeout: 500ms }}
+notify:
+  webhooks:
+    - url: {url}
+      events: [upstream_down, upstream_up]
+",
+            url = hooks.url
+        ),
+    );
+    let mut client = Client::plain(listen).await;
+    // Connections succeed, acks never come: down once, whatever the number of messages.
+    for i in 0..3 {
+        let id = format!("HUNG-{i}");
+        assert_eq!(
+            ack_of(&client.send(&message(&id, 200)).await).0,
+            AckCode::AE
+        );
+    }
+    let down = hooks.wait_for("upstream_down").await.json();
+    assert_eq!(down["reason"], "ack_timeout", "{down}");
+    // A receiver that answers: the first ack is upstream_up.
+    drop(silent);
+    let _answering = FakeUpstream::start_at(upstream_addr, Behaviour::Ack, received).await;
+    send_until_aa(&mut client, "ANSWERED-1").await;
+    let up = hooks.wait_for("upstream_up").await.json();
+    assert_eq!(up["was"], "ack_timeout", "{up}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hooks.events(), ["upstream_down", "upstream_up"]);
 }
