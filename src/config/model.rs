@@ -143,6 +143,8 @@ pub struct Webhook {
     /// `secret_file`: the HMAC-SHA256 key of `X-Mllp-Guard-Signature` (the file's bytes, a
     /// trailing line break removed).
     pub secret: Option<Secret>,
+    /// Where `secret` was read from (for `check --print`).
+    pub secret_file: Option<PathBuf>,
     /// `timeout`: one delivery attempt (connect, TLS, request, response). Default 5s.
     pub timeout: Duration,
     /// `headers`: extra request headers (e.g. `Authorization`), name and value as written.
@@ -168,6 +170,7 @@ impl fmt::Debug for Webhook {
             )
             .field("events", &self.events)
             .field("secret", &self.secret)
+            .field("secret_file", &self.secret_file)
             .field("timeout", &self.timeout)
             .field("headers", &names)
             .field("ca", &self.ca)

@@ -158,8 +158,10 @@ impl Validator<'_> {
                 }
             }
         }
+        let mut secret_file = None;
         let secret = raw.secret_file.as_ref().and_then(|raw_file| {
             let file = self.file(format!("{path}.secret_file"), raw_file)?;
+            secret_file = Some(file.clone());
             match std::fs::read(&file) {
                 Ok(mut bytes) => {
                     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -258,6 +260,7 @@ impl Validator<'_> {
             url: url?,
             events,
             secret,
+            secret_file,
             timeout,
             headers,
             ca,

@@ -596,3 +596,62 @@ notify:
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hooks.events(), ["upstream_down", "upstream_up"]);
 }
+
+#[test]
+fn check_print_shows_the_webhooks_without_their_tokens_and_loads_back() {
+    let dir = TestDir::new();
+    std::fs::write(dir.path("hook.secret"), "s3cret\n").unwrap();
+    let file = dir.path("guard.yaml");
+    std::fs::write(
+        &file,
+        "routes:
+  - name: r
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    upstream: { address: 127.0.0.1:2575 }
+notify:
+  webhooks:
+    - url: https://alerts.example.org:8443/hooks?token=t0ps3cret
+      events: [upstream_down, upstream_up]
+      secret_file: hook.secret
+      ca: ca.pem
+      headers: { Authorization: Bearer b34rer }
+  queue_backlog: { oldest: 10m }
+",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--print", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{printed}");
+    for shown in [
+        "    - url: \"https://alerts.example.org:8443/hooks\"",
+        "      events: [upstream_down, upstream_up]",
+        "      timeout: 5s",
+        "      max_pending: 1000",
+        "      # headers: Authorization (values not shown)",
+        "    oldest: 10m",
+        "    within: 30days",
+    ] {
+        assert!(printed.contains(shown), "no {shown:?} in:\n{printed}");
+    }
+    for secret in ["t0ps3cret", "b34rer", "s3cret\""] {
+        assert!(!printed.contains(secret), "{secret} in:\n{printed}");
+    }
+    let again = dir.path("printed.yaml");
+    std::fs::write(&again, &printed).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
