@@ -400,6 +400,14 @@ notify:
     }
 }
 
+/// One route, for the configs `check` reads here.
+const ONE_ROUTE: &str = "routes:
+  - name: r
+    listen: 127.0.0.1:0
+    allow: [127.0.0.1]
+    upstream: { address: 127.0.0.1:2575 }
+";
+
 /// `check` of a file holding `yaml`: exit code 2 and stderr.
 fn check_fails(dir: &TestDir, yaml: &str) -> String {
     let file = dir.path("bad.yaml");
@@ -419,21 +427,18 @@ fn check_refuses_bad_webhook_urls_events_and_settings_with_their_position() {
     let dir = TestDir::new();
     let stderr = check_fails(
         &dir,
-        "routes:
-  - name: r
-    listen: 127.0.0.1:0
-    allow: [127.0.0.1]
-    upstream: { address: 127.0.0.1:2575 }
-notify:
+        &format!(
+            "{ONE_ROUTE}notify:
   webhooks:
     - url: ftp://alerts.example.org/x
       events: [upstream_down, upstream_sideways]
     - url: http://alerts.example.org/x
       ca: missing-ca.pem
       secret_file: missing.secret
-      headers: { Content-Length: \"3\" }
-  queue_backlog: {}
-",
+      headers: {{ Content-Length: \"3\" }}
+  queue_backlog: {{}}
+"
+        ),
     );
     for expected in [
         "bad.yaml:8:12: notify.webhooks[0].url: \"ftp://alerts.example.org/x\" is not http:// or https://",
@@ -604,20 +609,17 @@ fn check_print_shows_the_webhooks_without_their_tokens_and_loads_back() {
     let file = dir.path("guard.yaml");
     std::fs::write(
         &file,
-        "routes:
-  - name: r
-    listen: 127.0.0.1:0
-    allow: [127.0.0.1]
-    upstream: { address: 127.0.0.1:2575 }
-notify:
+        format!(
+            "{ONE_ROUTE}notify:
   webhooks:
     - url: https://alerts.example.org:8443/hooks?token=t0ps3cret
       events: [upstream_down, upstream_up]
       secret_file: hook.secret
       ca: ca.pem
-      headers: { Authorization: Bearer b34rer }
-  queue_backlog: { oldest: 10m }
-",
+      headers: {{ Authorization: Bearer b34rer }}
+  queue_backlog: {{ oldest: 10m }}
+"
+        ),
     )
     .unwrap();
     let out = std::process::Command::new(BIN)
