@@ -184,6 +184,28 @@ async fn get(addr: SocketAddr, path: &str) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// A receiver at `addr` again, once the one stopped there has let go of the port (its accept
+/// task ends asynchronously; bounded).
+async fn restart_at(
+    addr: SocketAddr,
+    behaviour: Behaviour,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+) -> FakeUpstream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // As the receiver binds (SO_REUSEADDR): connections it closed may linger in TIME_WAIT.
+    let free = || -> std::io::Result<()> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(1).map(drop)
+    };
+    while free().is_err() {
+        assert!(Instant::now() < deadline, "{addr} stays taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    FakeUpstream::start_at(addr, behaviour, received).await
+}
+
 /// Sends one message on `client` until it is answered AA (bounded): the receiver is back.
 async fn send_until_aa(client: &mut Client, control_id: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -242,7 +264,7 @@ notify:
     let down = hooks.wait_for("upstream_down").await;
 
     // It comes back: the next message that goes through makes one upstream_up.
-    let _back = FakeUpstream::start_at(upstream_addr, Behaviour::Ack, received).await;
+    let _back = restart_at(upstream_addr, Behaviour::Ack, received).await;
     send_until_aa(&mut client, "BACK-1").await;
     let up = hooks.wait_for("upstream_up").await;
     for i in 0..3 {
@@ -594,7 +616,7 @@ notify:
     assert_eq!(down["reason"], "ack_timeout", "{down}");
     // A receiver that answers: the first ack is upstream_up.
     drop(silent);
-    let _answering = FakeUpstream::start_at(upstream_addr, Behaviour::Ack, received).await;
+    let _answering = restart_at(upstream_addr, Behaviour::Ack, received).await;
     send_until_aa(&mut client, "ANSWERED-1").await;
     let up = hooks.wait_for("upstream_up").await.json();
     assert_eq!(up["was"], "ack_timeout", "{up}");
