@@ -150,6 +150,7 @@ impl Guard {
 
     async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
+        let notify = config.notify.clone();
         crate::ops::audit::set_log_payloads(config.log_payloads);
         crate::ops::metrics::set_pki_dates(pki_dates(&config));
         if config.log_payloads {
@@ -189,6 +190,9 @@ impl Guard {
                 }
             }
         }
+        // Webhooks of the new config before any route serves with it, so that its first
+        // connection is told too.
+        crate::ops::notify::configure(&notify);
         // 2. Swap.
         let mut running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let first_load = running.is_empty();
@@ -558,6 +562,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let path = config.file.clone();
     let mut watched = crate::reload::Watch::new(&config.inputs);
     let guard = Guard::start(config).await?;
+    // systemd (Type=notify): every listener is bound and the config applied.
+    crate::ops::systemd::ready(guard.routes.lock().map_or(0, |r| r.len()));
+    if let Some(every) = crate::ops::systemd::watchdog_interval() {
+        guard.background.spawn(crate::ops::systemd::watchdog(
+            every,
+            guard.background_stop.clone(),
+        ));
+    }
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -570,10 +582,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = hup.recv() => "SIGHUP",
             _ = watched.changed() => "a watched file changed",
         };
-        if let Some(inputs) = reload_from(&guard, &path, why).await {
+        crate::ops::systemd::reloading();
+        let applied = reload_from(&guard, &path, why).await;
+        crate::ops::systemd::reloaded(applied.is_some());
+        if let Some(inputs) = applied {
             watched = crate::reload::Watch::new(&inputs);
         }
     }
+    crate::ops::systemd::stopping();
     tracing::info!("shutdown requested; no longer accepting, finishing in-flight messages");
     guard.stop().await;
     Ok(())
@@ -594,6 +610,8 @@ async fn reload_from(
             for error in &errors.0 {
                 tracing::error!("{error}");
             }
+            let reasons: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+            crate::ops::notify::config_rejected(&path.display().to_string(), &reasons);
             return None;
         }
     };
@@ -611,10 +629,17 @@ async fn reload_from(
             for note in &summary.not_applied {
                 tracing::warn!("{note}");
             }
+            crate::ops::notify::config_reloaded(
+                &path.display().to_string(),
+                &summary.added,
+                &summary.removed,
+                &summary.updated,
+            );
             Some(inputs)
         }
         Err(err) => {
             tracing::error!(config = %path.display(), trigger = why, error = format!("{err:#}"), "reload failed; the running config stays in force");
+            crate::ops::notify::config_rejected(&path.display().to_string(), &[format!("{err:#}")]);
             None
         }
     }

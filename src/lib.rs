@@ -50,7 +50,8 @@
 //! queue/       the durable log: doc and invariants (mod), store, format, log, recovery
 //! upstream/    the receiver's side: Upstream and its pool (mod), connect, receivers, conn, error
 //! timing/      backoff (jittered retries), deadline_timer (one timer per connection)
-//! ops/         admin HTTP, metrics, audit trail, log line formats (read handles, never drive)
+//! ops/         admin HTTP, metrics, audit trail, log line formats, webhooks (notify/), systemd
+//!              readiness (read handles, never drive)
 //! tools/       demo, effective (check --print), operator (queue ...), peer/ (send, sink)
 //! ```
 //!

@@ -34,7 +34,7 @@
 //! - `impl Validator` blocks, one concern each: `route.rs` (a route's own keys and `framing`),
 //!   `upstream.rs`, `socket.rs` (`socket` blocks, `local_address`), `delivery.rs` (custody and its queue), `tls_block.rs` (the TLS files),
 //!   `tls_policy.rs` (the TLS policy keys and `via`), `firewall.rs` (`rules`, `limits`,
-//!   `upstreams`).
+//!   `upstreams`), `notify.rs` (`notify`: webhooks and event thresholds).
 //!
 //! Children import their siblings directly (`super::model::Route`), never through the
 //! re-exports below, which are for the rest of the crate: this file declares, documents and
@@ -45,6 +45,7 @@ mod error;
 mod firewall;
 mod load;
 mod model;
+mod notify;
 mod raw;
 mod route;
 mod scalars;
@@ -59,16 +60,17 @@ pub use load::fuzz_config;
 pub use model::{
     AckMode, Admin, Batches, ClientTls, Config, Connections, CustodyConfig, DeadLetterLimits,
     Delivery, HealthCheck, IdleReopen, JetStreamQueue, Keepalive, MllpRelease, MultipleMessages,
-    NatsTls, OnLimit, OnReply, OnUpstreamFailure, QueueBackend, RateLimits, ReceiverRole,
-    Reconnect, ReplyAction, Retry, Route, SenderRole, ServerTls, SocketOptions, UnreadyWhen,
-    UpstreamAddress, UpstreamConfig, DEFAULT_ACK_MODE, DEFAULT_ACK_TIMEOUT,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_JETSTREAM_DUPLICATE_WINDOW, DEFAULT_JETSTREAM_PUBLISH_TIMEOUT,
-    DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER, DEFAULT_MAX_ACK_BYTES,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TRACKED_SOURCES,
-    DEFAULT_ON_REPLY_AE, DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES,
-    DEFAULT_QUEUE_SEGMENT_BYTES, DEFAULT_RECEIVE_TIMEOUT, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX,
-    DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    NatsTls, Notify, NotifyEvent, OnLimit, OnReply, OnUpstreamFailure, QueueBackend, QueueBacklog,
+    RateLimits, ReceiverRole, Reconnect, ReplyAction, Retry, Route, Secret, SenderRole, ServerTls,
+    SocketOptions, UnreadyWhen, UpstreamAddress, UpstreamConfig, Webhook, DEFAULT_ACK_MODE,
+    DEFAULT_ACK_TIMEOUT, DEFAULT_CERTIFICATE_EXPIRING_WITHIN, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DUPLICATE_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
+    DEFAULT_JETSTREAM_PUBLISH_TIMEOUT, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER,
+    DEFAULT_MAX_ACK_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_TRACKED_SOURCES, DEFAULT_ON_REPLY_AE, DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES,
+    DEFAULT_QUEUE_MAX_MESSAGES, DEFAULT_QUEUE_SEGMENT_BYTES, DEFAULT_RECEIVE_TIMEOUT,
+    DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX, DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_WEBHOOK_MAX_PENDING, DEFAULT_WEBHOOK_TIMEOUT,
 };
 pub use scalars::parse_size;
 

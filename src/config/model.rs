@@ -93,6 +93,9 @@ pub struct Config {
     /// the guard stops reading large frames until bytes come back (TCP holds the senders back);
     /// nothing is dropped. Default 256 MiB; at least every route's `max_message_bytes`.
     pub max_buffered_bytes: usize,
+    /// `notify`: webhooks told about events (connections, upstream transitions, backlog, dead
+    /// letters, certificates, reloads). No webhooks when the key is absent.
+    pub notify: Notify,
     /// Every file this config was read from: the config file itself, rules files, certificates
     /// and keys (absolute where the config file's directory is). A change to any of them
     /// reloads the config.
@@ -105,6 +108,142 @@ pub struct Admin {
     /// `listen`: an IP address and port, e.g. `127.0.0.1:9102`. It serves no patient data, but
     /// keep it off untrusted networks.
     pub listen: SocketAddr,
+}
+
+/// `notify:`: the webhooks and the thresholds of the events that have them.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Notify {
+    /// `webhooks`: each one is POSTed the events it names, from its own bounded queue.
+    pub webhooks: Vec<Webhook>,
+    /// `queue_backlog`: when a route's custody queue is backed up enough for `queue_backlog`.
+    pub queue_backlog: QueueBacklog,
+    /// `certificate_expiring.within`: how long before a certificate's `notAfter`
+    /// `certificate_expiring` fires (and again each day). Default 30 days.
+    pub certificate_expiring_within: Duration,
+}
+
+/// Default of `notify.certificate_expiring.within`.
+pub const DEFAULT_CERTIFICATE_EXPIRING_WITHIN: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default of a webhook's `timeout`.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of a webhook's `max_pending`.
+pub const DEFAULT_WEBHOOK_MAX_PENDING: usize = 1000;
+
+/// `notify.queue_backlog`: `queue_backlog` fires when a route's queue holds `pending` messages
+/// or more, or its oldest message waited `oldest` or longer (whichever is set), once per
+/// crossing; it fires again after the queue went back under both.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct QueueBacklog {
+    pub pending: Option<u64>,
+    pub oldest: Option<Duration>,
+}
+
+/// One `notify.webhooks` entry. `Debug` shows neither header values nor the URL's query
+/// (either may hold a token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// `url`: `http://` or `https://`, host, optional port and path.
+    pub url: hyper::Uri,
+    /// `events`: what is sent (all of them when the key is absent).
+    pub events: Vec<NotifyEvent>,
+    /// `secret_file`: the HMAC-SHA256 key of `X-Mllp-Guard-Signature` (the file's bytes, a
+    /// trailing line break removed).
+    pub secret: Option<Secret>,
+    /// Where `secret` was read from (for `check --print`).
+    pub secret_file: Option<PathBuf>,
+    /// `timeout`: one delivery attempt (connect, TLS, request, response). Default 5s.
+    pub timeout: Duration,
+    /// `headers`: extra request headers (e.g. `Authorization`), name and value as written.
+    pub headers: Vec<(String, String)>,
+    /// `ca`: the CAs trusted for an `https` URL instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// `max_pending`: events waiting for this webhook; more are dropped (counted, logged).
+    /// Default 1000.
+    pub max_pending: usize,
+}
+
+impl fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Webhook")
+            .field(
+                "url",
+                &format_args!(
+                    "{}{}",
+                    self.url.authority().map_or("", |a| a.host()),
+                    self.url.path()
+                ),
+            )
+            .field("events", &self.events)
+            .field("secret", &self.secret)
+            .field("secret_file", &self.secret_file)
+            .field("timeout", &self.timeout)
+            .field("headers", &names)
+            .field("ca", &self.ca)
+            .field("max_pending", &self.max_pending)
+            .finish()
+    }
+}
+
+/// A webhook's signing key: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// What a webhook can be told (`notify.webhooks[].events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NotifyEvent {
+    ConnectionOpened,
+    ConnectionClosed,
+    ConnectionRefused,
+    UpstreamDown,
+    UpstreamUp,
+    QueueBacklog,
+    DeadLetter,
+    CertificateExpiring,
+    ConfigReloaded,
+    ConfigRejected,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 10] = [
+        NotifyEvent::ConnectionOpened,
+        NotifyEvent::ConnectionClosed,
+        NotifyEvent::ConnectionRefused,
+        NotifyEvent::UpstreamDown,
+        NotifyEvent::UpstreamUp,
+        NotifyEvent::QueueBacklog,
+        NotifyEvent::DeadLetter,
+        NotifyEvent::CertificateExpiring,
+        NotifyEvent::ConfigReloaded,
+        NotifyEvent::ConfigRejected,
+    ];
+
+    /// The name in the config and in the JSON body's `event`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::ConnectionOpened => "connection_opened",
+            NotifyEvent::ConnectionClosed => "connection_closed",
+            NotifyEvent::ConnectionRefused => "connection_refused",
+            NotifyEvent::UpstreamDown => "upstream_down",
+            NotifyEvent::UpstreamUp => "upstream_up",
+            NotifyEvent::QueueBacklog => "queue_backlog",
+            NotifyEvent::DeadLetter => "dead_letter",
+            NotifyEvent::CertificateExpiring => "certificate_expiring",
+            NotifyEvent::ConfigReloaded => "config_reloaded",
+            NotifyEvent::ConfigRejected => "config_rejected",
+        }
+    }
+
+    /// One bit per event, for a quick "does anyone want this" check.
+    pub fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
 }
 
 /// One listener with its policy and its upstream.

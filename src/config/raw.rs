@@ -307,6 +307,41 @@ pub(super) struct RawConfig {
     pub(super) admin: Option<Spanned<RawAdmin>>,
     pub(super) log_payloads: Option<Text>,
     pub(super) max_buffered_bytes: Option<Text>,
+    pub(super) notify: Option<Spanned<RawNotify>>,
+}
+
+/// `notify:`: webhooks told about events, and the thresholds of the events that have them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) webhooks: Option<Spanned<Vec<Spanned<RawWebhook>>>>,
+    pub(super) queue_backlog: Option<Spanned<RawQueueBacklog>>,
+    pub(super) certificate_expiring: Option<Spanned<RawCertificateExpiring>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhook {
+    pub(super) url: Text,
+    pub(super) events: List,
+    pub(super) secret_file: Option<Text>,
+    pub(super) timeout: Option<Text>,
+    pub(super) headers: Option<Spanned<std::collections::BTreeMap<String, Text>>>,
+    pub(super) ca: Option<Text>,
+    pub(super) max_pending: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueueBacklog {
+    pub(super) pending: Option<Text>,
+    pub(super) oldest: Option<Text>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificateExpiring {
+    pub(super) within: Option<Text>,
 }
 
 #[derive(Deserialize)]

@@ -515,6 +515,7 @@ impl LogDrainer {
                 }
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(route = %self.route, seq = record.seq, control_id = %control_id, reason, outcome = "dead_lettered", "queued message moved to the dead letters");
+                crate::ops::notify::dead_letter(&self.route, record.seq, &control_id, reason);
                 self.ack(record).await
             }
             Err(err @ QueueError::Full { .. }) => {

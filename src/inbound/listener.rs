@@ -57,6 +57,7 @@ pub async fn accept_loop(
         }
         let Ok(permit) = capacity.clone().try_acquire_owned() else {
             crate::ops::metrics::connection_refused(&ctx.name, "max_connections");
+            crate::ops::notify::connection_refused(&ctx.name, peer, "max_connections");
             if let Some(not_logged) = to_log(&ctx.name, peer) {
                 tracing::warn!(route = %ctx.name, %peer, reason = "max_connections reached", max_connections = ctx.route.max_connections, not_logged, "connection refused");
             }
@@ -72,6 +73,7 @@ pub async fn accept_loop(
             // Only the balancers are believed: anyone else could claim any address.
             if !proxies.from.admits(peer.ip()) {
                 crate::ops::metrics::connection_refused(&ctx.name, "untrusted_proxy");
+                crate::ops::notify::connection_refused(&ctx.name, peer, "untrusted_proxy");
                 if let Some(not_logged) = to_log(&ctx.name, peer) {
                     tracing::warn!(route = %ctx.name, %peer, reason = "not a trusted PROXY protocol peer (proxy_protocol.from)", not_logged, "connection refused");
                 }
@@ -123,6 +125,7 @@ fn admit(
     let proxy = proxy.map(display);
     if !ctx.route.allow.admits(peer.ip()) {
         crate::ops::metrics::connection_refused(&ctx.name, "allowlist");
+        crate::ops::notify::connection_refused(&ctx.name, peer, "allowlist");
         if let Some(not_logged) = to_log(&ctx.name, peer) {
             tracing::warn!(route = %ctx.name, %peer, proxy, reason = "address not in allow list", not_logged, "connection refused");
         }
@@ -132,6 +135,7 @@ fn admit(
         Ok(source) => Some(source),
         Err(refusal) => {
             crate::ops::metrics::connection_refused(&ctx.name, "source_limit");
+            crate::ops::notify::connection_refused(&ctx.name, peer, "source_limit");
             if let Some(not_logged) = to_log(&ctx.name, peer) {
                 tracing::warn!(route = %ctx.name, %peer, proxy, reason = %refusal, not_logged, "connection refused");
             }
@@ -153,6 +157,7 @@ fn to_log(route: &str, peer: SocketAddr) -> Option<Option<u64>> {
 fn count_accepted(ctx: &RouteContext, peer: SocketAddr) -> crate::ops::metrics::OpenConnection {
     tracing::debug!(route = %ctx.name, %peer, "connection accepted");
     crate::ops::metrics::connection_accepted(&ctx.name);
+    crate::ops::notify::connection_opened(&ctx.name, peer);
     crate::ops::metrics::connection_open(&ctx.name)
 }
 
@@ -187,6 +192,7 @@ async fn read_proxy_header(
         ),
     };
     crate::ops::metrics::connection_refused(&ctx.name, "proxy_protocol");
+    crate::ops::notify::connection_refused(&ctx.name, balancer, "proxy_protocol");
     if let Some(not_logged) = to_log(&ctx.name, balancer) {
         tracing::warn!(route = %ctx.name, peer = %balancer, reason, not_logged, "connection refused: no valid PROXY protocol header");
     }
@@ -251,6 +257,7 @@ async fn handshake(
         && crate::inbound::sniff::looks_like_plaintext_mllp(first[0], ctx.route.framing.start())
     {
         crate::ops::metrics::tls_handshake_failed(&ctx.name, "error");
+        crate::ops::notify::connection_refused(&ctx.name, peer, "tls_handshake");
         tracing::warn!(route = %ctx.name, %peer, "a plaintext MLLP client connected to a TLS listener: connect with TLS, or remove tls: from this route");
         return None;
     }
@@ -262,11 +269,13 @@ async fn handshake(
         Ok(Ok(stream)) => Some(Stream::ServerTls(Box::new(stream))),
         Ok(Err(err)) => {
             crate::ops::metrics::tls_handshake_failed(&ctx.name, "error");
+            crate::ops::notify::connection_refused(&ctx.name, peer, "tls_handshake");
             tracing::warn!(route = %ctx.name, %peer, proxy, error = %err, "TLS handshake failed; connection closed");
             None
         }
         Err(_) => {
             crate::ops::metrics::tls_handshake_failed(&ctx.name, "timeout");
+            crate::ops::notify::connection_refused(&ctx.name, peer, "tls_handshake");
             tracing::warn!(route = %ctx.name, %peer, proxy, timeout = %humantime::format_duration(limit), "TLS handshake did not finish within handshake_timeout; connection closed");
             None
         }

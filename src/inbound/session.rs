@@ -245,6 +245,7 @@ where
         tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), reason = end.as_str(), "connection ended inside a frame; the partial message was dropped and never forwarded");
     }
     crate::ops::metrics::connection_closed(&ctx.name, end.label());
+    crate::ops::notify::connection_closed(&ctx.name, peer, end.label(), messages);
     tracing::info!(
         route = %ctx.name,
         %peer,

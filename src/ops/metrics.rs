@@ -97,6 +97,15 @@ struct Metrics {
     upstream_connects: Family<UpstreamLabel, Counter>,
     upstream_connect_failures: Family<UpstreamLabel, Counter>,
     config_reloads: Family<ResultLabel, Counter>,
+    webhook_deliveries: Family<WebhookLabels, Counter>,
+    webhook_dropped: Family<WebhookLabels, Counter>,
+}
+
+/// A webhook (its URL without query) and a result (`delivered`) or drop reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    webhook: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,6 +137,8 @@ fn metrics() -> &'static Metrics {
             upstream_connects: Family::default(),
             upstream_connect_failures: Family::default(),
             config_reloads: Family::default(),
+            webhook_deliveries: Family::default(),
+            webhook_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -231,6 +242,16 @@ fn metrics() -> &'static Metrics {
         for result in ["success", "failure"] {
             let _ = m.config_reloads.get_or_create(&ResultLabel { result });
         }
+        registry.register(
+            "mllp_guard_webhook_deliveries",
+            "Events a webhook answered with 2xx, by webhook",
+            m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "mllp_guard_webhook_dropped",
+            "Events never delivered to a webhook, by webhook and reason (queue_full: max_pending events were waiting; gave_up: every attempt failed)",
+            m.webhook_dropped.clone(),
+        );
         registry.register_collector(Box::new(QueueCollector));
         registry.register_collector(Box::new(PkiCollector));
         registry.register_collector(Box::new(BudgetCollector));
@@ -493,6 +514,37 @@ impl AckDuration {
     }
 }
 
+/// A webhook is configured: its counters exist (at 0) from now, so rules on `increase()` see
+/// the first drop.
+pub fn webhook_configured(webhook: &str) {
+    let m = metrics();
+    for (family, reason) in [
+        (&m.webhook_deliveries, "delivered"),
+        (&m.webhook_dropped, "queue_full"),
+        (&m.webhook_dropped, "gave_up"),
+    ] {
+        let _ = family.get_or_create(&WebhookLabels {
+            webhook: webhook.to_string(),
+            reason,
+        });
+    }
+}
+
+/// An event reached a webhook (`None`), or was dropped for `Some(reason)`.
+pub fn webhook_outcome(webhook: &str, dropped: Option<&'static str>) {
+    let m = metrics();
+    let (family, reason) = match dropped {
+        None => (&m.webhook_deliveries, "delivered"),
+        Some(reason) => (&m.webhook_dropped, reason),
+    };
+    family
+        .get_or_create(&WebhookLabels {
+            webhook: webhook.to_string(),
+            reason,
+        })
+        .inc();
+}
+
 /// Records a connection attempt's result; also what `/readyz` reports for the upstream.
 /// A health check of `upstream` (no message, no connection kept): up or down, for
 /// `mllp_guard_upstream_up` and `/readyz`; not counted as a connection.
@@ -552,9 +604,30 @@ fn probes() -> &'static Mutex<Vec<Arc<dyn QueueProbe>>> {
 
 /// Reports this queue from now on (replacing an earlier one of the same route).
 pub fn watch_queue(probe: Arc<dyn QueueProbe>) {
+    // Exported (at 0) from the start, so that a rule on it has a series before the first time
+    // the dead letters fill.
+    let _ = metrics().dead_letters_full.get_or_create(&RouteLabel {
+        route: probe.route().to_string(),
+    });
     let mut all = probes().lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|p| p.route() != probe.route());
     all.push(probe);
+}
+
+/// Every watched queue now: (route, messages pending, when the oldest was enqueued, ms since
+/// the epoch).
+pub fn queue_snapshot() -> Vec<(String, u64, Option<u64>)> {
+    let all: Vec<Arc<dyn QueueProbe>> = probes().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    all.iter()
+        .map(|p| {
+            let (stats, _) = p.probe();
+            (
+                p.route().to_string(),
+                stats.messages,
+                stats.oldest_enqueued_ms,
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -702,6 +775,14 @@ fn pki_dates() -> &'static Mutex<Vec<PkiDate>> {
 /// The certificates and CRLs of the config now in force (replaced on every reload).
 pub fn set_pki_dates(dates: Vec<PkiDate>) {
     *pki_dates().lock().unwrap_or_else(|e| e.into_inner()) = dates;
+}
+
+/// The certificates and CRLs of the config now in force.
+pub fn pki_snapshot() -> Vec<PkiDate> {
+    pki_dates()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -77,3 +77,34 @@ pub fn client_config_with(
     };
     Ok((Arc::new(config), material))
 }
+
+/// The system's trusted root certificates (the OS store, e.g. `/etc/ssl/certs`), for https
+/// webhooks without a `ca`. An error when none can be loaded.
+pub fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        return Err(format!(
+            "no trusted root certificates on this system{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join("; "))
+            }
+        ));
+    }
+    Ok(roots)
+}
+
+/// A client configuration trusting the system's roots (TLS 1.2 and 1.3, the default suites).
+pub fn system_client_config() -> Result<Arc<ClientConfig>, String> {
+    let roots = system_roots()?;
+    let config = ClientConfig::builder_with_provider(provider_for(&Policy::default()))
+        .with_protocol_versions(Policy::default().min_version.versions())
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -43,7 +43,7 @@ mod server;
 pub(crate) mod test_pki;
 mod verify;
 
-pub use self::client::{client_config, client_config_with};
+pub use self::client::{client_config, client_config_with, system_client_config, system_roots};
 pub use self::error::{FileProblem, PemRole, TlsError};
 pub use self::material::{Identity, LoadedCertificate, Material};
 pub use self::peer::{peer_identities, peer_identity};

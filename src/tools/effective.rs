@@ -41,7 +41,59 @@ pub fn render(config: &Config) -> String {
     for r in &config.routes {
         route(w, r);
     }
+    notify(w, &config.notify);
     out
+}
+
+/// `notify`, when it has webhooks. A URL's query and header values may hold tokens: they are
+/// named in a comment, not printed.
+fn notify(w: &mut String, n: &crate::config::Notify) {
+    if n.webhooks.is_empty() {
+        return;
+    }
+    key(w, 0, "notify");
+    key(w, 1, "webhooks");
+    for hook in &n.webhooks {
+        let url = &hook.url;
+        let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        let shown = format!(
+            "{}://{}{port}{}",
+            url.scheme_str().unwrap_or("http"),
+            url.host().unwrap_or(""),
+            url.path()
+        );
+        let _ = writeln!(w, "    - url: {}", quoted(shown));
+        if url.query().is_some() {
+            let _ = writeln!(w, "      # the URL's query is not shown");
+        }
+        let events: Vec<&str> = hook.events.iter().map(|e| e.as_str()).collect();
+        line(w, 3, "events", format_args!("[{}]", events.join(", ")));
+        opt(
+            w,
+            3,
+            "secret_file",
+            hook.secret_file.as_ref().map(|p| quoted(p.display())),
+        );
+        line(w, 3, "timeout", dur(hook.timeout));
+        line(w, 3, "max_pending", hook.max_pending);
+        opt(w, 3, "ca", hook.ca.as_ref().map(|p| quoted(p.display())));
+        if !hook.headers.is_empty() {
+            let names: Vec<&str> = hook.headers.iter().map(|(n, _)| n.as_str()).collect();
+            let _ = writeln!(
+                w,
+                "      # headers: {} (values not shown)",
+                names.join(", ")
+            );
+        }
+    }
+    let backlog = &n.queue_backlog;
+    if backlog.pending.is_some() || backlog.oldest.is_some() {
+        key(w, 1, "queue_backlog");
+        opt(w, 2, "pending", backlog.pending);
+        opt(w, 2, "oldest", backlog.oldest.map(dur));
+    }
+    key(w, 1, "certificate_expiring");
+    line(w, 2, "within", dur(n.certificate_expiring_within));
 }
 
 fn route(w: &mut String, r: &Route) {

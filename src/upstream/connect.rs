@@ -93,6 +93,8 @@ impl Connector {
                 })
             });
         crate::ops::metrics::upstream_connect(&self.route, opened.is_ok());
+        let failure = opened.as_ref().err().map(|e| e.to_string());
+        crate::ops::notify::upstream_connect(&self.route, &addr, failure.as_deref());
         let stream = match opened {
             Ok(stream) => stream,
             Err(err) => {

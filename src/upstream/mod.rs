@@ -266,10 +266,19 @@ impl Upstream {
             match result {
                 Ok(reply) => {
                     self.connector.healthy();
+                    crate::ops::notify::upstream_answered(self.connector.route(), &self.address());
                     return Ok(reply);
                 }
                 Err(err) => {
                     *slot = None;
+                    if let UpstreamError::AckTimeout(_) = err {
+                        let route = self.connector.route();
+                        crate::ops::notify::upstream_ack_timeout(
+                            route,
+                            &self.address(),
+                            &err.to_string(),
+                        );
+                    }
                     if was_fresh || !err.worth_retrying_fresh() {
                         return Err(err);
                     }
@@ -389,6 +398,8 @@ impl Upstream {
                 probed = self.connector.probe(check.timeout) => probed,
             };
             crate::ops::metrics::upstream_probe(&route, probed.is_ok());
+            let failure = probed.as_ref().err().map(|e| e.to_string());
+            crate::ops::notify::upstream_probe(&route, &self.address(), failure.as_deref());
             match (&probed, up) {
                 (Err(err), true) => {
                     tracing::warn!(route = %route, upstream = %self.address(), error = %err, "health check: the receiver does not answer; unready until it does")

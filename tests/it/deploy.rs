@@ -1015,15 +1015,18 @@ fn exported_names(metrics: &str) -> BTreeSet<String> {
     names
 }
 
-/// The dashboard's metrics are what a guard really exports. Families without a sample are not
-/// exported at all, so the guard is made to produce each one: a message queued and delivered
-/// (store-and-forward), one rejected by a rule, one rate limited, a refused connection, a failed
-/// TLS handshake, and an upstream that is down.
+/// The metrics of the dashboard and of the alert rules (`deploy/prometheus/alerts.yaml`) are
+/// what a guard really exports. Families without a sample are not exported at all, so the guard
+/// is made to produce each one: a message queued and delivered (store-and-forward), one rejected
+/// by a rule, one rate limited, a connection refused by the allowlist and one at
+/// max_connections, a failed TLS handshake on a listener with a CRL, an upstream that is down,
+/// and a webhook.
 #[tokio::test]
-async fn every_metric_the_dashboard_queries_is_exported_by_a_running_guard() {
+async fn every_metric_the_dashboard_and_the_alert_rules_query_is_exported_by_a_running_guard() {
     use mllp_guard::wire::hl7::AckCode;
 
     let dir = TestDir::new();
+    dir.crl("ca.crl", &[], -1, 30);
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
     let admin = free_port();
     let [custody, limited, down, tls] = [free_port(), free_port(), free_port(), free_port()];
@@ -1047,6 +1050,7 @@ routes:
   - name: limited
     listen: {limited}
     allow: [127.0.0.1]
+    max_connections: 1
     limits: {{ messages_per_second: 1, burst: 1, on_limit: reject }}
     upstream: {{ address: {up} }}
   - name: down
@@ -1055,9 +1059,12 @@ routes:
     upstream: {{ address: {nowhere}, connect_timeout: 1s }}
   - name: tls
     listen: {tls}
-    tls: {{ cert: guard.pem, key: guard.key }}
+    tls: {{ cert: guard.pem, key: guard.key, client_ca: ca.pem, crl: [ca.crl] }}
     allow: [127.0.0.1]
     upstream: {{ address: {up} }}
+notify:
+  webhooks:
+    - url: http://{nowhere}/hook
 ",
             state = dir.path("state").display(),
             up = upstream.addr,
@@ -1089,6 +1096,11 @@ routes:
         ack_of(&client.send(&message("RATE-2", 200)).await).0,
     ];
     assert_eq!(codes, [AckCode::AA, AckCode::AE]);
+    // max_connections: 1, held by `client`: refused.
+    // (the reset may come before connect() returns)
+    if let Ok(mut second) = Client::plain_from(limited, "127.0.0.1".parse().unwrap()).await {
+        assert!(second.is_closed().await);
+    }
     // Upstream down: AE.
     let mut client = Client::plain(down).await;
     assert_eq!(
@@ -1106,7 +1118,13 @@ routes:
         let (status, metrics) = get(admin, "/metrics").await.expect("a /metrics answer");
         assert_eq!(status, 200);
         let exported = exported_names(&metrics);
+        let rules = crate::alerts::alert_rules()
+            .into_iter()
+            .map(|(_, expr)| expr);
         let missing: BTreeSet<String> = queries(&dashboard)
+            .into_iter()
+            .chain(rules)
+            .collect::<Vec<_>>()
             .iter()
             .flat_map(|expr| metric_uses(expr))
             .map(|(name, _, _)| name)
@@ -1168,6 +1186,10 @@ fn the_systemd_unit_is_hardened_reloads_with_sighup_and_outwaits_the_drain() {
     let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
     assert_eq!(exec[..3], ["/usr/local/bin/mllp-guard", "run", "--config"]);
     assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // Readiness and the watchdog are the guard's own (src/ops/systemd.rs).
+    assert_eq!(one("Type"), "notify");
+    assert_eq!(one("NotifyAccess"), "main");
+    assert!(humantime::parse_duration(one("WatchdogSec")).unwrap() >= Duration::from_secs(2));
     let stop = humantime::parse_duration(one("TimeoutStopSec")).unwrap();
     assert!(
         stop > mllp_guard::config::DEFAULT_SHUTDOWN_GRACE,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::panic)] // a harness: a failed step is a failed run
 
 mod admin;
+mod alerts;
 mod audit;
 mod batches;
 mod cli;
@@ -31,5 +32,7 @@ mod roles;
 mod sessions;
 mod shipped;
 mod sockets;
+mod systemd_notify;
 mod tls_policy;
 mod transparent;
+mod webhooks;

@@ -456,6 +456,10 @@ impl StreamDrainer<'_> {
                     .counters
                     .dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
+                let control_id = crate::wire::hl7::find_header(&message.payload)
+                    .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
+                    .unwrap_or_default();
+                crate::ops::notify::dead_letter(route, seq, &control_id, &reason);
                 if let Err(err) = self.settle(message, AckKind::Ack).await {
                     tracing::warn!(route = %route, seq, error = %err, "dead-lettered, but JetStream did not confirm the ack; it will be handled again");
                 }
