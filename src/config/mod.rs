@@ -57,11 +57,11 @@ mod validator;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::fuzz_config;
 pub use model::{
-    AckMode, Admin, Batches, ClientTls, Config, Connections, CustodyConfig, DeadLetterLimits,
-    Delivery, HealthCheck, IdleReopen, JetStreamQueue, Keepalive, MllpRelease, MultipleMessages,
-    NatsTls, OnLimit, OnReply, OnUpstreamFailure, QueueBackend, RateLimits, ReceiverRole,
-    Reconnect, ReplyAction, Retry, Route, SenderRole, ServerTls, SocketOptions, UnreadyWhen,
-    UpstreamAddress, UpstreamConfig, DEFAULT_ACK_MODE, DEFAULT_ACK_TIMEOUT,
+    AckMode, Admin, AdminToken, Batches, ClientTls, Config, Connections, CustodyConfig,
+    DeadLetterLimits, Delivery, HealthCheck, IdleReopen, JetStreamQueue, Keepalive, MllpRelease,
+    MultipleMessages, NatsTls, OnLimit, OnReply, OnUpstreamFailure, QueueBackend, RateLimits,
+    ReceiverRole, Reconnect, ReplyAction, Retry, Route, SenderRole, ServerTls, SocketOptions,
+    UnreadyWhen, UpstreamAddress, UpstreamConfig, DEFAULT_ACK_MODE, DEFAULT_ACK_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_JETSTREAM_DUPLICATE_WINDOW, DEFAULT_JETSTREAM_PUBLISH_TIMEOUT,
     DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER, DEFAULT_MAX_ACK_BYTES,

@@ -6,6 +6,10 @@
 //! (it reads handles only).
 
 pub mod admin;
+pub mod connections;
+pub mod console;
+pub mod recent;
+mod status_page;
 pub mod audit;
 pub mod refusals;
 pub mod log_format;
