@@ -764,3 +764,57 @@ async fn admin_load_does_not_move_message_latency() {
         "p50 moved from {q50:?} to {l50:?}"
     );
 }
+
+#[tokio::test]
+async fn the_token_is_reloaded_with_the_config_and_the_admin_endpoint_can_speak_tls() {
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let tls = "  tls: { cert: guard.pem, key: guard.key }\n";
+    let c = start(upstream.addr, &format!("{WITH_TOKEN}{tls}"), "", "");
+    let cfg = c.dir.client_tls("ca.pem", None);
+    let https = async |method: &str, path: &str, token: &str| -> (u16, String) {
+        let tcp = tokio::net::TcpStream::connect(c.admin).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .expect("the admin endpoint speaks TLS");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, text)
+    };
+    let (status, body) = https("GET", "/api/v1/routes", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"name\":\"test\""), "{body}");
+    // Plain HTTP to a TLS endpoint gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(c.admin).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+    assert!(!got.starts_with(b"HTTP/"), "plain HTTP is not answered");
+
+    assert_eq!(
+        https("POST", "/api/v1/routes/test/pause", TOKEN).await.0,
+        200
+    );
+    // A new token: the config reloads (the token file is one of its inputs).
+    std::fs::write(c.dir.path("token"), "the-new-token\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if https("POST", "/api/v1/routes/test/resume", TOKEN).await.0 == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old token still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = https("POST", "/api/v1/routes/test/resume", "the-new-token").await;
+    assert_eq!(status, 200, "{body}");
+}
