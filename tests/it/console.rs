@@ -673,6 +673,46 @@ fn wait_output(mut proc: Proc, limit: Duration) -> String {
     reader.join().unwrap()
 }
 
+/// A hundred idle or slow admin clients and a scrape every 100 ms until `stop`; how many
+/// scrapes were answered.
+async fn admin_load(admin: SocketAddr, stop: tokio_util::sync::CancellationToken) -> u32 {
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let Ok(mut tcp) = tokio::net::TcpStream::connect(admin).await else {
+                return;
+            };
+            if i % 2 == 0 {
+                // Slow: a request head dribbled a byte at a time.
+                for b in b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n" {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                    if tcp.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            stop.cancelled().await;
+        }));
+    }
+    let mut count = 0u32;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.is_cancelled() {
+        tick.tick().await;
+        let (a, _) = http(admin, "GET", "/metrics", &[], b"").await;
+        let (b, _) = http(admin, "GET", "/api/v1/connections", &[], b"").await;
+        assert_eq!((a, b), (200, 200));
+        count += 1;
+    }
+    for client in clients {
+        let _ = client.await;
+    }
+    count
+}
+
 /// Message round trips (send to ack, one connection, one in flight) through the guard: sorted.
 async fn round_trips(listen: SocketAddr, n: usize, tag: &str) -> Vec<Duration> {
     let mut client = Client::plain(listen).await;
@@ -701,52 +741,25 @@ async fn admin_load_does_not_move_message_latency() {
     let quiet = round_trips(c.listen, N, "QUIET").await;
 
     // A hundred admin clients that connect and never finish their request (idle or slow), and
-    // a scrape of /metrics and /api/v1/connections every 100 ms, all bounded by `stop`.
+    // a scrape of /metrics and /api/v1/connections every 100 ms, on their own thread and
+    // runtime (so they do not compete with this test's client for its runtime), all bounded by
+    // `stop`.
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut load = Vec::new();
-    for i in 0..100 {
-        let (admin, stop) = (c.admin, stop.clone());
-        load.push(tokio::spawn(async move {
-            let Ok(mut tcp) = tokio::net::TcpStream::connect(admin).await else {
-                return;
-            };
-            if i % 2 == 0 {
-                // Slow: a request head dribbled a byte at a time.
-                for b in b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n" {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    }
-                    if tcp.write_all(&[*b]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            stop.cancelled().await;
-        }));
-    }
-    let scrapes = {
-        let (admin, stop) = (c.admin, stop.clone());
-        tokio::spawn(async move {
-            let mut count = 0u32;
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            while !stop.is_cancelled() {
-                tick.tick().await;
-                let (a, _) = http(admin, "GET", "/metrics", &[], b"").await;
-                let (b, _) = http(admin, "GET", "/api/v1/connections", &[], b"").await;
-                assert_eq!((a, b), (200, 200));
-                count += 1;
-            }
-            count
+    let admin = c.admin;
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(admin_load(admin, stop))
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let loaded = round_trips(c.listen, N, "LOADED").await;
     stop.cancel();
-    let scraped = scrapes.await.unwrap();
-    for task in load {
-        let _ = task.await;
-    }
+    let scraped = load.join().unwrap();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     eprintln!(
         "message latency through the guard ({N} x 1 KiB, one connection): without admin load p50 {:.3} ms p99 {:.3} ms; with 100 idle/slow admin clients and {scraped} scrapes (every 100 ms) p50 {:.3} ms p99 {:.3} ms",
