@@ -504,6 +504,66 @@ async fn reconnect_reopens_the_pooled_upstream_connection() {
             .0,
         404
     );
+
+    // Paired: the session's own connection is replaced at its next message.
+    let paired_upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let p = start(paired_upstream.addr, WITH_TOKEN, "", "");
+    let mut sender = Client::plain(p.listen).await;
+    assert_eq!(
+        ack_of(&sender.send(&message("PR-1", 100)).await).0,
+        AckCode::AA
+    );
+    assert_eq!(
+        ack_of(&sender.send(&message("PR-2", 100)).await).0,
+        AckCode::AA
+    );
+    assert_eq!(paired_upstream.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        act(p.admin, "POST", "/api/v1/routes/test/reconnect")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        ack_of(&sender.send(&message("PR-3", 100)).await).0,
+        AckCode::AA
+    );
+    assert_eq!(
+        paired_upstream.connections.load(Ordering::SeqCst),
+        2,
+        "reopened for PR-3"
+    );
+}
+
+#[tokio::test]
+async fn a_non_loopback_admin_address_without_tls_is_warned_about() {
+    let dir = TestDir::new();
+    let port = free_port().port();
+    let config = dir.path("guard.yaml");
+    let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: 0.0.0.0:{port}\n{}",
+            route_yaml(upstream, "", "", "")
+        ),
+    )
+    .unwrap();
+    let (_guard, logs) = crate::cli::spawn_guard(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no warning about the admin address"
+        );
+        let Ok(line) = logs.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if line.contains("listens beyond loopback without TLS") {
+            assert!(line.contains("\"level\":\"WARN\""), "{line}");
+            break;
+        }
+    }
 }
 
 /// Dead letters through the API on a queue backend: one message the receiver refuses until
@@ -615,6 +675,16 @@ async fn the_status_page_in_headless_chromium_shows_the_routes_and_a_live_connec
         let guard = Proc(child);
         wait_output(guard, Duration::from_secs(60))
     };
+    // Without JavaScript the page is already complete: the guard renders the tables (headless
+    // Chromium's --dump-dom needs script, so the document as served is read here).
+    let (status, page) = http(c.admin, "GET", "/", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<td>test</td>"), "{page}");
+    assert!(page.contains(&format!("data-id=\"{id}\"")), "{page}");
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http"),
+        "no external assets"
+    );
     // The DOM after the page's script ran (and refreshed it).
     let again = run.clone();
     let dom = tokio::task::spawn_blocking(move || run(&["--dump-dom"]))
