@@ -479,7 +479,7 @@ async fn respond(ask: Ask, body: Bytes, routes: &dyn RouteTable) -> Response<Ful
                 };
                 tracing::warn!(action = "disconnect", route = %route, %peer, id, how, "connection closed by the operator");
                 json_reply(
-                    StatusCode::ACCEPTED,
+                    StatusCode::OK,
                     &json!({ "id": id, "route": &*route, "peer": peer.to_string(), "now": now }),
                 )
             }

@@ -182,7 +182,7 @@ async fn routes_and_connections_are_listed_and_one_connection_is_closed_by_id() 
         404
     );
     let (status, body) = act(c.admin, "DELETE", &path).await;
-    assert_eq!(status, 202, "{body}");
+    assert_eq!(status, 200, "{body}");
     assert!(b.is_closed().await, "the closed connection is closed");
     assert_eq!(ack_of(&a.send(&message("A-2", 200)).await).0, AckCode::AA);
     eventually("one connection left", async || {
@@ -257,7 +257,7 @@ async fn disconnect_waits_for_the_ack_in_flight_unless_now() {
         act(c.admin, "DELETE", &format!("/api/v1/connections/{id}"))
             .await
             .0,
-        202
+        200
     );
     let ack = a
         .read_ack()
@@ -277,7 +277,7 @@ async fn disconnect_waits_for_the_ack_in_flight_unless_now() {
     .await;
     let id = listed["id"].as_str().unwrap().to_string();
     let now = format!("/api/v1/connections/{id}?now=true");
-    assert_eq!(act(c.admin, "DELETE", &now).await.0, 202);
+    assert_eq!(act(c.admin, "DELETE", &now).await.0, 200);
     assert!(b.read_ack().await.is_none(), "closed before its ack");
 }
 
@@ -900,4 +900,28 @@ async fn the_token_is_reloaded_with_the_config_and_the_admin_endpoint_can_speak_
     }
     let (status, body) = https("POST", "/api/v1/routes/test/resume", "the-new-token").await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_tls_connection_is_listed_with_its_identity_version_and_cipher() {
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let tls = "    tls:\n      cert: guard.pem\n      key: guard.key\n      client_ca: ca.pem\n";
+    let c = start(upstream.addr, WITH_TOKEN, tls, "");
+    let cfg = c.dir.client_tls("ca.pem", Some("lab"));
+    let mut client = Client::tls(c.listen, cfg).await.unwrap();
+    assert_eq!(
+        ack_of(&client.send(&message("TLS-1", 100)).await).0,
+        AckCode::AA
+    );
+    let conn = &get_json(c.admin, "/api/v1/connections").await[0];
+    assert_eq!(conn["identity"], "lab.example.org", "{conn}");
+    assert_eq!(conn["tls"]["version"], "TLSv1.3", "{conn}");
+    assert!(
+        conn["tls"]["cipher"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLS13_"),
+        "{conn}"
+    );
+    assert_eq!(conn["messages"], 1);
 }
