@@ -31,7 +31,7 @@ use crate::upstream::Upstream;
 
 /// A running guard: its listeners are bound and serving.
 pub struct Guard {
-    routes: Mutex<BTreeMap<String, RunningRoute>>,
+    routes: Arc<Mutex<BTreeMap<String, RunningRoute>>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     background_stop: CancellationToken,
@@ -112,7 +112,7 @@ impl Guard {
             None => None,
         };
         let guard = Guard {
-            routes: Mutex::new(BTreeMap::new()),
+            routes: Arc::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             // Custody drainers and receiver listeners stop only after every session has
@@ -125,13 +125,24 @@ impl Guard {
                 None => None,
             },
         };
+        let admin_tls = config
+            .admin
+            .as_ref()
+            .and_then(|a| a.tls.as_ref().map(|t| t.config.clone()));
         guard.apply(config).await?;
         if let Some(listener) = admin {
             if let Some(addr) = guard.admin_addr {
-                tracing::info!(admin = %addr, "admin endpoint listening (/metrics, /healthz, /readyz)");
+                tracing::info!(admin = %addr, tls = admin_tls.is_some(), "admin endpoint listening (/, /api/v1/, /metrics, /healthz, /readyz)");
+                if !addr.ip().is_loopback() && admin_tls.is_none() {
+                    tracing::warn!(admin = %addr, "the admin endpoint listens beyond loopback without TLS: its token and views cross the network in clear; set admin.tls or listen on 127.0.0.1");
+                }
             }
+            let table: Arc<dyn crate::ops::console::RouteTable> =
+                Arc::new(Table(guard.routes.clone()));
             guard.background.spawn(crate::ops::admin::serve(
                 listener,
+                admin_tls,
+                table,
                 guard.background_stop.clone(),
             ));
         }
@@ -152,6 +163,9 @@ impl Guard {
         let mut summary = ReloadSummary::default();
         let notify = config.notify.clone();
         crate::ops::audit::set_log_payloads(config.log_payloads);
+        if let Some(admin) = &config.admin {
+            crate::ops::admin::configure(admin);
+        }
         crate::ops::metrics::set_pki_dates(pki_dates(&config));
         if config.log_payloads {
             tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
@@ -329,6 +343,11 @@ impl Guard {
             .health_check
             .is_some()
             .then(|| upstream.clone());
+        // The operator's pause outlives reloads (and is the custody drainer's too).
+        let paused = match old {
+            Some(o) => o.ctx.load().paused.clone(),
+            None => Arc::default(),
+        };
         let (dispatch, custody) = match &route.delivery {
             Delivery::Forward => (
                 Dispatch::Forward {
@@ -351,6 +370,7 @@ impl Guard {
                         cfg.clone(),
                         upstream,
                         route.on_upstream_failure == OnUpstreamFailure::Close,
+                        paused.clone(),
                         self.background_stop.clone(),
                         &self.background,
                     )
@@ -374,6 +394,7 @@ impl Guard {
             dispatch,
             limits,
             named_upstreams: named_upstreams.clone(),
+            paused,
         });
         Ok(Prepared {
             ctx,
@@ -642,6 +663,23 @@ async fn reload_from(
             crate::ops::notify::config_rejected(&path.display().to_string(), &[format!("{err:#}")]);
             None
         }
+    }
+}
+
+/// The running routes as the operator's console sees them.
+struct Table(Arc<Mutex<BTreeMap<String, RunningRoute>>>);
+
+impl crate::ops::console::RouteTable for Table {
+    fn handles(&self) -> Vec<crate::ops::console::RouteHandle> {
+        let routes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .values()
+            .map(|r| crate::ops::console::RouteHandle {
+                ctx: r.ctx.load_full(),
+                bound: r.bound,
+                custody: r.custody.clone(),
+            })
+            .collect()
     }
 }
 

@@ -50,9 +50,11 @@
 //! queue/       the durable log: doc and invariants (mod), store, format, log, recovery
 //! upstream/    the receiver's side: Upstream and its pool (mod), connect, receivers, conn, error
 //! timing/      backoff (jittered retries), deadline_timer (one timer per connection)
-//! ops/         admin HTTP, metrics, audit trail, log line formats, webhooks (notify/), systemd
-//!              readiness (read handles, never drive)
-//! tools/       demo, effective (check --print), operator (queue ...), peer/ (send, sink)
+//! ops/         admin HTTP and the operator's console (connections, pause, reconnect, dead
+//!              letters, status page), metrics, audit trail, log line formats and writer,
+//!              webhooks (notify/), systemd readiness
+//! tools/       demo, effective (check --print), operator (queue ...), console (status,
+//!              disconnect), peer/ (send, sink)
 //! ```
 //!
 //! Pure (no sockets, files or clock): `wire` (but `ack::own_ack`, which reads the clock),

@@ -110,6 +110,33 @@ enum Command {
         #[arg(long, default_value = "64MiB", value_parser = parse_message_size, value_name = "SIZE")]
         max_message_bytes: usize,
     },
+    /// A running guard's routes and live connections, from its admin endpoint.
+    Status {
+        /// The admin endpoint, http://HOST:PORT (its `admin.listen`).
+        #[arg(long, default_value = "http://127.0.0.1:9102", value_name = "URL")]
+        admin: String,
+        /// A file whose first line is the admin token (needed with `admin.protect_reads`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// One JSON object {routes, connections}, as the API gives them.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closes live connections by id (see `status`), after the message in flight has its ack.
+    Disconnect {
+        /// The admin endpoint, http://HOST:PORT (its `admin.listen`).
+        #[arg(long, default_value = "http://127.0.0.1:9102", value_name = "URL")]
+        admin: String,
+        /// A file whose first line is the admin token (`admin.token_file`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Close at once instead of after the message in flight.
+        #[arg(long)]
+        now: bool,
+        /// Connection ids, as `status` shows them.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
     /// Custody queues: list, show, replay dead letters, purge.
     Queue {
         #[command(subcommand)]
@@ -304,6 +331,39 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Queue { action } => queue_command(action).await,
+            Command::Status {
+                admin,
+                token_file,
+                json,
+            } => {
+                use mllp_guard::tools::console;
+                let mut out = String::new();
+                let done = match console::Admin::new(&admin, token_file.as_deref()) {
+                    Ok(admin) => console::status(&admin, json, &mut out).await,
+                    Err(err) => Err(err),
+                };
+                print!("{out}");
+                report(done)
+            }
+            Command::Disconnect {
+                admin,
+                token_file,
+                now,
+                ids,
+            } => {
+                use mllp_guard::tools::console;
+                let mut out = String::new();
+                let done = match console::Admin::new(&admin, token_file.as_deref()) {
+                    Ok(admin) => console::disconnect(&admin, &ids, now, &mut out).await,
+                    Err(err) => Err(err),
+                };
+                print!("{out}");
+                match done {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::FAILURE,
+                    Err(err) => report(Err(err)),
+                }
+            }
             Command::Demo { config, messages } => match demo::run(&config, &messages).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -641,9 +701,15 @@ fn host_part(addr: &str) -> &str {
 /// per many lines, flushed within 100 ms, at exit and on a panic).
 fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
     use mllp_guard::ops::log_writer::{self, LogWriter};
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("MLLP_GUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{reload, EnvFilter};
+    let initial = std::env::var("MLLP_GUARD_LOG")
+        .ok()
+        .filter(|f| EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| default_level.to_string());
+    // Reloadable, so that `PUT /api/v1/log-level` changes it without a restart.
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
     let writer = if batched {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -656,16 +722,30 @@ fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
     };
     // Colours only on a terminal: escape codes in journald, files or `docker logs` are noise,
     // and writing them was a fifth of an audit line's cost (callgrind, issue 7).
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_timer(log_format::UtcMicros)
         .with_writer(writer);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.fmt_fields(log_format::PlainFields).init(),
-        LogFormat::Json => builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(log_format::JsonLine::new(log_format::UtcMicros))
+        LogFormat::Text => registry
+            .with(fmt.fmt_fields(log_format::PlainFields))
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(log_format::JsonLine::new(log_format::UtcMicros)),
+            )
             .init(),
     }
+    let current = std::sync::Mutex::new(initial);
+    mllp_guard::ops::admin::set_log_control(Box::new(move |next| {
+        let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(next) = next else {
+            return Ok(current.clone());
+        };
+        let filter = EnvFilter::try_new(next).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())?;
+        Ok(std::mem::replace(&mut *current, next.to_string()))
+    }));
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -29,6 +30,21 @@ pub struct RouteContext {
     pub limits: Arc<SourceLimits>,
     /// The named upstreams rules may route to (`upstreams:` at the top of the config).
     pub named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
+    /// Paused by the operator (kept across reloads; shared with the route's custody drainer).
+    pub paused: Arc<AtomicBool>,
+}
+
+impl RouteContext {
+    /// Whether the operator paused this route.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// A paused forward route takes no new connections (a store-and-forward one keeps
+    /// accepting and queueing; only its delivery stops).
+    pub fn refuses_while_paused(&self) -> bool {
+        self.is_paused() && matches!(self.dispatch, Dispatch::Forward { .. })
+    }
 }
 
 /// A route's current context: swapped by a reload, read by each new connection.

@@ -58,19 +58,20 @@ mod validator;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::fuzz_config;
 pub use model::{
-    AckMode, Admin, Batches, ClientTls, Config, Connections, CustodyConfig, DeadLetterLimits,
-    Delivery, HealthCheck, IdleReopen, JetStreamQueue, Keepalive, MllpRelease, MultipleMessages,
-    NatsTls, Notify, NotifyEvent, OnLimit, OnReply, OnUpstreamFailure, QueueBackend, QueueBacklog,
-    RateLimits, ReceiverRole, Reconnect, ReplyAction, Retry, Route, Secret, SenderRole, ServerTls,
-    SocketOptions, UnreadyWhen, UpstreamAddress, UpstreamConfig, Webhook, DEFAULT_ACK_MODE,
-    DEFAULT_ACK_TIMEOUT, DEFAULT_CERTIFICATE_EXPIRING_WITHIN, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DUPLICATE_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_JETSTREAM_DUPLICATE_WINDOW,
-    DEFAULT_JETSTREAM_PUBLISH_TIMEOUT, DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER,
-    DEFAULT_MAX_ACK_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_TRACKED_SOURCES, DEFAULT_ON_REPLY_AE, DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES,
-    DEFAULT_QUEUE_MAX_MESSAGES, DEFAULT_QUEUE_SEGMENT_BYTES, DEFAULT_RECEIVE_TIMEOUT,
-    DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX, DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_WEBHOOK_MAX_PENDING, DEFAULT_WEBHOOK_TIMEOUT,
+    AckMode, Admin, AdminToken, Batches, ClientTls, Config, Connections, CustodyConfig,
+    DeadLetterLimits, Delivery, HealthCheck, IdleReopen, JetStreamQueue, Keepalive, MllpRelease,
+    MultipleMessages, NatsTls, Notify, NotifyEvent, OnLimit, OnReply, OnUpstreamFailure,
+    QueueBackend, QueueBacklog, RateLimits, ReceiverRole, Reconnect, ReplyAction, Retry, Route,
+    Secret, SenderRole, ServerTls, SocketOptions, UnreadyWhen, UpstreamAddress, UpstreamConfig,
+    Webhook, DEFAULT_ACK_MODE, DEFAULT_ACK_TIMEOUT, DEFAULT_CERTIFICATE_EXPIRING_WITHIN,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_JETSTREAM_DUPLICATE_WINDOW, DEFAULT_JETSTREAM_PUBLISH_TIMEOUT,
+    DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER, DEFAULT_MAX_ACK_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_TRACKED_SOURCES,
+    DEFAULT_ON_REPLY_AE, DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES,
+    DEFAULT_QUEUE_SEGMENT_BYTES, DEFAULT_RECEIVE_TIMEOUT, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX,
+    DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_WEBHOOK_MAX_PENDING,
+    DEFAULT_WEBHOOK_TIMEOUT,
 };
 pub use scalars::parse_size;
 

@@ -102,12 +102,36 @@ pub struct Config {
     pub inputs: Vec<PathBuf>,
 }
 
-/// `admin`: where the operator's HTTP endpoint listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `admin`: where the operator's HTTP endpoint listens, and who may change things through it.
+#[derive(Clone, Debug)]
 pub struct Admin {
     /// `listen`: an IP address and port, e.g. `127.0.0.1:9102`. It serves no patient data, but
     /// keep it off untrusted networks.
     pub listen: SocketAddr,
+    /// `token_file`: a file holding one bearer token (its first line), read again on every
+    /// reload. Requests that change state need `Authorization: Bearer <token>`; without
+    /// `token_file` they are refused (403: a read-only console).
+    pub token: Option<AdminToken>,
+    /// Where `token` was read from (for `check --print`).
+    pub token_file: Option<PathBuf>,
+    /// `protect_reads`: the read endpoints (`/metrics`, `/healthz`, `/readyz`, `GET /`,
+    /// `GET /api/v1/...`) need the token too. Default false.
+    pub protect_reads: bool,
+    /// `allowed_hosts`: `Host` header names accepted besides the listen address and
+    /// `localhost` (a request naming any other host is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// `tls`: serve the admin endpoint over TLS (`cert`, `key`, optional `client_ca`).
+    pub tls: Option<ServerTls>,
+}
+
+/// The admin bearer token: never shown by `Debug` (nor logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AdminToken(<{} bytes>)", self.0.len())
+    }
 }
 
 /// `notify:`: the webhooks and the thresholds of the events that have them.

@@ -348,6 +348,10 @@ pub(super) struct RawCertificateExpiring {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) listen: Text,
+    pub(super) token_file: Option<Text>,
+    pub(super) protect_reads: Option<Text>,
+    pub(super) allowed_hosts: Option<Spanned<Vec<Text>>>,
+    pub(super) tls: Option<Spanned<RawServerTls>>,
 }
 
 #[derive(Deserialize)]

@@ -1524,3 +1524,47 @@ routes:
     );
     assert_eq!(lines.len(), 4, "{all}");
 }
+
+#[test]
+fn admin_token_file_protect_reads_allowed_hosts_and_tls_are_read_and_checked() {
+    let f = Fixture::new();
+    std::fs::write(f.base().join("admin.token"), "  tok-123  \nignored\n").unwrap();
+    std::fs::write(f.base().join("empty.token"), "\n").unwrap();
+    let ok = format!(
+        "admin:\n  listen: 127.0.0.1:9102\n  token_file: admin.token\n  protect_reads: true\n  allowed_hosts: [Guard.Example.org]\n  tls: {{ cert: certs/guard.pem, key: certs/guard.key }}\n{MINIMAL}"
+    );
+    let config = f.parse(&ok).unwrap();
+    let admin = config.admin.unwrap();
+    assert_eq!(admin.token, Some(AdminToken("tok-123".into())));
+    assert!(
+        !format!("{:?}", admin.token).contains("tok-123"),
+        "never shown"
+    );
+    assert!(admin.protect_reads);
+    assert_eq!(admin.allowed_hosts, ["guard.example.org"]);
+    assert!(admin.tls.is_some());
+    assert!(
+        config.inputs.contains(&f.base().join("admin.token")),
+        "reloaded with the config"
+    );
+
+    let bad = format!(
+        "admin:\n  listen: 127.0.0.1:9102\n  token_file: empty.token\n  allowed_hosts: [\"a b\"]\n{MINIMAL}"
+    );
+    let errors = f.errors(&bad);
+    assert!(
+        errors.contains("guard.yaml:3:15: admin.token_file: \"empty.token\" holds no token"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("admin.allowed_hosts[0]: \"a b\" is not a host name"),
+        "{errors}"
+    );
+    let errors = f.errors(&format!(
+        "admin:\n  listen: 127.0.0.1:9102\n  protect_reads: true\n{MINIMAL}"
+    ));
+    assert!(
+        errors.contains("admin.protect_reads: protect_reads needs admin.token_file"),
+        "{errors}"
+    );
+}

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::Location;
 
 use super::error::{on_line, position, ConfigError};
-use super::model::{Admin, Config, Delivery, QueueBackend, Route, DEFAULT_SHUTDOWN_GRACE};
+use super::model::{
+    Admin, AdminToken, Config, Delivery, QueueBackend, Route, DEFAULT_SHUTDOWN_GRACE,
+};
 use super::raw::{RawConfig, Text};
 use super::scalars::{parse_bool, parse_duration, parse_listen, parse_size};
 use crate::wire::budget::DEFAULT_MAX_BUFFERED_BYTES;
@@ -184,14 +186,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let admin = raw.admin.as_ref().map(|admin| Admin {
-            listen: self.value(
-                "admin.listen".into(),
-                &Some(admin.value.listen.clone()),
-                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                parse_listen,
-            ),
-        });
+        let admin = raw.admin.as_ref().map(|admin| self.admin(&admin.value));
         if let Some(admin) = &admin {
             for (i, route) in routes.iter().enumerate() {
                 let clash = route
@@ -262,6 +257,84 @@ impl Validator<'_> {
             );
         }
         budget
+    }
+
+    /// `admin:`: its address, token file, read protection, allowed hosts and TLS.
+    fn admin(&mut self, raw: &super::raw::RawAdmin) -> Admin {
+        let listen = self.value(
+            "admin.listen".into(),
+            &Some(raw.listen.clone()),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            parse_listen,
+        );
+        let mut token_file = None;
+        let token = raw.token_file.as_ref().and_then(|written| {
+            let path = self.file("admin.token_file".into(), written)?;
+            token_file = Some(path.clone());
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    let message = self.io_message(written.value.trim(), &e);
+                    self.error("admin.token_file", &written.referenced, message);
+                    return None;
+                }
+            };
+            let token = text.lines().next().unwrap_or("").trim();
+            if token.is_empty() {
+                self.error(
+                    "admin.token_file",
+                    &written.referenced,
+                    format!("\"{}\" holds no token: put one line with the token in it (e.g. from `openssl rand -hex 32`)", written.value.trim()),
+                );
+                return None;
+            }
+            Some(AdminToken(token.to_string()))
+        });
+        let protect_reads = self.value(
+            "admin.protect_reads".into(),
+            &raw.protect_reads,
+            false,
+            parse_bool,
+        );
+        if protect_reads && token.is_none() {
+            if let Some(at) = &raw.protect_reads {
+                self.error(
+                    "admin.protect_reads",
+                    &at.referenced,
+                    "protect_reads needs admin.token_file (the token the reads must carry)",
+                );
+            }
+        }
+        let mut allowed_hosts = Vec::new();
+        for (i, host) in raw
+            .allowed_hosts
+            .iter()
+            .flat_map(|hosts| hosts.value.iter())
+            .enumerate()
+        {
+            let name = host.value.trim().to_ascii_lowercase();
+            if name.is_empty() || name.contains(['/', ' ', '@']) {
+                self.error(
+                    format!("admin.allowed_hosts[{i}]"),
+                    &host.referenced,
+                    format!("\"{}\" is not a host name; give a name as clients write it in the Host header, e.g. guard.example.org", host.value),
+                );
+            } else {
+                allowed_hosts.push(name);
+            }
+        }
+        let tls = raw
+            .tls
+            .as_ref()
+            .and_then(|tls| self.server_tls("admin.tls", tls));
+        Admin {
+            listen,
+            token,
+            token_file,
+            protect_reads,
+            allowed_hosts,
+            tls,
+        }
     }
 
     /// Resolves a file path from the config and checks the file can be opened, reporting it

@@ -174,6 +174,8 @@ pub(super) struct LogDrainer {
     pub(super) wake: Arc<Notify>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) shutdown: CancellationToken,
+    /// Paused by the operator: the queue keeps filling, nothing is sent.
+    pub(super) paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum Next {
@@ -230,6 +232,12 @@ impl LogDrainer {
         loop {
             if self.shutdown.is_cancelled() {
                 break;
+            }
+            if self.paused.load(Ordering::Relaxed) {
+                if self.pause(Duration::from_millis(100)).await {
+                    break;
+                }
+                continue;
             }
             if settle_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
                 settle_at = None;

@@ -29,6 +29,7 @@
 //! queued; [`counters`] what both backends count.
 
 pub mod counters;
+mod dead_letters;
 mod duplicates;
 mod error;
 pub(crate) mod give_up;
@@ -36,6 +37,7 @@ pub mod jetstream;
 mod log;
 pub mod stranded;
 
+pub use dead_letters::DeadLetter;
 pub use duplicates::SenderId;
 pub use error::NotQueued;
 pub use log::{queue_limits, DEAD_LETTER_DIR};
@@ -78,6 +80,10 @@ pub struct Custody {
     duplicates: Arc<Mutex<Duplicates>>,
     upstream_address: String,
     pub counters: Arc<Counters>,
+    /// Paused by the operator: messages are accepted and queued, the drainer sends nothing.
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the drainer delivers (the console's reconnect).
+    pub upstream: Arc<Upstream>,
 }
 
 impl Custody {
@@ -87,6 +93,7 @@ impl Custody {
         cfg: CustodyConfig,
         upstream: Arc<Upstream>,
         close_on_failure: bool,
+        paused: Arc<std::sync::atomic::AtomicBool>,
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Custody>, QueueError> {
@@ -99,6 +106,8 @@ impl Custody {
                 duplicates: Arc::new(Mutex::new(Duplicates::default())),
                 upstream_address: upstream.address(),
                 counters: Arc::new(Counters::default()),
+                paused: paused.clone(),
+                upstream: upstream.clone(),
                 cfg,
             });
             crate::ops::metrics::watch_queue(custody.clone());
@@ -108,6 +117,7 @@ impl Custody {
                 on_reply: custody.cfg.on_reply,
                 counters: custody.counters.clone(),
                 shutdown,
+                paused,
             };
             tracker.spawn(jetstream::run(nats, delivery));
             return Ok(custody);
@@ -173,6 +183,8 @@ impl Custody {
             duplicates,
             upstream_address: upstream.address(),
             counters,
+            paused: paused.clone(),
+            upstream: upstream.clone(),
         });
         crate::ops::metrics::watch_queue(custody.clone());
         if upstream.reopens_at_once() {
@@ -187,6 +199,7 @@ impl Custody {
             wake,
             upstream,
             shutdown,
+            paused,
         };
         tracker.spawn(drainer.run());
         Ok(custody)
@@ -380,6 +393,67 @@ impl Custody {
                 committed: false,
             }
         }
+    }
+}
+
+/// The console's view of the dead letters ([`dead_letters`] does the work).
+impl Custody {
+    /// Up to `limit` dead letters, oldest first, metadata only.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, String> {
+        match &self.keeper {
+            Keeper::JetStream(nats) => {
+                let (js, cfg) = nats
+                    .context()
+                    .ok_or("JetStream is not connected yet; try again")?;
+                let subject = jetstream::dead_subject(&cfg.stream);
+                let records = jetstream::records(&js, &cfg.stream, &subject, limit)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(records.iter().map(DeadLetter::of).collect())
+            }
+            Keeper::Log { .. } => {
+                dead_letters::list_embedded(self.cfg.queue_dir.join(DEAD_LETTER_DIR), limit).await
+            }
+        }
+    }
+
+    /// How many dead letters the route holds now.
+    pub fn dead_letter_count(&self) -> u64 {
+        match &self.keeper {
+            Keeper::JetStream(nats) => nats.stats().1,
+            Keeper::Log { .. } => {
+                dead_letters::count_embedded(&self.cfg.queue_dir.join(DEAD_LETTER_DIR))
+            }
+        }
+    }
+
+    /// Moves every dead letter back to the end of the route's queue, in order, while the guard
+    /// runs; how many. Each is durably queued before the dead letters are removed.
+    pub async fn replay_dead_letters(&self) -> Result<u64, String> {
+        let replayed = match &self.keeper {
+            Keeper::JetStream(nats) => {
+                let (js, cfg) = nats
+                    .context()
+                    .ok_or("JetStream is not connected yet; try again")?;
+                return jetstream::replay(&js, &cfg.stream, cfg.publish_timeout)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            Keeper::Log { appends, .. } => {
+                let dir = self.cfg.queue_dir.join(DEAD_LETTER_DIR);
+                let limits = log::dead_letter_limits(&self.cfg);
+                dead_letters::replay_embedded(dir, limits, appends).await?
+            }
+        };
+        self.counters.queued.fetch_add(replayed, Ordering::Relaxed);
+        if self
+            .counters
+            .dead_letters_full
+            .swap(false, Ordering::Relaxed)
+        {
+            crate::ops::metrics::dead_letters_full(&self.route, false);
+        }
+        Ok(replayed)
     }
 }
 

@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::UpstreamAddress;
-use crate::inbound::session;
 use crate::net::{self, Stream};
 use crate::route::{Peer, RouteContext};
 use crate::timing::backoff::Backoff;
@@ -42,8 +41,14 @@ pub async fn dial_loop(
                     identities: Vec::new(),
                 };
                 let started = Instant::now();
-                let messages =
-                    session::serve(Stream::Plain(tcp), who, ctx.clone(), shutdown.clone()).await;
+                let served = crate::inbound::listener::serve_listed(
+                    Stream::Plain(tcp),
+                    who,
+                    None,
+                    ctx.clone(),
+                    shutdown.clone(),
+                );
+                let messages = served.await;
                 if messages > 0 || started.elapsed() >= HEALTHY_AFTER {
                     backoff.reset();
                 }

@@ -20,6 +20,7 @@ use crate::firewall::limits::ConnectionPermit;
 use crate::inbound::session;
 use crate::net::proxy_protocol::Origin;
 use crate::net::{self, Stream};
+use crate::ops::connections::{self, TlsInfo};
 use crate::ops::refusals::{self, Refusal};
 use crate::route::{Peer, RouteContext};
 
@@ -123,6 +124,13 @@ fn admit(
     proxy: Option<SocketAddr>,
 ) -> Option<ConnectionPermit> {
     let proxy = proxy.map(display);
+    if ctx.refuses_while_paused() {
+        crate::ops::metrics::connection_refused(&ctx.name, "paused");
+        if let Some(not_logged) = to_log(&ctx.name, peer) {
+            tracing::warn!(route = %ctx.name, %peer, proxy, reason = "route paused by the operator", not_logged, "connection refused");
+        }
+        return None;
+    }
     if !ctx.route.allow.admits(peer.ip()) {
         crate::ops::metrics::connection_refused(&ctx.name, "allowlist");
         crate::ops::notify::connection_refused(&ctx.name, peer, "allowlist");
@@ -147,6 +155,7 @@ fn admit(
 /// Whether to log a refused connection of `peer` (see [`refusals`]): `Some` with the count of
 /// its refusals not logged since its last line (a field only when there were any).
 fn to_log(route: &str, peer: SocketAddr) -> Option<Option<u64>> {
+    crate::ops::recent::note(route, &peer.to_string(), None, None, "connection refused");
     match refusals::refused(route, peer.ip(), std::time::Instant::now()) {
         Refusal::Log { not_logged } => Some((not_logged > 0).then_some(not_logged)),
         Refusal::Quiet => None,
@@ -229,7 +238,41 @@ async fn serve_connection(
     if ctx.route.tls.is_some() {
         tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), identity = who.identity(), "TLS session established");
     }
-    session::serve(stream, who, ctx.clone(), shutdown).await;
+    let tls = stream.tls_summary();
+    serve_listed(stream, who, tls, ctx, shutdown).await;
+}
+
+/// Lists the connection for the console while its session runs; the console can end it after
+/// its message in flight (the session's own stop token) or at once (the session is dropped).
+pub(crate) async fn serve_listed<S>(
+    stream: S,
+    who: Peer,
+    tls: Option<(String, String)>,
+    ctx: Arc<RouteContext>,
+    shutdown: CancellationToken,
+) -> u64
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let close = shutdown.child_token();
+    let tls = tls.map(|(version, cipher)| TlsInfo { version, cipher });
+    let listed = connections::register(
+        ctx.name.clone(),
+        who.addr,
+        who.identity().map(str::to_string),
+        tls,
+        close.clone(),
+    );
+    let entry = listed.entry().clone();
+    let (route, peer) = (ctx.name.clone(), who.addr);
+    tokio::select! {
+        messages = session::serve(stream, who, ctx, close, &entry) => messages,
+        _ = entry.kill.cancelled() => {
+            crate::ops::metrics::connection_closed(&route, "operator");
+            tracing::info!(route = %route, %peer, reason = "closed by the operator (now)", "connection closed");
+            0
+        }
+    }
 }
 
 /// The server side of a TLS handshake within `handshake_timeout`; `None` (logged and counted)

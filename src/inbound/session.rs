@@ -24,6 +24,7 @@ use crate::firewall::rules::{self, Decision, Facts};
 use crate::inbound::messages::{self, read_header, Acking};
 use crate::inbound::two_way::SenderLost;
 use crate::ops::audit;
+use crate::ops::connections::{Entry, State};
 use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
@@ -46,6 +47,8 @@ enum End {
     TlsOnPlaintext,
     Flooded,
     SendTimeout,
+    /// The operator closed it (`DELETE /api/v1/connections/{id}`) after its message in flight.
+    Operator,
 }
 
 impl End {
@@ -62,6 +65,7 @@ impl End {
             End::TlsOnPlaintext => "tls_on_plaintext",
             End::Flooded => "flooded",
             End::SendTimeout => "send_timeout",
+            End::Operator => "operator",
         }
     }
 
@@ -77,6 +81,7 @@ impl End {
             End::TlsOnPlaintext => "TLS on a plaintext listener",
             End::Flooded => "too many frames sent without waiting for answers",
             End::SendTimeout => "send_timeout: the sender did not read its acks",
+            End::Operator => "closed by the operator",
         }
     }
 }
@@ -93,12 +98,15 @@ enum Event {
 }
 
 /// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
-/// guard shuts down. Returns how many messages it carried (both directions).
+/// guard shuts down (`shutdown` also stops it between messages when the operator closes it).
+/// `listed` is its console entry, whose counters it keeps (no lock). Returns how many messages
+/// it carried (both directions).
 pub async fn serve<S>(
     stream: S,
     who: Peer,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
+    listed: &Entry,
 ) -> u64
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -136,6 +144,8 @@ where
                 continue; // a commit block nothing waits for (e.g. a repeated one)
             }
             messages += 1;
+            listed.message();
+            listed.set_state(State::AwaitingAck);
             let answer = match item {
                 // Boxed: delivering a message is the largest state a session can be in (about
                 // 2 KiB, most of it the upstream exchange); on the heap only while a message is
@@ -146,14 +156,21 @@ where
                 }
                 Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, &who),
             };
+            let out = match &answer {
+                Answer::Ack { ack, .. } => ack.len() + 3,
+                _ => 0,
+            };
             if let Err(end) = write_answer(&ctx, &mut link, answer, &who).await {
                 break 'session end;
             }
+            listed.answered(out);
+            listed.set_state(State::Idle);
         }
         // Then every message the receiver sent on its own.
         if lanes.two_way() {
             while let Some(item) = lanes.next_from_receiver() {
                 messages += 1;
+                listed.message();
                 heard_from_sender(&mut last_read);
                 let Some(conn) = lanes.receiver() else { break };
                 // Boxed, like the rare paths below: they would otherwise size every session.
@@ -210,11 +227,16 @@ where
             }
         };
         match event {
+            Event::Shutdown if listed.close_requested() => break End::Operator,
             Event::Shutdown => break End::Shutdown,
             Event::Sender(None) if in_frame => break End::ReceiveTimeout,
             Event::Sender(None) => break End::IdleTimeout,
             Event::Sender(Some(Ok(0))) => break End::PeerClosed,
-            Event::Sender(Some(Ok(_))) => {
+            Event::Sender(Some(Ok(n))) => {
+                listed.read(n);
+                if link.in_frame() {
+                    listed.set_state(State::Receiving);
+                }
                 heard_from_sender(&mut last_read);
                 if messages == 0
                     && route.tls.is_none()
@@ -465,6 +487,11 @@ async fn handle_message(
     };
     let acking = Acking::of(payload, Some(header));
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
+        Decision::Allow { .. } if ctx.refuses_while_paused() => {
+            let (ack, code) = acking.ack(Says::not_now("route paused"));
+            audit_frame("paused", Some(code), None, Some(("paused", "route paused")));
+            return Answer::refused(ack, code, "paused");
+        }
         Decision::Allow { .. } => {
             ctx.dispatch
                 .deliver(

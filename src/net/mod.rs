@@ -87,6 +87,25 @@ impl Stream {
         }
     }
 
+    /// The negotiated TLS version and cipher suite (`None` for plaintext), for the console.
+    pub fn tls_summary(&self) -> Option<(String, String)> {
+        let conn: &rustls::CommonState = match self {
+            Stream::Plain(_) => return None,
+            Stream::ClientTls(tls) => tls.get_ref().1,
+            Stream::ServerTls(tls) => tls.get_ref().1,
+        };
+        let version = conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+            other => format!("{other:?}"),
+        })?;
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()))
+            .unwrap_or_default();
+        Some((version, cipher))
+    }
+
     /// Whether the peer has already closed, reset, or sent bytes nobody asked for, checked without
     /// waiting and without sending. A connection that fails this check must not carry a message:
     /// a receiver that closes after every ack leaves its FIN waiting here.

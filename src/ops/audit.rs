@@ -97,6 +97,20 @@ pub fn record<'a>(entry: &Entry<'a>, payload: &[u8]) {
     }
     if entry.problem.is_some() || entry.rule.is_some() {
         line!(warn);
+        let shown = |pick: fn(&Header<'a>) -> &'a [u8]| h.map(|h| Printable(pick(h)).to_string());
+        let tag = match (reason, entry.rule) {
+            (Some(reason), Some(rule)) => format!("{reason} (rule {rule})"),
+            (Some(reason), None) => reason.to_string(),
+            (None, Some(rule)) => format!("{} (rule {rule})", entry.outcome),
+            (None, None) => entry.outcome.to_string(),
+        };
+        crate::ops::recent::note(
+            entry.route.name(),
+            &entry.peer.to_string(),
+            shown(Header::control_id),
+            shown(Header::message_type),
+            &tag,
+        );
     } else {
         line!(info);
     }

@@ -84,6 +84,7 @@ struct Metrics {
     queue_damaged_records: Family<RouteLabel, Counter>,
     route_up: Family<RouteLabel, Gauge>,
     dead_letters_full: Family<RouteLabel, Gauge>,
+    route_paused: Family<RouteLabel, Gauge>,
     connections_open: Family<RouteLabel, Gauge>,
     tls_handshake_failures: Family<ReasonLabels, Counter>,
     messages: Family<MessageLabels, Counter>,
@@ -124,6 +125,7 @@ fn metrics() -> &'static Metrics {
             queue_damaged_records: Family::default(),
             route_up: Family::default(),
             dead_letters_full: Family::default(),
+            route_paused: Family::default(),
             connections_open: Family::default(),
             tls_handshake_failures: Family::default(),
             messages: Family::default(),
@@ -165,6 +167,11 @@ fn metrics() -> &'static Metrics {
             "mllp_guard_queue_dead_letters_full",
             "1 while a route's dead letters are full (queue.dead_letters) and it refuses new messages",
             m.dead_letters_full.clone(),
+        );
+        registry.register(
+            "mllp_guard_route_paused",
+            "1 while the operator has paused a route (POST /api/v1/routes/NAME/pause)",
+            m.route_paused.clone(),
         );
         registry.register(
             "mllp_guard_route_up",
@@ -389,6 +396,68 @@ pub struct RouteMetrics {
     duration: Histogram,
     /// `from_sender` messages by [`hot_slot`].
     hot: [OnceLock<Counter>; HOT_SLOTS],
+    /// Messages since start by ack code (the console's view; kept across reloads).
+    by_ack: Arc<AckCounts>,
+}
+
+/// A route's messages since start, by ack code in [`HOT_ACKS`] order.
+pub type AckCounts = [std::sync::atomic::AtomicU64; HOT_ACKS.len()];
+
+fn ack_counts() -> &'static Mutex<BTreeMap<String, Arc<AckCounts>>> {
+    static COUNTS: OnceLock<Mutex<BTreeMap<String, Arc<AckCounts>>>> = OnceLock::new();
+    COUNTS.get_or_init(Mutex::default)
+}
+
+/// A route's messages since start by ack code (`AA`, ..., `none`), for the console.
+pub fn messages_by_ack(route: &str) -> BTreeMap<&'static str, u64> {
+    let counts = ack_counts().lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = BTreeMap::new();
+    if let Some(c) = counts.get(route) {
+        for (code, n) in HOT_ACKS.iter().zip(c.iter()) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                out.insert(*code, n);
+            }
+        }
+    }
+    out
+}
+
+/// The last known state of an upstream (by its metric label: the route's name, or
+/// `upstreams.NAME`): `None` before any connection attempt or probe.
+pub fn upstream_is_up(upstream: &str) -> Option<bool> {
+    health()
+        .upstreams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(upstream)
+        .copied()
+}
+
+/// The operator paused (`Some(refuses)`: whether it refuses new connections) or resumed
+/// (`None`) a route: `mllp_guard_route_paused`, and `/readyz` (a paused route that refuses
+/// connections is unready).
+pub fn set_paused(route: &str, paused: Option<bool>) {
+    metrics()
+        .route_paused
+        .get_or_create(&RouteLabel {
+            route: route.to_string(),
+        })
+        .set(i64::from(paused.is_some()));
+    let mut all = health().paused.lock().unwrap_or_else(|e| e.into_inner());
+    match paused {
+        Some(refuses) => all.insert(route.to_string(), refuses),
+        None => all.remove(route),
+    };
+}
+
+/// The paused routes (and whether each refuses new connections).
+pub fn paused_routes() -> BTreeMap<String, bool> {
+    health()
+        .paused
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 const HOT_OUTCOMES: [&str; 2] = ["forwarded", "queued"];
@@ -423,7 +492,14 @@ impl RouteMetrics {
                 route: name.to_string(),
             })
             .clone();
+        let by_ack = ack_counts()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
         RouteMetrics {
+            by_ack,
             name,
             bytes_in,
             bytes_out,
@@ -459,6 +535,11 @@ impl RouteMetrics {
                 })
                 .clone()
         };
+        if direction == "from_sender" {
+            if let Some(i) = HOT_ACKS.iter().position(|&code| code == ack) {
+                self.by_ack[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         match hot_slot(direction, outcome, ack) {
             Some(slot) => self.hot[slot].get_or_init(labelled).inc(),
             None => labelled().inc(),
@@ -889,6 +970,8 @@ struct Health {
     upstreams: Mutex<BTreeMap<String, bool>>,
     /// Routes that could not start, and why.
     down_routes: Mutex<BTreeMap<String, String>>,
+    /// Routes the operator paused, and whether each refuses new connections.
+    paused: Mutex<BTreeMap<String, bool>>,
 }
 
 fn health() -> &'static Health {
@@ -977,6 +1060,13 @@ pub fn readiness() -> (bool, Vec<String>) {
         .iter()
     {
         problems.push(format!("route {route} is down: {why}"));
+    }
+    for (route, refuses) in h.paused.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        if *refuses {
+            problems.push(format!(
+                "route {route} is paused by the operator (new connections are refused)"
+            ));
+        }
     }
     for probe in probes().lock().unwrap_or_else(|e| e.into_inner()).iter() {
         if !probe.writable() {

@@ -29,6 +29,15 @@ pub fn render(config: &Config) -> String {
     if let Some(admin) = &config.admin {
         key(w, 0, "admin");
         line(w, 1, "listen", admin.listen);
+        if let Some(file) = &admin.token_file {
+            line(w, 1, "token_file", quoted(file.display()));
+        }
+        line(w, 1, "protect_reads", admin.protect_reads);
+        let hosts: Vec<String> = admin.allowed_hosts.iter().map(quoted).collect();
+        line(w, 1, "allowed_hosts", format!("[{}]", hosts.join(", ")));
+        if let Some(tls) = &admin.tls {
+            server_tls(w, 1, tls);
+        }
     }
     if !config.upstreams.is_empty() {
         key(w, 0, "upstreams");

@@ -39,6 +39,9 @@ pub struct UpstreamConn {
     pub(super) release: MllpRelease,
     /// The ack timeout's timer, kept from one exchange to the next.
     pub(super) ack_timer: DeadlineTimer,
+    /// The upstream's reconnect generation when this connection was opened: one from before an
+    /// operator's reconnect is closed instead of reused.
+    pub(super) generation: u64,
 }
 
 impl UpstreamConn {

@@ -29,6 +29,8 @@ pub(super) struct Connector {
     gate: ConnectGate,
     /// With `accept`: the connections receivers opened to us.
     accepted: Option<Arc<Accepted>>,
+    /// Bumped by an operator's reconnect: older connections are not reused.
+    pub(super) generation: std::sync::atomic::AtomicU64,
 }
 
 impl Connector {
@@ -45,6 +47,7 @@ impl Connector {
             cfg,
             gate,
             accepted,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -134,6 +137,7 @@ impl Connector {
             last_used: Instant::now(),
             release: self.cfg.release,
             ack_timer: DeadlineTimer::default(),
+            generation: self.generation.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -23,6 +23,7 @@ pub use conn::{UpstreamConn, VerifiedAck};
 pub use error::UpstreamError;
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -364,6 +365,10 @@ impl Upstream {
     /// waiting), and sent nothing unasked. On a two-way connection, messages it sent are set
     /// aside for the session instead; a stray ack is dropped.
     fn still_usable(&self, conn: &mut UpstreamConn, two_way: bool) -> bool {
+        if conn.generation != self.connector.generation.load(Ordering::Relaxed) {
+            tracing::debug!(route = %self.connector.route(), upstream = %self.cfg().role, "upstream connection opened before the operator's reconnect; using a new one");
+            return false;
+        }
         match conn.link.read_ready() {
             Ready::Nothing => true,
             Ready::Closed => {
@@ -415,6 +420,36 @@ impl Upstream {
                 _ = tokio::time::sleep(check.interval) => {}
             }
         }
+    }
+
+    /// The operator's reconnect: every connection opened before now is closed instead of reused
+    /// (a session's paired one at its next message), the pool's idle ones at once; then the pool
+    /// is refilled with as many new ones (at least one). Returns how many were closed and how
+    /// many opened.
+    pub async fn reconnect(&self) -> (usize, usize) {
+        self.connector.generation.fetch_add(1, Ordering::Relaxed);
+        let Some(pool) = &self.pool else {
+            return (0, 0);
+        };
+        let old: Vec<UpstreamConn> = std::mem::take(&mut *pool.idle.lock().await);
+        let closed = old.len();
+        for conn in old {
+            conn.close().await;
+        }
+        let mut opened = 0;
+        for _ in 0..closed.max(1) {
+            match self.connect().await {
+                Ok(conn) => {
+                    pool.idle.lock().await.push(conn);
+                    opened += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(route = %self.connector.route(), upstream = %self.cfg().role, error = %err, "reconnect: a new upstream connection could not be opened; the next message tries again");
+                    break;
+                }
+            }
+        }
+        (closed, opened)
     }
 
     /// Opens a new connection (resolve, TCP, optional TLS) within `connect_timeout`, unless the

@@ -21,7 +21,7 @@ pub fn free_port() -> SocketAddr {
 /// `GET path` over HTTP/1.0: the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: guard\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut response))

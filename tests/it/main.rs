@@ -9,6 +9,7 @@ mod batches;
 mod cli;
 mod conformance;
 mod custody;
+mod console;
 mod damage;
 mod deploy;
 mod enhanced;

@@ -43,6 +43,8 @@ pub struct DrainContext {
     pub on_reply: OnReply,
     pub counters: Arc<Counters>,
     pub shutdown: CancellationToken,
+    /// Paused by the operator: nothing is pulled (what this guard holds is not sent).
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Connects (retrying until shutdown), makes sure the stream and the consumer exist, then drains
@@ -169,6 +171,14 @@ impl StreamDrainer<'_> {
         // by the client), recreated after an error such as missed heartbeats.
         let mut pulls: Option<consumer::pull::Stream> = None;
         while !shutdown.is_cancelled() {
+            if self.delivery.paused.load(Ordering::Relaxed) {
+                // No pull open while paused: nothing is leased to this guard.
+                pulls = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
             let stream = match &mut pulls {
                 Some(stream) => stream,
                 None => {

@@ -46,6 +46,11 @@ impl Nats {
         })
     }
 
+    /// The JetStream context once connected (for the console's dead letters), and the stream.
+    pub fn context(&self) -> Option<(jetstream::Context, &JetStreamQueue)> {
+        self.ready.get().map(|r| (r.js.clone(), &self.cfg))
+    }
+
     /// Stores one message: `Ok(duplicate)` once JetStream confirmed it (`duplicate`: the stream
     /// already had this message id within its window), `Err(reason)` when it is not stored.
     pub async fn publish(
