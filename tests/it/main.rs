@@ -22,6 +22,7 @@ mod pki;
 mod proxy_protocol;
 mod python_hl7;
 mod readiness;
+mod recovery;
 mod queue_cli;
 mod relay;
 mod reload;
