@@ -65,6 +65,8 @@ struct Prepared {
     accepting: Option<(SocketAddr, Arc<Upstream>)>,
     /// The route's upstream, when it has `health_check` (probed while this config runs).
     probed: Option<Arc<Upstream>>,
+    /// The address `listener` is bound to.
+    bound: Option<SocketAddr>,
     /// The route's listener and dialer are new (not kept from the running route).
     restart: bool,
 }
@@ -150,11 +152,13 @@ impl Guard {
 
     async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
-        crate::ops::audit::set_log_payloads(config.log_payloads);
-        crate::ops::metrics::set_pki_dates(pki_dates(&config));
-        if config.log_payloads {
-            tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
-        }
+        // Process-wide settings change only once every route is built and bound: a reload
+        // that fails changes nothing, `log_payloads` included (issue 28, finding 6).
+        let log_payloads = config.log_payloads;
+        let pki = pki_dates(&config);
+        // What this reload starts before it knows it will apply (a new route's queue drainer,
+        // a new receiver listener): stopped again when it fails.
+        let started = self.background_stop.child_token();
         let named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>> = Arc::new(
             config
                 .upstreams
@@ -172,7 +176,7 @@ impl Guard {
             for route in config.routes {
                 let old = running.get(&route.name);
                 let name = route.name.clone();
-                match self.prepare(route, old, &named_upstreams, &mut summary) {
+                match self.prepare(route, old, &named_upstreams, &started, &mut summary) {
                     Ok(p) => prepared.push(p),
                     // One route's broken queue must not take the others down: it stays down
                     // (not listening, named by /readyz), the others serve.
@@ -184,7 +188,10 @@ impl Guard {
                                 .not_applied
                                 .push(format!("route {name}: down ({down})"));
                         }
-                        Err(err) => return Err(err),
+                        Err(err) => {
+                            started.cancel();
+                            return Err(err);
+                        }
                     },
                 }
             }
@@ -244,10 +251,15 @@ impl Guard {
                     } else if !first_load {
                         summary.added.push(name.clone());
                     }
-                    let started = self.serve_route(p, generation)?;
-                    running.insert(name, started);
+                    let serving = self.serve_route(p, generation);
+                    running.insert(name, serving);
                 }
             }
+        }
+        crate::ops::audit::set_log_payloads(log_payloads);
+        crate::ops::metrics::set_pki_dates(pki);
+        if log_payloads {
+            tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
         }
         Ok(summary)
     }
@@ -259,6 +271,7 @@ impl Guard {
         route: Route,
         old: Option<&RunningRoute>,
         named_upstreams: &Arc<BTreeMap<String, Arc<Upstream>>>,
+        started: &CancellationToken,
         summary: &mut ReloadSummary,
     ) -> anyhow::Result<Prepared> {
         let restart = old.is_none_or(|old| {
@@ -304,9 +317,8 @@ impl Guard {
                             tracing::warn!(route = %name, accept = %addr, "upstream.accept admits receivers from any address; set upstream.allow to the receiver's address");
                         }
                         tracing::info!(route = %name, accept = %addr, "waiting for the receiver to connect in");
-                        self.background.spawn(
-                            upstream.accept_receivers(receivers, self.background_stop.clone()),
-                        );
+                        self.background
+                            .spawn(upstream.accept_receivers(receivers, started.clone()));
                         Some((addr, upstream))
                     }
                     None => None,
@@ -345,7 +357,7 @@ impl Guard {
                         cfg.clone(),
                         upstream,
                         route.on_upstream_failure == OnUpstreamFailure::Close,
-                        self.background_stop.clone(),
+                        started.clone(),
                         &self.background,
                     )
                     .map_err(|err| QueueUnavailable {
@@ -369,8 +381,10 @@ impl Guard {
             limits,
             named_upstreams: named_upstreams.clone(),
         });
+        let bound = listener.as_ref().map(TcpListener::local_addr).transpose()?;
         Ok(Prepared {
             ctx,
+            bound,
             listener,
             custody,
             accepting,
@@ -380,11 +394,7 @@ impl Guard {
     }
 
     /// Starts a prepared route's accept loop (or dialer) and its housekeeping.
-    fn serve_route(
-        &self,
-        p: Prepared,
-        generation: CancellationToken,
-    ) -> anyhow::Result<RunningRoute> {
+    fn serve_route(&self, p: Prepared, generation: CancellationToken) -> RunningRoute {
         crate::ops::metrics::set_route_down(&p.ctx.name, None);
         let stop = self.shutdown.child_token();
         let ctx: SharedContext = Arc::new(ArcSwap::new(p.ctx.clone()));
@@ -402,9 +412,8 @@ impl Guard {
             });
         }
         let route = &p.ctx.route;
-        let bound = match (p.listener, &route.sender) {
-            (Some(listener), _) => {
-                let addr = listener.local_addr()?;
+        let bound = match (p.listener.zip(p.bound), &route.sender) {
+            (Some((listener, addr)), _) => {
                 tracing::info!(
                     route = %p.ctx.name,
                     listen = %addr,
@@ -433,7 +442,7 @@ impl Guard {
             }
             (None, SenderRole::Listen(_)) => None,
         };
-        Ok(RunningRoute {
+        RunningRoute {
             ctx,
             stop,
             generation,
@@ -441,7 +450,7 @@ impl Guard {
             bound,
             custody: p.custody,
             accepting: p.accepting,
-        })
+        }
     }
 
     /// The address a route's listener is bound to (useful with port 0).

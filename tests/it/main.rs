@@ -26,6 +26,7 @@ mod recovery;
 mod queue_cli;
 mod relay;
 mod reload;
+mod reload_live;
 mod roles;
 mod sessions;
 mod shipped;

@@ -14,7 +14,7 @@ use crate::admin::{get, sample, wait_for};
 use crate::cli::start_guard;
 use crate::harness::*;
 
-fn hup(guard: &Proc) {
+pub fn hup(guard: &Proc) {
     let status = Command::new("kill")
         .args(["-HUP", &guard.0.id().to_string()])
         .status()
@@ -29,7 +29,7 @@ async fn reloads(admin: SocketAddr, result: &str) -> f64 {
 }
 
 /// Waits (bounded) until the reload counter for `result` reaches `n`.
-async fn wait_reloads(admin: SocketAddr, result: &str, n: f64) {
+pub async fn wait_reloads(admin: SocketAddr, result: &str, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while reloads(admin, result).await < n {
         assert!(Instant::now() < deadline, "no {result} reload counted");
