@@ -26,7 +26,7 @@ use crate::custody::Custody;
 use crate::dispatch::Dispatch;
 use crate::firewall::limits::SourceLimits;
 use crate::inbound::listener;
-use crate::route::{RouteContext, SharedContext};
+use crate::route::{Generation, RouteContext, SharedContext};
 use crate::upstream::Upstream;
 
 /// A running guard: its listeners are bound and serving.
@@ -87,12 +87,24 @@ fn fingerprint(route: &Route) -> String {
     text
 }
 
+/// How long a reload waits for the connections open under a replaced context to check
+/// themselves against the new one, for its log line (one in the middle of a message checks
+/// itself after it, uncounted).
+const RECHECK_REPORT_WAIT: Duration = Duration::from_millis(500);
+
 /// What a reload changed, for its log line.
 #[derive(Debug, Default)]
 pub struct ReloadSummary {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub updated: Vec<String>,
+    /// Connections open on the routes kept when the new config was applied.
+    pub open: usize,
+    /// Of them, how many checked themselves against the new config in time for the log line,
+    /// and how many of those it no longer admitted (closed after their in-flight message). The
+    /// rest check themselves after their in-flight message; each one closed logs why.
+    pub rechecked: usize,
+    pub closed: usize,
     /// Settings that were not applied (they need a restart).
     pub not_applied: Vec<String>,
 }
@@ -197,6 +209,35 @@ impl Guard {
             }
         }
         // 2. Swap.
+        let followed = self.swap(prepared, &mut summary);
+        crate::ops::audit::set_log_payloads(log_payloads);
+        crate::ops::metrics::set_pki_dates(pki);
+        if log_payloads {
+            tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
+        }
+        // 3. The connections open under a replaced context check themselves against the new
+        // one (after their in-flight message): count them for the reload line, a short while.
+        for (ctx, open) in followed {
+            let (rechecked, closed) = ctx
+                .generation
+                .recheck_counts(open, RECHECK_REPORT_WAIT)
+                .await;
+            summary.rechecked += rechecked;
+            summary.closed += closed;
+            summary.open += open;
+        }
+        Ok(summary)
+    }
+
+    /// Swaps the prepared routes in: removed and restarted routes stop (their sessions close
+    /// after their in-flight message), kept ones hand their open connections to the new
+    /// context. Returns each new context with how many connections its route had open.
+    fn swap(
+        &self,
+        prepared: Vec<Prepared>,
+        summary: &mut ReloadSummary,
+    ) -> Vec<(Arc<RouteContext>, usize)> {
+        let mut followed = Vec::new();
         let mut running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let first_load = running.is_empty();
         let keep: Vec<String> = prepared.iter().map(|p| p.ctx.route.name.clone()).collect();
@@ -207,7 +248,8 @@ impl Guard {
             .collect();
         for name in removed {
             if let Some(old) = running.remove(&name) {
-                tracing::info!(route = %name, "route removed by the new config; it stops accepting (open connections finish)");
+                tracing::info!(route = %name, "route removed by the new config; it stops accepting and its open connections close after their in-flight message");
+                old.ctx.load().generation.end();
                 old.stop.cancel();
                 old.generation.cancel();
                 summary.removed.push(name);
@@ -237,7 +279,11 @@ impl Guard {
                     if fingerprint(&current.ctx.load().route) != fingerprint(&p.ctx.route) {
                         summary.updated.push(name);
                     }
-                    current.ctx.store(p.ctx.clone());
+                    let replaced = current.ctx.swap(p.ctx.clone());
+                    let open = replaced.generation.replace_by(p.ctx.clone());
+                    if open > 0 {
+                        followed.push((p.ctx.clone(), open));
+                    }
                     current.generation.cancel();
                     current.generation = generation;
                     current.custody = p.custody;
@@ -245,6 +291,7 @@ impl Guard {
                 }
                 current => {
                     if let Some(old) = current {
+                        old.ctx.load().generation.end();
                         old.stop.cancel();
                         old.generation.cancel();
                         summary.updated.push(name.clone());
@@ -256,12 +303,7 @@ impl Guard {
                 }
             }
         }
-        crate::ops::audit::set_log_payloads(log_payloads);
-        crate::ops::metrics::set_pki_dates(pki);
-        if log_payloads {
-            tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
-        }
-        Ok(summary)
+        followed
     }
 
     /// Builds one route's context, binding its listener unless the running route `old` keeps
@@ -373,7 +415,14 @@ impl Guard {
             Some(ctx) if ctx.route.limits == route.limits => ctx.limits.clone(),
             _ => Arc::new(SourceLimits::new(&route.limits)),
         };
+        // Connections open on a kept listener follow the new context; a new listener starts a
+        // new count.
+        let generation = match old {
+            Some(old) if !restart => old.ctx.load().generation.next(),
+            _ => Generation::default(),
+        };
         let ctx = Arc::new(RouteContext {
+            generation,
             metrics: crate::ops::metrics::RouteMetrics::new(name.clone()),
             name,
             route,
@@ -614,7 +663,7 @@ async fn reload_from(
                     routes.join(", ")
                 }
             };
-            tracing::info!(config = %path.display(), trigger = why, added = %names(&summary.added), removed = %names(&summary.removed), updated = %names(&summary.updated), "config reloaded");
+            tracing::info!(config = %path.display(), trigger = why, added = %names(&summary.added), removed = %names(&summary.removed), updated = %names(&summary.updated), open_connections = summary.open, rechecked = summary.rechecked, closed = summary.closed, not_yet_rechecked = summary.open.saturating_sub(summary.rechecked), "config reloaded");
             for note in &summary.not_applied {
                 tracing::warn!("{note}");
             }

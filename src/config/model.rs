@@ -742,6 +742,9 @@ pub struct ServerTls {
     pub material: tls::Material,
     /// The rustls configuration built from the files above.
     pub config: Arc<rustls::ServerConfig>,
+    /// With `client_ca`: the verifier `config` checks client certificates with (CAs, CRLs,
+    /// `allowed_identities`), to check open connections again at a reload.
+    pub client_verifier: Option<tls::ClientVerifierRef>,
 }
 
 impl fmt::Debug for ServerTls {

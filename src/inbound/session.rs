@@ -22,7 +22,9 @@ use crate::config::{MllpRelease, OnLimit};
 use crate::dispatch::{Dispatch, Lanes};
 use crate::firewall::rules::{self, Decision, Facts};
 use crate::inbound::messages::{self, read_header, Acking};
+use crate::inbound::readmit;
 use crate::inbound::two_way::SenderLost;
+use crate::net::Stream;
 use crate::ops::audit;
 use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
@@ -46,6 +48,8 @@ enum End {
     TlsOnPlaintext,
     Flooded,
     SendTimeout,
+    /// A reload's config no longer admits this connection.
+    NotAdmitted,
 }
 
 impl End {
@@ -62,6 +66,7 @@ impl End {
             End::TlsOnPlaintext => "tls_on_plaintext",
             End::Flooded => "flooded",
             End::SendTimeout => "send_timeout",
+            End::NotAdmitted => "not_admitted_after_reload",
         }
     }
 
@@ -77,6 +82,7 @@ impl End {
             End::TlsOnPlaintext => "TLS on a plaintext listener",
             End::Flooded => "too many frames sent without waiting for answers",
             End::SendTimeout => "send_timeout: the sender did not read its acks",
+            End::NotAdmitted => "no longer admitted by the reloaded config",
         }
     }
 }
@@ -90,33 +96,36 @@ enum Event {
     Receiver(std::io::Result<usize>),
     /// The paired upstream connection has been quiet for `idle_reconnect`.
     IdleUpstream,
+    /// A reload replaced the route's context.
+    Reloaded,
 }
 
 /// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
-/// guard shuts down. Returns how many messages it carried (both directions).
-pub async fn serve<S>(
-    stream: S,
+/// guard shuts down. Returns how many messages it carried (both directions). A reload reaches
+/// it between messages: it is checked against the new config and either closed (after its
+/// in-flight message) or served under the new rules, limits and upstream from its next message.
+pub async fn serve(
+    stream: Stream,
     who: Peer,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
-) -> u64
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let route = &ctx.route;
+) -> u64 {
+    let mut ctx = ctx;
+    let _open = ctx.generation.session_opened();
     let peer = who.addr;
-    let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing);
-    let mut lanes = Lanes::new(&ctx.dispatch, route.upstream.connections);
+    let mut link = Link::with_framing(stream, ctx.route.max_message_bytes, ctx.route.framing);
+    let mut lanes = Lanes::new(&ctx.dispatch, ctx.route.upstream.connections);
     let mut frame_started: Option<Instant> = None;
     // When the sender last sent anything; read from the clock only for an `idle_timeout`.
     let mut last_read = Instant::now();
-    let heard_from_sender = |last_read: &mut Instant| {
-        if route.idle_timeout.is_some() {
+    let heard_from_sender = |ctx: &RouteContext, last_read: &mut Instant| {
+        if ctx.route.idle_timeout.is_some() {
             *last_read = Instant::now();
         }
     };
     let mut messages = 0u64;
-    let release2 = route.release == MllpRelease::Two;
+    // Resolves when a reload replaces the route's context; `None` once the route has ended.
+    let mut reloaded = Some(Box::pin(ctx.generation.replaced()));
 
     // The idle and receive timeouts' timer, moved lazily rather than set anew for every read
     // (allocated only if one of them is ever armed).
@@ -131,6 +140,14 @@ where
         // Answer every complete frame already read (set aside first) before reading again.
         while let Some(item) = link.take_set_aside().or_else(|| link.try_decode()) {
             frame_started = None;
+            if ctx.generation.is_replaced() && reloaded.is_some() {
+                match follow_reload(&mut ctx, &mut lanes, &link, &who) {
+                    Ok(Some(next)) => reloaded = Some(next),
+                    Ok(None) => reloaded = None,
+                    Err(end) => break 'session end,
+                }
+            }
+            let release2 = ctx.route.release == MllpRelease::Two;
             if release2 && commit::is_commit(&item) {
                 continue; // a commit block nothing waits for (e.g. a repeated one)
             }
@@ -153,7 +170,7 @@ where
         if lanes.two_way() {
             while let Some(item) = lanes.next_from_receiver() {
                 messages += 1;
-                heard_from_sender(&mut last_read);
+                heard_from_sender(&ctx, &mut last_read);
                 let Some(conn) = lanes.receiver() else { break };
                 // Boxed, like the rare paths below: they would otherwise size every session.
                 let relayed =
@@ -170,9 +187,9 @@ where
 
         let deadline = if link.in_frame() {
             let started = *frame_started.get_or_insert_with(Instant::now);
-            Some(started + route.receive_timeout)
+            Some(started + ctx.route.receive_timeout)
         } else {
-            route.idle_timeout.map(|idle| last_read + idle)
+            ctx.route.idle_timeout.map(|idle| last_read + idle)
         };
         let in_frame = link.in_frame();
         let upstream_in_frame = lanes.receiver_in_frame();
@@ -200,9 +217,17 @@ where
                     None => std::future::pending().await,
                 }
             };
+            let between_messages = !in_frame && !upstream_in_frame;
+            let reload = async {
+                match reloaded.as_mut() {
+                    Some(signal) => signal.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                _ = &mut shutdown_signal, if !in_frame && !upstream_in_frame => Event::Shutdown,
+                _ = &mut shutdown_signal, if between_messages => Event::Shutdown,
+                _ = reload, if between_messages => Event::Reloaded,
                 outcome = read => Event::Sender(outcome),
                 outcome = receiver, if watch_receiver => Event::Receiver(outcome),
                 _ = idle, if idle_upstream_at.is_some() => Event::IdleUpstream,
@@ -214,8 +239,8 @@ where
             Event::Sender(None) => break End::IdleTimeout,
             Event::Sender(Some(Ok(0))) => break End::PeerClosed,
             Event::Sender(Some(Ok(_))) => {
-                heard_from_sender(&mut last_read);
-                if messages == 0 && route.tls.is_none() && looks_like_tls(link.buffered()) {
+                heard_from_sender(&ctx, &mut last_read);
+                if messages == 0 && ctx.route.tls.is_none() && looks_like_tls(link.buffered()) {
                     tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
                     break End::TlsOnPlaintext;
                 }
@@ -232,6 +257,11 @@ where
             Event::IdleUpstream => {
                 Box::pin(lanes.reopen_idle_receiver()).await;
             }
+            Event::Reloaded => match follow_reload(&mut ctx, &mut lanes, &link, &who) {
+                Ok(Some(next)) => reloaded = Some(next),
+                Ok(None) => reloaded = None,
+                Err(end) => break end,
+            },
         }
     };
 
@@ -263,6 +293,39 @@ where
     }
     messages
 }
+
+/// A reload replaced the route's context: checks this connection against the newest one. Not
+/// admitted: logged with the reason and `Err` (the session closes; its in-flight message was
+/// answered). Admitted: the session goes on under the new context (its rules and limits from
+/// the next message; its own upstream connections replaced when the upstream changed), and the
+/// signal of the next reload is returned. `Ok(None)`: the route ended (removed or restarted;
+/// its shutdown token closes the session), nothing more to follow.
+fn follow_reload(
+    ctx: &mut Arc<RouteContext>,
+    lanes: &mut Lanes,
+    link: &Link<Stream>,
+    who: &Peer,
+) -> Result<Option<ReloadSignal>, End> {
+    let Some(next) = ctx.generation.newest() else {
+        return Ok(None);
+    };
+    let certs = link.get_ref().peer_certificates();
+    if let Some(reason) = readmit::refused(&next, who, certs.as_deref()) {
+        ctx.generation.rechecked(true);
+        tracing::warn!(route = %next.name, peer = %who.addr, proxy = who.proxy(), identity = who.identity(), reason, "open connection no longer admitted by the reloaded config; closing it after its in-flight message");
+        return Err(End::NotAdmitted);
+    }
+    ctx.generation.rechecked(false);
+    if readmit::delivery_changed(ctx, &next) {
+        tracing::debug!(route = %next.name, peer = %who.addr, upstream = %next.dispatch.describe(), "the reload changed the upstream; this connection's upstream connections are replaced");
+        *lanes = Lanes::new(&next.dispatch, next.route.upstream.connections);
+    }
+    *ctx = next;
+    Ok(Some(Box::pin(ctx.generation.replaced())))
+}
+
+/// Resolves when the route's context a session runs under is replaced.
+type ReloadSignal = std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>;
 
 /// Writes the answer to one of the sender's messages. Release 1: the ack (if any). Release 2:
 /// the commit block first (ACK when the message was delivered or queued, NAK when it was

@@ -1,6 +1,7 @@
 //! Reloads while things run, through the binary (issue 28): a reload that fails changes
 //! nothing (`log_payloads` included).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mllp_guard::wire::hl7::AckCode;
@@ -25,6 +26,7 @@ fn drain(logs: &std::sync::mpsc::Receiver<String>, within: Duration) -> Vec<Stri
 /// Waits (bounded) for a log line whose message is `message`; returns it.
 pub fn wait_line(logs: &std::sync::mpsc::Receiver<String>, message: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
     while Instant::now() < deadline {
         let Ok(line) = logs.recv_timeout(Duration::from_millis(100)) else {
             continue;
@@ -33,8 +35,31 @@ pub fn wait_line(logs: &std::sync::mpsc::Receiver<String>, message: &str) -> ser
         if v["message"] == message {
             return v;
         }
+        seen.push(line);
     }
-    panic!("no log line {message:?} within 15 s");
+    panic!("no log line {message:?} within 15 s; saw {seen:#?}");
+}
+
+const RELOADED: &str = "config reloaded";
+const CLOSING: &str = "open connection no longer admitted by the reloaded config; closing it after its in-flight message";
+
+/// Waits (bounded) for one log line of each message, in any order.
+fn wait_lines<const N: usize>(
+    logs: &std::sync::mpsc::Receiver<String>,
+    messages: [&str; N],
+) -> [serde_json::Value; N] {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut found: [Option<serde_json::Value>; N] = std::array::from_fn(|_| None);
+    while Instant::now() < deadline && found.iter().any(Option::is_none) {
+        let Ok(line) = logs.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(i) = messages.iter().position(|m| v["message"] == *m) {
+            found[i].get_or_insert(v);
+        }
+    }
+    found.map(|v| v.unwrap_or_else(|| panic!("not all of {messages:?} logged within 15 s")))
 }
 
 const PAYLOAD_LINE: &str = "payload (log_payloads: true)";
@@ -104,4 +129,189 @@ async fn a_reload_that_fails_at_apply_does_not_switch_on_log_payloads() {
         "{applied:#?}"
     );
     drop(held);
+}
+
+/// One route `live` on `listen` with this allow list, extra route keys and upstream.
+fn live(admin: SocketAddr, listen: SocketAddr, allow: &str, extra: &str, up: SocketAddr) -> String {
+    format!(
+        "admin:\n  listen: {admin}\nroutes:\n  - name: live\n    listen: {listen}\n    allow: [{allow}]\n{extra}    upstream:\n      address: {up}\n      ack_timeout: 5s\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_allow_closes_an_open_connection_from_a_removed_address_after_its_in_flight_message(
+) {
+    let dir = TestDir::new();
+    // Slow acks: a message is in flight while the reload happens.
+    let upstream = FakeUpstream::start(Behaviour::LateAck(Duration::from_millis(800))).await;
+    let (admin, listen) = (free_port(), free_port());
+    let file = dir.path("guard.yaml");
+    std::fs::write(
+        &file,
+        live(admin, listen, "127.0.0.1, 127.0.0.2", "", upstream.addr),
+    )
+    .unwrap();
+    let (guard, logs) = spawn_guard_filtered(&file, "debug");
+    wait_for(admin, "/readyz", 200).await;
+    let mut kept = Client::plain_from(listen, "127.0.0.1".parse().unwrap())
+        .await
+        .unwrap();
+    let mut removed = Client::plain_from(listen, "127.0.0.2".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        ack_of(&kept.send(&message("K-1", 200)).await).0,
+        AckCode::AA
+    );
+    assert_eq!(
+        ack_of(&removed.send(&message("X-1", 200)).await).0,
+        AckCode::AA
+    );
+
+    // X-2 is in flight (the receiver answers after 800 ms) when allow loses 127.0.0.2.
+    removed
+        .send_raw(&mllp_guard::wire::codec::encode(&message("X-2", 200)))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&file, live(admin, listen, "127.0.0.1", "", upstream.addr)).unwrap();
+    hup(&guard);
+    let [reloaded, closing] = wait_lines(&logs, [RELOADED, CLOSING]);
+    assert_eq!(
+        closing["peer"].as_str().unwrap().split(':').next(),
+        Some("127.0.0.2"),
+        "{closing}"
+    );
+    assert!(
+        closing["reason"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.2 is no longer in allow"),
+        "{closing}"
+    );
+    // The idle connection was checked at once; the one with a message in flight is checked
+    // after it, later than the reload line.
+    assert_eq!(reloaded["updated"], "live", "{reloaded}");
+    assert_eq!(reloaded["open_connections"], 2, "{reloaded}");
+    assert_eq!(reloaded["rechecked"], 1, "{reloaded}");
+    assert_eq!(reloaded["closed"], 0, "{reloaded}");
+    assert_eq!(reloaded["not_yet_rechecked"], 1, "{reloaded}");
+    // The in-flight message was answered with the receiver's ack, then the connection closed.
+    let ack = removed
+        .read_ack()
+        .await
+        .expect("X-2 answered before the close");
+    assert_eq!(
+        ack_of(&ack),
+        (
+            AckCode::AA,
+            "X-2".into(),
+            "answered by the test upstream".into()
+        )
+    );
+    assert!(
+        removed.is_closed().await,
+        "closed after its in-flight message"
+    );
+    // The address still allowed goes on.
+    assert_eq!(
+        ack_of(&kept.send(&message("K-2", 200)).await).0,
+        AckCode::AA
+    );
+    drop(guard);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_client_ca_closes_open_connections_of_clients_the_new_ca_did_not_issue() {
+    let dir = TestDir::new();
+    let other = TestDir::new(); // another CA
+    std::fs::copy(other.path("ca.pem"), dir.path("other-ca.pem")).unwrap();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let (admin, listen) = (free_port(), free_port());
+    let tls = |ca: &str| {
+        format!("    tls:\n      cert: guard.pem\n      key: guard.key\n      client_ca: {ca}\n")
+    };
+    let file = dir.path("guard.yaml");
+    std::fs::write(
+        &file,
+        live(admin, listen, "127.0.0.1", &tls("ca.pem"), upstream.addr),
+    )
+    .unwrap();
+    let (guard, logs) = spawn_guard_filtered(&file, "debug");
+    wait_for(admin, "/readyz", 200).await;
+    let old_client = dir.client_tls("ca.pem", Some("lab"));
+    let mut held = Client::tls(listen, old_client.clone()).await.unwrap();
+    assert_eq!(
+        ack_of(&held.send(&message("T-1", 200)).await).0,
+        AckCode::AA
+    );
+
+    std::fs::write(
+        &file,
+        live(
+            admin,
+            listen,
+            "127.0.0.1",
+            &tls("other-ca.pem"),
+            upstream.addr,
+        ),
+    )
+    .unwrap();
+    hup(&guard);
+    let [reloaded, closing] = wait_lines(&logs, [RELOADED, CLOSING]);
+    assert!(
+        closing["reason"]
+            .as_str()
+            .unwrap()
+            .contains("client certificate is no longer accepted"),
+        "{closing}"
+    );
+    assert!(held.is_closed().await, "the old CA's client was closed");
+    assert_eq!(reloaded["rechecked"], 1, "{reloaded}");
+    assert_eq!(reloaded["closed"], 1, "{reloaded}");
+    // A client of the new CA is served (it trusts the guard's certificate, from the first CA).
+    let new_client = mllp_guard::tls::client_config(
+        &dir.path("ca.pem"),
+        Some(&other.path("lab.pem")),
+        Some(&other.path("lab.key")),
+    )
+    .unwrap();
+    let mut fresh = Client::tls(listen, new_client).await.unwrap();
+    assert_eq!(
+        ack_of(&fresh.send(&message("T-2", 200)).await).0,
+        AckCode::AA
+    );
+    drop(guard);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_follows_a_changed_upstream_address_from_its_next_message() {
+    let dir = TestDir::new();
+    let first = FakeUpstream::start(Behaviour::Ack).await;
+    let second = FakeUpstream::start(Behaviour::Ack).await;
+    let (admin, listen) = (free_port(), free_port());
+    let file = dir.path("guard.yaml");
+    std::fs::write(&file, live(admin, listen, "127.0.0.1", "", first.addr)).unwrap();
+    let (guard, logs) = spawn_guard_filtered(&file, "debug");
+    wait_for(admin, "/readyz", 200).await;
+    let mut open = Client::plain(listen).await;
+    assert_eq!(
+        ack_of(&open.send(&message("U-1", 200)).await).0,
+        AckCode::AA
+    );
+
+    std::fs::write(&file, live(admin, listen, "127.0.0.1", "", second.addr)).unwrap();
+    hup(&guard);
+    let reloaded = wait_line(&logs, RELOADED);
+    assert_eq!(reloaded["rechecked"], 1, "{reloaded}");
+    assert_eq!(reloaded["closed"], 0, "{reloaded}");
+    let (code, id, _) = ack_of(&open.send(&message("U-2", 200)).await);
+    assert_eq!((code, id.as_str()), (AckCode::AA, "U-2"));
+    let ids = |u: &FakeUpstream| u.received().iter().map(|p| id_of(p)).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ["U-1"], "the old address got nothing more");
+    assert_eq!(
+        ids(&second),
+        ["U-2"],
+        "the open connection's next message went to the new address"
+    );
+    drop(guard);
 }
