@@ -3,12 +3,14 @@
 //! atomically, and drains on shutdown.
 //!
 //! Owns the cancellation tokens, the task trackers, the grace deadline and the set of running
-//! routes. A reload binds every new listener first and only then swaps: each route's context
-//! (rules, limits, TLS, upstream) is replaced for new connections while established ones finish
-//! with the context they started with; routes removed stop accepting; store-and-forward queues
-//! and accept-mode receivers stay open across reloads. On SIGTERM/SIGINT it stops accepting,
-//! lets each session finish the message it is handling (its ack is written), then exits. Must
-//! not know frame bytes or HL7 fields.
+//! routes. A reload binds every new listener first (a listener whose address stays in the
+//! config is handed over to the route that now has it, not bound again) and only then swaps:
+//! each route's context (rules, limits, TLS, upstream) is replaced; open connections check
+//! themselves against it after their in-flight message and follow it or close (see
+//! [`crate::route::Generation`]); routes removed stop accepting; store-and-forward queues and
+//! accept-mode receivers stay open across reloads. On SIGTERM/SIGINT it stops accepting, lets
+//! each session finish the message it is handling (its ack is written), then exits. Must not
+//! know frame bytes or HL7 fields.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,6 +53,9 @@ struct RunningRoute {
     sender: SenderRole,
     /// The bound listen address (`None` for a route that dials).
     bound: Option<SocketAddr>,
+    /// The listener (shared with its accept loop), to hand over to the route that takes its
+    /// address at a reload (a renamed route, routes that swap ports).
+    listener: Option<Arc<TcpListener>>,
     /// Kept across reloads: the queue cannot be opened twice.
     custody: Option<Arc<Custody>>,
     /// Kept across reloads: receivers stay connected to the accept address.
@@ -60,7 +65,7 @@ struct RunningRoute {
 /// A route built for a (re)load, not yet serving.
 struct Prepared {
     ctx: Arc<RouteContext>,
-    listener: Option<TcpListener>,
+    listener: Option<Arc<TcpListener>>,
     custody: Option<Arc<Custody>>,
     accepting: Option<(SocketAddr, Arc<Upstream>)>,
     /// The route's upstream, when it has `health_check` (probed while this config runs).
@@ -186,9 +191,8 @@ impl Guard {
         {
             let running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
             for route in config.routes {
-                let old = running.get(&route.name);
                 let name = route.name.clone();
-                match self.prepare(route, old, &named_upstreams, &started, &mut summary) {
+                match self.prepare(route, &running, &named_upstreams, &started, &mut summary) {
                     Ok(p) => prepared.push(p),
                     // One route's broken queue must not take the others down: it stays down
                     // (not listening, named by /readyz), the others serve.
@@ -291,6 +295,7 @@ impl Guard {
                 }
                 current => {
                     if let Some(old) = current {
+                        tracing::info!(route = %name, "route changes its listener or dial target; its open connections close after their in-flight message");
                         old.ctx.load().generation.end();
                         old.stop.cancel();
                         old.generation.cancel();
@@ -306,28 +311,40 @@ impl Guard {
         followed
     }
 
-    /// Builds one route's context, binding its listener unless the running route `old` keeps
-    /// the same one, and reusing `old`'s queue and receiver listener.
+    /// Builds one route's context, binding its listener unless the running route of its name
+    /// keeps the same one (or a running route listening on its address hands its listener
+    /// over), and reusing that route's queue and receiver listener.
     fn prepare(
         &self,
         route: Route,
-        old: Option<&RunningRoute>,
+        running: &BTreeMap<String, RunningRoute>,
         named_upstreams: &Arc<BTreeMap<String, Arc<Upstream>>>,
         started: &CancellationToken,
         summary: &mut ReloadSummary,
     ) -> anyhow::Result<Prepared> {
+        let old = running.get(&route.name);
         let restart = old.is_none_or(|old| {
             old.sender != route.sender || old.ctx.load().route.transparent != route.transparent
         });
         let listener = match (&route.sender, restart) {
-            (SenderRole::Listen(addr), true) => Some(
-                crate::net::bind::bind_with(*addr, route.transparent).with_context(|| {
-                    format!(
-                        "route {}: cannot listen on {addr} (is another process using the port?)",
-                        route.name
-                    )
-                })?,
-            ),
+            (SenderRole::Listen(addr), true) => {
+                Some(match handed_over(running, *addr, route.transparent) {
+                    Some((from, listener)) => {
+                        tracing::info!(route = %route.name, listen = %addr, from = %from, "the listener on this address is handed over from the running route, not rebound");
+                        listener
+                    }
+                    None => Arc::new(
+                        crate::net::bind::bind_with(*addr, route.transparent).with_context(
+                            || {
+                                format!(
+                                "route {}: cannot listen on {addr} (is another process using the port?)",
+                                route.name
+                            )
+                            },
+                        )?,
+                    ),
+                })
+            }
             _ => None,
         };
         let name: Arc<str> = Arc::from(route.name.as_str());
@@ -430,7 +447,7 @@ impl Guard {
             limits,
             named_upstreams: named_upstreams.clone(),
         });
-        let bound = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let bound = listener.as_ref().map(|l| l.local_addr()).transpose()?;
         Ok(Prepared {
             ctx,
             bound,
@@ -461,6 +478,7 @@ impl Guard {
             });
         }
         let route = &p.ctx.route;
+        let listener = p.listener.clone();
         let bound = match (p.listener.zip(p.bound), &route.sender) {
             (Some((listener, addr)), _) => {
                 tracing::info!(
@@ -497,6 +515,7 @@ impl Guard {
             generation,
             sender: route.sender.clone(),
             bound,
+            listener,
             custody: p.custody,
             accepting: p.accepting,
         }
@@ -568,6 +587,26 @@ impl Guard {
         }
         drained
     }
+}
+
+/// The listener of a running route bound to `addr` (as configured: never port 0) with the same
+/// `transparent`, and that route's name: a route that takes the address over at a reload (a
+/// renamed route, routes that swap ports) keeps the socket instead of binding it again, which
+/// would fail while the guard itself holds it.
+fn handed_over(
+    running: &BTreeMap<String, RunningRoute>,
+    addr: SocketAddr,
+    transparent: bool,
+) -> Option<(String, Arc<TcpListener>)> {
+    if addr.port() == 0 {
+        return None;
+    }
+    running.iter().find_map(|(name, r)| {
+        let same =
+            r.sender == SenderRole::Listen(addr) && r.ctx.load().route.transparent == transparent;
+        same.then(|| r.listener.clone().map(|l| (name.clone(), l)))
+            .flatten()
+    })
 }
 
 /// Every certificate and CRL the config loaded, with its dates, for the metrics.

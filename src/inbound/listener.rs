@@ -26,7 +26,7 @@ use crate::route::{Peer, RouteContext};
 /// Accepts until `shutdown` fires; every admitted connection runs in `tracker` with the
 /// route's context as it is when the connection arrives (a reload changes it for the next).
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     shared: crate::route::SharedContext,
     shutdown: CancellationToken,
     tracker: TaskTracker,

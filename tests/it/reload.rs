@@ -23,7 +23,7 @@ pub fn hup(guard: &Proc) {
     assert!(status.success());
 }
 
-async fn reloads(admin: SocketAddr, result: &str) -> f64 {
+pub async fn reloads(admin: SocketAddr, result: &str) -> f64 {
     let (_, metrics) = get(admin, "/metrics").await.expect("metrics");
     let series = format!("mllp_guard_config_reloads_total{{result=\"{result}\"}}");
     sample(&metrics, &series).unwrap_or(0.0)

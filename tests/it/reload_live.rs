@@ -315,3 +315,103 @@ async fn an_open_connection_follows_a_changed_upstream_address_from_its_next_mes
     );
     drop(guard);
 }
+
+/// Routes named `names[i]` listening on `ports[i]`, each with its own upstream.
+fn routes(admin: SocketAddr, names: &[&str], ports: &[SocketAddr], ups: &[SocketAddr]) -> String {
+    let mut yaml = format!("admin:\n  listen: {admin}\nroutes:\n");
+    for ((name, listen), up) in names.iter().zip(ports).zip(ups) {
+        yaml.push_str(&format!(
+            "  - name: {name}\n    listen: {listen}\n    allow: [127.0.0.1]\n    upstream:\n      address: {up}\n"
+        ));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_route_and_routes_that_swap_ports_reload_without_a_restart() {
+    let dir = TestDir::new();
+    let a = FakeUpstream::start(Behaviour::Ack).await;
+    let b = FakeUpstream::start(Behaviour::Ack).await;
+    let (admin, p1, p2) = (free_port(), free_port(), free_port());
+    let file = dir.path("guard.yaml");
+    std::fs::write(
+        &file,
+        routes(admin, &["lab", "ward"], &[p1, p2], &[a.addr, b.addr]),
+    )
+    .unwrap();
+    let (guard, logs) = spawn_guard_filtered(&file, "debug");
+    wait_for(admin, "/readyz", 200).await;
+    let ids = |u: &FakeUpstream| u.received().iter().map(|p| id_of(p)).collect::<Vec<_>>();
+    let send = |port: SocketAddr, id: &'static str| async move {
+        let mut c = Client::plain(port).await;
+        ack_of(&c.send(&message(id, 200)).await).0
+    };
+    assert_eq!(send(p1, "N-1").await, AckCode::AA);
+
+    // Rename `lab` to `lab2` on the same port: handed over, not rebound.
+    std::fs::write(
+        &file,
+        routes(admin, &["lab2", "ward"], &[p1, p2], &[a.addr, b.addr]),
+    )
+    .unwrap();
+    hup(&guard);
+    let [reloaded] = wait_lines(&logs, [RELOADED]);
+    assert_eq!(reloaded["added"], "lab2", "{reloaded}");
+    assert_eq!(reloaded["removed"], "lab", "{reloaded}");
+    assert_eq!(send(p1, "N-2").await, AckCode::AA);
+    assert_eq!(ids(&a), ["N-1", "N-2"]);
+
+    // Swap the ports of the two routes: each takes the other's listener.
+    std::fs::write(
+        &file,
+        routes(admin, &["lab2", "ward"], &[p2, p1], &[a.addr, b.addr]),
+    )
+    .unwrap();
+    hup(&guard);
+    let [reloaded] = wait_lines(&logs, [RELOADED]);
+    assert_eq!(reloaded["updated"], "lab2, ward", "{reloaded}");
+    assert_eq!(send(p2, "S-1").await, AckCode::AA);
+    assert_eq!(send(p1, "S-2").await, AckCode::AA);
+    assert_eq!(
+        ids(&a),
+        ["N-1", "N-2", "S-1"],
+        "port 2 now goes to lab2's upstream"
+    );
+    assert_eq!(ids(&b), ["S-2"], "port 1 now goes to ward's upstream");
+    assert_eq!(crate::reload::reloads(admin, "failure").await, 0.0);
+    drop(guard);
+}
+
+/// Issue 28, finding 9: with TLS, client CAs and rules on every route, a change to one route
+/// lists only that one as updated.
+#[tokio::test]
+async fn a_reload_of_tls_routes_with_rules_lists_only_the_route_that_changed() {
+    let dir = TestDir::new();
+    let up = FakeUpstream::start(Behaviour::Ack).await;
+    let admin = free_port();
+    let route = |name: &str, max: &str| {
+        format!(
+            "  - name: {name}\n    listen: 127.0.0.1:0\n    allow: [127.0.0.1]\n    max_message_bytes: {max}\n    tls:\n      cert: guard.pem\n      key: guard.key\n      client_ca: ca.pem\n    rules:\n      - name: no-adt\n        match: {{ message_type: [\"ADT^*\"] }}\n        action: reject\n    upstream:\n      address: {}\n",
+            up.addr
+        )
+    };
+    let config = |b_max: &str| {
+        format!(
+            "admin:\n  listen: {admin}\nroutes:\n{}{}{}",
+            route("a", "1MiB"),
+            route("b", b_max),
+            route("c", "1MiB")
+        )
+    };
+    let file = dir.path("guard.yaml");
+    std::fs::write(&file, config("1MiB")).unwrap();
+    let (guard, logs) = spawn_guard_filtered(&file, "debug");
+    wait_for(admin, "/readyz", 200).await;
+    std::fs::write(&file, config("2MiB")).unwrap();
+    hup(&guard);
+    let [reloaded] = wait_lines(&logs, [RELOADED]);
+    assert_eq!(reloaded["updated"], "b", "{reloaded}");
+    assert_eq!(reloaded["added"], "none", "{reloaded}");
+    assert_eq!(reloaded["removed"], "none", "{reloaded}");
+    drop(guard);
+}
