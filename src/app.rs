@@ -28,7 +28,7 @@ use crate::custody::Custody;
 use crate::dispatch::Dispatch;
 use crate::firewall::limits::SourceLimits;
 use crate::inbound::listener;
-use crate::route::{Generation, RouteContext, SharedContext};
+use crate::route::{Abandon, Generation, RouteContext, SharedContext};
 use crate::upstream::Upstream;
 
 /// A running guard: its listeners are bound and serving.
@@ -39,6 +39,8 @@ pub struct Guard {
     background_stop: CancellationToken,
     background: TaskTracker,
     grace: Duration,
+    /// Fired when `grace` ends with messages in flight.
+    abandon: Arc<Abandon>,
     admin_addr: Option<SocketAddr>,
 }
 
@@ -97,6 +99,10 @@ fn fingerprint(route: &Route) -> String {
 /// itself after it, uncounted).
 const RECHECK_REPORT_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the sessions get to write the audit lines of the messages they abandon when
+/// `shutdown_grace` ends.
+const ABANDON_WAIT: Duration = Duration::from_millis(500);
+
 /// What a reload changed, for its log line.
 #[derive(Debug, Default)]
 pub struct ReloadSummary {
@@ -139,6 +145,7 @@ impl Guard {
             background_stop: CancellationToken::new(),
             background: TaskTracker::new(),
             grace: config.shutdown_grace,
+            abandon: Arc::new(Abandon::default()),
             admin_addr: match &admin {
                 Some(listener) => Some(listener.local_addr()?),
                 None => None,
@@ -440,6 +447,7 @@ impl Guard {
         };
         let ctx = Arc::new(RouteContext {
             generation,
+            abandon: self.abandon.clone(),
             metrics: crate::ops::metrics::RouteMetrics::new(name.clone()),
             name,
             route,
@@ -570,6 +578,19 @@ impl Guard {
         let drained = tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_ok();
+        if !drained {
+            // Every message still in flight gets its audit line before the process ends.
+            self.abandon.now();
+            let _ = tokio::time::timeout(ABANDON_WAIT, self.tracker.wait()).await;
+            let abandoned = self.abandon.count();
+            if abandoned > 0 {
+                tracing::error!(
+                    abandoned,
+                    grace = %humantime::format_duration(self.grace),
+                    "shutdown_grace ended with messages in flight: {abandoned} abandoned (each has an audit line with outcome abandoned_at_shutdown); the receiver may have them, and a sender that resends will duplicate them"
+                );
+            }
+        }
         // Then custody: each drainer finishes its delivery attempt and closes its queue.
         self.background_stop.cancel();
         self.background.close();

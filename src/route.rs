@@ -34,6 +34,38 @@ pub struct RouteContext {
     pub named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
     /// This context's place in the route's succession of configs: open connections follow it.
     pub generation: Generation,
+    /// Fires when `shutdown_grace` ends with messages still in flight (the whole guard's).
+    pub abandon: Arc<Abandon>,
+}
+
+/// The end of `shutdown_grace`: messages still in flight then are abandoned, each with an audit
+/// line, and counted for the guard's last ERROR line.
+#[derive(Default)]
+pub struct Abandon {
+    now: CancellationToken,
+    count: AtomicUsize,
+}
+
+impl Abandon {
+    /// `shutdown_grace` is over: every message still in flight is abandoned.
+    pub fn now(&self) {
+        self.now.cancel();
+    }
+
+    /// Resolves when messages in flight must be abandoned.
+    pub async fn due(&self) {
+        self.now.cancelled().await
+    }
+
+    /// One message was abandoned.
+    pub fn counted(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many messages were abandoned.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
 }
 
 /// How a reload reaches the connections already open: a replaced context names its successor

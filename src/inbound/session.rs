@@ -522,18 +522,39 @@ async fn handle_message(
         header: judged,
     };
     let acking = Acking::of(payload, Some(header));
+    // `shutdown_grace` ended before the receiver (or the queue) answered: the message may have
+    // reached it; the audit line says so, and the guard's last ERROR line counts these.
+    let abandoned = || {
+        ctx.abandon.counted();
+        let detail =
+            "shutdown_grace ended before the delivery finished; the receiver may have the message";
+        audit_frame(
+            "abandoned_at_shutdown",
+            None,
+            None,
+            Some(("abandoned_at_shutdown", detail)),
+        );
+        Answer::Close(Failure {
+            side: Side::Internal,
+            reason: "abandoned_at_shutdown",
+            detail: detail.to_string(),
+            retry_helps: true,
+        })
+    };
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
         Decision::Allow { .. } => {
-            ctx.dispatch
-                .deliver(
-                    lanes,
-                    frame,
-                    &header,
-                    first_message,
-                    who.origin(),
-                    who.sender_id(),
-                )
-                .await
+            let delivery = ctx.dispatch.deliver(
+                lanes,
+                frame,
+                &header,
+                first_message,
+                who.origin(),
+                who.sender_id(),
+            );
+            match or_abandoned(ctx, delivery).await {
+                Some(answer) => answer,
+                None => return abandoned(),
+            }
         }
         Decision::Reject { rule } => {
             crate::ops::metrics::rule_rejected(&ctx.name, rule);
@@ -558,7 +579,12 @@ async fn handle_message(
                 let on_failure = ctx.route.on_upstream_failure;
                 let origin = who.origin();
                 let to = (&header, first_message);
-                Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, to, origin).await
+                let delivery =
+                    Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, to, origin);
+                match or_abandoned(ctx, delivery).await {
+                    Some(answer) => answer,
+                    None => return abandoned(),
+                }
             }
             // The config check guarantees the name exists; refuse rather than guess if not.
             None => {
@@ -584,6 +610,18 @@ async fn handle_message(
         }
     }
     answer
+}
+
+/// A delivery's answer, or `None` when `shutdown_grace` ended first (the delivery is dropped).
+async fn or_abandoned(
+    ctx: &RouteContext,
+    delivery: impl std::future::Future<Output = Answer>,
+) -> Option<Answer> {
+    tokio::select! {
+        biased;
+        answer = delivery => Some(answer),
+        _ = ctx.abandon.due() => None,
+    }
 }
 
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.

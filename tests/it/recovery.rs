@@ -136,3 +136,58 @@ async fn measure_recovery_after_a_receiver_restart() {
         "positive acks resumed within 5 s of the receiver being back in every try: {took:?}"
     );
 }
+
+/// Issue 28, finding 8: a message still in flight when `shutdown_grace` ends leaves a trace: its
+/// audit line says `abandoned_at_shutdown`, and an ERROR line gives the count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_abandoned_when_shutdown_grace_ends_has_an_audit_line_and_an_error_count() {
+    let dir = TestDir::new();
+    // The receiver takes the message and answers only after 20 s.
+    let upstream = FakeUpstream::start(Behaviour::LateAck(Duration::from_secs(20))).await;
+    let file = dir.path("guard.yaml");
+    let yaml = format!(
+        "shutdown_grace: 1s\n{}",
+        route_yaml(upstream.addr, "", "", "").replace("ack_timeout: 2s", "ack_timeout: 30s")
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let (mut guard, listen, logs) = start_guard(&file);
+    let listen: SocketAddr = listen.parse().unwrap();
+    let mut client = Client::plain(listen).await;
+    client
+        .send_raw(&mllp_guard::wire::codec::encode(&message("LATE-1", 200)))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.received().is_empty() {
+        assert!(Instant::now() < deadline, "the receiver never got LATE-1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while guard.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the guard did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lines = Vec::new();
+    while let Ok(line) = logs.recv_timeout(Duration::from_secs(2)) {
+        lines.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    let audit: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["message"] == "message" && v["control_id"] == "LATE-1")
+        .collect();
+    assert_eq!(audit.len(), 1, "one audit line for LATE-1: {lines:#?}");
+    assert_eq!(audit[0]["outcome"], "abandoned_at_shutdown", "{}", audit[0]);
+    let error = lines
+        .iter()
+        .find(|v| v["level"] == "ERROR" && v["abandoned"] == 1)
+        .unwrap_or_else(|| panic!("an ERROR line counting the abandoned message: {lines:#?}"));
+    assert!(
+        error["message"].as_str().unwrap().contains("1 abandoned"),
+        "{error}"
+    );
+    assert!(client.is_closed().await);
+}
