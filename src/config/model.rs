@@ -154,6 +154,10 @@ pub struct Route {
     pub framing: Framing,
     /// `framing.release`: the MLLP release spoken with the sender. Default [`MllpRelease::One`].
     pub release: MllpRelease,
+    /// `framing.commit_timeout`: release 2, how long each send of an ack to the sender waits
+    /// for its commit block before sending it again. `None`: the upstream's `ack_timeout / 4`
+    /// (see [`Route::commit_timeout`]).
+    pub commit_timeout: Option<Duration>,
     /// `rules`: the firewall rules, in order (written inline, or in a YAML file named by path);
     /// the first match decides, and no match (or no rules) allows. See [`crate::firewall::rules`].
     pub rules: Vec<Rule>,
@@ -620,6 +624,10 @@ pub struct UpstreamConfig {
     /// `framing.release`: the MLLP release spoken with the receiver. Default
     /// [`MllpRelease::One`].
     pub release: MllpRelease,
+    /// `framing.commit_timeout`: release 2, how long each send of a message to the receiver
+    /// waits for its commit block before sending it again, so that the resends happen within
+    /// `ack_timeout`. `None`: `ack_timeout / 4` (see [`UpstreamConfig::commit_timeout`]).
+    pub commit_timeout: Option<Duration>,
     /// `health_check`: probe the receiver without a message. `None` (default): its health is
     /// known from real connections only.
     pub health_check: Option<HealthCheck>,
@@ -716,6 +724,22 @@ pub struct Reconnect {
     pub initial: Duration,
     /// `max`: the longest wait; also the pace for permanent errors (certificates). Default 180s.
     pub max: Duration,
+}
+
+impl UpstreamConfig {
+    /// How long each send to the receiver waits for its commit block (release 2):
+    /// `framing.commit_timeout`, else a quarter of `ack_timeout`.
+    pub fn commit_timeout(&self) -> Duration {
+        self.commit_timeout.unwrap_or(self.ack_timeout / 4)
+    }
+}
+
+impl Route {
+    /// How long each send of an ack to the sender waits for its commit block (release 2):
+    /// `framing.commit_timeout`, else a quarter of the upstream's `ack_timeout`.
+    pub fn commit_timeout(&self) -> Duration {
+        self.commit_timeout.unwrap_or(self.upstream.ack_timeout / 4)
+    }
 }
 
 impl Default for Reconnect {

@@ -387,7 +387,7 @@ async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
     let result = commit::send_committed(
         link,
         &ack,
-        ctx.route.upstream.ack_timeout,
+        ctx.route.commit_timeout(),
         &mut held,
         MAX_SET_ASIDE,
     )

@@ -131,6 +131,7 @@ impl Connector {
             fresh: true,
             last_used: Instant::now(),
             release: self.cfg.release,
+            commit_timeout: self.cfg.commit_timeout(),
             ack_timer: DeadlineTimer::default(),
         }
     }

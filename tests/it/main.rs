@@ -27,6 +27,7 @@ mod queue_cli;
 mod relay;
 mod reload;
 mod reload_live;
+mod release2;
 mod roles;
 mod sessions;
 mod shipped;
