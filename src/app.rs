@@ -3,12 +3,14 @@
 //! atomically, and drains on shutdown.
 //!
 //! Owns the cancellation tokens, the task trackers, the grace deadline and the set of running
-//! routes. A reload binds every new listener first and only then swaps: each route's context
-//! (rules, limits, TLS, upstream) is replaced for new connections while established ones finish
-//! with the context they started with; routes removed stop accepting; store-and-forward queues
-//! and accept-mode receivers stay open across reloads. On SIGTERM/SIGINT it stops accepting,
-//! lets each session finish the message it is handling (its ack is written), then exits. Must
-//! not know frame bytes or HL7 fields.
+//! routes. A reload binds every new listener first (a listener whose address stays in the
+//! config is handed over to the route that now has it, not bound again) and only then swaps:
+//! each route's context (rules, limits, TLS, upstream) is replaced; open connections check
+//! themselves against it after their in-flight message and follow it or close (see
+//! [`crate::route::Generation`]); routes removed stop accepting; store-and-forward queues and
+//! accept-mode receivers stay open across reloads. On SIGTERM/SIGINT it stops accepting, lets
+//! each session finish the message it is handling (its ack is written), then exits. Must not
+//! know frame bytes or HL7 fields.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use crate::custody::Custody;
 use crate::dispatch::Dispatch;
 use crate::firewall::limits::SourceLimits;
 use crate::inbound::listener;
-use crate::route::{RouteContext, SharedContext};
+use crate::route::{Abandon, Generation, RouteContext, SharedContext};
 use crate::upstream::Upstream;
 
 /// A running guard: its listeners are bound and serving.
@@ -37,6 +39,8 @@ pub struct Guard {
     background_stop: CancellationToken,
     background: TaskTracker,
     grace: Duration,
+    /// Fired when `grace` ends with messages in flight.
+    abandon: Arc<Abandon>,
     admin_addr: Option<SocketAddr>,
 }
 
@@ -51,6 +55,9 @@ struct RunningRoute {
     sender: SenderRole,
     /// The bound listen address (`None` for a route that dials).
     bound: Option<SocketAddr>,
+    /// The listener (shared with its accept loop), to hand over to the route that takes its
+    /// address at a reload (a renamed route, routes that swap ports).
+    listener: Option<Arc<TcpListener>>,
     /// Kept across reloads: the queue cannot be opened twice.
     custody: Option<Arc<Custody>>,
     /// Kept across reloads: receivers stay connected to the accept address.
@@ -60,11 +67,13 @@ struct RunningRoute {
 /// A route built for a (re)load, not yet serving.
 struct Prepared {
     ctx: Arc<RouteContext>,
-    listener: Option<TcpListener>,
+    listener: Option<Arc<TcpListener>>,
     custody: Option<Arc<Custody>>,
     accepting: Option<(SocketAddr, Arc<Upstream>)>,
     /// The route's upstream, when it has `health_check` (probed while this config runs).
     probed: Option<Arc<Upstream>>,
+    /// The address `listener` is bound to.
+    bound: Option<SocketAddr>,
     /// The route's listener and dialer are new (not kept from the running route).
     restart: bool,
 }
@@ -85,12 +94,28 @@ fn fingerprint(route: &Route) -> String {
     text
 }
 
+/// How long a reload waits for the connections open under a replaced context to check
+/// themselves against the new one, for its log line (one in the middle of a message checks
+/// itself after it, uncounted).
+const RECHECK_REPORT_WAIT: Duration = Duration::from_millis(500);
+
+/// How long the sessions get to write the audit lines of the messages they abandon when
+/// `shutdown_grace` ends.
+const ABANDON_WAIT: Duration = Duration::from_millis(500);
+
 /// What a reload changed, for its log line.
 #[derive(Debug, Default)]
 pub struct ReloadSummary {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub updated: Vec<String>,
+    /// Connections open on the routes kept when the new config was applied.
+    pub open: usize,
+    /// Of them, how many checked themselves against the new config in time for the log line,
+    /// and how many of those it no longer admitted (closed after their in-flight message). The
+    /// rest check themselves after their in-flight message; each one closed logs why.
+    pub rechecked: usize,
+    pub closed: usize,
     /// Settings that were not applied (they need a restart).
     pub not_applied: Vec<String>,
 }
@@ -120,6 +145,7 @@ impl Guard {
             background_stop: CancellationToken::new(),
             background: TaskTracker::new(),
             grace: config.shutdown_grace,
+            abandon: Arc::new(Abandon::default()),
             admin_addr: match &admin {
                 Some(listener) => Some(listener.local_addr()?),
                 None => None,
@@ -162,14 +188,15 @@ impl Guard {
     async fn apply(&self, config: Config) -> anyhow::Result<ReloadSummary> {
         let mut summary = ReloadSummary::default();
         let notify = config.notify.clone();
-        crate::ops::audit::set_log_payloads(config.log_payloads);
-        if let Some(admin) = &config.admin {
-            crate::ops::admin::configure(admin);
-        }
-        crate::ops::metrics::set_pki_dates(pki_dates(&config));
-        if config.log_payloads {
-            tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
-        }
+        let admin = config.admin.clone();
+        let max_buffered_bytes = config.max_buffered_bytes;
+        // Process-wide settings change only once every route is built and bound: a reload
+        // that fails changes nothing, `log_payloads` included (issue 28, finding 6).
+        let log_payloads = config.log_payloads;
+        let pki = pki_dates(&config);
+        // What this reload starts before it knows it will apply (a new route's queue drainer,
+        // a new receiver listener): stopped again when it fails.
+        let started = self.background_stop.child_token();
         let named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>> = Arc::new(
             config
                 .upstreams
@@ -185,9 +212,8 @@ impl Guard {
         {
             let running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
             for route in config.routes {
-                let old = running.get(&route.name);
                 let name = route.name.clone();
-                match self.prepare(route, old, &named_upstreams, &mut summary) {
+                match self.prepare(route, &running, &named_upstreams, &started, &mut summary) {
                     Ok(p) => prepared.push(p),
                     // One route's broken queue must not take the others down: it stays down
                     // (not listening, named by /readyz), the others serve.
@@ -199,7 +225,10 @@ impl Guard {
                                 .not_applied
                                 .push(format!("route {name}: down ({down})"));
                         }
-                        Err(err) => return Err(err),
+                        Err(err) => {
+                            started.cancel();
+                            return Err(err);
+                        }
                     },
                 }
             }
@@ -208,6 +237,39 @@ impl Guard {
         // connection is told too.
         crate::ops::notify::configure(&notify);
         // 2. Swap.
+        let followed = self.swap(prepared, &mut summary);
+        if let Some(admin) = &admin {
+            crate::ops::admin::configure(admin);
+        }
+        crate::wire::budget::Budget::shared().set_limit(max_buffered_bytes);
+        crate::ops::audit::set_log_payloads(log_payloads);
+        crate::ops::metrics::set_pki_dates(pki);
+        if log_payloads {
+            tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
+        }
+        // 3. The connections open under a replaced context check themselves against the new
+        // one (after their in-flight message): count them for the reload line, a short while.
+        for (ctx, open) in followed {
+            let (rechecked, closed) = ctx
+                .generation
+                .recheck_counts(open, RECHECK_REPORT_WAIT)
+                .await;
+            summary.rechecked += rechecked;
+            summary.closed += closed;
+            summary.open += open;
+        }
+        Ok(summary)
+    }
+
+    /// Swaps the prepared routes in: removed and restarted routes stop (their sessions close
+    /// after their in-flight message), kept ones hand their open connections to the new
+    /// context. Returns each new context with how many connections its route had open.
+    fn swap(
+        &self,
+        prepared: Vec<Prepared>,
+        summary: &mut ReloadSummary,
+    ) -> Vec<(Arc<RouteContext>, usize)> {
+        let mut followed = Vec::new();
         let mut running = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let first_load = running.is_empty();
         let keep: Vec<String> = prepared.iter().map(|p| p.ctx.route.name.clone()).collect();
@@ -218,7 +280,8 @@ impl Guard {
             .collect();
         for name in removed {
             if let Some(old) = running.remove(&name) {
-                tracing::info!(route = %name, "route removed by the new config; it stops accepting (open connections finish)");
+                tracing::info!(route = %name, "route removed by the new config; it stops accepting and its open connections close after their in-flight message");
+                old.ctx.load().generation.end();
                 old.stop.cancel();
                 old.generation.cancel();
                 summary.removed.push(name);
@@ -248,7 +311,11 @@ impl Guard {
                     if fingerprint(&current.ctx.load().route) != fingerprint(&p.ctx.route) {
                         summary.updated.push(name);
                     }
-                    current.ctx.store(p.ctx.clone());
+                    let replaced = current.ctx.swap(p.ctx.clone());
+                    let open = replaced.generation.replace_by(p.ctx.clone());
+                    if open > 0 {
+                        followed.push((p.ctx.clone(), open));
+                    }
                     current.generation.cancel();
                     current.generation = generation;
                     current.custody = p.custody;
@@ -256,43 +323,56 @@ impl Guard {
                 }
                 current => {
                     if let Some(old) = current {
+                        tracing::info!(route = %name, "route changes its listener or dial target; its open connections close after their in-flight message");
+                        old.ctx.load().generation.end();
                         old.stop.cancel();
                         old.generation.cancel();
                         summary.updated.push(name.clone());
                     } else if !first_load {
                         summary.added.push(name.clone());
                     }
-                    let started = self.serve_route(p, generation)?;
-                    running.insert(name, started);
+                    let serving = self.serve_route(p, generation);
+                    running.insert(name, serving);
                 }
             }
         }
-        // Process-wide, like the log settings: once the routes are in place.
-        crate::wire::budget::Budget::shared().set_limit(config.max_buffered_bytes);
-        Ok(summary)
+        followed
     }
 
-    /// Builds one route's context, binding its listener unless the running route `old` keeps
-    /// the same one, and reusing `old`'s queue and receiver listener.
+    /// Builds one route's context, binding its listener unless the running route of its name
+    /// keeps the same one (or a running route listening on its address hands its listener
+    /// over), and reusing that route's queue and receiver listener.
     fn prepare(
         &self,
         route: Route,
-        old: Option<&RunningRoute>,
+        running: &BTreeMap<String, RunningRoute>,
         named_upstreams: &Arc<BTreeMap<String, Arc<Upstream>>>,
+        started: &CancellationToken,
         summary: &mut ReloadSummary,
     ) -> anyhow::Result<Prepared> {
+        let old = running.get(&route.name);
         let restart = old.is_none_or(|old| {
             old.sender != route.sender || old.ctx.load().route.transparent != route.transparent
         });
         let listener = match (&route.sender, restart) {
-            (SenderRole::Listen(addr), true) => Some(
-                crate::net::bind::bind_with(*addr, route.transparent).with_context(|| {
-                    format!(
-                        "route {}: cannot listen on {addr} (is another process using the port?)",
-                        route.name
-                    )
-                })?,
-            ),
+            (SenderRole::Listen(addr), true) => {
+                Some(match handed_over(running, *addr, route.transparent) {
+                    Some((from, listener)) => {
+                        tracing::info!(route = %route.name, listen = %addr, from = %from, "the listener on this address is handed over from the running route, not rebound");
+                        listener
+                    }
+                    None => Arc::new(
+                        crate::net::bind::bind_with(*addr, route.transparent).with_context(
+                            || {
+                                format!(
+                                "route {}: cannot listen on {addr} (is another process using the port?)",
+                                route.name
+                            )
+                            },
+                        )?,
+                    ),
+                })
+            }
             _ => None,
         };
         let name: Arc<str> = Arc::from(route.name.as_str());
@@ -324,9 +404,8 @@ impl Guard {
                             tracing::warn!(route = %name, accept = %addr, "upstream.accept admits receivers from any address; set upstream.allow to the receiver's address");
                         }
                         tracing::info!(route = %name, accept = %addr, "waiting for the receiver to connect in");
-                        self.background.spawn(
-                            upstream.accept_receivers(receivers, self.background_stop.clone()),
-                        );
+                        self.background
+                            .spawn(upstream.accept_receivers(receivers, started.clone()));
                         Some((addr, upstream))
                     }
                     None => None,
@@ -371,7 +450,7 @@ impl Guard {
                         upstream,
                         route.on_upstream_failure == OnUpstreamFailure::Close,
                         paused.clone(),
-                        self.background_stop.clone(),
+                        started.clone(),
                         &self.background,
                     )
                     .map_err(|err| QueueUnavailable {
@@ -387,7 +466,15 @@ impl Guard {
             Some(ctx) if ctx.route.limits == route.limits => ctx.limits.clone(),
             _ => Arc::new(SourceLimits::new(&route.limits)),
         };
+        // Connections open on a kept listener follow the new context; a new listener starts a
+        // new count.
+        let generation = match old {
+            Some(old) if !restart => old.ctx.load().generation.next(),
+            _ => Generation::default(),
+        };
         let ctx = Arc::new(RouteContext {
+            generation,
+            abandon: self.abandon.clone(),
             metrics: crate::ops::metrics::RouteMetrics::new(name.clone()),
             name,
             route,
@@ -396,8 +483,10 @@ impl Guard {
             named_upstreams: named_upstreams.clone(),
             paused,
         });
+        let bound = listener.as_ref().map(|l| l.local_addr()).transpose()?;
         Ok(Prepared {
             ctx,
+            bound,
             listener,
             custody,
             accepting,
@@ -407,11 +496,7 @@ impl Guard {
     }
 
     /// Starts a prepared route's accept loop (or dialer) and its housekeeping.
-    fn serve_route(
-        &self,
-        p: Prepared,
-        generation: CancellationToken,
-    ) -> anyhow::Result<RunningRoute> {
+    fn serve_route(&self, p: Prepared, generation: CancellationToken) -> RunningRoute {
         crate::ops::metrics::set_route_down(&p.ctx.name, None);
         let stop = self.shutdown.child_token();
         let ctx: SharedContext = Arc::new(ArcSwap::new(p.ctx.clone()));
@@ -429,9 +514,9 @@ impl Guard {
             });
         }
         let route = &p.ctx.route;
-        let bound = match (p.listener, &route.sender) {
-            (Some(listener), _) => {
-                let addr = listener.local_addr()?;
+        let listener = p.listener.clone();
+        let bound = match (p.listener.zip(p.bound), &route.sender) {
+            (Some((listener, addr)), _) => {
                 tracing::info!(
                     route = %p.ctx.name,
                     listen = %addr,
@@ -460,15 +545,16 @@ impl Guard {
             }
             (None, SenderRole::Listen(_)) => None,
         };
-        Ok(RunningRoute {
+        RunningRoute {
             ctx,
             stop,
             generation,
             sender: route.sender.clone(),
             bound,
+            listener,
             custody: p.custody,
             accepting: p.accepting,
-        })
+        }
     }
 
     /// The address a route's listener is bound to (useful with port 0).
@@ -520,6 +606,19 @@ impl Guard {
         let drained = tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_ok();
+        if !drained {
+            // Every message still in flight gets its audit line before the process ends.
+            self.abandon.now();
+            let _ = tokio::time::timeout(ABANDON_WAIT, self.tracker.wait()).await;
+            let abandoned = self.abandon.count();
+            if abandoned > 0 {
+                tracing::error!(
+                    abandoned,
+                    grace = %humantime::format_duration(self.grace),
+                    "shutdown_grace ended with messages in flight: {abandoned} abandoned (each has an audit line with outcome abandoned_at_shutdown); the receiver may have them, and a sender that resends will duplicate them"
+                );
+            }
+        }
         // Then custody: each drainer finishes its delivery attempt and closes its queue.
         self.background_stop.cancel();
         self.background.close();
@@ -537,6 +636,26 @@ impl Guard {
         }
         drained
     }
+}
+
+/// The listener of a running route bound to `addr` (as configured: never port 0) with the same
+/// `transparent`, and that route's name: a route that takes the address over at a reload (a
+/// renamed route, routes that swap ports) keeps the socket instead of binding it again, which
+/// would fail while the guard itself holds it.
+fn handed_over(
+    running: &BTreeMap<String, RunningRoute>,
+    addr: SocketAddr,
+    transparent: bool,
+) -> Option<(String, Arc<TcpListener>)> {
+    if addr.port() == 0 {
+        return None;
+    }
+    running.iter().find_map(|(name, r)| {
+        let same =
+            r.sender == SenderRole::Listen(addr) && r.ctx.load().route.transparent == transparent;
+        same.then(|| r.listener.clone().map(|l| (name.clone(), l)))
+            .flatten()
+    })
 }
 
 /// Every certificate and CRL the config loaded, with its dates, for the metrics.
@@ -646,7 +765,7 @@ async fn reload_from(
                     routes.join(", ")
                 }
             };
-            tracing::info!(config = %path.display(), trigger = why, added = %names(&summary.added), removed = %names(&summary.removed), updated = %names(&summary.updated), "config reloaded");
+            tracing::info!(config = %path.display(), trigger = why, added = %names(&summary.added), removed = %names(&summary.removed), updated = %names(&summary.updated), open_connections = summary.open, rechecked = summary.rechecked, closed = summary.closed, not_yet_rechecked = summary.open.saturating_sub(summary.rechecked), "config reloaded");
             for note in &summary.not_applied {
                 tracing::warn!("{note}");
             }

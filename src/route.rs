@@ -1,16 +1,18 @@
 //! One route as it runs: the context every connection of the route reads ([`RouteContext`]),
-//! the handle a reload swaps ([`SharedContext`]), and who is on the other end of a connection
-//! ([`Peer`]).
+//! the handle a reload swaps ([`SharedContext`]), how a reload reaches the connections already
+//! open ([`Generation`]), and who is on the other end of a connection ([`Peer`]).
 //!
 //! Owns these shapes only, so that the supervisor, the inbound side and the junction can share
 //! them without importing each other. Must not know sockets or how a route is served.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Route;
 use crate::custody::SenderId;
@@ -32,6 +34,10 @@ pub struct RouteContext {
     pub named_upstreams: Arc<BTreeMap<String, Arc<Upstream>>>,
     /// Paused by the operator (kept across reloads; shared with the route's custody drainer).
     pub paused: Arc<AtomicBool>,
+    /// This context's place in the route's succession of configs: open connections follow it.
+    pub generation: Generation,
+    /// Fires when `shutdown_grace` ends with messages still in flight (the whole guard's).
+    pub abandon: Arc<Abandon>,
 }
 
 impl RouteContext {
@@ -44,6 +50,141 @@ impl RouteContext {
     /// accepting and queueing; only its delivery stops).
     pub fn refuses_while_paused(&self) -> bool {
         self.is_paused() && matches!(self.dispatch, Dispatch::Forward { .. })
+    }
+}
+
+/// The end of `shutdown_grace`: messages still in flight then are abandoned, each with an audit
+/// line, and counted for the guard's last ERROR line.
+#[derive(Default)]
+pub struct Abandon {
+    now: CancellationToken,
+    count: AtomicUsize,
+}
+
+impl Abandon {
+    /// `shutdown_grace` is over: every message still in flight is abandoned.
+    pub fn now(&self) {
+        self.now.cancel();
+    }
+
+    /// Resolves when messages in flight must be abandoned.
+    pub async fn due(&self) {
+        self.now.cancelled().await
+    }
+
+    /// One message was abandoned.
+    pub fn counted(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many messages were abandoned.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// How a reload reaches the connections already open: a replaced context names its successor
+/// and wakes its sessions; each checks itself against the successor (allow, TLS identity,
+/// `client_ca`) after its in-flight message, then carries on under it or closes, and reports
+/// which to the successor, whose reload line counts them.
+#[derive(Default)]
+pub struct Generation {
+    /// The context that replaced this one (set once, by the reload that did it).
+    successor: OnceLock<Arc<RouteContext>>,
+    /// Cancelled when this context is replaced (or its route removed or restarted).
+    replaced: CancellationToken,
+    /// Sessions open on the route, whatever context they run under (shared across reloads).
+    open: Arc<AtomicUsize>,
+    /// Sessions that moved to this context from an earlier one: checked, and of them closed.
+    rechecked: AtomicUsize,
+    closed: AtomicUsize,
+}
+
+impl Generation {
+    /// The next context's generation: the same count of open sessions.
+    pub fn next(&self) -> Generation {
+        Generation {
+            open: self.open.clone(),
+            ..Generation::default()
+        }
+    }
+
+    /// Replaces this context by `next` for the sessions open under it; returns how many
+    /// sessions the route has open.
+    pub fn replace_by(&self, next: Arc<RouteContext>) -> usize {
+        // Counted before the sessions wake: one that is closed at once is still counted.
+        let open = self.open.load(Ordering::Relaxed);
+        let _ = self.successor.set(next);
+        self.replaced.cancel();
+        open
+    }
+
+    /// The route stops (removed, or its listener restarted): no successor, nothing to follow.
+    pub fn end(&self) {
+        self.replaced.cancel();
+    }
+
+    /// Resolves when this context has been replaced or ended (cancel-safe).
+    pub fn replaced(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.replaced.clone().cancelled_owned()
+    }
+
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.is_cancelled()
+    }
+
+    /// The newest context after this one (`None` when there is none: ended, or not replaced).
+    pub fn newest(&self) -> Option<Arc<RouteContext>> {
+        let mut newest = self.successor.get()?.clone();
+        while let Some(next) = newest.generation.successor.get() {
+            newest = next.clone();
+        }
+        Some(newest)
+    }
+
+    /// A session opened; it counts until the returned value is dropped.
+    pub fn session_opened(&self) -> OpenSession {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenSession(self.open.clone())
+    }
+
+    /// A session that ran under this context was checked against the newest one; `closed`:
+    /// it was not admitted. Counted by every context after this one (two reloads in quick
+    /// succession each count the session they reached).
+    pub fn rechecked(&self, closed: bool) {
+        let mut next = self.successor.get();
+        while let Some(ctx) = next {
+            let counts = &ctx.generation;
+            if closed {
+                counts.closed.fetch_add(1, Ordering::Relaxed);
+            }
+            counts.rechecked.fetch_add(1, Ordering::Relaxed);
+            next = counts.successor.get();
+        }
+    }
+
+    /// Waits (up to `limit`) until `expected` sessions have been checked against this context;
+    /// returns how many were checked and how many of them closed.
+    pub async fn recheck_counts(&self, expected: usize, limit: Duration) -> (usize, usize) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.rechecked.load(Ordering::Relaxed) < expected
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (
+            self.rechecked.load(Ordering::Relaxed),
+            self.closed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// One open session in its route's count.
+pub struct OpenSession(Arc<AtomicUsize>);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

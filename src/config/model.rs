@@ -323,6 +323,10 @@ pub struct Route {
     pub framing: Framing,
     /// `framing.release`: the MLLP release spoken with the sender. Default [`MllpRelease::One`].
     pub release: MllpRelease,
+    /// `framing.commit_timeout`: release 2, how long each send of an ack to the sender waits
+    /// for its commit block before sending it again. `None`: the upstream's `ack_timeout / 4`
+    /// (see [`Route::commit_timeout`]).
+    pub commit_timeout: Option<Duration>,
     /// `rules`: the firewall rules, in order (written inline, or in a YAML file named by path);
     /// the first match decides, and no match (or no rules) allows. See [`crate::firewall::rules`].
     pub rules: Vec<Rule>,
@@ -789,6 +793,10 @@ pub struct UpstreamConfig {
     /// `framing.release`: the MLLP release spoken with the receiver. Default
     /// [`MllpRelease::One`].
     pub release: MllpRelease,
+    /// `framing.commit_timeout`: release 2, how long each send of a message to the receiver
+    /// waits for its commit block before sending it again, so that the resends happen within
+    /// `ack_timeout`. `None`: `ack_timeout / 4` (see [`UpstreamConfig::commit_timeout`]).
+    pub commit_timeout: Option<Duration>,
     /// `health_check`: probe the receiver without a message. `None` (default): its health is
     /// known from real connections only.
     pub health_check: Option<HealthCheck>,
@@ -887,6 +895,22 @@ pub struct Reconnect {
     pub max: Duration,
 }
 
+impl UpstreamConfig {
+    /// How long each send to the receiver waits for its commit block (release 2):
+    /// `framing.commit_timeout`, else a quarter of `ack_timeout`.
+    pub fn commit_timeout(&self) -> Duration {
+        self.commit_timeout.unwrap_or(self.ack_timeout / 4)
+    }
+}
+
+impl Route {
+    /// How long each send of an ack to the sender waits for its commit block (release 2):
+    /// `framing.commit_timeout`, else a quarter of the upstream's `ack_timeout`.
+    pub fn commit_timeout(&self) -> Duration {
+        self.commit_timeout.unwrap_or(self.upstream.ack_timeout / 4)
+    }
+}
+
 impl Default for Reconnect {
     fn default() -> Self {
         Reconnect {
@@ -911,6 +935,9 @@ pub struct ServerTls {
     pub material: tls::Material,
     /// The rustls configuration built from the files above.
     pub config: Arc<rustls::ServerConfig>,
+    /// With `client_ca`: the verifier `config` checks client certificates with (CAs, CRLs,
+    /// `allowed_identities`), to check open connections again at a reload.
+    pub client_verifier: Option<tls::ClientVerifierRef>,
 }
 
 impl fmt::Debug for ServerTls {

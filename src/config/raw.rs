@@ -595,6 +595,7 @@ pub(super) struct RawFraming {
     pub(super) start: Option<Text>,
     pub(super) end: Option<Spanned<Vec<Text>>>,
     pub(super) release: Option<Text>,
+    pub(super) commit_timeout: Option<Text>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -301,7 +301,7 @@ impl Validator<'_> {
             &state_dir.map(|d| d.join(&name)).unwrap_or_default(),
             max_message_bytes_ok.then_some(max_message_bytes),
         );
-        let (framing, release) = self.framing(&format!("{p}.framing"), &r.framing);
+        let (framing, release, commit_timeout) = self.framing(&format!("{p}.framing"), &r.framing);
         if let (true, false, Some(raw)) = (
             upstream.transparent_source,
             delivery == Delivery::Forward,
@@ -345,6 +345,7 @@ impl Validator<'_> {
             delivery,
             framing,
             release,
+            commit_timeout,
             rules,
             limits,
             multiple_messages,
@@ -360,9 +361,9 @@ impl Validator<'_> {
         &mut self,
         p: &str,
         raw: &Option<Spanned<RawFraming>>,
-    ) -> (Framing, MllpRelease) {
+    ) -> (Framing, MllpRelease, Option<std::time::Duration>) {
         let Some(raw) = raw else {
-            return (Framing::MLLP, MllpRelease::One);
+            return (Framing::MLLP, MllpRelease::One, None);
         };
         let f = &raw.value;
         let mut bytes_ok = true;
@@ -417,6 +418,14 @@ impl Validator<'_> {
             MllpRelease::One,
             parse_release,
         );
-        (framing, release)
+        let commit_timeout = f.commit_timeout.as_ref().and_then(|_| {
+            self.value(
+                format!("{p}.commit_timeout"),
+                &f.commit_timeout,
+                None,
+                |s| parse_positive_duration(s).map(Some),
+            )
+        });
+        (framing, release, commit_timeout)
     }
 }

@@ -1435,7 +1435,7 @@ fn an_unknown_framing_key_lists_the_valid_ones() {
     let yaml = format!("{MINIMAL}    framing: {{ start: 0x0B, stop: [0x1C] }}\n");
     assert_eq!(
         errors(&yaml),
-        "guard.yaml:7:29: routes[0].framing.stop: unknown key `stop`; valid keys here: start, end, release"
+        "guard.yaml:7:29: routes[0].framing.stop: unknown key `stop`; valid keys here: start, end, release, commit_timeout"
     );
 }
 

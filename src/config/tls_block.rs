@@ -135,13 +135,14 @@ impl Validator<'_> {
             password: password.as_ref(),
         };
         match tls::server_config_with(&identity, client_ca.as_deref(), &policy) {
-            Ok((config, material)) => Some(ServerTls {
+            Ok((config, material, client_verifier)) => Some(ServerTls {
                 cert,
                 key,
                 client_ca,
                 policy,
                 material,
                 config,
+                client_verifier,
             }),
             Err(err) => {
                 self.tls_error(err, p, &raw.referenced, &files);

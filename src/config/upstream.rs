@@ -263,7 +263,7 @@ impl Validator<'_> {
                 Reconnect { initial, max }
             }
         };
-        let (framing, release) = self.framing(&format!("{p}.framing"), &u.framing);
+        let (framing, release, commit_timeout) = self.framing(&format!("{p}.framing"), &u.framing);
         let health_check = u.health_check.as_ref().map(|raw| {
             let h = &raw.value;
             let interval = self.value(
@@ -314,6 +314,7 @@ impl Validator<'_> {
             reconnect,
             framing,
             release,
+            commit_timeout,
             health_check,
         }
     }

@@ -27,7 +27,7 @@ use crate::route::{Peer, RouteContext};
 /// Accepts until `shutdown` fires; every admitted connection runs in `tracker` with the
 /// route's context as it is when the connection arrives (a reload changes it for the next).
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     shared: crate::route::SharedContext,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -244,16 +244,13 @@ async fn serve_connection(
 
 /// Lists the connection for the console while its session runs; the console can end it after
 /// its message in flight (the session's own stop token) or at once (the session is dropped).
-pub(crate) async fn serve_listed<S>(
-    stream: S,
+pub(crate) async fn serve_listed(
+    stream: Stream,
     who: Peer,
     tls: Option<(String, String)>,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
-) -> u64
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+) -> u64 {
     let close = shutdown.child_token();
     let tls = tls.map(|(version, cipher)| TlsInfo { version, cipher });
     let listed = connections::register(

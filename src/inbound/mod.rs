@@ -13,4 +13,5 @@ pub mod listener;
 pub mod dialer;
 pub mod session;
 mod messages;
+mod readmit;
 pub mod two_way;

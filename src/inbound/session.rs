@@ -22,7 +22,9 @@ use crate::config::{MllpRelease, OnLimit};
 use crate::dispatch::{Dispatch, Lanes};
 use crate::firewall::rules::{self, Decision, Facts};
 use crate::inbound::messages::{self, read_header, Acking};
+use crate::inbound::readmit;
 use crate::inbound::two_way::SenderLost;
+use crate::net::Stream;
 use crate::ops::audit;
 use crate::ops::connections::{Entry, State};
 use crate::outcome::{Answer, Failure, Side};
@@ -49,6 +51,8 @@ enum End {
     SendTimeout,
     /// The operator closed it (`DELETE /api/v1/connections/{id}`) after its message in flight.
     Operator,
+    /// A reload's config no longer admits this connection.
+    NotAdmitted,
 }
 
 impl End {
@@ -66,6 +70,7 @@ impl End {
             End::Flooded => "flooded",
             End::SendTimeout => "send_timeout",
             End::Operator => "operator",
+            End::NotAdmitted => "not_admitted_after_reload",
         }
     }
 
@@ -82,6 +87,7 @@ impl End {
             End::Flooded => "too many frames sent without waiting for answers",
             End::SendTimeout => "send_timeout: the sender did not read its acks",
             End::Operator => "closed by the operator",
+            End::NotAdmitted => "no longer admitted by the reloaded config",
         }
     }
 }
@@ -95,37 +101,40 @@ enum Event {
     Receiver(std::io::Result<usize>),
     /// The paired upstream connection has been quiet for `idle_reconnect`.
     IdleUpstream,
+    /// A reload replaced the route's context.
+    Reloaded,
 }
 
 /// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
 /// guard shuts down (`shutdown` also stops it between messages when the operator closes it).
 /// `listed` is its console entry, whose counters it keeps (no lock). Returns how many messages
-/// it carried (both directions).
-pub async fn serve<S>(
-    stream: S,
+/// it carried (both directions). A reload reaches it between messages: it is checked against
+/// the new config and either closed (after its in-flight message) or served under the new
+/// rules, limits and upstream from its next message.
+pub async fn serve(
+    stream: Stream,
     who: Peer,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
     listed: &Entry,
-) -> u64
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let route = &ctx.route;
+) -> u64 {
+    let mut ctx = ctx;
+    let _open = ctx.generation.session_opened();
     let peer = who.addr;
-    let mut link = Link::with_framing(stream, route.max_message_bytes, route.framing)
+    let mut link = Link::with_framing(stream, ctx.route.max_message_bytes, ctx.route.framing)
         .with_budget(crate::wire::budget::Budget::shared().clone());
-    let mut lanes = Lanes::new(&ctx.dispatch, route.upstream.connections);
+    let mut lanes = Lanes::new(&ctx.dispatch, ctx.route.upstream.connections);
     let mut frame_started: Option<Instant> = None;
     // When the sender last sent anything; read from the clock only for an `idle_timeout`.
     let mut last_read = Instant::now();
-    let heard_from_sender = |last_read: &mut Instant| {
-        if route.idle_timeout.is_some() {
+    let heard_from_sender = |ctx: &RouteContext, last_read: &mut Instant| {
+        if ctx.route.idle_timeout.is_some() {
             *last_read = Instant::now();
         }
     };
     let mut messages = 0u64;
-    let release2 = route.release == MllpRelease::Two;
+    // Resolves when a reload replaces the route's context; `None` once the route has ended.
+    let mut reloaded = Some(Box::pin(ctx.generation.replaced()));
 
     // The idle and receive timeouts' timer, moved lazily rather than set anew for every read
     // (allocated only if one of them is ever armed).
@@ -140,6 +149,14 @@ where
         // Answer every complete frame already read (set aside first) before reading again.
         while let Some(item) = link.take_set_aside().or_else(|| link.try_decode()) {
             frame_started = None;
+            if ctx.generation.is_replaced() && reloaded.is_some() {
+                match follow_reload(&mut ctx, &mut lanes, &link, &who) {
+                    Ok(Some(next)) => reloaded = Some(next),
+                    Ok(None) => reloaded = None,
+                    Err(end) => break 'session end,
+                }
+            }
+            let release2 = ctx.route.release == MllpRelease::Two;
             if release2 && commit::is_commit(&item) {
                 continue; // a commit block nothing waits for (e.g. a repeated one)
             }
@@ -171,7 +188,7 @@ where
             while let Some(item) = lanes.next_from_receiver() {
                 messages += 1;
                 listed.message();
-                heard_from_sender(&mut last_read);
+                heard_from_sender(&ctx, &mut last_read);
                 let Some(conn) = lanes.receiver() else { break };
                 // Boxed, like the rare paths below: they would otherwise size every session.
                 let relayed =
@@ -188,9 +205,9 @@ where
 
         let deadline = if link.in_frame() {
             let started = *frame_started.get_or_insert_with(Instant::now);
-            Some(started + route.receive_timeout)
+            Some(started + ctx.route.receive_timeout)
         } else {
-            route.idle_timeout.map(|idle| last_read + idle)
+            ctx.route.idle_timeout.map(|idle| last_read + idle)
         };
         let in_frame = link.in_frame();
         let upstream_in_frame = lanes.receiver_in_frame();
@@ -218,9 +235,17 @@ where
                     None => std::future::pending().await,
                 }
             };
+            let between_messages = !in_frame && !upstream_in_frame;
+            let reload = async {
+                match reloaded.as_mut() {
+                    Some(signal) => signal.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
-                _ = &mut shutdown_signal, if !in_frame && !upstream_in_frame => Event::Shutdown,
+                _ = &mut shutdown_signal, if between_messages => Event::Shutdown,
+                _ = reload, if between_messages => Event::Reloaded,
                 outcome = read => Event::Sender(outcome),
                 outcome = receiver, if watch_receiver => Event::Receiver(outcome),
                 _ = idle, if idle_upstream_at.is_some() => Event::IdleUpstream,
@@ -237,9 +262,9 @@ where
                 if link.in_frame() {
                     listed.set_state(State::Receiving);
                 }
-                heard_from_sender(&mut last_read);
+                heard_from_sender(&ctx, &mut last_read);
                 if messages == 0
-                    && route.tls.is_none()
+                    && ctx.route.tls.is_none()
                     && crate::inbound::sniff::looks_like_tls(link.buffered())
                 {
                     tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
@@ -258,6 +283,11 @@ where
             Event::IdleUpstream => {
                 Box::pin(lanes.reopen_idle_receiver()).await;
             }
+            Event::Reloaded => match follow_reload(&mut ctx, &mut lanes, &link, &who) {
+                Ok(Some(next)) => reloaded = Some(next),
+                Ok(None) => reloaded = None,
+                Err(end) => break end,
+            },
         }
     };
 
@@ -290,6 +320,39 @@ where
     }
     messages
 }
+
+/// A reload replaced the route's context: checks this connection against the newest one. Not
+/// admitted: logged with the reason and `Err` (the session closes; its in-flight message was
+/// answered). Admitted: the session goes on under the new context (its rules and limits from
+/// the next message; its own upstream connections replaced when the upstream changed), and the
+/// signal of the next reload is returned. `Ok(None)`: the route ended (removed or restarted;
+/// its shutdown token closes the session), nothing more to follow.
+fn follow_reload(
+    ctx: &mut Arc<RouteContext>,
+    lanes: &mut Lanes,
+    link: &Link<Stream>,
+    who: &Peer,
+) -> Result<Option<ReloadSignal>, End> {
+    let Some(next) = ctx.generation.newest() else {
+        return Ok(None);
+    };
+    let certs = link.get_ref().peer_certificates();
+    if let Some(reason) = readmit::refused(&next, who, certs.as_deref()) {
+        ctx.generation.rechecked(true);
+        tracing::warn!(route = %next.name, peer = %who.addr, proxy = who.proxy(), identity = who.identity(), reason, "open connection no longer admitted by the reloaded config; closing it after its in-flight message");
+        return Err(End::NotAdmitted);
+    }
+    ctx.generation.rechecked(false);
+    if readmit::delivery_changed(ctx, &next) {
+        tracing::debug!(route = %next.name, peer = %who.addr, upstream = %next.dispatch.describe(), "the reload changed the upstream; this connection's upstream connections are replaced");
+        *lanes = Lanes::new(&next.dispatch, next.route.upstream.connections);
+    }
+    *ctx = next;
+    Ok(Some(Box::pin(ctx.generation.replaced())))
+}
+
+/// Resolves when the route's context a session runs under is replaced.
+type ReloadSignal = std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>;
 
 /// Writes the answer to one of the sender's messages. Release 1: the ack (if any). Release 2:
 /// the commit block first (ACK when the message was delivered or queued, NAK when it was
@@ -351,7 +414,7 @@ async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
     let result = commit::send_committed(
         link,
         &ack,
-        ctx.route.upstream.ack_timeout,
+        ctx.route.commit_timeout(),
         &mut held,
         MAX_SET_ASIDE,
     )
@@ -486,6 +549,25 @@ async fn handle_message(
         header: judged,
     };
     let acking = Acking::of(payload, Some(header));
+    // `shutdown_grace` ended before the receiver (or the queue) answered: the message may have
+    // reached it; the audit line says so, and the guard's last ERROR line counts these.
+    let abandoned = || {
+        ctx.abandon.counted();
+        let detail =
+            "shutdown_grace ended before the delivery finished; the receiver may have the message";
+        audit_frame(
+            "abandoned_at_shutdown",
+            None,
+            None,
+            Some(("abandoned_at_shutdown", detail)),
+        );
+        Answer::Close(Failure {
+            side: Side::Internal,
+            reason: "abandoned_at_shutdown",
+            detail: detail.to_string(),
+            retry_helps: true,
+        })
+    };
     let answer = match rules::evaluate(&ctx.route.rules, &facts) {
         Decision::Allow { .. } if ctx.refuses_while_paused() => {
             let (ack, code) = acking.ack(Says::not_now("route paused"));
@@ -493,16 +575,18 @@ async fn handle_message(
             return Answer::refused(ack, code, "paused");
         }
         Decision::Allow { .. } => {
-            ctx.dispatch
-                .deliver(
-                    lanes,
-                    frame,
-                    &header,
-                    first_message,
-                    who.origin(),
-                    who.sender_id(),
-                )
-                .await
+            let delivery = ctx.dispatch.deliver(
+                lanes,
+                frame,
+                &header,
+                first_message,
+                who.origin(),
+                who.sender_id(),
+            );
+            match or_abandoned(ctx, delivery).await {
+                Some(answer) => answer,
+                None => return abandoned(),
+            }
         }
         Decision::Reject { rule } => {
             crate::ops::metrics::rule_rejected(&ctx.name, rule);
@@ -527,7 +611,12 @@ async fn handle_message(
                 let on_failure = ctx.route.on_upstream_failure;
                 let origin = who.origin();
                 let to = (&header, first_message);
-                Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, to, origin).await
+                let delivery =
+                    Dispatch::deliver_named(upstream, name, on_failure, lanes, frame, to, origin);
+                match or_abandoned(ctx, delivery).await {
+                    Some(answer) => answer,
+                    None => return abandoned(),
+                }
             }
             // The config check guarantees the name exists; refuse rather than guess if not.
             None => {
@@ -553,6 +642,18 @@ async fn handle_message(
         }
     }
     answer
+}
+
+/// A delivery's answer, or `None` when `shutdown_grace` ended first (the delivery is dropped).
+async fn or_abandoned(
+    ctx: &RouteContext,
+    delivery: impl std::future::Future<Output = Answer>,
+) -> Option<Answer> {
+    tokio::select! {
+        biased;
+        answer = delivery => Some(answer),
+        _ = ctx.abandon.due() => None,
+    }
 }
 
 /// A frame over `max_message_bytes` was discarded: answer AE, keeping the connection open.

@@ -310,7 +310,7 @@ async fn answer_receiver(
     ack: &[u8],
 ) -> bool {
     match conn
-        .answer_inbound(committed, ack, ctx.route.upstream.ack_timeout)
+        .answer_inbound(committed, ack, ctx.route.upstream.commit_timeout())
         .await
     {
         Ok(()) => true,

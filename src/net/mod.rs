@@ -106,6 +106,17 @@ impl Stream {
         Some((version, cipher))
     }
 
+    /// The peer's certificate chain, leaf first: `None` on a plaintext stream, empty when the
+    /// TLS peer presented none.
+    pub fn peer_certificates(&self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let certs = match self {
+            Stream::Plain(_) => return None,
+            Stream::ClientTls(tls) => tls.get_ref().1.peer_certificates(),
+            Stream::ServerTls(tls) => tls.get_ref().1.peer_certificates(),
+        };
+        Some(certs.map(<[_]>::to_vec).unwrap_or_default())
+    }
+
     /// Whether the peer has already closed, reset, or sent bytes nobody asked for, checked without
     /// waiting and without sending. A connection that fails this check must not carry a message:
     /// a receiver that closes after every ack leaves its FIN waiting here.

@@ -49,7 +49,7 @@ pub use self::material::{Identity, LoadedCertificate, Material};
 pub use self::peer::{peer_identities, peer_identity};
 pub use self::pem::{read_certificates, read_private_key, read_private_key_with};
 pub use self::policy::{cipher_suite, cipher_suite_names, CrlExpired, MinVersion, Policy};
-pub use self::server::{server_config, server_config_with};
+pub use self::server::{server_config, server_config_with, ClientVerifierRef};
 
 #[cfg(test)]
 mod tests;

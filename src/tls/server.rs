@@ -29,18 +29,20 @@ pub fn server_config(
 
 /// A server (listener) configuration from `identity` under `policy`; with `client_ca`, every
 /// client must present a certificate issued by one of the CAs in that file (and not revoked by
-/// the policy's CRLs). Also returns what was loaded, for `check`.
+/// the policy's CRLs). Also returns what was loaded, for `check`, and the client certificate
+/// verifier (with `client_ca`), so that a reload can check connections already open.
 pub fn server_config_with(
     identity: &Identity<'_>,
     client_ca: Option<&Path>,
     policy: &Policy,
-) -> Result<(Arc<ServerConfig>, Material), TlsError> {
+) -> Result<(Arc<ServerConfig>, Material, Option<ClientVerifierRef>), TlsError> {
     let provider = provider_for(policy);
     let mut material = Material::default();
     let certified = certified_key(&provider, identity, &mut material)?;
     let crls = load_crls(policy, &mut material)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(policy.min_version.versions())?;
+    let mut client_verifier: Option<ClientVerifierRef> = None;
     let builder = match client_ca {
         Some(ca) => {
             let roots = root_store_noting(ca, &mut material)?;
@@ -57,15 +59,19 @@ pub fn server_config_with(
                     source,
                 })?;
             let checks = verify::Checks::new(&crls, &policy.allowed_identities);
-            if checks.is_needed() {
-                builder
-                    .with_client_cert_verifier(Arc::new(verify::ClientVerifier { inner, checks }))
+            let verifier: ClientVerifierRef = if checks.is_needed() {
+                Arc::new(verify::ClientVerifier { inner, checks })
             } else {
-                builder.with_client_cert_verifier(inner)
-            }
+                inner
+            };
+            client_verifier = Some(verifier.clone());
+            builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
-    Ok((Arc::new(config), material))
+    Ok((Arc::new(config), material, client_verifier))
 }
+
+/// The verifier a listener checks its clients' certificates with.
+pub type ClientVerifierRef = Arc<dyn rustls::server::danger::ClientCertVerifier>;

@@ -555,7 +555,7 @@ fn a_pkcs12_bundle_loads_with_its_password_and_a_wrong_one_is_named() {
         key: None,
         password,
     };
-    let (server, material) =
+    let (server, material, _) =
         server_config_with(&with(Some(&good)), None, &Policy::default()).unwrap();
     assert_eq!(
         material.certificates[0].dates.subject,

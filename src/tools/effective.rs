@@ -168,7 +168,7 @@ fn route(w: &mut String, r: &Route) {
             Batches::Refuse => "refuse",
         },
     );
-    framing(w, i, r.framing, r.release);
+    framing(w, i, r.framing, r.release, r.commit_timeout());
     match &r.delivery {
         Delivery::Forward => line(w, i, "delivery", "forward"),
         Delivery::StoreAndForward(c) => {
@@ -345,7 +345,7 @@ fn upstream(w: &mut String, i: usize, u: &UpstreamConfig) {
             dur(u.reconnect.max)
         ),
     );
-    framing(w, i, u.framing, u.release);
+    framing(w, i, u.framing, u.release, u.commit_timeout());
 }
 
 /// A `socket:` block: the sizes in bytes, unset keys left out (the kernel's defaults).
@@ -476,20 +476,21 @@ fn rule(w: &mut String, i: usize, rule: &Rule) {
     let _ = writeln!(w, "{pad}    action: {action}");
 }
 
-fn framing(w: &mut String, i: usize, f: Framing, release: MllpRelease) {
+fn framing(w: &mut String, i: usize, f: Framing, release: MllpRelease, commit: Duration) {
     let end: Vec<String> = f.end().iter().map(|b| format!("0x{b:02X}")).collect();
     line(
         w,
         i,
         "framing",
         format!(
-            "{{ start: 0x{:02X}, end: [{}], release: {} }}",
+            "{{ start: 0x{:02X}, end: [{}], release: {}, commit_timeout: {} }}",
             f.start(),
             end.join(", "),
             match release {
                 MllpRelease::One => 1,
                 MllpRelease::Two => 2,
-            }
+            },
+            dur(commit)
         ),
     );
 }

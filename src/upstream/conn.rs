@@ -37,6 +37,9 @@ pub struct UpstreamConn {
     pub(super) last_used: Instant,
     /// The release this side speaks.
     pub(super) release: MllpRelease,
+    /// Release 2: how long each send waits for the receiver's commit block
+    /// (`framing.commit_timeout`), so that resends happen within the ack timeout.
+    pub(super) commit_timeout: Duration,
     /// The ack timeout's timer, kept from one exchange to the next.
     pub(super) ack_timer: DeadlineTimer,
     /// The upstream's reconnect generation when this connection was opened: one from before an
@@ -169,16 +172,18 @@ impl UpstreamConn {
         let UpstreamConn {
             link,
             release,
+            commit_timeout,
             ack_timer,
             ..
         } = conn;
         let release = *release;
+        let per_attempt = *commit_timeout;
         let exchange = async {
             if release == MllpRelease::Two {
                 commit::send_committed(
                     link,
                     frame.payload(),
-                    ack_timeout,
+                    per_attempt,
                     &mut held,
                     MAX_SET_ASIDE,
                 )

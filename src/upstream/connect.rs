@@ -82,7 +82,7 @@ impl Connector {
             return Ok(self.conn_over(stream));
         }
         let addr = self.cfg.role.to_string();
-        self.gate.admit(&addr)?;
+        let ticket = self.gate.admit(&addr)?;
         let limit = self.cfg.connect_timeout;
         // Boxed: opening (TCP, SOCKS or HTTP CONNECT, TLS) is the largest state a message's
         // future can be in; on the heap only while it runs, it does not size every session's
@@ -101,7 +101,7 @@ impl Connector {
         let stream = match opened {
             Ok(stream) => stream,
             Err(err) => {
-                let wait = self.gate.failed(&err);
+                let wait = self.gate.failed(ticket, &err);
                 let retry_in_ms = wait.as_millis() as u64;
                 if err.is_permanent() {
                     tracing::error!(route = %self.route, upstream = %addr, error = %err, retry_in_ms, "cannot connect to the upstream and retrying soon will not help (certificate or TLS settings); retrying at the maximum backoff");
@@ -136,6 +136,7 @@ impl Connector {
             fresh: true,
             last_used: Instant::now(),
             release: self.cfg.release,
+            commit_timeout: self.cfg.commit_timeout(),
             ack_timer: DeadlineTimer::default(),
             generation: self.generation.load(std::sync::atomic::Ordering::Relaxed),
         }
@@ -261,8 +262,10 @@ impl Connector {
 }
 
 /// Paces connection attempts after failures: while the upstream is failing, at most one
-/// attempt is in flight, and the next waits out a jittered, growing backoff. A successful
-/// exchange resets it.
+/// attempt is in flight, and the next waits out a jittered, growing backoff. One outage is one
+/// step: failures of attempts that started before the latest step was taken (sixteen busy
+/// sessions whose connects all fail within a millisecond) do not advance the backoff again. A
+/// successful exchange resets it.
 struct ConnectGate {
     state: std::sync::Mutex<GateState>,
 }
@@ -274,13 +277,14 @@ struct GateState {
     next_attempt: Option<tokio::time::Instant>,
     in_flight: bool,
     last_error: String,
-    /// Since when exchanges have succeeded without a connect failure.
-    healthy_since: Option<tokio::time::Instant>,
+    /// How many backoff steps have been taken since the last success; an attempt remembers the
+    /// step it was admitted in, and only a failure in the current step takes the next one.
+    step: u64,
 }
 
-/// The backoff starts again from `reconnect.initial` only after the upstream has been healthy
-/// this long: a receiver that accepts one message and falls over again is not hammered.
-const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+/// The step an attempt was admitted in (see [`GateState::step`]).
+#[derive(Clone, Copy, Debug)]
+struct Ticket(u64);
 
 impl ConnectGate {
     fn new(reconnect: &config::Reconnect) -> ConnectGate {
@@ -291,7 +295,7 @@ impl ConnectGate {
                 next_attempt: None,
                 in_flight: false,
                 last_error: String::new(),
-                healthy_since: None,
+                step: 0,
             }),
         }
     }
@@ -300,11 +304,11 @@ impl ConnectGate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ok to try now, or how long until the next attempt.
-    fn admit(&self, addr: &str) -> Result<(), UpstreamError> {
+    /// Ok to try now (with the step the attempt belongs to), or how long until the next attempt.
+    fn admit(&self, addr: &str) -> Result<Ticket, UpstreamError> {
         let mut state = self.lock();
         if !state.failing {
-            return Ok(());
+            return Ok(Ticket(state.step));
         }
         let now = tokio::time::Instant::now();
         let wait = state
@@ -318,25 +322,27 @@ impl ConnectGate {
             });
         }
         state.in_flight = true;
-        Ok(())
+        Ok(Ticket(state.step))
     }
 
-    /// Records a failed attempt; returns the wait before the next one.
-    fn failed(&self, err: &UpstreamError) -> Duration {
+    /// Records a failed attempt; returns the wait before the next one. Only the first failure
+    /// of a step advances the backoff; a failure of an attempt admitted in an earlier step
+    /// (started together with the one that failed first) is the same outage and only learns
+    /// the wait already set.
+    fn failed(&self, ticket: Ticket, err: &UpstreamError) -> Duration {
         let mut state = self.lock();
         let now = tokio::time::Instant::now();
-        if state
-            .healthy_since
-            .take()
-            .is_some_and(|since| now.duration_since(since) >= HEALTHY_PERIOD)
-        {
-            state.backoff.reset();
+        if ticket.0 != state.step {
+            return state
+                .next_attempt
+                .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
         }
         let wait = if err.is_permanent() {
             state.backoff.longest_wait()
         } else {
             state.backoff.next_wait()
         };
+        state.step += 1;
         state.failing = true;
         state.in_flight = false;
         state.next_attempt = Some(now + wait);
@@ -348,15 +354,16 @@ impl ConnectGate {
         self.lock().in_flight = false;
     }
 
-    /// An exchange succeeded: connections may be opened freely again; the backoff level is
-    /// kept until the upstream has stayed healthy for [`HEALTHY_PERIOD`].
+    /// An exchange succeeded: connections may be opened freely again and the next outage
+    /// starts from `reconnect.initial`.
     fn healthy(&self) {
         let mut state = self.lock();
-        state.failing = false;
-        state.next_attempt = None;
-        state
-            .healthy_since
-            .get_or_insert_with(tokio::time::Instant::now);
+        if state.failing {
+            state.backoff.reset();
+            state.step += 1;
+            state.failing = false;
+            state.next_attempt = None;
+        }
     }
 }
 
@@ -388,51 +395,51 @@ mod tests {
         }
     }
 
-    fn retry_in(result: Result<(), UpstreamError>) -> Option<Duration> {
+    fn retry_in(result: Result<Ticket, UpstreamError>) -> Option<Duration> {
         match result {
-            Ok(()) => None,
+            Ok(_) => None,
             Err(UpstreamError::Backoff { retry_in, .. }) => Some(retry_in),
             Err(other) => panic!("unexpected {other}"),
         }
     }
 
+    fn admitted(gate: &ConnectGate) -> Ticket {
+        gate.admit("ehr").expect("admitted")
+    }
+
     #[tokio::test(start_paused = true)]
     async fn after_a_failure_attempts_wait_out_a_growing_jittered_backoff() {
         let gate = gate(1000, 8000);
-        assert!(
-            gate.admit("ehr").is_ok(),
-            "a healthy upstream is tried at once"
-        );
-        let first = gate.failed(&refused());
+        let ticket = admitted(&gate);
+        let first = gate.failed(ticket, &refused());
         assert!((500..=1000).contains(&first.as_millis()), "{first:?}");
         let left = retry_in(gate.admit("ehr")).expect("refused during the backoff");
         assert!(left <= first);
         tokio::time::advance(first).await;
-        assert!(gate.admit("ehr").is_ok(), "admitted once the wait is over");
-        let second = gate.failed(&refused());
+        let ticket = admitted(&gate);
+        let second = gate.failed(ticket, &refused());
         assert!(
             (1000..=2000).contains(&second.as_millis()),
             "doubled: {second:?}"
         );
         tokio::time::advance(second).await;
-        assert!(gate.admit("ehr").is_ok());
         for _ in 0..5 {
-            let wait = gate.failed(&refused());
+            let ticket = admitted(&gate);
+            let wait = gate.failed(ticket, &refused());
             assert!(
                 wait <= Duration::from_millis(8000),
                 "capped at max: {wait:?}"
             );
             tokio::time::advance(wait).await;
-            assert!(gate.admit("ehr").is_ok());
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn only_one_attempt_is_in_flight_while_failing() {
         let gate = gate(1000, 8000);
-        let wait = gate.failed(&refused());
+        let wait = gate.failed(admitted(&gate), &refused());
         tokio::time::advance(wait).await;
-        assert!(gate.admit("ehr").is_ok(), "one attempt goes out");
+        let _one = admitted(&gate);
         assert_eq!(
             retry_in(gate.admit("ehr")),
             Some(Duration::ZERO),
@@ -445,35 +452,65 @@ mod tests {
         );
     }
 
+    /// Issue 28, finding 1: sixteen busy sessions connect at once while the receiver restarts;
+    /// all sixteen fail within a millisecond. That is one outage: the backoff advances once,
+    /// the next gated attempt takes the second step, and a success starts again from initial.
     #[tokio::test(start_paused = true)]
-    async fn the_backoff_resets_only_after_a_healthy_period() {
+    async fn concurrent_failures_within_one_step_advance_the_backoff_once() {
+        let gate = gate(1000, 180_000);
+        let tickets: Vec<Ticket> = (0..16).map(|_| admitted(&gate)).collect();
+        let mut waits = Vec::new();
+        for ticket in tickets {
+            waits.push(gate.failed(ticket, &refused()));
+            tokio::time::advance(Duration::from_micros(40)).await;
+        }
+        let first = waits[0];
+        assert!((500..=1000).contains(&first.as_millis()), "{first:?}");
+        for (i, wait) in waits.iter().enumerate().skip(1) {
+            assert!(
+                *wait <= first,
+                "failure {i} of the same step learned the wait already set, not a longer one: {wait:?} > {first:?}"
+            );
+        }
+        tokio::time::advance(first).await;
+        let second = gate.failed(admitted(&gate), &refused());
+        assert!(
+            (1000..=2000).contains(&second.as_millis()),
+            "the next attempt takes the second step only: {second:?}"
+        );
+        tokio::time::advance(second).await;
+        admitted(&gate);
+        gate.connected();
+        gate.healthy();
+        // Healthy again: sessions connect freely; the next outage starts from initial, and
+        // again all its concurrent failures count once.
+        let tickets: Vec<Ticket> = (0..16).map(|_| admitted(&gate)).collect();
+        let waits: Vec<Duration> = tickets
+            .into_iter()
+            .map(|t| gate.failed(t, &refused()))
+            .collect();
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_millis(1000)),
+            "a success reset the backoff: {waits:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_after_a_success_starts_again_from_initial() {
         let gate = gate(1000, 60_000);
         for _ in 0..4 {
-            let wait = gate.failed(&refused());
+            let wait = gate.failed(admitted(&gate), &refused());
             tokio::time::advance(wait).await;
-            let _ = gate.admit("ehr");
         }
+        admitted(&gate);
         gate.connected();
         gate.healthy();
         assert!(
             gate.admit("ehr").is_ok(),
             "healthy: connections open freely at once"
         );
-        // A receiver that falls over again a moment later: the backoff goes on growing.
         tokio::time::advance(Duration::from_secs(5)).await;
-        let wait = gate.failed(&refused());
-        assert!(
-            wait >= Duration::from_millis(8000),
-            "kept its level: {wait:?}"
-        );
-        tokio::time::advance(wait).await;
-        let _ = gate.admit("ehr");
-        gate.connected();
-        // Healthy for the whole period: the next failure starts again from initial.
-        gate.healthy();
-        tokio::time::advance(HEALTHY_PERIOD).await;
-        gate.healthy();
-        let wait = gate.failed(&refused());
+        let wait = gate.failed(admitted(&gate), &refused());
         assert!(
             wait <= Duration::from_millis(1000),
             "back to initial: {wait:?}"
@@ -485,7 +522,7 @@ mod tests {
         let gate = gate(1000, 8000);
         let err = bad_certificate();
         assert!(err.is_permanent());
-        let wait = gate.failed(&err);
+        let wait = gate.failed(admitted(&gate), &err);
         assert!((4000..=8000).contains(&wait.as_millis()), "{wait:?}");
         assert!(!refused().is_permanent());
     }

@@ -260,7 +260,7 @@ impl Upstream {
                     .await
                     .map(Some),
                 Awaits::Nothing => conn
-                    .send_only(frame, self.cfg().ack_timeout)
+                    .send_only(frame, self.cfg().commit_timeout())
                     .await
                     .map(|()| None),
             };

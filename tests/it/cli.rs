@@ -108,10 +108,18 @@ pub fn start_guard_logged(
 
 /// Spawns `mllp-guard run` with JSON logs at debug level; its log lines arrive on the receiver.
 pub fn spawn_guard(config: &Path) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    spawn_guard_filtered(config, "debug")
+}
+
+/// Like [`spawn_guard`], with this `MLLP_GUARD_LOG` filter.
+pub fn spawn_guard_filtered(
+    config: &Path,
+    filter: &str,
+) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let mut child = Proc(
         guard_cmd()
             .args(["--log-format", "json", "run", "--config"])
-            .env("MLLP_GUARD_LOG", "debug")
+            .env("MLLP_GUARD_LOG", filter)
             .arg(config)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

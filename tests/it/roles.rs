@@ -12,11 +12,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::*;
 
-const COMMIT_ACK: [u8; 4] = [0x0B, 0x06, 0x1C, 0x0D];
+pub const COMMIT_ACK: [u8; 4] = [0x0B, 0x06, 0x1C, 0x0D];
 const COMMIT_NAK: [u8; 4] = [0x0B, 0x15, 0x1C, 0x0D];
 
 /// An ack payload answering `control_id` with `code`.
-fn ack_payload(control_id: &str, code: AckCode) -> Vec<u8> {
+pub fn ack_payload(control_id: &str, code: AckCode) -> Vec<u8> {
     format!("MSH|^~\\&|PEER|FAC|GUARD|FAC|20240102030405||ACK^A01^ACK|A-{control_id}|P|2.5.1\rMSA|{}|{control_id}\r", code.as_str()).into_bytes()
 }
 
@@ -25,7 +25,7 @@ fn result_message(control_id: &str) -> Vec<u8> {
     format!("MSH|^~\\&|LAB|FAC|SEND_APP|SEND_FAC|20240102030405||ORU^R01^ORU_R01|{control_id}|P|2.5.1\rPID|1||MRN1\rOBX|1|NM|GLU||5.5|mmol/L\r").into_bytes()
 }
 
-async fn next_payload(link: &mut Link<Stream>) -> Vec<u8> {
+pub async fn next_payload(link: &mut Link<Stream>) -> Vec<u8> {
     match tokio::time::timeout(Duration::from_secs(10), link.next()).await {
         Ok(Ok(Some(Decoded::Frame(frame)))) => frame.payload().to_vec(),
         other => panic!("expected a frame, got {other:?}"),
@@ -37,7 +37,7 @@ fn link_of(tcp: TcpStream) -> Link<Stream> {
     Link::new(Stream::Plain(tcp), 16 * 1024 * 1024)
 }
 
-async fn accept_one(listener: &TcpListener) -> Link<Stream> {
+pub async fn accept_one(listener: &TcpListener) -> Link<Stream> {
     let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
         .await
         .expect("the guard connects within 10 s")

@@ -1,0 +1,90 @@
+//! MLLP release 2 resends through the binary (issue 28, finding 3): towards a receiver, each
+//! send waits its own `framing.commit_timeout` (default `ack_timeout / 4`), so the documented
+//! resends happen before the overall `ack_timeout`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mllp_guard::wire::codec;
+use mllp_guard::wire::hl7::AckCode;
+use tokio::net::TcpListener;
+
+use crate::cli::start_guard;
+use crate::harness::*;
+use crate::roles::{accept_one, ack_payload, next_payload, COMMIT_ACK};
+
+/// A release-2 receiver whose commit of the first copy is lost (it stays silent) commits and
+/// acks the second: the sender gets that ack, and the receiver gets two copies, not three.
+async fn resend_after_a_lost_commit(upstream_framing: &str, resent_within: Duration) {
+    let dir = TestDir::new();
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let file = dir.path("guard.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "routes:\n  - name: test\n    listen: 127.0.0.1:0\n    allow: [127.0.0.1/32]\n    upstream:\n      address: {}\n      ack_timeout: 2s\n      framing: {upstream_framing}\n",
+            upstream.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let (_guard, listen, _logs) = start_guard(&file);
+    let listen: SocketAddr = listen.parse().unwrap();
+    let mut client = Client::plain(listen).await;
+    let reply = tokio::spawn(async move {
+        let ack = client.send(&message("R2-LOST", 300)).await;
+        (client, ack)
+    });
+    let mut receiver = accept_one(&upstream).await;
+    assert_eq!(next_payload(&mut receiver).await, message("R2-LOST", 300));
+    let first = Instant::now();
+    // The commit of the first copy is lost: silence.
+    assert_eq!(
+        next_payload(&mut receiver).await,
+        message("R2-LOST", 300),
+        "sent again after the commit timeout"
+    );
+    let waited = first.elapsed();
+    assert!(
+        waited < resent_within,
+        "resent after {waited:?}, not within {resent_within:?}"
+    );
+    receiver.send(&COMMIT_ACK).await.unwrap();
+    receiver
+        .send(&codec::encode(&ack_payload("R2-LOST", AckCode::AA)))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_payload(&mut receiver).await,
+        [0x06],
+        "the ack is committed"
+    );
+    let (_client, ack) = reply.await.unwrap();
+    assert_eq!(
+        ack_of(&ack).0,
+        AckCode::AA,
+        "the sender gets the receiver's ack, not a NAK-born AE: {}",
+        String::from_utf8_lossy(&ack)
+    );
+    // No third copy.
+    let third = tokio::time::timeout(Duration::from_millis(700), receiver.next()).await;
+    assert!(
+        !matches!(third, Ok(Ok(Some(_)))),
+        "a third copy reached the receiver"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_2_receiver_whose_first_commit_is_lost_gets_one_resend_within_the_default_commit_timeout(
+) {
+    // ack_timeout 2s: the default commit timeout is 500 ms.
+    resend_after_a_lost_commit("{ release: 2 }", Duration::from_millis(1200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_commit_timeout_sets_the_wait_before_a_resend() {
+    resend_after_a_lost_commit(
+        "{ release: 2, commit_timeout: 200ms }",
+        Duration::from_millis(600),
+    )
+    .await;
+}
