@@ -173,7 +173,7 @@ fn hex(bytes: &[u8]) -> String {
 /// `GET path` on the admin endpoint: the body.
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: guard\r\n\r\n").as_bytes())
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = Vec::new();
