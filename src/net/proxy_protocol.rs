@@ -167,6 +167,16 @@ async fn read_v1<S: Arriving>(tcp: &mut S) -> Result<Option<Origin>, ProxyError>
             return Err(malformed(Version::V1, "longer than 107 bytes without CRLF"));
         }
     }
+    // The spec's header is US-ASCII with one CR, the one ending it. Checked here: `ppp` slices
+    // at the first CR plus two bytes, which panics inside a multi-byte character (the fuzz
+    // target found `...\r\xd0\xbf...`).
+    let body = &header[..header.len() - 2];
+    if !header.is_ascii() || body.contains(&b'\r') {
+        return Err(malformed(
+            Version::V1,
+            "not one line of ASCII text ending in CRLF",
+        ));
+    }
     let text =
         std::str::from_utf8(&header).map_err(|_| malformed(Version::V1, "not ASCII text"))?;
     let parsed =
@@ -467,6 +477,25 @@ mod tests {
         let read = run_now(read_header(&mut replay, Version::V1)).unwrap();
         assert_eq!(read, None);
         assert_eq!(replay.taken, 15);
+    }
+
+    /// The fuzz target's second find: a v1 header with a CR and a multi-byte character before
+    /// its end made the `ppp` parser panic; it is refused as malformed.
+    #[test]
+    fn a_v1_header_that_is_not_one_ascii_line_is_malformed_not_a_panic() {
+        for stream in [
+            &b"PROXY UNKNOWN\r\xd0\xbf 1 2\r\n"[..],
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\xc3\xa9\r\n",
+        ] {
+            let mut replay = Replay {
+                data: stream,
+                step: stream.len(),
+                arrived: 0,
+                taken: 0,
+            };
+            let err = run_now(read_header(&mut replay, Version::V1)).unwrap_err();
+            assert!(matches!(err, ProxyError::Malformed { .. }), "{err}");
+        }
     }
 
     #[test]
