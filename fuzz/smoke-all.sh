@@ -6,7 +6,7 @@ set -euo pipefail
 
 SECS="${1:-30}"
 FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-for target in frame_decoder msh_view rules config; do
+for target in frame_decoder msh_view rules config queue_salvage; do
   echo "== fuzz $target (${SECS}s)"
   bash "$FUZZ_DIR/smoke.sh" "$SECS" "$target"
 done

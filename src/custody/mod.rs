@@ -38,7 +38,7 @@ pub mod stranded;
 
 pub use duplicates::SenderId;
 pub use error::NotQueued;
-pub use log::{queue_limits, DEAD_LETTER_DIR};
+pub use log::{dead_letter_limits, queue_limits, DEAD_LETTER_DIR};
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -25,6 +25,7 @@ mod readiness;
 mod queue_cli;
 mod relay;
 mod reload;
+mod salvage_cli;
 mod roles;
 mod sessions;
 mod shipped;
