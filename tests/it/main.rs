@@ -26,6 +26,7 @@ mod queue_cli;
 mod relay;
 mod reload;
 mod salvage_cli;
+mod stream_loss;
 mod roles;
 mod sessions;
 mod shipped;
