@@ -277,6 +277,12 @@ fn main() -> ExitCode {
                     for q in mllp_guard::custody::stranded::stranded_queues(&config) {
                         eprintln!("warning: {}", mllp_guard::custody::stranded::warning(&q));
                     }
+                    for s in mllp_guard::custody::stranded::stranded_streams(&config).await {
+                        eprintln!(
+                            "warning: {}",
+                            mllp_guard::custody::stranded::stream_warning(&s)
+                        );
+                    }
                     if print {
                         print!("{}", mllp_guard::tools::effective::render(&config));
                     }

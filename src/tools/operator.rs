@@ -243,6 +243,21 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
         for q in crate::custody::stranded::stranded_queues(config) {
             rows.push(embedded_depth(&q.name, &q.dir, true)?);
         }
+        for s in crate::custody::stranded::stranded_streams(config).await {
+            rows.push(RouteDepth {
+                route: s.stream.clone(),
+                backend: "jetstream",
+                pending: s.pending,
+                bytes: s.bytes,
+                oldest_age_s: s.oldest_enqueued_ms.map(age_secs),
+                dead_letters: s.dead,
+                dead_bytes: None,
+                stream: Some(s.stream),
+                stranded: true,
+                damaged: Vec::new(),
+                set_aside_lost: 0,
+            });
+        }
     }
     Ok(rows)
 }
@@ -456,6 +471,11 @@ pub async fn list(
             .map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string())
             .unwrap_or_else(|| "-".into());
         match &row.stream {
+            Some(stream) if row.stranded => writeln!(
+                out,
+                "stream {stream} (no configured route owns it): {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream); name it again in a route's queue.jetstream.stream to deliver them",
+                row.pending, row.dead_letters, row.bytes
+            )?,
             Some(stream) => writeln!(
                 out,
                 "route {}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {stream})",

@@ -248,6 +248,30 @@ async fn a_route_whose_queue_cannot_be_opened_is_down_while_the_others_serve() {
 }
 
 /// `mllp-guard queue ...` through the binary: (success, stdout, stderr).
+/// What `check --config cfg` says on stderr (it must succeed).
+pub(crate) fn checked_warnings(cfg: &str) -> String {
+    let check = std::process::Command::new(BIN)
+        .args(["check", "--config", cfg])
+        .output()
+        .unwrap();
+    let warned = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(check.status.success(), "{warned}");
+    warned
+}
+
+/// The rows of `queue list --json` marked `"stranded": true` (the command must succeed).
+pub(crate) fn stranded_rows(cfg: &str) -> Vec<serde_json::Value> {
+    let (ok, out, err) = queue_cmd(&["list", "--json", "--config", cfg]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["stranded"] == true)
+        .cloned()
+        .collect()
+}
+
 pub(crate) fn queue_cmd(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(BIN)
         .arg("queue")
@@ -283,12 +307,7 @@ async fn a_renamed_routes_queue_is_named_and_can_be_moved_to_the_new_name() {
     // The route is renamed: its queue now belongs to no route.
     std::fs::write(&config, yaml.replace("name: lab\n", "name: lab2\n")).unwrap();
     let cfg = config.to_str().unwrap();
-    let check = std::process::Command::new(BIN)
-        .args(["check", "--config", cfg])
-        .output()
-        .unwrap();
-    let warned = String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{warned}");
+    let warned = checked_warnings(cfg);
     assert!(
         warned.contains("state_dir holds the queue of no configured route")
             && warned.contains("(5 pending)"),
@@ -300,16 +319,8 @@ async fn a_renamed_routes_queue_is_named_and_can_be_moved_to_the_new_name() {
         out.contains("queue lab (no configured route owns it): 5 pending"),
         "{out}"
     );
-    let (ok, out, err) = queue_cmd(&["list", "--json", "--config", cfg]);
-    assert!(ok, "{err}");
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let stranded: Vec<&serde_json::Value> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["stranded"] == true)
-        .collect();
-    assert_eq!(stranded.len(), 1, "{out}");
+    let stranded = stranded_rows(cfg);
+    assert_eq!(stranded.len(), 1, "{stranded:?}");
     assert_eq!(
         (&stranded[0]["route"], &stranded[0]["pending"]),
         (&"lab".into(), &5.into())

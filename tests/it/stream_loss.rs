@@ -1,8 +1,9 @@
-//! JetStream stream loss through the binary (issue 27, finding 4): nats-server SIGKILLed and
+//! JetStream streams through the binary. Stream loss (issue 27, finding 4): nats-server SIGKILLed and
 //! started again on an empty store dir while acknowledged messages were pending. The guard
 //! says so (ERROR naming the stream and how many were pending, a metric), makes the stream and
 //! the consumer again, and goes on taking and delivering messages without a restart; the depth
-//! it reports is the new stream's.
+//! it reports is the new stream's. A stream no configured route names (finding 7) is named by
+//! `check`, `run` and `queue list`.
 
 use std::time::{Duration, Instant};
 
@@ -105,4 +106,75 @@ async fn a_stream_lost_with_its_nats_store_is_reported_made_again_and_custody_go
     .await
     .unwrap();
     assert_eq!(delivered, ["AFTER-1", "AFTER-2"]);
+}
+
+/// Issue 27, finding 7 on JetStream: a route whose stream was renamed leaves acknowledged
+/// messages in the old stream; `check` and `run` warn with the pending count, `queue list`
+/// shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
+async fn a_stream_no_route_names_is_named_by_check_run_and_queue_list() {
+    nats::require();
+    let nats = Nats::single();
+    let dir = TestDir::new();
+    let receiver = free_addr(); // down: the three stay pending
+    let listen = free_addr();
+    let config = dir.path("guard.yaml");
+    let yaml = custody_yaml(
+        &dir,
+        receiver,
+        &listen.to_string(),
+        &nats.queue_yaml("MLLP_OLD", 1, "2s"),
+    );
+    std::fs::write(&config, &yaml).unwrap();
+    {
+        let (mut guard, _, _logs) = crate::cli::start_guard(&config);
+        for i in 1..=3 {
+            queued(&listen.to_string(), &format!("OLD-{i}"));
+        }
+        guard.0.kill().unwrap();
+        guard.0.wait().unwrap();
+    }
+    std::fs::write(
+        &config,
+        yaml.replace("stream: MLLP_OLD", "stream: MLLP_NEW"),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+
+    let warned = crate::damage::checked_warnings(cfg);
+    assert!(
+        warned.contains(
+            "holds the stream of no configured route: MLLP_OLD (3 pending, 0 dead letters)"
+        ),
+        "{warned}"
+    );
+    let (ok, out, err) = crate::damage::queue_cmd(&["list", "--config", cfg]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("stream MLLP_OLD (no configured route owns it): 3 pending"),
+        "{out}"
+    );
+    let stranded = crate::damage::stranded_rows(cfg);
+    assert_eq!(stranded.len(), 1, "{stranded:?}");
+    assert_eq!(
+        (
+            &stranded[0]["route"],
+            &stranded[0]["backend"],
+            &stranded[0]["pending"]
+        ),
+        (&"MLLP_OLD".into(), &"jetstream".into(), &3.into())
+    );
+
+    let (_guard, _, logs, early) = crate::cli::start_guard_logged(&config);
+    let later = std::iter::from_fn(|| logs.recv_timeout(Duration::from_millis(500)).ok());
+    let warned = early.into_iter().chain(later).take(200).find(|l| {
+        l.contains("\"level\":\"WARN\"") && l.contains("holds the stream of no configured route")
+    });
+    let warned = warned.expect("run warns about the stranded stream");
+    let v: serde_json::Value = serde_json::from_str(&warned).unwrap();
+    assert_eq!(
+        (&v["stream"], &v["pending"]),
+        (&"MLLP_OLD".into(), &3.into())
+    );
 }

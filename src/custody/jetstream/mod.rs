@@ -50,7 +50,7 @@ mod stream;
 
 pub use drain::{run, DrainContext};
 pub use error::{Cause, JetStreamError};
-pub use inspect::{depth, purge, records, replay, Depth};
+pub use inspect::{depth, purge, records, replay, unowned_streams, Depth};
 pub use nats::Nats;
 pub use stream::{connect, dead_subject, ensure_stream, message_id, queue_subject, CONSUMER};
 
