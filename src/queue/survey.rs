@@ -59,6 +59,38 @@ struct Stretch {
     after: u64,
 }
 
+const ZEROS: [u8; 4096] = [0; 4096];
+
+/// Index of the first non-zero byte at or after `from` (whole zero blocks compared at once: a
+/// preallocated segment is mostly zeros).
+fn next_nonzero(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at < bytes.len() {
+        let end = (at + ZEROS.len()).min(bytes.len());
+        if bytes[at..end] != ZEROS[..end - at] {
+            return bytes[at..end].iter().position(|&b| b != 0).map(|n| at + n);
+        }
+        at = end;
+    }
+    None
+}
+
+/// Index of the last non-zero byte of `bytes`.
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = end.saturating_sub(ZEROS.len());
+        if bytes[start..end] != ZEROS[..end - start] {
+            return bytes[start..end]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map(|n| start + n);
+        }
+        end = start;
+    }
+    None
+}
+
 /// `(seq, len, synced_through)` of an intact record at `pos`.
 fn record_at(bytes: &[u8], pos: u64, queue_id: u64) -> Option<(u64, u32, u64)> {
     let room = (bytes.len() as u64).checked_sub(pos)?;
@@ -117,12 +149,20 @@ pub(super) fn survey(
                     pos += align8(u64::from(rec_len));
                     gap_start = pos;
                 }
+                // Zeros (the preallocated rest of a segment, mostly): on to the next non-zero
+                // word at once. No record starts with zeros (its length is never 0).
+                _ if bytes[pos as usize..pos as usize + 8] == [0; 8] => {
+                    match next_nonzero(bytes, pos as usize) {
+                        Some(at) => pos = (at as u64) & !7,
+                        None => break,
+                    }
+                }
                 _ => pos += 8,
             }
         }
         // After the last record: only the non-zero part is damage (or a torn write).
         let tail = bytes.get(gap_start as usize..).unwrap_or(&[]);
-        if let Some(last) = tail.iter().rposition(|&b| b != 0) {
+        if let Some(last) = last_nonzero(tail) {
             stretches.push(Stretch {
                 seg,
                 start: gap_start,
