@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz smoke run of one target (default: the MLLP frame decoder).
 # Usage: fuzz/smoke.sh [SECONDS] [TARGET]   (defaults 30, frame_decoder; run from anywhere)
-# Targets: frame_decoder, msh_view, rules, config, ack, proxy_header, first_bytes (see fuzz/Cargo.toml; fuzz/smoke-all.sh runs
+# Targets: every file in fuzz/fuzz_targets (frame_decoder, msh_view, rules, config, ack,
+# proxy_header, first_bytes, queue_salvage; see fuzz/Cargo.toml; fuzz/smoke-all.sh runs
 # them all). Seeds come from fuzz/seeds/<target>/, new finds go to fuzz/corpus/<target>/.
 # Needs the nightly toolchain (libFuzzer + ASan); installs cargo-fuzz if missing.
 set -euo pipefail

@@ -127,6 +127,15 @@ impl Guard {
         for q in crate::custody::stranded::stranded_queues(&config) {
             tracing::warn!(queue = %q.dir.display(), pending = q.pending, "{}", crate::custody::stranded::warning(&q));
         }
+        {
+            // In the background: a slow or unreachable NATS never delays the listeners.
+            let config = config.clone();
+            tokio::spawn(async move {
+                for s in crate::custody::stranded::stranded_streams(&config).await {
+                    tracing::warn!(stream = %s.stream, pending = s.pending, dead_letters = s.dead, "{}", crate::custody::stranded::stream_warning(&s));
+                }
+            });
+        }
         let admin = match &config.admin {
             Some(admin) => Some(crate::ops::admin::bind(admin.listen).with_context(|| {
                 format!(

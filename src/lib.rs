@@ -45,16 +45,17 @@
 //! firewall/    pure decisions: policy (allowlists), limits (caps, rates), rules (MSH rules)
 //! outcome.rs   the Answer a sender gets; Failure and Fault: which side failed, retry or not
 //! dispatch.rs  the junction: forward to the upstream or hand to custody; a session's Lanes
-//! custody/     accept (mod), duplicates, log (committer + drainer), give_up, jetstream/, error,
-//!              counters
-//! queue/       the durable log: doc and invariants (mod), store, format, log, recovery
+//! custody/     accept (mod), duplicates, log (committer + drainer), give_up, jetstream/ (with
+//!              loss: a lost stream noticed), stranded, error, counters
+//! queue/       the durable log: doc and invariants (mod), store, format, log, recovery,
+//!              survey (intact records and damage, pure), salvage
 //! upstream/    the receiver's side: Upstream and its pool (mod), connect, receivers, conn, error
 //! timing/      backoff (jittered retries), deadline_timer (one timer per connection)
 //! ops/         admin HTTP and the operator's console (connections, pause, reconnect, dead
 //!              letters, status page), metrics, audit trail, log line formats and writer,
 //!              webhooks (notify/), systemd readiness
-//! tools/       demo, effective (check --print), operator (queue ...), console (status,
-//!              disconnect), peer/ (send, sink)
+//! tools/       demo, effective (check --print), operator (queue ...), salvage (queue
+//!              salvage), console (status, disconnect), peer/ (send, sink)
 //! ```
 //!
 //! Pure (no sockets, files or clock): `wire` (but `ack::own_ack`, which reads the clock),

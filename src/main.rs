@@ -137,7 +137,7 @@ enum Command {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
-    /// Custody queues: list, show, replay dead letters, purge.
+    /// Custody queues: list, show, replay dead letters, move, salvage, purge.
     Queue {
         #[command(subcommand)]
         action: QueueAction,
@@ -158,7 +158,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    /// Depth, bytes, oldest age and dead letters per store-and-forward route.
+    /// Depth, bytes, oldest age and dead letters per store-and-forward route; every record of
+    /// an embedded queue is checked, and damage is named (exit status 1 when a queue is damaged).
     List {
         #[command(flatten)]
         args: QueueArgs,
@@ -167,7 +168,8 @@ enum QueueAction {
         #[arg(long)]
         json: bool,
     },
-    /// Pending messages and dead letters by MSH-10, type, size, age and reason.
+    /// Pending messages and dead letters by MSH-10, type, size, age and reason, and damaged
+    /// records by sequence range (exit status 1 when a queue is damaged).
     Show {
         #[command(flatten)]
         args: QueueArgs,
@@ -192,6 +194,21 @@ enum QueueAction {
         /// The configured route that takes it over.
         #[arg(long, value_name = "NEW")]
         to: String,
+    },
+    /// Rescue a damaged embedded queue (the guard must be stopped): write every intact record
+    /// (pending, then dead letters) to payload files named by sequence number and MSH-10, then
+    /// rebuild the queue from them, setting the damaged bytes aside in `<queue>/damaged/`.
+    Salvage {
+        /// The guard's configuration file (YAML).
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The store-and-forward route whose queue to salvage.
+        #[arg(long, value_name = "NAME")]
+        route: String,
+        /// Where the payload files go (`pending/` and `dead-letters/` below it). Default: the
+        /// route's queue directory (`<state_dir>/<route>`), under `salvaged/<unix time in ms>`.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Drop pending messages (or dead letters) for good, after confirmation (guard stopped).
     Purge {
@@ -290,6 +307,12 @@ fn main() -> ExitCode {
                     for q in mllp_guard::custody::stranded::stranded_queues(&config) {
                         eprintln!("warning: {}", mllp_guard::custody::stranded::warning(&q));
                     }
+                    for s in mllp_guard::custody::stranded::stranded_streams(&config).await {
+                        eprintln!(
+                            "warning: {}",
+                            mllp_guard::custody::stranded::stream_warning(&s)
+                        );
+                    }
                     if print {
                         print!("{}", mllp_guard::tools::effective::render(&config));
                     }
@@ -387,6 +410,19 @@ async fn queue_command(action: QueueAction) -> ExitCode {
         let mut out = std::io::stdout().lock();
         return report(operator::move_queue(&config, from, to, &mut out));
     }
+    if let QueueAction::Salvage { config, route, out } = &action {
+        let config = match load(config) {
+            Ok(config) => config,
+            Err(code) => return code,
+        };
+        let mut stdout = std::io::stdout().lock();
+        return report(mllp_guard::tools::salvage::salvage(
+            &config,
+            route,
+            out.as_deref(),
+            &mut stdout,
+        ));
+    }
     let (QueueAction::List { args, .. }
     | QueueAction::Show { args, .. }
     | QueueAction::Replay(args)
@@ -406,7 +442,7 @@ async fn queue_command(action: QueueAction) -> ExitCode {
             operator::show(&config, route, *payload, *limit, &mut out).await
         }
         QueueAction::Replay(_) => operator::replay(&config, route, &mut out).await,
-        QueueAction::Move { .. } => return ExitCode::FAILURE,
+        QueueAction::Move { .. } | QueueAction::Salvage { .. } => return ExitCode::FAILURE,
         QueueAction::Purge {
             dead_letters, yes, ..
         } => {

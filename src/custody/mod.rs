@@ -40,7 +40,7 @@ pub mod stranded;
 pub use dead_letters::DeadLetter;
 pub use duplicates::SenderId;
 pub use error::NotQueued;
-pub use log::{queue_limits, DEAD_LETTER_DIR};
+pub use log::{dead_letter_limits, queue_limits, DEAD_LETTER_DIR};
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -441,7 +441,7 @@ impl Custody {
             }
             Keeper::Log { appends, .. } => {
                 let dir = self.cfg.queue_dir.join(DEAD_LETTER_DIR);
-                let limits = log::dead_letter_limits(&self.cfg);
+                let limits = dead_letter_limits(&self.cfg);
                 dead_letters::replay_embedded(dir, limits, appends).await?
             }
         };

@@ -82,6 +82,8 @@ struct Metrics {
     connections_refused: Family<ReasonLabels, Counter>,
     connections_closed: Family<ReasonLabels, Counter>,
     queue_damaged_records: Family<RouteLabel, Counter>,
+    jetstream_stream_lost: Family<RouteLabel, Counter>,
+    jetstream_lost_messages: Family<RouteLabel, Counter>,
     route_up: Family<RouteLabel, Gauge>,
     dead_letters_full: Family<RouteLabel, Gauge>,
     route_paused: Family<RouteLabel, Gauge>,
@@ -123,6 +125,8 @@ fn metrics() -> &'static Metrics {
             connections_refused: Family::default(),
             connections_closed: Family::default(),
             queue_damaged_records: Family::default(),
+            jetstream_stream_lost: Family::default(),
+            jetstream_lost_messages: Family::default(),
             route_up: Family::default(),
             dead_letters_full: Family::default(),
             route_paused: Family::default(),
@@ -162,6 +166,16 @@ fn metrics() -> &'static Metrics {
             "mllp_guard_queue_damaged_records",
             "Acknowledged messages lost to damaged queue bytes (set aside under <queue>/damaged/), by route",
             m.queue_damaged_records.clone(),
+        );
+        registry.register(
+            "mllp_guard_jetstream_stream_lost",
+            "Times a route's JetStream stream or consumer was found lost (gone, made again, sequence moved backwards) and made again, by route",
+            m.jetstream_stream_lost.clone(),
+        );
+        registry.register(
+            "mllp_guard_jetstream_lost_messages",
+            "Acknowledged messages (pending and dead letters) that were in a lost JetStream stream, by route",
+            m.jetstream_lost_messages.clone(),
         );
         registry.register(
             "mllp_guard_queue_dead_letters_full",
@@ -372,6 +386,18 @@ pub fn queue_damaged_records(route: &str, lost: u64) {
             route: route.to_string(),
         })
         .inc_by(lost);
+}
+
+/// A route's JetStream stream (or consumer) was lost, with `messages` acknowledged messages in it.
+pub fn jetstream_stream_lost(route: &str, messages: u64) {
+    let label = RouteLabel {
+        route: route.to_string(),
+    };
+    let m = metrics();
+    m.jetstream_stream_lost.get_or_create(&label).inc();
+    m.jetstream_lost_messages
+        .get_or_create(&label)
+        .inc_by(messages);
 }
 
 pub fn tls_handshake_failed(route: &str, reason: &'static str) {

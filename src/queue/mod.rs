@@ -134,8 +134,10 @@
 //! - `format.rs`: the bytes described above (pure: no I/O).
 //! - `recovery.rs`: [`SegmentLog::open`] and [`SegmentLog::open_read_only`], the rules under
 //!   "Recovery".
+//! - `survey.rs`: finding every intact record and every stretch of damage in a queue's bytes
+//!   (pure; also the library side of the `queue_salvage` fuzz target).
 //! - `salvage.rs`: media damage: keep the intact records, set the damaged bytes aside, swap in a
-//!   clean queue.
+//!   clean queue; [`inspect`], the same survey for operators, changing nothing.
 //! - `log.rs`: the open log's operations and the policies above.
 //!
 //! This file holds only the documentation, the module declarations and the re-exports, so that
@@ -146,6 +148,7 @@ mod log;
 mod recovery;
 mod salvage;
 mod store;
+mod survey;
 
 // `self::`: `log` alone reads like the log crate (a dev-dependency).
 pub use self::log::{
@@ -153,7 +156,9 @@ pub use self::log::{
 };
 pub use format::RECORD_HEADER_BYTES;
 pub use recovery::Recovery;
+pub use salvage::{inspect, DamageFound, Inspection, SetAside};
 pub use store::{Damage, QueueError, QueueStats, Record, Store};
+pub use survey::fuzz_survey;
 
 #[cfg(test)]
 mod tests;

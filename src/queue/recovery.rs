@@ -231,6 +231,21 @@ impl SegmentLog {
     /// Opens (creating the directory if needed) with an exclusive lock on `<dir>/LOCK`
     /// ([`QueueError::Locked`] if held), and recovers (see the module documentation).
     pub fn open(dir: &Path, limits: Limits) -> Result<(SegmentLog, Recovery), QueueError> {
+        Self::open_with(dir, limits, false)
+    }
+
+    /// Opens like [`Self::open`], but first rebuilds the queue from its intact records whether
+    /// or not recovery would call it damaged (`queue salvage`): every stretch of damage the
+    /// survey finds is set aside and reported in [`Recovery::damaged`], a torn tail is dropped.
+    pub fn open_salvaged(dir: &Path, limits: Limits) -> Result<(SegmentLog, Recovery), QueueError> {
+        Self::open_with(dir, limits, true)
+    }
+
+    fn open_with(
+        dir: &Path,
+        limits: Limits,
+        force_salvage: bool,
+    ) -> Result<(SegmentLog, Recovery), QueueError> {
         if limits.segment_bytes < MIN_SEGMENT_BYTES {
             return Err(QueueError::InvalidLimits {
                 reason: format!(
@@ -266,6 +281,17 @@ impl SegmentLog {
             .set_len(0)
             .and_then(|()| lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0));
         salvage::finish_swap(dir)?;
+        if force_salvage {
+            let damaged = salvage::salvage(dir, limits.segment_bytes)?;
+            let (log, recovery) = Self::load(dir, Some((lock, limits)))?;
+            return Ok((
+                log,
+                Recovery {
+                    damaged,
+                    ..recovery
+                },
+            ));
+        }
         let first_try = lock.try_clone().map_err(io_err(&lock_path))?;
         match Self::load(dir, Some((first_try, limits))) {
             // Records known durable are unreadable or missing: media damage. Keep every intact

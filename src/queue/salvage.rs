@@ -19,12 +19,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{
-    align8, check_record_crc, decode_cursor, decode_mark, encode_cursor, encode_record,
-    parse_record_header, parse_segment_header, parse_segment_name, segment_header, segment_name,
-    Cursor, CURSOR_FILE_BYTES, CURSOR_NAME, CURSOR_SLOT_OFFSET, DAMAGED_DIR, MARK_NAME,
-    REBUILD_DIR, REC_HEADER, SEG_HEADER,
+    decode_cursor, decode_mark, encode_cursor, encode_record, parse_segment_name, segment_header,
+    segment_name, Cursor, CURSOR_FILE_BYTES, CURSOR_NAME, CURSOR_SLOT_OFFSET, DAMAGED_DIR,
+    MARK_NAME, REBUILD_DIR, REC_HEADER, SEG_HEADER,
 };
-use super::store::{Damage, QueueError};
+use super::store::{Damage, QueueError, Record};
+use super::survey::{survey, Intact};
 
 const COMPLETE: &str = "COMPLETE";
 const OLD_GONE: &str = "OLD_GONE";
@@ -70,27 +70,18 @@ fn is_queue_file(name: &str) -> bool {
     name == CURSOR_NAME || name == MARK_NAME || parse_segment_name(name).is_some()
 }
 
-/// A record found intact.
-struct Intact {
-    seq: u64,
-    seg: usize,
-    offset: u64,
-    len: u32,
+/// A queue's files as read for a survey.
+struct QueueBytes {
+    cursor: Cursor,
+    mark: Option<(u64, u64)>,
+    firsts: Vec<u64>,
+    files: Vec<Vec<u8>>,
 }
 
-/// A stretch of bytes that is neither an intact record nor zeros.
-struct Stretch {
-    seg: usize,
-    start: u64,
-    /// One past its last non-zero byte.
-    end: u64,
-    /// Seq of the last intact record before it (0: none).
-    after: u64,
-}
-
-/// Keeps every intact record, sets the damaged bytes aside, and swaps in a clean queue (the
-/// module documentation). `segment_bytes`: the size of the clean queue's segment at least.
-pub(super) fn salvage(dir: &Path, segment_bytes: u64) -> Result<Vec<Damage>, QueueError> {
+/// Reads the cursor and the mark, then every segment (in that order, so that a guard appending
+/// meanwhile can make the segments newer than the mark, never older). `exclusive`: the caller
+/// holds the lock; otherwise a segment deleted meanwhile (all acknowledged) is skipped.
+fn read_queue(dir: &Path, exclusive: bool) -> Result<QueueBytes, QueueError> {
     let cursor = fs::read(dir.join(CURSOR_NAME))
         .ok()
         .and_then(|bytes| {
@@ -100,134 +91,154 @@ pub(super) fn salvage(dir: &Path, segment_bytes: u64) -> Result<Vec<Damage>, Que
                 .max_by_key(|c| c.gen)
         })
         .unwrap_or_default();
-    let mut firsts: Vec<u64> = Vec::new();
+    let mark = fs::read(dir.join(MARK_NAME))
+        .ok()
+        .and_then(|bytes| decode_mark(&bytes));
+    let mut names: Vec<u64> = Vec::new();
     for item in fs::read_dir(dir).map_err(io_err(dir))? {
         let item = item.map_err(io_err(dir))?;
         if let Some(first) = item.file_name().to_str().and_then(parse_segment_name) {
-            firsts.push(first);
+            names.push(first);
         }
     }
-    firsts.sort_unstable();
-    let files: Vec<Vec<u8>> = firsts
-        .iter()
-        .map(|&first| {
-            let path = dir.join(segment_name(first));
-            fs::read(&path).map_err(io_err(&path))
-        })
-        .collect::<Result<_, _>>()?;
-    let queue_id = files
-        .iter()
-        .find_map(|bytes| parse_segment_header(bytes).map(|(id, _)| id))
-        .unwrap_or(cursor.queue_id);
-
-    // Every intact record (seqs strictly increasing), and every stretch of other bytes: records
-    // lie back to back, so any bytes between two intact records (zeros too) are damage; after
-    // the last record of a segment only zeros belong.
-    let mut intact: Vec<Intact> = Vec::new();
-    let mut stretches: Vec<Stretch> = Vec::new();
-    let mut durable = cursor.synced_through;
-    for (seg, bytes) in files.iter().enumerate() {
-        let len = bytes.len() as u64;
-        let mut gap_start = if len >= SEG_HEADER && parse_segment_header(bytes).is_some() {
-            SEG_HEADER
-        } else {
-            0
-        };
-        let mut pos = SEG_HEADER;
-        while pos + 8 <= len {
-            let after = intact.last().map_or(0, |r| r.seq);
-            match record_at(bytes, pos, queue_id) {
-                Some((seq, rec_len, synced)) if seq > after => {
-                    if pos > gap_start {
-                        stretches.push(Stretch {
-                            seg,
-                            start: gap_start,
-                            end: pos,
-                            after,
-                        });
-                    }
-                    intact.push(Intact {
-                        seq,
-                        seg,
-                        offset: pos,
-                        len: rec_len,
-                    });
-                    durable = durable.max(synced);
-                    pos += align8(u64::from(rec_len));
-                    gap_start = pos;
-                }
-                _ => pos += 8,
+    names.sort_unstable();
+    let (mut firsts, mut files) = (Vec::new(), Vec::new());
+    for first in names {
+        let path = dir.join(segment_name(first));
+        match fs::read(&path) {
+            Ok(bytes) => {
+                firsts.push(first);
+                files.push(bytes);
             }
+            Err(e) if !exclusive && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
         }
-        // After the last record: only the non-zero part is damage (or a torn write).
-        let tail = bytes.get(gap_start as usize..).unwrap_or(&[]);
-        if let Some(last) = tail.iter().rposition(|&b| b != 0) {
-            stretches.push(Stretch {
-                seg,
-                start: gap_start,
-                end: gap_start + last as u64 + 1,
-                after: intact.last().map_or(0, |r| r.seq),
+    }
+    Ok(QueueBytes {
+        cursor,
+        mark,
+        firsts,
+        files,
+    })
+}
+
+/// Damage found in a queue by [`inspect`]: not set aside yet (the guard does it at its next
+/// start, or `queue salvage`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamageFound {
+    /// The sequence numbers the damaged bytes stood for (empty when `last_seq < first_seq`).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Acknowledged messages among them not yet delivered: lost.
+    pub lost: u64,
+    /// MSH-10 control ids still readable in the bytes.
+    pub control_ids: Vec<String>,
+    /// Where, in words (segment and offsets).
+    pub place: String,
+}
+
+/// Damage set aside earlier, as `damaged/<first>-<last>-<ms>.bin` (and its `.txt`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// As its `.txt` says (0 when it cannot be read).
+    pub lost: u64,
+    pub file: PathBuf,
+}
+
+/// What a look at a queue directory finds, changing nothing; works while a guard runs (a
+/// record being written at that moment is neither shown nor reported).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// Every intact pending record (above the cursor), in order, with its payload: what the
+    /// guard delivers after setting the damage aside.
+    pub records: Vec<Record>,
+    /// Damage in the queue now.
+    pub damage: Vec<DamageFound>,
+    /// Damage set aside before, oldest first.
+    pub set_aside: Vec<SetAside>,
+}
+
+/// Surveys the queue in `dir` without a lock and without changing it (see [`Inspection`]).
+pub fn inspect(dir: &Path) -> Result<Inspection, QueueError> {
+    let found = read_queue(dir, false)?;
+    let survey = survey(&found.cursor, found.mark, &found.firsts, &found.files);
+    let mut out = Inspection::default();
+    for r in survey
+        .intact
+        .iter()
+        .filter(|r| r.seq > found.cursor.acked_through)
+    {
+        let rec = &found.files[r.seg][r.offset as usize..(r.offset + u64::from(r.len)) as usize];
+        let note_len = u16::from_le_bytes([rec[32], rec[33]]) as usize;
+        out.records.push(Record {
+            seq: r.seq,
+            enqueued_at_ms: u64::from_le_bytes(rec[16..24].try_into().unwrap_or([0; 8])),
+            note: String::from_utf8_lossy(&rec[REC_HEADER..REC_HEADER + note_len]).into_owned(),
+            payload: bytes::Bytes::copy_from_slice(&rec[REC_HEADER + note_len..]),
+        });
+    }
+    for f in &survey.findings {
+        let bytes = &found.files[f.seg][f.start as usize..f.end as usize];
+        out.damage.push(DamageFound {
+            first_seq: f.first_seq,
+            last_seq: f.last_seq,
+            lost: f.lost,
+            control_ids: control_ids(bytes),
+            place: f.place.clone(),
+        });
+    }
+    let damaged = dir.join(DAMAGED_DIR);
+    if let Ok(items) = fs::read_dir(&damaged) {
+        for item in items.flatten() {
+            let path = item.path();
+            let name = item.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".bin") else {
+                continue;
+            };
+            let mut parts = stem.split('-').map(str::parse::<u64>);
+            let (Some(Ok(first_seq)), Some(Ok(last_seq))) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let lost = fs::read_to_string(path.with_extension("txt"))
+                .ok()
+                .and_then(|text| {
+                    text.lines().find_map(|l| {
+                        l.strip_prefix("acknowledged messages lost: ")
+                            .and_then(|n| n.trim().parse().ok())
+                    })
+                })
+                .unwrap_or(0);
+            out.set_aside.push(SetAside {
+                first_seq,
+                last_seq,
+                lost,
+                file: path,
             });
         }
     }
-    if let Ok(bytes) = fs::read(dir.join(MARK_NAME)) {
-        if let Some((_, synced)) = decode_mark(&bytes).filter(|&(id, _)| id == queue_id) {
-            durable = durable.max(synced);
-        }
-    }
+    out.set_aside.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(out)
+}
 
+/// Keeps every intact record, sets the damaged bytes aside, and swaps in a clean queue (the
+/// module documentation). `segment_bytes`: the size of the clean queue's segment at least.
+pub(super) fn salvage(dir: &Path, segment_bytes: u64) -> Result<Vec<Damage>, QueueError> {
+    let found = read_queue(dir, true)?;
+    let (cursor, files) = (&found.cursor, &found.files);
+    let survey = survey(cursor, found.mark, &found.firsts, files);
+    let (queue_id, intact) = (survey.queue_id, &survey.intact);
     let mut damage = Vec::new();
-    let last_seg = files.len().saturating_sub(1);
-    let last_intact = intact.last().map_or(0, |r| r.seq);
-    let mut trailing_reported = false;
-    for stretch in &stretches {
-        let after = stretch.after.max(firsts[stretch.seg].saturating_sub(1));
-        let next_intact = intact.iter().find(|r| r.seq > stretch.after).map(|r| r.seq);
-        let next_segment = firsts.get(stretch.seg + 1).copied();
-        let next = match (next_intact, next_segment) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let (first_seq, last_seq) = match next {
-            Some(next) => (after + 1, next - 1),
-            // The end of the log: what is past the last write known durable is a torn write.
-            None => {
-                trailing_reported = true;
-                (after + 1, durable)
-            }
-        };
-        let torn_tail = next.is_none() && stretch.seg == last_seg && last_seq < first_seq;
-        let acked_only = last_seq >= first_seq && last_seq <= cursor.acked_through;
-        if torn_tail || acked_only {
-            continue;
-        }
-        let bytes = &files[stretch.seg][stretch.start as usize..stretch.end as usize];
-        let place = format!(
-            "segment {} offsets {}..{}",
-            segment_name(firsts[stretch.seg]),
-            stretch.start,
-            stretch.end
-        );
+    for f in &survey.findings {
+        let bytes = &files[f.seg][f.start as usize..f.end as usize];
         damage.push(set_aside_range(
             dir,
-            first_seq,
-            last_seq,
+            f.first_seq,
+            f.last_seq,
             cursor.acked_through,
             bytes,
-            &place,
-        )?);
-    }
-    // Records known durable past the end of what is left (a truncated or zeroed end).
-    if !trailing_reported && durable > last_intact.max(cursor.acked_through) {
-        let first_seq = last_intact.max(cursor.acked_through) + 1;
-        let place = "missing from the end of the log (truncated or zeroed)";
-        damage.push(set_aside_range(
-            dir,
-            first_seq,
-            durable,
-            cursor.acked_through,
-            &[],
-            place,
+            &f.place,
         )?);
     }
 
@@ -285,15 +296,6 @@ pub(super) fn salvage(dir: &Path, segment_bytes: u64) -> Result<Vec<Damage>, Que
     fsync_dir(&rebuild)?;
     finish_swap(dir)?;
     Ok(damage)
-}
-
-/// `(seq, len, synced_through)` of an intact record at `pos`.
-fn record_at(bytes: &[u8], pos: u64, queue_id: u64) -> Option<(u64, u32, u64)> {
-    let room = (bytes.len() as u64).checked_sub(pos)?;
-    let head = bytes.get(pos as usize..pos as usize + REC_HEADER)?;
-    let hdr = parse_record_header(head, room).ok()?;
-    let rec = &bytes[pos as usize..pos as usize + hdr.len as usize];
-    check_record_crc(queue_id, rec).then_some((hdr.seq, hdr.len, hdr.synced_through))
 }
 
 /// Sets aside the bytes of one record found damaged while the guard runs; the caller then

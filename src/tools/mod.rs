@@ -7,3 +7,4 @@ pub mod demo;
 pub mod effective;
 pub mod operator;
 pub mod peer;
+pub mod salvage;

@@ -19,7 +19,7 @@ use anyhow::{bail, Context as _};
 
 use crate::config::{Config, CustodyConfig, Delivery, JetStreamQueue, QueueBackend};
 use crate::custody::{queue_limits, DEAD_LETTER_DIR};
-use crate::queue::{Limits, QueueError, Record, SegmentLog, Store};
+use crate::queue::{Inspection, Limits, QueueError, Record, SegmentLog, Store};
 use crate::wire::hl7::printable;
 
 /// The custody routes selected by `--route` (all of them when None).
@@ -85,7 +85,7 @@ fn refuse_if_running(queue_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn guard_running(dir: &Path, pid: Option<u32>) -> anyhow::Error {
+pub(crate) fn guard_running(dir: &Path, pid: Option<u32>) -> anyhow::Error {
     let pid = pid
         .filter(|&p| p != 0)
         .map_or(String::new(), |p| format!(" (pid {p})"));
@@ -177,6 +177,34 @@ pub struct RouteDepth {
     /// `--json`, absent otherwise): `route` is its directory's name.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stranded: bool,
+    /// Embedded: damage found in the queue or its dead letters now (the guard sets it aside
+    /// at its next start; `queue salvage` does it now). `queue list`/`show` exit non-zero.
+    /// In `--json` only when there is some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<DamagedRange>,
+    /// Embedded: acknowledged messages lost to damage set aside before (in `damaged/`). In
+    /// `--json` only when not 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub set_aside_lost: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One stretch of damage in a route's queue, as `queue list --json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DamagedRange {
+    /// `pending` or `dead letters`.
+    pub queue: &'static str,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Acknowledged messages among them, never delivered: lost.
+    pub lost: u64,
+    /// MSH-10 still readable in the damaged bytes.
+    pub control_ids: Vec<String>,
+    /// Where (segment and offsets).
+    pub place: String,
 }
 
 /// The depth of each selected route's queue, read while guards run or not.
@@ -204,6 +232,8 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
                 dead_bytes: None,
                 stream: Some(js.stream.clone()),
                 stranded: false,
+                damaged: Vec::new(),
+                set_aside_lost: 0,
             });
             continue;
         }
@@ -213,27 +243,140 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
         for q in crate::custody::stranded::stranded_queues(config) {
             rows.push(embedded_depth(&q.name, &q.dir, true)?);
         }
+        for s in crate::custody::stranded::stranded_streams(config).await {
+            rows.push(RouteDepth {
+                route: s.stream.clone(),
+                backend: "jetstream",
+                pending: s.pending,
+                bytes: s.bytes,
+                oldest_age_s: s.oldest_enqueued_ms.map(age_secs),
+                dead_letters: s.dead,
+                dead_bytes: None,
+                stream: Some(s.stream),
+                stranded: true,
+                damaged: Vec::new(),
+                set_aside_lost: 0,
+            });
+        }
     }
     Ok(rows)
 }
 
-/// The depth of the embedded queue in `dir` (and its dead letters), read-only.
+/// The depth of the embedded queue in `dir` (and its dead letters), and any damage in them,
+/// read-only: every record is read and checked.
 fn embedded_depth(route: &str, dir: &Path, stranded: bool) -> anyhow::Result<RouteDepth> {
-    let pending = read_only(dir)?.map(|q| q.stats()).unwrap_or_default();
-    let dead = read_only(&dir.join(DEAD_LETTER_DIR))?
-        .map(|q| q.stats())
-        .unwrap_or_default();
+    let pending = inspected(dir)?;
+    let dead = inspected(&dir.join(DEAD_LETTER_DIR))?;
+    let mut damaged = Vec::new();
+    for (queue, found) in [("pending", &pending), ("dead letters", &dead)] {
+        damaged.extend(found.damage.iter().map(|d| DamagedRange {
+            queue,
+            first_seq: d.first_seq,
+            last_seq: d.last_seq,
+            lost: d.lost,
+            control_ids: d.control_ids.clone(),
+            place: d.place.clone(),
+        }));
+    }
+    let bytes = |found: &Inspection| {
+        found
+            .records
+            .iter()
+            .map(|r| {
+                (crate::queue::RECORD_HEADER_BYTES + (r.note.len() + r.payload.len()) as u64)
+                    .div_ceil(8)
+                    * 8
+            })
+            .sum()
+    };
     Ok(RouteDepth {
         route: route.to_string(),
         backend: "embedded",
-        pending: pending.messages,
-        bytes: pending.bytes,
-        oldest_age_s: pending.oldest_enqueued_ms.map(age_secs),
-        dead_letters: dead.messages,
-        dead_bytes: Some(dead.bytes),
+        pending: pending.records.len() as u64,
+        bytes: bytes(&pending),
+        oldest_age_s: pending.records.first().map(|r| age_secs(r.enqueued_at_ms)),
+        dead_letters: dead.records.len() as u64,
+        dead_bytes: Some(bytes(&dead)),
         stream: None,
         stranded,
+        damaged,
+        set_aside_lost: pending
+            .set_aside
+            .iter()
+            .chain(&dead.set_aside)
+            .map(|s| s.lost)
+            .sum(),
     })
+}
+
+/// Surveys a queue (changing nothing); a queue never created reads as empty.
+fn inspected(dir: &Path) -> anyhow::Result<Inspection> {
+    if !dir.exists() {
+        return Ok(Inspection::default());
+    }
+    crate::queue::inspect(dir).with_context(|| format!("reading the queue in {}", dir.display()))
+}
+
+/// The line that says what is damaged, and the error `list`/`show` end with: a damaged queue
+/// is not healthy even though the guard salvages it at its next start.
+fn damage_words(route: &str, damaged: &[DamagedRange]) -> String {
+    let parts: Vec<String> = damaged
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {}, {} acknowledged messages lost{}",
+                d.queue,
+                seq_range(d.first_seq, d.last_seq),
+                d.lost,
+                if d.control_ids.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (MSH-10 {})", d.control_ids.join(", "))
+                }
+            )
+        })
+        .collect();
+    format!(
+        "route {route}: DAMAGED: {}; the guard sets the damaged bytes aside at its next start, or stop it and run `mllp-guard queue salvage --config FILE --route {route}`",
+        parts.join("; ")
+    )
+}
+
+/// `seqs 7..=9`, `seq 7`, or `between records` for damage that stood for no message.
+pub(crate) fn seq_range(first: u64, last: u64) -> String {
+    match last.checked_sub(first) {
+        None => format!(
+            "bytes after seq {}, no message in them",
+            first.saturating_sub(1)
+        ),
+        Some(0) => format!("seq {first}"),
+        Some(_) => format!("seqs {first}..={last}"),
+    }
+}
+
+/// The MSH-10s still readable in damaged bytes, in words.
+pub(crate) fn readable_ids(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".to_string()
+    } else {
+        ids.join(", ")
+    }
+}
+
+/// Fails when any route's queue is damaged (after everything was printed).
+fn fail_on_damage(rows: &[RouteDepth]) -> anyhow::Result<()> {
+    let damaged: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.damaged.is_empty())
+        .map(|r| r.route.as_str())
+        .collect();
+    if damaged.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "damaged queue: {} (records that fail their checksum; see above)",
+        damaged.join(", ")
+    )
 }
 
 /// `queue move`: hands the stranded queue `from` (a route renamed or removed) to the configured
@@ -320,7 +463,7 @@ pub async fn list(
     if json {
         serde_json::to_writer(&mut *out, &rows)?;
         writeln!(out)?;
-        return Ok(());
+        return fail_on_damage(&rows);
     }
     for row in &rows {
         let oldest = row
@@ -328,6 +471,11 @@ pub async fn list(
             .map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string())
             .unwrap_or_else(|| "-".into());
         match &row.stream {
+            Some(stream) if row.stranded => writeln!(
+                out,
+                "stream {stream} (no configured route owns it): {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream); name it again in a route's queue.jetstream.stream to deliver them",
+                row.pending, row.dead_letters, row.bytes
+            )?,
             Some(stream) => writeln!(
                 out,
                 "route {}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {stream})",
@@ -348,8 +496,29 @@ pub async fn list(
                 row.dead_bytes.unwrap_or(0)
             )?,
         }
+        if row.set_aside_lost > 0 {
+            writeln!(
+                out,
+                "route {}: {} acknowledged messages were lost to damage set aside earlier (in {})",
+                row.route,
+                row.set_aside_lost,
+                queue_dir_of(config, &row.route).join("damaged").display()
+            )?;
+        }
+        if !row.damaged.is_empty() {
+            writeln!(out, "{}", damage_words(&row.route, &row.damaged))?;
+        }
     }
-    Ok(())
+    fail_on_damage(&rows)
+}
+
+/// Where the embedded queue named `route` lives (a configured route's, or a stranded one).
+fn queue_dir_of(config: &Config, route: &str) -> std::path::PathBuf {
+    custody_routes(config, Some(route))
+        .ok()
+        .and_then(|routes| routes.first().map(|(_, c)| c.queue_dir.clone()))
+        .or_else(|| config.state_dir.as_ref().map(|d| d.join(route)))
+        .unwrap_or_default()
 }
 
 fn describe(record: &Record, out: &mut impl Write, payload: bool) -> anyhow::Result<()> {
@@ -398,6 +567,7 @@ pub async fn show(
     limit: usize,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let mut damaged = Vec::new();
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
             let session = JetStreamSession::open(js).await?;
@@ -433,16 +603,42 @@ pub async fn show(
             ("pending", custody.queue_dir.clone()),
             ("dead letters", custody.queue_dir.join(DEAD_LETTER_DIR)),
         ] {
-            // Payloads are read to show their headers; the bytes are printed only with --payload.
-            let records = match read_only(&dir)? {
-                Some(mut q) => q.pending(true, limit)?,
-                None => Vec::new(),
-            };
-            writeln!(out, "route {name}: {title}: {}", records.len())?;
-            for record in &records {
+            // Payloads are read to show their headers (and every record is checked); the bytes
+            // are printed only with --payload.
+            let found = inspected(&dir)?;
+            writeln!(out, "route {name}: {title}: {}", found.records.len())?;
+            for record in found.records.iter().take(limit) {
                 describe(record, out, payload)?;
             }
+            for d in &found.damage {
+                writeln!(
+                    out,
+                    "  DAMAGED {}\t{} acknowledged messages lost\tMSH-10 still readable: {}\tat {}",
+                    seq_range(d.first_seq, d.last_seq),
+                    d.lost,
+                    readable_ids(&d.control_ids),
+                    d.place
+                )?;
+            }
+            let earlier: u64 = found.set_aside.iter().map(|s| s.lost).sum();
+            if !found.set_aside.is_empty() {
+                writeln!(
+                    out,
+                    "  {} stretches of damage set aside earlier ({earlier} acknowledged messages lost), in {}",
+                    found.set_aside.len(),
+                    dir.join("damaged").display()
+                )?;
+            }
+            if !found.damage.is_empty() && !damaged.contains(&name) {
+                damaged.push(name);
+            }
         }
+    }
+    if !damaged.is_empty() {
+        bail!(
+            "damaged queue: {}; the guard sets the damaged bytes aside at its next start, or stop it and run `mllp-guard queue salvage --config FILE --route ROUTE`",
+            damaged.join(", ")
+        );
     }
     Ok(())
 }

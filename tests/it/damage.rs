@@ -26,9 +26,38 @@ fn find_in_segments(queue: &Path, needle: &[u8]) -> (std::path::PathBuf, usize) 
     panic!("{} not found in the queue", String::from_utf8_lossy(needle));
 }
 
+/// Queues `ids` through a guard of `config` listening on `listen` (its receiver down), kills it
+/// with SIGKILL (no clean close, no cursor write), and flips a few bytes inside the record of
+/// `victim`, past its MSH segment (so its MSH-10 stays readable). Returns route lab's queue
+/// directory under `state`.
+pub(crate) fn queue_kill_and_flip(
+    config: &Path,
+    listen: std::net::SocketAddr,
+    ids: &[String],
+    victim: &str,
+    state: &Path,
+) -> std::path::PathBuf {
+    {
+        let (mut guard, _, _logs) = crate::cli::start_guard(config);
+        for id in ids {
+            queued(&listen.to_string(), id);
+        }
+        guard.0.kill().unwrap();
+        guard.0.wait().unwrap();
+    }
+    let queue = state.join("lab");
+    let (segment, at) = find_in_segments(&queue, format!("|{victim}|").as_bytes());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    for b in &mut bytes[at + 150..at + 154] {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&segment, bytes).unwrap();
+    queue
+}
+
 /// Starts a saving receiver on `receiver` and waits (bounded) until it holds as many messages
 /// as `expected`; returns it and what it holds, in order of arrival.
-fn receive(
+pub(crate) fn receive(
     receiver: std::net::SocketAddr,
     saved: &Path,
     expected: &[String],
@@ -68,22 +97,7 @@ async fn bytes_flipped_in_an_acked_record_lose_that_record_only_and_say_so() {
     )
     .unwrap();
     let ids: Vec<String> = (1..=20).map(|i| format!("DMG-{i:02}")).collect();
-    {
-        let (mut guard, _, _logs) = crate::cli::start_guard(&config);
-        for id in &ids {
-            queued(&listen.to_string(), id);
-        }
-        guard.0.kill().unwrap(); // SIGKILL: no clean close, no cursor write
-        guard.0.wait().unwrap();
-    }
-    // A few bytes flipped inside record 7, past its MSH segment (so its MSH-10 stays readable).
-    let queue = dir.path("state").join("lab");
-    let (segment, at) = find_in_segments(&queue, b"|DMG-07|");
-    let mut bytes = std::fs::read(&segment).unwrap();
-    for b in &mut bytes[at + 150..at + 154] {
-        *b ^= 0x5A;
-    }
-    std::fs::write(&segment, bytes).unwrap();
+    let queue = queue_kill_and_flip(&config, listen, &ids, "DMG-07", &dir.path("state"));
 
     let (_guard, _, logs, early) = start_guard_logged(&config);
     let expected: Vec<String> = ids.iter().filter(|id| *id != "DMG-07").cloned().collect();
@@ -234,7 +248,31 @@ async fn a_route_whose_queue_cannot_be_opened_is_down_while_the_others_serve() {
 }
 
 /// `mllp-guard queue ...` through the binary: (success, stdout, stderr).
-fn queue_cmd(args: &[&str]) -> (bool, String, String) {
+/// What `check --config cfg` says on stderr (it must succeed).
+pub(crate) fn checked_warnings(cfg: &str) -> String {
+    let check = std::process::Command::new(BIN)
+        .args(["check", "--config", cfg])
+        .output()
+        .unwrap();
+    let warned = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(check.status.success(), "{warned}");
+    warned
+}
+
+/// The rows of `queue list --json` marked `"stranded": true` (the command must succeed).
+pub(crate) fn stranded_rows(cfg: &str) -> Vec<serde_json::Value> {
+    let (ok, out, err) = queue_cmd(&["list", "--json", "--config", cfg]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["stranded"] == true)
+        .cloned()
+        .collect()
+}
+
+pub(crate) fn queue_cmd(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(BIN)
         .arg("queue")
         .args(args)
@@ -269,12 +307,7 @@ async fn a_renamed_routes_queue_is_named_and_can_be_moved_to_the_new_name() {
     // The route is renamed: its queue now belongs to no route.
     std::fs::write(&config, yaml.replace("name: lab\n", "name: lab2\n")).unwrap();
     let cfg = config.to_str().unwrap();
-    let check = std::process::Command::new(BIN)
-        .args(["check", "--config", cfg])
-        .output()
-        .unwrap();
-    let warned = String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{warned}");
+    let warned = checked_warnings(cfg);
     assert!(
         warned.contains("state_dir holds the queue of no configured route")
             && warned.contains("(5 pending)"),
@@ -286,16 +319,8 @@ async fn a_renamed_routes_queue_is_named_and_can_be_moved_to_the_new_name() {
         out.contains("queue lab (no configured route owns it): 5 pending"),
         "{out}"
     );
-    let (ok, out, err) = queue_cmd(&["list", "--json", "--config", cfg]);
-    assert!(ok, "{err}");
-    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let stranded: Vec<&serde_json::Value> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["stranded"] == true)
-        .collect();
-    assert_eq!(stranded.len(), 1, "{out}");
+    let stranded = stranded_rows(cfg);
+    assert_eq!(stranded.len(), 1, "{stranded:?}");
     assert_eq!(
         (&stranded[0]["route"], &stranded[0]["pending"]),
         (&"lab".into(), &5.into())

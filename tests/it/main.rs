@@ -32,6 +32,8 @@ mod relay;
 mod reload;
 mod reload_live;
 mod release2;
+mod salvage_cli;
+mod stream_loss;
 mod roles;
 mod sessions;
 mod shipped;

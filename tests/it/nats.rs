@@ -82,6 +82,11 @@ impl Node {
         self.proc = None;
     }
 
+    /// Removes the node's JetStream store (call it killed): the next start has lost everything.
+    pub fn wipe_store(&self) {
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+
     /// Waits (bounded) until the node says it is healthy, JetStream included.
     pub fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -65,6 +65,7 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
     let consumer = loop {
         let attempt = async {
             let stream = ensure_stream(&js, &nats.cfg, nats.max_messages).await?;
+            nats.watch.started(&stream);
             ensure_consumer(&stream, &nats.cfg).await
         };
         match attempt.await {
@@ -120,14 +121,23 @@ async fn refresh_stats(nats: Arc<Nats>, js: jetstream::Context, stop: Cancellati
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = nats.watch.check_now.notified() => {}
         }
         let connected = nats.ready.get().is_some_and(|r| {
             r.client.connection_state() == async_nats::connection::State::Connected
         });
         nats.connected.store(connected, Ordering::Relaxed);
+        if !connected {
+            continue;
+        }
+        // A lost stream or consumer is noticed (and made again) before the depth is read.
+        let _ = tokio::time::timeout(nats.cfg.publish_timeout * 2, nats.check_stream(&js)).await;
+        let before = nats.watch.before_read();
         if let Ok(Ok(depth)) =
             tokio::time::timeout(nats.cfg.publish_timeout, depth(&js, &nats.cfg.stream)).await
         {
+            nats.watch
+                .read(before, depth.pending, depth.dead, depth.last_seq);
             *nats.stats.lock().unwrap_or_else(|e| e.into_inner()) = (
                 QueueStats {
                     messages: depth.pending,
@@ -240,6 +250,8 @@ impl StreamDrainer<'_> {
         shutdown: &CancellationToken,
     ) {
         let wait = backoff.next_wait();
+        // The consumer or the stream may be gone: have it checked (and made again) now.
+        self.nats.watch.check_now.notify_one();
         tracing::debug!(route, error = %err, retry_in_ms = wait.as_millis() as u64, "pulling from JetStream failed; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -312,6 +324,7 @@ impl StreamDrainer<'_> {
             (ReplyAction::Accept, Ok(reply)) => match self.settle(&message, AckKind::Ack).await {
                 Ok(()) => {
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.nats.watch.delivered();
                     tracing::info!(route = %route, seq, control_id = %shown_id, ack = %reply.code, attempts = delivered, outcome = "delivered", "queued message delivered");
                 }
                 Err(err) => {
@@ -470,6 +483,7 @@ impl StreamDrainer<'_> {
                     .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
                     .unwrap_or_default();
                 crate::ops::notify::dead_letter(route, seq, &control_id, &reason);
+                self.nats.watch.dead_lettered();
                 if let Err(err) = self.settle(message, AckKind::Ack).await {
                     tracing::warn!(route = %route, seq, error = %err, "dead-lettered, but JetStream did not confirm the ack; it will be handled again");
                 }

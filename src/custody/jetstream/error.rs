@@ -32,6 +32,9 @@ pub enum JetStreamError {
     Publish(Cause),
     #[error("JetStream did not confirm the publish: {0}")]
     NotConfirmed(Cause),
+    /// No stream takes the subject (it was lost; custody makes it again).
+    #[error("no JetStream stream takes the route's messages (it is being made again)")]
+    NoStream,
     #[error("JetStream did not confirm the publish within {}", humantime::format_duration(*.0))]
     ConfirmTimeout(Duration),
     #[error("{0}")]
@@ -66,6 +69,7 @@ impl Fault for JetStreamError {
             JetStreamError::Down => "nats_down",
             JetStreamError::Publish(_) => "publish",
             JetStreamError::NotConfirmed(_) => "publish_not_confirmed",
+            JetStreamError::NoStream => "no_stream",
             JetStreamError::ConfirmTimeout(_) => "publish_timeout",
             JetStreamError::StreamInfo(_) => "stream_info",
             JetStreamError::Read { .. } => "read",

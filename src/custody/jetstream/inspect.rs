@@ -165,3 +165,26 @@ pub async fn purge(
             source: e.into(),
         })
 }
+
+/// The names of the streams in the account that are laid out as a route's (subjects exactly
+/// `<S>.queue` and `<S>.dead`) and are not in `configured`: streams of routes renamed, removed
+/// or moved to another backend.
+pub async fn unowned_streams(
+    js: &jetstream::Context,
+    configured: &[&str],
+) -> Result<Vec<String>, JetStreamError> {
+    let mut streams = js.streams();
+    let mut out = Vec::new();
+    while let Some(info) = streams.next().await {
+        let info = info.map_err(|e| JetStreamError::StreamInfo(e.into()))?;
+        let name = &info.config.name;
+        let mut subjects = info.config.subjects.clone();
+        subjects.sort();
+        let ours = subjects == [dead_subject(name), queue_subject(name)];
+        if ours && !configured.contains(&name.as_str()) {
+            out.push(name.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}

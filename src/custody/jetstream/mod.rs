@@ -31,6 +31,12 @@
 //!   message to another guard, which resumes from it (the first unacknowledged message). A
 //!   holder that cannot confirm progress abandons its delivery attempt before `takeover` has
 //!   passed since its last confirmation, so two guards never deliver at once.
+//! - **A lost stream is noticed** (`loss.rs`): a stream that is gone (a NATS server restarted
+//!   on an empty store), made again by someone else, or whose sequence moved backwards, and a
+//!   consumer that is gone: ERROR naming the stream and the acknowledged messages that were in
+//!   it, `mllp_guard_jetstream_stream_lost_total` and `mllp_guard_jetstream_lost_messages_total`,
+//!   then the stream and the consumer are made again and custody goes on (checked every few
+//!   seconds, and at once when a publish finds no stream). The depth is read from the stream.
 //! - **Retries**: a failed attempt is NAKed with the backoff as delay (the message stays the
 //!   one in flight); AE/AR follow `on_reply`; a dead letter is published (PubAck) to `<S>.dead`
 //!   before the message is acked off the queue.
@@ -38,12 +44,13 @@
 mod drain;
 mod error;
 mod inspect;
+mod loss;
 mod nats;
 mod stream;
 
 pub use drain::{run, DrainContext};
 pub use error::{Cause, JetStreamError};
-pub use inspect::{depth, purge, records, replay, Depth};
+pub use inspect::{depth, purge, records, replay, unowned_streams, Depth};
 pub use nats::Nats;
 pub use stream::{connect, dead_subject, ensure_stream, message_id, queue_subject, CONSUMER};
 

@@ -10,6 +10,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::error::JetStreamError;
+use super::loss::{check, Route, Watch};
 use super::stream::{publish_confirmed, queue_subject, HEADER_ENQUEUED};
 use crate::config::JetStreamQueue;
 use crate::queue::QueueStats;
@@ -31,6 +32,8 @@ pub struct Nats {
     /// Depth and dead letters as last read (for metrics); refreshed every few seconds.
     pub(super) stats: Mutex<(QueueStats, u64)>,
     pub(super) connected: AtomicBool,
+    /// What this guard knows of its stream, to notice when it is lost.
+    pub(super) watch: Watch,
 }
 
 impl Nats {
@@ -43,6 +46,7 @@ impl Nats {
             became_ready: tokio::sync::Notify::new(),
             stats: Mutex::new((QueueStats::default(), 0)),
             connected: AtomicBool::new(false),
+            watch: Watch::default(),
         })
     }
 
@@ -81,15 +85,41 @@ impl Nats {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
         headers.insert(HEADER_ENQUEUED, enqueued_at_ms.to_string().as_str());
-        publish_confirmed(
-            &ready.js,
-            queue_subject(&self.cfg.stream),
-            headers,
-            payload,
-            self.cfg.publish_timeout,
-        )
-        .await
-        .map(|ack| ack.duplicate)
+        let publish = || {
+            publish_confirmed(
+                &ready.js,
+                queue_subject(&self.cfg.stream),
+                headers.clone(),
+                payload.clone(),
+                self.cfg.publish_timeout,
+            )
+        };
+        let ack = match publish().await {
+            // The stream is gone (a NATS server restarted on an empty store): notice it, make
+            // it again, and store this message in the new one.
+            Err(JetStreamError::NoStream) => {
+                let _ =
+                    tokio::time::timeout(self.cfg.publish_timeout, self.check_stream(&ready.js))
+                        .await;
+                publish().await?
+            }
+            other => other?,
+        };
+        if !self.watch.stored(ack.sequence, ack.duplicate) {
+            self.watch.check_now.notify_one();
+        }
+        Ok(ack.duplicate)
+    }
+
+    /// Notices a lost stream or consumer and makes them again (`loss.rs`).
+    pub(super) async fn check_stream(&self, js: &jetstream::Context) {
+        let route = Route {
+            name: &self.route,
+            cfg: &self.cfg,
+            max_messages: self.max_messages,
+            watch: &self.watch,
+        };
+        check(route, js).await;
     }
 
     /// The last depth read, and dead letters.

@@ -179,7 +179,10 @@ pub(super) async fn publish_confirmed(
             .await
             .map_err(|e| JetStreamError::Publish(e.into()))?
             .await
-            .map_err(|e| JetStreamError::NotConfirmed(e.into()))
+            .map_err(|e| match e.kind() {
+                jetstream::context::PublishErrorKind::StreamNotFound => JetStreamError::NoStream,
+                _ => JetStreamError::NotConfirmed(e.into()),
+            })
     };
     match tokio::time::timeout(limit, confirmed).await {
         Ok(result) => result,
