@@ -177,11 +177,13 @@ pub async fn serve(
                 Answer::Ack { ack, .. } => ack.len() + 3,
                 _ => 0,
             };
+            // The receiver has answered: no longer awaiting its ack while ours is written (a
+            // console reading right after the sender got its ack sees the connection idle).
+            listed.set_state(State::Idle);
             if let Err(end) = write_answer(&ctx, &mut link, answer, &who).await {
                 break 'session end;
             }
             listed.answered(out);
-            listed.set_state(State::Idle);
         }
         // Then every message the receiver sent on its own.
         if lanes.two_way() {

@@ -399,7 +399,17 @@ async fn a_sender_that_does_not_read_its_acks_is_closed_after_send_timeout() {
         let _ = tx.write_all(&frames).await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not reading until the guard has closed it (a write then fails): on a loaded machine it
+    // takes a while to answer enough frames to stall on our full window (bounded).
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while Instant::now() < deadline {
+        match tx.try_write(b"\x0bx\x1c\r") {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Now read: what was buffered comes out, then the end of a connection the guard closed.
     let mut sink = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(&mut sink)).await;
@@ -465,7 +475,30 @@ async fn one_address_cannot_take_every_slot_at_the_shipped_defaults() {
     let frames = mllp_guard::wire::codec::encode(b"x").repeat(60_000);
     let (mut rx, mut tx) = tcp.split();
     let _ = tokio::time::timeout(Duration::from_secs(5), tx.write_all(&frames)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not reading until the guard has given up on it: its acks (60,000 of them, far more than
+    // the buffers hold) stall its writes, and `send_timeout` closes it. Waited for by the
+    // metric, not a fixed sleep: a loaded machine answers the frames slowly.
+    let closed_for_send_timeout = |metrics: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("mllp_guard_connections_closed_total")
+                && l.contains("reason=\"send_timeout\"")
+                && !l.ends_with(" 0")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = crate::admin::get(admin, "/metrics")
+            .await
+            .expect("/metrics");
+        if closed_for_send_timeout(&metrics) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not closed for send_timeout within 60 s: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut drained = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(20), rx.read_to_end(&mut drained)).await;
     assert!(ended.is_ok(), "the guard still held the connection open");
