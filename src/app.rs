@@ -203,6 +203,17 @@ impl Guard {
         // that fails changes nothing, `log_payloads` included (issue 28, finding 6).
         let log_payloads = config.log_payloads;
         let pki = pki_dates(&config);
+        // Opened (reopened: a reload is how a rotated file is let go) before anything starts,
+        // so that a file the guard cannot write fails the reload, or the start, whole.
+        let audit_file = match &config.audit.file {
+            Some(path) => Some((
+                path.clone(),
+                crate::ops::audit_sink::open(path).with_context(|| {
+                    format!("audit.file: cannot open {} for appending", path.display())
+                })?,
+            )),
+            None => None,
+        };
         // What this reload starts before it knows it will apply (a new route's queue drainer,
         // a new receiver listener): stopped again when it fails.
         let started = self.background_stop.child_token();
@@ -252,6 +263,7 @@ impl Guard {
         }
         crate::wire::budget::Budget::shared().set_limit(max_buffered_bytes);
         crate::ops::audit::set_log_payloads(log_payloads);
+        crate::ops::audit_sink::install(audit_file);
         crate::ops::metrics::set_pki_dates(pki);
         if log_payloads {
             tracing::warn!("log_payloads: true: message bodies are written to the trace-level log (target mllp_guard::payload); this logs patient data");
@@ -728,7 +740,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = guard.stopped() => break,
-            _ = hup.recv() => "SIGHUP",
+            _ = hup.recv() => {
+                // logrotate's convention: the audit file is reopened whatever the reload does.
+                crate::ops::audit_sink::reopen();
+                "SIGHUP"
+            }
             _ = watched.changed() => "a watched file changed",
         };
         crate::ops::systemd::reloading();

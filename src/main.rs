@@ -736,16 +736,21 @@ fn host_part(addr: &str) -> &str {
 /// Logs to stderr; `batched`: through the [`log_writer`](mllp_guard::ops::log_writer) (a write
 /// per many lines, flushed within 100 ms, at exit and on a panic).
 fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
+    use mllp_guard::ops::audit_sink;
     use mllp_guard::ops::log_writer::{self, LogWriter};
+    use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::{reload, EnvFilter};
     let initial = std::env::var("MLLP_GUARD_LOG")
         .ok()
         .filter(|f| EnvFilter::try_new(f).is_ok())
         .unwrap_or_else(|| default_level.to_string());
-    // Reloadable, so that `PUT /api/v1/log-level` changes it without a restart.
+    // Reloadable, so that `PUT /api/v1/log-level` changes it without a restart. It filters
+    // stderr only: an audit file (`audit.file`, a running guard's) takes every audit line.
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
+    let stderr_filter = filter.and(audit_sink::NotDiverted);
     let writer = if batched {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -756,21 +761,26 @@ fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
     } else {
         LogWriter::direct()
     };
+    let audit_file = batched.then(audit_sink::file_layer);
     // Colours only on a terminal: escape codes in journald, files or `docker logs` are noise,
     // and writing them was a fifth of an audit line's cost (callgrind, issue 7).
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_timer(log_format::UtcMicros)
         .with_writer(writer);
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(audit_file);
     match format {
         LogFormat::Text => registry
-            .with(fmt.fmt_fields(log_format::PlainFields))
+            .with(
+                fmt.fmt_fields(log_format::PlainFields)
+                    .with_filter(stderr_filter),
+            )
             .init(),
         LogFormat::Json => registry
             .with(
                 fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .event_format(log_format::JsonLine::new(log_format::UtcMicros)),
+                    .event_format(log_format::JsonLine::new(log_format::UtcMicros))
+                    .with_filter(stderr_filter),
             )
             .init(),
     }

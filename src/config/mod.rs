@@ -34,12 +34,14 @@
 //! - `impl Validator` blocks, one concern each: `route.rs` (a route's own keys and `framing`),
 //!   `upstream.rs`, `socket.rs` (`socket` blocks, `local_address`), `delivery.rs` (custody and its queue), `tls_block.rs` (the TLS files),
 //!   `tls_policy.rs` (the TLS policy keys and `via`), `firewall.rs` (`rules`, `limits`,
-//!   `upstreams`), `notify.rs` (`notify`: webhooks and event thresholds).
+//!   `upstreams`), `notify.rs` (`notify`: webhooks and event thresholds), `audit.rs` (`audit`:
+//!   where the audit trail is written).
 //!
 //! Children import their siblings directly (`super::model::Route`), never through the
 //! re-exports below, which are for the rest of the crate: this file declares, documents and
 //! re-exports, nothing else.
 
+mod audit;
 mod delivery;
 mod error;
 mod firewall;
@@ -58,7 +60,7 @@ mod validator;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::fuzz_config;
 pub use model::{
-    AckMode, Admin, AdminToken, Batches, ClientTls, Config, Connections, CustodyConfig,
+    AckMode, Admin, AdminToken, Audit, Batches, ClientTls, Config, Connections, CustodyConfig,
     DeadLetterLimits, Delivery, HealthCheck, IdleReopen, JetStreamQueue, Keepalive, MllpRelease,
     MultipleMessages, NatsTls, Notify, NotifyEvent, OnLimit, OnReply, OnUpstreamFailure,
     QueueBackend, QueueBacklog, RateLimits, ReceiverRole, Reconnect, ReplyAction, Retry, Route,

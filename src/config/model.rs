@@ -96,10 +96,19 @@ pub struct Config {
     /// `notify`: webhooks told about events (connections, upstream transitions, backlog, dead
     /// letters, certificates, reloads). No webhooks when the key is absent.
     pub notify: Notify,
+    /// `audit`: where the audit trail goes (a JSON-lines file, or stderr when absent).
+    pub audit: Audit,
     /// Every file this config was read from: the config file itself, rules files, certificates
     /// and keys (absolute where the config file's directory is). A change to any of them
     /// reloads the config.
     pub inputs: Vec<PathBuf>,
+}
+
+/// `audit:`: `file`, the audit trail as JSON lines in this file instead of stderr (absolute, or
+/// resolved from the config file's directory; reopened on SIGHUP). `None`: stderr.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    pub file: Option<PathBuf>,
 }
 
 /// `admin`: where the operator's HTTP endpoint listens, and who may change things through it.

@@ -308,6 +308,14 @@ pub(super) struct RawConfig {
     pub(super) log_payloads: Option<Text>,
     pub(super) max_buffered_bytes: Option<Text>,
     pub(super) notify: Option<Spanned<RawNotify>>,
+    pub(super) audit: Option<Spanned<RawAudit>>,
+}
+
+/// `audit:`: where the audit trail is written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) file: Option<Text>,
 }
 
 /// `notify:`: webhooks told about events, and the thresholds of the events that have them.

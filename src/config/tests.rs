@@ -376,7 +376,7 @@ fn a_yaml_syntax_error_is_reported_with_its_position() {
 fn an_unknown_top_level_key_lists_the_valid_ones() {
     assert_eq!(
         errors(&format!("{MINIMAL}extra: 1\n")),
-        "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams, admin, log_payloads, max_buffered_bytes, notify"
+        "guard.yaml:7:1: extra: unknown key `extra`; valid keys here: routes, shutdown_grace, state_dir, upstreams, admin, log_payloads, max_buffered_bytes, notify, audit"
     );
 }
 

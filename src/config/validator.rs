@@ -208,6 +208,7 @@ impl Validator<'_> {
         let log_payloads = self.value("log_payloads".into(), &raw.log_payloads, false, parse_bool);
         let max_buffered_bytes = self.max_buffered_bytes(&raw, &routes);
         let notify = self.notify(raw.notify.as_ref());
+        let audit = self.audit(raw.audit.as_ref());
         Config {
             file: self.file.to_path_buf(),
             routes,
@@ -218,6 +219,7 @@ impl Validator<'_> {
             log_payloads,
             max_buffered_bytes,
             notify,
+            audit,
             inputs: Vec::new(),
         }
     }

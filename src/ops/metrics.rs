@@ -102,6 +102,7 @@ struct Metrics {
     config_reloads: Family<ResultLabel, Counter>,
     webhook_deliveries: Family<WebhookLabels, Counter>,
     webhook_dropped: Family<WebhookLabels, Counter>,
+    audit_write_failures: Counter,
 }
 
 /// A webhook (its URL without query) and a result (`delivered`) or drop reason.
@@ -145,6 +146,7 @@ fn metrics() -> &'static Metrics {
             config_reloads: Family::default(),
             webhook_deliveries: Family::default(),
             webhook_dropped: Family::default(),
+            audit_write_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -273,6 +275,11 @@ fn metrics() -> &'static Metrics {
             "Events never delivered to a webhook, by webhook and reason (queue_full: max_pending events were waiting; gave_up: every attempt failed)",
             m.webhook_dropped.clone(),
         );
+        registry.register(
+            "mllp_guard_audit_write_failures",
+            "Times the audit file (audit.file) refused a write (a full disk, an I/O error); its lines are held and retried",
+            m.audit_write_failures.clone(),
+        );
         registry.register_collector(Box::new(QueueCollector));
         registry.register_collector(Box::new(PkiCollector));
         registry.register_collector(Box::new(BudgetCollector));
@@ -317,6 +324,11 @@ fn to_prometheus_text(open_metrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The audit file refused a write (counted once per failing episode).
+pub fn audit_write_failed() {
+    metrics().audit_write_failures.inc();
 }
 
 pub fn config_reload(ok: bool) {

@@ -26,6 +26,10 @@ pub fn render(config: &Config) -> String {
     }
     line(w, 0, "log_payloads", config.log_payloads);
     line(w, 0, "max_buffered_bytes", config.max_buffered_bytes);
+    if let Some(file) = &config.audit.file {
+        key(w, 0, "audit");
+        line(w, 1, "file", quoted(file.display()));
+    }
     if let Some(admin) = &config.admin {
         key(w, 0, "admin");
         line(w, 1, "listen", admin.listen);

@@ -39,7 +39,7 @@ fn check(file: &Path) -> std::process::Output {
 
 /// `check` of a file holding `yaml`, which must fail with exit code 2: the file's name as shown,
 /// and what `check` printed on stderr.
-fn check_fails(yaml: &str) -> (String, String) {
+pub fn check_fails(yaml: &str) -> (String, String) {
     let dir = TestDir::new();
     let file = dir.path("guard.yaml");
     std::fs::write(&file, yaml).unwrap();

@@ -5,6 +5,7 @@
 mod admin;
 mod alerts;
 mod audit;
+mod audit_file;
 mod batches;
 mod cli;
 mod conformance;

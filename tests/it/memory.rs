@@ -136,28 +136,15 @@ async fn senders_that_stall_large_frames_cannot_take_memory_beyond_the_budget() 
 /// `check` refuses a budget smaller than a route's largest message, naming both.
 #[test]
 fn a_budget_smaller_than_a_message_is_refused_by_check() {
-    let dir = TestDir::new();
-    let config = dir.path("guard.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "max_buffered_bytes: 1MiB\n{}",
-            route_yaml(
-                "127.0.0.1:9".parse().unwrap(),
-                "    max_message_bytes: 2MiB\n",
-                "",
-                ""
-            )
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (_, stderr) = crate::cli::check_fails(&format!(
+        "max_buffered_bytes: 1MiB\n{}",
+        route_yaml(
+            "127.0.0.1:9".parse().unwrap(),
+            "    max_message_bytes: 2MiB\n",
+            "",
+            ""
+        )
+    ));
     assert!(
         stderr.contains("guard.yaml:1:21: max_buffered_bytes: must be at least the largest max_message_bytes (2097152 bytes, route \"test\")"),
         "{stderr}"
