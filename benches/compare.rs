@@ -31,7 +31,15 @@ use common::{arg, arg_str, closed_loop, median, pct, Proc, Target, BIN};
 enum Kind {
     Direct,
     Guard,
+    /// mllp-guard as shipped (log level info: an audit line per message), stderr to /dev/null.
     GuardInfo,
+    /// As shipped, stderr to a file (a service whose output is redirected to a log file).
+    GuardShippedFile,
+    /// As shipped, stderr through a pipe this tool drains (as journald and container runtimes
+    /// read it; the reader's own CPU is not the guard's).
+    GuardShippedPipe,
+    /// As shipped plus `audit: { file }`: the audit trail to its own file, stderr to a file.
+    GuardAuditFile,
     /// mllp-guard with `MLLP_GUARD_RUNTIME=current-thread`: the runtime-shape question of
     /// issue 7 (one thread, no cross-core wake-ups, no work stealing) against the default
     /// multi-thread runtime, same binary.
@@ -46,7 +54,10 @@ impl Kind {
         match (self, tls) {
             (Kind::Direct, _) => "direct (plain, to sink)",
             (Kind::Guard, _) => "mllp-guard (log warn)",
-            (Kind::GuardInfo, _) => "mllp-guard (log info, default)",
+            (Kind::GuardInfo, _) => "mllp-guard (shipped, stderr to /dev/null)",
+            (Kind::GuardShippedFile, _) => "mllp-guard (shipped, stderr to a file)",
+            (Kind::GuardShippedPipe, _) => "mllp-guard (shipped, stderr through a pipe)",
+            (Kind::GuardAuditFile, _) => "mllp-guard (shipped + audit.file)",
             (Kind::GuardCurrentThread, _) => "mllp-guard (log warn, current-thread runtime)",
             (Kind::Nginx, false) => "nginx stream",
             (Kind::Nginx, true) => "nginx stream ssl",
@@ -56,9 +67,33 @@ impl Kind {
         }
     }
 
+    fn is_guard(self) -> bool {
+        !matches!(
+            self,
+            Kind::Direct | Kind::Nginx | Kind::Haproxy | Kind::Stunnel
+        )
+    }
+
+    /// Runs with the shipped log level (no `MLLP_GUARD_LOG`).
+    fn shipped(self) -> bool {
+        matches!(
+            self,
+            Kind::GuardInfo
+                | Kind::GuardShippedFile
+                | Kind::GuardShippedPipe
+                | Kind::GuardAuditFile
+        )
+    }
+
     fn program(self) -> Option<&'static str> {
         match self {
-            Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardCurrentThread => None,
+            Kind::Direct
+            | Kind::Guard
+            | Kind::GuardInfo
+            | Kind::GuardShippedFile
+            | Kind::GuardShippedPipe
+            | Kind::GuardAuditFile
+            | Kind::GuardCurrentThread => None,
             Kind::Nginx => Some("nginx"),
             Kind::Haproxy => Some("haproxy"),
             Kind::Stunnel => Some("stunnel4"),
@@ -107,9 +142,13 @@ fn version(kind: Kind) -> String {
             .unwrap_or_default()
     };
     let text = match kind {
-        Kind::Direct | Kind::Guard | Kind::GuardInfo | Kind::GuardCurrentThread => {
-            out(BIN, &["--version"])
-        }
+        Kind::Direct
+        | Kind::Guard
+        | Kind::GuardInfo
+        | Kind::GuardShippedFile
+        | Kind::GuardShippedPipe
+        | Kind::GuardAuditFile
+        | Kind::GuardCurrentThread => out(BIN, &["--version"]),
         Kind::Nginx => out("nginx", &["-v"]),
         Kind::Haproxy => out("haproxy", &["-v"]),
         Kind::Stunnel => out("stunnel4", &["-version"]),
@@ -158,28 +197,38 @@ fn start(
     let tag = format!("{kind:?}-{}", if tls { "tls" } else { "plain" }).to_lowercase();
     let mut cmd = match kind {
         Kind::Direct => unreachable!(),
-        Kind::Guard | Kind::GuardInfo | Kind::GuardCurrentThread => {
+        Kind::Guard
+        | Kind::GuardInfo
+        | Kind::GuardShippedFile
+        | Kind::GuardShippedPipe
+        | Kind::GuardAuditFile
+        | Kind::GuardCurrentThread => {
             let tls_block = if tls {
                 format!("    tls:\n      cert: {cert}\n      key: {key}\n")
             } else {
                 String::new()
             };
             let config = dir.join(format!("{tag}.yaml"));
+            let audit = if kind == Kind::GuardAuditFile {
+                format!(
+                    "audit: {{ file: {} }}\n",
+                    dir.join(format!("{tag}-audit.jsonl")).display()
+                )
+            } else {
+                String::new()
+            };
             std::fs::write(
                 &config,
-                format!("routes:\n  - name: bench\n    listen: {addr}\n{tls_block}    allow: [127.0.0.1]\n    max_connections: {max_conns}\n    upstream:\n      address: {upstream}\n"),
+                format!("{audit}routes:\n  - name: bench\n    listen: {addr}\n{tls_block}    allow: [127.0.0.1]\n    max_connections: {max_conns}\n    upstream:\n      address: {upstream}\n"),
             )
             .unwrap();
             let mut c = common::prefixed(prefix, BIN);
             c.arg("run").arg("--config").arg(config);
-            c.env(
-                "MLLP_GUARD_LOG",
-                if kind == Kind::GuardInfo {
-                    "info"
-                } else {
-                    "warn"
-                },
-            );
+            if kind.shipped() {
+                c.env_remove("MLLP_GUARD_LOG");
+            } else {
+                c.env("MLLP_GUARD_LOG", "warn");
+            }
             if kind == Kind::GuardCurrentThread {
                 c.env("MLLP_GUARD_RUNTIME", "current-thread");
             }
@@ -243,12 +292,27 @@ fn start(
             c
         }
     };
-    let child = cmd
+    let stderr = match kind {
+        Kind::GuardShippedFile | Kind::GuardAuditFile => {
+            Stdio::from(std::fs::File::create(dir.join(format!("{tag}.stderr"))).unwrap())
+        }
+        Kind::GuardShippedPipe => Stdio::piped(),
+        _ => Stdio::null(),
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("{}: cannot start: {e}", kind.name(tls)))?;
+    if let Some(mut pipe) = child.stderr.take() {
+        // The reader at the other end of the pipe: drains it as journald would.
+        std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(pipe.read(&mut buf), Ok(n) if n > 0) {}
+        });
+    }
     let proc = Proc(child);
     common::wait_listening(addr, kind.name(tls))?;
     Ok(Some(Subject {
@@ -323,8 +387,15 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             reconnect: false,
             pinned: false,
             kinds: with(
-                vec![Direct, Guard],
-                &[GuardInfo, GuardCurrentThread, Nginx, Haproxy],
+                vec![Direct, Guard, GuardShippedFile],
+                &[
+                    GuardInfo,
+                    GuardShippedPipe,
+                    GuardAuditFile,
+                    GuardCurrentThread,
+                    Nginx,
+                    Haproxy,
+                ],
             ),
         },
         Scenario {
@@ -336,7 +407,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             reconnect: false,
             pinned: false,
             kinds: with(
-                vec![Direct, Guard],
+                vec![Direct, Guard, GuardShippedFile],
                 &[GuardCurrentThread, Nginx, Haproxy, Stunnel],
             ),
         },
@@ -359,7 +430,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 8,
             reconnect: true,
             pinned: false,
-            kinds: with(vec![Guard], &[Haproxy, Nginx, Stunnel]),
+            kinds: with(vec![Guard, GuardShippedFile], &[Haproxy, Nginx, Stunnel]),
         },
         Scenario {
             id: 5,
@@ -369,7 +440,10 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 4,
             reconnect: false,
             pinned: false,
-            kinds: with(vec![Direct, Guard], &[GuardCurrentThread, Nginx, Haproxy]),
+            kinds: with(
+                vec![Direct, Guard, GuardShippedFile],
+                &[GuardCurrentThread, Nginx, Haproxy],
+            ),
         },
     ]
 }
@@ -865,7 +939,7 @@ fn render(
         .filter(|k| {
             kinds
                 .iter()
-                .any(|x| x == *k || (**k == Kind::Guard && *x == Kind::GuardInfo))
+                .any(|x| x == *k || (**k == Kind::Guard && x.is_guard()))
         })
         .map(|&k| version(k))
         .collect();
@@ -1121,5 +1195,80 @@ fn render(
     if let (Some(g), Some(i)) = (find(1, Kind::Guard), find(1, Kind::GuardInfo)) {
         let _ = writeln!(w, "\nThe default log level (info: one audit line per message, here to /dev/null) costs {:.1} us/msg of guard CPU against {:.1} at warn ({:.2}x).", col(i, cpu), col(g, cpu), ratio(i, g, cpu));
     }
+    goals_as_shipped(w, &find);
     o
+}
+
+/// The goals of issue 22: the guard as users run it (log level info, an audit line per message,
+/// stderr to a file or a pipe) against nginx stream, with ratios from the same runs.
+fn goals_as_shipped<'a>(w: &mut String, find: &dyn Fn(u32, Kind) -> Option<&'a Measured>) {
+    let cpu = |r: &Run| r.cpu_us;
+    let user = |r: &Run| r.cpu_us - r.sys_us;
+    let rate = |r: &Run| r.rate;
+    let mut goals: Vec<String> = Vec::new();
+    for (id, subject, limit) in [
+        (1, Kind::GuardShippedFile, 1.2),
+        (1, Kind::GuardShippedPipe, 1.2),
+        (1, Kind::Guard, 1.0),
+        (1, Kind::GuardAuditFile, 1.2),
+        (2, Kind::GuardShippedFile, 1.0),
+    ] {
+        if let (Some(g), Some(p)) = (find(id, subject), find(id, Kind::Nginx)) {
+            let r = ratio(g, p, cpu);
+            goals.push(format!(
+                "| {}: {}, CPU/msg <= {limit} x {}'s | {:.2} vs {:.2} us | {r:.2} | {} |",
+                if id == 1 {
+                    "plain 1 KiB x64"
+                } else {
+                    "TLS 1 KiB x64"
+                },
+                subject.name(id == 2),
+                p.kind.name(id == 2),
+                col(g, cpu),
+                col(p, cpu),
+                verdict(r <= limit)
+            ));
+        }
+    }
+    for subject in [
+        Kind::GuardShippedFile,
+        Kind::GuardShippedPipe,
+        Kind::Guard,
+        Kind::GuardAuditFile,
+    ] {
+        if let (Some(g), Some(p)) = (find(1, subject), find(1, Kind::Nginx)) {
+            let r = ratio(g, p, rate);
+            goals.push(format!(
+                "| plain 1 KiB x64: {}, msgs/s >= nginx stream's | {:.0} vs {:.0} | {r:.2} | {} |",
+                subject.name(false),
+                col(g, rate),
+                col(p, rate),
+                verdict(r >= 1.0)
+            ));
+        }
+    }
+    for subject in [Kind::GuardShippedFile, Kind::GuardShippedPipe] {
+        if let (Some(g), Some(p)) = (find(1, subject), find(1, Kind::Nginx)) {
+            let u = col(g, user);
+            goals.push(format!(
+                "| plain 1 KiB x64: {}, user CPU/msg <= 1.5 us | {u:.2} vs {:.2} us (nginx) | {:.2} | {} |",
+                subject.name(false),
+                col(p, user),
+                u / 1.5,
+                verdict(u <= 1.5)
+            ));
+        }
+    }
+    if goals.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### Goals of issue 22 (as shipped)\n");
+    let _ = writeln!(
+        w,
+        "| goal | guard vs nginx (medians) | ratio (median of per-run ratios) | verdict |"
+    );
+    let _ = writeln!(w, "|---|---|---:|---|");
+    for g in goals {
+        let _ = writeln!(w, "{g}");
+    }
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A fuzzing campaign: every target in turn for MINUTES each (default 10), keeping what it finds
+# A fuzzing campaign: every target in turn for MINUTES each (default 10) or until it has run
+# RUNS inputs (default 10,000,000, issue 21's goal), whichever comes first, keeping what it finds
 # in fuzz/corpus/<target>/, then the table of the run (target, executions, coverage, crashes)
 # written into RELIABILITY.md between its "fuzz campaign" markers. A crash stops nothing: the
 # next target runs, the crash input stays in fuzz/artifacts/<target>/, and the script exits 1.
@@ -7,6 +8,7 @@
 set -uo pipefail
 
 MINUTES="${1:-10}"
+RUNS="${RUNS:-10000000}"
 case "$MINUTES" in
   ''|*[!0-9]*) echo "campaign.sh: MINUTES must be a whole number, got '$MINUTES'" >&2; exit 2 ;;
 esac
@@ -29,21 +31,23 @@ failed=0
 rows=""
 for target in "${TARGETS[@]}"; do
   mkdir -p "fuzz/corpus/$target" "fuzz/seeds/$target"
-  echo "== $target: ${MINUTES} min" >&2
+  echo "== $target: ${MINUTES} min or ${RUNS} runs" >&2
+  started=$(date +%s)
   cargo +nightly fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
-    -max_total_time=$((MINUTES * 60)) -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 \
+    -max_total_time=$((MINUTES * 60)) -runs="$RUNS" -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$LOGS/$target.log" 2>&1
   status=$?
+  took=$(( $(date +%s) - started ))
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$LOGS/$target.log" | grep -o '[0-9]*$' | tail -1)
   cov=$(grep -oE '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE).*cov: [0-9]+' "$LOGS/$target.log" | grep -oE 'cov: [0-9]+' | tail -1 | grep -o '[0-9]*')
   corpus=$(ls "fuzz/corpus/$target" | wc -l)
   if [ "$status" -eq 0 ]; then crashes=0; else crashes=1; failed=1; tail -30 "$LOGS/$target.log" >&2; fi
   printf '%s: %s executions, coverage %s, %s crashes\n' "$target" "${execs:-?}" "${cov:-?}" "$crashes" >&2
-  rows+="| \`$target\` | ${MINUTES} min | ${execs:-?} | ${cov:-?} | ${corpus} | ${crashes} |"$'\n'
+  rows+="| \`$target\` | $((took / 60)) min $((took % 60)) s | ${execs:-?} | ${cov:-?} | ${corpus} | ${crashes} |"$'\n'
 done
 
 table="<!-- fuzz campaign: written by fuzz/campaign.sh; do not edit by hand -->
-Run \`bash fuzz/campaign.sh $MINUTES\` on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD), $(nproc) CPUs, $(rustc +nightly --version | cut -d' ' -f1-2):
+Run \`RUNS=$RUNS bash fuzz/campaign.sh $MINUTES\` (each target until $RUNS runs or $MINUTES min) on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD), $(nproc) CPUs, $(rustc +nightly --version | cut -d' ' -f1-2):
 
 | target | time | executions | coverage (edges) | corpus files | crashes |
 |---|---|---|---|---|---|
