@@ -103,13 +103,31 @@ async fn a_receiver_that_stops_reading_costs_one_ae_and_no_other_route() {
     assert!(lent <= 256.0 * 1024.0 * 1024.0, "lent {lent}");
 }
 
-/// Starts the guard in a mount namespace of its own where `state_dir` is a tmpfs of `size`.
-fn guard_on_tmpfs(config: &std::path::Path, state: &std::path::Path, size: &str) -> Proc {
+/// Fails (with the reason) unless this process may make a mount namespace: root.
+fn needs_mount_namespace() {
+    let mounts = Command::new("unshare")
+        .args(["--mount", "--", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        mounts,
+        "this test needs root to make a mount namespace (unshare --mount)"
+    );
+}
+
+/// Starts the guard in a mount namespace of its own where `state_dir` is a tmpfs of `size`,
+/// after running the shell command `setup` in it (`$0` is the tmpfs).
+fn guard_on_tmpfs(
+    config: &std::path::Path,
+    state: &std::path::Path,
+    size: &str,
+    setup: &str,
+) -> Proc {
     std::fs::create_dir_all(state).unwrap();
     let mut child = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg(format!(
-            "mount -t tmpfs -o size={size} tmpfs \"$0\" && exec \"$1\" --log-format json run --config \"$2\""
+            "mount -t tmpfs -o size={size} tmpfs \"$0\" && {setup} exec \"$1\" --log-format json run --config \"$2\""
         ))
         .arg(state)
         .arg(BIN)
@@ -137,14 +155,7 @@ fn guard_on_tmpfs(config: &std::path::Path, state: &std::path::Path, size: &str)
 #[test]
 #[ignore = "needs root (a tmpfs in a mount namespace): run as root with cargo test --test it -- --ignored"]
 fn a_full_disk_under_custody_gives_ae_loses_nothing_and_recovers() {
-    let mounts = Command::new("unshare")
-        .args(["--mount", "--", "true"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        mounts,
-        "this test needs root to make a mount namespace (unshare --mount)"
-    );
+    needs_mount_namespace();
     let dir = TestDir::new();
     let (listen, upstream) = (free_addr(), free_addr());
     let state = dir.path("state");
@@ -157,7 +168,7 @@ fn a_full_disk_under_custody_gives_ae_loses_nothing_and_recovers() {
         ),
     )
     .unwrap();
-    let _guard = guard_on_tmpfs(&config, &state, "8m");
+    let _guard = guard_on_tmpfs(&config, &state, "8m", "");
     wait_listening(listen);
 
     let mut tcp = TcpStream::connect(listen).unwrap();
@@ -237,4 +248,98 @@ fn a_full_disk_under_custody_gives_ae_loses_nothing_and_recovers() {
     std::thread::sleep(Duration::from_millis(300));
     let ids = control_ids(&saved);
     assert_eq!(&ids[acked.len()..], &again[..]);
+}
+
+/// Runs `sh -c script` in the guard's mount namespace (where its tmpfs is) and returns stdout.
+fn in_guard_mounts(guard: &Proc, script: &str) -> String {
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &guard.0.id().to_string(),
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An audit file on a full disk (issue 22): the guard holds its lines and retries, with an
+/// ERROR and the metric; messages go on while the held lines fit in memory; once space comes
+/// back every line is written, once, whole and in order.
+#[test]
+#[ignore = "needs root (a tmpfs in a mount namespace): run as root with cargo test --test it -- --ignored"]
+fn an_audit_file_on_a_full_disk_holds_its_lines_and_writes_them_all_once_space_returns() {
+    needs_mount_namespace();
+    let dir = TestDir::new();
+    let (_sink, upstream) = crate::cli::start_sink(&["--listen", "127.0.0.1:0"]);
+    let (listen, admin) = (free_addr(), free_port());
+    let logs = dir.path("logs");
+    let config = dir.path("guard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{ listen: {admin} }}\naudit: {{ file: {}/audit.jsonl }}\nroutes:\n  - name: lab\n    listen: {listen}\n    allow: [127.0.0.1/32]\n    upstream: {{ address: {upstream} }}\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    // A 128 KiB tmpfs, all but 8 KiB of it taken by a filler file (200 lines need ~66 KB).
+    let guard = guard_on_tmpfs(
+        &config,
+        &logs,
+        "128k",
+        "dd if=/dev/zero of=\"$0/filler\" bs=1k count=120 2>/dev/null;",
+    );
+    wait_listening(listen);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sent: Vec<String> = (0..200).map(|i| format!("AUD{i:04}")).collect();
+    rt.block_on(async {
+        let mut client = Client::plain(listen).await;
+        for id in &sent {
+            let (code, acked, _) = ack_of(&client.send(&message(id, 300)).await);
+            assert_eq!((code, acked.as_str()), (AckCode::AA, id.as_str()));
+        }
+    });
+    let metric = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            get(admin, "/metrics")
+                .await
+                .and_then(|(_, body)| sample(&body, "mllp_guard_audit_write_failures_total"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&rt).unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "no audit write failure counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    in_guard_mounts(&guard, &format!("rm {}/filler", logs.display()));
+    // Within the retry interval (1 s) and a bounded wait, every line is there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ids = loop {
+        let text = in_guard_mounts(&guard, &format!("cat {}/audit.jsonl", logs.display()));
+        // While the disk is full the file may end inside a line the writer will finish.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let ids: Vec<String> = whole
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|_| panic!("a torn or mixed line: {l:?}"));
+                v["control_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        if (ids.len() >= sent.len() && whole.len() == text.len()) || Instant::now() >= deadline {
+            break ids;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ids, sent, "every audit line, once, in order");
 }
