@@ -24,13 +24,15 @@ use crate::queue_cli::{queued, send};
 
 const TOKEN: &str = "dead-stream-test-token";
 
+/// Retries of the tests: fast, so a tight loop and a backoff differ within seconds.
+const FAST: &str = "{ initial: 50ms, max: 400ms }";
+
 /// A guard whose route `lab` keeps custody on `nats` (stream `stream`, at most `dead` dead
-/// letters, fast retries) in front of `receiver`, with an admin endpoint (token `TOKEN`).
+/// letters, `retry` as given) in front of `receiver`, with an admin endpoint (token `TOKEN`).
 fn config(
     dir: &TestDir,
     nats: &Nats,
-    stream: &str,
-    dead: u64,
+    (stream, dead, retry): (&str, u64, &str),
     receiver: &str,
 ) -> (PathBuf, String, SocketAddr) {
     let (listen, admin) = (free_addr(), free_addr());
@@ -39,7 +41,7 @@ fn config(
     std::fs::write(
         &config,
         format!(
-            "state_dir: {}\nshutdown_grace: 5s\nadmin:\n  listen: {admin}\n  token_file: token\nroutes:\n  - name: lab\n    listen: {listen}\n    allow: [127.0.0.1/32]\n    delivery: store-and-forward\n    retry: {{ initial: 50ms, max: 400ms }}\n{}      dead_letters: {{ max_messages: {dead} }}\n    upstream:\n      address: {receiver}\n      ack_timeout: 2s\n      connect_timeout: 1s\n",
+            "state_dir: {}\nshutdown_grace: 5s\nadmin:\n  listen: {admin}\n  token_file: token\nroutes:\n  - name: lab\n    listen: {listen}\n    allow: [127.0.0.1/32]\n    delivery: store-and-forward\n    retry: {retry}\n{}      dead_letters: {{ max_messages: {dead} }}\n    upstream:\n      address: {receiver}\n      ack_timeout: 2s\n      connect_timeout: 1s\n",
             dir.path("state").display(),
             nats.queue_yaml(stream, 1, "2s"),
         ),
@@ -75,12 +77,12 @@ struct Filled {
 
 /// REJ-1..3 queued in front of a receiver that answers AR: REJ-1 and REJ-2 fill the dead
 /// letters (at most two), REJ-3 cannot be dead-lettered. Returns once `/readyz` says so.
-async fn fill(stream: &str) -> Filled {
+async fn fill(stream: &str, retry: &str) -> Filled {
     nats::require();
     let nats = Nats::single();
     let dir = TestDir::new();
     let (sink, receiver) = receiver("127.0.0.1:0", "AR", &dir.path("saved"));
-    let (config, listen, admin) = config(&dir, &nats, stream, 2, &receiver);
+    let (config, listen, admin) = config(&dir, &nats, (stream, 2, retry), &receiver);
     let (guard, _, logs) = crate::cli::start_guard(&config);
     for id in ["REJ-1", "REJ-2", "REJ-3"] {
         queued(&listen, id);
@@ -146,7 +148,7 @@ fn until(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_full_dead_letters_hold_the_rejected_message_with_backoff_until_purged() {
-    let mut f = fill("MLLP_FULL").await;
+    let mut f = fill("MLLP_FULL", FAST).await;
     let saved = f.dir.path("saved");
     // Over three more seconds the held REJ-3 is not sent again; its dead-lettering is retried
     // with the backoff (50 ms doubling to 400 ms, jittered), not in a tight loop.
@@ -226,7 +228,7 @@ async fn jetstream_full_dead_letters_hold_the_rejected_message_with_backoff_unti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server: apt-get install nats-server"]
 async fn jetstream_full_dead_letters_clear_when_the_console_replays_them() {
-    let mut f = fill("MLLP_REPLAY").await;
+    let mut f = fill("MLLP_REPLAY", FAST).await;
     // The receiver takes messages again (a new one on the same address).
     f.sink.0.kill().unwrap();
     f.sink.0.wait().unwrap();
@@ -257,6 +259,36 @@ async fn jetstream_full_dead_letters_clear_when_the_console_replays_them() {
     // Two at the start (REJ-1, REJ-2), then REJ-3 once there was room.
     assert_eq!(moved.len(), 3, "{moved:?}");
     assert_eq!(moved[2]["control_id"], "REJ-3");
+}
+
+/// `queue replay` while the guard runs (JetStream allows it) empties the dead letters; the guard
+/// notices at its next depth read (every 5 s), long before the held message's next try (the
+/// retry backoff here starts at 60 s), and takes new messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
+async fn jetstream_full_dead_letters_clear_when_they_are_replayed_from_the_command_line() {
+    let f = fill("MLLP_CLI", "{ initial: 60s, max: 120s }").await;
+    let cfg = f.config.to_str().unwrap();
+    let (ok, out, err) = queue_cmd(&["replay", "--config", cfg]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "route lab: 2 dead letters replayed into the queue\n");
+    let started = Instant::now();
+    wait_for(f.admin, "/readyz", 200).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(full_metric(f.admin).await, Some(0.0));
+    queued(&f.listen, "NEW-2");
+    // REJ-3 still waits for its next try; the replayed two and NEW-2 queue behind it.
+    assert_eq!(depth(&f.config), (4, 0));
+    let logs: Vec<serde_json::Value> = lines_within(&f.logs, Duration::from_millis(300));
+    assert!(
+        logs.iter().any(|v| v["message"]
+            == "the dead letters take messages again; new messages are queued again"),
+        "an INFO line says so"
+    );
 }
 
 /// A route stream as the older layout made it: one stream taking `<S>.queue` and `<S>.dead`,
@@ -322,7 +354,7 @@ async fn jetstream_a_stream_of_the_older_layout_has_its_dead_letters_moved_at_st
     let js = old_layout(&nats, "MLLP_OLDL", &["P-1", "P-2"], &["D-1", "D-2", "D-3"]).await;
     let accepted = dir.path("accepted");
     let (_sink, addr) = receiver("127.0.0.1:0", "AA", &accepted);
-    let (config, _, _) = config(&dir, &nats, "MLLP_OLDL", 10, &addr);
+    let (config, _, _) = config(&dir, &nats, ("MLLP_OLDL", 10, FAST), &addr);
     // Read before any new guard ran: the dead letters of the older layout are counted.
     assert_eq!(depth(&config), (2, 3));
 
@@ -410,7 +442,7 @@ async fn jetstream_an_interrupted_move_of_old_dead_letters_finishes_without_doub
         .unwrap();
 
     let (_sink, addr) = receiver("127.0.0.1:0", "AA", &dir.path("accepted"));
-    let (config, _, _) = config(&dir, &nats, name, 10, &addr);
+    let (config, _, _) = config(&dir, &nats, (name, 10, FAST), &addr);
     let (_guard, _, _logs) = crate::cli::start_guard(&config);
     until("the move finished", || depth(&config) == (0, 3));
     let (_, held) = stream_state(&js, name).await;

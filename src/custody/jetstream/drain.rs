@@ -505,6 +505,7 @@ impl StreamDrainer<'_> {
             Err(err) => {
                 if let JetStreamError::Full(_) = err {
                     dead_letters_full(route, counters, seq, &control_id, &err);
+                    self.nats.found_full(&self.js).await;
                 } else {
                     tracing::error!(route = %route, seq, control_id = %control_id, error = %err, "cannot store a dead letter; the message stays first and is not sent again");
                 }

@@ -38,8 +38,8 @@ pub struct Nats {
     pub(super) connected: AtomicBool,
     /// What this guard knows of its stream, to notice when it is lost.
     pub(super) watch: Watch,
-    /// While the dead letters are full: their count and bytes when first read so, to notice
-    /// when someone made room (fewer of either).
+    /// While the dead letters are full: their count and bytes when last found so (read right
+    /// after a refused dead letter), to notice when someone made room (fewer of either).
     full_at: Mutex<Option<(u64, u64)>>,
 }
 
@@ -130,9 +130,22 @@ impl Nats {
         check(route, js).await;
     }
 
-    /// While the dead letters are marked full, a depth read that finds fewer dead letters (or
-    /// fewer bytes of them) than the first read while full means someone replayed or purged
-    /// some: new messages are taken again (the held message is dead-lettered at its next try).
+    /// The dead-letter stream refused a dead letter: what it holds now is the mark
+    /// [`Self::notice_room`] compares with (read at once, bounded; kept as it was if it cannot
+    /// be read).
+    pub(super) async fn found_full(&self, js: &jetstream::Context) {
+        let dead = super::stream::dead_stream_name(&self.cfg.stream);
+        let read = async { js.get_stream(&dead).await.ok()?.get_info().await.ok() };
+        if let Ok(Some(info)) = tokio::time::timeout(self.cfg.publish_timeout, read).await {
+            *self.full_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((info.state.messages, info.state.bytes));
+        }
+    }
+
+    /// While the dead letters are marked full, a depth read that finds none, or fewer (or
+    /// fewer bytes of them) than when they were last found full, means someone replayed or
+    /// purged some (this guard's console, another guard's, `mllp-guard queue`): new messages
+    /// are taken again, and the held message is dead-lettered at its next try.
     pub(super) fn notice_room(&self, counters: &Counters, depth: &Depth) {
         let mut full_at = self.full_at.lock().unwrap_or_else(|e| e.into_inner());
         if !counters.dead_letters_full.load(Ordering::Relaxed) {
@@ -140,13 +153,16 @@ impl Nats {
             return;
         }
         match *full_at {
-            None => *full_at = Some((depth.dead, depth.dead_bytes)),
-            Some((dead, bytes)) if depth.dead < dead || depth.dead_bytes < bytes => {
-                *full_at = None;
-                dead_letters_have_room(&self.route, counters);
+            _ if depth.dead == 0 => {}
+            None => {
+                *full_at = Some((depth.dead, depth.dead_bytes));
+                return;
             }
-            Some(_) => {}
+            Some((dead, bytes)) if depth.dead < dead || depth.dead_bytes < bytes => {}
+            Some(_) => return,
         }
+        *full_at = None;
+        dead_letters_have_room(&self.route, counters);
     }
 
     /// The last depth read, and dead letters.
