@@ -1,5 +1,7 @@
 //! A route's `delivery`, and the custody keys that `store-and-forward` reads: `queue` (with its
-//! embedded or NATS JetStream backend), `ack_mode`, `retry`, `on_reply` and `duplicate_window`.
+//! embedded or NATS JetStream backend, and `dead_letters`, the dead letters' own limits on
+//! both), `ack_mode`, `retry`, `on_reply` and `duplicate_window`; and that no route's stream is
+//! another's dead-letter stream.
 //!
 //! An `impl Validator` block. Knows nothing of the route's sender or upstream: the route passes
 //! in the queue directory and its `max_message_bytes`.
@@ -10,8 +12,8 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 use super::model::{
-    CustodyConfig, Delivery, JetStreamQueue, NatsTls, OnReply, QueueBackend, Retry, UnreadyWhen,
-    DEFAULT_ACK_MODE, DEFAULT_DEAD_LETTERS, DEFAULT_DUPLICATE_WINDOW,
+    CustodyConfig, Delivery, JetStreamQueue, NatsTls, OnReply, QueueBackend, Retry, Route,
+    UnreadyWhen, DEFAULT_ACK_MODE, DEFAULT_DEAD_LETTERS, DEFAULT_DUPLICATE_WINDOW,
     DEFAULT_JETSTREAM_DUPLICATE_WINDOW, DEFAULT_JETSTREAM_PUBLISH_TIMEOUT,
     DEFAULT_JETSTREAM_REPLICAS, DEFAULT_JETSTREAM_TAKEOVER, DEFAULT_ON_REPLY_AE,
     DEFAULT_ON_REPLY_AR, DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_MESSAGES,
@@ -369,6 +371,43 @@ impl Validator<'_> {
             credentials,
             takeover,
             publish_timeout,
+        }
+    }
+
+    /// No route's JetStream stream may be another route's dead-letter stream (`<S>_DEAD`, which
+    /// takes `<S>.dead`): the two would be one stream.
+    pub(super) fn dead_letter_streams_apart(
+        &mut self,
+        raw: &[Spanned<RawRoute>],
+        routes: &[Route],
+    ) {
+        let stream_of = |route: &Route| match &route.delivery {
+            Delivery::StoreAndForward(CustodyConfig {
+                backend: QueueBackend::JetStream(js),
+                ..
+            }) if !js.stream.is_empty() => Some(js.stream.clone()),
+            _ => None,
+        };
+        let streams: Vec<Option<String>> = routes.iter().map(stream_of).collect();
+        for (j, taken) in streams.iter().enumerate() {
+            let Some(taken) = taken else { continue };
+            let owner = streams.iter().enumerate().find(|(_, s)| {
+                s.as_deref()
+                    .is_some_and(|s| taken.strip_suffix("_DEAD") == Some(s))
+            });
+            let at = raw.get(j).and_then(|r| {
+                let jetstream = r.value.queue.as_ref()?.value.jetstream.as_ref()?;
+                jetstream.value.stream.as_ref().map(|s| s.referenced)
+            });
+            if let (Some((i, _)), Some(at)) = (owner, at) {
+                self.error(
+                    format!("routes[{j}].queue.jetstream.stream"),
+                    &at,
+                    format!(
+                        "\"{taken}\" is the dead-letter stream of routes[{i}] (a route's dead letters live in the stream named after its own with `_DEAD` added); give this route another stream"
+                    ),
+                );
+            }
         }
     }
 

@@ -533,8 +533,8 @@ pub struct CustodyConfig {
     /// `queue.unready_when`: `/readyz` is unready while the queue is this backed up. `None`
     /// (default): the queue's depth never makes the guard unready.
     pub unready_when: Option<UnreadyWhen>,
-    /// `queue.dead_letters`: the dead-letter store's own limits (embedded backend), apart from
-    /// the queue's, so that a receiver rejecting everything cannot fill the queue with them.
+    /// `queue.dead_letters`: the dead letters' own limits (the embedded dead-letter log, or the
+    /// JetStream dead-letter stream), so that a receiver rejecting everything cannot fill the queue.
     pub dead_letters: DeadLetterLimits,
 }
 

@@ -407,7 +407,7 @@ pub(super) struct RawQueue {
     pub(super) dead_letters: Option<Spanned<RawDeadLetters>>,
 }
 
-/// `queue.dead_letters:` (embedded backend).
+/// `queue.dead_letters:` (both backends; on JetStream the dead-letter stream's limits).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDeadLetters {

@@ -1047,6 +1047,28 @@ fn the_queue_backend_defaults_to_embedded_and_jetstream_takes_its_defaults() {
 }
 
 #[test]
+fn jetstream_dead_letters_take_their_own_limits_and_stream_names_stay_apart() {
+    let route = |name: &str, port: u16, stream: &str| {
+        format!(
+            "  - name: {name}\n    listen: 127.0.0.1:{port}\n    allow: [127.0.0.0/8]\n    upstream: {{ address: 127.0.0.1:2576 }}\n    delivery: store-and-forward\n    queue:\n      backend: jetstream\n      jetstream: {{ servers: [\"127.0.0.1:4222\"], stream: {stream} }}\n      dead_letters: {{ max_messages: 5, max_bytes: 32MiB }}\n"
+        )
+    };
+    let yaml = format!("routes:\n{}", route("lab", 2575, "LAB"));
+    let config = Config::parse(&yaml, Path::new("g.yaml"), Path::new("/etc")).unwrap();
+    let dead = custody(&config.routes[0]).dead_letters;
+    assert_eq!((dead.max_messages, dead.max_bytes), (5, 32 << 20));
+    let yaml = format!(
+        "routes:\n{}{}",
+        route("lab", 2575, "LAB"),
+        route("ris", 2577, "LAB_DEAD")
+    );
+    assert_eq!(
+        errors(&yaml),
+        "guard.yaml:18:57: routes[1].queue.jetstream.stream: \"LAB_DEAD\" is the dead-letter stream of routes[0] (a route's dead letters live in the stream named after its own with `_DEAD` added); give this route another stream"
+    );
+}
+
+#[test]
 fn bad_jetstream_values_are_all_reported_with_their_positions() {
     let yaml = format!(
         "{}{}",

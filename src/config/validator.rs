@@ -167,6 +167,7 @@ impl Validator<'_> {
             }
             routes.push(route);
         }
+        self.dead_letter_streams_apart(&raw.routes.value, &routes);
         if raw.state_dir.is_none() {
             // Reported once, at the first route that needs it.
             let first = routes

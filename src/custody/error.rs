@@ -90,5 +90,8 @@ mod tests {
         assert!(timeout.ack_text().len() <= 80);
         let down = NotQueued::JetStream(JetStreamError::Down);
         assert_eq!(down.ack_text(), "message not queued");
+        // A full stream refused it: not stored, and not ambiguous.
+        let full = NotQueued::JetStream(JetStreamError::Full("maximum messages exceeded".into()));
+        assert_eq!(full.ack_text(), "queue full");
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::counters::Counters;
 use super::duplicates::{DuplicateKey, Duplicates, Journal};
 use super::error::NotQueued;
+use super::full::{dead_letters_full, dead_letters_have_room};
 use super::give_up::{give_up, next_wait};
 use crate::config::{CustodyConfig, ReplyAction};
 use crate::outcome::Fault as _;
@@ -513,28 +514,14 @@ impl LogDrainer {
             .unwrap_or_default();
         match stored {
             Ok(()) => {
-                if self
-                    .counters
-                    .dead_letters_full
-                    .swap(false, Ordering::Relaxed)
-                {
-                    tracing::info!(route = %self.route, "the dead letters take messages again; new messages are queued again");
-                    crate::ops::metrics::dead_letters_full(&self.route, false);
-                }
+                dead_letters_have_room(&self.route, &self.counters);
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(route = %self.route, seq = record.seq, control_id = %control_id, reason, outcome = "dead_lettered", "queued message moved to the dead letters");
                 crate::ops::notify::dead_letter(&self.route, record.seq, &control_id, reason);
                 self.ack(record).await
             }
             Err(err @ QueueError::Full { .. }) => {
-                if !self
-                    .counters
-                    .dead_letters_full
-                    .swap(true, Ordering::Relaxed)
-                {
-                    crate::ops::metrics::dead_letters_full(&self.route, true);
-                }
-                tracing::error!(route = %self.route, seq = record.seq, control_id = %control_id, error = %err, "the dead letters are full (queue.dead_letters): the message stays first and is not sent again; new messages are refused (AE) until dead letters are replayed or purged");
+                dead_letters_full(&self.route, &self.counters, record.seq, &control_id, &err);
                 false
             }
             Err(err) => {

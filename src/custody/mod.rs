@@ -25,13 +25,15 @@
 //! Files: this one accepts (and answers); `duplicates` remembers the acks given (and, on the
 //! embedded queue, journals them so they survive restarts); `log` holds the embedded log's
 //! committer and drainer; [`jetstream`] the JetStream backend; `give_up` when both drainers stop
-//! retrying a message (`retry.max_attempts`, `retry.max_age`); `error` why a message was not
-//! queued; [`counters`] what both backends count.
+//! retrying a message (`retry.max_attempts`, `retry.max_age`); `full` when both say their dead
+//! letters are full; `error` why a message was not queued; [`counters`] what both backends
+//! count.
 
 pub mod counters;
 mod dead_letters;
 mod duplicates;
 mod error;
+mod full;
 pub(crate) mod give_up;
 pub mod jetstream;
 mod log;
@@ -98,7 +100,11 @@ impl Custody {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Result<Arc<Custody>, QueueError> {
         if let QueueBackend::JetStream(js) = &cfg.backend {
-            let nats = jetstream::Nats::new(route.clone(), (**js).clone(), cfg.max_messages);
+            let limits = jetstream::Limits {
+                max_messages: cfg.max_messages,
+                dead: cfg.dead_letters,
+            };
+            let nats = jetstream::Nats::new(route.clone(), (**js).clone(), limits);
             let custody = Arc::new(Custody {
                 route,
                 close_on_failure,
@@ -405,8 +411,7 @@ impl Custody {
                 let (js, cfg) = nats
                     .context()
                     .ok_or("JetStream is not connected yet; try again")?;
-                let subject = jetstream::dead_subject(&cfg.stream);
-                let records = jetstream::records(&js, &cfg.stream, &subject, limit)
+                let records = jetstream::records(&js, &cfg.stream, jetstream::Part::Dead, limit)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(records.iter().map(DeadLetter::of).collect())
@@ -435,9 +440,9 @@ impl Custody {
                 let (js, cfg) = nats
                     .context()
                     .ok_or("JetStream is not connected yet; try again")?;
-                return jetstream::replay(&js, &cfg.stream, cfg.publish_timeout)
+                jetstream::replay(&js, &cfg.stream, cfg.publish_timeout)
                     .await
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())?
             }
             Keeper::Log { appends, .. } => {
                 let dir = self.cfg.queue_dir.join(DEAD_LETTER_DIR);
@@ -446,13 +451,7 @@ impl Custody {
             }
         };
         self.counters.queued.fetch_add(replayed, Ordering::Relaxed);
-        if self
-            .counters
-            .dead_letters_full
-            .swap(false, Ordering::Relaxed)
-        {
-            crate::ops::metrics::dead_letters_full(&self.route, false);
-        }
+        full::dead_letters_have_room(&self.route, &self.counters);
         Ok(replayed)
     }
 }

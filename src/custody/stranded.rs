@@ -1,7 +1,8 @@
 //! Stranded queues: a queue directory under `state_dir` that no configured store-and-forward
 //! route (on the embedded backend) owns any more: a route renamed, removed, switched to JetStream
-//! or to `delivery: forward`; and a JetStream stream laid out as a route's, in an account a
-//! configured route uses, that no configured route names. Their messages were acknowledged and
+//! or to `delivery: forward`; and a JetStream stream laid out as a route's (or a route's
+//! dead-letter stream, counted with its route), in an account a configured route uses, that no
+//! configured route names. Their messages were acknowledged and
 //! would never be delivered, so `run` and `check` warn about them and `queue list` shows them;
 //! `queue move` hands an embedded one to a route.
 //!
@@ -96,8 +97,12 @@ pub struct StrandedStream {
     /// The NATS servers it was found on (those of a configured route).
     pub servers: String,
     pub pending: u64,
+    /// Dead letters: in its dead-letter stream `<S>_DEAD` (part of the route, never listed on
+    /// its own), and any the older layout left in the stream.
     pub dead: u64,
+    /// The stream's bytes, and its dead-letter stream's.
     pub bytes: u64,
+    pub dead_bytes: u64,
     pub oldest_enqueued_ms: Option<u64>,
 }
 
@@ -149,6 +154,7 @@ pub async fn stranded_streams(config: &Config) -> Vec<StrandedStream> {
                     pending: depth.pending,
                     dead: depth.dead,
                     bytes: depth.bytes,
+                    dead_bytes: depth.dead_bytes,
                     oldest_enqueued_ms: depth.oldest_enqueued_ms,
                 });
             }

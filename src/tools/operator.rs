@@ -110,9 +110,9 @@ struct JetStreamSession {
 }
 
 impl JetStreamSession {
-    /// Connects to the route's NATS; `None` (connection closed) when its stream does not exist
-    /// yet (no guard has started the route): like an embedded queue never created, it reads as
-    /// empty.
+    /// Connects to the route's NATS; `None` (connection closed) when neither its stream nor its
+    /// dead-letter stream exists (no guard has started the route): like an embedded queue never
+    /// created, it reads as empty.
     async fn open(cfg: &JetStreamQueue) -> anyhow::Result<Option<JetStreamSession>> {
         let client = tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -129,7 +129,12 @@ impl JetStreamSession {
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(cfg.publish_timeout);
         let session = JetStreamSession { client, js };
-        match session.js.get_stream(&cfg.stream).await {
+        let dead = crate::custody::jetstream::dead_stream_name(&cfg.stream);
+        let found = match session.js.get_stream(&cfg.stream).await {
+            Ok(stream) => Ok(stream),
+            Err(_) => session.js.get_stream(&dead).await,
+        };
+        match found {
             Ok(_) => Ok(Some(session)),
             Err(err)
                 if matches!(
@@ -161,13 +166,14 @@ pub struct RouteDepth {
     /// `embedded` or `jetstream`.
     pub backend: &'static str,
     pub pending: u64,
-    /// Embedded: encoded bytes of the pending records. JetStream: the route's stream (pending
-    /// messages and dead letters: acked messages leave a work-queue stream).
+    /// Embedded: encoded bytes of the pending records. JetStream: the route's stream (its
+    /// pending messages: acked messages leave a work-queue stream).
     pub bytes: u64,
     /// Age of the oldest pending message in whole seconds; `null` when none is pending.
     pub oldest_age_s: Option<u64>,
     pub dead_letters: u64,
-    /// Embedded: encoded bytes of the dead letters (not in `--json`: JetStream cannot tell).
+    /// Encoded bytes of the dead letters (embedded), or of the route's dead-letter stream
+    /// (JetStream). Not in `--json`.
     #[serde(skip)]
     pub dead_bytes: Option<u64>,
     /// JetStream: the stream's name (not in `--json`).
@@ -229,7 +235,7 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
                 bytes: depth.bytes,
                 oldest_age_s: depth.oldest_enqueued_ms.map(age_secs),
                 dead_letters: depth.dead,
-                dead_bytes: None,
+                dead_bytes: Some(depth.dead_bytes),
                 stream: Some(js.stream.clone()),
                 stranded: false,
                 damaged: Vec::new(),
@@ -251,7 +257,7 @@ pub async fn depths(config: &Config, only: Option<&str>) -> anyhow::Result<Vec<R
                 bytes: s.bytes,
                 oldest_age_s: s.oldest_enqueued_ms.map(age_secs),
                 dead_letters: s.dead,
-                dead_bytes: None,
+                dead_bytes: Some(s.dead_bytes),
                 stream: Some(s.stream),
                 stranded: true,
                 damaged: Vec::new(),
@@ -473,13 +479,22 @@ pub async fn list(
         match &row.stream {
             Some(stream) if row.stranded => writeln!(
                 out,
-                "stream {stream} (no configured route owns it): {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream); name it again in a route's queue.jetstream.stream to deliver them",
-                row.pending, row.dead_letters, row.bytes
+                "stream {stream} (no configured route owns it): {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream, {} in {}); name it again in a route's queue.jetstream.stream to deliver them",
+                row.pending,
+                row.dead_letters,
+                row.bytes,
+                row.dead_bytes.unwrap_or(0),
+                crate::custody::jetstream::dead_stream_name(stream)
             )?,
             Some(stream) => writeln!(
                 out,
-                "route {}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {stream})",
-                row.route, row.pending, row.dead_letters, row.bytes
+                "route {}: {} pending, oldest {oldest}, {} dead letters ({} bytes in JetStream stream {stream}, {} in {})",
+                row.route,
+                row.pending,
+                row.dead_letters,
+                row.bytes,
+                row.dead_bytes.unwrap_or(0),
+                crate::custody::jetstream::dead_stream_name(stream)
             )?,
             None if row.stranded => writeln!(
                 out,
@@ -571,19 +586,13 @@ pub async fn show(
     for (name, custody) in custody_routes(config, only)? {
         if let Some(js) = jetstream_of(custody) {
             let session = JetStreamSession::open(js).await?;
-            for (title, subject) in [
-                (
-                    "pending",
-                    crate::custody::jetstream::queue_subject(&js.stream),
-                ),
-                (
-                    "dead letters",
-                    crate::custody::jetstream::dead_subject(&js.stream),
-                ),
+            for (title, part) in [
+                ("pending", crate::custody::jetstream::Part::Pending),
+                ("dead letters", crate::custody::jetstream::Part::Dead),
             ] {
                 let records = match &session {
                     Some(session) => {
-                        crate::custody::jetstream::records(&session.js, &js.stream, &subject, limit)
+                        crate::custody::jetstream::records(&session.js, &js.stream, part, limit)
                             .await
                             .map_err(anyhow::Error::msg)?
                     }
@@ -725,10 +734,10 @@ pub async fn purge(
             "pending messages"
         };
         if let Some(js) = jetstream_of(custody) {
-            let subject = if dead_letters {
-                crate::custody::jetstream::dead_subject(&js.stream)
+            let part = if dead_letters {
+                crate::custody::jetstream::Part::Dead
             } else {
-                crate::custody::jetstream::queue_subject(&js.stream)
+                crate::custody::jetstream::Part::Pending
             };
             let Some(session) = JetStreamSession::open(js).await? else {
                 writeln!(out, "route {name}: no {what}")?;
@@ -751,7 +760,7 @@ pub async fn purge(
                 session.close().await;
                 continue;
             }
-            let removed = crate::custody::jetstream::purge(&session.js, &js.stream, &subject)
+            let removed = crate::custody::jetstream::purge(&session.js, &js.stream, part)
                 .await
                 .map_err(anyhow::Error::msg);
             session.close().await;

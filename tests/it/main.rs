@@ -12,6 +12,7 @@ mod conformance;
 mod custody;
 mod console;
 mod damage;
+mod dead_stream;
 mod deploy;
 mod enhanced;
 mod faults;

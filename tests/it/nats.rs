@@ -178,6 +178,12 @@ impl Nats {
         format!("[{}]", urls.join(", "))
     }
 
+    /// A JetStream context on the first node, for a test to look at or change streams itself.
+    pub async fn js(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.nodes[0].url()).await.unwrap();
+        async_nats::jetstream::new(client)
+    }
+
     /// The route keys that put a route's custody on this NATS.
     pub fn queue_yaml(&self, stream: &str, replicas: usize, takeover: &str) -> String {
         format!(

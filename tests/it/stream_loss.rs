@@ -2,8 +2,9 @@
 //! started again on an empty store dir while acknowledged messages were pending. The guard
 //! says so (ERROR naming the stream and how many were pending, a metric), makes the stream and
 //! the consumer again, and goes on taking and delivering messages without a restart; the depth
-//! it reports is the new stream's. A stream no configured route names (finding 7) is named by
-//! `check`, `run` and `queue list`.
+//! it reports is the new stream's; a dead-letter stream deleted by hand is noticed and made
+//! again the same way. A stream no configured route names (finding 7) is named by `check`,
+//! `run` and `queue list`, its dead-letter stream counted with it, never on its own.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,24 @@ use crate::harness::*;
 use crate::nats::{self, Nats};
 use crate::queue_cli::queued;
 
+/// A guard config (`guard.yaml`) for route `lab` in front of `receiver` with an admin endpoint;
+/// `queue`: its queue keys. The file, the route's listen address and the admin address.
+fn guard_config(
+    dir: &TestDir,
+    receiver: std::net::SocketAddr,
+    queue: &str,
+) -> (
+    std::path::PathBuf,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = dir.path("guard.yaml");
+    let route = custody_yaml(dir, receiver, &listen.to_string(), queue);
+    std::fs::write(&config, format!("admin:\n  listen: {admin}\n{route}")).unwrap();
+    (config, listen, admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server: apt-get install nats-server"]
 async fn a_stream_lost_with_its_nats_store_is_reported_made_again_and_custody_goes_on() {
@@ -21,21 +40,8 @@ async fn a_stream_lost_with_its_nats_store_is_reported_made_again_and_custody_go
     let mut nats = Nats::single();
     let dir = TestDir::new();
     let receiver = free_addr(); // down: what is acked stays pending in the stream
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = dir.path("guard.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin:\n  listen: {admin}\n{}",
-            custody_yaml(
-                &dir,
-                receiver,
-                &listen.to_string(),
-                &nats.queue_yaml("MLLP_LOSS", 1, "2s")
-            )
-        ),
-    )
-    .unwrap();
+    let (config, listen, admin) =
+        guard_config(&dir, receiver, &nats.queue_yaml("MLLP_LOSS", 1, "2s"));
     let (_guard, _, logs, _) = crate::cli::start_guard_logged(&config);
     for i in 1..=5 {
         queued(&listen.to_string(), &format!("GONE-{i}"));
@@ -135,6 +141,16 @@ async fn a_stream_no_route_names_is_named_by_check_run_and_queue_list() {
         guard.0.kill().unwrap();
         guard.0.wait().unwrap();
     }
+    // One dead letter too, in the route's dead-letter stream (MLLP_OLD_DEAD).
+    let stored = nats
+        .js()
+        .await
+        .publish("MLLP_OLD.dead", message("OLD-DEAD", 300).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(stored.stream, "MLLP_OLD_DEAD");
     std::fs::write(
         &config,
         yaml.replace("stream: MLLP_OLD", "stream: MLLP_NEW"),
@@ -145,7 +161,7 @@ async fn a_stream_no_route_names_is_named_by_check_run_and_queue_list() {
     let warned = crate::damage::checked_warnings(cfg);
     assert!(
         warned.contains(
-            "holds the stream of no configured route: MLLP_OLD (3 pending, 0 dead letters)"
+            "holds the stream of no configured route: MLLP_OLD (3 pending, 1 dead letters)"
         ),
         "{warned}"
     );
@@ -165,6 +181,7 @@ async fn a_stream_no_route_names_is_named_by_check_run_and_queue_list() {
         ),
         (&"MLLP_OLD".into(), &"jetstream".into(), &3.into())
     );
+    assert_eq!(stranded[0]["dead_letters"], 1, "{stranded:?}");
 
     let (_guard, _, logs, early) = crate::cli::start_guard_logged(&config);
     let later = std::iter::from_fn(|| logs.recv_timeout(Duration::from_millis(500)).ok());
@@ -177,4 +194,77 @@ async fn a_stream_no_route_names_is_named_by_check_run_and_queue_list() {
         (&v["stream"], &v["pending"]),
         (&"MLLP_OLD".into(), &3.into())
     );
+}
+
+/// The dead-letter stream deleted by hand while the guard runs: ERROR naming it and the dead
+/// letters that were in it, the metrics, and it is made again (with its limits), so the next
+/// dead letter is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server: apt-get install nats-server"]
+async fn a_lost_dead_letter_stream_is_reported_and_made_again() {
+    nats::require();
+    let nats = Nats::single();
+    let dir = TestDir::new();
+    let (_sink, receiver) = crate::dead_stream::receiver("127.0.0.1:0", "AR", &dir.path("saved"));
+    let queue = format!(
+        "{}      dead_letters: {{ max_messages: 5 }}\n",
+        nats.queue_yaml("MLLP_DL", 1, "2s")
+    );
+    let (config, listen, admin) = guard_config(&dir, receiver.parse().unwrap(), &queue);
+    let (_guard, _, logs) = crate::cli::start_guard(&config);
+    let cfg = config.to_str().unwrap();
+    let dead_letters = || {
+        let (ok, out, err) = crate::damage::queue_cmd(&["list", "--json", "--config", cfg]);
+        assert!(ok, "{err}");
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        rows[0]["dead_letters"].as_u64().unwrap()
+    };
+    queued(&listen.to_string(), "DL-1");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead_letters() < 1 {
+        assert!(Instant::now() < deadline, "DL-1 never dead-lettered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The guard counts it (dead-lettered by it, or read with the depth) before it goes.
+    let js = nats.js().await;
+    js.delete_stream("MLLP_DL_DEAD").await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reported = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no ERROR about the lost dead-letter stream"
+        );
+        let Ok(line) = logs.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["level"] == "ERROR"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("dead-letter stream was lost"))
+        {
+            break v;
+        }
+    };
+    assert_eq!(reported["stream"], "MLLP_DL_DEAD", "{reported}");
+    assert_eq!(reported["dead_letters_lost"], 1, "{reported}");
+    let (_, metrics) = get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("mllp_guard_jetstream_stream_lost_total{route=\"lab\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mllp_guard_jetstream_lost_messages_total{route=\"lab\"} 1"),
+        "{metrics}"
+    );
+    let mut dead = js.get_stream("MLLP_DL_DEAD").await.expect("made again");
+    assert_eq!(dead.info().await.unwrap().config.max_messages, 5);
+    // The next dead letter is stored in it.
+    queued(&listen.to_string(), "DL-2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dead_letters() < 1 {
+        assert!(Instant::now() < deadline, "DL-2 never dead-lettered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,7 +1,9 @@
-//! This guard's share of draining a route's stream: connect and make sure the stream and the
+//! This guard's share of draining a route's stream: connect and make sure the streams and the
 //! consumer exist (retrying), then pull one message at a time from the shared consumer, deliver
 //! it while holding its lease (confirming progress), and ack, NAK with a backoff, or dead-letter
-//! it; meanwhile refresh the depth for metrics. Must not know senders or custody's answers.
+//! it (a message the dead letters cannot take stays first, NAKed with the backoff, and is not
+//! sent again); meanwhile refresh the depth for metrics. Must not know senders or custody's
+//! answers.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,13 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::JetStreamError;
 use super::inspect::depth;
+use super::layout::ensure_streams;
 use super::nats::{Nats, Ready};
 use super::stream::{
-    connect, dead_subject, ensure_consumer, ensure_stream, now_ms, publish_confirmed,
-    HEADER_ENQUEUED, HEADER_REASON,
+    connect, dead_subject, ensure_consumer, now_ms, publish_confirmed, HEADER_ENQUEUED,
+    HEADER_REASON,
 };
 use crate::config::{OnReply, ReplyAction, Retry};
 use crate::custody::counters::Counters;
+use crate::custody::full::{dead_letters_full, dead_letters_have_room};
 use crate::custody::give_up::{give_up, next_wait};
 use crate::outcome::Fault as _;
 use crate::queue::QueueStats;
@@ -64,8 +68,8 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
     js.set_timeout(nats.cfg.publish_timeout);
     let consumer = loop {
         let attempt = async {
-            let stream = ensure_stream(&js, &nats.cfg, nats.max_messages).await?;
-            nats.watch.started(&stream);
+            let (stream, dead) = ensure_streams(&js, &nats.cfg, nats.limits).await?;
+            nats.watch.started(&stream, &dead);
             ensure_consumer(&stream, &nats.cfg).await
         };
         match attempt.await {
@@ -86,10 +90,11 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
     });
     nats.connected.store(true, Ordering::Relaxed);
     nats.became_ready.notify_waiters();
-    tracing::info!(route = %route, stream = %nats.cfg.stream, replicas = nats.cfg.replicas, "JetStream custody ready");
+    tracing::info!(route = %route, stream = %nats.cfg.stream, dead_letter_stream = %super::stream::dead_stream_name(&nats.cfg.stream), replicas = nats.cfg.replicas, "JetStream custody ready");
     let stats = {
         let (nats, stop, js) = (nats.clone(), delivery.shutdown.clone(), js.clone());
-        tokio::spawn(async move { refresh_stats(nats, js, stop).await })
+        let counters = delivery.counters.clone();
+        tokio::spawn(async move { refresh_stats(nats, js, counters, stop).await })
     };
     StreamDrainer {
         nats: &nats,
@@ -99,6 +104,7 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
         conn: None,
         last_failure: None,
         not_sent: None,
+        dead_pending: None,
     }
     .run()
     .await;
@@ -115,7 +121,12 @@ pub async fn run(nats: Arc<Nats>, delivery: DrainContext) {
     );
 }
 
-async fn refresh_stats(nats: Arc<Nats>, js: jetstream::Context, stop: CancellationToken) {
+async fn refresh_stats(
+    nats: Arc<Nats>,
+    js: jetstream::Context,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(STATS_EVERY);
     loop {
         tokio::select! {
@@ -136,8 +147,8 @@ async fn refresh_stats(nats: Arc<Nats>, js: jetstream::Context, stop: Cancellati
         if let Ok(Ok(depth)) =
             tokio::time::timeout(nats.cfg.publish_timeout, depth(&js, &nats.cfg.stream)).await
         {
-            nats.watch
-                .read(before, depth.pending, depth.dead, depth.last_seq);
+            nats.watch.read(before, &depth);
+            nats.notice_room(&counters, &depth);
             *nats.stats.lock().unwrap_or_else(|e| e.into_inner()) = (
                 QueueStats {
                     messages: depth.pending,
@@ -163,6 +174,9 @@ struct StreamDrainer<'a> {
     /// The stream sequence of the last message this guard failed to send at all (refused
     /// connection): offered again, it is not a redelivery to the receiver.
     not_sent: Option<u64>,
+    /// A message this guard could not dead-letter (the dead letters full or unreachable), by
+    /// stream sequence, and its reason: offered again, only its dead-lettering is retried.
+    dead_pending: Option<(u64, String)>,
 }
 
 /// How an attempt under the lease ended.
@@ -274,13 +288,12 @@ impl StreamDrainer<'_> {
         }
         self.not_sent = None;
         let retry = self.delivery.retry;
-        let enqueued_ms = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(HEADER_ENQUEUED))
-            .and_then(|v| v.as_str().parse::<u64>().ok())
-            .unwrap_or_else(now_ms);
-        let age = || Duration::from_millis(now_ms().saturating_sub(enqueued_ms));
+        if let Some((_, reason)) = self.dead_pending.take_if(|(at, _)| *at == seq) {
+            // Refused by the receiver already: not sent again, only its dead-lettering retried.
+            self.dead_letter(&message, seq, delivered, &reason).await;
+            return;
+        }
+        let age = || age_of(&message);
         let last = match &self.last_failure {
             Some((at, last)) if *at == seq => last.clone(),
             _ => String::new(),
@@ -288,13 +301,12 @@ impl StreamDrainer<'_> {
         // `delivered` counts this delivery: the failures so far are one fewer (a delivery whose
         // hold was lost counts too).
         if let Some(reason) = give_up(&retry, delivered - 1, age(), &last) {
-            tracing::warn!(route = %route, seq, attempts = delivered - 1, outcome = "dead_lettered", "queued message given up and moved to the dead letters");
-            self.dead_letter(&message, seq, &reason).await;
+            self.dead_letter(&message, seq, delivered, &reason).await;
             return;
         }
         let Some(frame) = Frame::from_payload(&message.payload) else {
-            self.dead_letter(&message, seq, "stored payload is not a valid MLLP payload")
-                .await;
+            let reason = "stored payload is not a valid MLLP payload";
+            self.dead_letter(&message, seq, delivered, reason).await;
             return;
         };
         let control_id = crate::wire::hl7::find_header(&message.payload)
@@ -336,8 +348,7 @@ impl StreamDrainer<'_> {
                     .map(|a| printable(a.text()))
                     .unwrap_or_default();
                 let reason = format!("upstream replied {}: {}", reply.code, text);
-                tracing::warn!(route = %route, seq, control_id = %shown_id, ack = %reply.code, outcome = "dead_lettered", "queued message moved to the dead letters");
-                self.dead_letter(&message, seq, &reason).await;
+                self.dead_letter(&message, seq, delivered, &reason).await;
             }
             (_, result) => {
                 let last = match result {
@@ -350,17 +361,12 @@ impl StreamDrainer<'_> {
                     Err(err) => format!("{}: {err}", err.reason()),
                 };
                 if let Some(reason) = give_up(&retry, delivered, age(), &last) {
-                    tracing::warn!(route = %route, seq, control_id = %shown_id, attempts = delivered, outcome = "dead_lettered", "queued message given up (retry.max_attempts or retry.max_age) and moved to the dead letters");
                     self.last_failure = None;
-                    self.dead_letter(&message, seq, &reason).await;
+                    self.dead_letter(&message, seq, delivered, &reason).await;
                     return;
                 }
                 self.last_failure = Some((seq, last));
-                let mut backoff = Backoff::new(retry.initial, retry.max);
-                for _ in 1..delivered.min(64) {
-                    backoff.next_wait();
-                }
-                let wait = next_wait(&retry, backoff.next_wait(), age());
+                let wait = retry_wait(&retry, delivered, age());
                 match result {
                     Ok(reply) => {
                         tracing::warn!(route = %route, seq, control_id = %shown_id, ack = %reply.code, retry_in_ms = wait.as_millis() as u64, outcome = "retry", "upstream refused a queued message; retrying")
@@ -447,8 +453,16 @@ impl StreamDrainer<'_> {
         }
     }
 
-    /// Publishes the message to the dead letters (confirmed), then acks it off the queue.
-    async fn dead_letter(&mut self, message: &jetstream::Message, seq: u64, reason: &str) {
+    /// Publishes the message to the dead letters (their own stream, confirmed), then acks it
+    /// off the queue. When they cannot take it (full, or not reachable), it stays first: NAKed
+    /// with the retry backoff, remembered so that it is not sent to the receiver again.
+    async fn dead_letter(
+        &mut self,
+        message: &jetstream::Message,
+        seq: u64,
+        delivered: u32,
+        reason: &str,
+    ) {
         let route = &self.nats.route;
         let mut headers = HeaderMap::new();
         let enqueued = message
@@ -473,15 +487,15 @@ impl StreamDrainer<'_> {
             self.nats.cfg.publish_timeout,
         )
         .await;
+        let counters = &self.delivery.counters;
+        let control_id = crate::wire::hl7::find_header(&message.payload)
+            .map(|h| printable(h.control_id()))
+            .unwrap_or_default();
         match stored {
             Ok(_) => {
-                self.delivery
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
-                let control_id = crate::wire::hl7::find_header(&message.payload)
-                    .map(|h| String::from_utf8_lossy(h.control_id()).into_owned())
-                    .unwrap_or_default();
+                dead_letters_have_room(route, counters);
+                counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(route = %route, seq, control_id = %control_id, reason, attempts = delivered, outcome = "dead_lettered", "queued message moved to the dead letters");
                 crate::ops::notify::dead_letter(route, seq, &control_id, &reason);
                 self.nats.watch.dead_lettered();
                 if let Err(err) = self.settle(message, AckKind::Ack).await {
@@ -489,11 +503,37 @@ impl StreamDrainer<'_> {
                 }
             }
             Err(err) => {
-                tracing::error!(route = %route, seq, error = %err, "cannot store a dead letter; the message stays queued");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                if let JetStreamError::Full(_) = err {
+                    dead_letters_full(route, counters, seq, &control_id, &err);
+                    self.nats.found_full(&self.js).await;
+                } else {
+                    tracing::error!(route = %route, seq, control_id = %control_id, error = %err, "cannot store a dead letter; the message stays first and is not sent again");
+                }
+                self.dead_pending = Some((seq, reason));
+                let wait = retry_wait(&self.delivery.retry, delivered, age_of(message));
+                let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
             }
         }
     }
+}
+
+/// How long a message waits before its next try after `delivered` deliveries: the retry
+/// backoff (`retry.initial` doubling to `retry.max`, jittered), never past `retry.max_age`.
+fn retry_wait(retry: &Retry, delivered: u32, age: Duration) -> Duration {
+    let mut backoff = Backoff::new(retry.initial, retry.max);
+    for _ in 1..delivered.min(64) {
+        backoff.next_wait();
+    }
+    next_wait(retry, backoff.next_wait(), age)
+}
+
+/// How long ago a pulled message was first queued.
+fn age_of(message: &jetstream::Message) -> Duration {
+    let enqueued_ms = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_ENQUEUED))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .unwrap_or_else(now_ms);
+    Duration::from_millis(now_ms().saturating_sub(enqueued_ms))
 }

@@ -37,6 +37,9 @@ pub enum JetStreamError {
     NoStream,
     #[error("JetStream did not confirm the publish within {}", humantime::format_duration(*.0))]
     ConfirmTimeout(Duration),
+    /// The stream is at its message or byte limit and refused the message (not stored).
+    #[error("the JetStream stream is full: {0}")]
+    Full(Cause),
     #[error("{0}")]
     StreamInfo(Cause),
     #[error("reading stream {stream}: {source}")]
@@ -71,6 +74,7 @@ impl Fault for JetStreamError {
             JetStreamError::NotConfirmed(_) => "publish_not_confirmed",
             JetStreamError::NoStream => "no_stream",
             JetStreamError::ConfirmTimeout(_) => "publish_timeout",
+            JetStreamError::Full(_) => "queue_full",
             JetStreamError::StreamInfo(_) => "stream_info",
             JetStreamError::Read { .. } => "read",
             JetStreamError::DeleteDeadLetter { .. } => "delete",

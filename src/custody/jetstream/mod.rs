@@ -4,18 +4,27 @@
 //! Owns the mapping of custody's operations onto JetStream; must not know senders, sockets,
 //! ack bytes or the upstream's protocol (custody answers senders, [`crate::upstream`] delivers).
 //!
-//! # Layout in NATS (one stream per route)
+//! # Layout in NATS (two streams per route)
 //!
 //! ```text
-//! stream <S>          subjects <S>.queue (pending messages) and <S>.dead (dead letters);
-//!                     retention work-queue (a message is removed once its consumer acks it),
-//!                     discard new (full = publishes refused, never a drop), file storage,
-//!                     replicas, max_bytes, max_msgs, duplicate_window from the config
+//! stream <S>          subject <S>.queue (pending messages); retention work-queue (a message is
+//!                     removed once its consumer acks it), discard new (full = publishes
+//!                     refused, never a drop), file storage, replicas, max_bytes
+//!                     (`jetstream.max_bytes`), max_msgs (`queue.max_messages`),
+//!                     duplicate_window from the config
 //! consumer mllp-guard durable pull consumer on <S>.queue: explicit ack, max_ack_pending 1,
 //!                     ack_wait = `takeover`, unlimited redeliveries
+//! stream <S>_DEAD     subject <S>.dead (dead letters); retention limits (kept until replayed or
+//!                     purged), discard new, file storage, replicas and duplicate_window as
+//!                     above, max_msgs and max_bytes from `queue.dead_letters` (updated at
+//!                     start, never below what it holds)
 //! headers             Nats-Msg-Id (dedup: sender|MSH-3|MSH-4|MSH-10|SHA-256 prefix), Mllp-Enqueued-Ms,
 //!                     Mllp-Reason (dead letters only)
 //! ```
+//!
+//! Dead letters have their own stream so that the route's limits never count them: a receiver
+//! that rejects everything fills `<S>_DEAD`, not the queue. A stream of the older layout (one
+//! stream taking `<S>.queue` and `<S>.dead`) is brought up to this one at start (`layout.rs`).
 //!
 //! # The guarantees and how they hold
 //!
@@ -40,19 +49,30 @@
 //! - **Retries**: a failed attempt is NAKed with the backoff as delay (the message stays the
 //!   one in flight); AE/AR follow `on_reply`; a dead letter is published (PubAck) to `<S>.dead`
 //!   before the message is acked off the queue.
+//! - **Full dead letters**: when `<S>_DEAD` refuses a dead letter (full), the message stays the
+//!   one in flight (NAKed with the retry backoff; offered again to this guard it is not sent to
+//!   the receiver again, only its dead-lettering is retried), new messages get AE `dead letters
+//!   full`, and the ERROR line, `mllp_guard_queue_dead_letters_full` and `/readyz` say why,
+//!   as on the embedded queue. It clears once a dead letter is stored again, when the console
+//!   replays them, or when the dead-letter stream is seen to hold fewer (a replay or purge by
+//!   another guard or `mllp-guard queue`).
 
 mod drain;
 mod error;
 mod inspect;
+mod layout;
 mod loss;
 mod nats;
 mod stream;
 
 pub use drain::{run, DrainContext};
 pub use error::{Cause, JetStreamError};
-pub use inspect::{depth, purge, records, replay, unowned_streams, Depth};
+pub use inspect::{depth, purge, records, replay, unowned_streams, Depth, Part};
 pub use nats::Nats;
-pub use stream::{connect, dead_subject, ensure_stream, message_id, queue_subject, CONSUMER};
+pub use stream::{
+    connect, dead_stream_name, dead_subject, ensure_dead_stream, ensure_stream, message_id,
+    queue_subject, Limits, CONSUMER,
+};
 
 #[cfg(test)]
 mod tests;

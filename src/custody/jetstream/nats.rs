@@ -1,6 +1,7 @@
 //! A route's JetStream custody in a running guard: the connection once it is ready, publishing
-//! for custody's `accept` (waiting, bounded, while the guard starts), and the depth last read
-//! for metrics. Must not know senders or how the drainer delivers.
+//! for custody's `accept` (waiting, bounded, while the guard starts), the depth last read for
+//! metrics, and noticing that full dead letters have room again. Must not know senders or how
+//! the drainer delivers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,9 +11,12 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::error::JetStreamError;
+use super::inspect::Depth;
 use super::loss::{check, Route, Watch};
-use super::stream::{publish_confirmed, queue_subject, HEADER_ENQUEUED};
+use super::stream::{publish_confirmed, queue_subject, Limits, HEADER_ENQUEUED};
 use crate::config::JetStreamQueue;
+use crate::custody::counters::Counters;
+use crate::custody::full::dead_letters_have_room;
 use crate::queue::QueueStats;
 
 pub(super) struct Ready {
@@ -25,7 +29,7 @@ pub(super) struct Ready {
 pub struct Nats {
     pub(super) route: Arc<str>,
     pub(super) cfg: JetStreamQueue,
-    pub(super) max_messages: u64,
+    pub(super) limits: Limits,
     pub(super) ready: OnceLock<Ready>,
     /// Woken when `ready` is set.
     pub(super) became_ready: tokio::sync::Notify,
@@ -34,19 +38,23 @@ pub struct Nats {
     pub(super) connected: AtomicBool,
     /// What this guard knows of its stream, to notice when it is lost.
     pub(super) watch: Watch,
+    /// While the dead letters are full: their count and bytes when last found so (read right
+    /// after a refused dead letter), to notice when someone made room (fewer of either).
+    full_at: Mutex<Option<(u64, u64)>>,
 }
 
 impl Nats {
-    pub fn new(route: Arc<str>, cfg: JetStreamQueue, max_messages: u64) -> Arc<Nats> {
+    pub fn new(route: Arc<str>, cfg: JetStreamQueue, limits: Limits) -> Arc<Nats> {
         Arc::new(Nats {
             route,
             cfg,
-            max_messages,
+            limits,
             ready: OnceLock::new(),
             became_ready: tokio::sync::Notify::new(),
             stats: Mutex::new((QueueStats::default(), 0)),
             connected: AtomicBool::new(false),
             watch: Watch::default(),
+            full_at: Mutex::new(None),
         })
     }
 
@@ -116,10 +124,45 @@ impl Nats {
         let route = Route {
             name: &self.route,
             cfg: &self.cfg,
-            max_messages: self.max_messages,
+            limits: self.limits,
             watch: &self.watch,
         };
         check(route, js).await;
+    }
+
+    /// The dead-letter stream refused a dead letter: what it holds now is the mark
+    /// [`Self::notice_room`] compares with (read at once, bounded; kept as it was if it cannot
+    /// be read).
+    pub(super) async fn found_full(&self, js: &jetstream::Context) {
+        let dead = super::stream::dead_stream_name(&self.cfg.stream);
+        let read = async { js.get_stream(&dead).await.ok()?.get_info().await.ok() };
+        if let Ok(Some(info)) = tokio::time::timeout(self.cfg.publish_timeout, read).await {
+            *self.full_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((info.state.messages, info.state.bytes));
+        }
+    }
+
+    /// While the dead letters are marked full, a depth read that finds none, or fewer (or
+    /// fewer bytes of them) than when they were last found full, means someone replayed or
+    /// purged some (this guard's console, another guard's, `mllp-guard queue`): new messages
+    /// are taken again, and the held message is dead-lettered at its next try.
+    pub(super) fn notice_room(&self, counters: &Counters, depth: &Depth) {
+        let mut full_at = self.full_at.lock().unwrap_or_else(|e| e.into_inner());
+        if !counters.dead_letters_full.load(Ordering::Relaxed) {
+            *full_at = None;
+            return;
+        }
+        match *full_at {
+            _ if depth.dead == 0 => {}
+            None => {
+                *full_at = Some((depth.dead, depth.dead_bytes));
+                return;
+            }
+            Some((dead, bytes)) if depth.dead < dead || depth.dead_bytes < bytes => {}
+            Some(_) => return,
+        }
+        *full_at = None;
+        dead_letters_have_room(&self.route, counters);
     }
 
     /// The last depth read, and dead letters.

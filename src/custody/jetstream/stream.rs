@@ -1,7 +1,7 @@
-//! The route's layout in NATS and the calls that make and use it: subjects, message ids and
-//! headers, connecting, the stream and the shared consumer (created when missing), and a publish
-//! that returns only with JetStream's confirmation. Must not know custody's answers or the
-//! upstream.
+//! The route's layout in NATS and the calls that make and use it: subjects, stream names,
+//! message ids and headers, connecting, the route's stream, its dead-letter stream and the shared
+//! consumer (created when missing), and a publish that returns only with JetStream's
+//! confirmation. Must not know custody's answers or the upstream.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::super::duplicates::{digest, SenderId};
 use super::error::JetStreamError;
-use crate::config::JetStreamQueue;
+use crate::config::{DeadLetterLimits, JetStreamQueue};
 use crate::wire::hl7::Header;
 
 /// The durable consumer every guard of a route pulls from.
@@ -24,9 +24,23 @@ pub fn queue_subject(stream: &str) -> String {
     format!("{stream}.queue")
 }
 
-/// The subject of a route's dead letters.
+/// The subject of a route's dead letters (taken by its dead-letter stream).
 pub fn dead_subject(stream: &str) -> String {
     format!("{stream}.dead")
+}
+
+/// The name of the stream that keeps a route's dead letters, apart from its queue.
+pub fn dead_stream_name(stream: &str) -> String {
+    format!("{stream}_DEAD")
+}
+
+/// The stream limits a route's custody config sets: its queue's and its dead letters'.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `queue.max_messages` (the route's stream; its bytes are `jetstream.max_bytes`).
+    pub max_messages: u64,
+    /// `queue.dead_letters` (the dead-letter stream).
+    pub dead: DeadLetterLimits,
 }
 
 /// The JetStream dedup id of a message: its sender (`tls:<identity>` or `ip:<address>`),
@@ -109,7 +123,7 @@ pub async fn connect(
 pub(super) fn stream_config(cfg: &JetStreamQueue, max_messages: u64) -> stream::Config {
     stream::Config {
         name: cfg.stream.clone(),
-        subjects: vec![queue_subject(&cfg.stream), dead_subject(&cfg.stream)],
+        subjects: vec![queue_subject(&cfg.stream)],
         retention: stream::RetentionPolicy::WorkQueue,
         discard: stream::DiscardPolicy::New,
         storage: stream::StorageType::File,
@@ -139,6 +153,87 @@ pub async fn ensure_stream(
         tracing::warn!(stream = %cfg.stream, configured = cfg.replicas, actual = replicas, "the JetStream stream exists with another replica count; it is used as it is");
     }
     Ok(stream)
+}
+
+/// The dead-letter stream's settings as the config asks: its own limits (`queue.dead_letters`),
+/// refusing when full (discard new), kept until replayed or purged (limits retention).
+pub(super) fn dead_stream_config(cfg: &JetStreamQueue, limits: DeadLetterLimits) -> stream::Config {
+    stream::Config {
+        name: dead_stream_name(&cfg.stream),
+        subjects: vec![dead_subject(&cfg.stream)],
+        retention: stream::RetentionPolicy::Limits,
+        max_bytes: i64::try_from(limits.max_bytes).unwrap_or(i64::MAX),
+        max_messages: i64::try_from(limits.max_messages).unwrap_or(i64::MAX),
+        // Discard new, file storage, replicas and duplicate window: as the route's stream.
+        ..stream_config(cfg, limits.max_messages)
+    }
+}
+
+/// Gets the route's dead-letter stream, creating it when missing; limits that differ from the
+/// config are updated, except that a limit is never lowered below what the stream holds (NATS
+/// would delete the oldest dead letters to fit): that one stays, with a warning.
+pub async fn ensure_dead_stream(
+    js: &jetstream::Context,
+    cfg: &JetStreamQueue,
+    limits: DeadLetterLimits,
+) -> Result<stream::Stream, JetStreamError> {
+    let wanted = dead_stream_config(cfg, limits);
+    let name = wanted.name.clone();
+    let failed = |e: Box<dyn std::error::Error + Send + Sync>| JetStreamError::Stream {
+        stream: name.clone(),
+        source: e,
+    };
+    let stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let info = stream.cached_info();
+    if info.config.subjects != wanted.subjects {
+        return Err(failed(
+            format!(
+                "it exists with subjects {:?}, not [\"{}\"]: it is not this route's dead-letter stream; rename or remove it, or give the route another stream",
+                info.config.subjects, wanted.subjects[0]
+            )
+            .into(),
+        ));
+    }
+    let mut config = info.config.clone();
+    let (held_messages, held_bytes) = (
+        i64::try_from(info.state.messages).unwrap_or(i64::MAX),
+        i64::try_from(info.state.bytes).unwrap_or(i64::MAX),
+    );
+    for (limit, want, held, what) in [
+        (
+            &mut config.max_messages,
+            wanted.max_messages,
+            held_messages,
+            "max_messages",
+        ),
+        (
+            &mut config.max_bytes,
+            wanted.max_bytes,
+            held_bytes,
+            "max_bytes",
+        ),
+    ] {
+        if *limit == want {
+            continue;
+        }
+        if want < held {
+            tracing::warn!(stream = %name, limit = what, configured = want, held, kept = *limit, "the dead-letter stream holds more than queue.dead_letters allows; its limit stays as it is until dead letters are replayed or purged (lowering it would delete the oldest)");
+            continue;
+        }
+        *limit = want;
+    }
+    if (config.max_messages, config.max_bytes) == (info.config.max_messages, info.config.max_bytes)
+    {
+        return Ok(stream);
+    }
+    js.update_stream(&config)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    tracing::info!(stream = %name, max_messages = config.max_messages, max_bytes = config.max_bytes, "dead-letter stream limits updated from queue.dead_letters");
+    js.get_stream(&name).await.map_err(|e| failed(e.into()))
 }
 
 /// Gets (or creates) the durable consumer all guards of the route share.
@@ -181,6 +276,7 @@ pub(super) async fn publish_confirmed(
             .await
             .map_err(|e| match e.kind() {
                 jetstream::context::PublishErrorKind::StreamNotFound => JetStreamError::NoStream,
+                _ if is_full(&e) => JetStreamError::Full(e.into()),
                 _ => JetStreamError::NotConfirmed(e.into()),
             })
     };
@@ -188,6 +284,17 @@ pub(super) async fn publish_confirmed(
         Ok(result) => result,
         Err(_) => Err(JetStreamError::ConfirmTimeout(limit)),
     }
+}
+
+/// Whether JetStream refused a publish because the stream is at its `max_msgs` or `max_bytes`
+/// (discard new): "maximum messages exceeded", "maximum bytes exceeded" (error code 10077).
+fn is_full(err: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| {
+            e.error_code() == jetstream::ErrorCode::STREAM_STORE_FAILED
+                && e.to_string().contains("maximum")
+        })
 }
 
 /// When a stored message was taken: its header, else the stream's own timestamp.
