@@ -209,6 +209,9 @@ fn start(
                 String::new()
             };
             let config = dir.join(format!("{tag}.yaml"));
+            // Every connection comes from 127.0.0.1: the per-source cap (three quarters of
+            // max_connections by default) is lifted to max_connections, as nginx and HAProxy
+            // have no such cap.
             let audit = if kind == Kind::GuardAuditFile {
                 format!(
                     "audit: {{ file: {} }}\n",
@@ -219,7 +222,7 @@ fn start(
             };
             std::fs::write(
                 &config,
-                format!("{audit}routes:\n  - name: bench\n    listen: {addr}\n{tls_block}    allow: [127.0.0.1]\n    max_connections: {max_conns}\n    upstream:\n      address: {upstream}\n"),
+                format!("{audit}routes:\n  - name: bench\n    listen: {addr}\n{tls_block}    allow: [127.0.0.1]\n    max_connections: {max_conns}\n    limits: {{ max_connections_per_source: {max_conns} }}\n    upstream:\n      address: {upstream}\n"),
             )
             .unwrap();
             let mut c = common::prefixed(prefix, BIN);
