@@ -1,5 +1,5 @@
 //! Stamps the build for `mllp-guard --version`: the git commit (when built from a checkout),
-//! the compiler, and the profile.
+//! the compiler, and the profile (`debug`, `release`, or `dist` for what deploy/release.sh ships).
 
 use std::process::Command;
 
@@ -25,7 +25,8 @@ fn main() {
         .ok()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
         .unwrap_or_else(|| "rustc unknown".to_string());
-    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_string());
+    let profile = profile_dir()
+        .unwrap_or_else(|| std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_string()));
     let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
     println!(
         "cargo:rustc-env=MLLP_GUARD_BUILD={version} (git {git}{}, {compiler}, {profile})",
@@ -35,6 +36,15 @@ fn main() {
     for file in git_files_that_move() {
         println!("cargo:rerun-if-changed={file}");
     }
+}
+
+/// The name of the profile being built, as its output directory is named (`debug` for the dev
+/// profile, `release`, `dist`): cargo's `PROFILE` says only `debug` or `release`, even for a
+/// custom profile. `OUT_DIR` is `<target>/[<triple>/]<profile>/build/<package>-<hash>/out`.
+fn profile_dir() -> Option<String> {
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR")?);
+    let dir = out.ancestors().nth(3)?.file_name()?.to_str()?.to_string();
+    Some(dir)
 }
 
 /// The files a commit, checkout or staged edit rewrites: HEAD and the index in this checkout's

@@ -1,5 +1,6 @@
-//! The `mllp-guard` command line: `run`, `check`, `send`, `sink`, `demo`. Sets up logging and
-//! maps outcomes to exit codes (0 ok, 1 failure at run time, 2 invalid configuration or usage).
+//! The `mllp-guard` command line: `run`, `check`, `send`, `sink`, `status`, `disconnect`,
+//! `health`, `queue`, `demo`, `man`. Sets up logging and maps outcomes to exit codes (0 ok, 1
+//! failure at run time, 2 invalid configuration or usage).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -15,6 +16,13 @@ use mllp_guard::tools::peer::send::{self, SendOptions};
 use mllp_guard::tools::peer::sink::{Sink, SinkOptions};
 use mllp_guard::wire::hl7::AckCode;
 use mllp_guard::{app, tls};
+
+/// The static musl build's allocator: musl's own malloc is several times slower per message
+/// under the relay's threads (benches/allocator_load.py; README, "Releases and verification").
+/// Builds against glibc keep glibc's malloc.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -113,7 +121,7 @@ enum Command {
     /// A running guard's routes and live connections, from its admin endpoint.
     Status {
         /// The admin endpoint, http://HOST:PORT (its `admin.listen`).
-        #[arg(long, default_value = "http://127.0.0.1:9102", value_name = "URL")]
+        #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN, value_name = "URL")]
         admin: String,
         /// A file whose first line is the admin token (needed with `admin.protect_reads`).
         #[arg(long, value_name = "FILE")]
@@ -125,7 +133,7 @@ enum Command {
     /// Closes live connections by id (see `status`), after the message in flight has its ack.
     Disconnect {
         /// The admin endpoint, http://HOST:PORT (its `admin.listen`).
-        #[arg(long, default_value = "http://127.0.0.1:9102", value_name = "URL")]
+        #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN, value_name = "URL")]
         admin: String,
         /// A file whose first line is the admin token (`admin.token_file`).
         #[arg(long, value_name = "FILE")]
@@ -136,6 +144,17 @@ enum Command {
         /// Connection ids, as `status` shows them.
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
+    },
+    /// Liveness probe (a container's HEALTHCHECK): GET /healthz from a running guard's admin
+    /// endpoint; exit 0 only on HTTP 200, 1 with the reason otherwise.
+    Health {
+        /// The admin endpoint, http://HOST:PORT (its `admin.listen`). Sent with `Host:
+        /// localhost`, which the guard accepts whatever its `admin.allowed_hosts`.
+        #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN, value_name = "URL")]
+        admin: String,
+        /// A file whose first line is the admin token (needed with `admin.protect_reads`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Custody queues: list, show, replay dead letters, move, salvage, purge.
     Queue {
@@ -154,7 +173,20 @@ enum Command {
         #[arg(long, default_value = demo::DEFAULT_MESSAGES, value_name = "PATH")]
         messages: PathBuf,
     },
+    /// The manual page mllp-guard(1), generated from these commands and options (roff), on
+    /// stdout: `mllp-guard man | man -l -`.
+    Man {
+        /// Write mllp-guard.1 and a page per command (mllp-guard-run.1, ...) into this
+        /// directory instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
+
+/// `--admin`'s default, and the variable that overrides it (a container sets it when its admin
+/// endpoint is not on port 9102: its HEALTHCHECK runs `mllp-guard health`).
+const DEFAULT_ADMIN: &str = "http://127.0.0.1:9102";
+const ADMIN_ENV: &str = "MLLP_GUARD_ADMIN";
 
 #[derive(Subcommand)]
 enum QueueAction {
@@ -387,6 +419,21 @@ fn main() -> ExitCode {
                     Err(err) => report(Err(err)),
                 }
             }
+            Command::Health { admin, token_file } => {
+                use mllp_guard::tools::console;
+                let done = match console::Admin::new(&admin, token_file.as_deref()) {
+                    Ok(admin) => console::health(&admin.as_localhost()).await,
+                    Err(err) => Err(err),
+                };
+                match done {
+                    Ok(body) => {
+                        println!("healthy: {body}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(err) => report(Err(err)),
+                }
+            }
+            Command::Man { out } => report(man_pages(out.as_deref())),
             Command::Demo { config, messages } => match demo::run(&config, &messages).await {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
@@ -458,6 +505,31 @@ async fn queue_command(action: QueueAction) -> ExitCode {
         }
     };
     report(result)
+}
+
+/// `man`: the pages clap_mangen renders from [`Cli`]: mllp-guard.1 on stdout, or every page
+/// (one per command, as `git` has) into `out`. They carry the package version, not the commit,
+/// so the shipped pages (`deploy/man/`) change only when the commands do.
+fn man_pages(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    let cmd = Cli::command()
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_subcommand(true);
+    match out {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            use std::io::Write as _;
+            std::io::stdout().lock().write_all(&page)?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("--out {}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {

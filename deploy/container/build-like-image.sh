@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Builds mllp-guard the way deploy/container/Dockerfile's build stage does, without Docker (CI
-# cannot run Docker): a fresh directory holding only the files that stage COPYs, and that stage's
-# own `RUN cargo build ...` line run in it. A file the image build would miss fails here too.
-# It builds into its own target directory, target/image-like/: a binary built from the temporary
-# context carries that context's path (the demo's default config is found through it), so it must
-# never replace target/release/mllp-guard, which `cargo run --release -- demo` would then run.
+# cannot run Docker): a fresh directory holding only the files that stage COPYs, and the stage's
+# own RUN lines after `WORKDIR /src` run in it (`cargo auditable build --profile dist ...`, then
+# the strip). A file the image build would miss fails here too. The RUN lines before WORKDIR set
+# up the builder image itself (cargo-auditable, the runtime's directories) and are not run here:
+# cargo-auditable must be installed (cargo install --locked cargo-auditable).
+# It builds into its own target directory, target/image-like/ (the context's `target` is a link
+# to it): a binary built from the temporary context carries that context's path (the demo's
+# default config is found through it), so it must never replace target/release/mllp-guard.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 dockerfile="$repo/deploy/container/Dockerfile"
@@ -14,8 +17,11 @@ trap 'rm -rf "$ctx"' EXIT
 # The build stage: the lines from the first FROM up to the second.
 stage=$(awk '/^FROM /{n++} n==1' "$dockerfile")
 grep -q '^WORKDIR /src$' <<<"$stage" || { echo "expected WORKDIR /src in the build stage" >&2; exit 1; }
-build=$(sed -n 's/^RUN \(cargo build .*\)$/\1/p' <<<"$stage")
-[ -n "$build" ] || { echo "no 'RUN cargo build' line in the build stage" >&2; exit 1; }
+# The RUN lines after WORKDIR /src (one line each), the cargo build among them.
+runs=$(awk '/^WORKDIR \/src$/{w=1} w && /^RUN /{sub(/^RUN /, ""); print}' <<<"$stage")
+grep -Eq '^cargo (auditable )?build ' <<<"$runs" || { echo "no 'RUN cargo build' line after WORKDIR /src" >&2; exit 1; }
+built=$(sed -n 's#^.*target/\([a-z-]*\)/mllp-guard$#\1#p' <<<"$runs" | head -1)
+[ -n "$built" ] || { echo "the build stage names no target/PROFILE/mllp-guard" >&2; exit 1; }
 
 while read -r op rest; do
     [ "$op" = COPY ] || continue
@@ -33,8 +39,15 @@ while read -r op rest; do
 done <<<"$stage"
 
 echo "build context: $(cd "$ctx" && find . -maxdepth 1 -mindepth 1 -printf '%P ' | sort)"
-echo "+ $build"
 out="$repo/target/image-like"
-(cd "$ctx" && CARGO_TARGET_DIR="$out" bash -c "$build")
-"$out/release/mllp-guard" --help >/dev/null
-echo "built $out/release/mllp-guard as the image would"
+mkdir -p "$out"
+ln -s "$out" "$ctx/target"
+while IFS= read -r run; do
+    echo "+ $run"
+    (cd "$ctx" && env -u CARGO_TARGET_DIR bash -c "$run")
+done <<<"$runs"
+"$out/$built/mllp-guard" --version
+if readelf -S "$out/$built/mllp-guard" | grep -Eq '\.debug_(info|line|str|abbrev)\b'; then
+    echo "the image's binary is not stripped" >&2; exit 1
+fi
+echo "built $out/$built/mllp-guard as the image would ($(stat -c %s "$out/$built/mllp-guard") bytes)"

@@ -1,5 +1,6 @@
-//! The console in the terminal: `mllp-guard status --admin URL [--token-file F] [--json]` and
-//! `mllp-guard disconnect ID ...`, clients of a running guard's admin API (`/api/v1/...`).
+//! The console in the terminal: `mllp-guard status --admin URL [--token-file F] [--json]`,
+//! `mllp-guard disconnect ID ...` and `mllp-guard health --admin URL`, clients of a running
+//! guard's admin API (`/api/v1/...`, `/healthz`).
 //!
 //! Owns a small HTTP/1.1 client (plain `http://`, one request per connection, bounded in time
 //! and size) and the text tables. Must not know the guard's internals: it reads the same JSON
@@ -23,6 +24,8 @@ pub struct Admin {
     host: String,
     port: u16,
     token: Option<String>,
+    /// The `Host` header sent: the URL's authority unless [`Admin::as_localhost`] set it.
+    host_header: String,
 }
 
 impl Admin {
@@ -59,7 +62,20 @@ impl Admin {
             }
             None => None,
         };
-        Ok(Admin { host, port, token })
+        let host_header = format!("{host}:{port}");
+        Ok(Admin {
+            host,
+            port,
+            token,
+            host_header,
+        })
+    }
+
+    /// Sends `Host: localhost`, which the guard's DNS-rebinding check always accepts (a probe
+    /// run beside the guard may reach it by a name that is not in `admin.allowed_hosts`).
+    pub fn as_localhost(mut self) -> Admin {
+        self.host_header = format!("localhost:{}", self.port);
+        self
     }
 
     /// One request; the status code and the body.
@@ -71,8 +87,8 @@ impl Admin {
                     .await
                     .with_context(|| format!("cannot connect to the admin endpoint at {addr}"))?;
             let mut head = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nContent-Length: 0\r\n",
-                self.host, self.port
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
+                self.host_header
             );
             if let Some(token) = &self.token {
                 let _ = write!(head, "Authorization: Bearer {token}\r\n");
@@ -195,6 +211,21 @@ pub async fn status(admin: &Admin, json: bool, out: &mut String) -> anyhow::Resu
         );
     }
     Ok(())
+}
+
+/// `health`: `GET /healthz`; `Ok` with the body only on HTTP 200 (the guard is live), an error
+/// saying what answered otherwise (no connection, another status, no HTTP).
+pub async fn health(admin: &Admin) -> anyhow::Result<String> {
+    let (status, body) = admin.request("GET", "/healthz").await?;
+    if status != 200 {
+        bail!(
+            "{}:{}: GET /healthz answered HTTP {status}: {}",
+            admin.host,
+            admin.port,
+            body.trim()
+        );
+    }
+    Ok(body.trim().to_string())
 }
 
 /// `disconnect`: closes each connection (after its message in flight, or `now`); `Ok(false)`
