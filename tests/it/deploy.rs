@@ -2,7 +2,8 @@
 //! they ship (loaded with the real loader, in a copy of the pod's file system) and those configs
 //! run and answer the manifests' probes; the Grafana dashboard queries only metrics a running
 //! guard exports, with labels they carry; the systemd unit passes `systemd-analyze verify` and
-//! `security`; the Dockerfile's health check works against a real guard and hadolint passes.
+//! `security`; the Dockerfile's health check (`mllp-guard health`) works against a real guard,
+//! its runtime is distroless and pinned by digest, and hadolint passes.
 //!
 //! The checks by external tools (systemd-analyze, hadolint, kubernetes-validate) are tests of their
 //! own, ignored in a normal run with the tool they need as the reason (see `host.rs`); `.ci/run`
@@ -83,15 +84,7 @@ async fn wait_for(addr: SocketAddr, path: &str, status: u16) -> String {
 
 /// `mllp-guard run --config config`, killed when dropped.
 fn spawn_guard(config: &Path) -> Proc {
-    Proc(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    spawn_quiet(Path::new(BIN), config)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1276,7 +1269,7 @@ fn instructions(text: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
+async fn the_dockerfile_is_multi_stage_non_root_distroless_pinned_and_its_healthcheck_works() {
     let path = repo("deploy/container/Dockerfile");
     let text = read(&path);
     let ins = instructions(&text);
@@ -1286,7 +1279,7 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
             .map(|(_, a)| a.as_str())
             .collect()
     };
-    // Multi-stage: a Rust builder, then a runtime image without a toolchain.
+    // Multi-stage: a Rust builder, then a minimal runtime image pinned by digest.
     let froms = args_of("FROM");
     assert!(froms.len() >= 2, "{froms:?}");
     assert!(
@@ -1294,15 +1287,24 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
         "{froms:?}"
     );
     let runtime = froms.last().unwrap();
+    let (base, digest) = runtime
+        .split_once("@sha256:")
+        .unwrap_or_else(|| panic!("runtime image {runtime} is not pinned by digest"));
     assert!(
-        runtime.starts_with("debian:") && runtime.contains("-slim")
-            || runtime.starts_with("gcr.io/distroless/"),
+        base.starts_with("gcr.io/distroless/cc-debian") || base == "scratch",
         "runtime image {runtime}"
     );
-    // The builder's sources exist and its build is the one CI runs (.ci/run reads this line).
+    assert!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{digest}"
+    );
+    // The builder's sources exist and its build is the shipped profile with the dependency list
+    // embedded (build-like-image.sh runs these lines in CI).
     let runs = args_of("RUN");
     assert!(
-        runs.contains(&"cargo build --release --locked --bin mllp-guard"),
+        runs.contains(
+            &"cargo auditable build --profile dist --locked --bin mllp-guard && objcopy --strip-all target/dist/mllp-guard"
+        ),
         "{runs:?}"
     );
     for copy in args_of("COPY")
@@ -1317,12 +1319,43 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
             );
         }
     }
-    assert!(args_of("COPY")
+    let copies = args_of("COPY");
+    assert!(copies
         .iter()
-        .any(|a| a.starts_with("--from=build /src/target/release/mllp-guard ")));
-    // Non-root, with a state volume, the ports, and the binary as entry point.
+        .any(|a| a.starts_with("--from=build /src/target/dist/mllp-guard ")));
+    // The licenses travel with the binary.
+    assert!(
+        copies.contains(&"LICENSE THIRD-PARTY-NOTICES /usr/share/doc/mllp-guard/"),
+        "{copies:?}"
+    );
+    // OCI labels: the version is the package's, the license its SPDX id.
+    let labels = args_of("LABEL").join(" ");
+    for (key, value) in [
+        ("org.opencontainers.image.title", "mllp-guard".to_string()),
+        (
+            "org.opencontainers.image.version",
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        (
+            "org.opencontainers.image.licenses",
+            "Apache-2.0".to_string(),
+        ),
+        (
+            "org.opencontainers.image.base.digest",
+            format!("sha256:{digest}"),
+        ),
+    ] {
+        assert!(
+            labels.contains(&format!("{key}=\"{value}\"")),
+            "LABEL {key}=\"{value}\" missing: {labels}"
+        );
+    }
+    // Non-root, with a state volume owned by that user, the ports, and the binary as entry point.
     let uid = dockerfile_uid();
     assert!(uid > 0);
+    assert!(copies.iter().any(|a| a.starts_with(&format!(
+        "--from=build --chown={uid}:{uid} /rootfs/var/lib/mllp-guard /var/lib/mllp-guard"
+    ))));
     assert_eq!(args_of("VOLUME"), ["[\"/var/lib/mllp-guard\"]"]);
     let exposed: BTreeSet<&str> = args_of("EXPOSE")
         .iter()
@@ -1333,16 +1366,23 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
     let cmd: Vec<String> = serde_json::from_str(args_of("CMD")[0]).unwrap();
     assert_eq!(cmd[..3], ["run", "--config", "/etc/mllp-guard/guard.yaml"]);
 
-    // The health check, run as Docker would (exec form) with the admin port moved.
+    // The health check needs no shell: the guard's own `health` subcommand, run as Docker would
+    // (exec form, the image's environment) with the admin endpoint moved by MLLP_GUARD_ADMIN.
     let healthcheck = args_of("HEALTHCHECK");
     assert_eq!(healthcheck.len(), 1);
     let exec = &healthcheck[0][healthcheck[0].find("CMD [").expect("an exec-form CMD") + 4..];
     let argv: Vec<String> = serde_json::from_str(exec).unwrap();
-    let check = |port: u16| {
-        let mut cmd = Command::new(&argv[0]);
+    assert_eq!(argv[..2], ["/usr/local/bin/mllp-guard", "health"]);
+    let env = args_of("ENV").join(" ");
+    assert!(
+        env.contains("MLLP_GUARD_ADMIN=http://127.0.0.1:9102"),
+        "{env}"
+    );
+    let check = |admin: String| {
+        let mut cmd = Command::new(BIN);
         cmd.args(&argv[1..])
             .env_clear()
-            .env("MLLP_GUARD_ADMIN_PORT", port.to_string())
+            .env("MLLP_GUARD_ADMIN", admin)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         async move {
@@ -1352,10 +1392,10 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
         }
     };
     // Nothing listening: unhealthy.
-    assert!(!check(free_port().port()).await);
+    assert!(!check(format!("http://{}", free_port())).await);
     // Something that answers 503: unhealthy.
     let sick = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sick_port = sick.local_addr().unwrap().port();
+    let sick_addr = sick.local_addr().unwrap();
     let server = tokio::spawn(async move {
         loop {
             let (mut tcp, _) = sick.accept().await.unwrap();
@@ -1366,7 +1406,7 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
                 .await;
         }
     });
-    assert!(!check(sick_port).await);
+    assert!(!check(format!("http://{sick_addr}")).await);
     server.abort();
     // A live guard: healthy.
     let dir = TestDir::new();
@@ -1384,7 +1424,7 @@ async fn the_dockerfile_is_multi_stage_non_root_and_its_healthcheck_works() {
     let _guard = spawn_guard(&config);
     wait_for(admin, "/healthz", 200).await;
     assert!(
-        check(admin.port()).await,
+        check(format!("http://{admin}")).await,
         "the HEALTHCHECK command fails against a live guard"
     );
 }

@@ -53,6 +53,20 @@ impl Drop for Proc {
     }
 }
 
+/// `BINARY run --config CONFIG` with its output discarded, killed when dropped (`binary` is
+/// [`BIN`] or another build of the guard, e.g. a release artefact).
+pub fn spawn_quiet(binary: &Path, config: &Path) -> Proc {
+    Proc(
+        std::process::Command::new(binary)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A small ADT^A01 with this control id, padded with an NTE so the payload is about `size` bytes.
 pub fn message(control_id: &str, size: usize) -> Vec<u8> {
     let mut msg = format!(

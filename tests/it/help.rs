@@ -18,7 +18,11 @@ const COMMANDS: &[&[&str]] = &[
     &["queue", "show"],
     &["queue", "replay"],
     &["queue", "purge"],
+    &["status"],
+    &["disconnect"],
+    &["health"],
     &["demo"],
+    &["man"],
 ];
 
 fn help(words: &[&str]) -> String {

@@ -31,6 +31,7 @@ mod readiness;
 mod recovery;
 mod queue_cli;
 mod relay;
+mod release;
 mod reload;
 mod reload_live;
 mod release2;
