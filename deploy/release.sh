@@ -101,6 +101,10 @@ echo "mllp-guard $version, commit $commit, target $target, SOURCE_DATE_EPOCH=$SO
 
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
+if [ -d "$outdir/.fingerprint" ]; then
+    echo "release.sh: $outdir is a cargo build directory: give an OUTDIR of its own" >&2
+    exit 2
+fi
 name="mllp-guard-$version-$suffix"
 target_dir=$(cargo metadata --no-deps --format-version 1 --locked \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
