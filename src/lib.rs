@@ -40,7 +40,8 @@
 //! route.rs     one route as it runs: RouteContext, SharedContext, Peer
 //! net/         sockets: bind, tuning, the plain/TLS Stream; PROXY protocol; egress proxies
 //! tls/         rustls configs from PEM/PKCS#12, policy, verifiers, CRLs, who the peer is
-//! inbound/     the sender's side: listener, dialer, session (one connection), two_way
+//! inbound/     the sender's side: listener, dialer, session (one connection), messages,
+//!              commits (release 2 towards the sender), two_way
 //! wire/        MLLP and HL7 bytes: codec, link, hl7 (MSH/MSA views), commit (release 2), ack
 //! firewall/    pure decisions: policy (allowlists), limits (caps, rates), rules (MSH rules)
 //! outcome.rs   the Answer a sender gets; Failure and Fault: which side failed, retry or not

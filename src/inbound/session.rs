@@ -14,13 +14,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MllpRelease, OnLimit};
 use crate::dispatch::{Dispatch, Lanes};
 use crate::firewall::rules::{self, Decision, Facts};
+use crate::inbound::commits;
 use crate::inbound::messages::{self, read_header, Acking};
 use crate::inbound::readmit;
 use crate::inbound::two_way::SenderLost;
@@ -32,9 +32,9 @@ use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
 use crate::wire::ack::{ErrorCode, Says};
 use crate::wire::codec::{Decoded, Frame, Framing};
-use crate::wire::commit::{self, Commit};
+use crate::wire::commit;
 use crate::wire::hl7::{self, AckCode, Header, HeaderKind, Printable};
-use crate::wire::link::{Link, MAX_SET_ASIDE};
+use crate::wire::link::Link;
 
 /// Why a session ended (for the close log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,8 @@ pub async fn serve(
     let mut link = Link::with_framing(stream, ctx.route.max_message_bytes, ctx.route.framing)
         .with_budget(crate::wire::budget::Budget::shared().clone());
     let mut lanes = Lanes::new(&ctx.dispatch, ctx.route.upstream.connections);
+    // MLLP release 2 towards the sender: copies of a frame our commit ACK already answered.
+    let mut resends = commit::Resends::default();
     let mut frame_started: Option<Instant> = None;
     // When the sender last sent anything; read from the clock only for an `idle_timeout`.
     let mut last_read = Instant::now();
@@ -160,18 +162,28 @@ pub async fn serve(
             if release2 && commit::is_commit(&item) {
                 continue; // a commit block nothing waits for (e.g. a repeated one)
             }
+            if let (true, Decoded::Frame(frame)) = (release2, &item) {
+                if resends.is_copy(frame.payload()) {
+                    commits::audit_copy(&ctx, frame, &who);
+                    continue;
+                }
+            }
             messages += 1;
             listed.message();
             listed.set_state(State::AwaitingAck);
-            let answer = match item {
+            let answer = match &item {
                 // Boxed: delivering a message is the largest state a session can be in (about
                 // 2 KiB, most of it the upstream exchange); on the heap only while a message is
                 // in flight, it does not size every idle connection's task (issue 7: one
                 // allocation per message against ~2 KiB per idle connection, BENCHMARKS.md).
                 Decoded::Frame(frame) => {
-                    Box::pin(handle_message(&ctx, &mut lanes, &frame, &who)).await
+                    Box::pin(handle_message(&ctx, &mut lanes, frame, &who)).await
                 }
-                Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, &who),
+                Decoded::Oversize { head, len } => answer_oversize(&ctx, head, *len, &who),
+            };
+            let frame = match &item {
+                Decoded::Frame(frame) => Some(frame),
+                Decoded::Oversize { .. } => None,
             };
             let out = match &answer {
                 Answer::Ack { ack, .. } => ack.len() + 3,
@@ -180,7 +192,8 @@ pub async fn serve(
             // The receiver has answered: no longer awaiting its ack while ours is written (a
             // console reading right after the sender got its ack sees the connection idle).
             listed.set_state(State::Idle);
-            if let Err(end) = write_answer(&ctx, &mut link, answer, &who).await {
+            let written = write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
+            if let Err(end) = written.await {
                 break 'session end;
             }
             listed.answered(out);
@@ -363,6 +376,8 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &RouteContext,
     link: &mut Link<S>,
     answer: Answer,
+    frame: Option<&Frame>,
+    resends: &mut commit::Resends,
     who: &Peer,
 ) -> Result<(), End> {
     let peer = who.addr;
@@ -389,54 +404,13 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         // Boxed: MLLP release 2 waits for commit blocks, a larger state than release 1's single
         // write, and most routes never use it.
-        Box::pin(answer_release2(ctx, link, ack, committed, who)).await?
+        let answered = commits::answer(ctx, link, (ack, committed), frame, resends, who);
+        Box::pin(answered).await.map_err(|_| End::Flooded)?
     };
     written.map_err(|err| {
         tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "could not write the answer to the sender");
         End::WriteError
     })
-}
-
-/// The release 2 answer: the commit block, then the ack until the sender commits it. The outer
-/// `Err` ends the session; the inner result is the write's.
-async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
-    ctx: &RouteContext,
-    link: &mut Link<S>,
-    ack: Option<Bytes>,
-    committed: bool,
-    who: &Peer,
-) -> Result<std::io::Result<()>, End> {
-    let peer = who.addr;
-    let commit = if committed { Commit::Ack } else { Commit::Nak };
-    let sent = commit::answer(link, commit).await;
-    let (Ok(()), Some(ack), true) = (&sent, ack, committed) else {
-        return Ok(sent);
-    };
-    let mut held = Vec::new();
-    let result = commit::send_committed(
-        link,
-        &ack,
-        ctx.route.commit_timeout(),
-        &mut held,
-        MAX_SET_ASIDE,
-    )
-    .await;
-    if !link.set_aside(held) {
-        return Err(End::Flooded);
-    }
-    match result {
-        Ok(()) => Ok(Ok(())),
-        Err(commit::CommitError::Send(err)) | Err(commit::CommitError::Receive(err)) => {
-            Ok(Err(err))
-        }
-        Err(commit::CommitError::Flooded) => Err(End::Flooded),
-        Err(err) => {
-            // The message was delivered; only the ack's commit is missing. Keep the
-            // connection: the sender can still resend and be answered.
-            tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "the sender did not commit its ack (MLLP release 2)");
-            Ok(Ok(()))
-        }
-    }
 }
 
 /// Dispatches one frame and writes its audit line (never its payload).
@@ -665,22 +639,7 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Ans
     let head = &head[hl7::leading_bytes(head)..];
     let header = Header::parse(head).ok();
     let (ack, code) = Acking::of(head, header).ack(Says::not_now("message too large"));
-    audit::record(
-        &audit::Entry {
-            route: &ctx.metrics,
-            direction: "from_sender",
-            peer: who.addr,
-            proxy: who.proxy,
-            identity: who.identity(),
-            header: header.as_ref(),
-            bytes: len,
-            outcome: "oversize",
-            ack: Some(code),
-            started: Instant::now(),
-            rule: None,
-            problem: Some(("oversize", &detail)),
-        },
-        head,
-    );
+    let problem = Some(("oversize", detail.as_str()));
+    messages::audit_undelivered(ctx, who, (head, len), "oversize", Some(code), problem);
     Answer::refused(ack, code, "oversize")
 }

@@ -194,6 +194,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         self.set_aside.pop_front()
     }
 
+    /// Removes every frame whose payload is `payload` from the frames set aside and those
+    /// complete in the buffer (decoded and set aside first, up to [`MAX_SET_ASIDE`], keeping
+    /// their order); returns how many. MLLP release 2: copies a peer sent before our commit
+    /// block for the frame are answered by that block.
+    pub fn remove_copies(&mut self, payload: &[u8]) -> usize {
+        while self.set_aside.len() < MAX_SET_ASIDE {
+            match self.try_decode() {
+                Some(item) => self.set_aside.push_back(item),
+                None => break,
+            }
+        }
+        let before = self.set_aside.len();
+        self.set_aside
+            .retain(|item| !matches!(item, Decoded::Frame(frame) if frame.payload() == payload));
+        before - self.set_aside.len()
+    }
+
     /// Whether frames are set aside.
     pub fn has_set_aside(&self) -> bool {
         !self.set_aside.is_empty()

@@ -167,3 +167,22 @@ async fn a_payload_goes_out_framed_in_one_write_whether_the_stream_takes_slices_
     theirs.read_to_end(&mut wire).await.unwrap();
     assert_eq!(wire, b"\x02MSH|x\x03");
 }
+
+/// Copies of a frame, set aside or still in the buffer, go; everything else stays, in order.
+#[tokio::test]
+async fn remove_copies_takes_only_the_copies_and_keeps_the_order() {
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    let mut link = Link::new(ours, 1 << 20);
+    link.set_aside([Decoded::Frame(Frame::from_payload(b"MSH|copy").unwrap())]);
+    let mut wire = frame_of(b"MSH|other");
+    wire.extend(frame_of(b"MSH|copy"));
+    wire.extend(frame_of(b"MSH|last"));
+    wire.extend(b"\x0bMSH|unfinished");
+    theirs.write_all(&wire).await.unwrap();
+    assert!(matches!(link.read_ready(), Ready::Bytes(_)));
+    assert_eq!(link.remove_copies(b"MSH|copy"), 2);
+    assert_eq!(payload_of(link.take_set_aside()), b"MSH|other");
+    assert_eq!(payload_of(link.take_set_aside()), b"MSH|last");
+    assert!(link.take_set_aside().is_none());
+    assert!(link.in_frame(), "an unfinished frame stays in the buffer");
+}
