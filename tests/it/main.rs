@@ -43,4 +43,5 @@ mod sockets;
 mod systemd_notify;
 mod tls_policy;
 mod transparent;
+mod two_way;
 mod webhooks;
