@@ -18,7 +18,8 @@ use crate::config::{Connections, OnUpstreamFailure};
 use crate::custody::{Custody, SenderId};
 use crate::net::proxy_protocol::Origin;
 use crate::outcome::{Answer, Fault as _};
-use crate::upstream::{PairedWith, Upstream, UpstreamConn};
+use crate::upstream::crossing::{self, ExchangeEnd, SessionEnd, ToReceiver};
+use crate::upstream::{PairedWith, Upstream, UpstreamConn, UpstreamError};
 use crate::wire::ack;
 use crate::wire::codec::{Decoded, Frame};
 use crate::wire::hl7::{AckCode, Header};
@@ -70,7 +71,7 @@ impl Dispatch {
                 on_upstream_failure,
             } => {
                 let with = PairedWith {
-                    two_way: true,
+                    crossing: lanes.crossing.as_mut(),
                     origin: Some(origin),
                 };
                 let slot = &mut lanes.route;
@@ -93,7 +94,7 @@ impl Dispatch {
     ) -> Answer {
         let slot = lanes.named.entry(name.to_string()).or_default();
         let with = PairedWith {
-            two_way: false,
+            crossing: None,
             origin: Some(origin),
         };
         forward(upstream, on_upstream_failure, slot, frame, to, with).await
@@ -103,13 +104,17 @@ impl Dispatch {
 /// One sender connection's own upstream connections (paired mode): the route's, and one per
 /// named upstream a rule sent a message to. The session owns it and reaches the receiver only
 /// through it: on a paired forward route the receiver may send on the route's connection, and
-/// the session carries that direction too ([`crate::inbound::two_way`]).
+/// the session carries that direction too ([`crate::inbound::two_way`]); while a delivery
+/// holds the lanes, the receiver's messages reach the session through the [`SessionEnd`] it
+/// got from [`Lanes::open_crossing`].
 #[derive(Default)]
 pub struct Lanes {
     /// The upstream of a forward route with paired connections (the receiver may send on it).
     paired: Option<Arc<Upstream>>,
     route: Option<UpstreamConn>,
     named: HashMap<String, Option<UpstreamConn>>,
+    /// Two-way: the exchanges' end of the side channel.
+    crossing: Option<ExchangeEnd>,
 }
 
 impl Lanes {
@@ -125,6 +130,17 @@ impl Lanes {
             paired,
             ..Lanes::default()
         }
+    }
+
+    /// Two-way lanes without a side channel yet get one: the session's end is returned
+    /// (`None` when not two-way, or opened already).
+    pub fn open_crossing(&mut self) -> Option<SessionEnd> {
+        if self.paired.is_none() || self.crossing.is_some() {
+            return None;
+        }
+        let (exchange, session) = crossing::pair();
+        self.crossing = Some(exchange);
+        Some(session)
     }
 
     /// Whether the receiver may send on this session's connection (paired forward route).
@@ -167,6 +183,38 @@ impl Lanes {
         self.route = None;
     }
 
+    /// The serial of the paired receiver connection ([`UpstreamConn::serial`]), if one is open.
+    pub fn receiver_serial(&self) -> Option<u64> {
+        self.route.as_ref().map(UpstreamConn::serial)
+    }
+
+    /// Writes an answer to what the receiver sent, on the connection it came on (`per_attempt`:
+    /// release 2's wait for its commit). `Ok(false)`: that connection is closed, the answer
+    /// dropped. On a failed write the connection is dropped too (the next message opens one).
+    pub async fn answer_receiver(
+        &mut self,
+        answer: &ToReceiver,
+        per_attempt: std::time::Duration,
+    ) -> Result<bool, UpstreamError> {
+        let Some(conn) = self.route.as_mut().filter(|c| c.serial() == answer.conn) else {
+            return Ok(false);
+        };
+        let written = conn
+            .answer_inbound(answer.committed, &answer.ack, per_attempt)
+            .await;
+        if written.is_err() {
+            self.route = None;
+        }
+        written.map(|()| true)
+    }
+
+    /// An answer the session gave an exchange that ended before writing it.
+    pub fn leftover_answer(&mut self) -> Option<ToReceiver> {
+        self.crossing
+            .as_mut()
+            .and_then(ExchangeEnd::leftover_answer)
+    }
+
     /// `idle_reopen: at-once`: when the paired connection will have been quiet too long.
     pub fn idle_receiver_deadline(&self) -> Option<Instant> {
         match (&self.paired, &self.route) {
@@ -195,7 +243,7 @@ async fn forward(
     slot: &mut Option<UpstreamConn>,
     frame: &Frame,
     to: (&Header<'_>, Option<&Header<'_>>),
-    with: PairedWith,
+    with: PairedWith<'_>,
 ) -> Answer {
     let header = to.0;
     // Enhanced mode: a message that asks for no accept ack (MSH-15 NE, or ER: only on an error
@@ -231,7 +279,7 @@ async fn forward(
 fn failed(
     on_upstream_failure: OnUpstreamFailure,
     (header, message): (&Header<'_>, Option<&Header<'_>>),
-    err: &crate::upstream::UpstreamError,
+    err: &UpstreamError,
 ) -> Answer {
     let problem = err.failure();
     match on_upstream_failure {

@@ -40,7 +40,9 @@
 //! route.rs     one route as it runs: RouteContext, SharedContext, Peer
 //! net/         sockets: bind, tuning, the plain/TLS Stream; PROXY protocol; egress proxies
 //! tls/         rustls configs from PEM/PKCS#12, policy, verifiers, CRLs, who the peer is
-//! inbound/     the sender's side: listener, dialer, session (one connection), two_way
+//! inbound/     the sender's side: listener, dialer, session (one connection), messages,
+//!              commits (release 2 towards the sender), two_way/ (both directions of a paired
+//!              connection, one message in flight each; reverse: the receiver's own message)
 //! wire/        MLLP and HL7 bytes: codec, link, hl7 (MSH/MSA views), commit (release 2), ack
 //! firewall/    pure decisions: policy (allowlists), limits (caps, rates), rules (MSH rules)
 //! outcome.rs   the Answer a sender gets; Failure and Fault: which side failed, retry or not
@@ -49,7 +51,8 @@
 //!              loss: a lost stream noticed), stranded, error, counters
 //! queue/       the durable log: doc and invariants (mod), store, format, log, recovery,
 //!              survey (intact records and damage, pure), salvage
-//! upstream/    the receiver's side: Upstream and its pool (mod), connect, receivers, conn, error
+//! upstream/    the receiver's side: Upstream and its pool (mod), connect, receivers, conn,
+//!              crossing (what a two-way receiver sends during an exchange), error
 //! timing/      backoff (jittered retries), deadline_timer (one timer per connection)
 //! ops/         admin HTTP and the operator's console (connections, pause, reconnect, dead
 //!              letters, status page), metrics, audit trail, log line formats and writer,

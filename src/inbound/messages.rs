@@ -7,10 +7,13 @@
 //! says so (naming the batch in MSA-2 and the first refused message in ERR). Must not know how a
 //! frame is delivered or written back: the session hands the frame on and writes the answer.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 
 use crate::config::{Batches, MultipleMessages, OnLimit};
 use crate::firewall::rules::{self, Decision, Facts, Rule};
+use crate::ops::audit;
 use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::wire::ack::{code_for, own_ack_for, ErrorCode, Says};
@@ -62,6 +65,38 @@ impl<'p> Acking<'p> {
         let (ack, code) = self.ack(says);
         Answer::refused(ack, code, outcome)
     }
+}
+
+/// The audit line of a frame from the sender that the guard answers or drops itself without
+/// delivering it (an oversize frame, a release-2 copy, a stray ack): `payload` (its head, for
+/// an oversize one) gives the header, read past any leading bytes; `bytes` its size.
+pub(super) fn audit_undelivered(
+    ctx: &RouteContext,
+    who: &Peer,
+    (payload, bytes): (&[u8], u64),
+    outcome: &'static str,
+    ack: Option<AckCode>,
+    problem: Option<(&'static str, &str)>,
+) {
+    let payload = &payload[hl7::leading_bytes(payload)..];
+    let header = Header::parse(payload).ok();
+    audit::record(
+        &audit::Entry {
+            route: &ctx.metrics,
+            direction: "from_sender",
+            peer: who.addr,
+            proxy: who.proxy,
+            identity: who.identity(),
+            header: header.as_ref(),
+            bytes,
+            outcome,
+            ack,
+            started: Instant::now(),
+            rule: None,
+            problem,
+        },
+        payload,
+    );
 }
 
 /// Why a message is refused for how it is written, before any rule sees it.

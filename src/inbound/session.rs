@@ -14,16 +14,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MllpRelease, OnLimit};
 use crate::dispatch::{Dispatch, Lanes};
 use crate::firewall::rules::{self, Decision, Facts};
+use crate::inbound::commits;
 use crate::inbound::messages::{self, read_header, Acking};
 use crate::inbound::readmit;
-use crate::inbound::two_way::SenderLost;
+use crate::inbound::two_way::{Forwarded, Forwarding, FromSender, Happened, SenderLost, TwoWay};
 use crate::net::Stream;
 use crate::ops::audit;
 use crate::ops::connections::{Entry, State};
@@ -32,7 +32,7 @@ use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
 use crate::wire::ack::{ErrorCode, Says};
 use crate::wire::codec::{Decoded, Frame, Framing};
-use crate::wire::commit::{self, Commit};
+use crate::wire::commit;
 use crate::wire::hl7::{self, AckCode, Header, HeaderKind, Printable};
 use crate::wire::link::{Link, MAX_SET_ASIDE};
 
@@ -103,6 +103,57 @@ enum Event {
     IdleUpstream,
     /// A reload replaced the route's context.
     Reloaded,
+    /// Something happened in one of the two directions of a two-way connection.
+    TwoWay(Happened),
+}
+
+/// How a session ends when the sender's connection failed during the other direction's work.
+fn lost_end(lost: SenderLost) -> End {
+    match lost {
+        SenderLost::Closed => End::PeerClosed,
+        SenderLost::Io => End::WriteError,
+        SenderLost::Flooded => End::Flooded,
+    }
+}
+
+/// The delivery of a sender's message on a two-way connection, to run beside the other
+/// direction: it holds the session's `lanes` (a placeholder stays behind) and gives them back.
+fn forwarding<'a>(
+    ctx: &Arc<RouteContext>,
+    mut lanes: Box<Lanes>,
+    frame: Frame,
+    who: &'a Peer,
+) -> Forwarding<'a> {
+    let ctx = ctx.clone();
+    Box::pin(async move {
+        let answer = handle_message(&ctx, &mut lanes, &frame, who).await;
+        Forwarded {
+            answer,
+            lanes,
+            frame,
+        }
+    })
+}
+
+/// After a reload (with nothing in flight either way): lanes replaced for a new upstream get
+/// a new two-way state, and lanes no longer two-way (the route is pooled now) have none.
+fn rewire(two_way: &mut Option<Box<TwoWay<'_>>>, lanes: &mut Lanes) {
+    if let Some(rewired) = TwoWay::new(lanes) {
+        *two_way = Some(rewired);
+    } else if !lanes.two_way() {
+        *two_way = None;
+    }
+}
+
+/// The console's view before the answer to one of the sender's messages is written: the
+/// receiver has answered, so no longer awaiting its ack (a console reading right after the
+/// sender got its ack sees the connection idle). Returns the bytes the answer will take.
+fn answering(answer: &Answer, listed: &Entry) -> usize {
+    listed.set_state(State::Idle);
+    match answer {
+        Answer::Ack { ack, .. } => ack.len() + 3,
+        _ => 0,
+    }
 }
 
 /// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
@@ -123,7 +174,13 @@ pub async fn serve(
     let peer = who.addr;
     let mut link = Link::with_framing(stream, ctx.route.max_message_bytes, ctx.route.framing)
         .with_budget(crate::wire::budget::Budget::shared().clone());
-    let mut lanes = Lanes::new(&ctx.dispatch, ctx.route.upstream.connections);
+    // Boxed: a two-way delivery takes the lanes along (a pointer moved, not the lanes).
+    let mut lanes = Box::new(Lanes::new(&ctx.dispatch, ctx.route.upstream.connections));
+    // Both directions of a paired forward route: each with one message in flight, neither
+    // waiting for the other's ack (made at the first message; `None` on other routes).
+    let mut two_way: Option<Box<TwoWay<'_>>> = None;
+    // MLLP release 2 towards the sender: copies of a frame our commit ACK already answered.
+    let mut resends = commit::Resends::default();
     let mut frame_started: Option<Instant> = None;
     // When the sender last sent anything; read from the clock only for an `idle_timeout`.
     let mut last_read = Instant::now();
@@ -145,76 +202,162 @@ pub async fn serve(
     // with (and leave) the token's waiter list, under its lock, twice per message.
     let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
 
+    // An event already waited for (two-way: the first after a delivery started).
+    let mut ready: Option<Event> = None;
     let end = 'session: loop {
         // Answer every complete frame already read (set aside first) before reading again.
-        while let Some(item) = link.take_set_aside().or_else(|| link.try_decode()) {
+        loop {
+            let item = if two_way.as_ref().is_some_and(|tw| tw.forwarding()) {
+                // Two-way, while the sender's message is in flight: its next messages wait
+                // their turn where they are (set aside or in the buffer, in order); only its
+                // answer to the receiver's message in flight is looked for among them.
+                let Some(tw) = two_way.as_deref().filter(|tw| tw.reversing()) else {
+                    break;
+                };
+                let release2 = ctx.route.release == MllpRelease::Two;
+                let before = link.set_aside_len();
+                let taken = link
+                    .take_ahead(|item| (release2 && commit::is_commit(item)) || tw.overtakes(item));
+                if link.set_aside_len() != before {
+                    frame_started = None; // frames came out: one under way now is a new one
+                }
+                match taken {
+                    Some(item) => item,
+                    None => break,
+                }
+            } else {
+                match link.take_set_aside().or_else(|| link.try_decode()) {
+                    Some(item) => item,
+                    None => break,
+                }
+            };
             frame_started = None;
-            if ctx.generation.is_replaced() && reloaded.is_some() {
+            let release2 = ctx.route.release == MllpRelease::Two;
+            if release2 && commit::is_commit(&item) {
+                continue; // a commit block nothing waits for (e.g. a repeated one)
+            }
+            // Two-way: the sender's ack of the receiver's message in flight goes to the
+            // receiver, and a late ack of an earlier one is dropped.
+            if let Some(tw) = two_way.as_deref_mut() {
+                match tw.classify(&item) {
+                    FromSender::Answer => {
+                        let answered = tw.sender_answered(&ctx, &mut link, &mut lanes, item, &who);
+                        if let Err(lost) = Box::pin(answered).await {
+                            break 'session lost_end(lost);
+                        }
+                        continue;
+                    }
+                    FromSender::StrayAck => {
+                        crate::inbound::two_way::stray_ack(&ctx, &item, &who);
+                        continue;
+                    }
+                    FromSender::Message => {}
+                }
+            }
+            if let (true, Decoded::Frame(frame)) = (release2, &item) {
+                if resends.is_copy(frame.payload()) {
+                    commits::audit_copy(&ctx, frame, &who);
+                    continue;
+                }
+            }
+            let idle_both_ways = two_way.as_ref().is_none_or(|tw| tw.idle());
+            if ctx.generation.is_replaced() && reloaded.is_some() && idle_both_ways {
                 match follow_reload(&mut ctx, &mut lanes, &link, &who) {
                     Ok(Some(next)) => reloaded = Some(next),
                     Ok(None) => reloaded = None,
                     Err(end) => break 'session end,
                 }
-            }
-            let release2 = ctx.route.release == MllpRelease::Two;
-            if release2 && commit::is_commit(&item) {
-                continue; // a commit block nothing waits for (e.g. a repeated one)
+                rewire(&mut two_way, &mut lanes);
             }
             messages += 1;
             listed.message();
             listed.set_state(State::AwaitingAck);
-            let answer = match item {
+            if two_way.is_none() && lanes.two_way() {
+                // At the first message: no idle connection carries the two-way state.
+                two_way = TwoWay::new(&mut lanes);
+            }
+            let item = match (item, two_way.as_deref_mut()) {
+                // Two-way: the delivery runs beside the other direction, holding the lanes.
+                (Decoded::Frame(frame), Some(tw)) => {
+                    let lent = std::mem::replace(&mut lanes, tw.spare_lanes());
+                    tw.start_forward(forwarding(&ctx, lent, frame, &who));
+                    // With the reverse direction idle nothing but the delivery and the
+                    // receiver's own frames can happen (the sender is not read meanwhile, as
+                    // on any connection): wait for them here, without the full select.
+                    if !tw.reversing() {
+                        let happened = std::future::poll_fn(|cx| tw.poll_event(cx)).await;
+                        ready = Some(Event::TwoWay(happened));
+                        break;
+                    }
+                    continue;
+                }
+                (item, _) => item,
+            };
+            let answer = match &item {
                 // Boxed: delivering a message is the largest state a session can be in (about
                 // 2 KiB, most of it the upstream exchange); on the heap only while a message is
                 // in flight, it does not size every idle connection's task (issue 7: one
                 // allocation per message against ~2 KiB per idle connection, BENCHMARKS.md).
                 Decoded::Frame(frame) => {
-                    Box::pin(handle_message(&ctx, &mut lanes, &frame, &who)).await
+                    Box::pin(handle_message(&ctx, &mut lanes, frame, &who)).await
                 }
-                Decoded::Oversize { head, len } => answer_oversize(&ctx, &head, len, &who),
+                Decoded::Oversize { head, len } => answer_oversize(&ctx, head, *len, &who),
             };
-            let out = match &answer {
-                Answer::Ack { ack, .. } => ack.len() + 3,
-                _ => 0,
+            let frame = match &item {
+                Decoded::Frame(frame) => Some(frame),
+                Decoded::Oversize { .. } => None,
             };
-            // The receiver has answered: no longer awaiting its ack while ours is written (a
-            // console reading right after the sender got its ack sees the connection idle).
-            listed.set_state(State::Idle);
-            if let Err(end) = write_answer(&ctx, &mut link, answer, &who).await {
+            let out = answering(&answer, listed);
+            let written = write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
+            if let Err(end) = written.await {
                 break 'session end;
             }
             listed.answered(out);
         }
-        // Then every message the receiver sent on its own.
-        if lanes.two_way() {
-            while let Some(item) = lanes.next_from_receiver() {
+        // Then every message the receiver sent on its own, while that direction is free.
+        if let Some(tw) = two_way.as_deref_mut() {
+            let mut relayed_any = false;
+            while tw.next_to_relay(&mut lanes, false) {
+                // Boxed, like the rare paths below: they would otherwise size every session.
+                let relayed = tw.relay_next(&ctx, &mut link, &mut lanes, &who);
+                if let Err(lost) = Box::pin(relayed).await {
+                    break 'session lost_end(lost);
+                }
+                relayed_any = true;
                 messages += 1;
                 listed.message();
                 heard_from_sender(&ctx, &mut last_read);
-                let Some(conn) = lanes.receiver() else { break };
-                // Boxed, like the rare paths below: they would otherwise size every session.
-                let relayed =
-                    crate::inbound::two_way::relay_to_sender(&ctx, &mut link, conn, item, &who);
-                match Box::pin(relayed).await {
-                    Ok(true) => {}
-                    Ok(false) => lanes.receiver_lost(),
-                    Err(SenderLost::Closed) => break 'session End::PeerClosed,
-                    Err(SenderLost::Io) => break 'session End::WriteError,
-                    Err(SenderLost::Flooded) => break 'session End::Flooded,
-                }
+            }
+            // Relaying may have read the sender's next frames (release 2, waiting for its
+            // commit): serve them before reading again.
+            if relayed_any {
+                continue 'session;
             }
         }
 
-        let deadline = if link.in_frame() {
+        let forwarding = two_way.as_ref().is_some_and(|tw| tw.forwarding());
+        let reversing = two_way.as_ref().is_some_and(|tw| tw.reversing());
+        let busy = forwarding || reversing;
+        // While only its own message is in flight the sender is not read (backpressure); while
+        // the receiver's is too, it is read for its answer, as long as what it sends meanwhile
+        // has room to wait its turn.
+        let read_sender = !forwarding || (reversing && link.set_aside_len() < MAX_SET_ASIDE);
+        let deadline = if !read_sender {
+            None
+        } else if link.in_frame() {
             let started = *frame_started.get_or_insert_with(Instant::now);
             Some(started + ctx.route.receive_timeout)
+        } else if busy {
+            None // the sender is waiting for an answer, not idle
         } else {
             ctx.route.idle_timeout.map(|idle| last_read + idle)
         };
         let in_frame = link.in_frame();
         let upstream_in_frame = lanes.receiver_in_frame();
-        let idle_upstream_at = lanes.idle_receiver_deadline();
-        let event = {
+        let idle_upstream_at = lanes.idle_receiver_deadline().filter(|_| !reversing);
+        let event = if let Some(event) = ready.take() {
+            event
+        } else {
             let read = async {
                 match deadline {
                     Some(deadline) => read_timer
@@ -224,7 +367,8 @@ pub async fn serve(
                     None => Some(link.read_more().await),
                 }
             };
-            let watch_receiver = lanes.watching_receiver();
+            // The receiver's own messages wait in its connection while one is in flight.
+            let watch_receiver = lanes.watching_receiver() && !reversing;
             let receiver = lanes.read_receiver();
             let idle = async {
                 match idle_upstream_at {
@@ -237,7 +381,12 @@ pub async fn serve(
                     None => std::future::pending().await,
                 }
             };
-            let between_messages = !in_frame && !upstream_in_frame;
+            // A poll function: the session carries a reference here, not a future's state.
+            let crossing = std::future::poll_fn(|cx| match two_way.as_deref_mut() {
+                Some(tw) => tw.poll_event(cx),
+                None => std::task::Poll::Pending,
+            });
+            let between_messages = !in_frame && !upstream_in_frame && !busy;
             let reload = async {
                 match reloaded.as_mut() {
                     Some(signal) => signal.as_mut().await,
@@ -248,7 +397,8 @@ pub async fn serve(
                 biased;
                 _ = &mut shutdown_signal, if between_messages => Event::Shutdown,
                 _ = reload, if between_messages => Event::Reloaded,
-                outcome = read => Event::Sender(outcome),
+                happened = crossing, if busy => Event::TwoWay(happened),
+                outcome = read, if read_sender => Event::Sender(outcome),
                 outcome = receiver, if watch_receiver => Event::Receiver(outcome),
                 _ = idle, if idle_upstream_at.is_some() => Event::IdleUpstream,
             }
@@ -285,13 +435,60 @@ pub async fn serve(
             Event::IdleUpstream => {
                 Box::pin(lanes.reopen_idle_receiver()).await;
             }
-            Event::Reloaded => match follow_reload(&mut ctx, &mut lanes, &link, &who) {
-                Ok(Some(next)) => reloaded = Some(next),
-                Ok(None) => reloaded = None,
-                Err(end) => break end,
-            },
+            Event::Reloaded => {
+                match follow_reload(&mut ctx, &mut lanes, &link, &who) {
+                    Ok(Some(next)) => reloaded = Some(next),
+                    Ok(None) => reloaded = None,
+                    Err(end) => break end,
+                }
+                rewire(&mut two_way, &mut lanes);
+            }
+            Event::TwoWay(happened) => {
+                let Some(tw) = two_way.as_deref_mut() else {
+                    continue;
+                };
+                match happened {
+                    // Relayed at the top of the loop.
+                    Happened::Arrived => {}
+                    Happened::ReverseDue => Box::pin(tw.reverse_due(&ctx, &mut lanes, &who)).await,
+                    Happened::Forwarded => {
+                        let Some(Forwarded {
+                            answer,
+                            lanes: home,
+                            frame,
+                        }) = tw.take_forwarded()
+                        else {
+                            continue;
+                        };
+                        tw.keep_spare(std::mem::replace(&mut lanes, home));
+                        if let Some(first) = lanes.leftover_answer() {
+                            Box::pin(tw.write_leftovers(&ctx, &mut lanes, first)).await;
+                        }
+                        // What the receiver sent before this ack reaches the sender before it.
+                        while tw.next_to_relay(&mut lanes, true) {
+                            let relayed = tw.relay_next(&ctx, &mut link, &mut lanes, &who);
+                            if let Err(lost) = Box::pin(relayed).await {
+                                break 'session lost_end(lost);
+                            }
+                            messages += 1;
+                            listed.message();
+                        }
+                        let out = answering(&answer, listed);
+                        let frame = Some(&frame);
+                        let written =
+                            write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
+                        if let Err(end) = written.await {
+                            break 'session end;
+                        }
+                        listed.answered(out);
+                    }
+                }
+            }
         }
     };
+    if let Some(tw) = two_way.take() {
+        Box::pin(tw.close(&ctx, &mut lanes, &who)).await;
+    }
 
     let stats = link.stats();
     let partial = link.in_frame();
@@ -363,6 +560,8 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &RouteContext,
     link: &mut Link<S>,
     answer: Answer,
+    frame: Option<&Frame>,
+    resends: &mut commit::Resends,
     who: &Peer,
 ) -> Result<(), End> {
     let peer = who.addr;
@@ -389,54 +588,13 @@ async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         // Boxed: MLLP release 2 waits for commit blocks, a larger state than release 1's single
         // write, and most routes never use it.
-        Box::pin(answer_release2(ctx, link, ack, committed, who)).await?
+        let answered = commits::answer(ctx, link, (ack, committed), frame, resends, who);
+        Box::pin(answered).await.map_err(|_| End::Flooded)?
     };
     written.map_err(|err| {
         tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "could not write the answer to the sender");
         End::WriteError
     })
-}
-
-/// The release 2 answer: the commit block, then the ack until the sender commits it. The outer
-/// `Err` ends the session; the inner result is the write's.
-async fn answer_release2<S: AsyncRead + AsyncWrite + Unpin>(
-    ctx: &RouteContext,
-    link: &mut Link<S>,
-    ack: Option<Bytes>,
-    committed: bool,
-    who: &Peer,
-) -> Result<std::io::Result<()>, End> {
-    let peer = who.addr;
-    let commit = if committed { Commit::Ack } else { Commit::Nak };
-    let sent = commit::answer(link, commit).await;
-    let (Ok(()), Some(ack), true) = (&sent, ack, committed) else {
-        return Ok(sent);
-    };
-    let mut held = Vec::new();
-    let result = commit::send_committed(
-        link,
-        &ack,
-        ctx.route.commit_timeout(),
-        &mut held,
-        MAX_SET_ASIDE,
-    )
-    .await;
-    if !link.set_aside(held) {
-        return Err(End::Flooded);
-    }
-    match result {
-        Ok(()) => Ok(Ok(())),
-        Err(commit::CommitError::Send(err)) | Err(commit::CommitError::Receive(err)) => {
-            Ok(Err(err))
-        }
-        Err(commit::CommitError::Flooded) => Err(End::Flooded),
-        Err(err) => {
-            // The message was delivered; only the ack's commit is missing. Keep the
-            // connection: the sender can still resend and be answered.
-            tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "the sender did not commit its ack (MLLP release 2)");
-            Ok(Ok(()))
-        }
-    }
 }
 
 /// Dispatches one frame and writes its audit line (never its payload).
@@ -665,22 +823,7 @@ fn answer_oversize(ctx: &RouteContext, head: &[u8], len: u64, who: &Peer) -> Ans
     let head = &head[hl7::leading_bytes(head)..];
     let header = Header::parse(head).ok();
     let (ack, code) = Acking::of(head, header).ack(Says::not_now("message too large"));
-    audit::record(
-        &audit::Entry {
-            route: &ctx.metrics,
-            direction: "from_sender",
-            peer: who.addr,
-            proxy: who.proxy,
-            identity: who.identity(),
-            header: header.as_ref(),
-            bytes: len,
-            outcome: "oversize",
-            ack: Some(code),
-            started: Instant::now(),
-            rule: None,
-            problem: Some(("oversize", &detail)),
-        },
-        head,
-    );
+    let problem = Some(("oversize", detail.as_str()));
+    messages::audit_undelivered(ctx, who, (head, len), "oversize", Some(code), problem);
     Answer::refused(ack, code, "oversize")
 }

@@ -1,14 +1,20 @@
 //! One open connection to the receiver and one round trip on it: send a frame (with MLLP
 //! release 2's commit block when this side speaks it), wait for the ack under the ack timeout,
-//! check that its MSA-2 answers the message, and set aside what a two-way receiver sends on its
-//! own meanwhile. Must not know how the connection was made or which sender the message is from.
+//! check that its MSA-2 answers the message, and keep apart what a two-way receiver sends on
+//! its own meanwhile: handed to the session at once over the [`ExchangeEnd`], whose answers
+//! the round trip writes while it waits. Must not know how the connection was made or which
+//! sender the message is from.
 
+use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::time::timeout;
 
+use super::crossing::{ExchangeEnd, NotHanded, ToReceiver};
 use super::error::UpstreamError;
 use crate::config::MllpRelease;
 use crate::net::Stream;
@@ -45,6 +51,16 @@ pub struct UpstreamConn {
     /// The upstream's reconnect generation when this connection was opened: one from before an
     /// operator's reconnect is closed instead of reused.
     pub(super) generation: u64,
+    /// Which connection this is ([`UpstreamConn::serial`]).
+    pub(super) serial: u64,
+}
+
+/// The serial of the next connection opened.
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// A serial no other connection of this process has had.
+pub(super) fn next_serial() -> u64 {
+    NEXT_SERIAL.fetch_add(1, Ordering::Relaxed)
 }
 
 impl UpstreamConn {
@@ -81,6 +97,12 @@ impl UpstreamConn {
         self.last_used
     }
 
+    /// Which connection this is: unique in the process, so an answer to what the receiver sent
+    /// is written only on the connection it came on.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// Answers a message the receiver sent: a commit block first when this side speaks
     /// release 2 (ACK when `committed`, NAK otherwise, and then nothing more), then the ack
     /// payload (waiting for its commit under release 2).
@@ -91,25 +113,15 @@ impl UpstreamConn {
         per_attempt: Duration,
     ) -> Result<(), UpstreamError> {
         self.last_used = Instant::now();
-        if self.release == MllpRelease::One {
-            return self
-                .link
-                .send_payload(ack)
-                .await
-                .map_err(UpstreamError::Send);
-        }
-        let commit = if committed { Commit::Ack } else { Commit::Nak };
-        commit::answer(&mut self.link, commit)
-            .await
-            .map_err(UpstreamError::Send)?;
-        if !committed {
-            return Ok(());
-        }
         let mut held = Vec::new();
-        let result =
-            commit::send_committed(&mut self.link, ack, per_attempt, &mut held, MAX_SET_ASIDE)
-                .await
-                .map_err(UpstreamError::NotCommitted);
+        let result = answer_on(
+            &mut self.link,
+            self.release,
+            (committed, ack),
+            per_attempt,
+            &mut held,
+        )
+        .await;
         if !self.link.set_aside(held) {
             return Err(UpstreamError::Flooded);
         }
@@ -154,54 +166,89 @@ impl UpstreamConn {
     }
 
     /// Sends `frame` and waits up to `ack_timeout` for the ack that answers `control_id`
-    /// (MLLP release 2: the commit block first). On a two-way connection, messages the receiver
-    /// sends meanwhile are set aside for the session. The time to the ack goes to
-    /// `ack_duration`. On any error the caller drops the connection.
+    /// (MLLP release 2: the commit block first). On a two-way connection (`crossing`), what the
+    /// receiver sends on its own meanwhile is handed to the session at once, and the session's
+    /// answers to it are written while the ack is awaited: neither direction waits for the
+    /// other's ack. The time to the ack goes to `ack_duration`. On any error the caller drops
+    /// the connection.
     pub(super) async fn round_trip(
         &mut self,
         frame: &Frame,
         control_id: &[u8],
-        two_way: bool,
+        mut crossing: Option<&mut ExchangeEnd>,
         ack_timeout: Duration,
         ack_duration: &AckDuration,
     ) -> Result<VerifiedAck, UpstreamError> {
         let conn = self;
         let mut held: Vec<Decoded> = Vec::new();
         let sent_at = Instant::now();
+        let two_way = crossing.is_some();
         // The exchange borrows the link; the ack timeout runs on the connection's own timer.
         let UpstreamConn {
             link,
             release,
             commit_timeout,
             ack_timer,
+            serial,
             ..
         } = conn;
-        let release = *release;
-        let per_attempt = *commit_timeout;
+        let (release, per_attempt, serial) = (*release, *commit_timeout, *serial);
         let exchange = async {
+            // What the receiver sent before (set aside when the connection was checked) goes
+            // to the session first, in order.
+            while let Some(earlier) = link.take_set_aside() {
+                keep(crossing.as_deref(), serial, &mut held, earlier)?;
+            }
+            // Frames read while something else was awaited (a commit block), in order.
+            let mut pending: VecDeque<Decoded> = VecDeque::new();
             if release == MllpRelease::Two {
-                commit::send_committed(
+                let mut before = Vec::new();
+                let sent = commit::send_committed(
                     link,
                     frame.payload(),
                     per_attempt,
-                    &mut held,
+                    &mut before,
                     MAX_SET_ASIDE,
                 )
-                .await
-                .map_err(UpstreamError::NotCommitted)?;
+                .await;
+                pending.extend(before);
+                sent.map_err(UpstreamError::NotCommitted)?;
             } else {
                 link.send_frame(frame).await.map_err(UpstreamError::Send)?;
             }
-            // The ack may already be among the frames that came before the commit block.
-            let mut earlier = std::mem::take(&mut held).into_iter();
             loop {
-                let item = match earlier.next() {
-                    Some(item) => item,
-                    None => match link.next().await {
-                        Ok(Some(item)) => item,
-                        Ok(None) => return Err(UpstreamError::ClosedBeforeAck),
-                        Err(err) => return Err(UpstreamError::Receive(err)),
-                    },
+                let item = match (pending.pop_front(), crossing.as_deref_mut()) {
+                    (Some(item), _) => item,
+                    (None, None) => read(link.next().await)?,
+                    (None, Some(end)) => {
+                        // The receiver's next frame, or an answer the session has for it: a
+                        // poll function, so that an exchange carries no select's state.
+                        let woke = std::future::poll_fn(|cx| {
+                            if let Poll::Ready(next) = link.poll_next(cx) {
+                                return Poll::Ready(Woke::Read(next));
+                            }
+                            end.poll_answer(cx).map(Woke::Answer)
+                        })
+                        .await;
+                        match woke {
+                            Woke::Read(next) => read(next)?,
+                            Woke::Answer(answer) => {
+                                let mut before = Vec::new();
+                                // Boxed: rare, and it would otherwise size every exchange.
+                                let written = answer_crossing(
+                                    link,
+                                    release,
+                                    per_attempt,
+                                    serial,
+                                    answer,
+                                    &mut before,
+                                );
+                                Box::pin(written).await?;
+                                pending.extend(before);
+                                continue;
+                            }
+                        }
+                    }
                 };
                 let ack = match item {
                     Decoded::Frame(ack) => ack,
@@ -209,7 +256,7 @@ impl UpstreamConn {
                         return Err(UpstreamError::AckOversize(len))
                     }
                     oversize @ Decoded::Oversize { .. } => {
-                        held.push(oversize);
+                        keep(crossing.as_deref(), serial, &mut held, oversize)?;
                         continue;
                     }
                 };
@@ -221,8 +268,8 @@ impl UpstreamConn {
                 // On a two-way connection a frame with a header but no MSA is the receiver's
                 // own message, and so is an enhanced-mode ack of another control id (an
                 // application ack of an earlier message, itself a message with MSH-15 valued):
-                // neither is our ack, both are set aside for the session to relay. An
-                // original-mode ack of another control id is a wrong ack, as before.
+                // neither is our ack. An original-mode ack of another control id is a wrong
+                // ack, as before.
                 let theirs = match &verdict {
                     Err(AckMismatch::NotAnAck(AckError::NoMsa)) => true,
                     Err(AckMismatch::WrongControlId { .. }) => AckView::parse(ack.payload())
@@ -230,10 +277,7 @@ impl UpstreamConn {
                     _ => false,
                 };
                 if two_way && theirs {
-                    if held.len() >= MAX_SET_ASIDE {
-                        return Err(UpstreamError::Flooded);
-                    }
-                    held.push(Decoded::Frame(ack));
+                    keep(crossing.as_deref(), serial, &mut held, Decoded::Frame(ack))?;
                     continue;
                 }
                 if release == MllpRelease::Two {
@@ -241,6 +285,8 @@ impl UpstreamConn {
                         .await
                         .map_err(UpstreamError::Send)?;
                 }
+                // Anything read after the ack stays for the session, in order.
+                held.extend(pending);
                 return Ok((ack, verdict));
             }
         };
@@ -258,5 +304,106 @@ impl UpstreamConn {
             code,
             ack: ack.payload_bytes(),
         })
+    }
+}
+
+/// What woke an exchange on a two-way connection.
+enum Woke {
+    /// A read of the receiver.
+    Read(io::Result<Option<Decoded>>),
+    /// An answer of the session's for the receiver.
+    Answer(ToReceiver),
+}
+
+/// The frame a read of the receiver gave, or why there is none.
+fn read(next: io::Result<Option<Decoded>>) -> Result<Decoded, UpstreamError> {
+    match next {
+        Ok(Some(item)) => Ok(item),
+        Ok(None) => Err(UpstreamError::ClosedBeforeAck),
+        Err(err) => Err(UpstreamError::Receive(err)),
+    }
+}
+
+/// Keeps a frame the receiver sent on its own during an exchange: handed to the session at
+/// once on a two-way connection, else (or when the session is gone) set aside in `held` for
+/// after the exchange. Either way at most [`MAX_SET_ASIDE`] wait.
+fn keep(
+    crossing: Option<&ExchangeEnd>,
+    serial: u64,
+    held: &mut Vec<Decoded>,
+    item: Decoded,
+) -> Result<(), UpstreamError> {
+    let item = match crossing {
+        None => item,
+        Some(end) => match end.hand_over(serial, item) {
+            Ok(()) => return Ok(()),
+            Err(NotHanded::Flooded) => return Err(UpstreamError::Flooded),
+            Err(NotHanded::Gone(item)) => item,
+        },
+    };
+    if held.len() >= MAX_SET_ASIDE {
+        return Err(UpstreamError::Flooded);
+    }
+    held.push(item);
+    Ok(())
+}
+
+/// Answers a message the receiver sent, on `link`: the ack (release 1); a commit block first
+/// (release 2: ACK when `committed`, NAK otherwise and then nothing more), then the ack until
+/// the receiver commits it, frames read meanwhile going to `held`.
+async fn answer_on(
+    link: &mut Link<Stream>,
+    release: MllpRelease,
+    (committed, ack): (bool, &[u8]),
+    per_attempt: Duration,
+    held: &mut Vec<Decoded>,
+) -> Result<(), UpstreamError> {
+    if release == MllpRelease::One {
+        return link.send_payload(ack).await.map_err(UpstreamError::Send);
+    }
+    let commit = if committed { Commit::Ack } else { Commit::Nak };
+    commit::answer(link, commit)
+        .await
+        .map_err(UpstreamError::Send)?;
+    if !committed {
+        return Ok(());
+    }
+    commit::send_committed(link, ack, per_attempt, held, MAX_SET_ASIDE)
+        .await
+        .map_err(UpstreamError::NotCommitted)
+}
+
+/// Writes, during an exchange, the session's answer to a message the receiver sent on the
+/// connection `serial` (an answer for a connection since closed is dropped). A failed write
+/// fails the exchange (the connection is broken); a receiver that does not commit the answer
+/// (release 2) is logged, and the exchange goes on.
+async fn answer_crossing(
+    link: &mut Link<Stream>,
+    release: MllpRelease,
+    per_attempt: Duration,
+    serial: u64,
+    answer: ToReceiver,
+    held: &mut Vec<Decoded>,
+) -> Result<(), UpstreamError> {
+    if answer.conn != serial {
+        tracing::debug!(
+            "the receiver's connection closed before the answer to its message could be written"
+        );
+        return Ok(());
+    }
+    let written = answer_on(
+        link,
+        release,
+        (answer.committed, &answer.ack),
+        per_attempt,
+        held,
+    )
+    .await;
+    match written {
+        Err(UpstreamError::NotCommitted(err)) => {
+            tracing::warn!(error = %err, "the receiver did not commit the answer to its message (MLLP release 2)");
+            Ok(())
+        }
+        other => other,
     }
 }

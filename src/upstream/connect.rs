@@ -139,6 +139,7 @@ impl Connector {
             commit_timeout: self.cfg.commit_timeout(),
             ack_timer: DeadlineTimer::default(),
             generation: self.generation.load(std::sync::atomic::Ordering::Relaxed),
+            serial: super::conn::next_serial(),
         }
     }
 

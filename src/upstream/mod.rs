@@ -6,20 +6,24 @@
 //! blocks on this side, and ack verification (MSA-2 must equal the message's control id). An
 //! exchange that times out closes its connection, so a late ack can never answer the next
 //! message. On a two-way (paired) connection, messages the receiver sends while an ack is
-//! awaited are set aside for the session instead of being taken for the ack. Must not know
-//! about downstream peers or admission policy.
+//! awaited are handed to the session at once ([`crossing`]) instead of being taken for the
+//! ack, and the session's answers to them are written meanwhile. Must not know about
+//! downstream peers or admission policy.
 //!
 //! The files, in the order an exchange uses them: `connect` (the gate, TCP, proxy, TLS),
-//! `receivers` (accept mode), `conn` (one connection, one round trip), `error` (what
-//! failed and whether retrying helps); this file holds the route's `Upstream`: the pool, the
-//! exchange with its one retry on a fresh connection, and idle handling.
+//! `receivers` (accept mode), `conn` (one connection, one round trip), `crossing` (the two-way
+//! side channel), `error` (what failed and whether retrying helps); this file holds the
+//! route's `Upstream`: the pool, the exchange with its one retry on a fresh connection, and
+//! idle handling.
 
 mod conn;
 mod connect;
+pub mod crossing;
 mod error;
 mod receivers;
 
 pub use conn::{UpstreamConn, VerifiedAck};
+pub use crossing::ExchangeEnd;
 pub use error::UpstreamError;
 
 use std::io;
@@ -64,10 +68,11 @@ enum Awaits {
 }
 
 /// What a paired connection is for (pooled connections ignore it).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PairedWith {
-    /// The caller takes messages the receiver sends on its own.
-    pub two_way: bool,
+#[derive(Default)]
+pub struct PairedWith<'a> {
+    /// Two-way: the caller takes the messages the receiver sends on its own, handed over
+    /// during an exchange through this end.
+    pub crossing: Option<&'a mut ExchangeEnd>,
     /// The sender, for the PROXY header of a new connection.
     pub origin: Option<Origin>,
 }
@@ -136,9 +141,10 @@ impl Upstream {
     /// Sends `frame` and waits for its ack, which must answer `control_id`.
     ///
     /// `paired` is the sending session's own connection slot (used when connections are paired;
-    /// pooled routes ignore it). With `two_way`, the caller takes the messages the receiver
-    /// sends on its own on a paired connection ([`UpstreamConn::next_inbound`]); without it (and
-    /// always on pooled connections) such a frame makes the connection unusable. `with.origin`
+    /// pooled routes ignore it). With `with.crossing`, the caller takes the messages the
+    /// receiver sends on its own on a paired connection (handed over during the exchange, or
+    /// [`UpstreamConn::next_inbound`] after it); without it (and always on pooled connections)
+    /// such a frame makes the connection unusable. `with.origin`
     /// names the sender in the PROXY header of a new paired connection (`send_proxy_protocol`).
     /// On any error the connection involved is closed.
     pub async fn exchange(
@@ -146,7 +152,7 @@ impl Upstream {
         paired: &mut Option<UpstreamConn>,
         frame: &Frame,
         control_id: &[u8],
-        with: PairedWith,
+        with: PairedWith<'_>,
     ) -> Result<VerifiedAck, UpstreamError> {
         self.exchange_or_send(paired, frame, control_id, with, Awaits::Ack)
             .await?
@@ -160,7 +166,7 @@ impl Upstream {
         &self,
         paired: &mut Option<UpstreamConn>,
         frame: &Frame,
-        with: PairedWith,
+        with: PairedWith<'_>,
     ) -> Result<(), UpstreamError> {
         self.exchange_or_send(paired, frame, b"", with, Awaits::Nothing)
             .await
@@ -172,7 +178,7 @@ impl Upstream {
         paired: &mut Option<UpstreamConn>,
         frame: &Frame,
         control_id: &[u8],
-        with: PairedWith,
+        with: PairedWith<'_>,
         awaits: Awaits,
     ) -> Result<Option<VerifiedAck>, UpstreamError> {
         match &self.pool {
@@ -221,10 +227,10 @@ impl Upstream {
         slot: &mut Option<UpstreamConn>,
         frame: &Frame,
         control_id: &[u8],
-        with: PairedWith,
+        mut with: PairedWith<'_>,
         awaits: Awaits,
     ) -> Result<Option<VerifiedAck>, UpstreamError> {
-        let two_way = with.two_way;
+        let two_way = with.crossing.is_some();
         if slot
             .as_ref()
             .is_some_and(|conn| self.is_idle_too_long(conn))
@@ -253,7 +259,7 @@ impl Upstream {
                     .round_trip(
                         frame,
                         control_id,
-                        two_way,
+                        with.crossing.as_deref_mut(),
                         self.cfg().ack_timeout,
                         &self.ack_duration,
                     )

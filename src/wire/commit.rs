@@ -1,16 +1,20 @@
-//! MLLP release 2: the commit blocks that answer every frame, and the bounded resend loop of a
-//! side that waits for them.
+//! MLLP release 2: the commit blocks that answer every frame, the bounded resend loop of a
+//! side that waits for them, and the copies a resending peer leaves behind.
 //!
 //! In release 2 (HL7 v2 Transport, MLLP release 2) the receiver of any frame answers it with a
 //! one-byte frame: ACK (`0x06`, "committed") or NAK (`0x15`, "not committed; you may send it
 //! again"). The HL7 ack message is still sent, as an ordinary frame in the other direction,
-//! and is itself answered by a commit block. This module owns the two byte values, telling a
-//! commit block from a message, and sending a frame until it is committed. It must not know
-//! HL7 fields, routes or timeouts' meaning: the caller gives the deadline per attempt.
+//! and is itself answered by a commit block. A commit block names no frame: it answers the one
+//! the peer has in flight, so a peer that sent a frame again (its wait for our block ran out)
+//! takes our one block for the copy, and a second block would answer its next frame
+//! ([`Resends`]). This module owns the two byte values, telling a commit block from a message,
+//! sending a frame until it is committed, and recognising those copies. It must not know HL7
+//! fields, routes or timeouts' meaning: the caller gives the deadline per attempt.
 
 use std::io;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 
@@ -138,6 +142,52 @@ pub async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     link.send_payload(commit.payload()).await
 }
 
+/// Towards a release-2 peer that sends: the frame our last commit ACK answered, while copies of
+/// it may still arrive.
+///
+/// A peer whose wait for our commit block ran out (the message was still being delivered)
+/// sends the same frame again; our ACK, when it comes, answers the copy it then has in flight.
+/// So a copy that arrives after the ACK was sent, before the peer has moved on, is already
+/// answered: it is neither delivered again nor given a second block, which the peer, waiting
+/// on its next frame by then, would take for that one. The window closes when the peer sends
+/// any other frame, or commits the HL7 ack that followed our ACK (it resends only until it
+/// sees our ACK, which comes first, so no copy can follow that commit). Copies received before
+/// a block was sent are the caller's to drop when it sends it (see
+/// [`crate::wire::link::Link::remove_copies`]).
+#[derive(Debug, Default)]
+pub struct Resends {
+    /// Boxed: a session carries this; only release-2 routes fill it.
+    committed: Option<Box<Bytes>>,
+}
+
+impl Resends {
+    /// A commit ACK was just sent for the frame whose payload is `payload`.
+    pub fn committed(&mut self, payload: Bytes) {
+        self.committed = Some(Box::new(payload));
+    }
+
+    /// Whether `payload` is a copy of the frame last committed, answered already. Any other
+    /// frame closes the window.
+    pub fn is_copy(&mut self, payload: &[u8]) -> bool {
+        if self.matches(payload) {
+            return true;
+        }
+        self.committed = None;
+        false
+    }
+
+    /// Whether `payload` is a copy of the frame last committed (the window stays as it is).
+    pub fn matches(&self, payload: &[u8]) -> bool {
+        self.committed.as_deref().map(|b| &b[..]) == Some(payload)
+    }
+
+    /// No copy can come any more: the peer committed what followed our ACK, or our last block
+    /// was a NAK (after which the same frame again is a new try, to be answered).
+    pub fn settled(&mut self) {
+        self.committed = None;
+    }
+}
+
 /// Whether a decoded item is a commit block.
 pub fn is_commit(item: &Decoded) -> bool {
     matches!(item, Decoded::Frame(frame) if Commit::of(frame.payload()).is_some())
@@ -221,6 +271,32 @@ mod tests {
             })
             .collect();
         assert_eq!(payloads, vec![b"MSH|one".to_vec(), b"MSH|two".to_vec()]);
+    }
+
+    /// A copy that crossed our ACK is answered by it; the window closes at the next other
+    /// frame or when the peer commits what followed, and a NAK opens none.
+    #[test]
+    fn resends_recognise_copies_only_until_the_peer_moves_on() {
+        let mut resends = Resends::default();
+        assert!(!resends.is_copy(b"MSH|1"), "nothing committed yet");
+        resends.committed(Bytes::from_static(b"MSH|1"));
+        assert!(resends.matches(b"MSH|1"));
+        assert!(resends.is_copy(b"MSH|1"));
+        assert!(
+            resends.is_copy(b"MSH|1"),
+            "several copies may cross one ACK"
+        );
+        assert!(!resends.is_copy(b"MSH|2"), "another frame: a message");
+        assert!(
+            !resends.is_copy(b"MSH|1"),
+            "the window closed at the other frame"
+        );
+        resends.committed(Bytes::from_static(b"MSH|3"));
+        resends.settled();
+        assert!(
+            !resends.is_copy(b"MSH|3"),
+            "sent again after the peer committed our ack: a new message"
+        );
     }
 
     #[tokio::test]

@@ -665,14 +665,33 @@ impl<'a> AckView<'a> {
     /// [`AckError::BadHeader`] when the header does not parse, [`AckError::NoMsa`] when no segment
     /// after it is `MSA`, [`AckError::UnknownCode`] when MSA-1 is not exactly one of the six codes.
     pub fn parse(payload: &'a [u8]) -> Result<AckView<'a>, AckError> {
+        AckView::parse_with(payload, false)
+    }
+
+    /// Like [`AckView::parse`], to tell an answer from a message without reading the whole
+    /// message: the MSA must be the first segment after the header other than SFT and UAC,
+    /// where every acknowledgement and response structure of the standard puts it. A frame
+    /// with another segment there is no answer ([`AckError::NoMsa`]).
+    pub fn parse_response(payload: &'a [u8]) -> Result<AckView<'a>, AckError> {
+        AckView::parse_with(payload, true)
+    }
+
+    fn parse_with(payload: &'a [u8], leading: bool) -> Result<AckView<'a>, AckError> {
         let header = Header::parse(payload).map_err(AckError::BadHeader)?;
         let fs = header.field_separator();
         let after = &payload[header.segment().len()..];
         let mut segments = after;
+        let is = |segment: &[u8], id: &[u8]| {
+            segment.starts_with(id) && segment.get(3).is_none_or(|&b| b == fs)
+        };
         let msa = loop {
             let segment = first_segment(segments);
-            if segment.starts_with(b"MSA") && segment.get(3).is_none_or(|&b| b == fs) {
+            if is(segment, b"MSA") {
                 break segment;
+            }
+            let before_msa = segment.is_empty() || is(segment, b"SFT") || is(segment, b"UAC");
+            if leading && !before_msa {
+                return Err(AckError::NoMsa);
             }
             match segments.get(segment.len() + 1..) {
                 Some(rest) => segments = rest,

@@ -99,12 +99,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// Cancel-safe: bytes already read stay buffered if the future is dropped, so it can race a
     /// timeout or a shutdown signal.
     pub async fn next(&mut self) -> io::Result<Option<Decoded>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Link::next`] as a poll function, for waiting on it beside something else without a
+    /// future's state.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Decoded>>> {
         loop {
             if let Some(item) = self.try_decode() {
-                return Ok(Some(item));
+                return Poll::Ready(Ok(Some(item)));
             }
-            if self.read_more().await? == 0 {
-                return Ok(None);
+            match std::task::ready!(self.poll_read_more(cx)) {
+                Ok(0) => return Poll::Ready(Ok(None)),
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Err(err)),
             }
         }
     }
@@ -192,6 +200,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// The oldest frame set aside, if any.
     pub fn take_set_aside(&mut self) -> Option<Decoded> {
         self.set_aside.pop_front()
+    }
+
+    /// Takes out the first frame `wanted` picks among those set aside and those complete in the
+    /// buffer, which are decoded and set aside on the way (in order, up to [`MAX_SET_ASIDE`]);
+    /// every other frame stays where it was, to come out of [`Link::take_set_aside`] in order.
+    /// Nothing is read from the stream. For looking past frames that must wait their turn for
+    /// one that must not (a two-way sender's ack behind its own pipelined messages).
+    pub fn take_ahead(&mut self, mut wanted: impl FnMut(&Decoded) -> bool) -> Option<Decoded> {
+        if let Some(at) = self.set_aside.iter().position(&mut wanted) {
+            return self.set_aside.remove(at);
+        }
+        while self.set_aside.len() < MAX_SET_ASIDE {
+            let item = self.try_decode()?;
+            if wanted(&item) {
+                return Some(item);
+            }
+            self.set_aside.push_back(item);
+        }
+        None
+    }
+
+    /// How many frames are set aside (at most [`MAX_SET_ASIDE`]).
+    pub fn set_aside_len(&self) -> usize {
+        self.set_aside.len()
+    }
+
+    /// Removes every frame whose payload is `payload` from the frames set aside and those
+    /// complete in the buffer (decoded and set aside first, up to [`MAX_SET_ASIDE`], keeping
+    /// their order); returns how many. MLLP release 2: copies a peer sent before our commit
+    /// block for the frame are answered by that block.
+    pub fn remove_copies(&mut self, payload: &[u8]) -> usize {
+        while self.set_aside.len() < MAX_SET_ASIDE {
+            match self.try_decode() {
+                Some(item) => self.set_aside.push_back(item),
+                None => break,
+            }
+        }
+        let before = self.set_aside.len();
+        self.set_aside
+            .retain(|item| !matches!(item, Decoded::Frame(frame) if frame.payload() == payload));
+        before - self.set_aside.len()
     }
 
     /// Whether frames are set aside.

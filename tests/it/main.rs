@@ -44,4 +44,5 @@ mod sockets;
 mod systemd_notify;
 mod tls_policy;
 mod transparent;
+mod two_way;
 mod webhooks;

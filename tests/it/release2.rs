@@ -1,6 +1,8 @@
-//! MLLP release 2 resends through the binary (issue 28, finding 3): towards a receiver, each
-//! send waits its own `framing.commit_timeout` (default `ack_timeout / 4`), so the documented
-//! resends happen before the overall `ack_timeout`.
+//! MLLP release 2 resends through the binary (issue 28, findings 3 and 4): towards a receiver,
+//! each send waits its own `framing.commit_timeout` (default `ack_timeout / 4`), so the
+//! documented resends happen before the overall `ack_timeout`; towards a sender, a commit block
+//! is only ever sent for the frame it has in flight, so a resent copy never earns a second
+//! commit ACK that the sender would take for its next message.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -87,4 +89,75 @@ async fn framing_commit_timeout_sets_the_wait_before_a_resend() {
         Duration::from_millis(600),
     )
     .await;
+}
+
+/// A release-2 sender whose commit timeout (100 ms) runs out while its message is being
+/// delivered (the receiver acks after 250 ms) sends the message again. The guard's one commit
+/// ACK answers the copy too: the copy is neither delivered again nor committed again, so the
+/// sender's next message is committed only once it reached the receiver, and the ack that
+/// follows a commit always answers the message just sent (issue 28, finding 4: 16 of 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_2_sender_that_resends_gets_no_commit_ack_meant_for_the_copy() {
+    let dir = TestDir::new();
+    let receiver = FakeUpstream::start(Behaviour::LateAck(Duration::from_millis(250))).await;
+    let file = dir.path("guard.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "routes:\n  - name: test\n    listen: 127.0.0.1:0\n    allow: [127.0.0.1/32]\n    framing: {{ release: 2 }}\n    upstream:\n      address: {}\n      ack_timeout: 3s\n",
+            receiver.addr
+        ),
+    )
+    .unwrap();
+    let (_guard, listen, logs) = start_guard(&file);
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    let rounds = 16;
+    for i in 0..rounds {
+        let id = format!("R2S-{i}");
+        let sent_at = Instant::now();
+        client
+            .link
+            .send(&codec::encode(&message(&id, 300)))
+            .await
+            .unwrap();
+        // The sender's commit timeout runs out before the receiver acked: it sends again.
+        let early = tokio::time::timeout(Duration::from_millis(100), client.link.next()).await;
+        assert!(early.is_err(), "{id}: an answer within 100 ms: {early:?}");
+        client
+            .link
+            .send(&codec::encode(&message(&id, 300)))
+            .await
+            .unwrap();
+        assert_eq!(client.read_ack().await.unwrap(), [0x06], "{id}: commit ACK");
+        let committed_after = sent_at.elapsed();
+        assert!(
+            committed_after >= Duration::from_millis(240),
+            "{id}: committed after {committed_after:?}, before the receiver had it"
+        );
+        let ack = client.read_ack().await.unwrap();
+        let (code, acked, _) = ack_of(&ack);
+        assert_eq!(
+            (code, acked.as_str()),
+            (AckCode::AA, id.as_str()),
+            "the ack after a commit answers the message just sent"
+        );
+        client.send_raw(&COMMIT_ACK).await;
+    }
+    // Nothing more: no commit block or ack for a copy.
+    let stray = tokio::time::timeout(Duration::from_millis(800), client.link.next()).await;
+    assert!(stray.is_err(), "after the last ack: {stray:?}");
+    let ids: Vec<String> = receiver.received().iter().map(|p| id_of(p)).collect();
+    let expected: Vec<String> = (0..rounds).map(|i| format!("R2S-{i}")).collect();
+    assert_eq!(ids, expected, "each message delivered once, in order");
+    // Each copy has its audit line.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut copies = 0;
+    while copies < rounds && Instant::now() < deadline {
+        if let Ok(line) = logs.recv_timeout(Duration::from_millis(100)) {
+            if line.contains("\"outcome\":\"duplicate_resend\"") {
+                copies += 1;
+            }
+        }
+    }
+    assert_eq!(copies, rounds, "one duplicate_resend audit line per copy");
 }

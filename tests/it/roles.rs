@@ -21,7 +21,7 @@ pub fn ack_payload(control_id: &str, code: AckCode) -> Vec<u8> {
 }
 
 /// A message without MSA from the receiver's side (an ORU^R01 result) with this control id.
-fn result_message(control_id: &str) -> Vec<u8> {
+pub fn result_message(control_id: &str) -> Vec<u8> {
     format!("MSH|^~\\&|LAB|FAC|SEND_APP|SEND_FAC|20240102030405||ORU^R01^ORU_R01|{control_id}|P|2.5.1\rPID|1||MRN1\rOBX|1|NM|GLU||5.5|mmol/L\r").into_bytes()
 }
 
@@ -35,6 +35,58 @@ pub async fn next_payload(link: &mut Link<Stream>) -> Vec<u8> {
 fn link_of(tcp: TcpStream) -> Link<Stream> {
     tcp.set_nodelay(true).unwrap();
     Link::new(Stream::Plain(tcp), 16 * 1024 * 1024)
+}
+
+/// The receiver sends its result `id`; the sender gets it byte-exact.
+pub async fn receiver_sends(receiver: &mut Link<Stream>, client: &mut Client, id: &str) {
+    receiver
+        .send(&codec::encode(&result_message(id)))
+        .await
+        .unwrap();
+    assert_eq!(client.read_ack().await.unwrap(), result_message(id));
+}
+
+/// The sender answers the receiver's `id` with `code`; the receiver gets that ack unchanged.
+pub async fn sender_answers(
+    client: &mut Client,
+    receiver: &mut Link<Stream>,
+    id: &str,
+    code: AckCode,
+) {
+    client
+        .link
+        .send(&codec::encode(&ack_payload(id, code)))
+        .await
+        .unwrap();
+    assert_eq!(next_payload(receiver).await, ack_payload(id, code));
+}
+
+/// The sender sends message `id`; the receiver gets it and acks AA; the sender gets that ack.
+pub async fn sender_sends(client: &mut Client, receiver: &mut Link<Stream>, id: &str) {
+    client
+        .link
+        .send(&codec::encode(&message(id, 200)))
+        .await
+        .unwrap();
+    assert_eq!(next_payload(receiver).await, message(id, 200));
+    receiver
+        .send(&codec::encode(&ack_payload(id, AckCode::AA)))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.read_ack().await.unwrap(),
+        ack_payload(id, AckCode::AA)
+    );
+}
+
+/// The next frame the receiver gets is the guard's own AE for its message `id`.
+pub async fn receiver_gets_guards_ae(receiver: &mut Link<Stream>, id: &str) {
+    let ae = next_payload(receiver).await;
+    let view = AckView::parse(&ae).unwrap();
+    assert_eq!(
+        (view.code(), view.acked_control_id()),
+        (AckCode::AE, id.as_bytes())
+    );
 }
 
 pub async fn accept_one(listener: &TcpListener) -> Link<Stream> {
@@ -182,7 +234,7 @@ async fn accept_mode_refuses_receivers_outside_its_allow_list() {
 
 /// A guard in front of a receiver that also sends: the receiver's own messages on the paired
 /// connection reach the sender, the sender's ack reaches the receiver, and a message that
-/// crosses an awaited ack is not taken for that ack.
+/// crosses an awaited ack is neither taken for that ack nor held back until it comes.
 #[tokio::test]
 async fn the_receiver_can_send_on_a_paired_connection() {
     let dir = TestDir::new();
@@ -215,64 +267,23 @@ async fn the_receiver_can_send_on_a_paired_connection() {
         .send(&codec::encode(&ack_payload("S-1", AckCode::AA)))
         .await
         .unwrap();
-    // The sender gets its ack first (that exchange was in flight), then the receiver's message.
+    // The receiver's message does not wait for the ack in flight: the sender gets both, in the
+    // order the receiver sent them.
     let first = client.read_ack().await.unwrap();
-    assert_eq!(first, ack_payload("S-1", AckCode::AA));
+    assert_eq!(first, result_message("R-1"), "relayed byte-exact");
     let second = client.read_ack().await.unwrap();
-    assert_eq!(second, result_message("R-1"), "relayed byte-exact");
-    client
-        .link
-        .send(&codec::encode(&ack_payload("R-1", AckCode::AA)))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_payload(&mut receiver).await,
-        ack_payload("R-1", AckCode::AA)
-    );
+    assert_eq!(second, ack_payload("S-1", AckCode::AA));
+    sender_answers(&mut client, &mut receiver, "R-1", AckCode::AA).await;
 
     // 3. On an idle connection the receiver sends again; the sender answers AE, relayed as is.
-    receiver
-        .send(&codec::encode(&result_message("R-2")))
-        .await
-        .unwrap();
-    assert_eq!(client.read_ack().await.unwrap(), result_message("R-2"));
-    client
-        .link
-        .send(&codec::encode(&ack_payload("R-2", AckCode::AE)))
-        .await
-        .unwrap();
-    assert_eq!(
-        next_payload(&mut receiver).await,
-        ack_payload("R-2", AckCode::AE)
-    );
+    receiver_sends(&mut receiver, &mut client, "R-2").await;
+    sender_answers(&mut client, &mut receiver, "R-2", AckCode::AE).await;
 
     // 4. A sender that does not ack: the receiver gets an AE built by the guard, not silence
     //    and never an AA; the link stays usable for the next message.
-    receiver
-        .send(&codec::encode(&result_message("R-3")))
-        .await
-        .unwrap();
-    assert_eq!(client.read_ack().await.unwrap(), result_message("R-3"));
-    let ae = next_payload(&mut receiver).await;
-    let view = AckView::parse(&ae).unwrap();
-    assert_eq!(
-        (view.code(), view.acked_control_id()),
-        (AckCode::AE, &b"R-3"[..])
-    );
-    client
-        .link
-        .send(&codec::encode(&message("S-2", 200)))
-        .await
-        .unwrap();
-    assert_eq!(next_payload(&mut receiver).await, message("S-2", 200));
-    receiver
-        .send(&codec::encode(&ack_payload("S-2", AckCode::AA)))
-        .await
-        .unwrap();
-    assert_eq!(
-        client.read_ack().await.unwrap(),
-        ack_payload("S-2", AckCode::AA)
-    );
+    receiver_sends(&mut receiver, &mut client, "R-3").await;
+    receiver_gets_guards_ae(&mut receiver, "R-3").await;
+    sender_sends(&mut client, &mut receiver, "S-2").await;
     guard.stop().await;
 }
 

@@ -642,3 +642,25 @@ fn a_batch_is_named_by_its_bhs_or_else_its_fhs() {
     assert!(batch_header(b"MSH|^~\\&|A\r").is_none());
     assert!(batch_header(b"FHS|^~\\&|A").is_some());
 }
+
+/// An answer has its MSA right after the header (SFT and UAC may come first); a message with
+/// an MSA further down is no answer for `parse_response`, though `parse` finds it.
+#[test]
+fn parse_response_wants_the_msa_where_answers_have_it() {
+    let ack = b"MSH|^~\\&|A|B|C|D|20240101||ACK|1|P|2.5\rSFT|x\rMSA|AA|M1\rERR|1\r";
+    let view = AckView::parse_response(ack).unwrap();
+    assert_eq!(view.acked_control_id(), b"M1");
+    let crlf = b"MSH|^~\\&|A|B|C|D|20240101||ACK|1|P|2.5\r\nMSA|AE|M2\r\n";
+    assert_eq!(AckView::parse_response(crlf).unwrap().code(), AckCode::AE);
+    let message = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|2|P|2.5\rPID|1\rMSA|AA|M1\r";
+    assert!(AckView::parse(message).is_ok());
+    assert!(matches!(
+        AckView::parse_response(message),
+        Err(AckError::NoMsa)
+    ));
+    let msax = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|2|P|2.5\rMSAX|1\r";
+    assert!(matches!(
+        AckView::parse_response(msax),
+        Err(AckError::NoMsa)
+    ));
+}

@@ -167,3 +167,58 @@ async fn a_payload_goes_out_framed_in_one_write_whether_the_stream_takes_slices_
     theirs.read_to_end(&mut wire).await.unwrap();
     assert_eq!(wire, b"\x02MSH|x\x03");
 }
+
+/// Copies of a frame, set aside or still in the buffer, go; everything else stays, in order.
+#[tokio::test]
+async fn remove_copies_takes_only_the_copies_and_keeps_the_order() {
+    let (ours, mut theirs) = tokio::io::duplex(4096);
+    let mut link = Link::new(ours, 1 << 20);
+    link.set_aside([Decoded::Frame(Frame::from_payload(b"MSH|copy").unwrap())]);
+    let mut wire = frame_of(b"MSH|other");
+    wire.extend(frame_of(b"MSH|copy"));
+    wire.extend(frame_of(b"MSH|last"));
+    wire.extend(b"\x0bMSH|unfinished");
+    theirs.write_all(&wire).await.unwrap();
+    assert!(matches!(link.read_ready(), Ready::Bytes(_)));
+    assert_eq!(link.remove_copies(b"MSH|copy"), 2);
+    assert_eq!(payload_of(link.take_set_aside()), b"MSH|other");
+    assert_eq!(payload_of(link.take_set_aside()), b"MSH|last");
+    assert!(link.take_set_aside().is_none());
+    assert!(link.in_frame(), "an unfinished frame stays in the buffer");
+}
+
+/// A frame looked for past others is taken out; the others stay set aside in order, the search
+/// stops at MAX_SET_ASIDE frames, and nothing is read from the stream.
+#[tokio::test]
+async fn take_ahead_takes_the_wanted_frame_and_leaves_the_rest_in_order() {
+    let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+    let mut link = Link::new(ours, 1 << 20);
+    link.set_aside([Decoded::Frame(Frame::from_payload(b"MSH|1").unwrap())]);
+    let mut wire = frame_of(b"MSH|2");
+    wire.extend(frame_of(b"ACK|x"));
+    wire.extend(frame_of(b"MSH|3"));
+    theirs.write_all(&wire).await.unwrap();
+    assert!(matches!(link.read_ready(), Ready::Bytes(_)));
+    let is_ack =
+        |item: &Decoded| matches!(item, Decoded::Frame(f) if f.payload().starts_with(b"ACK"));
+    assert_eq!(payload_of(link.take_ahead(is_ack)), b"ACK|x");
+    assert!(link.take_ahead(is_ack).is_none());
+    for expected in [&b"MSH|1"[..], b"MSH|2", b"MSH|3"] {
+        assert_eq!(payload_of(link.take_set_aside()), expected);
+    }
+
+    let mut wire = Vec::new();
+    for _ in 0..MAX_SET_ASIDE {
+        wire.extend(frame_of(b"MSH|waits"));
+    }
+    wire.extend(frame_of(b"ACK|behind"));
+    theirs.write_all(&wire).await.unwrap();
+    assert!(matches!(link.read_ready(), Ready::Bytes(_)));
+    assert!(
+        link.take_ahead(is_ack).is_none(),
+        "past MAX_SET_ASIDE frames"
+    );
+    assert_eq!(link.set_aside_len(), MAX_SET_ASIDE);
+    assert_eq!(payload_of(link.take_set_aside()), b"MSH|waits");
+    assert_eq!(payload_of(link.take_ahead(is_ack)), b"ACK|behind");
+}
