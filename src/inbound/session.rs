@@ -167,8 +167,9 @@ pub async fn serve(
     who: Peer,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
-    listed: &Entry,
+    listed: Arc<Entry>,
 ) -> u64 {
+    let listed = &*listed;
     let mut ctx = ctx;
     let _open = ctx.generation.session_opened();
     let peer = who.addr;

@@ -55,7 +55,11 @@ struct Pool {
     size: usize,
     /// One permit per connection the pool may hold; waiting is first come, first served.
     permits: Semaphore,
-    idle: Mutex<Vec<UpstreamConn>>,
+    // Boxed like a session's slot (`Option<Box<UpstreamConn>>`, boxed so an idle session
+    // holds 8 bytes, not 288): a connection moves between the pool and an exchange's slot as
+    // a pointer, with no allocation per exchange.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<UpstreamConn>>>,
 }
 
 /// What an exchange waits for after sending.
@@ -149,7 +153,7 @@ impl Upstream {
     /// On any error the connection involved is closed.
     pub async fn exchange(
         &self,
-        paired: &mut Option<UpstreamConn>,
+        paired: &mut Option<Box<UpstreamConn>>,
         frame: &Frame,
         control_id: &[u8],
         with: PairedWith<'_>,
@@ -164,7 +168,7 @@ impl Upstream {
     /// whatever the receiver sends later is the session's to relay.
     pub async fn send_only(
         &self,
-        paired: &mut Option<UpstreamConn>,
+        paired: &mut Option<Box<UpstreamConn>>,
         frame: &Frame,
         with: PairedWith<'_>,
     ) -> Result<(), UpstreamError> {
@@ -175,7 +179,7 @@ impl Upstream {
 
     async fn exchange_or_send(
         &self,
-        paired: &mut Option<UpstreamConn>,
+        paired: &mut Option<Box<UpstreamConn>>,
         frame: &Frame,
         control_id: &[u8],
         with: PairedWith<'_>,
@@ -224,7 +228,7 @@ impl Upstream {
 
     async fn exchange_on(
         &self,
-        slot: &mut Option<UpstreamConn>,
+        slot: &mut Option<Box<UpstreamConn>>,
         frame: &Frame,
         control_id: &[u8],
         mut with: PairedWith<'_>,
@@ -238,7 +242,7 @@ impl Upstream {
             if let Some(conn) = slot.take() {
                 // Boxed: closing (a TLS close_notify under a timeout) is rare and would
                 // otherwise be the largest state of every exchange.
-                Box::pin(self.close_idle(conn)).await;
+                Box::pin(self.close_idle(*conn)).await;
             }
         }
         if slot
@@ -250,7 +254,7 @@ impl Upstream {
         loop {
             let conn = match slot {
                 Some(conn) => conn,
-                None => slot.insert(self.connect_for(with.origin).await?),
+                None => slot.insert(Box::new(self.connect_for(with.origin).await?)),
             };
             let was_fresh = std::mem::replace(&mut conn.fresh, false);
             // Sets `last_used` on success; on failure the connection is dropped below.
@@ -322,12 +326,12 @@ impl Upstream {
     /// `idle_reopen: at-once` on a paired slot: replaces a connection quiet for
     /// `idle_reconnect` with a new one now (left empty if the connect fails; the next message
     /// tries again).
-    pub async fn reopen_idle(&self, slot: &mut Option<UpstreamConn>) {
+    pub async fn reopen_idle(&self, slot: &mut Option<Box<UpstreamConn>>) {
         if let Some(conn) = slot.take() {
-            self.close_idle(conn).await;
+            self.close_idle(*conn).await;
         }
         match self.connect().await {
-            Ok(conn) => *slot = Some(conn),
+            Ok(conn) => *slot = Some(Box::new(conn)),
             Err(err) => {
                 tracing::debug!(route = %self.connector.route(), upstream = %self.cfg().role, error = %err, "reopening an idle upstream connection failed; the next message will try again")
             }
@@ -349,7 +353,7 @@ impl Upstream {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(tick) => {}
             }
-            let stale: Vec<UpstreamConn> = {
+            let stale: Vec<Box<UpstreamConn>> = {
                 let mut conns = pool.idle.lock().await;
                 let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *conns)
                     .into_iter()
@@ -358,9 +362,9 @@ impl Upstream {
                 old
             };
             for conn in stale {
-                self.close_idle(conn).await;
+                self.close_idle(*conn).await;
                 if let Ok(fresh) = self.connect().await {
-                    pool.idle.lock().await.push(fresh);
+                    pool.idle.lock().await.push(Box::new(fresh));
                 }
             }
         }
@@ -437,7 +441,7 @@ impl Upstream {
         let Some(pool) = &self.pool else {
             return (0, 0);
         };
-        let old: Vec<UpstreamConn> = std::mem::take(&mut *pool.idle.lock().await);
+        let old: Vec<Box<UpstreamConn>> = std::mem::take(&mut *pool.idle.lock().await);
         let closed = old.len();
         for conn in old {
             conn.close().await;
@@ -446,7 +450,7 @@ impl Upstream {
         for _ in 0..closed.max(1) {
             match self.connect().await {
                 Ok(conn) => {
-                    pool.idle.lock().await.push(conn);
+                    pool.idle.lock().await.push(Box::new(conn));
                     opened += 1;
                 }
                 Err(err) => {
