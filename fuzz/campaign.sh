@@ -4,7 +4,7 @@
 # in fuzz/corpus/<target>/, then the table of the run (target, executions, coverage, crashes)
 # written into RELIABILITY.md between its "fuzz campaign" markers. A crash stops nothing: the
 # next target runs, the crash input stays in fuzz/artifacts/<target>/, and the script exits 1.
-# Usage: [RUNS=N] [JOBS=N] fuzz/campaign.sh [MINUTES] [TARGET...]   (run from anywhere; needs nightly, like smoke.sh)
+# Usage: [RUNS=N] [JOBS=N] [SANITIZER=none|address] fuzz/campaign.sh [MINUTES] [TARGET...]   (run from anywhere; needs nightly, like smoke.sh)
 set -uo pipefail
 
 MINUTES="${1:-10}"
@@ -40,6 +40,8 @@ esac
 # short runs of fuzz/smoke.sh (and so CI) keep ASan.
 SANITIZER="${SANITIZER:-none}"
 per_job=$(( (RUNS + JOBS - 1) / JOBS ))
+# The commit the run began on: a target built after a commit made meanwhile fuzzes that one.
+first_commit=$(git rev-parse --short HEAD)
 
 # One target: JOBS workers, each with its own log $LOGS/<target>.<n>.log, then one line
 # "took failures" in $LOGS/<target>.done.
@@ -79,7 +81,7 @@ for target in "${TARGETS[@]}"; do
 done
 
 table="<!-- fuzz campaign: written by fuzz/campaign.sh; do not edit by hand -->
-Run \`RUNS=$RUNS JOBS=$JOBS bash fuzz/campaign.sh $MINUTES\` (each target until $RUNS runs over $JOBS workers or $MINUTES min; sanitizer: $SANITIZER) on $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD), $(nproc) CPUs, $(rustc +nightly --version | cut -d' ' -f1-2):
+Run \`RUNS=$RUNS JOBS=$JOBS bash fuzz/campaign.sh $MINUTES\` (each target until $RUNS runs over $JOBS workers or $MINUTES min; sanitizer: $SANITIZER) on $(date -u +%Y-%m-%d), $(last=$(git rev-parse --short HEAD); if [ "$last" = "$first_commit" ]; then echo "commit $last"; else echo "commits $first_commit to $last (HEAD moved during the run)"; fi), $(nproc) CPUs, $(rustc +nightly --version | cut -d' ' -f1-2):
 
 | target | time | executions | coverage (edges) | corpus files | crashes |
 |---|---|---|---|---|---|
