@@ -19,7 +19,7 @@ use crate::custody::{Custody, SenderId};
 use crate::net::proxy_protocol::Origin;
 use crate::outcome::{Answer, Fault as _};
 use crate::upstream::crossing::{self, ExchangeEnd, SessionEnd, ToReceiver};
-use crate::upstream::{PairedWith, Upstream, UpstreamConn, UpstreamError};
+use crate::upstream::{ConnSlot, PairedWith, Upstream, UpstreamConn, UpstreamError};
 use crate::wire::ack;
 use crate::wire::codec::{Decoded, Frame};
 use crate::wire::hl7::{AckCode, Header};
@@ -111,10 +111,8 @@ impl Dispatch {
 pub struct Lanes {
     /// The upstream of a forward route with paired connections (the receiver may send on it).
     paired: Option<Arc<Upstream>>,
-    /// Boxed: a connection (288 bytes) is opened at the first message, so a connection that
-    /// sends nothing holds 72 bytes of lanes instead of 352 (issue 22: idle memory).
-    route: Option<Box<UpstreamConn>>,
-    named: HashMap<String, Option<Box<UpstreamConn>>>,
+    route: ConnSlot,
+    named: HashMap<String, ConnSlot>,
     /// Two-way: the exchanges' end of the side channel.
     crossing: Option<ExchangeEnd>,
 }
@@ -242,7 +240,7 @@ impl Lanes {
 async fn forward(
     upstream: &Upstream,
     on_upstream_failure: OnUpstreamFailure,
-    slot: &mut Option<Box<UpstreamConn>>,
+    slot: &mut ConnSlot,
     frame: &Frame,
     to: (&Header<'_>, Option<&Header<'_>>),
     with: PairedWith<'_>,

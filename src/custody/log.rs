@@ -226,7 +226,7 @@ impl LogDrainer {
         let route = &self.route;
         let retry = self.cfg.retry;
         let mut backoff = Backoff::new(retry.initial, retry.max);
-        let mut conn: Option<Box<crate::upstream::UpstreamConn>> = None;
+        let mut conn: crate::upstream::ConnSlot = None;
         let mut front = Front::default();
         // When acks not yet in the cursor on disk are due to be persisted (`ACK_SETTLE`).
         let mut settle_at: Option<tokio::time::Instant> = None;

@@ -26,6 +26,11 @@ pub use conn::{UpstreamConn, VerifiedAck};
 pub use crossing::ExchangeEnd;
 pub use error::UpstreamError;
 
+/// Where a session or a drainer keeps its own upstream connection, empty until the first
+/// message opens one. Boxed: an `UpstreamConn` is 288 bytes, which every idle sender connection
+/// would otherwise hold inline before it sent anything (issue 22: idle memory).
+pub type ConnSlot = Option<Box<UpstreamConn>>;
+
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,9 +60,8 @@ struct Pool {
     size: usize,
     /// One permit per connection the pool may hold; waiting is first come, first served.
     permits: Semaphore,
-    // Boxed like a session's slot (`Option<Box<UpstreamConn>>`, boxed so an idle session
-    // holds 8 bytes, not 288): a connection moves between the pool and an exchange's slot as
-    // a pointer, with no allocation per exchange.
+    // Boxed like a [`ConnSlot`]: a connection moves between the pool and an exchange's slot
+    // as a pointer, with no allocation per exchange.
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<UpstreamConn>>>,
 }
@@ -153,7 +157,7 @@ impl Upstream {
     /// On any error the connection involved is closed.
     pub async fn exchange(
         &self,
-        paired: &mut Option<Box<UpstreamConn>>,
+        paired: &mut ConnSlot,
         frame: &Frame,
         control_id: &[u8],
         with: PairedWith<'_>,
@@ -168,7 +172,7 @@ impl Upstream {
     /// whatever the receiver sends later is the session's to relay.
     pub async fn send_only(
         &self,
-        paired: &mut Option<Box<UpstreamConn>>,
+        paired: &mut ConnSlot,
         frame: &Frame,
         with: PairedWith<'_>,
     ) -> Result<(), UpstreamError> {
@@ -179,7 +183,7 @@ impl Upstream {
 
     async fn exchange_or_send(
         &self,
-        paired: &mut Option<Box<UpstreamConn>>,
+        paired: &mut ConnSlot,
         frame: &Frame,
         control_id: &[u8],
         with: PairedWith<'_>,
@@ -228,7 +232,7 @@ impl Upstream {
 
     async fn exchange_on(
         &self,
-        slot: &mut Option<Box<UpstreamConn>>,
+        slot: &mut ConnSlot,
         frame: &Frame,
         control_id: &[u8],
         mut with: PairedWith<'_>,
@@ -326,7 +330,7 @@ impl Upstream {
     /// `idle_reopen: at-once` on a paired slot: replaces a connection quiet for
     /// `idle_reconnect` with a new one now (left empty if the connect fails; the next message
     /// tries again).
-    pub async fn reopen_idle(&self, slot: &mut Option<Box<UpstreamConn>>) {
+    pub async fn reopen_idle(&self, slot: &mut ConnSlot) {
         if let Some(conn) = slot.take() {
             self.close_idle(*conn).await;
         }

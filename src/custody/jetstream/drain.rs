@@ -168,7 +168,7 @@ struct StreamDrainer<'a> {
     consumer: consumer::PullConsumer,
     js: jetstream::Context,
     delivery: &'a DrainContext,
-    conn: Option<Box<crate::upstream::UpstreamConn>>,
+    conn: crate::upstream::ConnSlot,
     /// What the last failed attempt at a stream sequence got (for a dead letter's reason).
     last_failure: Option<(u64, String)>,
     /// The stream sequence of the last message this guard failed to send at all (refused
