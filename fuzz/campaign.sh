@@ -68,6 +68,9 @@ for target in "${TARGETS[@]}"; do
 done
 
 failed=0
+last_commit=$(git rev-parse --short HEAD)
+if [ "$last_commit" = "$first_commit" ]; then commits="$last_commit"; else commits="$first_commit..$last_commit"; fi
+run="$(date -u +%Y-%m-%d), $commits, ${JOBS} workers, $SANITIZER, cap ${RUNS} runs or ${MINUTES} min"
 rows=""
 for target in "${TARGETS[@]}"; do
   read -r took status <"$LOGS/$target.done"
@@ -77,27 +80,57 @@ for target in "${TARGETS[@]}"; do
   corpus=$(ls "fuzz/corpus/$target" | wc -l)
   if [ "$status" -eq 0 ]; then crashes=0; else crashes=$status; failed=1; tail -30 "$LOGS/$target".*.log >&2; fi
   printf '%s: %s executions, coverage %s, %s crashes\n' "$target" "${execs:-?}" "${cov:-?}" "$crashes" >&2
-  rows+="| \`$target\` | $((took / 60)) min $((took % 60)) s | ${execs:-?} | ${cov:-?} | ${corpus} | ${crashes} |"$'\n'
+  rows+="| \`$target\` | $run | $((took / 60)) min $((took % 60)) s | ${execs:-?} | ${cov:-?} | ${corpus} | ${crashes} |"$'\n'
 done
 
-table="<!-- fuzz campaign: written by fuzz/campaign.sh; do not edit by hand -->
-Run \`RUNS=$RUNS JOBS=$JOBS bash fuzz/campaign.sh $MINUTES\` (each target until $RUNS runs over $JOBS workers or $MINUTES min; sanitizer: $SANITIZER) on $(date -u +%Y-%m-%d), $(last=$(git rev-parse --short HEAD); if [ "$last" = "$first_commit" ]; then echo "commit $last"; else echo "commits $first_commit to $last (HEAD moved during the run)"; fi), $(nproc) CPUs, $(rustc +nightly --version | cut -d' ' -f1-2):
-
-| target | time | executions | coverage (edges) | corpus files | crashes |
-|---|---|---|---|---|---|
-${rows}<!-- end fuzz campaign -->"
-python3 - "$table" <<'PY'
+# The table keeps one row per target: a run replaces the rows of the targets it ran and leaves
+# the others as their last run wrote them (each row names its run), so fuzzing one target again
+# never erases what the others recorded.
+python3 - "$rows" "$(nproc)" "$(rustc +nightly --version | cut -d' ' -f1-2)" <<'PY'
 import sys, re
-table = sys.argv[1]
+new_rows, cpus, rustc = sys.argv[1:4]
 path = "RELIABILITY.md"
 text = open(path).read()
 start, end = "<!-- fuzz campaign:", "<!-- end fuzz campaign -->"
+header = "| target | run (date, commit, workers, sanitizer, cap) | time | executions | coverage (edges) | corpus files | crashes |"
+rows = {}
 if start in text:
     a = text.index(start)
     b = text.index(end) + len(end)
-    text = text[:a] + table + text[b:]
+    old = text[a:b]
+    cells = [l for l in old.splitlines() if l.startswith("| `")]
+    for line in cells:
+        target = line.split("`")[1]
+        parts = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(parts) == 6:
+            # A row of the older layout: its run was named once, above the table.
+            m = re.search(r"on (\d{4}-\d{2}-\d{2}), commits? ([0-9a-f]+(?: to [0-9a-f]+)?)", old)
+            w = re.search(r"JOBS=(\d+)", old)
+            s = re.search(r"sanitizer: (\w+)", old)
+            cap = re.search(r"until (\d+) runs over \d+ workers or (\d+) min", old)
+            run = ", ".join([m.group(1) if m else "?", m.group(2).replace(" to ", "..") if m else "?",
+                             f"{w.group(1) if w else 1} workers", s.group(1) if s else "?",
+                             f"cap {cap.group(1)} runs or {cap.group(2)} min" if cap else "cap ?"])
+            parts.insert(1, run)
+        rows[target] = "| " + " | ".join(parts) + " |"
 else:
+    a = b = None
+for line in new_rows.splitlines():
+    if line.startswith("| `"):
+        rows[line.split("`")[1]] = line
+table = (
+    "<!-- fuzz campaign: written by fuzz/campaign.sh; do not edit by hand -->\n"
+    "Each row is the last campaign run of its target. `RUNS=R JOBS=N bash fuzz/campaign.sh MINUTES [TARGET...]` "
+    "runs each target until R inputs over N workers or MINUTES, whichever comes first; the row names the run's "
+    f"date, commit, workers, sanitizer and cap. Latest run on {cpus} CPUs with {rustc}.\n\n"
+    + header + "\n|---|---|---|---|---|---|---|\n"
+    + "".join(rows[t] + "\n" for t in sorted(rows))
+    + end
+)
+if a is None:
     text = text.rstrip() + "\n\n## Fuzzing\n\n" + table + "\n"
+else:
+    text = text[:a] + table + text[b:]
 open(path, "w").write(text)
 PY
 exit "$failed"

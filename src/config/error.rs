@@ -201,9 +201,16 @@ pub(super) fn without_consequences_of_unknown_keys(errors: Vec<ConfigError>) -> 
 }
 
 /// The candidate closest to `word` by edit distance, when close enough to be a typo.
+///
+/// Only candidates within 3 characters of `word`'s length are measured: the distance is at least
+/// the difference in length, and nothing farther than 3 is suggested. That also keeps a
+/// pathological key (thousands of characters, as a fuzzer writes) from costing a quadratic
+/// comparison with every known key.
 pub(super) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let len = word.chars().count();
     candidates
         .iter()
+        .filter(|c| c.chars().count().abs_diff(len) <= 3)
         .map(|c| (edit_distance(word, c), *c))
         .filter(|(d, c)| {
             let shared_prefix = word
@@ -217,16 +224,18 @@ pub(super) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
         .map(|(_, c)| c)
 }
 
+/// Levenshtein distance by characters, over two reused rows.
 pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur: Vec<usize> = vec![0; b.len() + 1];
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
+        cur[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
-        prev = cur;
+        std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 
-use super::error::closest;
+use super::error::{closest, edit_distance};
 use super::model::DEFAULT_DEAD_LETTERS;
 use super::scalars::{parse_byte, parse_frame_size, parse_route_name, parse_size};
 use super::validator::listen_clash;
@@ -1213,6 +1213,15 @@ fn a_config_error_without_position_or_path_displays_compactly() {
 fn edit_distance_suggestions_stay_close() {
     assert_eq!(closest("listne", &["name", "listen"]), Some("listen"));
     assert_eq!(closest("zzz", &["name", "listen"]), None);
+    // The length filter changes no answer: a far-longer word was never within 3 edits.
+    assert_eq!(
+        closest("max_message_byte", &["max_message_bytes"]),
+        Some("max_message_bytes")
+    );
+    assert_eq!(closest(&"x".repeat(5000), &["name", "listen"]), None);
+    assert_eq!(edit_distance("kitten", "sitting"), 3);
+    assert_eq!(edit_distance("", "abc"), 3);
+    assert_eq!(edit_distance("abc", ""), 3);
 }
 
 /// The session example of issue 4, verbatim apart from the `allow` line the relay core
