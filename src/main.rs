@@ -845,6 +845,7 @@ fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
         LogFormat::Text => registry
             .with(
                 fmt.fmt_fields(log_format::PlainFields)
+                    .event_format(log_format::PlainLine::new(log_format::UtcMicros))
                     .with_filter(stderr_filter),
             )
             .init(),

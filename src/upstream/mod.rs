@@ -281,7 +281,7 @@ impl Upstream {
             match result {
                 Ok(reply) => {
                     self.connector.healthy();
-                    crate::ops::notify::upstream_answered(self.connector.route(), &self.address());
+                    crate::ops::notify::upstream_answered(self.connector.route(), &self.cfg().role);
                     return Ok(reply);
                 }
                 Err(err) => {

@@ -244,3 +244,124 @@ fn a_value_cannot_forge_a_key_or_a_line_in_the_text_format() {
         "{ours}"
     );
 }
+
+/// The lines `emit` writes through our text line (`ours`) or tracing-subscriber's `Full`
+/// format, both with our field formatter, a fixed time and no colours.
+fn text_lines(ours: bool, emit: impl FnOnce()) -> String {
+    let out = Captured::default();
+    let builder = tracing_subscriber::fmt()
+        .with_writer(out.clone())
+        .with_ansi(false)
+        .with_timer(Fixed)
+        .with_max_level(tracing::Level::TRACE)
+        .fmt_fields(PlainFields);
+    if ours {
+        let subscriber = builder.event_format(PlainLine::new(Fixed)).finish();
+        tracing::subscriber::with_default(subscriber, emit);
+    } else {
+        tracing::subscriber::with_default(builder.finish(), emit);
+    }
+    let bytes = out.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn text_lines_are_what_the_full_format_writes_without_colours() {
+    let emit = || {
+        emit_every_kind_of_field("ID \"7\" \\ é\t\r\n\x1b");
+        tracing::trace!(target: "a::b", n = 1u64, "trace");
+        tracing::debug!("debug");
+        tracing::error!(target: "mllp_guard::x", reason = "r", "error");
+    };
+    let ours = text_lines(true, emit);
+    assert_eq!(ours, text_lines(false, emit));
+    assert_eq!(ours.lines().count(), 6, "{ours}");
+    assert!(
+        ours.starts_with(
+            "2026-11-22T13:45:00.123456Z  INFO mllp_guard::audit: message route=\"adt\""
+        ),
+        "{ours}"
+    );
+    // A clock that fails: the line is still written, as `Full` writes it.
+    #[derive(Clone)]
+    struct Broken;
+    impl FormatTime for Broken {
+        fn format_time(&self, _: &mut Writer<'_>) -> fmt::Result {
+            Err(fmt::Error)
+        }
+    }
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(out.clone())
+        .with_ansi(false)
+        .fmt_fields(PlainFields)
+        .event_format(PlainLine::new(Broken))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || tracing::warn!(k = 1u64, "late"));
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.ends_with("<unknown time>  WARN mllp_guard::ops::log_format::tests: late k=1\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_cached_timestamp_is_humantimes() {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let base = UNIX_EPOCH + Duration::from_secs(1_796_600_000);
+    let times = [
+        base,
+        base + Duration::from_micros(1),
+        base + Duration::from_micros(999_999),
+        base + Duration::from_secs(1),
+        base + Duration::from_secs(86_400 * 366) + Duration::from_micros(120_034),
+        base + Duration::from_micros(1),
+        UNIX_EPOCH,
+        SystemTime::now(),
+    ];
+    for t in times {
+        let mut ours = String::new();
+        write_timestamp(&mut ours, t).unwrap();
+        assert_eq!(ours, humantime::format_rfc3339_micros(t).to_string());
+    }
+    // Before 1970: an error (written as `<unknown time>`), not humantime's panic.
+    let before = UNIX_EPOCH - Duration::from_secs(1);
+    assert!(write_timestamp(&mut String::new(), before).is_err());
+}
+
+#[test]
+fn thousandths_are_written_as_the_float_formatter_writes_them() {
+    let mut checked = 0;
+    let mut check = |value: f64| {
+        let mut text = [0u8; 32];
+        if let Some(ours) = thousandths(value, &mut text) {
+            assert_eq!(ours, format!("{value:?}"), "{value}");
+            checked += 1;
+        }
+    };
+    for micros in (0..200_000u64).chain([999_999, 1_000_000, 1_000_001, 59_999_999_999]) {
+        check(micros as f64 / 1000.0);
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..200_000 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        check((state >> 24) as f64 / 1000.0);
+        check(f64::from_bits(state));
+    }
+    for value in [
+        0.0,
+        -1.0,
+        1e-7,
+        0.0005,
+        1e12,
+        1e13,
+        0.1 + 0.2,
+        f64::NAN,
+        f64::INFINITY,
+    ] {
+        check(value);
+    }
+    assert!(checked > 399_000, "{checked}");
+}

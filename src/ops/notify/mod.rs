@@ -279,12 +279,13 @@ pub fn upstream_ack_timeout(label: &str, address: &str, error: &str) {
     );
 }
 
-/// The upstream answered a message (called per message: free while every upstream is up).
-pub fn upstream_answered(label: &str, address: &str) {
+/// The upstream answered a message (called per message: free while every upstream is up, so
+/// the address is written out only when an upstream is down).
+pub fn upstream_answered(label: &str, address: &dyn std::fmt::Display) {
     if DOWN_COUNT.load(Ordering::Relaxed) == 0 {
         return;
     }
-    upstream_reach(label, address, Reach::Answered);
+    upstream_reach(label, &address.to_string(), Reach::Answered);
 }
 
 // ---------------------------------------------------------------------------------------------
