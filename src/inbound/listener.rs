@@ -5,11 +5,13 @@
 //! The accept loop only accepts and admits: nothing slow runs in it. It survives accept errors
 //! (pausing when out of file descriptors instead of spinning). Must not know framing or delivery.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -109,9 +111,12 @@ pub async fn accept_loop(
             destination: tcp.local_addr().unwrap_or(peer),
         };
         let open = count_accepted(&ctx, peer);
+        // Made before the task, so the task holds the future and the permits, not also the
+        // arguments it was made from.
+        let served = serve_connection(tcp, origin, None, ctx, shutdown);
         tracker.spawn(async move {
             let _permits = (permit, source, open);
-            serve_connection(tcp, origin, None, ctx, shutdown).await;
+            served.await;
         });
     }
 }
@@ -209,37 +214,59 @@ async fn read_proxy_header(
     None
 }
 
-/// TLS handshake (if the route has TLS) under `handshake_timeout`, then the session.
+/// TLS handshake (if the route has TLS) under `handshake_timeout`, then the session; the
+/// future's output is the number of messages the session served (0 when the handshake failed).
 /// `proxy`: the balancer whose PROXY header named `origin`.
-async fn serve_connection(
+///
+/// A plain function returning the future, as [`serve_listed`] is and for the same reason: an
+/// `async fn` keeps its arguments (the socket, both addresses, the route, the stop token)
+/// beside what it moved them into for the connection's whole life. A plaintext connection's
+/// task holds the listed session and nothing else; a TLS one's handshake and listing are boxed
+/// (a second allocation per TLS connection, beside the handshake's own).
+fn serve_connection(
     tcp: TcpStream,
     origin: Origin,
     proxy: Option<SocketAddr>,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
-) {
-    let peer = origin.source;
-    let stream = match &ctx.route.tls {
-        None => Stream::Plain(tcp),
+) -> impl Future<Output = u64> + Send + 'static {
+    if ctx.route.tls.is_none() {
+        let stream = Stream::Plain(tcp);
+        return Either::Left(serve_listed(
+            stream,
+            peer_of(origin, proxy, None),
+            None,
+            ctx,
+            shutdown,
+        ));
+    }
+    Either::Right(Box::pin(async move {
+        let Some(tls) = &ctx.route.tls else {
+            return 0;
+        };
+        let peer = origin.source;
         // Boxed: a handshake in progress holds a whole rustls connection (over 1 KiB). On the
-        // heap it lives only while the handshake runs, instead of sizing every connection's
-        // task, plaintext ones too, for their whole life (issue 7: idle memory per connection).
-        Some(tls) => match Box::pin(handshake(tcp, tls, &ctx, peer, proxy, &shutdown)).await {
-            Some(stream) => stream,
-            None => return,
-        },
-    };
-    let who = Peer {
-        addr: peer,
+        // heap it lives only while the handshake runs, instead of sizing the connection's task
+        // for its whole life (issue 7: idle memory per connection).
+        let Some(stream) = Box::pin(handshake(tcp, tls, &ctx, peer, proxy, &shutdown)).await else {
+            return 0;
+        };
+        let who = peer_of(origin, proxy, Some(&stream));
+        tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), identity = who.identity(), "TLS session established");
+        let tls = stream.tls_summary();
+        serve_listed(stream, who, tls, ctx, shutdown).await
+    }))
+}
+
+/// The sender as the session knows it: its address (and the balancer's), our address, and the
+/// identities its TLS certificate names (none for plaintext).
+fn peer_of(origin: Origin, proxy: Option<SocketAddr>, tls: Option<&Stream>) -> Peer {
+    Peer {
+        addr: origin.source,
         local: origin.destination,
         proxy,
-        identities: stream.peer_identities(),
-    };
-    if ctx.route.tls.is_some() {
-        tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), identity = who.identity(), "TLS session established");
+        identities: tls.map(Stream::peer_identities).unwrap_or_default(),
     }
-    let tls = stream.tls_summary();
-    serve_listed(stream, who, tls, ctx, shutdown).await;
 }
 
 /// Lists the connection for the console while its session runs; the console can end it after
@@ -257,7 +284,7 @@ pub(crate) fn serve_listed(
     tls: Option<(String, String)>,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
-) -> impl std::future::Future<Output = u64> + Send + 'static {
+) -> impl Future<Output = u64> + Send + 'static {
     let close = shutdown.child_token();
     let tls = tls.map(|(version, cipher)| TlsInfo { version, cipher });
     let listed = connections::register(
