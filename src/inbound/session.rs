@@ -162,363 +162,374 @@ fn answering(answer: &Answer, listed: &Entry) -> usize {
 /// it carried (both directions). A reload reaches it between messages: it is checked against
 /// the new config and either closed (after its in-flight message) or served under the new
 /// rules, limits and upstream from its next message.
-pub async fn serve(
+// Written out, not `async fn`: see the comment on the block (it is measured, not style).
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
     stream: Stream,
     who: Peer,
     ctx: Arc<RouteContext>,
     shutdown: CancellationToken,
     listed: Arc<Entry>,
-) -> u64 {
-    let listed = &*listed;
-    let mut ctx = ctx;
-    let _open = ctx.generation.session_opened();
-    let peer = who.addr;
-    let mut link = Link::with_framing(stream, ctx.route.max_message_bytes, ctx.route.framing)
-        .with_budget(crate::wire::budget::Budget::shared().clone());
-    // Boxed: a two-way delivery takes the lanes along (a pointer moved, not the lanes).
-    let mut lanes = Box::new(Lanes::new(&ctx.dispatch, ctx.route.upstream.connections));
-    // Both directions of a paired forward route: each with one message in flight, neither
-    // waiting for the other's ack (made at the first message; `None` on other routes).
-    let mut two_way: Option<Box<TwoWay<'_>>> = None;
-    // MLLP release 2 towards the sender: copies of a frame our commit ACK already answered.
-    let mut resends = commit::Resends::default();
-    let mut frame_started: Option<Instant> = None;
-    // When the sender last sent anything; read from the clock only for an `idle_timeout`.
-    let mut last_read = Instant::now();
-    let heard_from_sender = |ctx: &RouteContext, last_read: &mut Instant| {
-        if ctx.route.idle_timeout.is_some() {
-            *last_read = Instant::now();
-        }
-    };
-    let mut messages = 0u64;
-    // Resolves when a reload replaces the route's context; `None` once the route has ended.
-    let mut reloaded = Some(Box::pin(ctx.generation.replaced()));
+) -> impl std::future::Future<Output = u64> + Send + 'static {
+    // An async block, not an async fn: an async fn keeps its arguments beside the locals it
+    // moves them into (the peer twice, 120 bytes, for the connection's whole life); the block
+    // uses what it captured in place.
+    async move {
+        let listed = &*listed;
+        let mut ctx = ctx;
+        let _open = ctx.generation.session_opened();
+        let peer = who.addr;
+        let mut link = Link::with_framing(stream, ctx.route.max_message_bytes, ctx.route.framing)
+            .with_budget(crate::wire::budget::Budget::shared().clone());
+        // Boxed: a two-way delivery takes the lanes along (a pointer moved, not the lanes).
+        let mut lanes = Box::new(Lanes::new(&ctx.dispatch, ctx.route.upstream.connections));
+        // Both directions of a paired forward route: each with one message in flight, neither
+        // waiting for the other's ack (made at the first message; `None` on other routes).
+        let mut two_way: Option<Box<TwoWay<'_>>> = None;
+        // MLLP release 2 towards the sender: copies of a frame our commit ACK already answered.
+        let mut resends = commit::Resends::default();
+        let mut frame_started: Option<Instant> = None;
+        // When the sender last sent anything; read from the clock only for an `idle_timeout`.
+        let mut last_read = Instant::now();
+        let heard_from_sender = |ctx: &RouteContext, last_read: &mut Instant| {
+            if ctx.route.idle_timeout.is_some() {
+                *last_read = Instant::now();
+            }
+        };
+        let mut messages = 0u64;
+        // Resolves when a reload replaces the route's context; `None` once the route has ended.
+        let mut reloaded = Some(Box::pin(ctx.generation.replaced()));
 
-    // The idle and receive timeouts' timer, moved lazily rather than set anew for every read
-    // (allocated only if one of them is ever armed).
-    let mut read_timer = DeadlineTimer::default();
-    // `idle_reopen: at-once`: when the paired upstream connection has been quiet too long.
-    let mut idle_upstream_timer = DeadlineTimer::default();
-    // One shutdown waiter for the whole session: a new `cancelled()` per message would register
-    // with (and leave) the token's waiter list, under its lock, twice per message.
-    let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
+        // The idle and receive timeouts' timer, moved lazily rather than set anew for every read
+        // (allocated only if one of them is ever armed).
+        let mut read_timer = DeadlineTimer::default();
+        // `idle_reopen: at-once`: when the paired upstream connection has been quiet too long.
+        let mut idle_upstream_timer = DeadlineTimer::default();
+        // One shutdown waiter for the whole session: a new `cancelled()` per message would register
+        // with (and leave) the token's waiter list, under its lock, twice per message.
+        let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
 
-    // An event already waited for (two-way: the first after a delivery started).
-    let mut ready: Option<Event> = None;
-    let end = 'session: loop {
-        // Answer every complete frame already read (set aside first) before reading again.
-        loop {
-            let item = if two_way.as_ref().is_some_and(|tw| tw.forwarding()) {
-                // Two-way, while the sender's message is in flight: its next messages wait
-                // their turn where they are (set aside or in the buffer, in order); only its
-                // answer to the receiver's message in flight is looked for among them.
-                let Some(tw) = two_way.as_deref().filter(|tw| tw.reversing()) else {
-                    break;
-                };
-                let release2 = ctx.route.release == MllpRelease::Two;
-                let before = link.set_aside_len();
-                let taken = link
-                    .take_ahead(|item| (release2 && commit::is_commit(item)) || tw.overtakes(item));
-                if link.set_aside_len() != before {
-                    frame_started = None; // frames came out: one under way now is a new one
-                }
-                match taken {
-                    Some(item) => item,
-                    None => break,
-                }
-            } else {
-                match link.take_set_aside().or_else(|| link.try_decode()) {
-                    Some(item) => item,
-                    None => break,
-                }
-            };
-            frame_started = None;
-            let release2 = ctx.route.release == MllpRelease::Two;
-            if release2 && commit::is_commit(&item) {
-                continue; // a commit block nothing waits for (e.g. a repeated one)
-            }
-            // Two-way: the sender's ack of the receiver's message in flight goes to the
-            // receiver, and a late ack of an earlier one is dropped.
-            if let Some(tw) = two_way.as_deref_mut() {
-                match tw.classify(&item) {
-                    FromSender::Answer => {
-                        let answered = tw.sender_answered(&ctx, &mut link, &mut lanes, item, &who);
-                        if let Err(lost) = Box::pin(answered).await {
-                            break 'session lost_end(lost);
-                        }
-                        continue;
-                    }
-                    FromSender::StrayAck => {
-                        crate::inbound::two_way::stray_ack(&ctx, &item, &who);
-                        continue;
-                    }
-                    FromSender::Message => {}
-                }
-            }
-            if let (true, Decoded::Frame(frame)) = (release2, &item) {
-                if resends.is_copy(frame.payload()) {
-                    commits::audit_copy(&ctx, frame, &who);
-                    continue;
-                }
-            }
-            let idle_both_ways = two_way.as_ref().is_none_or(|tw| tw.idle());
-            if ctx.generation.is_replaced() && reloaded.is_some() && idle_both_ways {
-                match follow_reload(&mut ctx, &mut lanes, &link, &who) {
-                    Ok(Some(next)) => reloaded = Some(next),
-                    Ok(None) => reloaded = None,
-                    Err(end) => break 'session end,
-                }
-                rewire(&mut two_way, &mut lanes);
-            }
-            messages += 1;
-            listed.message();
-            listed.set_state(State::AwaitingAck);
-            if two_way.is_none() && lanes.two_way() {
-                // At the first message: no idle connection carries the two-way state.
-                two_way = TwoWay::new(&mut lanes);
-            }
-            let item = match (item, two_way.as_deref_mut()) {
-                // Two-way: the delivery runs beside the other direction, holding the lanes.
-                (Decoded::Frame(frame), Some(tw)) => {
-                    let lent = std::mem::replace(&mut lanes, tw.spare_lanes());
-                    tw.start_forward(forwarding(&ctx, lent, frame, &who));
-                    // With the reverse direction idle nothing but the delivery and the
-                    // receiver's own frames can happen (the sender is not read meanwhile, as
-                    // on any connection): wait for them here, without the full select.
-                    if !tw.reversing() {
-                        let happened = std::future::poll_fn(|cx| tw.poll_event(cx)).await;
-                        ready = Some(Event::TwoWay(happened));
+        // An event already waited for (two-way: the first after a delivery started).
+        let mut ready: Option<Event> = None;
+        let end = 'session: loop {
+            // Answer every complete frame already read (set aside first) before reading again.
+            loop {
+                let item = if two_way.as_ref().is_some_and(|tw| tw.forwarding()) {
+                    // Two-way, while the sender's message is in flight: its next messages wait
+                    // their turn where they are (set aside or in the buffer, in order); only its
+                    // answer to the receiver's message in flight is looked for among them.
+                    let Some(tw) = two_way.as_deref().filter(|tw| tw.reversing()) else {
                         break;
+                    };
+                    let release2 = ctx.route.release == MllpRelease::Two;
+                    let before = link.set_aside_len();
+                    let taken = link.take_ahead(|item| {
+                        (release2 && commit::is_commit(item)) || tw.overtakes(item)
+                    });
+                    if link.set_aside_len() != before {
+                        frame_started = None; // frames came out: one under way now is a new one
                     }
-                    continue;
-                }
-                (item, _) => item,
-            };
-            let answer = match &item {
-                // Boxed: delivering a message is the largest state a session can be in (about
-                // 2 KiB, most of it the upstream exchange); on the heap only while a message is
-                // in flight, it does not size every idle connection's task (issue 7: one
-                // allocation per message against ~2 KiB per idle connection, BENCHMARKS.md).
-                Decoded::Frame(frame) => {
-                    Box::pin(handle_message(&ctx, &mut lanes, frame, &who)).await
-                }
-                Decoded::Oversize { head, len } => answer_oversize(&ctx, head, *len, &who),
-            };
-            let frame = match &item {
-                Decoded::Frame(frame) => Some(frame),
-                Decoded::Oversize { .. } => None,
-            };
-            let out = answering(&answer, listed);
-            let written = write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
-            if let Err(end) = written.await {
-                break 'session end;
-            }
-            listed.answered(out);
-        }
-        // Then every message the receiver sent on its own, while that direction is free.
-        if let Some(tw) = two_way.as_deref_mut() {
-            let mut relayed_any = false;
-            while tw.next_to_relay(&mut lanes, false) {
-                // Boxed, like the rare paths below: they would otherwise size every session.
-                let relayed = tw.relay_next(&ctx, &mut link, &mut lanes, &who);
-                if let Err(lost) = Box::pin(relayed).await {
-                    break 'session lost_end(lost);
-                }
-                relayed_any = true;
-                messages += 1;
-                listed.message();
-                heard_from_sender(&ctx, &mut last_read);
-            }
-            // Relaying may have read the sender's next frames (release 2, waiting for its
-            // commit): serve them before reading again.
-            if relayed_any {
-                continue 'session;
-            }
-        }
-
-        let forwarding = two_way.as_ref().is_some_and(|tw| tw.forwarding());
-        let reversing = two_way.as_ref().is_some_and(|tw| tw.reversing());
-        let busy = forwarding || reversing;
-        // While only its own message is in flight the sender is not read (backpressure); while
-        // the receiver's is too, it is read for its answer, as long as what it sends meanwhile
-        // has room to wait its turn.
-        let read_sender = !forwarding || (reversing && link.set_aside_len() < MAX_SET_ASIDE);
-        let deadline = if !read_sender {
-            None
-        } else if link.in_frame() {
-            let started = *frame_started.get_or_insert_with(Instant::now);
-            Some(started + ctx.route.receive_timeout)
-        } else if busy {
-            None // the sender is waiting for an answer, not idle
-        } else {
-            ctx.route.idle_timeout.map(|idle| last_read + idle)
-        };
-        let in_frame = link.in_frame();
-        let upstream_in_frame = lanes.receiver_in_frame();
-        let idle_upstream_at = lanes.idle_receiver_deadline().filter(|_| !reversing);
-        let event = if let Some(event) = ready.take() {
-            event
-        } else {
-            let read = async {
-                match deadline {
-                    Some(deadline) => read_timer
-                        .limit(deadline.into(), link.read_more())
-                        .await
-                        .ok(),
-                    None => Some(link.read_more().await),
-                }
-            };
-            // The receiver's own messages wait in its connection while one is in flight.
-            let watch_receiver = lanes.watching_receiver() && !reversing;
-            let receiver = lanes.read_receiver();
-            let idle = async {
-                match idle_upstream_at {
-                    // Nothing to do but wait: this returns (`Err`) when `at` comes.
-                    Some(at) => {
-                        let waited =
-                            idle_upstream_timer.limit(at.into(), std::future::pending::<()>());
-                        let _ = waited.await;
+                    match taken {
+                        Some(item) => item,
+                        None => break,
                     }
-                    None => std::future::pending().await,
-                }
-            };
-            // A poll function: the session carries a reference here, not a future's state.
-            let crossing = std::future::poll_fn(|cx| match two_way.as_deref_mut() {
-                Some(tw) => tw.poll_event(cx),
-                None => std::task::Poll::Pending,
-            });
-            let between_messages = !in_frame && !upstream_in_frame && !busy;
-            let reload = async {
-                match reloaded.as_mut() {
-                    Some(signal) => signal.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = &mut shutdown_signal, if between_messages => Event::Shutdown,
-                _ = reload, if between_messages => Event::Reloaded,
-                happened = crossing, if busy => Event::TwoWay(happened),
-                outcome = read, if read_sender => Event::Sender(outcome),
-                outcome = receiver, if watch_receiver => Event::Receiver(outcome),
-                _ = idle, if idle_upstream_at.is_some() => Event::IdleUpstream,
-            }
-        };
-        match event {
-            Event::Shutdown if listed.close_requested() => break End::Operator,
-            Event::Shutdown => break End::Shutdown,
-            Event::Sender(None) if in_frame => break End::ReceiveTimeout,
-            Event::Sender(None) => break End::IdleTimeout,
-            Event::Sender(Some(Ok(0))) => break End::PeerClosed,
-            Event::Sender(Some(Ok(n))) => {
-                listed.read(n);
-                if link.in_frame() {
-                    listed.set_state(State::Receiving);
-                }
-                heard_from_sender(&ctx, &mut last_read);
-                if messages == 0
-                    && ctx.route.tls.is_none()
-                    && crate::inbound::sniff::looks_like_tls(link.buffered())
-                {
-                    tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
-                    break End::TlsOnPlaintext;
-                }
-            }
-            Event::Sender(Some(Err(err))) => {
-                tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "read from sender failed");
-                break End::ReadError;
-            }
-            Event::Receiver(Ok(0)) | Event::Receiver(Err(_)) => {
-                tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), "the receiver closed the paired connection; the next message opens a new one");
-                lanes.receiver_lost();
-            }
-            Event::Receiver(Ok(_)) => {}
-            Event::IdleUpstream => {
-                Box::pin(lanes.reopen_idle_receiver()).await;
-            }
-            Event::Reloaded => {
-                match follow_reload(&mut ctx, &mut lanes, &link, &who) {
-                    Ok(Some(next)) => reloaded = Some(next),
-                    Ok(None) => reloaded = None,
-                    Err(end) => break end,
-                }
-                rewire(&mut two_way, &mut lanes);
-            }
-            Event::TwoWay(happened) => {
-                let Some(tw) = two_way.as_deref_mut() else {
-                    continue;
+                } else {
+                    match link.take_set_aside().or_else(|| link.try_decode()) {
+                        Some(item) => item,
+                        None => break,
+                    }
                 };
-                match happened {
-                    // Relayed at the top of the loop.
-                    Happened::Arrived => {}
-                    Happened::ReverseDue => Box::pin(tw.reverse_due(&ctx, &mut lanes, &who)).await,
-                    Happened::Forwarded => {
-                        let Some(Forwarded {
-                            answer,
-                            lanes: home,
-                            frame,
-                        }) = tw.take_forwarded()
-                        else {
-                            continue;
-                        };
-                        tw.keep_spare(std::mem::replace(&mut lanes, home));
-                        if let Some(first) = lanes.leftover_answer() {
-                            Box::pin(tw.write_leftovers(&ctx, &mut lanes, first)).await;
-                        }
-                        // What the receiver sent before this ack reaches the sender before it.
-                        while tw.next_to_relay(&mut lanes, true) {
-                            let relayed = tw.relay_next(&ctx, &mut link, &mut lanes, &who);
-                            if let Err(lost) = Box::pin(relayed).await {
+                frame_started = None;
+                let release2 = ctx.route.release == MllpRelease::Two;
+                if release2 && commit::is_commit(&item) {
+                    continue; // a commit block nothing waits for (e.g. a repeated one)
+                }
+                // Two-way: the sender's ack of the receiver's message in flight goes to the
+                // receiver, and a late ack of an earlier one is dropped.
+                if let Some(tw) = two_way.as_deref_mut() {
+                    match tw.classify(&item) {
+                        FromSender::Answer => {
+                            let answered =
+                                tw.sender_answered(&ctx, &mut link, &mut lanes, item, &who);
+                            if let Err(lost) = Box::pin(answered).await {
                                 break 'session lost_end(lost);
                             }
-                            messages += 1;
-                            listed.message();
+                            continue;
                         }
-                        let out = answering(&answer, listed);
-                        let frame = Some(&frame);
-                        let written =
-                            write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
-                        if let Err(end) = written.await {
-                            break 'session end;
+                        FromSender::StrayAck => {
+                            crate::inbound::two_way::stray_ack(&ctx, &item, &who);
+                            continue;
                         }
-                        listed.answered(out);
+                        FromSender::Message => {}
+                    }
+                }
+                if let (true, Decoded::Frame(frame)) = (release2, &item) {
+                    if resends.is_copy(frame.payload()) {
+                        commits::audit_copy(&ctx, frame, &who);
+                        continue;
+                    }
+                }
+                let idle_both_ways = two_way.as_ref().is_none_or(|tw| tw.idle());
+                if ctx.generation.is_replaced() && reloaded.is_some() && idle_both_ways {
+                    match follow_reload(&mut ctx, &mut lanes, &link, &who) {
+                        Ok(Some(next)) => reloaded = Some(next),
+                        Ok(None) => reloaded = None,
+                        Err(end) => break 'session end,
+                    }
+                    rewire(&mut two_way, &mut lanes);
+                }
+                messages += 1;
+                listed.message();
+                listed.set_state(State::AwaitingAck);
+                if two_way.is_none() && lanes.two_way() {
+                    // At the first message: no idle connection carries the two-way state.
+                    two_way = TwoWay::new(&mut lanes);
+                }
+                let item = match (item, two_way.as_deref_mut()) {
+                    // Two-way: the delivery runs beside the other direction, holding the lanes.
+                    (Decoded::Frame(frame), Some(tw)) => {
+                        let lent = std::mem::replace(&mut lanes, tw.spare_lanes());
+                        tw.start_forward(forwarding(&ctx, lent, frame, &who));
+                        // With the reverse direction idle nothing but the delivery and the
+                        // receiver's own frames can happen (the sender is not read meanwhile, as
+                        // on any connection): wait for them here, without the full select.
+                        if !tw.reversing() {
+                            let happened = std::future::poll_fn(|cx| tw.poll_event(cx)).await;
+                            ready = Some(Event::TwoWay(happened));
+                            break;
+                        }
+                        continue;
+                    }
+                    (item, _) => item,
+                };
+                let answer = match &item {
+                    // Boxed: delivering a message is the largest state a session can be in (about
+                    // 2 KiB, most of it the upstream exchange); on the heap only while a message is
+                    // in flight, it does not size every idle connection's task (issue 7: one
+                    // allocation per message against ~2 KiB per idle connection, BENCHMARKS.md).
+                    Decoded::Frame(frame) => {
+                        Box::pin(handle_message(&ctx, &mut lanes, frame, &who)).await
+                    }
+                    Decoded::Oversize { head, len } => answer_oversize(&ctx, head, *len, &who),
+                };
+                let frame = match &item {
+                    Decoded::Frame(frame) => Some(frame),
+                    Decoded::Oversize { .. } => None,
+                };
+                let out = answering(&answer, listed);
+                let written = write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
+                if let Err(end) = written.await {
+                    break 'session end;
+                }
+                listed.answered(out);
+            }
+            // Then every message the receiver sent on its own, while that direction is free.
+            if let Some(tw) = two_way.as_deref_mut() {
+                let mut relayed_any = false;
+                while tw.next_to_relay(&mut lanes, false) {
+                    // Boxed, like the rare paths below: they would otherwise size every session.
+                    let relayed = tw.relay_next(&ctx, &mut link, &mut lanes, &who);
+                    if let Err(lost) = Box::pin(relayed).await {
+                        break 'session lost_end(lost);
+                    }
+                    relayed_any = true;
+                    messages += 1;
+                    listed.message();
+                    heard_from_sender(&ctx, &mut last_read);
+                }
+                // Relaying may have read the sender's next frames (release 2, waiting for its
+                // commit): serve them before reading again.
+                if relayed_any {
+                    continue 'session;
+                }
+            }
+
+            let forwarding = two_way.as_ref().is_some_and(|tw| tw.forwarding());
+            let reversing = two_way.as_ref().is_some_and(|tw| tw.reversing());
+            let busy = forwarding || reversing;
+            // While only its own message is in flight the sender is not read (backpressure); while
+            // the receiver's is too, it is read for its answer, as long as what it sends meanwhile
+            // has room to wait its turn.
+            let read_sender = !forwarding || (reversing && link.set_aside_len() < MAX_SET_ASIDE);
+            let deadline = if !read_sender {
+                None
+            } else if link.in_frame() {
+                let started = *frame_started.get_or_insert_with(Instant::now);
+                Some(started + ctx.route.receive_timeout)
+            } else if busy {
+                None // the sender is waiting for an answer, not idle
+            } else {
+                ctx.route.idle_timeout.map(|idle| last_read + idle)
+            };
+            let in_frame = link.in_frame();
+            let upstream_in_frame = lanes.receiver_in_frame();
+            let idle_upstream_at = lanes.idle_receiver_deadline().filter(|_| !reversing);
+            let event = if let Some(event) = ready.take() {
+                event
+            } else {
+                let read = async {
+                    match deadline {
+                        Some(deadline) => read_timer
+                            .limit(deadline.into(), link.read_more())
+                            .await
+                            .ok(),
+                        None => Some(link.read_more().await),
+                    }
+                };
+                // The receiver's own messages wait in its connection while one is in flight.
+                let watch_receiver = lanes.watching_receiver() && !reversing;
+                let receiver = lanes.read_receiver();
+                let idle = async {
+                    match idle_upstream_at {
+                        // Nothing to do but wait: this returns (`Err`) when `at` comes.
+                        Some(at) => {
+                            let waited =
+                                idle_upstream_timer.limit(at.into(), std::future::pending::<()>());
+                            let _ = waited.await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                // A poll function: the session carries a reference here, not a future's state.
+                let crossing = std::future::poll_fn(|cx| match two_way.as_deref_mut() {
+                    Some(tw) => tw.poll_event(cx),
+                    None => std::task::Poll::Pending,
+                });
+                let between_messages = !in_frame && !upstream_in_frame && !busy;
+                let reload = async {
+                    match reloaded.as_mut() {
+                        Some(signal) => signal.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown_signal, if between_messages => Event::Shutdown,
+                    _ = reload, if between_messages => Event::Reloaded,
+                    happened = crossing, if busy => Event::TwoWay(happened),
+                    outcome = read, if read_sender => Event::Sender(outcome),
+                    outcome = receiver, if watch_receiver => Event::Receiver(outcome),
+                    _ = idle, if idle_upstream_at.is_some() => Event::IdleUpstream,
+                }
+            };
+            match event {
+                Event::Shutdown if listed.close_requested() => break End::Operator,
+                Event::Shutdown => break End::Shutdown,
+                Event::Sender(None) if in_frame => break End::ReceiveTimeout,
+                Event::Sender(None) => break End::IdleTimeout,
+                Event::Sender(Some(Ok(0))) => break End::PeerClosed,
+                Event::Sender(Some(Ok(n))) => {
+                    listed.read(n);
+                    if link.in_frame() {
+                        listed.set_state(State::Receiving);
+                    }
+                    heard_from_sender(&ctx, &mut last_read);
+                    if messages == 0
+                        && ctx.route.tls.is_none()
+                        && crate::inbound::sniff::looks_like_tls(link.buffered())
+                    {
+                        tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), "TLS handshake on a plaintext listener; closing (configure tls: on this route, or connect without TLS)");
+                        break End::TlsOnPlaintext;
+                    }
+                }
+                Event::Sender(Some(Err(err))) => {
+                    tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "read from sender failed");
+                    break End::ReadError;
+                }
+                Event::Receiver(Ok(0)) | Event::Receiver(Err(_)) => {
+                    tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), "the receiver closed the paired connection; the next message opens a new one");
+                    lanes.receiver_lost();
+                }
+                Event::Receiver(Ok(_)) => {}
+                Event::IdleUpstream => {
+                    Box::pin(lanes.reopen_idle_receiver()).await;
+                }
+                Event::Reloaded => {
+                    match follow_reload(&mut ctx, &mut lanes, &link, &who) {
+                        Ok(Some(next)) => reloaded = Some(next),
+                        Ok(None) => reloaded = None,
+                        Err(end) => break end,
+                    }
+                    rewire(&mut two_way, &mut lanes);
+                }
+                Event::TwoWay(happened) => {
+                    let Some(tw) = two_way.as_deref_mut() else {
+                        continue;
+                    };
+                    match happened {
+                        // Relayed at the top of the loop.
+                        Happened::Arrived => {}
+                        Happened::ReverseDue => {
+                            Box::pin(tw.reverse_due(&ctx, &mut lanes, &who)).await
+                        }
+                        Happened::Forwarded => {
+                            let Some(Forwarded {
+                                answer,
+                                lanes: home,
+                                frame,
+                            }) = tw.take_forwarded()
+                            else {
+                                continue;
+                            };
+                            tw.keep_spare(std::mem::replace(&mut lanes, home));
+                            if let Some(first) = lanes.leftover_answer() {
+                                Box::pin(tw.write_leftovers(&ctx, &mut lanes, first)).await;
+                            }
+                            // What the receiver sent before this ack reaches the sender before it.
+                            while tw.next_to_relay(&mut lanes, true) {
+                                let relayed = tw.relay_next(&ctx, &mut link, &mut lanes, &who);
+                                if let Err(lost) = Box::pin(relayed).await {
+                                    break 'session lost_end(lost);
+                                }
+                                messages += 1;
+                                listed.message();
+                            }
+                            let out = answering(&answer, listed);
+                            let frame = Some(&frame);
+                            let written =
+                                write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
+                            if let Err(end) = written.await {
+                                break 'session end;
+                            }
+                            listed.answered(out);
+                        }
                     }
                 }
             }
+        };
+        if let Some(tw) = two_way.take() {
+            Box::pin(tw.close(&ctx, &mut lanes, &who)).await;
         }
-    };
-    if let Some(tw) = two_way.take() {
-        Box::pin(tw.close(&ctx, &mut lanes, &who)).await;
-    }
 
-    let stats = link.stats();
-    let partial = link.in_frame();
-    if partial {
-        tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), reason = end.as_str(), "connection ended inside a frame; the partial message was dropped and never forwarded");
+        let stats = link.stats();
+        let partial = link.in_frame();
+        if partial {
+            tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), reason = end.as_str(), "connection ended inside a frame; the partial message was dropped and never forwarded");
+        }
+        crate::ops::metrics::connection_closed(&ctx.name, end.label());
+        crate::ops::notify::connection_closed(&ctx.name, peer, end.label(), messages);
+        tracing::info!(
+            route = %ctx.name,
+            %peer,
+            proxy = who.proxy(),
+            reason = end.as_str(),
+            messages,
+            noise_bytes = stats.noise_bytes,
+            restarted_frames = stats.restarted_frames,
+            malformed_frames = stats.malformed_frames,
+            empty_frames = stats.empty_frames,
+            "connection closed"
+        );
+        // Nothing more can be written to a sender that stopped reading (a TLS close_notify would
+        // wait on the full buffers like the ack did).
+        if !matches!(
+            end,
+            End::PeerClosed | End::ReadError | End::WriteError | End::SendTimeout
+        ) {
+            link.shutdown().await;
+        }
+        messages
     }
-    crate::ops::metrics::connection_closed(&ctx.name, end.label());
-    crate::ops::notify::connection_closed(&ctx.name, peer, end.label(), messages);
-    tracing::info!(
-        route = %ctx.name,
-        %peer,
-        proxy = who.proxy(),
-        reason = end.as_str(),
-        messages,
-        noise_bytes = stats.noise_bytes,
-        restarted_frames = stats.restarted_frames,
-        malformed_frames = stats.malformed_frames,
-        empty_frames = stats.empty_frames,
-        "connection closed"
-    );
-    // Nothing more can be written to a sender that stopped reading (a TLS close_notify would
-    // wait on the full buffers like the ack did).
-    if !matches!(
-        end,
-        End::PeerClosed | End::ReadError | End::WriteError | End::SendTimeout
-    ) {
-        link.shutdown().await;
-    }
-    messages
 }
 
 /// A reload replaced the route's context: checks this connection against the newest one. Not
@@ -557,45 +568,51 @@ type ReloadSignal = std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutur
 /// Writes the answer to one of the sender's messages. Release 1: the ack (if any). Release 2:
 /// the commit block first (ACK when the message was delivered or queued, NAK when it was
 /// refused, and then nothing more), then the ack, sent until the sender commits it.
-async fn write_answer<S: AsyncRead + AsyncWrite + Unpin>(
-    ctx: &RouteContext,
-    link: &mut Link<S>,
+fn write_answer<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &'a RouteContext,
+    link: &'a mut Link<S>,
     answer: Answer,
-    frame: Option<&Frame>,
-    resends: &mut commit::Resends,
-    who: &Peer,
-) -> Result<(), End> {
-    let peer = who.addr;
-    let (ack, committed) = match answer {
-        Answer::Close(_) => return Err(End::DeliveryFailure),
-        Answer::Ack { ack, committed, .. } => (Some(ack), committed),
-        Answer::Silent { committed, .. } => (None, committed),
+    frame: Option<&'a Frame>,
+    resends: &'a mut commit::Resends,
+    who: &'a Peer,
+) -> impl std::future::Future<Output = Result<(), End>> + 'a {
+    // Taken apart before the future is made: an async fn would hold the whole answer twice
+    // (its argument and its local) beside the write, in the session's largest state, which
+    // sizes every connection's memory, idle ones too.
+    let parts = match answer {
+        Answer::Close(_) => Err(End::DeliveryFailure),
+        Answer::Ack { ack, committed, .. } => Ok((Some(ack), committed)),
+        Answer::Silent { committed, .. } => Ok((None, committed)),
     };
-    let written = if ctx.route.release == MllpRelease::One {
-        match &ack {
-            // A sender that does not read its acks fills the kernel's buffers and then this
-            // write waits: close it after `send_timeout` rather than hold the ack forever.
-            Some(ack) => {
-                match tokio::time::timeout(ctx.route.send_timeout, link.send_payload(ack)).await {
-                    Ok(written) => written,
-                    Err(_) => {
-                        tracing::warn!(route = %ctx.name, %peer, proxy = who.proxy(), send_timeout = %humantime::format_duration(ctx.route.send_timeout), "the sender does not read its acks; closing the connection");
-                        return Err(End::SendTimeout);
+    async move {
+        let (ack, committed) = parts?;
+        let written = if ctx.route.release == MllpRelease::One {
+            match &ack {
+                // A sender that does not read its acks fills the kernel's buffers and then this
+                // write waits: close it after `send_timeout` rather than hold the ack forever.
+                Some(ack) => {
+                    match tokio::time::timeout(ctx.route.send_timeout, link.send_payload(ack)).await
+                    {
+                        Ok(written) => written,
+                        Err(_) => {
+                            tracing::warn!(route = %ctx.name, peer = %who.addr, proxy = who.proxy(), send_timeout = %humantime::format_duration(ctx.route.send_timeout), "the sender does not read its acks; closing the connection");
+                            return Err(End::SendTimeout);
+                        }
                     }
                 }
+                None => Ok(()),
             }
-            None => Ok(()),
-        }
-    } else {
-        // Boxed: MLLP release 2 waits for commit blocks, a larger state than release 1's single
-        // write, and most routes never use it.
-        let answered = commits::answer(ctx, link, (ack, committed), frame, resends, who);
-        Box::pin(answered).await.map_err(|_| End::Flooded)?
-    };
-    written.map_err(|err| {
-        tracing::debug!(route = %ctx.name, %peer, proxy = who.proxy(), error = %err, "could not write the answer to the sender");
-        End::WriteError
-    })
+        } else {
+            // Boxed: MLLP release 2 waits for commit blocks, a larger state than release 1's
+            // single write, and most routes never use it.
+            let answered = commits::answer(ctx, link, (ack, committed), frame, resends, who);
+            Box::pin(answered).await.map_err(|_| End::Flooded)?
+        };
+        written.map_err(|err| {
+            tracing::debug!(route = %ctx.name, peer = %who.addr, proxy = who.proxy(), error = %err, "could not write the answer to the sender");
+            End::WriteError
+        })
+    }
 }
 
 /// Dispatches one frame and writes its audit line (never its payload).
