@@ -148,25 +148,22 @@ impl std::fmt::Display for AddrText {
                 text[len] = b'.';
                 len += 1;
             }
-            len += decimal(u32::from(octet), &mut text[len..]);
+            len += put_decimal(u64::from(octet), &mut text[len..]);
         }
         text[len] = b':';
         len += 1;
-        len += decimal(u32::from(v4.port()), &mut text[len..]);
+        len += put_decimal(u64::from(v4.port()), &mut text[len..]);
         // Only ASCII digits, dots and a colon were written.
         f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| std::fmt::Error)?)
     }
 }
 
-/// Writes `n` in decimal at the start of `out` (which has room), returning how many digits.
-fn decimal(n: u32, out: &mut [u8]) -> usize {
-    let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
-    let mut rest = n;
-    for at in (0..digits).rev() {
-        out[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    digits
+/// Copies the decimal digits of `n` to the start of `out` (which has room), returning how many.
+fn put_decimal(n: u64, out: &mut [u8]) -> usize {
+    let mut buf = [0; 20];
+    let digits = crate::ops::log_format::itoa(n, &mut buf).as_bytes();
+    out[..digits.len()].copy_from_slice(digits);
+    digits.len()
 }
 
 /// A header field, looked up and shown through [`Printable`] only when a line is written.

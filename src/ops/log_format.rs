@@ -553,8 +553,8 @@ fn write_integer(w: &mut Writer<'_>, negative: bool, magnitude: u64) -> fmt::Res
     w.write_str(itoa(magnitude, &mut [0; 20]))
 }
 
-/// The decimal digits of `n`, written into `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
+/// The decimal digits of `n`, written into `buf` (also the audit line's IPv4 addresses).
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut at = buf.len();
     loop {
         at -= 1;
