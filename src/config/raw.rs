@@ -36,12 +36,16 @@ pub(super) fn parse_raw<T: de::DeserializeOwned>(
 ) -> Result<(T, Vec<ConfigError>), ConfigErrors> {
     let mut edits: Vec<Edit> = Vec::new();
     let mut errors = Vec::new();
+    // `source` with every edit applied, kept from round to round (a new edit is applied to it
+    // alone), and the reading of it when the last round already made it: a blanked entry is read
+    // once to choose its fix, and that reading is the next round's. Each unknown key thus costs
+    // one read and one pass over the text (the fuzzer's files with dozens of them took twice the
+    // reads and a pass per earlier edit).
+    let mut text = source.to_string();
+    let mut read_ahead = None;
     // Bounded: each round adds an edit (at most MAX_UNKNOWN_KEYS) or turns one into a rename.
     for _ in 0..3 * MAX_UNKNOWN_KEYS {
-        let Some(text) = apply(source, &edits) else {
-            break;
-        };
-        let (err, path) = match read::<T>(&text) {
+        let (err, path) = match read_ahead.take().unwrap_or_else(|| read::<T>(&text)) {
             Ok(tree) => return Ok((tree, errors)),
             Err(failed) => failed,
         };
@@ -61,18 +65,26 @@ pub(super) fn parse_raw<T: de::DeserializeOwned>(
                 };
                 // The unknown key was its block's only one, and a blank block is null (an
                 // error right at the block): an empty map (`{}`) in its place keeps it a map.
-                let blank = edit.apply(&text);
-                let next = blank.as_deref().and_then(|b| read::<T>(b).err());
-                if next.is_some_and(|(e, at)| {
-                    at == holder
-                        && !matches!(
-                            e.without_snippet(),
-                            serde_saphyr::Error::SerdeMissingField { .. }
-                        )
-                }) {
-                    edit.fix = Fix::EmptyMap;
-                }
                 errors.push(error(file, err, path.clone(), Some(line), Some(column)));
+                let Some(blank) = edit.apply(&text) else {
+                    break;
+                };
+                let next = read::<T>(&blank);
+                let at_holder = matches!(&next, Err((e, at)) if at == holder
+                && !matches!(
+                    e.without_snippet(),
+                    serde_saphyr::Error::SerdeMissingField { .. }
+                ));
+                if at_holder {
+                    edit.fix = Fix::EmptyMap;
+                    let Some(empty_map) = edit.apply(&text) else {
+                        break;
+                    };
+                    text = empty_map;
+                } else {
+                    text = blank;
+                    read_ahead = Some(next);
+                }
                 edits.push(edit);
                 continue;
             }
@@ -86,6 +98,11 @@ pub(super) fn parse_raw<T: de::DeserializeOwned>(
                 });
                 if let Some(typo) = typo {
                     typo.fix = Fix::Rename(meant);
+                    // An earlier edit changed: the text is made again from the source.
+                    let Some(renamed) = apply(source, &edits) else {
+                        break;
+                    };
+                    text = renamed;
                     continue;
                 }
             }
