@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::wire::budget::{Budget, Share};
 use crate::wire::codec::{self, DecodeStats, Decoded, Decoder, Frame, Framing};
+use crate::wire::warm_buffers;
 
 /// How much room a read into a started frame asks for at least; large frames grow the buffer as
 /// they arrive.
@@ -42,6 +43,9 @@ pub struct Link<S> {
     /// does not grow (and copy) a new buffer step by step for each of them, while small frames
     /// that happen to need two reads never reserve a large message's size.
     last_frame_len: usize,
+    /// The size of `buf`'s allocation when a large frame grew it (0 otherwise): between frames
+    /// the emptied buffer goes to [`warm_buffers`] for the next large frame to reuse.
+    grown_to: usize,
     /// Frames read while waiting for something else, to be handled before new ones.
     set_aside: VecDeque<Decoded>,
     /// The process's memory budget; `None`: unbudgeted (acks from a receiver, the tools).
@@ -80,6 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             decoder: Decoder::with_framing(max_payload_bytes, framing),
             buf: BytesMut::new(),
             last_frame_len: 0,
+            grown_to: 0,
             set_aside: VecDeque::new(),
             budget: None,
             share: None,
@@ -138,7 +143,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.is_empty() {
-            self.buf = BytesMut::new();
+            // Emptied: its bytes belong to the frames handed out. A large frame's buffer is
+            // left for the next large frame to reuse once those frames are let go.
+            let emptied = std::mem::take(&mut self.buf);
+            let grown_to = std::mem::take(&mut self.grown_to);
+            if grown_to >= warm_buffers::MIN_BYTES {
+                warm_buffers::give(emptied, grown_to);
+            }
             // The frames handed out are answered by now: their bytes go back to the budget.
             if let Some(share) = &mut self.share {
                 share.release();
@@ -170,10 +181,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                         .max(self.buf.capacity() + self.buf.capacity() / 2)
                         .min(ceiling)
                         .max(len + READ_CHUNK);
-                    std::task::ready!(share.poll_cover(cx, capacity));
-                    let mut grown = BytesMut::with_capacity(capacity);
+                    // A large buffer that held an earlier frame, no longer held by it, is
+                    // reused whole: its pages are already the process's (see warm_buffers).
+                    let warm = (capacity >= warm_buffers::MIN_BYTES)
+                        .then(|| warm_buffers::take(capacity))
+                        .flatten();
+                    let size = warm.as_ref().map_or(capacity, |(_, size)| *size);
+                    if share.poll_cover(cx, size).is_pending() {
+                        if let Some((buf, size)) = warm {
+                            warm_buffers::give(buf, size);
+                        }
+                        return Poll::Pending;
+                    }
+                    let mut grown = match warm {
+                        Some((buf, _)) => buf,
+                        None => BytesMut::with_capacity(capacity),
+                    };
                     grown.extend_from_slice(&self.buf);
-                    self.buf = grown;
+                    let mut outgrown = std::mem::replace(&mut self.buf, grown);
+                    // The next frame's first bytes, read with the last frame, are copied: the
+                    // large buffer they were in is left for reuse too.
+                    let outgrown_size = std::mem::replace(&mut self.grown_to, size);
+                    if outgrown_size >= warm_buffers::MIN_BYTES {
+                        outgrown.clear();
+                        warm_buffers::give(outgrown, outgrown_size);
+                    }
                 }
             }
         }

@@ -222,3 +222,40 @@ async fn take_ahead_takes_the_wanted_frame_and_leaves_the_rest_in_order() {
     assert_eq!(payload_of(link.take_set_aside()), b"MSH|waits");
     assert_eq!(payload_of(link.take_ahead(is_ack)), b"ACK|behind");
 }
+
+#[tokio::test]
+async fn a_reused_large_buffer_never_writes_over_a_frame_still_held() {
+    // Budgeted links keep large frames' buffers for reuse (warm_buffers): a frame handed out
+    // keeps its bytes while later large frames are read, and each frame arrives whole.
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let mut link = Link::new(ours, 4 << 20).with_budget(Budget::new(64 << 20));
+    let payloads: Vec<Vec<u8>> = (0..4u8)
+        .map(|n| {
+            (0..700_000u32)
+                .map(|i| b'A' + ((i + u32::from(n)) % 26) as u8)
+                .collect()
+        })
+        .collect();
+    let wire: Vec<u8> = payloads.iter().flat_map(|p| frame_of(p)).collect();
+    let writer = tokio::spawn(async move {
+        for piece in wire.chunks(50_000) {
+            theirs.write_all(piece).await.unwrap();
+        }
+        theirs
+    });
+    let mut held = Vec::new();
+    for (n, payload) in payloads.iter().enumerate() {
+        let Some(Decoded::Frame(frame)) = link.next().await.unwrap() else {
+            panic!("frame {n}");
+        };
+        assert_eq!(frame.payload(), &payload[..], "frame {n}");
+        // The first frame is held throughout; the others are let go after the next arrives.
+        if n > 1 {
+            held.pop();
+        }
+        held.push(frame);
+        assert_eq!(held[0].payload(), &payloads[0][..], "after frame {n}");
+    }
+    drop(writer.await.unwrap());
+    assert!(link.next().await.unwrap().is_none());
+}
