@@ -184,7 +184,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     // A large buffer that held an earlier frame, no longer held by it, is
                     // reused whole: its pages are already the process's (see warm_buffers).
                     let warm = (capacity >= warm_buffers::MIN_BYTES)
-                        .then(|| warm_buffers::take(capacity))
+                        .then(|| {
+                            warm_buffers::take(capacity, warm_buffers::most_for(capacity, ceiling))
+                        })
                         .flatten();
                     let size = warm.as_ref().map_or(capacity, |(_, size)| *size);
                     if share.poll_cover(cx, size).is_pending() {

@@ -41,6 +41,15 @@ pub const MAX_KEPT_BYTES: usize = 16 * 1024 * 1024;
 /// small large frame does not take (and get the budget to cover) a much larger buffer.
 const SLACK: usize = 4;
 
+/// The most a buffer taken for `capacity` bytes may hold: a quarter more, and never more than
+/// `ceiling` (the largest buffer the link may have the budget cover).
+pub fn most_for(capacity: usize, ceiling: usize) -> usize {
+    capacity
+        .saturating_add(capacity / SLACK)
+        .min(ceiling)
+        .max(capacity)
+}
+
 /// The process's kept buffers.
 static KEPT: Mutex<Kept> = Mutex::new(Kept::new());
 
@@ -53,13 +62,13 @@ pub fn give(buf: BytesMut, capacity: usize) {
         .give(buf, capacity);
 }
 
-/// An empty buffer with room for at least `capacity` bytes (and at most a quarter more) made
-/// from a kept allocation that no frame holds any more, with its capacity; `None` when there is
-/// none.
-pub fn take(capacity: usize) -> Option<(BytesMut, usize)> {
+/// An empty buffer with room for at least `capacity` bytes and at most `most` (see
+/// [`most_for`]) made from a kept allocation that no frame holds any more, with the size of
+/// that allocation; `None` when there is none.
+pub fn take(capacity: usize, most: usize) -> Option<(BytesMut, usize)> {
     KEPT.lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take(capacity)
+        .take(capacity, most)
 }
 
 /// Kept buffers, oldest first.
@@ -90,8 +99,7 @@ impl Kept {
         self.buffers.push((buf, capacity));
     }
 
-    fn take(&mut self, capacity: usize) -> Option<(BytesMut, usize)> {
-        let most = capacity.saturating_add(capacity / SLACK);
+    fn take(&mut self, capacity: usize, most: usize) -> Option<(BytesMut, usize)> {
         // The best fit among those no frame holds; `try_reclaim` of the whole allocation
         // succeeds only for a buffer that is its allocation's one handle.
         let (at, _) = self
@@ -128,14 +136,19 @@ mod tests {
         let (frame, tail) = after_a_frame(MIB, MIB);
         let at = frame.as_ptr();
         kept.give(tail, MIB);
-        assert!(kept.take(MIB).is_none(), "the frame still holds it");
+        assert!(
+            kept.take(MIB, most_for(MIB, usize::MAX)).is_none(),
+            "the frame still holds it"
+        );
         assert_eq!(
             &frame[..],
             &vec![b'x'; MIB][..],
             "and its bytes are its own"
         );
         drop(frame);
-        let (mut buf, capacity) = kept.take(MIB).expect("let go, it is reused");
+        let (mut buf, capacity) = kept
+            .take(MIB, most_for(MIB, usize::MAX))
+            .expect("let go, it is reused");
         assert_eq!(capacity, MIB);
         assert!(buf.is_empty() && buf.capacity() >= MIB);
         assert_eq!(buf.as_ptr(), at, "the same allocation, from its start");
@@ -151,11 +164,28 @@ mod tests {
         drop(frame);
         kept.give(tail, 2 * MIB);
         assert!(
-            kept.take(MIB).is_none(),
+            kept.take(MIB, most_for(MIB, usize::MAX)).is_none(),
             "2 MiB for 1 MiB is more than a quarter over"
         );
-        assert!(kept.take(3 * MIB).is_none(), "too small");
-        assert!(kept.take(2 * MIB - 1000).is_some());
+        assert!(
+            kept.take(3 * MIB, most_for(3 * MIB, usize::MAX)).is_none(),
+            "too small"
+        );
+        assert!(kept
+            .take(2 * MIB - 1000, most_for(2 * MIB - 1000, usize::MAX))
+            .is_some());
+    }
+
+    #[test]
+    fn a_buffer_larger_than_the_ceiling_is_not_taken() {
+        let mut kept = Kept::new();
+        let (frame, tail) = after_a_frame(MIB + MIB / 8, 10);
+        drop(frame);
+        kept.give(tail, MIB + MIB / 8);
+        assert_eq!(most_for(MIB, MIB + MIB / 16), MIB + MIB / 16);
+        assert_eq!(most_for(MIB, MIB / 2), MIB, "never below what is asked");
+        assert!(kept.take(MIB, most_for(MIB, MIB + MIB / 16)).is_none());
+        assert!(kept.take(MIB, most_for(MIB, usize::MAX)).is_some());
     }
 
     #[test]
@@ -168,10 +198,10 @@ mod tests {
             drop(frame);
             kept.give(tail, capacity);
         }
-        let (_, capacity) = kept.take(MIB).unwrap();
+        let (_, capacity) = kept.take(MIB, most_for(MIB, usize::MAX)).unwrap();
         assert_eq!(capacity, MIB + MIB / 16, "the 1 MiB one is still held");
         drop(held);
-        assert_eq!(kept.take(MIB).unwrap().1, MIB);
+        assert_eq!(kept.take(MIB, most_for(MIB, usize::MAX)).unwrap().1, MIB);
     }
 
     #[test]

@@ -259,3 +259,34 @@ async fn a_reused_large_buffer_never_writes_over_a_frame_still_held() {
     drop(writer.await.unwrap());
     assert!(link.next().await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn a_kept_buffer_larger_than_the_budget_allows_is_never_taken() {
+    // A budget just above the largest message: a kept buffer a quarter larger than the frame
+    // could never be covered, and a link that took it would wait for the budget forever.
+    let max = 1_000_000;
+    let (frame, spare) = {
+        let mut buf = BytesMut::with_capacity(1_200_000);
+        buf.extend_from_slice(b"held once");
+        let frame = buf.split_to(buf.len()).freeze();
+        (frame, buf)
+    };
+    drop(frame);
+    warm_buffers::give(spare, 1_200_000);
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let mut link = Link::new(ours, max).with_budget(Budget::new(max + 100_000));
+    let payload = vec![b'x'; 990_000];
+    let wire: Vec<u8> = [frame_of(&payload), frame_of(&payload)].concat();
+    let writer = tokio::spawn(async move {
+        theirs.write_all(&wire).await.unwrap();
+        theirs
+    });
+    for n in 0..2 {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), link.next());
+        let item = next
+            .await
+            .expect("the link never waits for the budget here");
+        assert_eq!(payload_of(item.unwrap()), payload, "frame {n}");
+    }
+    drop(writer.await.unwrap());
+}
