@@ -201,8 +201,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     };
                     grown.extend_from_slice(&self.buf);
                     let mut outgrown = std::mem::replace(&mut self.buf, grown);
-                    // The next frame's first bytes, read with the last frame, are copied: the
-                    // large buffer they were in is left for reuse too.
+                    // The buffer outgrown (a large frame that grew again, or one whose end came
+                    // with the next frame's first bytes, now copied) is left for reuse too.
                     let outgrown_size = std::mem::replace(&mut self.grown_to, size);
                     if outgrown_size >= warm_buffers::MIN_BYTES {
                         outgrown.clear();
