@@ -833,6 +833,11 @@ impl prometheus_client::collector::Collector for BudgetCollector {
                 "The memory budget for message bytes (max_buffered_bytes)",
                 figures.limit,
             ),
+            (
+                "mllp_guard_kept_buffer_bytes",
+                "Bytes of large frames' buffers kept for reuse by later large frames, outside the memory budget (at most 16 MiB)",
+                crate::wire::warm_buffers::kept_bytes(),
+            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value as f64);

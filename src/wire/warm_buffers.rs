@@ -71,6 +71,13 @@ pub fn take(capacity: usize, most: usize) -> Option<(BytesMut, usize)> {
         .take(capacity, most)
 }
 
+/// Bytes of the buffers kept now (the `mllp_guard_kept_buffer_bytes` gauge).
+pub fn kept_bytes() -> usize {
+    KEPT.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .bytes
+}
+
 /// Kept buffers, oldest first.
 struct Kept {
     buffers: Vec<(BytesMut, usize)>,

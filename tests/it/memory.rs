@@ -153,9 +153,13 @@ async fn large_messages_in_a_row_arrive_whole_while_their_buffers_are_reused() {
     let dir = TestDir::new();
     let upstream = FakeUpstream::start(Behaviour::Ack).await;
     let config = dir.path("guard.yaml");
+    let admin = free_port();
     std::fs::write(
         &config,
-        route_yaml(upstream.addr, "    max_message_bytes: 8MiB\n", "", ""),
+        format!(
+            "admin:\n  listen: {admin}\n{}",
+            route_yaml(upstream.addr, "    max_message_bytes: 8MiB\n", "", "")
+        ),
     )
     .unwrap();
     let (_guard, listen, _logs) = crate::cli::start_guard(&config);
@@ -211,6 +215,13 @@ async fn large_messages_in_a_row_arrive_whole_while_their_buffers_are_reused() {
     for (got, want) in received.iter().zip(&sent) {
         assert!(got == want, "{} arrived altered", id_of(want));
     }
+    // Buffers are kept for the next large messages, within their bound, and shown.
+    let (_, metrics) = get(admin, "/metrics").await.unwrap();
+    let kept = sample(&metrics, "mllp_guard_kept_buffer_bytes").expect("the gauge");
+    assert!(
+        kept >= 256.0 * 1024.0 && kept <= 16.0 * 1024.0 * 1024.0,
+        "kept {kept}"
+    );
 }
 
 /// `check` refuses a budget smaller than a route's largest message, naming both.
