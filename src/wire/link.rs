@@ -43,8 +43,9 @@ pub struct Link<S> {
     /// does not grow (and copy) a new buffer step by step for each of them, while small frames
     /// that happen to need two reads never reserve a large message's size.
     last_frame_len: usize,
-    /// The size of `buf`'s allocation when a large frame grew it (0 otherwise): between frames
-    /// the emptied buffer goes to [`warm_buffers`] for the next large frame to reuse.
+    /// The size of `buf`'s allocation when the budget grew it (0 otherwise): between frames
+    /// the emptied buffer goes to [`warm_buffers`], which keeps a large one for the next large
+    /// frame to reuse.
     grown_to: usize,
     /// Frames read while waiting for something else, to be handled before new ones.
     set_aside: VecDeque<Decoded>,
@@ -145,11 +146,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         if self.buf.is_empty() {
             // Emptied: its bytes belong to the frames handed out. A large frame's buffer is
             // left for the next large frame to reuse once those frames are let go.
-            let emptied = std::mem::take(&mut self.buf);
-            let grown_to = std::mem::take(&mut self.grown_to);
-            if grown_to >= warm_buffers::MIN_BYTES {
-                warm_buffers::give(emptied, grown_to);
-            }
+            warm_buffers::give(
+                std::mem::take(&mut self.buf),
+                std::mem::take(&mut self.grown_to),
+            );
             // The frames handed out are answered by now: their bytes go back to the budget.
             if let Some(share) = &mut self.share {
                 share.release();
@@ -183,11 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                         .max(len + READ_CHUNK);
                     // A large buffer that held an earlier frame, no longer held by it, is
                     // reused whole: its pages are already the process's (see warm_buffers).
-                    let warm = (capacity >= warm_buffers::MIN_BYTES)
-                        .then(|| {
-                            warm_buffers::take(capacity, warm_buffers::most_for(capacity, ceiling))
-                        })
-                        .flatten();
+                    let warm =
+                        warm_buffers::take(capacity, warm_buffers::most_for(capacity, ceiling));
                     let size = warm.as_ref().map_or(capacity, |(_, size)| *size);
                     if share.poll_cover(cx, size).is_pending() {
                         if let Some((buf, size)) = warm {
@@ -203,11 +200,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     let mut outgrown = std::mem::replace(&mut self.buf, grown);
                     // The buffer outgrown (a large frame that grew again, or one whose end came
                     // with the next frame's first bytes, now copied) is left for reuse too.
-                    let outgrown_size = std::mem::replace(&mut self.grown_to, size);
-                    if outgrown_size >= warm_buffers::MIN_BYTES {
-                        outgrown.clear();
-                        warm_buffers::give(outgrown, outgrown_size);
-                    }
+                    outgrown.clear();
+                    warm_buffers::give(outgrown, std::mem::replace(&mut self.grown_to, size));
                 }
             }
         }

@@ -56,26 +56,31 @@ static KEPT: Mutex<Kept> = Mutex::new(Kept::new());
 /// Leaves `buf` (empty; its allocation of `capacity` bytes may still be shared with frames
 /// handed out) to be reused by a later [`take`]. Not kept when outside the bounds.
 pub fn give(buf: BytesMut, capacity: usize) {
-    // A poisoned lock only means a panic elsewhere while it was held; the list is still sound.
-    KEPT.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .give(buf, capacity);
+    // Most buffers are small: they are dropped here without taking the lock.
+    if (MIN_BYTES..=MAX_ONE_BYTES).contains(&capacity) {
+        kept().give(buf, capacity);
+    }
 }
 
 /// An empty buffer with room for at least `capacity` bytes and at most `most` (see
 /// [`most_for`]) made from a kept allocation that no frame holds any more, with the size of
 /// that allocation; `None` when there is none.
 pub fn take(capacity: usize, most: usize) -> Option<(BytesMut, usize)> {
-    KEPT.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take(capacity, most)
+    if most < MIN_BYTES {
+        return None;
+    }
+    kept().take(capacity, most)
 }
 
 /// Bytes of the buffers kept now (the `mllp_guard_kept_buffer_bytes` gauge).
 pub fn kept_bytes() -> usize {
-    KEPT.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .bytes
+    kept().bytes
+}
+
+/// The kept buffers, locked. A poisoned lock only means a panic elsewhere while it was held;
+/// the list is still sound.
+fn kept() -> std::sync::MutexGuard<'static, Kept> {
+    KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Kept buffers, oldest first.
