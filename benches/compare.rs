@@ -41,9 +41,12 @@ enum Kind {
     /// As shipped plus `audit: { file }`: the audit trail to its own file, stderr to a file.
     GuardAuditFile,
     /// mllp-guard with `MLLP_GUARD_RUNTIME=current-thread`: the runtime-shape question of
-    /// issue 7 (one thread, no cross-core wake-ups, no work stealing) against the default
-    /// multi-thread runtime, same binary.
+    /// issue 7 (one thread, no cross-core wake-ups, no work stealing) against the default,
+    /// same binary.
     GuardCurrentThread,
+    /// mllp-guard with `MLLP_GUARD_RUNTIME=multi-thread`: tokio's work-stealing runtime, the
+    /// default until issue 22's per-core connection workers, as their same-run baseline.
+    GuardMultiThread,
     Nginx,
     Haproxy,
     Stunnel,
@@ -59,6 +62,7 @@ impl Kind {
             (Kind::GuardShippedPipe, _) => "mllp-guard (shipped, stderr through a pipe)",
             (Kind::GuardAuditFile, _) => "mllp-guard (shipped + audit.file)",
             (Kind::GuardCurrentThread, _) => "mllp-guard (log warn, current-thread runtime)",
+            (Kind::GuardMultiThread, _) => "mllp-guard (log warn, multi-thread runtime)",
             (Kind::Nginx, false) => "nginx stream",
             (Kind::Nginx, true) => "nginx stream ssl",
             (Kind::Haproxy, false) => "HAProxy tcp",
@@ -93,7 +97,8 @@ impl Kind {
             | Kind::GuardShippedFile
             | Kind::GuardShippedPipe
             | Kind::GuardAuditFile
-            | Kind::GuardCurrentThread => None,
+            | Kind::GuardCurrentThread
+            | Kind::GuardMultiThread => None,
             Kind::Nginx => Some("nginx"),
             Kind::Haproxy => Some("haproxy"),
             Kind::Stunnel => Some("stunnel4"),
@@ -148,7 +153,8 @@ fn version(kind: Kind) -> String {
         | Kind::GuardShippedFile
         | Kind::GuardShippedPipe
         | Kind::GuardAuditFile
-        | Kind::GuardCurrentThread => out(BIN, &["--version"]),
+        | Kind::GuardCurrentThread
+        | Kind::GuardMultiThread => out(BIN, &["--version"]),
         Kind::Nginx => out("nginx", &["-v"]),
         Kind::Haproxy => out("haproxy", &["-v"]),
         Kind::Stunnel => out("stunnel4", &["-version"]),
@@ -202,7 +208,8 @@ fn start(
         | Kind::GuardShippedFile
         | Kind::GuardShippedPipe
         | Kind::GuardAuditFile
-        | Kind::GuardCurrentThread => {
+        | Kind::GuardCurrentThread
+        | Kind::GuardMultiThread => {
             let tls_block = if tls {
                 format!("    tls:\n      cert: {cert}\n      key: {key}\n")
             } else {
@@ -232,9 +239,11 @@ fn start(
             } else {
                 c.env("MLLP_GUARD_LOG", "warn");
             }
-            if kind == Kind::GuardCurrentThread {
-                c.env("MLLP_GUARD_RUNTIME", "current-thread");
-            }
+            match kind {
+                Kind::GuardCurrentThread => c.env("MLLP_GUARD_RUNTIME", "current-thread"),
+                Kind::GuardMultiThread => c.env("MLLP_GUARD_RUNTIME", "multi-thread"),
+                _ => c.env_remove("MLLP_GUARD_RUNTIME"),
+            };
             c
         }
         Kind::Nginx => {
@@ -396,6 +405,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
                     GuardShippedPipe,
                     GuardAuditFile,
                     GuardCurrentThread,
+                    GuardMultiThread,
                     Nginx,
                     Haproxy,
                 ],
@@ -411,7 +421,13 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             pinned: false,
             kinds: with(
                 vec![Direct, Guard, GuardShippedFile],
-                &[GuardCurrentThread, Nginx, Haproxy, Stunnel],
+                &[
+                    GuardCurrentThread,
+                    GuardMultiThread,
+                    Nginx,
+                    Haproxy,
+                    Stunnel,
+                ],
             ),
         },
         Scenario {
@@ -422,7 +438,10 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 1,
             reconnect: false,
             pinned: true,
-            kinds: with(vec![Direct, Guard], &[GuardCurrentThread, Nginx, Haproxy]),
+            kinds: with(
+                vec![Direct, Guard],
+                &[GuardCurrentThread, GuardMultiThread, Nginx, Haproxy],
+            ),
         },
         Scenario {
             id: 4,
@@ -433,7 +452,10 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             connections: 8,
             reconnect: true,
             pinned: false,
-            kinds: with(vec![Guard, GuardShippedFile], &[Haproxy, Nginx, Stunnel]),
+            kinds: with(
+                vec![Guard, GuardShippedFile],
+                &[GuardMultiThread, Haproxy, Nginx, Stunnel],
+            ),
         },
         Scenario {
             id: 5,
@@ -445,7 +467,7 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
             pinned: false,
             kinds: with(
                 vec![Direct, Guard, GuardShippedFile],
-                &[GuardCurrentThread, Nginx, Haproxy],
+                &[GuardCurrentThread, GuardMultiThread, Nginx, Haproxy],
             ),
         },
     ]
@@ -1182,9 +1204,12 @@ fn render(
         None => goals.push("| frame decoder >= 5 GB/s | not measured: run `cargo bench --bench codec` first | | |".into()),
     }
     goals_table(w, "### Goals of issue 7\n", "peer", goals);
-    for id in [1, 2, 3, 5] {
+    for id in [1, 2, 3, 4, 5] {
+        if let (Some(g), Some(multi)) = (find(id, Kind::Guard), find(id, Kind::GuardMultiThread)) {
+            let _ = writeln!(w, "\nScenario {id}: the default per-core connection workers against the multi-thread runtime (`MLLP_GUARD_RUNTIME=multi-thread`, the default before them), both at warn: CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(g, multi, cpu), ratio(g, multi, rate));
+        }
         if let (Some(g), Some(one)) = (find(id, Kind::Guard), find(id, Kind::GuardCurrentThread)) {
-            let _ = writeln!(w, "\nScenario {id}: the current-thread runtime (`MLLP_GUARD_RUNTIME=current-thread`) against the default multi-thread one (a worker per CPU): CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(one, g, cpu), ratio(one, g, rate));
+            let _ = writeln!(w, "\nScenario {id}: the current-thread runtime (`MLLP_GUARD_RUNTIME=current-thread`) against the default per-core workers: CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(one, g, cpu), ratio(one, g, rate));
         }
     }
     if let (Some(g), Some(i)) = (find(1, Kind::Guard), find(1, Kind::GuardInfo)) {

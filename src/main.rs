@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mllp_guard::config::Config;
+use mllp_guard::inbound::workers::Workers;
 use mllp_guard::ops::log_format;
 use mllp_guard::tools::demo;
 use mllp_guard::tools::peer::send::{self, SendOptions};
@@ -279,21 +280,47 @@ fn parse_ack_code(s: &str) -> Result<AckCode, String> {
         .ok_or_else(|| format!("\"{s}\" is not an ack code (AA, AE, AR, CA, CE, CR)"))
 }
 
-/// The async runtime's shape, from `MLLP_GUARD_RUNTIME`: `multi-thread` (the default, a worker
-/// per CPU the process may use) or `current-thread` (everything on one thread: 1-15% less CPU
-/// per 1 KiB message in benches/compare, unstable on 1 MiB messages; see BENCHMARKS.md).
-/// `None` (reported) for anything else.
-fn runtime_builder() -> Option<tokio::runtime::Builder> {
+/// The async runtime's shape, from `MLLP_GUARD_RUNTIME`:
+/// - `per-core` (the default): a guard's sender connections are served on one single-threaded
+///   runtime per CPU the process may use ([`mllp_guard::inbound::workers`]), each connection and
+///   its upstream leg on one thread; the rest runs on a multi-thread runtime. Other commands
+///   run as with `multi-thread`.
+/// - `multi-thread`: everything on tokio's work-stealing runtime, a worker per CPU (the
+///   default until issue 22's per-core workers; kept to compare and as a way back).
+/// - `current-thread`: everything on one thread.
+///
+/// `None` (reported) for anything else. See BENCHMARKS.md for what each costs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RuntimeShape {
+    PerCore,
+    MultiThread,
+    CurrentThread,
+}
+
+fn runtime_shape() -> Option<RuntimeShape> {
     match std::env::var("MLLP_GUARD_RUNTIME").as_deref() {
-        Err(_) | Ok("") | Ok("multi-thread") => Some(tokio::runtime::Builder::new_multi_thread()),
-        Ok("current-thread") => Some(tokio::runtime::Builder::new_current_thread()),
+        Err(_) | Ok("") | Ok("per-core") => Some(RuntimeShape::PerCore),
+        Ok("multi-thread") => Some(RuntimeShape::MultiThread),
+        Ok("current-thread") => Some(RuntimeShape::CurrentThread),
         Ok(other) => {
             eprintln!(
-                "error: MLLP_GUARD_RUNTIME={other:?}: expected multi-thread (the default) or current-thread"
+                "error: MLLP_GUARD_RUNTIME={other:?}: expected per-core (the default), multi-thread or current-thread"
             );
             None
         }
     }
+}
+
+/// The connection workers for a command that runs a guard (`run`, `demo`) in the per-core
+/// shape; `None` otherwise.
+fn start_workers(shape: RuntimeShape, command: &Command) -> std::io::Result<Option<Workers>> {
+    if shape != RuntimeShape::PerCore
+        || !matches!(command, Command::Run { .. } | Command::Demo { .. })
+    {
+        return Ok(None);
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    mllp_guard::inbound::workers::start(cpus).map(Some)
 }
 
 fn main() -> ExitCode {
@@ -310,8 +337,21 @@ fn main() -> ExitCode {
     // commands write theirs at once, in order with what they print.
     let batched = matches!(cli.command, Command::Run { .. });
     init_logging(cli.log_format, default_level, batched);
-    let Some(mut builder) = runtime_builder() else {
+    let Some(shape) = runtime_shape() else {
         return ExitCode::from(2);
+    };
+    let workers = match start_workers(shape, &cli.command) {
+        Ok(workers) => workers,
+        Err(err) => {
+            eprintln!("error: cannot start the connection workers: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = match shape {
+        RuntimeShape::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        RuntimeShape::PerCore | RuntimeShape::MultiThread => {
+            tokio::runtime::Builder::new_multi_thread()
+        }
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -441,7 +481,9 @@ fn main() -> ExitCode {
             },
         }
     });
-    // Every line of a clean exit is written before it.
+    // Every line of a clean exit is written before it: the connections a drain left (their
+    // last lines), then the main runtime's tasks.
+    drop(workers);
     drop(runtime);
     mllp_guard::ops::log_writer::flush();
     code

@@ -1,6 +1,6 @@
 //! Accepting senders: bind a route's listener, admit or refuse each connection on its peer
 //! address and the connection cap, then hand it to its own task (TLS handshake under a timeout,
-//! then the session).
+//! then the session), on one of the connection [`workers`] when they run.
 //!
 //! The accept loop only accepts and admits: nothing slow runs in it. It survives accept errors
 //! (pausing when out of file descriptors instead of spinning). Must not know framing or delivery.
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::field::display;
 
 use crate::firewall::limits::ConnectionPermit;
-use crate::inbound::session;
+use crate::inbound::{session, workers};
 use crate::net::proxy_protocol::Origin;
 use crate::net::{self, Stream};
 use crate::ops::connections::{self, TlsInfo};
@@ -86,8 +86,7 @@ pub async fn accept_loop(
             let accept = proxies.accept;
             // The real client is only known once its header is read: admit it in its own task
             // so a slow balancer cannot stall the accept loop.
-            tracker.spawn(async move {
-                let mut tcp = tcp;
+            workers::place(&tracker, tcp, move |mut tcp| async move {
                 let Some(origin) = read_proxy_header(&mut tcp, accept, peer, &ctx, &shutdown).await
                 else {
                     return;
@@ -111,12 +110,14 @@ pub async fn accept_loop(
             destination: tcp.local_addr().unwrap_or(peer),
         };
         let open = count_accepted(&ctx, peer);
-        // Made before the task, so the task holds the future and the permits, not also the
-        // arguments it was made from.
-        let served = serve_connection(tcp, origin, None, ctx, shutdown);
-        tracker.spawn(async move {
-            let _permits = (permit, source, open);
-            served.await;
+        workers::place(&tracker, tcp, move |tcp| {
+            // Made before the task's body, so the task holds the future and the permits, not
+            // also the arguments it was made from.
+            let served = serve_connection(tcp, origin, None, ctx, shutdown);
+            async move {
+                let _permits = (permit, source, open);
+                served.await;
+            }
         });
     }
 }

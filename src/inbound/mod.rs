@@ -2,7 +2,8 @@
 //!
 //! [`listener`] binds a route, admits or refuses each connection before any byte is read, and
 //! runs the TLS handshake in the connection's own task ([`sniff`] tells a client that speaks the
-//! wrong one of TLS and plain MLLP by its first bytes); [`dialer`] is the `dial` role (the
+//! wrong one of TLS and plain MLLP by its first bytes), which it places on one of the
+//! [`workers`] (a single-threaded runtime per CPU); [`dialer`] is the `dial` role (the
 //! sender is itself an MLLP server we connect to); [`session`] serves one sender connection end
 //! to end, reading and judging every message of a frame (a batch's too) with `messages`, and
 //! answering a release-2 sender's frames with `commits`; [`two_way`] keeps the two directions
@@ -13,6 +14,7 @@
 
 pub mod sniff;
 pub mod listener;
+pub mod workers;
 pub mod dialer;
 pub mod session;
 mod commits;

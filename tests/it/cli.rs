@@ -315,6 +315,11 @@ fn the_current_thread_runtime_relays_the_demo_too() {
 }
 
 #[test]
+fn the_multi_thread_runtime_relays_the_demo_too() {
+    demo_on_free_ports(Some("multi-thread"));
+}
+
+#[test]
 fn an_unknown_runtime_is_refused_with_exit_2() {
     let out = guard_cmd()
         .args(["check", "--config", "/nonexistent.yaml"])
@@ -324,7 +329,7 @@ fn an_unknown_runtime_is_refused_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("MLLP_GUARD_RUNTIME=\"green-threads\": expected multi-thread (the default) or current-thread"),
+        stderr.contains("MLLP_GUARD_RUNTIME=\"green-threads\": expected per-core (the default), multi-thread or current-thread"),
         "{stderr}"
     );
 }

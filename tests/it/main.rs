@@ -46,3 +46,4 @@ mod tls_policy;
 mod transparent;
 mod two_way;
 mod webhooks;
+mod workers;
