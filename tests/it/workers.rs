@@ -12,6 +12,23 @@ use mllp_guard::wire::hl7::AckCode;
 use crate::admin::free_port;
 use crate::harness::*;
 
+/// A one-route guard (the binary, `MLLP_GUARD_RUNTIME` set when given) in front of an acking
+/// receiver, listening: its directory, the receiver, its address and its process.
+async fn guard_with_runtime(runtime: Option<&str>) -> (TestDir, FakeUpstream, SocketAddr, Proc) {
+    let dir = TestDir::new();
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let listen = free_port();
+    let config = dir.path("guard.yaml");
+    std::fs::write(
+        &config,
+        route_yaml(upstream.addr, "", "", "").replace("127.0.0.1:0", &listen.to_string()),
+    )
+    .unwrap();
+    let guard = spawn_with_runtime(&config, runtime);
+    wait_listening(listen);
+    (dir, upstream, listen, guard)
+}
+
 /// `mllp-guard run` on `config` with `MLLP_GUARD_RUNTIME` set when given; output discarded.
 fn spawn_with_runtime(config: &Path, runtime: Option<&str>) -> Proc {
     let mut cmd = Command::new(BIN);
@@ -80,17 +97,7 @@ async fn relay_from_many(listen: SocketAddr, connections: usize, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_one_worker_per_cpu_and_all_relayed() {
-    let dir = TestDir::new();
-    let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let listen = free_port();
-    let config = dir.path("guard.yaml");
-    std::fs::write(
-        &config,
-        route_yaml(upstream.addr, "", "", "").replace("127.0.0.1:0", &listen.to_string()),
-    )
-    .unwrap();
-    let guard = spawn_with_runtime(&config, None);
-    wait_listening(listen);
+    let (_dir, upstream, listen, guard) = guard_with_runtime(None).await;
     let pid = guard.0.id();
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -122,17 +129,7 @@ async fn connections_are_spread_over_one_worker_per_cpu_and_all_relayed() {
 
 #[tokio::test]
 async fn the_multi_thread_runtime_runs_without_workers() {
-    let dir = TestDir::new();
-    let upstream = FakeUpstream::start(Behaviour::Ack).await;
-    let listen = free_port();
-    let config = dir.path("guard.yaml");
-    std::fs::write(
-        &config,
-        route_yaml(upstream.addr, "", "", "").replace("127.0.0.1:0", &listen.to_string()),
-    )
-    .unwrap();
-    let guard = spawn_with_runtime(&config, Some("multi-thread"));
-    wait_listening(listen);
+    let (_dir, _upstream, listen, guard) = guard_with_runtime(Some("multi-thread")).await;
     relay_from_many(listen, 2, 50).await;
     assert!(worker_threads(guard.0.id()).is_empty());
 }
