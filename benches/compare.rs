@@ -10,6 +10,8 @@
 //! not found is skipped with a note.
 //! Run: `cargo build --release && cargo bench --bench compare -- [--runs 3] [--seconds 5]
 //!       [--scenarios 1,2,3,4,5,6] [--idle 9500] [--no-write]`
+//! With `COMPARE_BASELINE_BIN=PATH` (another build of the guard, e.g. the commit before a
+//! change) that build runs at warn beside this one in every guard scenario: an A/B in one run.
 //! It prints the tables and rewrites the generated part of `BENCHMARKS.md` (between the markers;
 //! the hand-written findings around them are kept). Under `cargo test` it is a few-second smoke
 //! run of mllp-guard alone (no peers needed, nothing written).
@@ -47,6 +49,9 @@ enum Kind {
     /// mllp-guard with `MLLP_GUARD_RUNTIME=multi-thread`: tokio's work-stealing runtime, the
     /// default until issue 22's per-core connection workers, as their same-run baseline.
     GuardMultiThread,
+    /// Another build of mllp-guard at warn, named by `COMPARE_BASELINE_BIN` (e.g. the binary of
+    /// the commit before a change): an A/B of a change within one run. Only when that is set.
+    GuardBaseline,
     Nginx,
     Haproxy,
     Stunnel,
@@ -63,6 +68,7 @@ impl Kind {
             (Kind::GuardAuditFile, _) => "mllp-guard (shipped + audit.file)",
             (Kind::GuardCurrentThread, _) => "mllp-guard (log warn, current-thread runtime)",
             (Kind::GuardMultiThread, _) => "mllp-guard (log warn, multi-thread runtime)",
+            (Kind::GuardBaseline, _) => "mllp-guard (log warn, baseline binary)",
             (Kind::Nginx, false) => "nginx stream",
             (Kind::Nginx, true) => "nginx stream ssl",
             (Kind::Haproxy, false) => "HAProxy tcp",
@@ -98,7 +104,8 @@ impl Kind {
             | Kind::GuardShippedPipe
             | Kind::GuardAuditFile
             | Kind::GuardCurrentThread
-            | Kind::GuardMultiThread => None,
+            | Kind::GuardMultiThread
+            | Kind::GuardBaseline => None,
             Kind::Nginx => Some("nginx"),
             Kind::Haproxy => Some("haproxy"),
             Kind::Stunnel => Some("stunnel4"),
@@ -155,6 +162,7 @@ fn version(kind: Kind) -> String {
         | Kind::GuardAuditFile
         | Kind::GuardCurrentThread
         | Kind::GuardMultiThread => out(BIN, &["--version"]),
+        Kind::GuardBaseline => out(&baseline_bin().unwrap_or_default(), &["--version"]),
         Kind::Nginx => out("nginx", &["-v"]),
         Kind::Haproxy => out("haproxy", &["-v"]),
         Kind::Stunnel => out("stunnel4", &["-version"]),
@@ -209,7 +217,8 @@ fn start(
         | Kind::GuardShippedPipe
         | Kind::GuardAuditFile
         | Kind::GuardCurrentThread
-        | Kind::GuardMultiThread => {
+        | Kind::GuardMultiThread
+        | Kind::GuardBaseline => {
             let tls_block = if tls {
                 format!("    tls:\n      cert: {cert}\n      key: {key}\n")
             } else {
@@ -232,7 +241,11 @@ fn start(
                 format!("{audit}routes:\n  - name: bench\n    listen: {addr}\n{tls_block}    allow: [127.0.0.1]\n    max_connections: {max_conns}\n    limits: {{ max_connections_per_source: {max_conns} }}\n    upstream:\n      address: {upstream}\n"),
             )
             .unwrap();
-            let mut c = common::prefixed(prefix, BIN);
+            let program = match kind {
+                Kind::GuardBaseline => baseline_bin().unwrap_or_default(),
+                _ => BIN.to_string(),
+            };
+            let mut c = common::prefixed(prefix, &program);
             c.arg("run").arg("--config").arg(config);
             if kind.shipped() {
                 c.env_remove("MLLP_GUARD_LOG");
@@ -381,9 +394,22 @@ struct Measured {
     failure: Option<String>,
 }
 
+/// The other build `COMPARE_BASELINE_BIN` names, if set (see [`Kind::GuardBaseline`]).
+fn baseline_bin() -> Option<String> {
+    std::env::var("COMPARE_BASELINE_BIN")
+        .ok()
+        .filter(|path| !path.is_empty())
+}
+
 fn scenarios(peers: bool) -> Vec<Scenario> {
     use Kind::*;
+    let baseline = baseline_bin().is_some();
     let with = |mut base: Vec<Kind>, extra: &[Kind]| {
+        // Right after this build's row, so the two take turns next to each other.
+        if baseline && base.contains(&Guard) {
+            let at = base.iter().position(|&k| k == Guard).map_or(0, |i| i + 1);
+            base.insert(at, GuardBaseline);
+        }
         if peers {
             base.extend_from_slice(extra);
         }
@@ -1205,6 +1231,9 @@ fn render(
     }
     goals_table(w, "### Goals of issue 7\n", "peer", goals);
     for id in [1, 2, 3, 4, 5] {
+        if let (Some(g), Some(base)) = (find(id, Kind::Guard), find(id, Kind::GuardBaseline)) {
+            let _ = writeln!(w, "\nScenario {id}: this build against the baseline binary (`COMPARE_BASELINE_BIN`), both at warn: CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(g, base, cpu), ratio(g, base, rate));
+        }
         if let (Some(g), Some(multi)) = (find(id, Kind::Guard), find(id, Kind::GuardMultiThread)) {
             let _ = writeln!(w, "\nScenario {id}: the default per-core connection workers against the multi-thread runtime (`MLLP_GUARD_RUNTIME=multi-thread`, the default before them), both at warn: CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(g, multi, cpu), ratio(g, multi, rate));
         }
