@@ -563,7 +563,7 @@ fn follow_reload(
 }
 
 /// Resolves when the route's context a session runs under is replaced.
-type ReloadSignal = std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>;
+type ReloadSignal = std::pin::Pin<Box<crate::route::Replaced>>;
 
 /// Writes the answer to one of the sender's messages. Release 1: the ack (if any). Release 2:
 /// the commit block first (ACK when the message was delivered or queued, NAK when it was
