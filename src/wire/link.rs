@@ -156,7 +156,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             }
             return poll_read_between_frames(Pin::new(&mut self.stream), cx, &mut self.buf);
         }
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+        let spare = self.buf.capacity() - self.buf.len();
+        // A buffer made for a frame like the last large one reads its last few KiB as they are:
+        // the frame most likely ends there, and growing it by half again would copy the whole
+        // frame (a 1 MiB memcpy for about every other 1 MiB message in the bench, issue 22). It
+        // grows only once full, for a frame larger than the last.
+        let sized_for_frame =
+            self.buf.len() >= READ_CHUNK && self.buf.capacity() >= self.last_frame_len;
+        if spare == 0 || (spare < READ_CHUNK && !sized_for_frame) {
             let room = if self.buf.len() >= READ_CHUNK {
                 // A large frame: room for the rest of one like the last, at once.
                 self.last_frame_len.saturating_sub(self.buf.len())

@@ -83,15 +83,25 @@ async fn a_frame_like_the_last_large_one_gets_its_room_at_once() {
         "room for the whole frame, not {}",
         link.buf.capacity()
     );
+    let room = link.buf.as_ptr();
     let rest = big[sent..].to_vec();
     let writer = tokio::spawn(async move {
         theirs.write_all(&rest).await.unwrap();
         theirs
     });
-    assert!(matches!(
-        link.next().await.unwrap(),
-        Some(Decoded::Frame(_))
-    ));
+    // Read 4 KiB at a time to its end, it stays where its room was made: its last few KiB do
+    // not make the link grow (and copy) the buffer.
+    match link.next().await.unwrap() {
+        Some(Decoded::Frame(frame)) => {
+            assert_eq!(frame.as_wire(), &big[..]);
+            assert_eq!(
+                frame.as_wire().as_ptr(),
+                room,
+                "the frame was copied at its end"
+            );
+        }
+        other => panic!("not the frame: {other:?}"),
+    }
     let mut theirs = writer.await.unwrap();
     // A small frame that needs two reads gets ordinary room, not the large one's size.
     let small = frame_of(b"MSH|^~\\&|small");
