@@ -86,7 +86,7 @@ pub async fn accept_loop(
             let accept = proxies.accept;
             // The real client is only known once its header is read: admit it in its own task
             // so a slow balancer cannot stall the accept loop.
-            workers::place(&tracker, tcp, move |mut tcp| async move {
+            workers::place(&tracker, tcp, peer, move |mut tcp| async move {
                 let Some(origin) = read_proxy_header(&mut tcp, accept, peer, &ctx, &shutdown).await
                 else {
                     return;
@@ -110,7 +110,7 @@ pub async fn accept_loop(
             destination: tcp.local_addr().unwrap_or(peer),
         };
         let open = count_accepted(&ctx, peer);
-        workers::place(&tracker, tcp, move |tcp| {
+        workers::place(&tracker, tcp, peer, move |tcp| {
             // Made before the task's body, so the task holds the future and the permits, not
             // also the arguments it was made from.
             let served = serve_connection(tcp, origin, None, ctx, shutdown);

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -89,8 +90,9 @@ impl Drop for Workers {
 /// to that worker's reactor first, so its readiness wakes that thread alone), else in the
 /// current runtime. Either way the task is tracked by `tracker`, so a drain waits for it.
 ///
-/// `serve` builds the connection's future from the socket on the thread that will run it.
-pub fn place<F, Fut>(tracker: &TaskTracker, tcp: TcpStream, serve: F)
+/// `serve` builds the connection's future from the socket on the thread that will run it;
+/// `peer` (the accepted address) names the connection in the rare line that says it was lost.
+pub fn place<F, Fut>(tracker: &TaskTracker, tcp: TcpStream, peer: SocketAddr, serve: F)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -99,12 +101,11 @@ where
         tracker.spawn(serve(tcp));
         return;
     };
-    let peer = tcp.peer_addr().ok();
     // Leaves this runtime's reactor (the socket stays open and non-blocking) ...
     let socket = match tcp.into_std() {
         Ok(socket) => socket,
         Err(err) => {
-            tracing::warn!(peer = ?peer, error = %err, "could not hand an accepted connection to a worker; closed");
+            tracing::warn!(%peer, error = %err, "could not hand an accepted connection to a worker; closed");
             return;
         }
     };
@@ -116,7 +117,7 @@ where
             match TcpStream::from_std(socket) {
                 Ok(tcp) => serve(tcp).await,
                 Err(err) => {
-                    tracing::warn!(peer = ?peer, error = %err, "a worker could not take an accepted connection; closed");
+                    tracing::warn!(%peer, error = %err, "a worker could not take an accepted connection; closed");
                 }
             }
         },
