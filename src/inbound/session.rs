@@ -146,14 +146,17 @@ fn rewire(two_way: &mut Option<Box<TwoWay<'_>>>, lanes: &mut Lanes) {
 }
 
 /// The console's view before the answer to one of the sender's messages is written: the
-/// receiver has answered, so no longer awaiting its ack (a console reading right after the
-/// sender got its ack sees the connection idle). Returns the bytes the answer will take.
-fn answering(answer: &Answer, listed: &Entry) -> usize {
+/// receiver has answered, so no longer awaiting its ack, and the answer's bytes count as sent.
+/// A console reading right after the sender got its ack sees the connection idle with those
+/// bytes: the session, on its own worker thread, may not have run again since its write
+/// returned. (If the write fails, the connection and its entry end with it.)
+fn answering(answer: &Answer, listed: &Entry) {
     listed.set_state(State::Idle);
-    match answer {
+    let bytes = match answer {
         Answer::Ack { ack, .. } => ack.len() + 3,
         _ => 0,
-    }
+    };
+    listed.answered(bytes);
 }
 
 /// Serves one admitted (and, for TLS routes, handshaken) sender until it leaves, stalls, or the
@@ -316,12 +319,11 @@ pub fn serve(
                     Decoded::Frame(frame) => Some(frame),
                     Decoded::Oversize { .. } => None,
                 };
-                let out = answering(&answer, listed);
+                answering(&answer, listed);
                 let written = write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
                 if let Err(end) = written.await {
                     break 'session end;
                 }
-                listed.answered(out);
             }
             // Then every message the receiver sent on its own, while that direction is free.
             if let Some(tw) = two_way.as_deref_mut() {
@@ -484,14 +486,13 @@ pub fn serve(
                                 messages += 1;
                                 listed.message();
                             }
-                            let out = answering(&answer, listed);
+                            answering(&answer, listed);
                             let frame = Some(&frame);
                             let written =
                                 write_answer(&ctx, &mut link, answer, frame, &mut resends, &who);
                             if let Err(end) = written.await {
                                 break 'session end;
                             }
-                            listed.answered(out);
                         }
                     }
                 }

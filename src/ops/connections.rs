@@ -110,7 +110,7 @@ impl Entry {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// The session wrote an answer of `n` bytes (one message done).
+    /// The session is writing an answer of `n` bytes (one message done).
     pub fn answered(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
