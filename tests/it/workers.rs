@@ -75,12 +75,16 @@ fn worker_threads(pid: u32) -> Vec<(String, u64)> {
 }
 
 /// Sends `count` messages on each of `connections` connections at once; every ack must be AA
-/// and name its own message.
+/// and name its own message. All the connections are open before the first message, so the
+/// guard places each while the others are open.
 async fn relay_from_many(listen: SocketAddr, connections: usize, count: usize) {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(Client::plain(listen).await);
+    }
     let mut senders = Vec::new();
-    for c in 0..connections {
+    for (c, mut client) in clients.into_iter().enumerate() {
         senders.push(tokio::spawn(async move {
-            let mut client = Client::plain(listen).await;
             for n in 0..count {
                 let msg = message(&format!("W{c}-{n}"), 600);
                 let ack = client.send(&msg).await;
