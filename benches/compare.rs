@@ -406,9 +406,8 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
     let baseline = baseline_bin().is_some();
     let with = |mut base: Vec<Kind>, extra: &[Kind]| {
         // Right after this build's row, so the two take turns next to each other.
-        if baseline && base.contains(&Guard) {
-            let at = base.iter().position(|&k| k == Guard).map_or(0, |i| i + 1);
-            base.insert(at, GuardBaseline);
+        if let Some(at) = base.iter().position(|&k| k == Guard).filter(|_| baseline) {
+            base.insert(at + 1, GuardBaseline);
         }
         if peers {
             base.extend_from_slice(extra);
