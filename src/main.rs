@@ -878,8 +878,13 @@ fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
     let audit_file = batched.then(audit_sink::file_layer);
     // Colours only on a terminal: escape codes in journald, files or `docker logs` are noise,
     // and writing them was a fifth of an audit line's cost (callgrind, issue 7).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !ansi {
+        // Audit lines skip tracing's dispatch; the same filter and formats decide their bytes.
+        audit_sink::write_directly(writer, matches!(format, LogFormat::Json), &initial);
+    }
     let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_timer(log_format::UtcMicros)
         .with_writer(writer);
     let registry = tracing_subscriber::registry().with(audit_file);
@@ -907,6 +912,7 @@ fn init_logging(format: LogFormat, default_level: &str, batched: bool) {
         };
         let filter = EnvFilter::try_new(next).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())?;
+        audit_sink::stderr_filter_changed(next);
         Ok(std::mem::replace(&mut *current, next.to_string()))
     }));
 }

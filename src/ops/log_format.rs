@@ -132,22 +132,32 @@ where
             return self.general.format_event(ctx, writer, event);
         }
         let meta = event.metadata();
-        // As `Full` does: a clock that cannot be read does not lose the line.
-        if self.timer.format_time(&mut writer).is_err() {
-            writer.write_str("<unknown time>")?;
-        }
-        writer.write_str(match *meta.level() {
-            tracing::Level::TRACE => " TRACE ",
-            tracing::Level::DEBUG => " DEBUG ",
-            tracing::Level::INFO => "  INFO ",
-            tracing::Level::WARN => "  WARN ",
-            tracing::Level::ERROR => " ERROR ",
-        })?;
-        writer.write_str(meta.target())?;
-        writer.write_str(": ")?;
+        write_text_head(&mut writer, &self.timer, meta.level(), meta.target())?;
         ctx.format_fields(writer.by_ref(), event)?;
         writer.write_char('\n')
     }
+}
+
+/// A text line's `TIME LEVEL target: `.
+fn write_text_head(
+    writer: &mut Writer<'_>,
+    timer: &impl FormatTime,
+    level: &tracing::Level,
+    target: &str,
+) -> fmt::Result {
+    // As `Full` does: a clock that cannot be read does not lose the line.
+    if timer.format_time(writer).is_err() {
+        writer.write_str("<unknown time>")?;
+    }
+    writer.write_str(match *level {
+        tracing::Level::TRACE => " TRACE ",
+        tracing::Level::DEBUG => " DEBUG ",
+        tracing::Level::INFO => "  INFO ",
+        tracing::Level::WARN => "  WARN ",
+        tracing::Level::ERROR => " ERROR ",
+    })?;
+    writer.write_str(target)?;
+    writer.write_str(": ")
 }
 
 /// Whether our own line writers take `event`: not inside a span, and not a record from the
@@ -198,61 +208,253 @@ where
             return self.general.format_event(ctx, writer, event);
         }
         let meta = event.metadata();
-        writer.write_str("{\"timestamp\":\"")?;
-        // A clock that cannot be read does not lose the line (as in the text line).
-        if self.timer.format_time(&mut writer).is_err() {
-            writer.write_str("<unknown time>")?;
-        }
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(meta.level().as_str())?;
-        writer.write_char('"')?;
+        write_json_head(&mut writer, &self.timer, meta.level())?;
         let mut visitor = JsonVisitor {
-            writer: &mut writer,
+            writer: writer.by_ref(),
             result: Ok(()),
         };
         event.record(&mut visitor);
         visitor.result?;
-        writer.write_str(",\"target\":")?;
-        json_string(&mut writer, meta.target())?;
-        writer.write_str("}\n")
+        write_json_tail(&mut writer, meta.target())
     }
 }
 
-/// Writes each field as `,"name":value`.
-struct JsonVisitor<'a, 'writer> {
-    writer: &'a mut Writer<'writer>,
+/// A JSON line's `{"timestamp":"TIME","level":"LEVEL"`.
+fn write_json_head(
+    writer: &mut Writer<'_>,
+    timer: &impl FormatTime,
+    level: &tracing::Level,
+) -> fmt::Result {
+    writer.write_str("{\"timestamp\":\"")?;
+    // A clock that cannot be read does not lose the line (as in the text line).
+    if timer.format_time(writer).is_err() {
+        writer.write_str("<unknown time>")?;
+    }
+    writer.write_str("\",\"level\":\"")?;
+    writer.write_str(level.as_str())?;
+    writer.write_char('"')
+}
+
+/// A JSON line's `,"target":"TARGET"}` and line end.
+fn write_json_tail(writer: &mut Writer<'_>, target: &str) -> fmt::Result {
+    writer.write_str(",\"target\":")?;
+    json_string(writer, target)?;
+    writer.write_str("}\n")
+}
+
+/// A line written straight from values known where it is logged, without tracing's dispatch
+/// and field visiting: for the audit line, one per message (issue 22: its sixteen fields through
+/// tracing cost ~8,700 instructions of the line's ~10,500, callgrind, 1 KiB messages).
+///
+/// Byte for byte what [`PlainLine`] or [`JsonLine`] write for `tracing::event!(target: TARGET,
+/// LEVEL, name = value, .., "MESSAGE")` with the same values in the same order (the audit
+/// module's tests compare the two). Values that need nothing quoted or escaped, which is every
+/// value of an ordinary audit line, are appended to the line as they are: through `fmt`'s
+/// `dyn Write` each piece cost ~60 instructions, ~370 per field. Any other value is handed to
+/// the visitor code that writes tracing's lines. A field that is `None` is left out, as tracing
+/// leaves it out; a `%` (Display) value is given as its text. Field names must be plain
+/// identifiers (they are written as they are).
+pub struct DirectLine<'w> {
+    out: &'w mut String,
+    json: bool,
+    target: &'w str,
     result: fmt::Result,
 }
 
-impl JsonVisitor<'_, '_> {
-    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = self
-                .writer
-                .write_char(',')
-                .and_then(|_| json_string(self.writer, field.name()))
-                .and_then(|_| self.writer.write_char(':'))
-                .and_then(|_| value(self.writer));
+/// Printable ASCII other than `"` and `\`: written inside quotes as it is in both formats.
+fn quotable(text: &str) -> bool {
+    text.bytes().all(|b| CLASS[usize::from(b)] != 0)
+}
+
+/// Also without a blank or `=`: a text line's `%` value written bare, as it is.
+fn bare(text: &str) -> bool {
+    text.bytes().all(|b| CLASS[usize::from(b)] == BARE)
+}
+
+/// [`quotable`] bytes, and which of them a bare text value may hold ([`BARE`]): one look-up a
+/// byte, where two tests in a row cost ~240 instructions a field (callgrind).
+const CLASS: [u8; 256] = {
+    let mut class = [0u8; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        class[b] = match b as u8 {
+            b'"' | b'\\' => 0,
+            b' ' | b'=' => QUOTABLE,
+            _ => BARE,
+        };
+        b += 1;
+    }
+    class
+};
+const QUOTABLE: u8 = 1;
+const BARE: u8 = 2;
+
+impl<'w> DirectLine<'w> {
+    /// Starts a line at the end of `out`: the time, level and (text) target, then `message`.
+    pub fn start(
+        out: &'w mut String,
+        json: bool,
+        level: &tracing::Level,
+        target: &'w str,
+        message: &str,
+    ) -> DirectLine<'w> {
+        let mut writer = Writer::new(out);
+        let result = if json {
+            write_json_head(&mut writer, &UtcMicros, level)
+        } else {
+            write_text_head(&mut writer, &UtcMicros, level, target)
+        };
+        let mut line = DirectLine {
+            out,
+            json,
+            target,
+            result,
+        };
+        match (json, quotable(message)) {
+            (true, true) => {
+                line.out.push_str(",\"message\":\"");
+                line.out.push_str(message);
+                line.out.push('"');
+            }
+            // Nothing a terminal acts on, and no line break.
+            (false, true) => line.out.push_str(message),
+            (_, false) => line.visit(
+                |v| v.str_value("message", message),
+                |v| {
+                    v.first = true;
+                    v.text_value("message", message)
+                },
+            ),
+        }
+        line
+    }
+
+    /// Hands one field to the visitor code of the line's format.
+    fn visit(
+        &mut self,
+        json: impl FnOnce(&mut JsonVisitor<'_>),
+        text: impl FnOnce(&mut PlainVisitor<'_>),
+    ) {
+        let result = std::mem::replace(&mut self.result, Ok(()));
+        let writer = Writer::new(self.out);
+        self.result = if self.json {
+            let mut visitor = JsonVisitor { writer, result };
+            json(&mut visitor);
+            visitor.result
+        } else {
+            let mut visitor = PlainVisitor {
+                writer,
+                first: false,
+                result,
+            };
+            text(&mut visitor);
+            visitor.result
+        };
+    }
+
+    /// ` name=` or `,"name":`.
+    fn name(&mut self, name: &str) {
+        if self.json {
+            self.out.push_str(",\"");
+            self.out.push_str(name);
+            self.out.push_str("\":");
+        } else {
+            self.out.push(' ');
+            self.out.push_str(name);
+            self.out.push('=');
+        }
+    }
+
+    /// `name = value` (a string).
+    pub fn str(&mut self, name: &str, value: &str) {
+        if !quotable(value) {
+            return self.visit(|v| v.str_value(name, value), |v| v.str_value(name, value));
+        }
+        self.name(name);
+        self.out.push('"');
+        self.out.push_str(value);
+        self.out.push('"');
+    }
+
+    /// `name = %value` (Display), whose text is `text`.
+    pub fn shown(&mut self, name: &str, text: &str) {
+        // Text: written bare unless it holds a blank or `=` (which `write_text` quotes).
+        let as_it_is = if self.json {
+            quotable(text)
+        } else {
+            bare(text)
+        };
+        if !as_it_is {
+            // JSON: `record_debug` of a Display value is its text as a JSON string.
+            return self.visit(|v| v.str_value(name, text), |v| v.text_value(name, text));
+        }
+        self.name(name);
+        if self.json {
+            self.out.push('"');
+            self.out.push_str(text);
+            self.out.push('"');
+        } else {
+            self.out.push_str(text);
+        }
+    }
+
+    pub fn u64(&mut self, name: &str, value: u64) {
+        self.name(name);
+        self.out.push_str(itoa(value, &mut [0; 20]));
+    }
+
+    pub fn f64(&mut self, name: &str, value: f64) {
+        let mut text = [0u8; 32];
+        match thousandths(value, &mut text) {
+            Some(text) if !self.json => {
+                self.name(name);
+                self.out.push_str(text);
+            }
+            _ => self.visit(|v| v.f64_value(name, value), |v| v.f64_value(name, value)),
+        }
+    }
+
+    /// Ends the line (a JSON line with its target); `Err` if any of it could not be written.
+    pub fn finish(self) -> fmt::Result {
+        self.result?;
+        if self.json {
+            write_json_tail(&mut Writer::new(self.out), self.target)
+        } else {
+            self.out.push('\n');
+            Ok(())
         }
     }
 }
 
-impl Visit for JsonVisitor<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, |w| json_string(w, value));
+/// Writes each field as `,"name":value`.
+struct JsonVisitor<'writer> {
+    writer: Writer<'writer>,
+    result: fmt::Result,
+}
+
+impl JsonVisitor<'_> {
+    fn entry(&mut self, name: &str, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            let w = &mut self.writer;
+            self.result = w
+                .write_char(',')
+                .and_then(|_| json_string(w, name))
+                .and_then(|_| w.write_char(':'))
+                .and_then(|_| value(w));
+        }
     }
 
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.entry(field, |w| write_integer(w, false, value));
+    fn str_value(&mut self, name: &str, value: &str) {
+        self.entry(name, |w| json_string(w, value));
     }
 
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.entry(field, |w| write_integer(w, value < 0, value.unsigned_abs()));
+    fn u64_value(&mut self, name: &str, value: u64) {
+        self.entry(name, |w| write_integer(w, false, value));
     }
 
-    fn record_f64(&mut self, field: &Field, value: f64) {
+    fn f64_value(&mut self, name: &str, value: f64) {
         // serde_json's own number format (`null` for NaN and infinities).
-        self.entry(field, |w| {
+        self.entry(name, |w| {
             let mut buf = [0u8; 32];
             let mut out = &mut buf[..];
             serde_json::to_writer(&mut out, &value).map_err(|_| fmt::Error)?;
@@ -260,13 +462,35 @@ impl Visit for JsonVisitor<'_, '_> {
             w.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
         });
     }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.str_value(field.name(), value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.u64_value(field.name(), value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.entry(field.name(), |w| {
+            write_integer(w, value < 0, value.unsigned_abs())
+        });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.f64_value(field.name(), value);
+    }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.entry(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.entry(field.name(), |w| {
+            w.write_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.entry(field, |w| {
+        self.entry(field.name(), |w| {
             w.write_char('"')?;
             write!(JsonEscaping(w), "{value:?}")?;
             w.write_char('"')
@@ -323,11 +547,10 @@ struct PlainVisitor<'writer> {
 impl PlainVisitor<'_> {
     /// Starts a field: the separating space and `name=` (nothing for the message). `None`
     /// when the field is not written at all.
-    fn start(&mut self, field: &Field) -> Option<bool> {
+    fn start(&mut self, name: &str) -> Option<bool> {
         if self.result.is_err() {
             return None;
         }
-        let name = field.name();
         // Metadata of records from the `log` crate, already shown as the line's target.
         if name.starts_with("log.") {
             return None;
@@ -349,11 +572,9 @@ impl PlainVisitor<'_> {
     fn finish(&mut self, written: fmt::Result) {
         self.result = self.result.and(written);
     }
-}
 
-impl Visit for PlainVisitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        let Some(is_message) = self.start(field) else {
+    fn str_value(&mut self, name: &str, value: &str) {
+        let Some(is_message) = self.start(name) else {
             return;
         };
         let written = if is_message {
@@ -373,31 +594,17 @@ impl Visit for PlainVisitor<'_> {
         self.finish(written);
     }
 
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.start(field).is_some() {
+    fn u64_value(&mut self, name: &str, value: u64) {
+        if self.start(name).is_some() {
             let written = write_integer(&mut self.writer, false, value);
             self.finish(written);
         }
     }
 
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.start(field).is_some() {
-            let written = write_integer(&mut self.writer, value < 0, value.unsigned_abs());
-            self.finish(written);
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.start(field).is_some() {
-            let written = self.writer.write_str(if value { "true" } else { "false" });
-            self.finish(written);
-        }
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
+    fn f64_value(&mut self, name: &str, value: f64) {
         // What the default (`record_debug`) writes: `{:?}` of a float (`0.25`, `3.0`, `1e-7`,
         // `NaN`) holds nothing to quote or escape, so it goes straight to the line.
-        if self.start(field).is_some() {
+        if self.start(name).is_some() {
             let mut text = [0u8; 32];
             let written = match thousandths(value, &mut text) {
                 Some(text) => self.writer.write_str(text),
@@ -407,8 +614,50 @@ impl Visit for PlainVisitor<'_> {
         }
     }
 
+    /// A value shown with `%` (Display) whose text is `text`.
+    fn text_value(&mut self, name: &str, text: &str) {
+        let Some(is_message) = self.start(name) else {
+            return;
+        };
+        let mut out = Escaping(&mut self.writer);
+        let written = if is_message {
+            out.write_str(text)
+        } else {
+            write_text(&mut out, text)
+        };
+        self.finish(written);
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.str_value(field.name(), value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.u64_value(field.name(), value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.start(field.name()).is_some() {
+            let written = write_integer(&mut self.writer, value < 0, value.unsigned_abs());
+            self.finish(written);
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.start(field.name()).is_some() {
+            let written = self.writer.write_str(if value { "true" } else { "false" });
+            self.finish(written);
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.f64_value(field.name(), value);
+    }
+
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if self.start(field).is_none() {
+        if self.start(field.name()).is_none() {
             return;
         }
         let mut out = Escaping(&mut self.writer);
@@ -432,7 +681,7 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let Some(is_message) = self.start(field) else {
+        let Some(is_message) = self.start(field.name()) else {
             return;
         };
         let mut out = Escaping(&mut self.writer);
@@ -455,27 +704,28 @@ fn write_value(out: &mut Escaping<'_, '_>, value: fmt::Arguments<'_>) -> fmt::Re
         Ok(()) => Some(buf.as_str()),
         Err(_) => None,
     };
-    let quote = match text {
-        Some(text) => needs_quotes(text),
-        None => {
-            let mut scan = NeedsQuotes(false);
-            let _ = scan.write_fmt(value);
-            scan.0
-        }
-    };
-    match (text, quote) {
-        (Some(text), false) => out.write_str(text),
-        (None, false) => out.write_fmt(value),
-        (Some(text), true) => {
-            out.0.write_char('"')?;
-            Quoting(out).write_str(text)?;
-            out.0.write_char('"')
-        }
-        (None, true) => {
-            out.0.write_char('"')?;
-            Quoting(out).write_fmt(value)?;
-            out.0.write_char('"')
-        }
+    if let Some(text) = text {
+        return write_text(out, text);
+    }
+    let mut scan = NeedsQuotes(false);
+    let _ = scan.write_fmt(value);
+    if scan.0 {
+        out.0.write_char('"')?;
+        Quoting(out).write_fmt(value)?;
+        out.0.write_char('"')
+    } else {
+        out.write_fmt(value)
+    }
+}
+
+/// [`write_value`] of a value whose text is known.
+fn write_text(out: &mut Escaping<'_, '_>, text: &str) -> fmt::Result {
+    if needs_quotes(text) {
+        out.0.write_char('"')?;
+        Quoting(out).write_str(text)?;
+        out.0.write_char('"')
+    } else {
+        out.write_str(text)
     }
 }
 
@@ -638,4 +888,4 @@ impl Write for Escaping<'_, '_> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

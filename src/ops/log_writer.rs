@@ -108,7 +108,8 @@ impl LogWriter {
         LogWriter(Some(start(&AUDIT, || Dest::Audit(None), "audit-writer")))
     }
 
-    fn append(self, line: &[u8]) {
+    /// Hands over one whole line (or several), as the formatter's [`Line`] does.
+    pub fn append(self, line: &[u8]) {
         let Some(shared) = self.0 else {
             let _ = std::io::stderr().write_all(line);
             return;

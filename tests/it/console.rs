@@ -371,6 +371,87 @@ async fn token_host_and_bad_request_rules() {
     assert!(body.contains("invalid log filter"), "{body}");
 }
 
+/// The control ids of the audit lines logged until the one for `last` (bounded), with their
+/// levels.
+fn audit_lines_until(logs: &std::sync::mpsc::Receiver<String>, last: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let Ok(line) = logs.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["target"] != "mllp_guard::audit" {
+            continue;
+        }
+        let id = v["control_id"].as_str().unwrap().to_string();
+        seen.push(format!("{id} {}", v["level"].as_str().unwrap()));
+        if id == last {
+            return seen;
+        }
+    }
+    panic!("no audit line for {last} within 10 s; saw {seen:?}");
+}
+
+#[tokio::test]
+async fn the_log_level_set_at_run_time_decides_which_audit_lines_reach_stderr() {
+    let upstream = FakeUpstream::start(Behaviour::Ack).await;
+    let dir = TestDir::new();
+    std::fs::write(dir.path("token"), format!("{TOKEN}\n")).unwrap();
+    let admin = free_port();
+    let config = dir.path("guard.yaml");
+    let rule = "    rules:\n      - name: no-orders\n        match: { message_type: [\"ORM^*\"] }\n        action: reject\n";
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: {admin}\n{WITH_TOKEN}{}",
+            route_yaml(upstream.addr, rule, "", "")
+        ),
+    )
+    .unwrap();
+    let (_guard, listen, logs) = start_guard(&config);
+    let mut client = Client::plain(listen.parse().unwrap()).await;
+    let order = |id: &str| {
+        String::from_utf8(message(id, 100))
+            .unwrap()
+            .replace("ADT^A01^ADT_A01", "ORM^O01")
+            .into_bytes()
+    };
+    let headers = [("Authorization", bearer())];
+    let headers = [("Authorization", headers[0].1.as_str())];
+    let mut round = async |n: u32, filter: Option<&str>| {
+        if let Some(filter) = filter {
+            let (status, body) = http(
+                admin,
+                "PUT",
+                "/api/v1/log-level",
+                &headers,
+                filter.as_bytes(),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let (passed, refused) = (format!("A-{n}"), format!("R-{n}"));
+        assert_eq!(
+            ack_of(&client.send(&message(&passed, 100)).await).0,
+            AckCode::AA
+        );
+        assert_eq!(ack_of(&client.send(&order(&refused)).await).0, AckCode::AR);
+    };
+    // Started at debug: both lines.
+    round(1, None).await;
+    assert_eq!(audit_lines_until(&logs, "R-1"), ["A-1 INFO", "R-1 WARN"]);
+    // At warn, a forwarded message's line (INFO) is left out; a refusal's (WARN) is kept. The
+    // lines of one connection come in order, so R-2's line ends the wait for A-2's.
+    round(2, Some("warn")).await;
+    assert_eq!(audit_lines_until(&logs, "R-2"), ["R-2 WARN"]);
+    round(3, Some("warn,mllp_guard::audit=info")).await;
+    assert_eq!(audit_lines_until(&logs, "R-3"), ["A-3 INFO", "R-3 WARN"]);
+    round(4, Some("info,mllp_guard::audit=off")).await;
+    round(5, Some("info")).await;
+    assert_eq!(audit_lines_until(&logs, "R-5"), ["A-5 INFO", "R-5 WARN"]);
+}
+
 #[tokio::test]
 async fn a_paused_forward_route_refuses_connections_and_answers_ae_until_resumed() {
     let upstream = FakeUpstream::start(Behaviour::Ack).await;

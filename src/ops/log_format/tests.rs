@@ -4,8 +4,9 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use super::*;
 
+/// Where a test subscriber's lines go (also the audit module's tests).
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
