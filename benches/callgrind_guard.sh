@@ -6,8 +6,9 @@
 #
 # Usage: benches/callgrind_guard.sh [N] [LEVEL] [SIZE]
 #   N      messages (default 20000)
-#   LEVEL  `shipped` (the default level: an audit line per message, to a file) or an
-#          MLLP_GUARD_LOG value such as `warn` (default shipped)
+#   LEVEL  `shipped` (the default level: an audit line per message, to a file),
+#          `audit-file` (shipped plus `audit: { file }`: the audit trail as JSON lines to its
+#          own file) or an MLLP_GUARD_LOG value such as `warn` (default shipped)
 #   SIZE   bytes per message (default 1024)
 # Needs valgrind and a release build (`cargo build --release`). Writes its profiles to
 # $OUT (default /tmp/callgrind-guard): `callgrind_annotate --inclusive=yes FILE` shows where
@@ -25,7 +26,10 @@ UPSTREAM=$((PORT_BASE + 1))
 [ -x "$BIN" ] || { echo "callgrind_guard.sh: build first: cargo build --release" >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "callgrind_guard.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 mkdir -p "$OUT"
+AUDIT=""
+[ "$LEVEL" = audit-file ] && AUDIT="audit: { file: $OUT/audit.jsonl }"
 cat >"$OUT/guard.yaml" <<YAML
+$AUDIT
 routes:
   - name: bench
     listen: 127.0.0.1:$LISTEN
@@ -61,7 +65,7 @@ profile() {
   "$BIN" sink --listen "127.0.0.1:$UPSTREAM" >/dev/null 2>&1 &
   sink=$!
   local env=(MLLP_GUARD_RUNTIME=current-thread)
-  [ "$LEVEL" = shipped ] || env+=("MLLP_GUARD_LOG=$LEVEL")
+  case "$LEVEL" in shipped | audit-file) ;; *) env+=("MLLP_GUARD_LOG=$LEVEL") ;; esac
   env "${env[@]}" valgrind --tool=callgrind --callgrind-out-file="$file" \
     "$BIN" run --config "$OUT/guard.yaml" 2>"$OUT/guard.$n.log" >/dev/null &
   guard=$!

@@ -403,26 +403,32 @@ impl<'w> DirectLine<'w> {
         self.out.push_str(itoa(value, &mut [0; 20]));
     }
 
+    /// A number of thousandths (a latency in milliseconds) is written as both formats write it
+    /// (`{:?}`, and serde_json's, the same text there: a unit test holds them to it).
     pub fn f64(&mut self, name: &str, value: f64) {
         let mut text = [0u8; 32];
         match thousandths(value, &mut text) {
-            Some(text) if !self.json => {
+            Some(text) => {
                 self.name(name);
                 self.out.push_str(text);
             }
-            _ => self.visit(|v| v.f64_value(name, value), |v| v.f64_value(name, value)),
+            None => self.visit(|v| v.f64_value(name, value), |v| v.f64_value(name, value)),
         }
     }
 
     /// Ends the line (a JSON line with its target); `Err` if any of it could not be written.
     pub fn finish(self) -> fmt::Result {
         self.result?;
-        if self.json {
-            write_json_tail(&mut Writer::new(self.out), self.target)
-        } else {
+        if !self.json {
             self.out.push('\n');
-            Ok(())
+        } else if quotable(self.target) {
+            self.out.push_str(",\"target\":\"");
+            self.out.push_str(self.target);
+            self.out.push_str("\"}\n");
+        } else {
+            write_json_tail(&mut Writer::new(self.out), self.target)?;
         }
+        Ok(())
     }
 }
 

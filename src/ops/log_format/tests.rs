@@ -331,12 +331,14 @@ fn the_cached_timestamp_is_humantimes() {
 }
 
 #[test]
-fn thousandths_are_written_as_the_float_formatter_writes_them() {
+fn thousandths_are_written_as_the_float_formatter_and_serde_json_write_them() {
     let mut checked = 0;
     let mut check = |value: f64| {
         let mut text = [0u8; 32];
         if let Some(ours) = thousandths(value, &mut text) {
             assert_eq!(ours, format!("{value:?}"), "{value}");
+            // serde_json's number (a JSON line's) is the same text.
+            assert_eq!(ours, serde_json::to_string(&value).unwrap(), "{value}");
             checked += 1;
         }
     };
