@@ -11,7 +11,8 @@
 //! Run: `cargo build --release && cargo bench --bench compare -- [--runs 3] [--seconds 5]
 //!       [--scenarios 1,2,3,4,5,6] [--idle 9500] [--no-write]`
 //! With `COMPARE_BASELINE_BIN=PATH` (another build of the guard, e.g. the commit before a
-//! change) that build runs at warn beside this one in every guard scenario: an A/B in one run.
+//! change) that build runs beside this one in every guard scenario, at warn and as shipped
+//! (stderr to a file): an A/B in one run.
 //! It prints the tables and rewrites the generated part of `BENCHMARKS.md` (between the markers;
 //! the hand-written findings around them are kept). Under `cargo test` it is a few-second smoke
 //! run of mllp-guard alone (no peers needed, nothing written).
@@ -52,6 +53,9 @@ enum Kind {
     /// Another build of mllp-guard at warn, named by `COMPARE_BASELINE_BIN` (e.g. the binary of
     /// the commit before a change): an A/B of a change within one run. Only when that is set.
     GuardBaseline,
+    /// The `COMPARE_BASELINE_BIN` build as shipped, stderr to a file: the A/B of a change to
+    /// the shipped defaults' own work (the audit line). Only when that is set.
+    GuardBaselineShippedFile,
     Nginx,
     Haproxy,
     Stunnel,
@@ -69,6 +73,9 @@ impl Kind {
             (Kind::GuardCurrentThread, _) => "mllp-guard (log warn, current-thread runtime)",
             (Kind::GuardMultiThread, _) => "mllp-guard (log warn, multi-thread runtime)",
             (Kind::GuardBaseline, _) => "mllp-guard (log warn, baseline binary)",
+            (Kind::GuardBaselineShippedFile, _) => {
+                "mllp-guard (shipped, stderr to a file, baseline binary)"
+            }
             (Kind::Nginx, false) => "nginx stream",
             (Kind::Nginx, true) => "nginx stream ssl",
             (Kind::Haproxy, false) => "HAProxy tcp",
@@ -92,6 +99,7 @@ impl Kind {
                 | Kind::GuardShippedFile
                 | Kind::GuardShippedPipe
                 | Kind::GuardAuditFile
+                | Kind::GuardBaselineShippedFile
         )
     }
 
@@ -105,7 +113,8 @@ impl Kind {
             | Kind::GuardAuditFile
             | Kind::GuardCurrentThread
             | Kind::GuardMultiThread
-            | Kind::GuardBaseline => None,
+            | Kind::GuardBaseline
+            | Kind::GuardBaselineShippedFile => None,
             Kind::Nginx => Some("nginx"),
             Kind::Haproxy => Some("haproxy"),
             Kind::Stunnel => Some("stunnel4"),
@@ -162,7 +171,9 @@ fn version(kind: Kind) -> String {
         | Kind::GuardAuditFile
         | Kind::GuardCurrentThread
         | Kind::GuardMultiThread => out(BIN, &["--version"]),
-        Kind::GuardBaseline => out(&baseline_bin().unwrap_or_default(), &["--version"]),
+        Kind::GuardBaseline | Kind::GuardBaselineShippedFile => {
+            out(&baseline_bin().unwrap_or_default(), &["--version"])
+        }
         Kind::Nginx => out("nginx", &["-v"]),
         Kind::Haproxy => out("haproxy", &["-v"]),
         Kind::Stunnel => out("stunnel4", &["-version"]),
@@ -218,7 +229,8 @@ fn start(
         | Kind::GuardAuditFile
         | Kind::GuardCurrentThread
         | Kind::GuardMultiThread
-        | Kind::GuardBaseline => {
+        | Kind::GuardBaseline
+        | Kind::GuardBaselineShippedFile => {
             let tls_block = if tls {
                 format!("    tls:\n      cert: {cert}\n      key: {key}\n")
             } else {
@@ -242,7 +254,9 @@ fn start(
             )
             .unwrap();
             let program = match kind {
-                Kind::GuardBaseline => baseline_bin().unwrap_or_default(),
+                Kind::GuardBaseline | Kind::GuardBaselineShippedFile => {
+                    baseline_bin().unwrap_or_default()
+                }
                 _ => BIN.to_string(),
             };
             let mut c = common::prefixed(prefix, &program);
@@ -318,7 +332,7 @@ fn start(
         }
     };
     let stderr = match kind {
-        Kind::GuardShippedFile | Kind::GuardAuditFile => {
+        Kind::GuardShippedFile | Kind::GuardAuditFile | Kind::GuardBaselineShippedFile => {
             Stdio::from(std::fs::File::create(dir.join(format!("{tag}.stderr"))).unwrap())
         }
         Kind::GuardShippedPipe => Stdio::piped(),
@@ -408,6 +422,10 @@ fn scenarios(peers: bool) -> Vec<Scenario> {
         // Right after this build's row, so the two take turns next to each other.
         if let Some(at) = base.iter().position(|&k| k == Guard).filter(|_| baseline) {
             base.insert(at + 1, GuardBaseline);
+        }
+        let shipped = base.iter().position(|&k| k == GuardShippedFile);
+        if let Some(at) = shipped.filter(|_| baseline) {
+            base.insert(at + 1, GuardBaselineShippedFile);
         }
         if peers {
             base.extend_from_slice(extra);
@@ -1232,6 +1250,12 @@ fn render(
     for id in [1, 2, 3, 4, 5] {
         if let (Some(g), Some(base)) = (find(id, Kind::Guard), find(id, Kind::GuardBaseline)) {
             let _ = writeln!(w, "\nScenario {id}: this build against the baseline binary (`COMPARE_BASELINE_BIN`), both at warn: CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(g, base, cpu), ratio(g, base, rate));
+        }
+        if let (Some(g), Some(base)) = (
+            find(id, Kind::GuardShippedFile),
+            find(id, Kind::GuardBaselineShippedFile),
+        ) {
+            let _ = writeln!(w, "\nScenario {id}: this build against the baseline binary (`COMPARE_BASELINE_BIN`), both as shipped with stderr to a file: CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(g, base, cpu), ratio(g, base, rate));
         }
         if let (Some(g), Some(multi)) = (find(id, Kind::Guard), find(id, Kind::GuardMultiThread)) {
             let _ = writeln!(w, "\nScenario {id}: the default per-core connection workers against the multi-thread runtime (`MLLP_GUARD_RUNTIME=multi-thread`, the default before them), both at warn: CPU/msg ratio {:.2}, msgs/s ratio {:.2}.", ratio(g, multi, cpu), ratio(g, multi, rate));
