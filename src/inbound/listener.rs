@@ -25,6 +25,7 @@ use crate::net::{self, Stream};
 use crate::ops::connections::{self, TlsInfo};
 use crate::ops::refusals::{self, Refusal};
 use crate::route::{Peer, RouteContext};
+use crate::timing::woken::Woken;
 
 /// Accepts until `shutdown` fires; every admitted connection runs in `tracker` with the
 /// route's context as it is when the connection arrives (a reload changes it for the next).
@@ -300,9 +301,12 @@ pub(crate) fn serve_listed(
     let session = Box::pin(session::serve(stream, who, ctx, close, entry.clone()));
     async move {
         let _listed = listed; // listed until the session ends, either way
+                              // Polled at every wake-up of the connection's task: checked with one atomic load until
+                              // the operator's "close now" wakes it (`Woken`).
+        let kill = Woken::new(entry.kill.cancelled());
         tokio::select! {
             messages = session => messages,
-            _ = entry.kill.cancelled() => {
+            _ = kill => {
                 crate::ops::metrics::connection_closed(&route, "operator");
                 tracing::info!(route = %route, %peer, reason = "closed by the operator (now)", "connection closed");
                 0

@@ -30,6 +30,7 @@ use crate::ops::connections::{Entry, State};
 use crate::outcome::{Answer, Failure, Side};
 use crate::route::{Peer, RouteContext};
 use crate::timing::deadline_timer::DeadlineTimer;
+use crate::timing::woken::Woken;
 use crate::wire::ack::{ErrorCode, Says};
 use crate::wire::codec::{Decoded, Frame, Framing};
 use crate::wire::commit;
@@ -209,8 +210,9 @@ pub fn serve(
         // `idle_reopen: at-once`: when the paired upstream connection has been quiet too long.
         let mut idle_upstream_timer = DeadlineTimer::default();
         // One shutdown waiter for the whole session: a new `cancelled()` per message would register
-        // with (and leave) the token's waiter list, under its lock, twice per message.
-        let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
+        // with (and leave) the token's waiter list, under its lock, twice per message; polled
+        // again only once the token woke the task (`Woken`).
+        let mut shutdown_signal = std::pin::pin!(Woken::new(shutdown.cancelled()));
 
         // An event already waited for (two-way: the first after a delivery started).
         let mut ready: Option<Event> = None;
