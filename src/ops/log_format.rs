@@ -585,10 +585,7 @@ impl PlainVisitor<'_> {
         };
         let written = if is_message {
             Escaping(&mut self.writer).write_str(value)
-        } else if value
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-        {
+        } else if quotable(value) {
             // What `{:?}` writes for a printable ASCII string without quotes or backslashes.
             self.writer
                 .write_char('"')
