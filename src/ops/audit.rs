@@ -25,7 +25,7 @@ use tracing::field::display;
 use crate::ops::audit_sink;
 use crate::ops::log_format::DirectLine;
 use crate::ops::metrics::RouteMetrics;
-use crate::wire::hl7::{AckCode, Header, Printable};
+use crate::wire::hl7::{AckCode, Header, Printable, PRINTABLE_BYTES};
 
 /// One message's fate.
 pub struct Entry<'a> {
@@ -167,8 +167,8 @@ fn write_fields(line: &mut DirectLine<'_>, entry: &Entry<'_>, latency_ms: f64) {
         line.str("identity", identity);
     }
     if let Some(h) = entry.header {
-        let mut text = [0u8; PRINTABLE_TEXT];
-        let mut shown = |name, field| line.shown(name, printable_text(field, &mut text));
+        let mut text = [0u8; PRINTABLE_BYTES];
+        let mut shown = |name, field| line.shown(name, Printable(field).text(&mut text));
         shown("sending_application", h.sending_application());
         shown("sending_facility", h.sending_facility());
         shown("message_type", h.message_type());
@@ -187,20 +187,6 @@ fn write_fields(line: &mut DirectLine<'_>, entry: &Entry<'_>, latency_ms: f64) {
         line.str("reason", reason);
         line.str("error", error);
     }
-}
-
-/// Room for what [`Printable`] shows of a field: its first 64 bytes, one character each.
-const PRINTABLE_TEXT: usize = 64;
-
-/// What [`Printable`] shows of `field`, written into `text` without `fmt`: each byte outside
-/// printable ASCII becomes `?`.
-fn printable_text<'t>(field: &[u8], text: &'t mut [u8; PRINTABLE_TEXT]) -> &'t str {
-    let field = &field[..field.len().min(PRINTABLE_TEXT)];
-    for (to, &b) in text.iter_mut().zip(field) {
-        *to = if (0x20..0x7F).contains(&b) { b } else { b'?' };
-    }
-    // Only printable ASCII was written.
-    std::str::from_utf8(&text[..field.len()]).unwrap_or_default()
 }
 
 /// Room for an IPv4 socket address's text: "255.255.255.255:65535".

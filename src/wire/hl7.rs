@@ -865,21 +865,25 @@ pub fn printable(field: &[u8]) -> String {
 #[derive(Clone, Copy)]
 pub struct Printable<'a>(pub &'a [u8]);
 
+/// How many bytes of a field [`Printable`] shows.
+pub const PRINTABLE_BYTES: usize = 64;
+
+impl Printable<'_> {
+    /// What it shows, written into `text`: the field's first [`PRINTABLE_BYTES`] bytes, each
+    /// one outside printable ASCII as `?` (the audit line takes it without `fmt`).
+    pub fn text<'t>(&self, text: &'t mut [u8; PRINTABLE_BYTES]) -> &'t str {
+        let field = &self.0[..self.0.len().min(PRINTABLE_BYTES)];
+        for (to, &b) in text.iter_mut().zip(field) {
+            *to = if (0x20..0x7F).contains(&b) { b } else { b'?' };
+        }
+        // Only printable ASCII was written.
+        std::str::from_utf8(&text[..field.len()]).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for Printable<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let field = &self.0[..self.0.len().min(64)];
-        // Runs of printable ASCII go out whole; each other byte becomes '?'.
-        for run in field.split_inclusive(|b| !(0x20..0x7F).contains(b)) {
-            let (text, odd) = match run.split_last() {
-                Some((&last, rest)) if !(0x20..0x7F).contains(&last) => (rest, true),
-                _ => (run, false),
-            };
-            f.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)?;
-            if odd {
-                f.write_str("?")?;
-            }
-        }
-        Ok(())
+        f.write_str(self.text(&mut [0; PRINTABLE_BYTES]))
     }
 }
 
