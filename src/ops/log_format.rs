@@ -310,21 +310,19 @@ impl<'w> DirectLine<'w> {
             target,
             result,
         };
-        match (json, quotable(message)) {
-            (true, true) => {
-                line.out.push_str(",\"message\":\"");
-                line.out.push_str(message);
-                line.out.push('"');
-            }
+        if json {
+            line.str("message", message);
+        } else if quotable(message) {
             // Nothing a terminal acts on, and no line break.
-            (false, true) => line.out.push_str(message),
-            (_, false) => line.visit(
-                |v| v.str_value("message", message),
+            line.out.push_str(message);
+        } else {
+            line.visit(
+                |_| {},
                 |v| {
                     v.first = true;
                     v.text_value("message", message)
                 },
-            ),
+            );
         }
         line
     }
@@ -417,17 +415,14 @@ impl<'w> DirectLine<'w> {
     }
 
     /// Ends the line (a JSON line with its target); `Err` if any of it could not be written.
-    pub fn finish(self) -> fmt::Result {
-        self.result?;
-        if !self.json {
-            self.out.push('\n');
-        } else if quotable(self.target) {
-            self.out.push_str(",\"target\":\"");
-            self.out.push_str(self.target);
-            self.out.push_str("\"}\n");
-        } else {
-            write_json_tail(&mut Writer::new(self.out), self.target)?;
+    pub fn finish(mut self) -> fmt::Result {
+        if self.json {
+            // `,"target":"TARGET"`, as `write_json_tail` writes it.
+            let target = self.target;
+            self.str("target", target);
         }
+        self.result?;
+        self.out.push_str(if self.json { "}\n" } else { "\n" });
         Ok(())
     }
 }
